@@ -1,0 +1,22 @@
+"""huddle's actor runtime: pooled pykka actors, supervision, nodes, test kit.
+
+``from actors import PooledActor, PooledFuture`` gives the pykka runtime;
+the rest lives in submodules (``actors.node``, ``actors.supervisor``,
+``actors.testkit``).
+"""
+
+from actors.runtime import (
+    Dispatcher,
+    PooledActor,
+    PooledFuture,
+    ThreadPoolDispatcher,
+    default_dispatcher,
+)
+
+__all__ = [
+    "Dispatcher",
+    "PooledActor",
+    "PooledFuture",
+    "ThreadPoolDispatcher",
+    "default_dispatcher",
+]

@@ -1,0 +1,600 @@
+"""Pooled pykka actors: many actors, a few threads.
+
+pykka's ``ThreadingActor`` gives every actor its own OS thread. Here an
+actor is a plain object with a mailbox; a shared :class:`Dispatcher` runs
+*slices* of actors on a small pool of threads. The contract pykka states
+still holds:
+
+* ``on_start`` runs before the first message, ``on_stop`` / ``on_failure``
+  as pykka documents them;
+* one message at a time per actor, in the order they were put;
+* ``ActorRef.tell/ask/stop``, proxies, futures and ``ActorRegistry`` work
+  unchanged (pykka's own test suite runs against this runtime).
+
+How a slice works: the dispatcher calls :meth:`PooledActor._run_slice`,
+which runs pykka's unmodified receive loop (``Actor._actor_loop_running``).
+The mailbox's ``get()`` never blocks: when the mailbox is empty, or the
+slice has used its budget (fairness between actors), it raises
+:class:`_SliceEnd`, which pykka's loop does not catch because ``get()`` is
+called outside its ``try``. The slice then ends and the actor is either
+re-queued (messages left) or parked (none left). Only pykka's three
+documented hooks are overridden: ``_create_actor_inbox``,
+``_create_future`` and ``_start_actor_loop``.
+
+Blocking: a handler may still block on a future (``ask(...).get()``). A
+pool thread that blocks on a :class:`PooledFuture` tells the dispatcher,
+which starts a compensating thread so the pool never starves (the idea of
+"managed blocking" in fork/join pools). The extra thread retires when it is
+no longer needed.
+
+Exits are reported by the runtime: when an actor stops, the slice that saw
+it stop calls ``actor._exit_hook(actor, error)`` (``error`` is ``None`` for a
+normal stop). Supervision hangs off that hook, so a crash report never
+depends on code in the crashed actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import random
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from pykka import ActorDeadError, ActorRef, ActorRegistry, ThreadingFuture
+from pykka import Actor as _PykkaActor
+
+from bus.errors import MailboxFull
+
+if TYPE_CHECKING:
+    from pykka import Future
+    from pykka._envelope import Envelope
+
+__all__ = [
+    "Dispatcher",
+    "Mailbox",
+    "PooledActor",
+    "PooledFuture",
+    "StopFlag",
+    "ThreadPoolDispatcher",
+    "default_dispatcher",
+    "set_default_dispatcher",
+]
+
+log = logging.getLogger("huddle.runtime")
+
+T = TypeVar("T")
+
+#: Messages one actor may handle before yielding its pool thread to others.
+SLICE_BUDGET = 128
+
+
+# --------------------------------------------------------------------------
+# Dispatcher seam
+
+
+class Runnable(Protocol):
+    def _run_slice(self) -> None: ...
+
+
+class Dispatcher(Protocol):
+    """Runs actor slices. Implementations must never run two slices of one
+    actor at once (the mailbox guarantees it by scheduling an actor only
+    when it is not already scheduled)."""
+
+    def submit(self, actor: Runnable) -> None: ...
+
+    @contextmanager
+    def blocking(self) -> Iterator[None]: ...
+
+    def is_worker_thread(self) -> bool: ...
+
+
+class ThreadPoolDispatcher:
+    """A pool of daemon threads sharing one run queue of ready actors.
+
+    ``size`` threads always run; ``blocking()`` adds a compensating thread
+    for each pool thread that waits on a future, so nested asks cannot
+    starve the pool.
+    """
+
+    def __init__(self, size: int | None = None, name: str = "huddle-pool") -> None:
+        self.size = size if size is not None else max(2, min(8, (os.cpu_count() or 2)))
+        self.name = name
+        self._ready: queue.SimpleQueue[Runnable | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._blocked = 0
+        self._counter = 0
+        self._local = threading.local()
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        # Caller holds no lock or self._lock; both fine (Thread.start does not
+        # call back into us).
+        self._threads += 1
+        self._counter += 1
+        t = threading.Thread(target=self._work, name=f"{self.name}-{self._counter}", daemon=True)
+        t.start()
+
+    def _work(self) -> None:
+        self._local.worker = True
+        ready = self._ready
+        while True:
+            actor = ready.get()
+            if actor is None:
+                break
+            try:
+                actor._run_slice()
+            except BaseException:  # noqa: BLE001 - a slice must never kill the pool
+                log.exception("actor slice escaped its handler: %r", actor)
+            if self._threads > self.size + self._blocked:
+                with self._lock:
+                    if self._threads > self.size + self._blocked:
+                        self._threads -= 1
+                        return
+
+    def submit(self, actor: Runnable) -> None:
+        self._ready.put(actor)
+
+    def is_worker_thread(self) -> bool:
+        return getattr(self._local, "worker", False)
+
+    @contextmanager
+    def blocking(self) -> Iterator[None]:
+        with self._lock:
+            self._blocked += 1
+            if self._threads < self.size + self._blocked:
+                self._spawn()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._blocked -= 1
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+
+_default_dispatcher: Dispatcher | None = None
+_default_lock = threading.Lock()
+
+
+def default_dispatcher() -> Dispatcher:
+    """The process-wide dispatcher, created on first use."""
+    global _default_dispatcher
+    if _default_dispatcher is None:
+        with _default_lock:
+            if _default_dispatcher is None:
+                _default_dispatcher = ThreadPoolDispatcher()
+    return _default_dispatcher
+
+
+def set_default_dispatcher(dispatcher: Dispatcher) -> None:
+    global _default_dispatcher
+    with _default_lock:
+        _default_dispatcher = dispatcher
+
+
+def _blocking_section() -> Any:
+    d = _default_dispatcher
+    if d is not None and d.is_worker_thread():
+        return d.blocking()
+    return _NullContext
+
+
+class _NullCtx:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NullContext = _NullCtx()
+
+
+# --------------------------------------------------------------------------
+# Futures
+
+
+class PooledFuture(ThreadingFuture[T]):
+    """A pykka future that pool threads may block on, and asyncio may await.
+
+    * ``get()`` on a pool thread marks the thread as blocked so the pool
+      grows instead of deadlocking.
+    * ``await future`` never blocks the event loop: it parks on an
+      ``asyncio.Future`` completed from whichever thread sets the value.
+    * ``add_done_callback(fn)`` runs ``fn(future)`` once a value or an
+      exception is set (at once if already set).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[PooledFuture[T]], None]] | None = None
+
+    def done(self) -> bool:
+        return self._result is not None
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        if self._result is None and self._get_hook is None:
+            with _blocking_section():
+                return super().get(timeout=timeout)
+        return super().get(timeout=timeout)
+
+    def set(self, value: Any | None = None) -> None:
+        super().set(value)
+        self._run_callbacks()
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        if exc_info is None:
+            import sys
+
+            exc_info = sys.exc_info()
+        super().set_exception(exc_info)
+        self._run_callbacks()
+
+    def add_done_callback(self, fn: Callable[[PooledFuture[T]], None]) -> None:
+        with self._condition:
+            if self._result is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _run_callbacks(self) -> None:
+        with self._condition:
+            callbacks, self._callbacks = self._callbacks, None
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:  # noqa: BLE001
+                log.exception("future callback failed")
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if self._get_hook is not None:
+            # A derived future (map/filter/join): its value only exists by
+            # calling get(); do that off the loop.
+            loop = asyncio.get_running_loop()
+            return (yield from loop.run_in_executor(None, self.get).__await__())
+        if self._result is None:
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def wake(_f: PooledFuture[T]) -> None:
+                loop.call_soon_threadsafe(_set_if_pending, waiter)
+
+            self.add_done_callback(wake)
+            yield from waiter.__await__()
+        return self.get(timeout=0)
+
+    __iter__ = __await__  # type: ignore[assignment]
+
+
+def _set_if_pending(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+# --------------------------------------------------------------------------
+# Stop flag: a threading.Event that costs 56 bytes until someone waits on it
+
+
+_flag_lock = threading.Lock()
+
+
+class StopFlag:
+    """The ``actor_stopped`` event, without a Condition per actor.
+
+    ``is_set``/``set`` are what the runtime uses; ``wait`` (used by some
+    callers) allocates a real Event only while someone waits.
+    """
+
+    __slots__ = ("_is_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._waiters: list[threading.Event] | None = None
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    def set(self) -> None:
+        with _flag_lock:
+            self._is_set = True
+            waiters, self._waiters = self._waiters, None
+        for w in waiters or ():
+            w.set()
+
+    def clear(self) -> None:
+        with _flag_lock:
+            self._is_set = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with _flag_lock:
+            if self._is_set:
+                return True
+            ev = threading.Event()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(ev)
+        with _blocking_section():
+            got = ev.wait(timeout)
+        if not got:
+            with _flag_lock:
+                if self._waiters is not None and ev in self._waiters:
+                    self._waiters.remove(ev)
+        return got or self._is_set
+
+
+# --------------------------------------------------------------------------
+# Mailbox
+
+
+class _SliceEnd(Exception):  # noqa: N818 - a control signal, not an error
+    """Raised by ``Mailbox.get`` to end the current slice."""
+
+
+_SLICE_END = _SliceEnd()
+
+
+class Mailbox:
+    """A bounded FIFO that schedules its actor on the dispatcher.
+
+    ``put`` never blocks: past ``capacity`` it raises :class:`MailboxFull`.
+    After the actor stopped (``close``), a put answers an ask with
+    ``ActorDeadError`` and passes a tell to the actor's dead-letter hook.
+    """
+
+    __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_lock", "_q", "_scheduled")
+
+    def __init__(self, actor: PooledActor, dispatcher: Dispatcher, capacity: int | None) -> None:
+        self._actor = actor
+        self._dispatcher = dispatcher
+        self._capacity = capacity
+        self._q: deque[Envelope[Any]] | None = None
+        self._scheduled = False
+        self._closed = False
+        self._budget = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        q = self._q
+        return len(q) if q is not None else 0
+
+    @property
+    def capacity(self) -> int | None:
+        return self._capacity
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        with self._lock:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                q = self._q
+                if q is None:
+                    q = self._q = deque()
+                elif self._capacity is not None and len(q) >= self._capacity:
+                    raise MailboxFull(self._actor._address_or_urn(), f"mailbox holds {len(q)} messages")
+                q.append(envelope)
+                if self._scheduled:
+                    return
+                self._scheduled = True
+        if closed:
+            self._refuse(envelope)
+            return
+        self._dispatcher.submit(self._actor)
+
+    def _refuse(self, envelope: Envelope[Any]) -> None:
+        if envelope.reply_to is not None:
+            from pykka import messages
+
+            if isinstance(envelope.message, messages._ActorStop):  # noqa: SLF001
+                envelope.reply_to.set(None)
+            else:
+                envelope.reply_to.set_exception(
+                    exc_info=(ActorDeadError, ActorDeadError(f"{self._actor} stopped before handling the message"), None)
+                )
+        else:
+            self._actor._on_dead_letter(envelope.message)
+
+    def get(self) -> Envelope[Any]:
+        q = self._q
+        if not q or self._budget <= 0:
+            raise _SLICE_END
+        self._budget -= 1
+        return q.popleft()
+
+    def empty(self) -> bool:
+        q = self._q
+        return not q
+
+    # -- scheduling, called by the actor's slice -------------------------
+
+    def kick(self) -> None:
+        """Schedule the actor once (used to run ``on_start``)."""
+        with self._lock:
+            if self._scheduled or self._closed:
+                return
+            self._scheduled = True
+        self._dispatcher.submit(self._actor)
+
+    def release(self) -> None:
+        """End of a slice: park the actor, or re-queue it if messages wait."""
+        with self._lock:
+            if self._q and not self._closed:
+                resubmit = True
+            else:
+                self._scheduled = False
+                resubmit = False
+        if resubmit:
+            self._dispatcher.submit(self._actor)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._budget = 1 << 62  # teardown drains everything
+
+
+# --------------------------------------------------------------------------
+# The actor
+
+
+def _fast_uuid4_urn() -> str:
+    # uuid4() reads os.urandom (a syscall per actor); a URN only needs to be
+    # unique, and random is re-seeded in forked children by CPython.
+    return uuid.UUID(int=random.getrandbits(128), version=4).urn
+
+
+ExitHook = Callable[["PooledActor", "BaseException | None"], None]
+
+
+class PooledActor(_PykkaActor):
+    """A pykka actor that runs on the shared dispatcher instead of a thread.
+
+    Class settings:
+        ``mailbox_capacity``: bound of the mailbox (``None``: unbounded).
+        ``dispatcher``: a :class:`Dispatcher`, or ``None`` for the default.
+    """
+
+    mailbox_capacity: ClassVar[int | None] = None
+    dispatcher: ClassVar[Dispatcher | None] = None
+
+    # Per-instance, but declared here so idle actors carry no dict entry.
+    _exit_hook: ExitHook | None = None
+    _crash: BaseException | None = None
+    _started: bool = False
+    _exited: bool = False
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        # Same fields as pykka's Actor.__init__, with a light stop flag and a
+        # cheaper URN; ActorRef reads them exactly as it does for pykka.
+        self.actor_urn = _fast_uuid4_urn()
+        self.actor_inbox = self._create_actor_inbox_for(self)
+        self.actor_stopped = StopFlag()  # type: ignore[assignment]
+        self._actor_ref = ActorRef(self)
+
+    # pykka's hook is a staticmethod without access to the actor; ours needs
+    # the actor to schedule it, so __init__ calls this one instead.
+    @classmethod
+    def _create_actor_inbox_for(cls, actor: PooledActor) -> Mailbox:
+        return Mailbox(actor, cls.dispatcher or default_dispatcher(), cls.mailbox_capacity)
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:  # pragma: no cover - see __init__
+        msg = "PooledActor mailboxes are created per actor in __init__"
+        raise NotImplementedError(msg)
+
+    @staticmethod
+    def _create_future() -> Future[Any]:
+        return PooledFuture()
+
+    def _start_actor_loop(self) -> None:
+        self.actor_inbox.kick()  # type: ignore[attr-defined]
+
+    # -- the slice ---------------------------------------------------------
+
+    def _run_slice(self) -> None:
+        mailbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
+        if not self._started:
+            self._started = True
+            self._actor_loop_setup()
+        if not self.actor_stopped.is_set():
+            mailbox._budget = SLICE_BUDGET
+            try:
+                self._actor_loop_running()
+            except _SliceEnd:
+                pass
+        if self.actor_stopped.is_set():
+            self._finish()
+            return
+        mailbox.release()
+
+    def _finish(self) -> None:
+        if self._exited:
+            return
+        self._exited = True
+        mailbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
+        mailbox.close()
+        self._actor_loop_teardown()
+        hook = self._exit_hook
+        if hook is not None:
+            try:
+                hook(self, self._crash)
+            except Exception:  # noqa: BLE001
+                log.exception("exit hook failed for %s", self)
+
+    def _handle_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        if self._crash is None:
+            self._crash = exception_value if exception_value is not None else RuntimeError("unknown failure")
+        super()._handle_failure(exception_type, exception_value, traceback)
+
+    # -- hooks for subclasses ------------------------------------------------
+
+    def _on_dead_letter(self, message: Any) -> None:
+        """A tell arrived after this actor stopped. Huddle actors publish it."""
+        log.debug("message to stopped %s dropped: %s", self, type(message).__name__)
+
+    def _address_or_urn(self) -> str:
+        return self.actor_urn
+
+
+# --------------------------------------------------------------------------
+# Registry sized for many actors
+
+
+class _IndexedRefs:
+    """A drop-in for the list behind ``pykka.ActorRegistry``.
+
+    pykka keeps refs in a list: ``unregister`` is O(n), so stopping 100,000
+    actors is O(n^2). This container keeps insertion order (a dict) and
+    supports exactly the list operations ActorRegistry uses, each in O(1)
+    (``[:]`` and iteration are O(n), as they must be).
+    """
+
+    __slots__ = ("_refs",)
+
+    def __init__(self, refs: Any = ()) -> None:
+        self._refs: dict[ActorRef[Any], None] = dict.fromkeys(refs)
+
+    def append(self, ref: ActorRef[Any]) -> None:
+        self._refs[ref] = None
+
+    def remove(self, ref: ActorRef[Any]) -> None:
+        del self._refs[ref]
+
+    def __contains__(self, ref: object) -> bool:
+        return ref in self._refs
+
+    def __iter__(self) -> Iterator[ActorRef[Any]]:
+        return iter(list(self._refs))
+
+    def __reversed__(self) -> Iterator[ActorRef[Any]]:
+        return reversed(list(self._refs))
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __getitem__(self, index: Any) -> Any:
+        return list(self._refs)[index]
+
+
+def install_indexed_registry() -> None:
+    """Swap pykka's registry list for the O(1) table (idempotent)."""
+    with ActorRegistry._actor_refs_lock:  # noqa: SLF001
+        current = ActorRegistry._actor_refs  # noqa: SLF001
+        if not isinstance(current, _IndexedRefs):
+            ActorRegistry._actor_refs = _IndexedRefs(current)  # type: ignore[assignment]  # noqa: SLF001
+
+
+install_indexed_registry()
