@@ -105,7 +105,7 @@ class ThreadPoolDispatcher:
     """
 
     def __init__(self, size: int | None = None, name: str = "huddle-pool") -> None:
-        self.size = size if size is not None else max(2, min(8, (os.cpu_count() or 2)))
+        self.size = size if size is not None else 1
         self.name = name
         self._ready: queue.SimpleQueue[Runnable | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -376,6 +376,19 @@ class Mailbox:
         return self._capacity
 
     def put(self, envelope: Envelope[Any], /) -> None:
+        # Fast path without the lock: deque.append is atomic, and the actor
+        # is already scheduled. The slice that parks the actor clears
+        # ``_scheduled`` *before* it looks at the queue again (``release``),
+        # so a message appended while ``_scheduled`` read True is always seen.
+        q = self._q
+        if q is not None and self._scheduled and not self._closed:
+            if self._capacity is not None and len(q) >= self._capacity:
+                raise MailboxFull(self._actor._address_or_urn(), f"mailbox holds {len(q)} messages")
+            q.append(envelope)
+            if self._scheduled:
+                return
+            self._schedule_if_parked()
+            return
         with self._lock:
             if self._closed:
                 closed = True
@@ -393,6 +406,13 @@ class Mailbox:
         if closed:
             self._refuse(envelope)
             return
+        self._dispatcher.submit(self._actor)
+
+    def _schedule_if_parked(self) -> None:
+        with self._lock:
+            if self._scheduled or self._closed or not self._q:
+                return
+            self._scheduled = True
         self._dispatcher.submit(self._actor)
 
     def _refuse(self, envelope: Envelope[Any]) -> None:
@@ -431,14 +451,15 @@ class Mailbox:
 
     def release(self) -> None:
         """End of a slice: park the actor, or re-queue it if messages wait."""
+        if self._q and not self._closed:
+            self._dispatcher.submit(self._actor)  # still scheduled: keep going
+            return
         with self._lock:
-            if self._q and not self._closed:
-                resubmit = True
-            else:
-                self._scheduled = False
-                resubmit = False
-        if resubmit:
-            self._dispatcher.submit(self._actor)
+            self._scheduled = False
+        # A put that read ``_scheduled`` as True before we cleared it has
+        # already appended; pick it up here.
+        if self._q:
+            self._schedule_if_parked()
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,376 @@
+"""The envelope every message travels in, and its strict msgpack codec.
+
+On the wire an envelope is one msgpack array of eleven items::
+
+    [version, msg_id, kind, to, sender, reply_to, correlation_id,
+     epoch, deadline, traceparent, body]
+
+An array and not a map, because this is on a path of hundreds of thousands
+of messages a second and the header names would double a small envelope.
+
+Decoding is where untrusted bytes enter, so :meth:`Codec.decode` is strict
+and total: for *any* input it either returns an :class:`Envelope` whose
+header fields have their declared types and whose message is a registered
+kind with typed fields, or raises :class:`~bus.errors.DecodeError` whose
+``reason`` says which check failed, in this order:
+
+``oversize``         more than ``max_size`` bytes (checked before unpacking)
+``not-msgpack``      not exactly one msgpack value, invalid UTF-8 in a str,
+                     a map key that is not str/bytes, or any extension type
+``bad-shape``        not an array of eleven items
+``unknown-version``  a version this codec does not speak (checked before the
+                     length, so a future shape still reports its version)
+``bad-field``        a header or body field of the wrong type or value
+``unknown-kind``     a kind the registry does not know
+
+Nothing else escapes ``decode``. Encoding is the trusted direction: it does
+no type checks beyond msgpack's own and raises
+:class:`~bus.errors.EncodeError` for a value msgpack cannot pack or an
+envelope over ``max_size``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import re
+from dataclasses import dataclass
+from typing import NoReturn, Protocol
+
+import msgpack
+
+from bus.errors import DecodeError, EncodeError
+from bus.messages import REGISTRY, Message, MessageRegistry
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "SCHEMA_VERSION",
+    "Codec",
+    "Envelope",
+    "EnvelopeSigner",
+    "is_valid_traceparent",
+    "new_message_id",
+    "new_traceparent",
+]
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_SIZE = 1 << 20
+
+_HEADER_COUNT = 11
+
+
+# -- message ids -----------------------------------------------------------------
+
+# Ids are "<random per-process prefix>-<hex counter>": unique across the fleet
+# as long as prefixes do not collide (48 random bits), and cheap to make.
+# next() on itertools.count is atomic under the GIL, so threads need no lock.
+
+
+def _new_prefix() -> str:
+    return os.urandom(6).hex()
+
+
+_id_prefix = _new_prefix()
+_id_counter = itertools.count(1)
+
+
+def _reseed_message_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = _new_prefix()
+    _id_counter = itertools.count(1)
+
+
+# A forked child must not reuse its parent's prefix and counter.
+os.register_at_fork(after_in_child=_reseed_message_ids)
+
+
+def new_message_id() -> str:
+    """A fleet-unique message id, e.g. ``"3f9a1c2b7d0e-1a"``."""
+    return f"{_id_prefix}-{next(_id_counter):x}"
+
+
+# -- W3C trace context -------------------------------------------------------------
+
+_TRACEPARENT_RE = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_SPAN_ID = "0" * 16
+
+
+def new_traceparent() -> str:
+    """A new sampled W3C ``traceparent``: ``00-<trace id>-<span id>-01``."""
+    # Not secret, only unique: the random module is fast and reseeds at fork.
+    trace_id = random.getrandbits(128) or 1
+    span_id = random.getrandbits(64) or 1
+    return f"00-{trace_id:032x}-{span_id:016x}-01"
+
+
+def is_valid_traceparent(s: object) -> bool:
+    """Whether ``s`` is a well-formed W3C ``traceparent`` header value.
+
+    Four lowercase-hex parts (version, 32-digit trace id, 16-digit parent
+    id, flags); version ``ff`` and all-zero ids are invalid.
+    """
+    return (
+        type(s) is str
+        and len(s) == 55
+        and _TRACEPARENT_RE.fullmatch(s) is not None
+        and not s.startswith("ff")
+        and s[3:35] != _ZERO_TRACE_ID
+        and s[36:52] != _ZERO_SPAN_ID
+    )
+
+
+# -- the envelope --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message with its routing header.
+
+    ``sender`` is the "from" address; ``reply_to`` and ``correlation_id`` are
+    set on asks; ``epoch`` is the sender's fencing token (0: none);
+    ``deadline`` is wall-clock unix seconds; ``traceparent`` is W3C trace
+    context. After construction ``msg_id`` is never empty: one is made with
+    :func:`new_message_id` when none is given.
+    """
+
+    to: str
+    message: Message
+    sender: str | None = None
+    msg_id: str = ""
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    epoch: int = 0
+    deadline: float | None = None
+    traceparent: str | None = None
+    version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.msg_id:
+            object.__setattr__(self, "msg_id", new_message_id())
+
+    @property
+    def kind(self) -> str:
+        """The wire kind of the message, ``message.KIND``."""
+        return self.message.KIND
+
+
+# -- the codec -------------------------------------------------------------------------
+
+
+class EnvelopeSigner(Protocol):
+    """Seam for signing encoded envelopes (e.g. HMAC); not implemented yet.
+
+    A signer would wrap ``encode``'s output (``sign``) and unwrap and check
+    ``decode``'s input before anything else (``verify``, raising
+    ``DecodeError("bad-signature")``).
+    """
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def verify(self, data: bytes) -> bytes: ...
+
+
+class _ExtensionType(Exception):
+    pass
+
+
+def _refuse_ext(code: int, data: bytes) -> object:
+    raise _ExtensionType(code)
+
+
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+class Codec:
+    """Encodes envelopes to msgpack and decodes them back, strictly.
+
+    Thread-safe: it keeps no per-call state. ``decode(encode(env)) == env``
+    for every envelope whose message is registered in ``registry`` and whose
+    values are msgpack primitives, except that a ``float`` field given an
+    ``int`` comes back as a ``float``.
+    """
+
+    __slots__ = ("_from_body", "_max_size", "_registry", "_to_body")
+
+    def __init__(
+        self,
+        registry: MessageRegistry = REGISTRY,
+        max_size: int = DEFAULT_MAX_SIZE,
+        signer: EnvelopeSigner | None = None,
+    ) -> None:
+        if signer is not None:
+            raise NotImplementedError("envelope signing is not implemented yet")
+        if type(max_size) is not int or max_size <= 0:
+            raise ValueError(f"max_size must be a positive int, got {max_size!r}")
+        self._registry = registry
+        self._max_size = max_size
+        self._to_body = registry.to_body
+        self._from_body = registry.from_body
+
+    @property
+    def registry(self) -> MessageRegistry:
+        return self._registry
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    def encode(self, env: Envelope) -> bytes:
+        """The wire bytes of ``env``.
+
+        Raises ``EncodeError`` if the message is not registered, a value is
+        not msgpack-packable, or the result is over ``max_size``.
+        """
+        msg = env.message
+        body = self._to_body(msg)
+        try:
+            data: bytes = msgpack.packb(
+                [
+                    env.version,
+                    env.msg_id,
+                    msg.KIND,
+                    env.to,
+                    env.sender,
+                    env.reply_to,
+                    env.correlation_id,
+                    env.epoch,
+                    env.deadline,
+                    env.traceparent,
+                    body,
+                ],
+                use_bin_type=True,
+            )
+        except Exception as exc:
+            raise EncodeError(
+                f"cannot encode {msg.KIND} envelope: {type(exc).__name__}: {exc}"
+            ) from exc
+        if len(data) > self._max_size:
+            raise EncodeError(
+                f"{msg.KIND} envelope is {len(data)} bytes, over the limit of "
+                f"{self._max_size}"
+            )
+        return data
+
+    def decode(self, data: bytes | bytearray | memoryview) -> Envelope:
+        """The envelope in ``data``; raises ``DecodeError`` and nothing else."""
+        if not isinstance(data, _BYTES_TYPES):
+            raise DecodeError(
+                "not-msgpack", f"expected bytes, got {type(data).__name__}"
+            )
+        max_size = self._max_size
+        try:
+            size = data.nbytes if isinstance(data, memoryview) else len(data)
+        except Exception as exc:  # noqa: BLE001 - e.g. a released memoryview
+            raise DecodeError("not-msgpack", f"unreadable buffer: {exc}") from None
+        if size > max_size:
+            raise DecodeError("oversize", f"{size} bytes, limit {max_size}")
+        try:
+            items = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                max_ext_len=0,
+                ext_hook=_refuse_ext,
+            )
+        except _ExtensionType as exc:
+            raise DecodeError("not-msgpack", f"extension type {exc.args[0]}") from None
+        except Exception as exc:  # noqa: BLE001 - any unpack failure is not-msgpack
+            raise DecodeError("not-msgpack", type(exc).__name__) from None
+
+        if type(items) is not list or not items:
+            raise DecodeError(
+                "bad-shape",
+                f"expected an array of {_HEADER_COUNT}, got {_shape(items)}",
+            )
+        version = items[0]
+        if type(version) is not int or version != SCHEMA_VERSION:
+            shown = version if type(version) is int else _shape(version)
+            raise DecodeError("unknown-version", f"{shown}, expected {SCHEMA_VERSION}")
+        if len(items) != _HEADER_COUNT:
+            raise DecodeError(
+                "bad-shape",
+                f"expected an array of {_HEADER_COUNT}, got {_shape(items)}",
+            )
+        (
+            _,
+            msg_id,
+            kind,
+            to,
+            sender,
+            reply_to,
+            correlation_id,
+            epoch,
+            deadline,
+            traceparent,
+            body,
+        ) = items
+
+        if type(msg_id) is not str or not msg_id:
+            _bad_header(
+                "msg_id", "non-empty str", msg_id, "" if msg_id else "empty str"
+            )
+        if type(kind) is not str:
+            _bad_header("kind", "str", kind)
+        if type(to) is not str:
+            _bad_header("to", "str", to)
+        if sender is not None and type(sender) is not str:
+            _bad_header("sender", "str | None", sender)
+        if reply_to is not None and type(reply_to) is not str:
+            _bad_header("reply_to", "str | None", reply_to)
+        if correlation_id is not None and type(correlation_id) is not str:
+            _bad_header("correlation_id", "str | None", correlation_id)
+        if type(epoch) is not int or epoch < 0:
+            _bad_header(
+                "epoch", "int >= 0", epoch, "negative int" if type(epoch) is int else ""
+            )
+        if deadline is not None:
+            if type(deadline) is int:
+                deadline = float(deadline)  # msgpack ints fit a float
+            elif type(deadline) is not float:
+                _bad_header("deadline", "float | None", deadline)
+            if not math.isfinite(deadline):
+                raise DecodeError("bad-field", "deadline: not a finite number")
+        if traceparent is not None and not is_valid_traceparent(traceparent):
+            _bad_header(
+                "traceparent",
+                "W3C traceparent | None",
+                traceparent,
+                "malformed str" if type(traceparent) is str else "",
+            )
+
+        message = self._from_body(kind, body)
+        return Envelope(
+            to,
+            message,
+            sender,
+            msg_id,
+            reply_to,
+            correlation_id,
+            epoch,
+            deadline,
+            traceparent,
+            version,
+        )
+
+    def roundtrip(self, env: Envelope) -> Envelope:
+        """``decode(encode(env))``: a copy sharing nothing mutable with ``env``.
+
+        Used for same-node sends, so they pass the same checks as remote ones.
+        """
+        return self.decode(self.encode(env))
+
+
+def _shape(value: object) -> str:
+    if type(value) is list:
+        return f"array of {len(value)}"
+    return "nil" if value is None else type(value).__name__
+
+
+def _bad_header(name: str, expected: str, value: object, got: str = "") -> NoReturn:
+    if not got:
+        got = "None" if value is None else type(value).__name__
+    raise DecodeError("bad-field", f"{name}: expected {expected}, got {got}")

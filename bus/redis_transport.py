@@ -1,0 +1,893 @@
+"""Redis pub/sub transport: one I/O thread, two lean connections.
+
+Shape
+-----
+A :class:`RedisTransport` owns one background thread running an asyncio
+event loop (the node's I/O loop; ``.loop``, :meth:`RedisTransport.call_soon`
+and :meth:`RedisTransport.run_coroutine` let the node run other I/O there)
+and two connections to Redis, each an ``asyncio.Protocol`` that speaks RESP2
+directly (hand-encoded commands, ``hiredis.Reader`` for replies):
+
+- the **publisher** connection. ``publish()`` appends ``(channel, data)`` to a
+  pending deque under a lock and, if no flush is scheduled, schedules one
+  with ``loop.call_soon_threadsafe``. A flush encodes everything pending as
+  pipelined ``PUBLISH`` commands and writes them in one ``write()``; replies
+  are read as they come (so the connection never backs up) and each one
+  settles the oldest in-flight message. Publishes are not awaited one by
+  one, so a busy node sends large batches and an idle one sends at once.
+- the **subscriber** connection. Bytes from the socket go straight into a
+  ``hiredis.Reader``; each ``[b"message", channel, data]`` reply becomes one
+  ``receiver(channel, data)`` call on the loop thread. Subscribe and
+  unsubscribe confirmations drive :meth:`RedisTransport.wait_subscribed`.
+
+redis-py's pipeline and ``PubSub.get_message`` do the same job several times
+slower (see ``ops/bench/raw_redis.py`` and the report in the issue notes);
+everything per message here is a few hundred nanoseconds of Python.
+
+Failure
+-------
+On connection loss each connection reconnects on its own, with exponential
+backoff and full jitter (50 ms doubling to 2 s). The subscriber then
+re-subscribes every channel it holds (including those asked for while it was
+down); the publisher puts messages that were written but not acknowledged
+back at the head of the pending queue (at-least-once across a reconnect:
+envelope ids let receivers drop a duplicate) and writes everything pending.
+While Redis is unreachable, pending publishes are kept up to
+``max_pending``; past it the oldest are dropped, counted in
+``stats.dropped`` and reported to ``on_drop(channel, "overflow")``.
+
+State callbacks (``on_state``) run on the loop thread: ``"connected"`` when
+both connections are up, ``"disconnected"`` when either goes down after
+that, ``"resubscribed"`` when, after a reconnect, the server has confirmed
+every channel the transport holds.
+
+Secrets: the password from the URL is sent in ``AUTH`` and nowhere else;
+log lines carry :func:`mask_url` of the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import random
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+import hiredis
+
+from bus.errors import TransportError
+from bus.resp import PublishEncoder, encode_command
+from bus.transport import DropCallback, Receiver, StateCallback, TransportStats, call_quietly
+
+__all__ = ["RedisEndpoint", "RedisTransport", "mask_url"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BACKOFF_START = 0.05
+BACKOFF_CAP = 2.0
+CONNECT_TIMEOUT = 5.0
+MAX_BATCH = 10_000
+"""Messages per write; a longer queue is written in several loop turns so
+the loop keeps reading while it catches up."""
+SUBSCRIBE_CHUNK = 1_000
+_WRITE_HIGH_WATER = 4 * 1024 * 1024
+_WRITE_LOW_WATER = 1024 * 1024
+
+
+# ---------------------------------------------------------------------------
+# URLs
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to log)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user, sep, _password = userinfo.partition(":")
+            netloc = f"{user}:***@{hostinfo}" if sep else f"{user}@{hostinfo}"
+        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        # Unparseable: mask everything between "://" and "@" to be safe.
+        return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+@dataclass(frozen=True)
+class RedisEndpoint:
+    """Where and how to connect, parsed from a URL.
+
+    ``redis://[user[:password]@]host[:port][/db]``,
+    ``rediss://...`` (TLS; query ``ssl_cert_reqs=none|optional|required``,
+    ``ssl_ca_certs=PATH``, ``ssl_check_hostname=false``),
+    ``unix:///path/to/sock[?db=N&password=...]``.
+    """
+
+    host: str | None = None
+    port: int = 6379
+    path: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ssl_cert_reqs: str = "required"
+    ssl_ca_certs: str | None = None
+    ssl_check_hostname: bool = True
+
+    @classmethod
+    def parse(cls, url: str) -> RedisEndpoint:
+        try:
+            parts = urlsplit(url)
+            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            username = unquote(parts.username) if parts.username else None
+            password = unquote(parts.password) if parts.password is not None else None
+            password = query.get("password", password)
+            username = query.get("username", username)
+            if parts.scheme == "unix":
+                if not parts.path:
+                    raise ValueError("no socket path")
+                return cls(
+                    path=unquote(parts.path),
+                    db=int(query.get("db", 0)),
+                    username=username,
+                    password=password,
+                )
+            if parts.scheme not in ("redis", "rediss"):
+                raise ValueError(f"unsupported scheme {parts.scheme!r}")
+            db_text = parts.path.lstrip("/") or query.get("db", "0")
+            return cls(
+                host=parts.hostname or "localhost",
+                port=parts.port or 6379,
+                db=int(db_text),
+                username=username,
+                password=password,
+                tls=parts.scheme == "rediss",
+                ssl_cert_reqs=query.get("ssl_cert_reqs", "required").lower(),
+                ssl_ca_certs=query.get("ssl_ca_certs"),
+                ssl_check_hostname=query.get("ssl_check_hostname", "true").lower()
+                not in ("false", "0", "no"),
+            )
+        except ValueError as exc:
+            raise TransportError(f"bad redis URL {mask_url(url)}: {exc}") from exc
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_ca_certs)
+        reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+        if self.ssl_cert_reqs not in reqs:
+            raise TransportError(f"bad ssl_cert_reqs {self.ssl_cert_reqs!r}")
+        context.check_hostname = self.ssl_check_hostname and self.ssl_cert_reqs != "none"
+        context.verify_mode = reqs[self.ssl_cert_reqs]
+        return context
+
+
+# ---------------------------------------------------------------------------
+# Connections
+
+
+class _ConnectionLost(Exception):
+    """Internal: the connection went away while a command waited."""
+
+
+class _RespConnection(asyncio.Protocol):
+    """RESP over one socket: handshake commands with futures, then a mode."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(_ConnectionLost("connection lost"))
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    async def command(self, *args: bytes | str | int) -> Any:
+        """Send one command and wait for its reply (handshake use only)."""
+        assert self.transport is not None
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        self.transport.write(encode_command(*args))
+        return await waiter
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _protocol_error(self, exc: Exception) -> None:
+        log.error("RESP protocol error, dropping connection: %s", exc)
+        self.abort()
+
+
+class _PublisherConnection(_RespConnection):
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: RedisTransport) -> None:
+        super().__init__(loop)
+        self.owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        gets = reader.gets
+        acked = 0
+        try:
+            while (reply := gets()) is not False:
+                if reply.__class__ is int:  # PUBLISH -> receiver count
+                    acked += 1
+                elif self.waiters:
+                    waiter = self.waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_result(reply)
+                else:
+                    # An error reply to a PUBLISH (e.g. NOPERM): settle what
+                    # came before it, then report the refused message.
+                    if acked:
+                        self.owner._acknowledged(acked)
+                        acked = 0
+                    self.owner._refused(reply)
+        except hiredis.ProtocolError as exc:
+            self._protocol_error(exc)
+        finally:
+            if acked:
+                self.owner._acknowledged(acked)
+
+    def pause_writing(self) -> None:
+        self.owner._pause_publishing(True)
+
+    def resume_writing(self) -> None:
+        self.owner._pause_publishing(False)
+
+
+class _SubscriberConnection(_RespConnection):
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: RedisTransport) -> None:
+        super().__init__(loop)
+        self.owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        reader = self.reader
+        reader.feed(data)
+        gets = reader.gets
+        names = owner._channel_names  # bytes -> str of channels still wanted
+        receiver = owner._receiver
+        received = 0
+        try:
+            while (reply := gets()) is not False:
+                if reply.__class__ is list and reply[0] == b"message":
+                    channel = names.get(reply[1])
+                    if channel is None:  # unsubscribed; the server has not caught up
+                        continue
+                    received += 1
+                    try:
+                        receiver(channel, reply[2])
+                    except Exception:
+                        owner._receiver_failed(channel)
+                elif self.waiters:
+                    waiter = self.waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_result(reply)
+                else:
+                    owner._subscription_reply(reply)
+        except hiredis.ProtocolError as exc:
+            self._protocol_error(exc)
+        finally:
+            owner.stats.received += received
+
+
+# ---------------------------------------------------------------------------
+# The transport
+
+
+def _ignore(channel: str, data: bytes) -> None:
+    """Receiver used until ``set_receiver``: messages are counted, then dropped."""
+
+
+class RedisTransport:
+    """A :class:`bus.transport.Transport` over Redis pub/sub.
+
+    ``url``: see :class:`RedisEndpoint`. ``name`` appears in logs, the I/O
+    thread's name and ``CLIENT SETNAME``. ``max_pending`` bounds the publishes
+    kept while Redis is unreachable. ``ssl_context`` overrides the one built
+    from a ``rediss://`` URL.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "",
+        max_pending: int = 1_000_000,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.name = name
+        self.stats = TransportStats()
+        self.max_pending = max_pending
+        self._endpoint = RedisEndpoint.parse(url)
+        self._safe_url = mask_url(url)
+        self._ssl = ssl_context if ssl_context is not None else self._endpoint.ssl_context()
+        self._connect_timeout = connect_timeout
+        self._encoder = PublishEncoder()
+
+        self._lock = threading.Lock()
+        self._receiver: Receiver = _ignore
+        self._on_state: StateCallback | None = None
+        self._on_drop: DropCallback | None = None
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._first_attempts: list[concurrent.futures.Future[BaseException | None]] = []
+
+        # Publishing. Guarded by _lock: _pending, _enqueued, _settled,
+        # _flush_scheduled, _can_write, _flush_waiters. Loop thread only:
+        # _inflight, _inflight_pos, _publisher.
+        self._pending: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._enqueued = 0
+        self._settled = 0
+        self._flush_scheduled = False
+        self._can_write = False
+        self._write_paused = False
+        self._flush_waiters: list[tuple[int, threading.Event]] = []
+        self._inflight: collections.deque[collections.deque[tuple[str, bytes]]] = collections.deque()
+        self._inflight_pos = 0
+        self._publisher: _PublisherConnection | None = None
+
+        # Subscribing. Guarded by _lock (and _sub_cond, which uses it):
+        # _wanted, _channel_names, _requested, _confirmed, _sub_commands,
+        # _sub_dirty, _sub_ready, _sync_scheduled.
+        self._sub_cond = threading.Condition(self._lock)
+        self._wanted: set[str] = set()
+        self._channel_names: dict[bytes, str] = {}
+        self._requested: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._sub_commands: collections.deque[list[Any]] = collections.deque()
+        self._sub_dirty = False
+        self._sub_ready = False
+        self._sync_scheduled = False
+        self._subscriber: _SubscriberConnection | None = None
+
+        # Connection state (loop thread only).
+        self._up = {"publisher": False, "subscriber": False}
+        self._was_connected = False
+        self._await_resubscribe = False
+        self._last_error_log = 0.0
+        self._suppressed_errors = 0
+
+    def __repr__(self) -> str:
+        return f"RedisTransport(name={self.name!r}, url={self._safe_url!r})"
+
+    # -- the I/O loop ------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The node's I/O loop (running on the transport's thread after ``start``)."""
+        if self._loop is None:
+            raise TransportError(f"{self!r} is not started")
+        return self._loop
+
+    def call_soon(self, fn: Callable[..., object], *args: object) -> asyncio.Handle:
+        """Run ``fn(*args)`` on the I/O loop, from any thread."""
+        return self.loop.call_soon_threadsafe(fn, *args)
+
+    def run_coroutine(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the I/O loop, from any thread (not from the loop itself
+        if you mean to block on the result)."""
+        if self._loop is None or self._closed:
+            coro.close()
+            raise TransportError(f"{self!r} is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _on_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the I/O thread and connect. Idempotent.
+
+        Waits for the first connection attempt of both connections (bounded
+        by the connect timeout). Unreachable Redis is not an error: the
+        transport keeps retrying in the background and queues publishes. A
+        server that refuses the handshake (bad password, unknown user) is:
+        ``TransportError``.
+        """
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        ready = threading.Event()
+        thread_name = f"huddle-io-{self.name}" if self.name else "huddle-io"
+        self._thread = threading.Thread(target=self._run_loop, args=(loop, ready), name=thread_name, daemon=True)
+        self._thread.start()
+        ready.wait()
+        self._first_attempts = [
+            asyncio.run_coroutine_threadsafe(self._start_connection(role), loop)
+            for role in ("publisher", "subscriber")
+        ]
+        refusal: BaseException | None = None
+        for attempt in self._first_attempts:
+            try:
+                outcome = attempt.result(timeout=self._connect_timeout + 5.0)
+            except concurrent.futures.TimeoutError:
+                continue
+            if isinstance(outcome, TransportError):
+                refusal = outcome
+        if refusal is not None:
+            self.close(flush_timeout=0)
+            raise refusal
+
+    def _run_loop(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    def close(self, flush_timeout: float = 5.0) -> None:
+        """Flush (waiting at most ``flush_timeout``), disconnect, join the I/O
+        thread. Whatever is still unwritten is dropped with reason
+        ``"closed"``. Idempotent."""
+        if self._on_loop_thread():
+            raise TransportError("close() called on the transport's own I/O thread")
+        with self._lock:
+            if self._closed or self._closing:
+                return
+            self._closing = True
+            started = self._started
+        if started and flush_timeout > 0:
+            self.flush(flush_timeout)
+        with self._lock:
+            self._closed = True
+        loop = self._loop
+        if started and loop is not None and self._thread is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10.0)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                log.warning("%r: I/O loop did not shut down cleanly", self)
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(timeout=10.0)
+        # Give up on whatever did not make it: unacknowledged, then unsent.
+        with self._lock:
+            lost = [item for batch in self._inflight for item in batch]
+            lost = lost[self._inflight_pos :] + list(self._pending)
+            self._inflight.clear()
+            self._inflight_pos = 0
+            self._pending.clear()
+        self._drop(lost, "closed")
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for connection in (self._publisher, self._subscriber):
+            if connection is not None and connection.transport is not None:
+                connection.transport.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- connections ---------------------------------------------------------
+
+    async def _start_connection(self, role: str) -> BaseException | None:
+        """Make the first attempt now; hand the rest to a supervising task."""
+        first: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self._tasks.append(asyncio.create_task(self._keep_connected(role, first), name=f"{role}:{self.name}"))
+        return await first
+
+    async def _keep_connected(self, role: str, first: asyncio.Future[BaseException | None]) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while not self._closed:
+            factory: Callable[[], _RespConnection]
+            if role == "publisher":
+                factory = lambda: _PublisherConnection(loop, self)  # noqa: E731
+            else:
+                factory = lambda: _SubscriberConnection(loop, self)  # noqa: E731
+            try:
+                connection = await self._open(factory, role)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TransportError, _ConnectionLost, TimeoutError) as exc:
+                if not first.done():
+                    first.set_result(exc)
+                delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_START * 2**attempt))
+                attempt += 1
+                log.log(
+                    logging.WARNING if attempt == 1 else logging.DEBUG,
+                    "%r %s cannot connect to %s (%s); retrying in %.3fs",
+                    self, role, self._safe_url, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            if not first.done():
+                first.set_result(None)
+            try:
+                self._connection_up(role, connection)
+                reason = await connection.lost
+            finally:
+                self._connection_down(role)
+            if not self._closed:
+                log.warning("%r %s lost its connection to %s (%s)", self, role, self._safe_url, reason or "closed")
+
+    async def _open(self, factory: Callable[[], _RespConnection], role: str) -> _RespConnection:
+        loop = asyncio.get_running_loop()
+        ep = self._endpoint
+        connection: _RespConnection
+        async with asyncio.timeout(self._connect_timeout):
+            if ep.path is not None:
+                _, connection = await loop.create_unix_connection(factory, ep.path)
+            else:
+                _, connection = await loop.create_connection(
+                    factory,
+                    ep.host,
+                    ep.port,
+                    ssl=self._ssl,
+                    server_hostname=ep.host if self._ssl is not None else None,
+                )
+            try:
+                await self._handshake(connection, role)
+            except BaseException:
+                connection.abort()
+                raise
+        return connection
+
+    async def _handshake(self, connection: _RespConnection, role: str) -> None:
+        ep = self._endpoint
+        commands: list[tuple[bytes | str | int, ...]] = []
+        if ep.password is not None:
+            if ep.username:
+                commands.append(("AUTH", ep.username, ep.password))
+            else:
+                commands.append(("AUTH", ep.password))
+        if ep.db and role == "publisher":
+            commands.append(("SELECT", ep.db))
+        client_name = re.sub(r"[^A-Za-z0-9_.:\-]", "_", f"huddle:{self.name or 'node'}:{role}")
+        commands.append(("CLIENT", "SETNAME", client_name))
+        for command in commands:
+            reply = await connection.command(*command)
+            if isinstance(reply, hiredis.ReplyError):
+                # Never echo the AUTH arguments; the server's text is safe.
+                raise TransportError(f"redis refused {command[0]!r} on {self._safe_url}: {reply}")
+
+    def _connection_up(self, role: str, connection: _RespConnection) -> None:
+        if role == "publisher":
+            assert isinstance(connection, _PublisherConnection)
+            assert connection.transport is not None
+            connection.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER)
+            self._publisher = connection
+            with self._lock:
+                self._write_paused = False
+                self._can_write = True
+                self._flush_scheduled = True
+            self._write_pending()
+        else:
+            assert isinstance(connection, _SubscriberConnection)
+            self._subscriber = connection
+            with self._lock:
+                self._sub_ready = True
+                self._sync_scheduled = True
+                self._await_resubscribe = self._was_connected
+            self._sync_subscriptions()
+        self._up[role] = True
+        if all(self._up.values()):
+            if self._was_connected:
+                self.stats.reconnects += 1
+            self._was_connected = True
+            log.info("%r connected to %s", self, self._safe_url)
+            call_quietly(self._on_state, "connected")
+            self._maybe_resubscribed()
+
+    def _connection_down(self, role: str) -> None:
+        was_up = all(self._up.values())
+        self._up[role] = False
+        if role == "publisher":
+            self._publisher = None
+            with self._lock:
+                self._can_write = False
+                # Written but not acknowledged: maybe lost, so send again.
+                unacked = [item for batch in self._inflight for item in batch][self._inflight_pos :]
+                self._inflight.clear()
+                self._inflight_pos = 0
+                self._pending.extendleft(reversed(unacked))
+                overflow = self._trim_locked()
+            self._drop(overflow, "overflow")
+        else:
+            self._subscriber = None
+            with self._sub_cond:
+                self._sub_ready = False
+                self._requested.clear()
+                self._confirmed.clear()
+                self._sub_commands.clear()
+                self._sub_dirty = bool(self._wanted)
+        if was_up:
+            call_quietly(self._on_state, "disconnected")
+
+    # -- publishing ----------------------------------------------------------
+
+    def set_receiver(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+
+    def on_state(self, callback: StateCallback | None) -> None:
+        self._on_state = callback
+
+    def on_drop(self, callback: DropCallback | None) -> None:
+        self._on_drop = callback
+
+    def publish(self, channel: str, data: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                raise TransportError(f"{self!r} is closed")
+            self._pending.append((channel, data))
+            self._enqueued += 1
+            if len(self._pending) > self.max_pending:
+                overflow = self._trim_locked()
+            else:
+                overflow = None
+                if not self._flush_scheduled and self._can_write:
+                    self._flush_scheduled = True
+                    self._loop.call_soon_threadsafe(self._write_pending)  # type: ignore[union-attr]
+        if overflow:
+            self._drop(overflow, "overflow")
+
+    def _trim_locked(self) -> list[tuple[str, bytes]]:
+        """Drop the oldest pending past ``max_pending`` (caller holds _lock)."""
+        excess = len(self._pending) - self.max_pending
+        if excess <= 0:
+            return []
+        pending = self._pending
+        return [pending.popleft() for _ in range(excess)]
+
+    def _drop(self, items: list[tuple[str, bytes]], reason: str) -> None:
+        if not items:
+            return
+        with self._lock:
+            self.stats.dropped += len(items)
+            self._settle_locked(len(items))
+        log.warning("%r dropped %d message(s): %s", self, len(items), reason)
+        for channel, _ in items:
+            call_quietly(self._on_drop, channel, reason)
+
+    def _write_pending(self) -> None:
+        """Loop thread: write pending publishes as one pipelined batch."""
+        with self._lock:
+            self._flush_scheduled = False
+            if not self._can_write or not self._pending:
+                return
+            if len(self._pending) <= MAX_BATCH:
+                batch = self._pending
+                self._pending = collections.deque()
+            else:
+                pending = self._pending
+                batch = collections.deque(pending.popleft() for _ in range(MAX_BATCH))
+                self._flush_scheduled = True
+                self._loop.call_soon(self._write_pending)  # type: ignore[union-attr]
+        publisher = self._publisher
+        assert publisher is not None and publisher.transport is not None
+        self._inflight.append(batch)
+        publisher.transport.write(self._encoder.encode(batch))
+
+    def _pause_publishing(self, paused: bool) -> None:
+        with self._lock:
+            self._write_paused = paused
+            self._can_write = not paused and self._publisher is not None
+            if self._can_write and self._pending and not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._write_pending)  # type: ignore[union-attr]
+
+    def _advance_inflight(self, count: int) -> None:
+        inflight = self._inflight
+        pos = self._inflight_pos + count
+        while inflight and pos >= len(inflight[0]):
+            pos -= len(inflight.popleft())
+        self._inflight_pos = pos
+
+    def _acknowledged(self, count: int) -> None:
+        """Loop thread: the server answered ``count`` more PUBLISHes."""
+        self._advance_inflight(count)
+        with self._lock:
+            self.stats.published += count
+            self._settle_locked(count)
+
+    def _refused(self, error: object) -> None:
+        """Loop thread: the server refused the oldest in-flight PUBLISH."""
+        channel = "?"
+        if self._inflight:
+            channel = self._inflight[0][self._inflight_pos][0]
+        self._advance_inflight(1)
+        with self._lock:
+            self.stats.dropped += 1
+            self._settle_locked(1)
+        log.error("%r: redis refused PUBLISH to %r: %s", self, channel, error)
+        call_quietly(self._on_drop, channel, "refused")
+
+    def _settle_locked(self, count: int) -> None:
+        self._settled += count
+        if self._flush_waiters:
+            settled = self._settled
+            still: list[tuple[int, threading.Event]] = []
+            for target, event in self._flush_waiters:
+                if settled >= target:
+                    event.set()
+                else:
+                    still.append((target, event))
+            self._flush_waiters = still
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """True once every message published before the call was acknowledged
+        by Redis or dropped (and counted); False after ``timeout`` seconds."""
+        with self._lock:
+            target = self._enqueued
+            if self._settled >= target:
+                return True
+            if self._on_loop_thread():
+                raise TransportError("flush() would block the transport's own I/O thread")
+            event = threading.Event()
+            waiter = (target, event)
+            self._flush_waiters.append(waiter)
+        if event.wait(timeout):
+            return True
+        with self._lock:
+            if waiter in self._flush_waiters:
+                self._flush_waiters.remove(waiter)
+            return self._settled >= target
+
+    # -- subscribing ---------------------------------------------------------
+
+    def subscribe(self, *channels: str) -> None:
+        with self._lock:
+            fresh = [c for c in channels if c not in self._wanted]
+            if not fresh:
+                return
+            for channel in fresh:
+                self._wanted.add(channel)
+                self._channel_names[channel.encode()] = channel
+            self._request_sync_locked()
+
+    def unsubscribe(self, *channels: str) -> None:
+        with self._lock:
+            gone = [c for c in channels if c in self._wanted]
+            if not gone:
+                return
+            for channel in gone:
+                self._wanted.discard(channel)
+                self._channel_names.pop(channel.encode(), None)
+            self._request_sync_locked()
+
+    def _request_sync_locked(self) -> None:
+        self._sub_dirty = True
+        if self._sub_ready and not self._sync_scheduled:
+            self._sync_scheduled = True
+            self._loop.call_soon_threadsafe(self._sync_subscriptions)  # type: ignore[union-attr]
+
+    def _sync_subscriptions(self) -> None:
+        """Loop thread: tell the server about channels wanted / no longer wanted."""
+        subscriber = self._subscriber
+        with self._lock:
+            self._sync_scheduled = False
+            if not self._sub_ready or subscriber is None or subscriber.transport is None:
+                return
+            to_add = sorted(self._wanted - self._requested)
+            to_remove = sorted(self._requested - self._wanted)
+            self._requested = set(self._wanted)
+            self._sub_dirty = False
+            chunks: list[bytes] = []
+            for verb, names in ((b"SUBSCRIBE", to_add), (b"UNSUBSCRIBE", to_remove)):
+                for start in range(0, len(names), SUBSCRIBE_CHUNK):
+                    chunk = names[start : start + SUBSCRIBE_CHUNK]
+                    self._sub_commands.append([verb.lower(), len(chunk)])
+                    chunks.append(encode_command(verb, *chunk))
+            if not self._sub_commands:
+                self._sub_cond.notify_all()
+        if chunks:
+            subscriber.transport.write(b"".join(chunks))
+
+    def _subscription_reply(self, reply: object) -> None:
+        """Loop thread: a (un)subscribe confirmation or an error."""
+        check_resubscribed = False
+        with self._sub_cond:
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"subscribe", b"unsubscribe"):
+                kind, raw_channel, _count = reply
+                channel = raw_channel.decode()
+                if kind == b"subscribe":
+                    self._confirmed.add(channel)
+                else:
+                    self._confirmed.discard(channel)
+                if self._sub_commands and self._sub_commands[0][0] == kind:
+                    self._sub_commands[0][1] -= 1
+                    if self._sub_commands[0][1] <= 0:
+                        self._sub_commands.popleft()
+            elif isinstance(reply, hiredis.ReplyError):
+                # One error answers a whole command (e.g. NOPERM on a channel).
+                if self._sub_commands:
+                    self._sub_commands.popleft()
+                log.error("%r: redis refused a subscription command: %s", self, reply)
+            else:
+                return  # e.g. a PING's ["pong", ""]
+            if not self._sub_commands:
+                self._sub_cond.notify_all()
+                check_resubscribed = self._await_resubscribe
+        if check_resubscribed:
+            self._maybe_resubscribed()
+
+    def _maybe_resubscribed(self) -> None:
+        with self._lock:
+            done = (
+                self._await_resubscribe
+                and all(self._up.values())
+                and not self._sub_dirty
+                and not self._sub_commands
+                and self._wanted <= self._confirmed
+            )
+            if done:
+                self._await_resubscribe = False
+        if done:
+            log.info("%r resubscribed %d channel(s)", self, len(self._wanted))
+            call_quietly(self._on_state, "resubscribed")
+
+    def _subscribed_locked(self) -> bool:
+        return self._sub_ready and not self._sub_dirty and not self._sub_commands and self._wanted <= self._confirmed
+
+    def wait_subscribed(self, timeout: float = 5.0) -> bool:
+        """True once every subscribe/unsubscribe asked for so far is confirmed
+        by the server; False after ``timeout`` seconds (e.g. while disconnected)."""
+        with self._sub_cond:
+            if self._subscribed_locked():
+                return True
+            if self._on_loop_thread():
+                raise TransportError("wait_subscribed() would block the transport's own I/O thread")
+            return self._sub_cond.wait_for(self._subscribed_locked, timeout)
+
+    @property
+    def subscribed_channels(self) -> frozenset[str]:
+        """Channels the server has confirmed (a snapshot)."""
+        with self._lock:
+            return frozenset(self._confirmed)
+
+    # -- receiving -----------------------------------------------------------
+
+    def _receiver_failed(self, channel: str) -> None:
+        """Loop thread, inside ``except``: count, log (rate-limited), go on."""
+        self.stats.receiver_errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 1.0:
+            self._last_error_log = now
+            suppressed, self._suppressed_errors = self._suppressed_errors, 0
+            log.exception(
+                "%r: receiver failed on channel %r (%d similar errors not logged)", self, channel, suppressed
+            )
+        else:
+            self._suppressed_errors += 1
+

@@ -1,0 +1,459 @@
+"""Baselines: what plain redis-py does on this machine, to compare huddle with.
+
+Each benchmark runs against a given Redis URL and crosses processes the way
+a fleet does: the subscriber side runs in a separate process (multiprocessing,
+spawn context), the publisher in the calling process. Times are taken with
+``time.monotonic()`` (CLOCK_MONOTONIC, shared by all processes on a host).
+
+- :func:`baseline_publish_throughput`: redis-py pipelined ``PUBLISH`` ->
+  redis-py ``PubSub.get_message`` subscriber; end to end (first publish to
+  last receipt).
+- :func:`baseline_ping_pong`: sequential request/reply over pub/sub between
+  two processes with redis-py; round-trip percentiles.
+- :func:`transport_publish_throughput` / :func:`transport_ping_pong`: the
+  same two measurements through ``bus.redis_transport.RedisTransport``.
+- :func:`publish_path_matrix`: every publisher kind against every subscriber
+  kind, to see which side costs what.
+
+Every function returns a plain dict (JSON-ready).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "baseline_ping_pong",
+    "baseline_publish_throughput",
+    "publish_path_matrix",
+    "transport_ping_pong",
+    "transport_publish_throughput",
+]
+
+PUBLISHERS = ("redispy", "redispy-async", "transport")
+SUBSCRIBERS = ("redispy", "redispy-async", "transport")
+
+_IDLE_TIMEOUT = 3.0  # a subscriber that hears nothing this long counts the rest as lost
+_PIPELINE_BATCH = 1_000
+
+
+def _channels(count: int) -> list[str]:
+    return [f"bench:{i}" for i in range(count)]
+
+
+# ---------------------------------------------------------------------------
+# Subscriber processes (top-level so spawn can import them)
+
+
+def _subscriber_process(kind: str, url: str, channels: list[str], n: int, ready: Any, results: Any) -> None:
+    """Receive ``n`` messages (or stop after an idle gap); report count and times."""
+    try:
+        if kind == "redispy":
+            outcome = _receive_redispy(url, channels, n, ready)
+        elif kind == "redispy-async":
+            outcome = _receive_redispy_async(url, channels, n, ready)
+        elif kind == "transport":
+            outcome = _receive_transport(url, channels, n, ready)
+        else:
+            raise ValueError(f"unknown subscriber kind {kind!r}")
+        results.put(outcome)
+    except BaseException as exc:  # report, then let the parent decide
+        results.put({"error": repr(exc)})
+        raise
+
+
+def _receive_redispy(url: str, channels: list[str], n: int, ready: Any) -> dict[str, Any]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    for start in range(0, len(channels), 1000):
+        pubsub.subscribe(*channels[start : start + 1000])
+    # Drain the confirmations so that "ready" means subscribed.
+    confirmed = 0
+    while confirmed < len(channels):
+        message = pubsub.parse_response(block=True, timeout=10.0)
+        if message and message[0] in (b"subscribe", "subscribe"):
+            confirmed += 1
+    ready.set()
+    received = 0
+    first = last = 0.0
+    get_message = pubsub.get_message
+    while received < n:
+        message = get_message(timeout=_IDLE_TIMEOUT)
+        if message is None:
+            break
+        if message["type"] == "message":
+            received += 1
+            last = time.monotonic()
+            if received == 1:
+                first = last
+    pubsub.close()
+    client.close()
+    return {"received": received, "first": first, "last": last}
+
+
+def _receive_redispy_async(url: str, channels: list[str], n: int, ready: Any) -> dict[str, Any]:
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    async def main() -> dict[str, Any]:
+        client = aredis.Redis.from_url(url)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        for start in range(0, len(channels), 1000):
+            await pubsub.subscribe(*channels[start : start + 1000])
+        confirmed = 0
+        while confirmed < len(channels):
+            message = await pubsub.parse_response(block=True, timeout=10.0)
+            if message and message[0] in (b"subscribe", "subscribe"):
+                confirmed += 1
+        ready.set()
+        received = 0
+        first = last = 0.0
+        while received < n:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_IDLE_TIMEOUT)
+            if message is None:
+                break
+            received += 1
+            last = time.monotonic()
+            if received == 1:
+                first = last
+        await pubsub.aclose()
+        await client.aclose()
+        return {"received": received, "first": first, "last": last}
+
+    return asyncio.run(main())
+
+
+def _receive_transport(url: str, channels: list[str], n: int, ready: Any) -> dict[str, Any]:
+    from bus.redis_transport import RedisTransport
+
+    state = {"received": 0, "first": 0.0, "last": 0.0}
+    done = threading.Event()
+
+    def receiver(channel: str, data: bytes) -> None:
+        received = state["received"] + 1
+        state["received"] = received
+        now = time.monotonic()
+        state["last"] = now
+        if received == 1:
+            state["first"] = now
+        if received >= n:
+            done.set()
+
+    transport = RedisTransport(url, name="bench-sub")
+    transport.set_receiver(receiver)
+    transport.start()
+    transport.subscribe(*channels)
+    if not transport.wait_subscribed(30.0):
+        raise RuntimeError("subscriber could not subscribe")
+    ready.set()
+    while not done.is_set():
+        seen = state["received"]
+        if done.wait(_IDLE_TIMEOUT):
+            break
+        if state["received"] == seen:  # nothing for _IDLE_TIMEOUT: the rest is lost
+            break
+    transport.close(flush_timeout=0)
+    return dict(state)
+
+
+# ---------------------------------------------------------------------------
+# Publishers (in the calling process)
+
+
+def _publish_redispy(url: str, channels: list[str], n: int, payload: bytes) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    count = len(channels)
+    sent = 0
+    while sent < n:
+        pipe = client.pipeline(transaction=False)
+        upto = min(n, sent + _PIPELINE_BATCH)
+        for i in range(sent, upto):
+            pipe.publish(channels[i % count], payload)
+        pipe.execute()
+        sent = upto
+    client.close()
+
+
+def _publish_redispy_async(url: str, channels: list[str], n: int, payload: bytes) -> None:
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    async def main() -> None:
+        client = aredis.Redis.from_url(url)
+        count = len(channels)
+        sent = 0
+        while sent < n:
+            pipe = client.pipeline(transaction=False)
+            upto = min(n, sent + _PIPELINE_BATCH)
+            for i in range(sent, upto):
+                pipe.publish(channels[i % count], payload)
+            await pipe.execute()
+            sent = upto
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def _publish_transport(url: str, channels: list[str], n: int, payload: bytes) -> None:
+    from bus.redis_transport import RedisTransport
+
+    transport = RedisTransport(url, name="bench-pub")
+    transport.start()
+    count = len(channels)
+    publish = transport.publish
+    for i in range(n):
+        publish(channels[i % count], payload)
+    if not transport.flush(120.0):
+        raise RuntimeError("publisher could not flush")
+    transport.close()
+
+
+_PUBLISH: dict[str, Callable[[str, list[str], int, bytes], None]] = {
+    "redispy": _publish_redispy,
+    "redispy-async": _publish_redispy_async,
+    "transport": _publish_transport,
+}
+
+
+def _throughput(
+    url: str, *, publisher: str, subscriber: str, n: int, payload_size: int, channels: int
+) -> dict[str, Any]:
+    names = _channels(channels)
+    payload = os.urandom(payload_size // 2).hex().encode()[:payload_size].ljust(payload_size, b"x")
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    results = ctx.Queue()
+    proc = ctx.Process(
+        target=_subscriber_process, args=(subscriber, url, names, n, ready, results), name=f"bench-sub-{subscriber}"
+    )
+    proc.start()
+    try:
+        if not ready.wait(60.0):
+            raise RuntimeError(f"{subscriber} subscriber never became ready")
+        start = time.monotonic()
+        _PUBLISH[publisher](url, names, n, payload)
+        published = time.monotonic()
+        try:
+            outcome = results.get(timeout=120.0)
+        except queue.Empty as exc:
+            raise RuntimeError("subscriber reported nothing") from exc
+        if "error" in outcome:
+            raise RuntimeError(f"subscriber failed: {outcome['error']}")
+        proc.join(timeout=30.0)
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=10.0)
+    received = outcome["received"]
+    elapsed = max(outcome["last"] - start, 1e-9)
+    return {
+        "publisher": publisher,
+        "subscriber": subscriber,
+        "n": n,
+        "payload_size": payload_size,
+        "channels": channels,
+        "msgs_per_s": round(received / elapsed),
+        "publish_msgs_per_s": round(n / max(published - start, 1e-9)),
+        "lost": n - received,
+        "seconds": round(elapsed, 3),
+    }
+
+
+def baseline_publish_throughput(
+    url: str, n: int = 500_000, payload_size: int = 100, channels: int = 1000
+) -> dict[str, Any]:
+    """redis-py pipelined PUBLISH (batches of 1,000) -> redis-py PubSub
+    ``get_message`` in another process. ``msgs_per_s`` is end to end: messages
+    received / (last receipt - first publish)."""
+    return _throughput(url, publisher="redispy", subscriber="redispy", n=n, payload_size=payload_size, channels=channels)
+
+
+def transport_publish_throughput(
+    url: str, n: int = 500_000, payload_size: int = 100, channels: int = 1000
+) -> dict[str, Any]:
+    """The same measurement through RedisTransport on both sides."""
+    return _throughput(
+        url, publisher="transport", subscriber="transport", n=n, payload_size=payload_size, channels=channels
+    )
+
+
+def publish_path_matrix(
+    url: str,
+    n: int = 200_000,
+    payload_size: int = 100,
+    channels: int = 1000,
+    publishers: tuple[str, ...] = PUBLISHERS,
+    subscribers: tuple[str, ...] = SUBSCRIBERS,
+) -> list[dict[str, Any]]:
+    """Every publisher kind against every subscriber kind."""
+    return [
+        _throughput(url, publisher=p, subscriber=s, n=n, payload_size=payload_size, channels=channels)
+        for p in publishers
+        for s in subscribers
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Ping-pong
+
+
+def _echo_process(kind: str, url: str, ready: Any, stop_channel: str) -> None:
+    """Answer every message on ``ping`` with the same bytes on ``pong``."""
+    if kind == "redispy":
+        import redis
+
+        client = redis.Redis.from_url(url)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe("bench:ping", stop_channel)
+        pubsub.parse_response(block=True, timeout=10.0)
+        pubsub.parse_response(block=True, timeout=10.0)
+        ready.set()
+        for message in pubsub.listen():
+            if message["type"] != "message":
+                continue
+            if message["channel"] == stop_channel.encode():
+                break
+            client.publish("bench:pong", message["data"])
+        pubsub.close()
+        client.close()
+    elif kind == "transport":
+        from bus.redis_transport import RedisTransport
+
+        stop = threading.Event()
+        transport = RedisTransport(url, name="bench-echo")
+
+        def receiver(channel: str, data: bytes) -> None:
+            if channel == stop_channel:
+                stop.set()
+            else:
+                transport.publish("bench:pong", data)
+
+        transport.set_receiver(receiver)
+        transport.start()
+        transport.subscribe("bench:ping", stop_channel)
+        transport.wait_subscribed(10.0)
+        ready.set()
+        stop.wait(600.0)
+        transport.close()
+    else:
+        raise ValueError(f"unknown echo kind {kind!r}")
+
+
+def _ping_pong(url: str, kind: str, n: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    stop_channel = "bench:stop"
+    proc = ctx.Process(target=_echo_process, args=(kind, url, ready, stop_channel), name=f"bench-echo-{kind}")
+    proc.start()
+    try:
+        if not ready.wait(60.0):
+            raise RuntimeError("echo process never became ready")
+        rtts = _ping_redispy(url, n) if kind == "redispy" else _ping_transport(url, n)
+    finally:
+        import redis
+
+        with redis.Redis.from_url(url) as client:
+            client.publish(stop_channel, b"stop")
+        proc.join(timeout=15.0)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=10.0)
+    rtts.sort()
+    return {
+        "kind": kind,
+        "n": len(rtts),
+        "p50_us": round(statistics.median(rtts) * 1e6, 1),
+        "p99_us": round(rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1e6, 1),
+        "max_us": round(rtts[-1] * 1e6, 1),
+    }
+
+
+def _ping_redispy(url: str, n: int) -> list[float]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("bench:pong")
+    pubsub.parse_response(block=True, timeout=10.0)
+    rtts: list[float] = []
+    for i in range(n):
+        body = b"%d" % i
+        start = time.perf_counter()
+        client.publish("bench:ping", body)
+        while True:
+            message = pubsub.get_message(timeout=10.0)
+            if message is None:
+                raise RuntimeError(f"no pong for ping {i}")
+            if message["type"] == "message" and message["data"] == body:
+                break
+        rtts.append(time.perf_counter() - start)
+    pubsub.close()
+    client.close()
+    return rtts
+
+
+def _ping_transport(url: str, n: int) -> list[float]:
+    from bus.redis_transport import RedisTransport
+
+    pongs: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    transport = RedisTransport(url, name="bench-ping")
+    transport.set_receiver(lambda channel, data: pongs.put(data))
+    transport.start()
+    transport.subscribe("bench:pong")
+    transport.wait_subscribed(10.0)
+    rtts: list[float] = []
+    try:
+        for i in range(n):
+            body = b"%d" % i
+            start = time.perf_counter()
+            transport.publish("bench:ping", body)
+            while pongs.get(timeout=10.0) != body:
+                pass
+            rtts.append(time.perf_counter() - start)
+    finally:
+        transport.close()
+    return rtts
+
+
+def baseline_ping_pong(url: str, n: int = 10_000) -> dict[str, Any]:
+    """redis-py pub/sub request/reply between two processes, one at a time.
+    The round trip is PUBLISH -> echo process -> PUBLISH -> get_message."""
+    return _ping_pong(url, "redispy", n)
+
+
+def transport_ping_pong(url: str, n: int = 10_000) -> dict[str, Any]:
+    """The same round trip through RedisTransport on both sides (the pong is
+    handed from the I/O thread to the caller's thread, as in a node)."""
+    return _ping_pong(url, "transport", n)
+
+
+if __name__ == "__main__":  # a quick look; ``huddle bench`` is the real entry point
+    import json
+
+    from bus.embedded import redis_url_from_env_or_embedded
+
+    bench_url, server = redis_url_from_env_or_embedded()
+    try:
+        for result in (
+            baseline_publish_throughput(bench_url),
+            transport_publish_throughput(bench_url),
+            baseline_ping_pong(bench_url),
+            transport_ping_pong(bench_url),
+        ):
+            print(json.dumps(result))
+    finally:
+        if server is not None:
+            server.stop()
