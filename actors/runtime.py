@@ -113,6 +113,10 @@ class ThreadPoolDispatcher:
         self._blocked = 0
         self._counter = 0
         self._local = threading.local()
+        # Slices submitted and not yet finished; lets tests wait until every
+        # actor is idle instead of sleeping.
+        self._inflight = 0
+        self._idle = threading.Condition(threading.Lock())
         for _ in range(self.size):
             self._spawn()
 
@@ -135,6 +139,10 @@ class ThreadPoolDispatcher:
                 actor._run_slice()
             except BaseException:  # noqa: BLE001 - a slice must never kill the pool
                 log.exception("actor slice escaped its handler: %r", actor)
+            with self._idle:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._idle.notify_all()
             if self._threads > self.size + self._blocked:
                 with self._lock:
                     if self._threads > self.size + self._blocked:
@@ -142,7 +150,14 @@ class ThreadPoolDispatcher:
                         return
 
     def submit(self, actor: Runnable) -> None:
+        with self._idle:
+            self._inflight += 1
         self._ready.put(actor)
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no slice is queued or running (True), or timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
     def is_worker_thread(self) -> bool:
         return getattr(self._local, "worker", False)

@@ -228,6 +228,15 @@ _PUBLISH: dict[str, Callable[[str, list[str], int, bytes], None]] = {
 }
 
 
+def _wait_ready(ready: Any, proc: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if not proc.is_alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.exitcode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} was not ready within {timeout}s")
+
+
 def _throughput(
     url: str, *, publisher: str, subscriber: str, n: int, payload_size: int, channels: int
 ) -> dict[str, Any]:
@@ -241,8 +250,7 @@ def _throughput(
     )
     proc.start()
     try:
-        if not ready.wait(60.0):
-            raise RuntimeError(f"{subscriber} subscriber never became ready")
+        _wait_ready(ready, proc)
         start = time.monotonic()
         _PUBLISH[publisher](url, names, n, payload)
         published = time.monotonic()
@@ -359,8 +367,7 @@ def _ping_pong(url: str, kind: str, n: int) -> dict[str, Any]:
     proc = ctx.Process(target=_echo_process, args=(kind, url, ready, stop_channel), name=f"bench-echo-{kind}")
     proc.start()
     try:
-        if not ready.wait(60.0):
-            raise RuntimeError("echo process never became ready")
+        _wait_ready(ready, proc)
         rtts = _ping_redispy(url, n) if kind == "redispy" else _ping_transport(url, n)
     finally:
         import redis

@@ -1,0 +1,179 @@
+"""Clocks: where time comes from, and how "later" happens.
+
+A timer in huddle is a delayed message: the node asks its clock to call it
+back, and the callback sends the message through the bus like any other.
+Two clocks keep the same contract:
+
+* :class:`SystemClock`: monotonic time, one timer thread with a heap.
+* :class:`ManualClock`: time moves only when a test calls ``advance``; due
+  callbacks run on the caller's thread, in deadline order, before
+  ``advance`` returns. Nothing in a test then depends on how busy the
+  machine is.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = ["Clock", "ManualClock", "SystemClock", "TimerHandle"]
+
+log = logging.getLogger("huddle.clock")
+
+
+class TimerHandle:
+    """A pending callback; ``cancel()`` makes sure it never runs."""
+
+    __slots__ = ("args", "cancelled", "fn", "when")
+
+    def __init__(self, when: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self.fn = fn
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds."""
+
+    def wall(self) -> float:
+        """Unix seconds (for envelope deadlines that cross processes)."""
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``fn(*args)`` once, ``delay`` seconds from now."""
+
+    def close(self) -> None: ...
+
+
+class _Heap:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+
+    def push(self, handle: TimerHandle) -> None:
+        heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
+
+    def pop_due(self, now: float) -> TimerHandle | None:
+        while self._heap and self._heap[0][0] <= now:
+            handle = heapq.heappop(self._heap)[2]
+            if not handle.cancelled:
+                return handle
+        return None
+
+    def next_when(self) -> float | None:
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        return sum(1 for _, _, h in self._heap if not h.cancelled)
+
+
+def _run(handle: TimerHandle) -> None:
+    try:
+        handle.fn(*handle.args)
+    except Exception:  # noqa: BLE001 - a timer callback must not kill the clock
+        log.exception("timer callback failed")
+
+
+class SystemClock:
+    """Real time; callbacks run on one daemon timer thread."""
+
+    def __init__(self) -> None:
+        self._heap = _Heap()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        handle = TimerHandle(time.monotonic() + max(0.0, delay), fn, args)
+        with self._cond:
+            self._heap.push(handle)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="huddle-timers", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return handle
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                due = self._heap.pop_due(time.monotonic())
+                if due is None:
+                    nxt = self._heap.next_when()
+                    self._cond.wait(None if nxt is None else max(0.0, nxt - time.monotonic()))
+                    continue
+            _run(due)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+
+class ManualClock:
+    """Time that moves only when told to (tests)."""
+
+    def __init__(self, start: float = 1000.0, wall_offset: float = 1_700_000_000.0) -> None:
+        self._now = start
+        self._wall_offset = wall_offset
+        self._heap = _Heap()
+        self._lock = threading.RLock()
+
+    def now(self) -> float:
+        return self._now
+
+    def wall(self) -> float:
+        return self._wall_offset + self._now
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        handle = TimerHandle(self._now + max(0.0, delay), fn, args)
+        with self._lock:
+            self._heap.push(handle)
+        return handle
+
+    def advance(self, seconds: float) -> int:
+        """Move time forward, running every callback that falls due, each at
+        its own deadline. Returns how many ran."""
+        target = self._now + seconds
+        ran = 0
+        while True:
+            with self._lock:
+                nxt = self._heap.next_when()
+                if nxt is None or nxt > target:
+                    break
+                self._now = max(self._now, nxt)
+                handle = self._heap.pop_due(self._now)
+            if handle is not None:
+                _run(handle)
+                ran += 1
+        self._now = target
+        return ran
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._heap)
+
+    def next_deadline(self) -> float | None:
+        with self._lock:
+            return self._heap.next_when()
+
+    def close(self) -> None:
+        return None

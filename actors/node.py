@@ -1,0 +1,670 @@
+"""A node: hosts actors by address and bridges them to the bus.
+
+Everything an actor sends leaves as encoded bytes. Where the bytes go:
+
+* the receiver lives on this node → straight back through ``Codec.decode``
+  into its mailbox (nothing mutable is ever shared, even locally);
+* elsewhere → published on the address's channel through the
+  :class:`~bus.transport.Transport` (batched and pipelined by it).
+
+Everything that arrives (from the transport, from a local send, or injected
+by the test kit) takes one path, :meth:`Node.receive_bytes`:
+
+1. decode strictly; a :class:`~bus.errors.DecodeError` becomes a dead letter
+   with the decoder's reason;
+2. a reply to one of this node's asks completes its future;
+3. otherwise the addressed actor's bounded mailbox gets it; an unknown
+   address, a full mailbox, an expired deadline or a stopped actor is a dead
+   letter. Every dead letter is counted and published on ``sys:events``; an
+   ask that is dead-lettered is answered with an error at once, so the
+   asker does not wait for its deadline.
+
+Asks: the envelope names ``reply_to=node:<id>`` and a correlation id; the
+receiving node turns the handler's return value (or exception) into a
+``sys.reply`` (or ``sys.error``) back to it. Every ask has a deadline
+(default 5 s); past it the future fails with :class:`~bus.errors.AskTimeout`.
+
+Exits: the runtime calls :meth:`Node._on_exit` when an actor stops. The node
+publishes ``stopped``/``crashed`` and, for a supervised actor, keeps the
+address reserved (messages wait in a bounded buffer) and tells the
+supervisor with a ``sys.child-exit``. The supervisor either starts a new
+incarnation at the same address (the buffer is delivered to it first) or
+releases the address (the buffer becomes dead letters).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+import msgpack
+from pykka import ActorDeadError, ActorRegistry
+from pykka._envelope import Envelope as _PykkaEnvelope
+
+from actors.clock import Clock, SystemClock, TimerHandle
+from actors.messages import ChildExit
+from actors.runtime import PooledActor, PooledFuture, default_dispatcher
+from bus.address import SYS_EVENTS, channel_for, node_address, parse_address
+from bus.envelope import Codec, Envelope, new_message_id
+from bus.errors import AskTimeout, DecodeError, EncodeError, HuddleError, MailboxFull
+from bus.messages import ErrorReply, Event, Message, Reply, Stop
+
+if TYPE_CHECKING:
+    from pykka import ActorRef
+
+    from bus.transport import Transport
+
+__all__ = [
+    "ActorContext",
+    "AddressInUse",
+    "CheckpointStore",
+    "Delivery",
+    "HuddleActor",
+    "MemoryCheckpoints",
+    "Node",
+    "RemoteError",
+    "UnhandledMessage",
+]
+
+log = logging.getLogger("huddle.node")
+
+A = TypeVar("A", bound="HuddleActor")
+
+DEFAULT_ASK_TIMEOUT = 5.0
+DEFAULT_MAILBOX_CAPACITY = 10_000
+#: Messages held for an address whose actor is being restarted.
+RESTART_BUFFER = 10_000
+
+
+class AddressInUse(HuddleError):
+    """An actor already lives at that address on this node."""
+
+
+class UnhandledMessage(HuddleError):
+    """The actor has no handler for this message kind."""
+
+    def __init__(self, address: str, kind: str) -> None:
+        self.address = address
+        self.kind = kind
+        super().__init__(f"{address} does not handle {kind!r}")
+
+
+class RemoteError(HuddleError):
+    """The handler of an ask raised; ``error_type`` names the remote type."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        self.error_type = error_type
+        self.remote_message = message
+        super().__init__(f"{error_type}: {message}")
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+
+
+class CheckpointStore(Protocol):
+    """Where an actor's last checkpoint lives between incarnations."""
+
+    def save(self, address: str, epoch: int, data: bytes) -> bool:
+        """Store ``data`` (msgpack) for ``address``; False if refused."""
+
+    def load(self, address: str) -> bytes | None: ...
+
+    def delete(self, address: str) -> None: ...
+
+
+class MemoryCheckpoints:
+    """Checkpoints kept by the node itself (one process). Stored as msgpack
+    bytes, so a restored state is always a fresh copy."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[int, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def save(self, address: str, epoch: int, data: bytes) -> bool:
+        with self._lock:
+            current = self._data.get(address)
+            if current is not None and epoch < current[0]:
+                return False
+            self._data[address] = (epoch, data)
+            return True
+
+    def load(self, address: str) -> bytes | None:
+        with self._lock:
+            current = self._data.get(address)
+        return None if current is None else current[1]
+
+    def delete(self, address: str) -> None:
+        with self._lock:
+            self._data.pop(address, None)
+
+
+# --------------------------------------------------------------------------
+# Actors that live at an address
+
+
+@dataclass(frozen=True)
+class ActorContext:
+    """Everything an actor gets at start, explicitly (no ambient context).
+
+    ``checkpoint`` is the state saved by the previous incarnation (``None``
+    on a first start); ``incarnation`` counts starts at this address on this
+    node (1 for the first); ``parent`` is the supervisor's address, if any.
+    """
+
+    address: str
+    node: Node
+    checkpoint: Any = None
+    incarnation: int = 1
+    parent: str | None = None
+    epoch: int = 0
+
+
+class Delivery:
+    """What a huddle actor's pykka mailbox carries for a bus message."""
+
+    __slots__ = ("envelope",)
+
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+
+
+class HuddleActor(PooledActor):
+    """A pooled actor with an address, that speaks only bus messages.
+
+    Subclasses implement :meth:`on_message`, which gets the typed message and
+    its envelope (sender, epoch, deadline...). Its return value answers an
+    ask. A kind it does not handle: call ``super().on_message`` (raises
+    :class:`UnhandledMessage`); the runtime turns that into a dead letter
+    and the actor keeps running.
+    """
+
+    mailbox_capacity: ClassVar[int | None] = DEFAULT_MAILBOX_CAPACITY
+
+    def __init__(self, ctx: ActorContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.address = ctx.address
+        self.node = ctx.node
+
+    # -- receiving ----------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if type(message) is Delivery:
+            env = message.envelope
+            try:
+                return self.on_message(env.message, env)
+            except UnhandledMessage as exc:
+                self.node.dead_letter("unhandled-kind", env.to, env.kind, sender=env.sender)
+                if env.reply_to is not None:
+                    raise
+                log.debug("%s", exc)
+                return None
+        return super().on_receive(message)
+
+    def on_message(self, message: Message, envelope: Envelope) -> Any:
+        raise UnhandledMessage(self.address, message.KIND)
+
+    # -- sending ------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self.ctx.epoch
+
+    def tell(self, to: str, message: Message, **header: Any) -> None:
+        self.node.tell(to, message, sender=self.address, epoch=self.epoch, **header)
+
+    def ask(self, to: str, message: Message, *, timeout: float | None = None) -> PooledFuture[Any]:
+        return self.node.ask(to, message, timeout=timeout, sender=self.address, epoch=self.epoch)
+
+    def send_later(self, delay: float, message: Message, to: str | None = None) -> TimerHandle:
+        """A timer: ``message`` reaches ``to`` (default: this actor) after
+        ``delay`` seconds of the node's clock."""
+        return self.node.send_later(delay, to or self.address, message, sender=self.address, epoch=self.epoch)
+
+    def checkpoint(self, state: Any) -> bool:
+        """Save ``state`` (msgpack primitives, never secrets); the next
+        incarnation at this address gets it as ``ctx.checkpoint``."""
+        return self.node.save_checkpoint(self.address, self.epoch, state)
+
+    # -- runtime hooks ------------------------------------------------------
+
+    def _on_dead_letter(self, message: Any) -> None:
+        kind = message.envelope.kind if type(message) is Delivery else type(message).__name__
+        self.node.dead_letter("actor-stopped", self.address, kind)
+
+    def _address_or_urn(self) -> str:
+        return self.address
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__} ({self.address})"
+
+
+# --------------------------------------------------------------------------
+# The node
+
+
+_node_counter = itertools.count(1)
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname().split('.')[0][:20]}-{os.getpid()}-{next(_node_counter)}".replace("_", "-")
+
+
+class Node:
+    """Hosts actors by address on one process and connects them to the bus."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        node_id: str | None = None,
+        codec: Codec | None = None,
+        clock: Clock | None = None,
+        namespace: str = "",
+        ask_timeout: float = DEFAULT_ASK_TIMEOUT,
+        checkpoints: CheckpointStore | None = None,
+    ) -> None:
+        self.node_id = node_id or default_node_id()
+        self.address = node_address(self.node_id)
+        self.transport = transport
+        self.codec = codec or Codec()
+        self.clock: Clock = clock or SystemClock()
+        self.namespace = namespace
+        self.ask_timeout = ask_timeout
+        self.checkpoints: CheckpointStore = checkpoints or MemoryCheckpoints()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._actors: dict[str, HuddleActor] = {}
+        self._reserved: dict[str, collections.deque[Envelope]] = {}
+        self._incarnations: collections.Counter[str] = collections.Counter()
+        self._pending: dict[str, tuple[PooledFuture[Any], TimerHandle]] = {}
+        self._listeners: list[Callable[[Event], None]] = []
+        self._exit_waiters: dict[str, PooledFuture[None]] = {}
+        self._release_on_exit: set[str] = set()
+        self._lock = threading.RLock()
+        self._closing = False
+        self._started = False
+        self._events_channel = channel_for(SYS_EVENTS, namespace)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> Node:
+        if self._started:
+            return self
+        self._started = True
+        self.transport.set_receiver(self._on_wire)
+        self.transport.subscribe(channel_for(self.address, self.namespace))
+        self.transport.start()
+        return self
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop every actor (newest first, no restarts), then the transport."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            actors = list(self._actors.values())
+        for actor in reversed(actors):
+            try:
+                actor.actor_ref.stop(block=True, timeout=timeout)
+            except Exception:  # noqa: BLE001
+                log.warning("actor %s did not stop in %.1fs", actor.address, timeout)
+        for fut, timer in list(self._pending.values()):
+            timer.cancel()
+        self.transport.flush(timeout)
+        self.transport.close()
+        self.clock.close()
+
+    # -- hosting ------------------------------------------------------------
+
+    def spawn(self, address: str, actor_class: type[A], *args: Any, parent: str | None = None, **kwargs: Any) -> ActorRef[A]:
+        """Start ``actor_class(ctx, *args, **kwargs)`` at ``address``.
+
+        If the address is reserved for a restart, messages that waited for it
+        are delivered to the new incarnation before any newer message.
+        """
+        parse_address(address)
+        if self._closing:
+            raise HuddleError(f"node {self.node_id} is shutting down")
+        raw = self.checkpoints.load(address)
+        checkpoint = msgpack.unpackb(raw, raw=False) if raw is not None else None
+        with self._lock:
+            if address in self._actors:
+                raise AddressInUse(address)
+            self._incarnations[address] += 1
+            incarnation = self._incarnations[address]
+        ctx = ActorContext(address=address, node=self, checkpoint=checkpoint, incarnation=incarnation, parent=parent)
+        actor = actor_class(ctx, *args, **kwargs)
+        actor._exit_hook = self._on_exit
+        with self._lock:
+            if address in self._actors:
+                raise AddressInUse(address)
+            waiting = self._reserved.pop(address, None)
+            for env in waiting or ():
+                self._put(actor, env)
+            self._actors[address] = actor
+        if waiting is None:
+            self.transport.subscribe(channel_for(address, self.namespace))
+        ActorRegistry.register(actor.actor_ref)
+        actor._start_actor_loop()
+        self.emit("started", address, detail={"incarnation": incarnation, "class": actor_class.__name__})
+        return actor.actor_ref
+
+    def lookup(self, address: str) -> HuddleActor | None:
+        return self._actors.get(address)
+
+    def addresses(self) -> list[str]:
+        return list(self._actors)
+
+    def stop_actor(self, address: str, *, timeout: float = 5.0, release: bool = False) -> bool:
+        """Stop the actor at ``address`` and wait until the runtime has seen
+        it exit (its exit event is out, its supervisor told). With
+        ``release``, the stop is final: the address is not kept for a
+        restart and the supervisor is not told. False if no actor lives
+        there; raises pykka's ``Timeout`` past ``timeout``."""
+        with self._lock:
+            actor = self._actors.get(address)
+            if actor is None:
+                return False
+            if release:
+                self._release_on_exit.add(address)
+            waiter = self._exit_waiters.setdefault(address, PooledFuture())
+        try:
+            actor.actor_ref.stop(block=False)
+        except ActorDeadError:
+            pass
+        waiter.get(timeout=timeout)
+        return True
+
+    def release(self, address: str) -> None:
+        """Give up a restart reservation: waiting messages become dead letters."""
+        with self._lock:
+            waiting = self._reserved.pop(address, None)
+            if waiting is None or address in self._actors:
+                return
+        self.transport.unsubscribe(channel_for(address, self.namespace))
+        for env in waiting:
+            self._refuse(env, "actor-stopped")
+
+    def _on_exit(self, actor: PooledActor, error: BaseException | None) -> None:
+        assert isinstance(actor, HuddleActor)
+        address = actor.address
+        parent = actor.ctx.parent
+        with self._lock:
+            if self._actors.get(address) is not actor:
+                return
+            del self._actors[address]
+            final = address in self._release_on_exit
+            self._release_on_exit.discard(address)
+            supervised = parent is not None and not self._closing and not final
+            if supervised:
+                self._reserved[address] = collections.deque()
+            waiter = self._exit_waiters.pop(address, None)
+        if not supervised:
+            self.transport.unsubscribe(channel_for(address, self.namespace))
+        reason = type(error).__name__ if error is not None else ""
+        self.emit("crashed" if error is not None else "stopped", address, reason=reason,
+                  detail={"incarnation": actor.ctx.incarnation})
+        if supervised:
+            assert parent is not None
+            self.tell(parent, ChildExit(address=address, crashed=error is not None, reason=reason,
+                                        incarnation=actor.ctx.incarnation), sender=address)
+        if waiter is not None:
+            waiter.set(None)
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def save_checkpoint(self, address: str, epoch: int, state: Any) -> bool:
+        try:
+            data = msgpack.packb(state, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(f"checkpoint of {address} is not msgpack primitives: {exc}") from exc
+        return self.checkpoints.save(address, epoch, data)
+
+    # -- sending ------------------------------------------------------------
+
+    def tell(
+        self,
+        to: str,
+        message: Message,
+        *,
+        sender: str | None = None,
+        epoch: int = 0,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+    ) -> None:
+        """Send ``message`` to ``to``, wherever it lives. Raises
+        :class:`EncodeError` if it cannot be encoded; delivery problems are
+        dead letters, not exceptions."""
+        env = Envelope(to=to, message=message, sender=sender, reply_to=reply_to, correlation_id=correlation_id,
+                       epoch=epoch, deadline=deadline, traceparent=traceparent)
+        self.send_envelope(env)
+
+    def send_envelope(self, env: Envelope) -> None:
+        data = self.codec.encode(env)
+        self.counters["sent"] += 1
+        if env.to in self._actors or env.to in self._reserved or env.to == self.address:
+            self.receive_bytes(data)
+        else:
+            self.transport.publish(channel_for(env.to, self.namespace), data)
+
+    def ask(
+        self,
+        to: str,
+        message: Message,
+        *,
+        timeout: float | None = None,
+        sender: str | None = None,
+        epoch: int = 0,
+    ) -> PooledFuture[Any]:
+        """Send ``message`` and return a future for the answer.
+
+        The future fails with :class:`AskTimeout` after ``timeout`` seconds
+        (default 5), with :class:`RemoteError` if the handler raised, and
+        with a :class:`~bus.errors.DeliveryError` subclass if the message
+        was dead-lettered. ``await`` it from asyncio, or ``.get()`` it.
+        """
+        timeout = self.ask_timeout if timeout is None else timeout
+        corr = new_message_id()
+        future: PooledFuture[Any] = PooledFuture()
+        timer = self.clock.call_later(timeout, self._expire, corr, to, timeout)
+        self._pending[corr] = (future, timer)
+        try:
+            self.tell(to, message, sender=sender, epoch=epoch, reply_to=self.address, correlation_id=corr,
+                      deadline=self.clock.wall() + timeout)
+        except BaseException:
+            self._pending.pop(corr, None)
+            timer.cancel()
+            raise
+        return future
+
+    def _expire(self, corr: str, to: str, timeout: float) -> None:
+        entry = self._pending.pop(corr, None)
+        if entry is not None:
+            self.counters["ask-timeout"] += 1
+            entry[0].set_exception(exc_info=(AskTimeout, AskTimeout(to, f"no reply within {timeout:g}s"), None))
+
+    def send_later(self, delay: float, to: str, message: Message, *, sender: str | None = None, epoch: int = 0) -> TimerHandle:
+        """A timer is a delayed message: encoded now (so a bad message fails
+        at once), sent through the bus when the clock says so."""
+        env = Envelope(to=to, message=message, sender=sender, epoch=epoch)
+        self.codec.encode(env)
+        return self.clock.call_later(delay, self._send_timer, env)
+
+    def _send_timer(self, env: Envelope) -> None:
+        if not self._closing:
+            self.send_envelope(env)
+
+    # -- receiving ----------------------------------------------------------
+
+    def _on_wire(self, channel: str, data: bytes) -> None:
+        self.receive_bytes(data, channel)
+
+    def receive_bytes(self, data: bytes, channel: str | None = None) -> None:
+        """The one entry point for bytes addressed to this node's actors
+        (transport, local sends, test-kit injection)."""
+        try:
+            env = self.codec.decode(data)
+        except DecodeError as exc:
+            self.dead_letter(exc.reason, _address_of(channel, self.namespace), "", detail=exc.detail)
+            return
+        self.counters["received"] += 1
+        self.dispatch(env)
+
+    def dispatch(self, env: Envelope) -> None:
+        to = env.to
+        if to == self.address:
+            self._on_reply(env)
+            return
+        actor = self._actors.get(to)
+        if actor is None:
+            with self._lock:
+                actor = self._actors.get(to)
+                if actor is None:
+                    waiting = self._reserved.get(to)
+                    if waiting is not None and len(waiting) < RESTART_BUFFER:
+                        waiting.append(env)
+                        return
+            if actor is None:
+                self._refuse(env, "restart-buffer-full" if to in self._reserved else "unknown-address")
+                return
+        if env.deadline is not None and env.deadline < self.clock.wall():
+            self._refuse(env, "expired")
+            return
+        self._put(actor, env)
+
+    def _put(self, actor: HuddleActor, env: Envelope) -> None:
+        if type(env.message) is Stop:
+            actor.stop()
+            if env.reply_to is not None:
+                self._reply(env, Reply(True))
+            return
+        reply_future: PooledFuture[Any] | None = None if env.reply_to is None else PooledFuture()
+        try:
+            actor.actor_inbox.put(_PykkaEnvelope(Delivery(env), reply_to=reply_future))
+        except MailboxFull:
+            self._refuse(env, "mailbox-full")
+            return
+        if reply_future is not None:
+            # Runs at once if the actor already answered.
+            reply_future.add_done_callback(lambda f: self._answer(env, f))
+
+    def _answer(self, env: Envelope, future: PooledFuture[Any]) -> None:
+        try:
+            value = future.get(timeout=0)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a reply
+            message: Message = ErrorReply(error_type=type(exc).__name__, message=str(exc))
+        else:
+            message = value if isinstance(value, Message) else Reply(value)
+        try:
+            self._reply(env, message)
+        except EncodeError as exc:
+            self._reply(env, ErrorReply(error_type="EncodeError", message=str(exc)))
+
+    def _reply(self, env: Envelope, message: Message) -> None:
+        assert env.reply_to is not None
+        self.tell(env.reply_to, message, sender=env.to, correlation_id=env.correlation_id)
+
+    def _on_reply(self, env: Envelope) -> None:
+        entry = self._pending.pop(env.correlation_id or "", None)
+        if entry is None:
+            self.dead_letter("late-reply", self.address, env.kind, sender=env.sender)
+            return
+        future, timer = entry
+        timer.cancel()
+        message = env.message
+        if type(message) is Reply:
+            future.set(message.value)
+        elif type(message) is ErrorReply:
+            error = _remote_error(message, env.sender or "")
+            future.set_exception(exc_info=(type(error), error, None))
+        else:
+            future.set(message)
+
+    def _refuse(self, env: Envelope, reason: str) -> None:
+        self.dead_letter(reason, env.to, env.kind, sender=env.sender)
+        if env.reply_to is not None and env.correlation_id is not None and env.to != self.address:
+            self._reply(env, ErrorReply(error_type=_REFUSAL_TYPES.get(reason, "DeliveryError"), message=f"{env.to}: {reason}"))
+
+    # -- events -------------------------------------------------------------
+
+    def add_event_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event this node emits (on the
+        emitting thread). Returns a function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def emit(self, event: str, address: str = "", *, reason: str = "", detail: dict[str, Any] | None = None) -> None:
+        """Publish an event on ``sys:events`` (never put secrets in it)."""
+        ev = Event(event=event, node=self.node_id, address=address, reason=reason, detail=detail or {},
+                   ts=self.clock.wall())
+        self.counters[f"event:{event}"] += 1
+        for listener in list(self._listeners):
+            try:
+                listener(ev)
+            except Exception:  # noqa: BLE001
+                log.exception("event listener failed")
+        try:
+            data = self.codec.encode(Envelope(to=SYS_EVENTS, message=ev, sender=self.address))
+        except EncodeError:
+            log.exception("event %s could not be encoded", event)
+            return
+        self.transport.publish(self._events_channel, data)
+
+    def dead_letter(self, reason: str, address: str, kind: str, *, sender: str | None = None, detail: str = "") -> None:
+        self.counters["dead-letter"] += 1
+        self.counters[f"dead-letter:{reason}"] += 1
+        log.debug("dead letter %s to %s (%s)", reason, address, kind)
+        info: dict[str, Any] = {"kind": kind}
+        if sender:
+            info["sender"] = sender
+        if detail:
+            info["detail"] = detail[:200]
+        self.emit("dead-letter", address, reason=reason, detail=info)
+
+    # -- test support -------------------------------------------------------
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """True once no actor slice is queued or running on the dispatcher."""
+        dispatcher = default_dispatcher()
+        wait = getattr(dispatcher, "wait_idle", None)
+        return bool(wait(timeout)) if wait is not None else True
+
+
+_REFUSAL_TYPES = {
+    "unknown-address": "UnknownAddress",
+    "mailbox-full": "MailboxFull",
+    "actor-stopped": "ActorStopped",
+    "restart-buffer-full": "MailboxFull",
+    "expired": "AskTimeout",
+}
+
+
+def _remote_error(reply: ErrorReply, sender: str) -> HuddleError:
+    from bus import errors
+
+    cls = getattr(errors, reply.error_type, None)
+    if isinstance(cls, type) and issubclass(cls, errors.DeliveryError):
+        return cls(sender, reply.message)
+    return RemoteError(reply.error_type, reply.message)
+
+
+def _address_of(channel: str | None, namespace: str) -> str:
+    if channel is None:
+        return ""
+    return channel[len(namespace):] if namespace and channel.startswith(namespace) else channel
