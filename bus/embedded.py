@@ -8,7 +8,7 @@ free port (and optionally a unix socket), and ends it by its own PID.
 
 Contract:
 
-- after ``start()`` returns, the server answers ``PING`` at ``.url``;
+- after ``start()`` returns, our process (checked by PID) answers at ``.url``;
 - after ``stop()`` returns, the process is gone (reaped) and its temporary
   directory is removed; ``stop()`` is idempotent;
 - ``restart()`` ends the process and starts a new one on the SAME port and
@@ -24,6 +24,7 @@ import atexit
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+
+import hiredis
 
 from bus.errors import HuddleError
 
@@ -85,21 +88,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ping(port: int, timeout: float) -> bool:
-    """True if a Redis server on 127.0.0.1:``port`` answers PING."""
+def _server_pid(port: int, timeout: float) -> int | None:
+    """PID reported by the Redis server on 127.0.0.1:``port`` (``INFO server``),
+    or None if nothing answers there (yet)."""
+    reader = hiredis.Reader()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(64)
+            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            while (reply := reader.gets()) is False:
+                chunk = sock.recv(65536)
                 if not chunk:
-                    return False
-                reply += chunk
-            # "-LOADING" or "-ERR" means up but not ready; only +PONG counts.
-            return reply.startswith(b"+PONG")
+                    return None
+                reader.feed(chunk)
     except OSError:
-        return False
+        return None
+    if not isinstance(reply, bytes):  # e.g. -LOADING: up, not ready
+        return None
+    match = re.search(rb"^process_id:(\d+)", reply, re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 class EmbeddedRedis:
@@ -165,7 +171,7 @@ class EmbeddedRedis:
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> EmbeddedRedis:
-        """Start the server and wait until it answers PING. Idempotent."""
+        """Start the server and wait until it answers (as itself, by PID). Idempotent."""
         with self._lock:
             if self.running:
                 return self
@@ -259,7 +265,9 @@ class EmbeddedRedis:
                 raise EmbeddedRedisError(
                     f"redis-server exited with {code} on port {self._port}: {self._log_tail(log_path)}"
                 )
-            if _ping(self._port, timeout=0.5):
+            # The PID check matters: another server may hold the port, and it
+            # would answer PING while ours is failing to bind.
+            if _server_pid(self._port, timeout=0.5) == self._proc.pid:
                 break
             if time.monotonic() > deadline:
                 self._terminate()
