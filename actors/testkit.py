@@ -173,9 +173,11 @@ class TestKit:
     # -- starting actors ----------------------------------------------------
 
     def spawn(self, address: str, actor_class: type[A], *args: Any, **kwargs: Any) -> A:
-        """Start the actor under test; returns the actor object itself so a
-        test can read its state once the kit is idle."""
+        """Start the actor under test and wait until it is idle (its
+        ``on_start`` has run, a supervisor's children are up); returns the
+        actor object itself so a test can read its state once idle."""
         self.node.spawn(address, actor_class, *args, **kwargs)
+        self.settle()
         actor = self.node.lookup(address)
         assert actor is not None
         return actor  # type: ignore[return-value]

@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
@@ -99,7 +99,13 @@ def mask_url(url: str) -> str:
             user, sep, _password = userinfo.partition(":")
             netloc = f"{user}:***@{hostinfo}" if sep else f"{user}@{hostinfo}"
         query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        # Not urlunsplit: it turns "unix:///path" into "unix:/path".
+        masked = f"{parts.scheme}://{netloc}{parts.path}"
+        if query:
+            masked += f"?{query}"
+        if parts.fragment:
+            masked += f"#{parts.fragment}"
+        return masked
     except ValueError:
         # Unparseable: mask everything between "://" and "@" to be safe.
         return re.sub(r"//[^/@]*@", "//***@", url)
