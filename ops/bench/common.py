@@ -1,0 +1,49 @@
+"""Shared shape of every benchmark's output.
+
+A benchmark prints ONE JSON object with three flat maps, each name -> number
+with the unit in the name::
+
+    {"figures": {...}, "baseline": {...}, "goal": {...}}
+
+``figures`` is huddle, ``baseline`` the alternative measured in the same
+run, ``goal`` the target. ``--json-out FILE`` also writes it to FILE
+(default ``ops/bench/results/<name>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(name: str, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"huddle bench {name}", description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller run, for smoke checks")
+    parser.add_argument("--json-out", help=f"write the result here (default {RESULTS}/{name}.json)")
+    args = parser.parse_args()
+    args.name = name
+    return args
+
+
+def report(args: argparse.Namespace, figures: dict[str, float], baseline: dict[str, float],
+           goal: dict[str, float], notes: dict[str, Any] | None = None) -> None:
+    result = {
+        "figures": {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()},
+        "baseline": {k: round(v, 3) if isinstance(v, float) else v for k, v in baseline.items()},
+        "goal": goal,
+    }
+    text = json.dumps(result, indent=2)
+    print(text, flush=True)
+    out = Path(args.json_out) if args.json_out else RESULTS / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"benchmark": args.name, "quick": args.quick, "cpus": os.cpu_count(),
+            "python": platform.python_version(), **(notes or {})}
+    out.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
+    print(f"(written to {out})", file=sys.stderr)
