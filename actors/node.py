@@ -53,7 +53,7 @@ from actors.messages import ChildExit
 from actors.runtime import PooledActor, PooledFuture, default_dispatcher
 from bus.address import SYS_EVENTS, channel_for, node_address, parse_address
 from bus.envelope import Codec, Envelope, new_message_id
-from bus.errors import AskTimeout, DecodeError, EncodeError, HuddleError, MailboxFull
+from bus.errors import AskTimeout, DecodeError, EncodeError, HuddleError, MailboxFull, TransportError
 from bus.messages import ErrorReply, Event, Message, Reply, Stop
 
 if TYPE_CHECKING:
@@ -319,7 +319,7 @@ class Node:
             actors = list(self._actors.values())
         for actor in reversed(actors):
             try:
-                actor.actor_ref.stop(block=True, timeout=timeout)
+                self.stop_actor(actor.address, timeout=timeout)
             except Exception:  # noqa: BLE001
                 log.warning("actor %s did not stop in %.1fs", actor.address, timeout)
         for fut, timer in list(self._pending.values()):
@@ -624,7 +624,10 @@ class Node:
         except EncodeError:
             log.exception("event %s could not be encoded", event)
             return
-        self.transport.publish(self._events_channel, data)
+        try:
+            self.transport.publish(self._events_channel, data)
+        except TransportError:
+            log.warning("event %s for %s not published: transport closed", event, address)
 
     def dead_letter(self, reason: str, address: str, kind: str, *, sender: str | None = None, detail: str = "") -> None:
         self.counters["dead-letter"] += 1

@@ -1,0 +1,633 @@
+"""The pooled pykka runtime: ordering, exclusivity, bounded mailboxes,
+nested blocking asks, asyncio, exit reports, the registry, StopFlag.
+
+Most tests run on a private pool so that the number of threads is known;
+a handler that must hold the pool waits on a ``threading.Event`` (with a
+deadline), and is always released in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pykka import ActorDeadError, ActorRegistry
+
+from actors.runtime import (
+    SLICE_BUDGET,
+    Mailbox,
+    PooledActor,
+    PooledFuture,
+    StopFlag,
+    ThreadPoolDispatcher,
+    _IndexedRefs,
+    default_dispatcher,
+    install_indexed_registry,
+)
+from bus.errors import MailboxFull
+from tests.actors.conftest import DEADLINE, Pools, Recorder
+
+
+@pytest.fixture
+def pool(make_pool: Pools) -> ThreadPoolDispatcher:
+    """A private one-thread pool: the hardest case for starvation."""
+    return make_pool(1)
+
+
+def on(pool: ThreadPoolDispatcher, cls: type[PooledActor], **attrs: Any) -> type[PooledActor]:
+    """``cls`` bound to ``pool`` (and other class settings)."""
+    return type(cls.__name__, (cls,), {"dispatcher": pool, **attrs})
+
+
+class Log(PooledActor):
+    """Records what happens to it, in order."""
+
+    def __init__(self, log: Recorder) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_start(self) -> None:
+        self.log.add("start")
+
+    def on_receive(self, message: Any) -> Any:
+        self.log.add(message)
+        return message
+
+
+class Gate(PooledActor):
+    """Holds its pool thread until ``opened`` is set (or the deadline passes)."""
+
+    def __init__(self, entered: threading.Event, opened: threading.Event) -> None:
+        super().__init__()
+        self.entered = entered
+        self.opened = opened
+
+    def on_receive(self, message: Any) -> Any:
+        self.entered.set()
+        return self.opened.wait(DEADLINE)
+
+
+@pytest.fixture
+def gate_events() -> Iterator[tuple[threading.Event, threading.Event]]:
+    entered, opened = threading.Event(), threading.Event()
+    try:
+        yield entered, opened
+    finally:
+        opened.set()
+
+
+# --------------------------------------------------------------------------
+# Start, order, exclusivity
+
+
+def test_on_start_runs_before_messages_queued_before_it_ran(
+    pool: ThreadPoolDispatcher, gate_events: tuple[threading.Event, threading.Event], recorder: type[Recorder]
+) -> None:
+    entered, opened = gate_events
+    gate = on(pool, Gate).start(entered, opened)
+    gate.tell("hold")
+    assert entered.wait(DEADLINE)
+    # The only pool thread is held: the actor cannot have started yet.
+    log = recorder()
+    ref = on(pool, Log).start(log)
+    ref.tell("a")
+    ref.tell("b")
+    assert log.snapshot() == []
+    opened.set()
+    assert ref.ask("c", timeout=DEADLINE) == "c"
+    assert log.snapshot() == ["start", "a", "b", "c"]
+
+
+def test_messages_from_concurrent_senders_keep_each_senders_order(make_pool: Pools, recorder: type[Recorder]) -> None:
+    log = recorder()
+    ref = on(make_pool(2), Log).start(log)
+    senders, per_sender = 4, 500
+    barrier = threading.Barrier(senders)
+
+    def send(sender: int) -> None:
+        barrier.wait(DEADLINE)
+        for i in range(per_sender):
+            ref.tell((sender, i))
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    assert ref.ask("end", timeout=DEADLINE) == "end"
+
+    received = [m for m in log.snapshot() if isinstance(m, tuple)]
+    assert len(received) == senders * per_sender
+    for sender in range(senders):
+        assert [i for s, i in received if s == sender] == list(range(per_sender))
+
+
+class Exclusive(PooledActor):
+    """Counts how many threads are inside its handler at once."""
+
+    def __init__(self, stats: dict[str, Any], lock: threading.Lock) -> None:
+        super().__init__()
+        self.stats = stats
+        self.lock = lock
+        self.inside = 0
+
+    def on_receive(self, message: Any) -> Any:
+        with self.lock:
+            self.inside += 1
+            self.stats["max"] = max(self.stats["max"], self.inside)
+            self.stats["threads"].add(threading.current_thread().name)
+        sum(range(2000))  # some work, so the GIL changes hands mid-handler
+        with self.lock:
+            self.inside -= 1
+            self.stats["handled"] += 1
+        return None
+
+
+def test_an_actor_never_runs_two_messages_at_once(make_pool: Pools) -> None:
+    pool = make_pool(4)
+    lock = threading.Lock()
+    stats_per_actor = [{"max": 0, "handled": 0, "threads": set()} for _ in range(8)]
+    refs = [on(pool, Exclusive).start(stats, lock) for stats in stats_per_actor]
+    barrier = threading.Barrier(4)
+
+    def flood() -> None:
+        barrier.wait(DEADLINE)
+        for i in range(300):
+            for ref in refs:
+                ref.tell(i)
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    assert pool.wait_idle(DEADLINE)
+
+    for stats in stats_per_actor:
+        assert stats["handled"] == 4 * 300
+        assert stats["max"] == 1
+    # The pool really ran handlers on several threads, so overlap was possible.
+    assert len(set().union(*(s["threads"] for s in stats_per_actor))) > 1
+
+
+def test_a_busy_actor_yields_its_thread_after_one_slice(
+    pool: ThreadPoolDispatcher, gate_events: tuple[threading.Event, threading.Event], recorder: type[Recorder]
+) -> None:
+    entered, opened = gate_events
+    gate = on(pool, Gate).start(entered, opened)
+    gate.tell("hold")
+    assert entered.wait(DEADLINE)
+    log = recorder()
+    busy = on(pool, Log).start(log)
+    other = on(pool, Log).start(log)
+    flood = 4 * SLICE_BUDGET
+    for i in range(flood):
+        busy.tell(("busy", i))
+    other.tell("other")
+    opened.set()
+    assert pool.wait_idle(DEADLINE)
+    handled = [m for m in log.snapshot() if m != "start"]
+    assert len(handled) == flood + 1
+    # "other" ran after at most one slice of "busy", not after all of it.
+    assert handled.index("other") <= SLICE_BUDGET
+
+
+# --------------------------------------------------------------------------
+# Bounded mailbox
+
+
+def test_a_full_mailbox_refuses_with_mailbox_full_and_accepts_again_once_drained(
+    pool: ThreadPoolDispatcher, recorder: type[Recorder]
+) -> None:
+    entered, opened = threading.Event(), threading.Event()
+
+    class Bounded(PooledActor):
+        mailbox_capacity = 3
+        dispatcher = pool
+
+        def __init__(self, log: Recorder) -> None:
+            super().__init__()
+            self.log = log
+
+        def on_receive(self, message: Any) -> Any:
+            if message == "hold":
+                entered.set()
+                opened.wait(DEADLINE)
+            self.log.add(message)
+
+    log = recorder()
+    ref = Bounded.start(log)
+    try:
+        ref.tell("hold")
+        assert entered.wait(DEADLINE)
+        for i in range(3):
+            ref.tell(i)
+        assert len(ref.actor_inbox) == 3
+        with pytest.raises(MailboxFull) as info:
+            ref.tell("one too many")
+        assert info.value.address == ref.actor_urn
+        with pytest.raises(MailboxFull):
+            ref.ask("ask too many", block=False)
+    finally:
+        opened.set()
+    assert pool.wait_idle(DEADLINE)
+    ref.tell("after")
+    assert pool.wait_idle(DEADLINE)
+    assert log.snapshot() == ["hold", 0, 1, 2, "after"]
+
+
+# --------------------------------------------------------------------------
+# Stopping
+
+
+def test_tell_after_stop_raises_actor_dead_error(pool: ThreadPoolDispatcher, recorder: type[Recorder]) -> None:
+    ref = on(pool, Log).start(recorder())
+    assert ref.stop(timeout=DEADLINE) is True
+    assert not ref.is_alive()
+    with pytest.raises(ActorDeadError):
+        ref.tell("late")
+
+
+def test_ask_after_stop_fails_with_actor_dead_error(pool: ThreadPoolDispatcher, recorder: type[Recorder]) -> None:
+    ref = on(pool, Log).start(recorder())
+    ref.stop(timeout=DEADLINE)
+    with pytest.raises(ActorDeadError):
+        ref.ask("late", timeout=DEADLINE)
+    future = ref.ask("late", block=False)
+    with pytest.raises(ActorDeadError):
+        future.get(timeout=DEADLINE)
+    assert ref.stop(timeout=DEADLINE) is False
+
+
+def test_messages_queued_behind_a_stop_are_refused_not_lost(
+    pool: ThreadPoolDispatcher, gate_events: tuple[threading.Event, threading.Event]
+) -> None:
+    entered, opened = gate_events
+    dead: list[Any] = []
+
+    class Holder(Gate):
+        dispatcher = pool
+
+        def _on_dead_letter(self, message: Any) -> None:
+            dead.append(message)
+
+    ref = Holder.start(entered, opened)
+    ref.tell("hold")
+    assert entered.wait(DEADLINE)
+    stopped = ref.stop(block=False)
+    ref.tell("told after stop")
+    asked = ref.ask("asked after stop", block=False)
+    opened.set()
+    assert stopped.get(timeout=DEADLINE) is True
+    with pytest.raises(ActorDeadError):
+        asked.get(timeout=DEADLINE)
+    assert pool.wait_idle(DEADLINE)
+    # A tell that the actor never handled reaches the dead-letter hook.
+    assert dead == ["told after stop"]
+
+
+# --------------------------------------------------------------------------
+# Blocking inside handlers
+
+
+class Relay(PooledActor):
+    """Asks the next actor and blocks on the answer inside its handler."""
+
+    def __init__(self, next_ref: Any) -> None:
+        super().__init__()
+        self.next_ref = next_ref
+
+    def on_receive(self, message: Any) -> Any:
+        if self.next_ref is None:
+            return [message]
+        return [message, *self.next_ref.ask(message, block=False).get(timeout=DEADLINE)]
+
+
+@pytest.mark.parametrize("which", ["private", "default"])
+def test_nested_blocking_asks_do_not_deadlock_a_one_thread_pool(which: str, make_pool: Pools) -> None:
+    if which == "private":
+        pool = make_pool(1)
+        cls = on(pool, Relay)
+    else:
+        pool = default_dispatcher()
+        assert isinstance(pool, ThreadPoolDispatcher)
+        cls = Relay
+    assert pool.size == 1
+    c = cls.start(None)
+    b = cls.start(c)
+    a = cls.start(b)
+    assert a.ask("x", timeout=DEADLINE) == ["x", "x", "x"]
+    # The pool still works (and still has its own thread) afterwards.
+    assert a.ask("y", timeout=DEADLINE) == ["y", "y", "y"]
+    assert pool.threads >= pool.size
+
+
+def test_blocking_on_a_future_grows_the_pool_and_the_extra_thread_retires(
+    pool: ThreadPoolDispatcher, recorder: type[Recorder]
+) -> None:
+    c = on(pool, Relay).start(None)
+    b = on(pool, Relay).start(c)
+    assert b.ask("x", timeout=DEADLINE) == ["x", "x"]
+    grown = pool.threads
+    assert grown == 2  # one compensating thread while b waited on c
+    # Extra threads leave once they finish a slice and are not needed.
+    for _ in range(50):
+        if pool.threads == pool.size:
+            break
+        b.ask("again", timeout=DEADLINE)
+    assert pool.threads == pool.size
+
+
+# --------------------------------------------------------------------------
+# Futures and asyncio
+
+
+class Slow(PooledActor):
+    """Answers once ``opened`` is set; says whether it was."""
+
+    def __init__(self, opened: threading.Event) -> None:
+        super().__init__()
+        self.opened = opened
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "fail":
+            raise KeyError("no such thing")
+        return ("opened" if self.opened.wait(DEADLINE) else "gate timed out", message)
+
+
+def test_awaiting_a_future_does_not_block_the_event_loop(pool: ThreadPoolDispatcher) -> None:
+    opened = threading.Event()
+    ref = on(pool, Slow).start(opened)
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        # Runs only if the loop is free while main() awaits the actor.
+        for i in range(3):
+            ticks.append(i)
+            await asyncio.sleep(0)
+        opened.set()
+
+    async def main() -> Any:
+        future = ref.ask("hello", block=False)
+        task = asyncio.get_running_loop().create_task(ticker())
+        value = await future
+        await task
+        return value
+
+    try:
+        assert asyncio.run(main()) == ("opened", "hello")
+    finally:
+        opened.set()
+    assert ticks == [0, 1, 2]
+
+
+def test_awaiting_a_future_raises_the_handlers_exception(pool: ThreadPoolDispatcher) -> None:
+    ref = on(pool, Slow).start(threading.Event())
+
+    async def main() -> Any:
+        return await ref.ask("fail", block=False)
+
+    with pytest.raises(KeyError, match="no such thing"):
+        asyncio.run(main())
+
+
+def test_awaiting_done_and_derived_futures(pool: ThreadPoolDispatcher) -> None:
+    opened = threading.Event()
+    opened.set()
+    ref = on(pool, Slow).start(opened)
+
+    async def main() -> tuple[Any, Any]:
+        done = ref.ask("x", block=False)
+        done.get(timeout=DEADLINE)
+        already = await done
+        stopped = await ref.stop(block=False)  # a future with a get hook
+        return already, stopped
+
+    assert asyncio.run(main()) == (("opened", "x"), True)
+
+
+def test_done_callbacks_run_once_when_set_or_at_once_if_already_set() -> None:
+    future: PooledFuture[int] = PooledFuture()
+    seen: list[Any] = []
+
+    def broken(_f: PooledFuture[int]) -> None:
+        raise RuntimeError("a callback failing does not stop the others")
+
+    future.add_done_callback(lambda f: seen.append(("first", f.get(timeout=0))))
+    future.add_done_callback(broken)
+    future.add_done_callback(lambda f: seen.append(("second", f.get(timeout=0))))
+    assert not future.done()
+    assert seen == []
+    future.set(7)
+    assert future.done()
+    assert seen == [("first", 7), ("second", 7)]
+    future.add_done_callback(lambda f: seen.append(("late", f.get(timeout=0))))
+    assert seen[-1] == ("late", 7)
+
+
+def test_done_callbacks_see_exceptions() -> None:
+    future: PooledFuture[int] = PooledFuture()
+    seen: list[BaseException] = []
+
+    def check(f: PooledFuture[int]) -> None:
+        try:
+            f.get(timeout=0)
+        except ValueError as exc:
+            seen.append(exc)
+
+    future.add_done_callback(check)
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        future.set_exception()
+    assert [str(e) for e in seen] == ["bad"]
+
+
+# --------------------------------------------------------------------------
+# Exit reports
+
+
+class Reporting(PooledActor):
+    """Reports its exit through the runtime's hook, like the node does."""
+
+    def __init__(self, exits: Recorder, fail_on_start: bool = False) -> None:
+        super().__init__()
+        self.fail_on_start = fail_on_start
+        self._exit_hook = lambda actor, error: exits.add((actor, error))
+
+    def on_start(self) -> None:
+        if self.fail_on_start:
+            raise RuntimeError("cannot start")
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "crash":
+            raise ValueError("crashed on purpose")
+        return message
+
+
+def test_exit_hook_reports_a_crash_with_its_exception(pool: ThreadPoolDispatcher, recorder: type[Recorder]) -> None:
+    exits = recorder()
+    ref = on(pool, Reporting).start(exits)
+    ref.tell("crash")
+    assert exits.wait_count(1)
+    actor, error = exits.snapshot()[0]
+    assert actor.actor_urn == ref.actor_urn
+    assert isinstance(error, ValueError)
+    assert str(error) == "crashed on purpose"
+    assert not ref.is_alive()
+    assert pool.wait_idle(DEADLINE)
+    assert len(exits.snapshot()) == 1
+
+
+def test_exit_hook_reports_a_failed_start_as_a_crash(pool: ThreadPoolDispatcher, recorder: type[Recorder]) -> None:
+    exits = recorder()
+    ref = on(pool, Reporting).start(exits, fail_on_start=True)
+    assert exits.wait_count(1)
+    assert isinstance(exits.snapshot()[0][1], RuntimeError)
+    with pytest.raises(ActorDeadError):
+        ref.ask("anything", timeout=DEADLINE)
+
+
+def test_exit_hook_reports_a_normal_stop_with_none(pool: ThreadPoolDispatcher, recorder: type[Recorder]) -> None:
+    exits = recorder()
+    ref = on(pool, Reporting).start(exits)
+    assert ref.ask("hi", timeout=DEADLINE) == "hi"
+    ref.stop(timeout=DEADLINE)
+    assert exits.wait_count(1)
+    assert exits.snapshot()[0][1] is None
+    assert pool.wait_idle(DEADLINE)
+    assert len(exits.snapshot()) == 1
+
+
+def test_an_exception_raised_to_an_asker_does_not_stop_the_actor(
+    pool: ThreadPoolDispatcher, recorder: type[Recorder]
+) -> None:
+    exits = recorder()
+    ref = on(pool, Reporting).start(exits)
+    with pytest.raises(ValueError, match="crashed on purpose"):
+        ref.ask("crash", timeout=DEADLINE)
+    assert ref.ask("still here", timeout=DEADLINE) == "still here"
+    assert exits.snapshot() == []
+
+
+# --------------------------------------------------------------------------
+# Registry
+
+
+def test_registry_holds_and_forgets_twenty_thousand_actors_in_order() -> None:
+    install_indexed_registry()
+    install_indexed_registry()  # idempotent
+    assert isinstance(ActorRegistry._actor_refs, _IndexedRefs)  # noqa: SLF001
+    # Actors that are constructed but never started: registration only.
+    refs = [PooledActor().actor_ref for _ in range(20_000)]
+    mine = set(refs)
+    for ref in refs:
+        ActorRegistry.register(ref)
+    try:
+        assert [r for r in ActorRegistry.get_all() if r in mine] == refs
+        assert ActorRegistry.get_by_urn(refs[12_345].actor_urn) is refs[12_345]
+        for ref in refs[::2]:
+            ActorRegistry.unregister(ref)
+        kept = refs[1::2]
+        assert [r for r in ActorRegistry.get_all() if r in mine] == kept
+        assert ActorRegistry.get_by_urn(refs[0].actor_urn) is None
+        ActorRegistry.unregister(refs[0])  # already gone: no error
+    finally:
+        for ref in refs[1::2]:
+            ActorRegistry.unregister(ref)
+    assert not any(r in mine for r in ActorRegistry.get_all())
+
+
+def test_stop_all_stops_pooled_actors_newest_first(pool: ThreadPoolDispatcher, recorder: type[Recorder]) -> None:
+    stops = recorder()
+
+    class Named(PooledActor):
+        dispatcher = pool
+
+        def __init__(self, name: int) -> None:
+            super().__init__()
+            self.name = name
+
+        def on_stop(self) -> None:
+            stops.add(self.name)
+
+    refs = [Named.start(i) for i in range(50)]
+    assert all(r in ActorRegistry.get_all() for r in refs)
+    ActorRegistry.stop_all(timeout=DEADLINE)
+    assert stops.snapshot() == list(reversed(range(50)))
+    assert not any(r.is_alive() for r in refs)
+
+
+# --------------------------------------------------------------------------
+# StopFlag and the dispatcher
+
+
+def test_stop_flag_wait_times_out_until_set_and_wakes_every_waiter() -> None:
+    flag = StopFlag()
+    assert not flag.is_set()
+    assert flag.wait(timeout=0.01) is False
+    results: list[bool] = []
+    waiting = threading.Barrier(4)
+
+    def waiter() -> None:
+        waiting.wait(DEADLINE)
+        results.append(flag.wait(timeout=DEADLINE))
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    waiting.wait(DEADLINE)
+    flag.set()
+    for t in threads:
+        t.join(DEADLINE)
+    assert results == [True, True, True]
+    assert flag.is_set()
+    assert flag.wait(timeout=0) is True
+    flag.clear()
+    assert not flag.is_set()
+    assert flag.wait(timeout=0.01) is False
+
+
+def test_stop_flag_wait_from_a_pool_thread_does_not_starve_the_pool(pool: ThreadPoolDispatcher) -> None:
+    flag = StopFlag()
+
+    class Waiter(PooledActor):
+        dispatcher = pool
+
+        def on_receive(self, message: Any) -> Any:
+            return flag.wait(timeout=DEADLINE)
+
+    class Setter(PooledActor):
+        dispatcher = pool
+
+        def on_receive(self, message: Any) -> Any:
+            flag.set()
+
+    waiting = Waiter.start().ask("wait", block=False)
+    # The only pool thread now waits on the flag; the setter still runs.
+    Setter.start().tell("set")
+    assert waiting.get(timeout=DEADLINE) is True
+
+
+def test_wait_idle_is_true_only_once_every_slice_has_finished(
+    pool: ThreadPoolDispatcher, gate_events: tuple[threading.Event, threading.Event]
+) -> None:
+    entered, opened = gate_events
+    ref = on(pool, Gate).start(entered, opened)
+    ref.tell("hold")
+    assert entered.wait(DEADLINE)
+    assert pool.wait_idle(timeout=0.05) is False
+    opened.set()
+    assert pool.wait_idle(DEADLINE) is True
+
+
+def test_mailbox_reports_its_capacity_and_length(pool: ThreadPoolDispatcher) -> None:
+    ref = on(pool, PooledActor, mailbox_capacity=5).start()
+    inbox = ref.actor_inbox
+    assert isinstance(inbox, Mailbox)
+    assert inbox.capacity == 5
+    assert len(inbox) == 0
+    assert inbox.empty()
