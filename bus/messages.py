@@ -161,7 +161,7 @@ def _dict_of(inner: Callable[[object], bool]) -> Callable[[object], bool]:
         return (
             type(v) is dict
             and all(type(k) is str for k in v)
-            and all(map(inner, v.values()))  # type: ignore[attr-defined]
+            and all(map(inner, v.values()))
         )
 
     return check
@@ -242,7 +242,7 @@ class _KindSpec:
         required: list[str] = []
         checks: list[_FieldCheck] = []
         fast: list[tuple[str, _Check, str | None, bool]] = []
-        for f in dataclasses.fields(cls):
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             fwhere = f"{where}.{f.name}"
             if not f.init:
                 raise TypeError(f"{fwhere}: message fields must be init fields")
@@ -314,9 +314,9 @@ class _KindSpec:
             "        return _checked(body)",
         ]
         exec("\n".join(lines), namespace)  # noqa: S102 - code built above from field names
-        build = namespace["build"]
+        build: Callable[[object], Message] = namespace["build"]  # type: ignore[assignment]
         build.__qualname__ = f"{self.cls.__qualname__}.<build>"
-        return build  # type: ignore[return-value]
+        return build
 
     def build_checked(self, body: object) -> Message:
         """Check ``body`` field by field and build the message, or raise the

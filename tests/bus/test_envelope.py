@@ -304,6 +304,15 @@ def test_decode_refuses_a_released_memoryview() -> None:
     assert decode_error(view).reason == "not-msgpack"
 
 
+def test_decode_refuses_odd_buffers() -> None:
+    data = wire(*valid_items())
+    assert decode_error(memoryview(data)[::2]).reason == "not-msgpack"
+    assert decode_error(memoryview(data).cast("B", (len(data),))[1:]).reason in {
+        "not-msgpack",
+        "bad-shape",
+    }
+
+
 def test_oversize_is_checked_before_unpacking() -> None:
     codec = Codec(registry=WIRE, max_size=64)
     assert decode_error(b"\xc1" * 65, codec).reason == "oversize"

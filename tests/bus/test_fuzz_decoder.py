@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import msgpack
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bus.envelope import Codec, Envelope
@@ -50,7 +50,9 @@ def check_decode(codec: Codec, data: bytes | bytearray | memoryview) -> None:
             "unknown-kind",
             "bad-field",
         }
+        event(exc.reason)
         return
+    event("decoded")
     assert type(env) is Envelope
     for name, types in HEADER_TYPES.items():
         assert type(getattr(env, name)) in types, name
@@ -120,7 +122,6 @@ field_names = st.sampled_from(
     + ["blob", "extra", "error_type", "message", "node", "address", "reason"]
 )
 bodies = values | st.dictionaries(field_names | st.text(max_size=6), values, max_size=6)
-versions = st.just(1) | values
 headers = st.one_of(
     st.none(),
     st.text(max_size=12),
@@ -128,17 +129,22 @@ headers = st.one_of(
     st.floats(),
     values,
 )
+# Mostly well-typed header items, so the fuzzer also gets deep into the body.
+some_text = st.text(min_size=1, max_size=12) | headers
+maybe_text = st.none() | st.text(max_size=12) | headers
 elevens = st.tuples(
-    versions,
-    headers,  # msg_id
+    st.just(1) | st.just(1) | values,  # version
+    some_text,  # msg_id
     kinds,
-    headers,  # to
-    headers,  # sender
-    headers,  # reply_to
-    headers,  # correlation_id
-    headers,  # epoch
-    headers,  # deadline
-    headers,  # traceparent
+    some_text,  # to
+    maybe_text,  # sender
+    maybe_text,  # reply_to
+    maybe_text,  # correlation_id
+    st.integers(min_value=0, max_value=2**64 - 1) | headers,  # epoch
+    st.none() | st.floats() | headers,  # deadline
+    st.none()
+    | st.just("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    | headers,
     bodies,
 ).map(list)
 structures = st.one_of(elevens, values, st.lists(values, max_size=14))

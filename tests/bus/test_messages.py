@@ -76,7 +76,7 @@ def test_message_kind_sets_kind_and_registers() -> None:
 
 
 def test_builtin_kinds_are_in_the_default_registry() -> None:
-    expected = {
+    expected: dict[str, type[Message]] = {
         "sys.reply": Reply,
         "sys.error": ErrorReply,
         "sys.event": Event,
@@ -165,7 +165,7 @@ def test_default_factory_must_match_annotation() -> None:
         @message_kind("test.bad-factory", registry=registry)
         @dataclass(frozen=True, slots=True)
         class BadFactory(Message):
-            names: list[str] = field(default_factory=lambda: [1])
+            names: list[str] = field(default_factory=lambda: [1])  # type: ignore[list-item]
 
 
 def test_kind_must_be_a_frozen_slotted_dataclass() -> None:
