@@ -208,6 +208,20 @@ class EmbeddedRedis:
             self._close_log()
             self._proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP the server: sockets stay open, nothing answers (a hung host)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        pid = self.pid
+        if pid is None:
+            raise EmbeddedRedisError("embedded redis is not running")
+        os.kill(pid, signum)
+
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
@@ -285,6 +299,7 @@ class EmbeddedRedis:
         if proc.poll() is None:
             try:
                 os.kill(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGCONT)  # a paused server must run to exit
             except ProcessLookupError:
                 pass
             try:

@@ -20,13 +20,24 @@ directly (hand-encoded commands, ``hiredis.Reader`` for replies):
   ``receiver(channel, data)`` call on the loop thread. Subscribe and
   unsubscribe confirmations drive :meth:`RedisTransport.wait_subscribed`.
 
-redis-py's pipeline and ``PubSub.get_message`` do the same job several times
-slower (see ``ops/bench/raw_redis.py`` and the report in the issue notes);
-everything per message here is a few hundred nanoseconds of Python.
+Why not redis-py: measured across two processes on 2 cores
+(``ops.bench.raw_redis.publish_path_matrix``, 100-byte payloads, 1,000
+channels), the lean publisher reached 0.3-0.67 M msgs/s where redis-py's
+sync pipeline reached ~0.14 M and its asyncio pipeline ~0.08 M; the lean
+subscriber likewise against ~0.14 M (``PubSub.get_message``) and ~0.07 M
+(asyncio). Per message, encoding costs ~0.12 µs and dispatch a few hundred
+nanoseconds of Python.
+
+Not seen here: Redis itself disconnects a subscriber whose output buffer
+passes ``client-output-buffer-limit pubsub`` (32 MB hard by default), and
+what was in that buffer is gone. The subscriber reconnects and
+resubscribes; size that limit for the fleet's bursts.
 
 Failure
 -------
-On connection loss each connection reconnects on its own, with exponential
+A connection silent for ``health_interval`` seconds is PINGed; no PONG
+within another interval and it is dropped (a paused server, a half-open
+socket). On connection loss each connection reconnects on its own, with exponential
 backoff and full jitter (50 ms doubling to 2 s). The subscriber then
 re-subscribes every channel it holds (including those asked for while it was
 down); the publisher puts messages that were written but not acknowledged
@@ -38,8 +49,9 @@ While Redis is unreachable, pending publishes are kept up to
 
 State callbacks (``on_state``) run on the loop thread: ``"connected"`` when
 both connections are up, ``"disconnected"`` when either goes down after
-that, ``"resubscribed"`` when, after a reconnect, the server has confirmed
-every channel the transport holds.
+that, and after every ``"connected"`` that follows a ``"disconnected"``,
+``"resubscribed"`` once the server has confirmed every channel the
+transport holds (then messages flow both ways again).
 
 Secrets: the password from the URL is sent in ``AUTH`` and nowhere else;
 log lines carry :func:`mask_url` of the URL.
@@ -66,9 +78,9 @@ import hiredis
 
 from bus.errors import TransportError
 from bus.resp import PublishEncoder, encode_command
-from bus.transport import DropCallback, Receiver, StateCallback, TransportStats, call_quietly
+from bus.transport import Receiver, TransportCallbacks, TransportStats, call_quietly
 
-__all__ = ["RedisEndpoint", "RedisTransport", "mask_url"]
+__all__ = ["RedisEndpoint", "RedisTransport", "backoff_delay", "mask_url"]
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +89,19 @@ T = TypeVar("T")
 BACKOFF_START = 0.05
 BACKOFF_CAP = 2.0
 CONNECT_TIMEOUT = 5.0
+HEALTH_INTERVAL = 5.0
 MAX_BATCH = 10_000
 """Messages per write; a longer queue is written in several loop turns so
 the loop keeps reading while it catches up."""
 SUBSCRIBE_CHUNK = 1_000
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _WRITE_LOW_WATER = 1024 * 1024
+
+
+def backoff_delay(attempt: int) -> float:
+    """Exponential backoff with full jitter: uniform in
+    [0, min(cap, start * 2**attempt)] for the ``attempt``-th retry (from 0)."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_START * 2 ** min(attempt, 16)))
 
 
 # ---------------------------------------------------------------------------
@@ -189,13 +208,22 @@ class _ConnectionLost(Exception):
 
 
 class _RespConnection(asyncio.Protocol):
-    """RESP over one socket: handshake commands with futures, then a mode."""
+    """RESP over one socket.
+
+    While ``handshaking``, every reply answers the oldest :meth:`command`.
+    After that the subclass's mode owns the replies, except the ``PONG`` of
+    a health :meth:`ping`. ``chunks_in`` counts reads: traffic proves the
+    server is alive without a PING.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
+        self.handshaking = True
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.ping_waiter: asyncio.Future[None] | None = None
+        self.chunks_in = 0
         self.lost: asyncio.Future[BaseException | None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -206,20 +234,43 @@ class _RespConnection(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
+        waiters = list(self.waiters)
+        self.waiters.clear()
+        if self.ping_waiter is not None:
+            waiters.append(self.ping_waiter)
+            self.ping_waiter = None
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(_ConnectionLost("connection lost"))
         if not self.lost.done():
             self.lost.set_result(exc)
 
     async def command(self, *args: bytes | str | int) -> Any:
-        """Send one command and wait for its reply (handshake use only)."""
-        assert self.transport is not None
+        """Send one command and wait for its reply (while handshaking only)."""
+        assert self.transport is not None and self.handshaking
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
         self.transport.write(encode_command(*args))
         return await waiter
+
+    async def ping(self) -> None:
+        """Send PING; return when its PONG arrives."""
+        assert self.transport is not None
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self.ping_waiter = waiter
+        self.transport.write(b"*1\r\n$4\r\nPING\r\n")
+        await waiter
+
+    def _handshake_reply(self, reply: object) -> None:
+        if self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(reply)
+
+    def _pong(self) -> None:
+        waiter, self.ping_waiter = self.ping_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -236,6 +287,7 @@ class _PublisherConnection(_RespConnection):
         self.owner = owner
 
     def data_received(self, data: bytes) -> None:
+        self.chunks_in += 1
         reader = self.reader
         reader.feed(data)
         gets = reader.gets
@@ -244,10 +296,10 @@ class _PublisherConnection(_RespConnection):
             while (reply := gets()) is not False:
                 if reply.__class__ is int:  # PUBLISH -> receiver count
                     acked += 1
-                elif self.waiters:
-                    waiter = self.waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_result(reply)
+                elif self.handshaking:
+                    self._handshake_reply(reply)
+                elif reply == b"PONG":
+                    self._pong()
                 else:
                     # An error reply to a PUBLISH (e.g. NOPERM): settle what
                     # came before it, then report the refused message.
@@ -274,34 +326,39 @@ class _SubscriberConnection(_RespConnection):
         self.owner = owner
 
     def data_received(self, data: bytes) -> None:
+        self.chunks_in += 1
         owner = self.owner
         reader = self.reader
         reader.feed(data)
         gets = reader.gets
         names = owner._channel_names  # bytes -> str of channels still wanted
         receiver = owner._receiver
-        received = 0
+        stats = owner.stats
         try:
             while (reply := gets()) is not False:
-                if reply.__class__ is list and reply[0] == b"message":
-                    channel = names.get(reply[1])
-                    if channel is None:  # unsubscribed; the server has not caught up
-                        continue
-                    received += 1
-                    try:
-                        receiver(channel, reply[2])
-                    except Exception:
-                        owner._receiver_failed(channel)
-                elif self.waiters:
-                    waiter = self.waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_result(reply)
+                if reply.__class__ is list:
+                    kind = reply[0]
+                    if kind == b"message":
+                        channel = names.get(reply[1])
+                        if channel is None:  # unsubscribed; the server has not caught up
+                            continue
+                        stats.received += 1  # counted before the receiver sees it
+                        try:
+                            receiver(channel, reply[2])
+                        except Exception:
+                            owner._receiver_failed(channel)
+                    elif kind == b"pong":  # PING while subscribed
+                        self._pong()
+                    else:
+                        owner._subscription_reply(reply)
+                elif self.handshaking:
+                    self._handshake_reply(reply)
+                elif reply == b"PONG":  # PING with no subscriptions
+                    self._pong()
                 else:
-                    owner._subscription_reply(reply)
+                    owner._subscription_reply(reply)  # an error reply
         except hiredis.ProtocolError as exc:
             self._protocol_error(exc)
-        finally:
-            owner.stats.received += received
 
 
 # ---------------------------------------------------------------------------
@@ -312,13 +369,15 @@ def _ignore(channel: str, data: bytes) -> None:
     """Receiver used until ``set_receiver``: messages are counted, then dropped."""
 
 
-class RedisTransport:
+class RedisTransport(TransportCallbacks):
     """A :class:`bus.transport.Transport` over Redis pub/sub.
 
     ``url``: see :class:`RedisEndpoint`. ``name`` appears in logs, the I/O
     thread's name and ``CLIENT SETNAME``. ``max_pending`` bounds the publishes
     kept while Redis is unreachable. ``ssl_context`` overrides the one built
-    from a ``rediss://`` URL.
+    from a ``rediss://`` URL. ``connect_timeout`` bounds connect + handshake;
+    a connection silent for ``health_interval`` seconds is PINGed and dropped
+    if the PONG does not come within another interval (None: never).
     """
 
     def __init__(
@@ -329,6 +388,7 @@ class RedisTransport:
         max_pending: int = 1_000_000,
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
+        health_interval: float | None = HEALTH_INTERVAL,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
@@ -339,12 +399,11 @@ class RedisTransport:
         self._safe_url = mask_url(url)
         self._ssl = ssl_context if ssl_context is not None else self._endpoint.ssl_context()
         self._connect_timeout = connect_timeout
+        self._health_interval = health_interval
         self._encoder = PublishEncoder()
 
         self._lock = threading.Lock()
         self._receiver: Receiver = _ignore
-        self._on_state: StateCallback | None = None
-        self._on_drop: DropCallback | None = None
         self._started = False
         self._closing = False
         self._closed = False
@@ -477,8 +536,9 @@ class RedisTransport:
             started = self._started
         if started and flush_timeout > 0:
             self.flush(flush_timeout)
-        with self._lock:
+        with self._sub_cond:
             self._closed = True
+            self._sub_cond.notify_all()  # wake wait_subscribed()
         loop = self._loop
         if started and loop is not None and self._thread is not None:
             try:
@@ -528,12 +588,12 @@ class RedisTransport:
             except (OSError, TransportError, _ConnectionLost, TimeoutError) as exc:
                 if not first.done():
                     first.set_result(exc)
-                delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_START * 2**attempt))
+                delay = backoff_delay(attempt)
                 attempt += 1
                 log.log(
-                    logging.WARNING if attempt == 1 else logging.DEBUG,
-                    "%r %s cannot connect to %s (%s); retrying in %.3fs",
-                    self, role, self._safe_url, exc, delay,
+                    logging.WARNING if attempt % 20 == 1 else logging.DEBUG,
+                    "%r %s cannot connect (attempt %d: %r); retrying in %.3fs",
+                    self, role, attempt, exc, delay,
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 continue
@@ -542,11 +602,34 @@ class RedisTransport:
                 first.set_result(None)
             try:
                 self._connection_up(role, connection)
-                reason = await connection.lost
+                reason = await self._watch(connection, role)
             finally:
                 self._connection_down(role)
             if not self._closed:
-                log.warning("%r %s lost its connection to %s (%s)", self, role, self._safe_url, reason or "closed")
+                log.warning("%r %s lost its connection (%r)", self, role, reason or "closed by server")
+
+    async def _watch(self, connection: _RespConnection, role: str) -> BaseException | None:
+        """Wait until ``connection`` is lost. A connection silent for a whole
+        health interval must answer PING within another one, or it is dropped
+        (a paused or half-open server never closes the socket itself)."""
+        interval = self._health_interval
+        if interval is None:
+            return await connection.lost
+        while not connection.lost.done():
+            seen = connection.chunks_in
+            await asyncio.wait([connection.lost], timeout=interval)
+            if connection.lost.done() or connection.chunks_in != seen:
+                continue
+            try:
+                async with asyncio.timeout(interval):
+                    await connection.ping()
+            except TimeoutError:
+                log.warning("%r %s: no answer to PING within %.1fs; reconnecting", self, role, interval)
+                connection.abort()
+                await connection.lost
+            except _ConnectionLost:
+                pass
+        return connection.lost.result()
 
     async def _open(self, factory: Callable[[], _RespConnection], role: str) -> _RespConnection:
         loop = asyncio.get_running_loop()
@@ -568,6 +651,7 @@ class RedisTransport:
             except BaseException:
                 connection.abort()
                 raise
+        connection.handshaking = False
         return connection
 
     async def _handshake(self, connection: _RespConnection, role: str) -> None:
@@ -605,16 +689,19 @@ class RedisTransport:
             with self._lock:
                 self._sub_ready = True
                 self._sync_scheduled = True
-                self._await_resubscribe = self._was_connected
             self._sync_subscriptions()
         self._up[role] = True
         if all(self._up.values()):
-            if self._was_connected:
-                self.stats.reconnects += 1
+            reconnected = self._was_connected
             self._was_connected = True
-            log.info("%r connected to %s", self, self._safe_url)
+            if reconnected:
+                self.stats.reconnects += 1
+                with self._lock:
+                    self._await_resubscribe = True
+            log.info("%r connected", self)
             call_quietly(self._on_state, "connected")
-            self._maybe_resubscribed()
+            if reconnected:
+                self._maybe_resubscribed()
 
     def _connection_down(self, role: str) -> None:
         was_up = all(self._up.values())
@@ -642,15 +729,6 @@ class RedisTransport:
             call_quietly(self._on_state, "disconnected")
 
     # -- publishing ----------------------------------------------------------
-
-    def set_receiver(self, receiver: Receiver) -> None:
-        self._receiver = receiver
-
-    def on_state(self, callback: StateCallback | None) -> None:
-        self._on_state = callback
-
-    def on_drop(self, callback: DropCallback | None) -> None:
-        self._on_drop = callback
 
     def publish(self, channel: str, data: bytes) -> None:
         with self._lock:
@@ -681,10 +759,11 @@ class RedisTransport:
             return
         with self._lock:
             self.stats.dropped += len(items)
-            self._settle_locked(len(items))
         log.warning("%r dropped %d message(s): %s", self, len(items), reason)
         for channel, _ in items:
             call_quietly(self._on_drop, channel, reason)
+        with self._lock:  # after the callbacks: a flush() that returns has seen them
+            self._settle_locked(len(items))
 
     def _write_pending(self) -> None:
         """Loop thread: write pending publishes as one pipelined batch."""
@@ -735,9 +814,10 @@ class RedisTransport:
         self._advance_inflight(1)
         with self._lock:
             self.stats.dropped += 1
-            self._settle_locked(1)
         log.error("%r: redis refused PUBLISH to %r: %s", self, channel, error)
         call_quietly(self._on_drop, channel, "refused")
+        with self._lock:
+            self._settle_locked(1)
 
     def _settle_locked(self, count: int) -> None:
         self._settled += count
@@ -872,9 +952,12 @@ class RedisTransport:
         with self._sub_cond:
             if self._subscribed_locked():
                 return True
+            if self._closed:
+                return False
             if self._on_loop_thread():
                 raise TransportError("wait_subscribed() would block the transport's own I/O thread")
-            return self._sub_cond.wait_for(self._subscribed_locked, timeout)
+            self._sub_cond.wait_for(lambda: self._closed or self._subscribed_locked(), timeout)
+            return self._subscribed_locked()
 
     @property
     def subscribed_channels(self) -> frozenset[str]:

@@ -48,6 +48,7 @@ __all__ = [
     "Receiver",
     "StateCallback",
     "Transport",
+    "TransportCallbacks",
     "TransportStats",
 ]
 
@@ -129,6 +130,24 @@ def call_quietly(callback: Callable[..., object] | None, *args: object) -> None:
         log.exception("transport callback %r failed", callback)
 
 
+class TransportCallbacks:
+    """The callback slots both transports share (set from any thread; read
+    by the transport when it next needs them)."""
+
+    _receiver: Receiver | None = None
+    _on_state: StateCallback | None = None
+    _on_drop: DropCallback | None = None
+
+    def set_receiver(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+
+    def on_state(self, callback: StateCallback | None) -> None:
+        self._on_state = callback
+
+    def on_drop(self, callback: DropCallback | None) -> None:
+        self._on_drop = callback
+
+
 class InProcessHub:
     """The "server" of in-process transports: exact-match channel fan-out."""
 
@@ -162,7 +181,7 @@ class InProcessHub:
         return len(self._subscribers.get(channel, ()))
 
 
-class InProcessTransport:
+class InProcessTransport(TransportCallbacks):
     """A :class:`Transport` with no I/O, on an :class:`InProcessHub`."""
 
     def __init__(self, hub: InProcessHub, *, name: str = "") -> None:
@@ -170,9 +189,6 @@ class InProcessTransport:
         self.stats = TransportStats()
         self._hub = hub
         self._lock = threading.Lock()
-        self._receiver: Receiver | None = None
-        self._on_state: StateCallback | None = None
-        self._on_drop: DropCallback | None = None
         self._channels: set[str] = set()
         self._pending: list[tuple[str, bytes]] = []
         self._started = False
@@ -207,15 +223,6 @@ class InProcessTransport:
             call_quietly(self._on_drop, channel, "closed")
         if was_started:
             call_quietly(self._on_state, "disconnected")
-
-    def set_receiver(self, receiver: Receiver) -> None:
-        self._receiver = receiver
-
-    def on_state(self, callback: StateCallback | None) -> None:
-        self._on_state = callback
-
-    def on_drop(self, callback: DropCallback | None) -> None:
-        self._on_drop = callback
 
     def subscribe(self, *channels: str) -> None:
         with self._lock:

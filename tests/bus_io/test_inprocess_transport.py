@@ -202,6 +202,7 @@ class TestTransportConformance:
         node.close()
         with pytest.raises(TransportError):
             node.publish("anything", b"x")
+        assert not node.wait_subscribed(DEADLINE)  # answers at once: closed
 
     def test_publish_is_thread_safe(
         self, make_transport: MakeTransport, collector: type[Collector], channel_prefix: str

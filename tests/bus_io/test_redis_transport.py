@@ -15,7 +15,7 @@ import redis
 
 from bus.embedded import EmbeddedRedis
 from bus.errors import TransportError
-from bus.redis_transport import MAX_BATCH, RedisEndpoint, RedisTransport, mask_url
+from bus.redis_transport import BACKOFF_CAP, BACKOFF_START, MAX_BATCH, RedisEndpoint, RedisTransport, backoff_delay, mask_url
 
 from .conftest import DEADLINE, Collector, StateRecorder
 
@@ -71,6 +71,15 @@ def test_endpoint_parsing() -> None:
         RedisEndpoint.parse("http://u:s3cret@h/0")
 
 
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    for attempt in (0, 1, 3, 10, 5000):
+        ceiling = min(BACKOFF_CAP, BACKOFF_START * 2**min(attempt, 16))
+        delays = [backoff_delay(attempt) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+    assert max(backoff_delay(0) for _ in range(200)) <= BACKOFF_START
+    assert max(backoff_delay(5000) for _ in range(200)) <= BACKOFF_CAP
+
+
 def test_transport_repr_never_shows_the_password() -> None:
     transport = RedisTransport("redis://u:s3cret@127.0.0.1:1/0")
     assert "s3cret" not in repr(transport)
@@ -112,6 +121,7 @@ def test_acl_user_and_password_url_works(
     sender.publish("allowed:one", b"via acl")
 
     assert got.wait_message("allowed:one", b"via acl")
+    assert sender.flush(DEADLINE)
     assert sender.stats.published == 1
     assert acl_user[1] not in caplog.text
 
@@ -227,19 +237,22 @@ def test_receiver_errors_are_logged_and_counted(
     redis_url: str, make_redis_transport: MakeRedisTransport, caplog: pytest.LogCaptureFixture, channel_prefix: str
 ) -> None:
     got = Collector()
-    channel = channel_prefix + "e"
-    sender, receiver = _pair(make_redis_transport, redis_url, got, channel)
+    failing, marker = channel_prefix + "e", channel_prefix + "end"
+    sender, receiver = _pair(make_redis_transport, redis_url, got, failing, marker)
 
-    def explode(channel: str, data: bytes) -> None:
+    def receiver_with_a_bug(channel: str, data: bytes) -> None:
         got(channel, data)
-        raise RuntimeError("handler bug")
+        if channel == failing:
+            raise RuntimeError("handler bug")
 
-    receiver.set_receiver(explode)
+    receiver.set_receiver(receiver_with_a_bug)
     for i in range(100):
-        sender.publish(channel, b"%d" % i)
+        sender.publish(failing, b"%d" % i)
+    sender.publish(marker, b"marker")  # handled after all 100 failures
 
-    assert got.wait_count(100)
+    assert got.wait_message(marker, b"marker")
     assert receiver.stats.receiver_errors == 100
+    assert receiver.stats.received == 101
     assert "handler bug" in caplog.text
 
 
@@ -259,6 +272,7 @@ def test_unreachable_redis_keeps_publishes_up_to_max_pending(
     assert drops == [("c0", "overflow"), ("c1", "overflow"), ("c2", "overflow")]
     assert transport.stats.dropped == 3
     assert not transport.wait_subscribed(0)
+    assert not transport.flush(0)
 
     transport.close(flush_timeout=0)
     assert transport.stats.dropped == 8
@@ -348,3 +362,29 @@ def test_close_while_redis_is_down_drops_and_reports(
 
     assert drops == [("c", "closed")]
     assert node._thread is not None and not node._thread.is_alive()
+
+
+def test_a_paused_redis_is_detected_and_left(
+    fresh_redis: EmbeddedRedis,
+    make_redis_transport: MakeRedisTransport,
+    state_recorder: type[StateRecorder],
+) -> None:
+    """A hung server keeps its sockets open: only the health PING notices."""
+    states = state_recorder()
+    got = Collector()
+    node = make_redis_transport(fresh_redis.url, start=False, health_interval=0.1, connect_timeout=0.5)
+    node.on_state(states)
+    node.set_receiver(got)
+    node.subscribe("c")
+    node.start()
+    assert node.wait_subscribed(DEADLINE)
+
+    fresh_redis.pause()
+    try:
+        assert states.wait_for("disconnected")
+    finally:
+        fresh_redis.resume()
+
+    assert states.wait_for("resubscribed")
+    node.publish("c", b"alive again")
+    assert got.wait_message("c", b"alive again")
