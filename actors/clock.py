@@ -151,7 +151,10 @@ class ManualClock:
 
     def advance(self, seconds: float) -> int:
         """Move time forward, running every callback that falls due, each at
-        its own deadline. Returns how many ran."""
+        its own deadline. Returns how many ran. Raises ``ValueError`` for a
+        negative ``seconds`` (monotonic time never goes back)."""
+        if seconds < 0:
+            raise ValueError(f"cannot advance a clock by {seconds!r} seconds")
         target = self._now + seconds
         ran = 0
         while True:

@@ -237,8 +237,11 @@ class HuddleActor(PooledActor):
     # -- runtime hooks ------------------------------------------------------
 
     def _on_dead_letter(self, message: Any) -> None:
-        kind = message.envelope.kind if type(message) is Delivery else type(message).__name__
-        self.node.dead_letter("actor-stopped", self.address, kind)
+        if type(message) is Delivery:
+            env = message.envelope
+            self.node.dead_letter("actor-stopped", self.address, env.kind, sender=env.sender)
+        else:
+            self.node.dead_letter("actor-stopped", self.address, type(message).__name__)
 
     def _address_or_urn(self) -> str:
         return self.address
@@ -322,8 +325,13 @@ class Node:
                 self.stop_actor(actor.address, timeout=timeout)
             except Exception:  # noqa: BLE001
                 log.warning("actor %s did not stop in %.1fs", actor.address, timeout)
-        for fut, timer in list(self._pending.values()):
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for fut, timer in pending.values():
             timer.cancel()
+            # No reply can come any more: fail the ask now, not never.
+            _corr, to, _timeout = timer.args
+            fut.set_exception(exc_info=(AskTimeout, AskTimeout(to, "node shut down before a reply"), None))
         self.transport.flush(timeout)
         self.transport.close()
         self.clock.close()
@@ -353,8 +361,14 @@ class Node:
             if address in self._actors:
                 raise AddressInUse(address)
             waiting = self._reserved.pop(address, None)
+            now = self.clock.wall()
             for env in waiting or ():
-                self._put(actor, env)
+                # Deadlines passed while waiting count as they would have on
+                # arrival (see dispatch).
+                if env.deadline is not None and env.deadline < now:
+                    self._refuse(env, "expired")
+                else:
+                    self._put(actor, env)
             self._actors[address] = actor
         if waiting is None:
             self.transport.subscribe(channel_for(address, self.namespace))
@@ -482,8 +496,11 @@ class Node:
         timeout = self.ask_timeout if timeout is None else timeout
         corr = new_message_id()
         future: PooledFuture[Any] = PooledFuture()
-        timer = self.clock.call_later(timeout, self._expire, corr, to, timeout)
-        self._pending[corr] = (future, timer)
+        # Under the lock, so that a timer that fires at once (a real clock,
+        # a tiny timeout) finds the entry instead of leaving it forever.
+        with self._lock:
+            timer = self.clock.call_later(timeout, self._expire, corr, to, timeout)
+            self._pending[corr] = (future, timer)
         try:
             self.tell(to, message, sender=sender, epoch=epoch, reply_to=self.address, correlation_id=corr,
                       deadline=self.clock.wall() + timeout)
@@ -494,7 +511,8 @@ class Node:
         return future
 
     def _expire(self, corr: str, to: str, timeout: float) -> None:
-        entry = self._pending.pop(corr, None)
+        with self._lock:
+            entry = self._pending.pop(corr, None)
         if entry is not None:
             self.counters["ask-timeout"] += 1
             entry[0].set_exception(exc_info=(AskTimeout, AskTimeout(to, f"no reply within {timeout:g}s"), None))
@@ -550,9 +568,15 @@ class Node:
 
     def _put(self, actor: HuddleActor, env: Envelope) -> None:
         if type(env.message) is Stop:
-            actor.stop()
+            try:
+                actor.stop()
+                stopping = True
+            except ActorDeadError:
+                # Already stopping (its exit not reported yet): nothing to
+                # do, and no error for the sender. Answered as pykka does.
+                stopping = False
             if env.reply_to is not None:
-                self._reply(env, Reply(True))
+                self._reply(env, Reply(stopping))
             return
         reply_future: PooledFuture[Any] | None = None if env.reply_to is None else PooledFuture()
         try:
@@ -562,13 +586,19 @@ class Node:
             return
         if reply_future is not None:
             # Runs at once if the actor already answered.
-            reply_future.add_done_callback(lambda f: self._answer(env, f))
+            reply_future.add_done_callback(lambda f: self._answer(env, f, actor))
 
-    def _answer(self, env: Envelope, future: PooledFuture[Any]) -> None:
+    def _answer(self, env: Envelope, future: PooledFuture[Any], actor: HuddleActor) -> None:
+        message: Message
         try:
             value = future.get(timeout=0)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a reply
-            message: Message = ErrorReply(error_type=type(exc).__name__, message=str(exc))
+            if isinstance(exc, ActorDeadError) and not actor.actor_ref.is_alive():
+                # Queued behind a stop: refused by the runtime, not answered
+                # by the handler. A dead letter like any other refusal.
+                self._refuse(env, "actor-stopped")
+                return
+            message = ErrorReply(error_type=type(exc).__name__, message=str(exc))
         else:
             message = value if isinstance(value, Message) else Reply(value)
         try:

@@ -130,6 +130,7 @@ class ThreadPoolDispatcher:
 
     def _work(self) -> None:
         self._local.worker = True
+        _current.dispatcher = self
         ready = self._ready
         while True:
             actor = ready.get()
@@ -199,8 +200,14 @@ def set_default_dispatcher(dispatcher: Dispatcher) -> None:
         _default_dispatcher = dispatcher
 
 
+# The dispatcher whose worker this thread is (if any). An actor class may
+# name its own dispatcher, so "the default one" is not enough to know which
+# pool a blocked thread belongs to.
+_current = threading.local()
+
+
 def _blocking_section() -> Any:
-    d = _default_dispatcher
+    d = getattr(_current, "dispatcher", None) or _default_dispatcher
     if d is not None and d.is_worker_thread():
         return d.blocking()
     return _NullContext
@@ -400,6 +407,11 @@ class Mailbox:
             if self._capacity is not None and len(q) >= self._capacity:
                 raise MailboxFull(self._actor._address_or_urn(), f"mailbox holds {len(q)} messages")
             q.append(envelope)
+            if self._closed:
+                # The actor stopped between our check and the append; its
+                # drain may already be over, so refuse what is left here.
+                self.drain_refused()
+                return
             if self._scheduled:
                 return
             self._schedule_if_parked()
@@ -442,6 +454,20 @@ class Mailbox:
                 )
         else:
             self._actor._on_dead_letter(envelope.message)
+
+    def drain_refused(self) -> None:
+        """Refuse every queued message (after ``close``): asks get
+        ``ActorDeadError``, tells go to the dead-letter hook."""
+        q = self._q
+        while q:
+            try:
+                envelope = q.popleft()
+            except IndexError:  # another thread drained the last one
+                break
+            try:
+                self._refuse(envelope)
+            except Exception:  # keep draining: the exit must still be reported
+                log.exception("refusing a message to stopped %s failed", self._actor)
 
     def get(self) -> Envelope[Any]:
         q = self._q
@@ -562,6 +588,9 @@ class PooledActor(_PykkaActor):
         self._exited = True
         mailbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
         mailbox.close()
+        # pykka's teardown answers queued asks but drops queued tells
+        # silently; refuse them all instead (tells become dead letters).
+        mailbox.drain_refused()
         self._actor_loop_teardown()
         hook = self._exit_hook
         if hook is not None:

@@ -47,10 +47,12 @@ class Pools:
         return pool
 
     def close(self) -> None:
+        # Actors on these pools must stop while the pools still run.
+        ActorRegistry.stop_all(timeout=DEADLINE)
         for pool in self._pools:
             pool.wait_idle(DEADLINE)
             for _ in range(pool.threads):
-                pool._ready.put(None)  # noqa: SLF001 - the pool's own stop sentinel
+                pool._ready.put(None)
 
 
 @pytest.fixture
@@ -130,6 +132,7 @@ class Cluster:
         self.clock = ManualClock()
         self.spy = EventSpy(self.hub)
         self.nodes: list[Node] = []
+        self.peers: list[InProcessTransport] = []
 
     def node(self, node_id: str, **kwargs: Any) -> Node:
         kwargs.setdefault("clock", self.clock)
@@ -137,9 +140,22 @@ class Cluster:
         self.nodes.append(node)
         return node.start()
 
+    def peer(self, name: str, *channels: str, receiver: Callable[[str, bytes], None] | None = None) -> InProcessTransport:
+        """A bare transport on the hub, no node behind it: a stand-in for a
+        remote process that keeps, answers or forwards raw bytes."""
+        transport = InProcessTransport(self.hub, name=name)
+        self.peers.append(transport)
+        if receiver is not None:
+            transport.set_receiver(receiver)
+        transport.subscribe(*channels)
+        transport.start()
+        return transport
+
     def close(self) -> None:
         for node in reversed(self.nodes):
             node.shutdown()
+        for transport in self.peers:
+            transport.close()
         self.spy.transport.close()
 
 

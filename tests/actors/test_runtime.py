@@ -328,16 +328,22 @@ def test_nested_blocking_asks_do_not_deadlock_a_one_thread_pool(which: str, make
 def test_blocking_on_a_future_grows_the_pool_and_the_extra_thread_retires(
     pool: ThreadPoolDispatcher, recorder: type[Recorder]
 ) -> None:
-    c = on(pool, Relay).start(None)
+    class CountThreads(PooledActor):
+        dispatcher = pool
+
+        def on_receive(self, message: Any) -> Any:
+            return [pool.threads]
+
+    c = CountThreads.start()
     b = on(pool, Relay).start(c)
-    assert b.ask("x", timeout=DEADLINE) == ["x", "x"]
-    grown = pool.threads
-    assert grown == 2  # one compensating thread while b waited on c
-    # Extra threads leave once they finish a slice and are not needed.
-    for _ in range(50):
+    # While b waits on c, a compensating thread runs c.
+    assert b.ask("x", timeout=DEADLINE) == ["x", 2]
+    # The extra thread leaves once it finishes a slice and is not needed.
+    pinged = on(pool, Log).start(recorder())
+    for _ in range(100):
         if pool.threads == pool.size:
             break
-        b.ask("again", timeout=DEADLINE)
+        pinged.ask("ping", timeout=DEADLINE)
     assert pool.threads == pool.size
 
 
@@ -520,7 +526,7 @@ def test_an_exception_raised_to_an_asker_does_not_stop_the_actor(
 def test_registry_holds_and_forgets_twenty_thousand_actors_in_order() -> None:
     install_indexed_registry()
     install_indexed_registry()  # idempotent
-    assert isinstance(ActorRegistry._actor_refs, _IndexedRefs)  # noqa: SLF001
+    assert isinstance(ActorRegistry._actor_refs, _IndexedRefs)
     # Actors that are constructed but never started: registration only.
     refs = [PooledActor().actor_ref for _ in range(20_000)]
     mine = set(refs)
