@@ -51,7 +51,7 @@ from pykka._envelope import Envelope as _PykkaEnvelope
 from actors.clock import Clock, SystemClock, TimerHandle
 from actors.messages import ChildExit
 from actors.runtime import PooledActor, PooledFuture, default_dispatcher
-from bus.address import SYS_EVENTS, channel_for, node_address, parse_address
+from bus.address import SYS_EVENTS, InvalidAddress, channel_for, node_address, parse_address
 from bus.envelope import Codec, Envelope, new_message_id
 from bus.errors import AskTimeout, DecodeError, EncodeError, HuddleError, MailboxFull, TransportError
 from bus.messages import ErrorReply, Event, Message, Reply, Stop
@@ -344,7 +344,8 @@ class Node:
         If the address is reserved for a restart, messages that waited for it
         are delivered to the new incarnation before any newer message.
         """
-        parse_address(address)
+        if parse_address(address).kind == "sys":
+            raise InvalidAddress(f"{address!r}: the sys kind is reserved for system channels")
         if self._closing:
             raise HuddleError(f"node {self.node_id} is shutting down")
         raw = self.checkpoints.load(address)
@@ -357,6 +358,9 @@ class Node:
         ctx = ActorContext(address=address, node=self, checkpoint=checkpoint, incarnation=incarnation, parent=parent)
         actor = actor_class(ctx, *args, **kwargs)
         actor._exit_hook = self._on_exit
+        # Messages may reach the mailbox as soon as the address is visible;
+        # none runs until the actor is registered and announced.
+        actor.actor_inbox.hold()  # type: ignore[attr-defined]
         with self._lock:
             if address in self._actors:
                 raise AddressInUse(address)
@@ -373,8 +377,8 @@ class Node:
         if waiting is None:
             self.transport.subscribe(channel_for(address, self.namespace))
         ActorRegistry.register(actor.actor_ref)
-        actor._start_actor_loop()
         self.emit("started", address, detail={"incarnation": incarnation, "class": actor_class.__name__})
+        actor._start_actor_loop()
         return actor.actor_ref
 
     def lookup(self, address: str) -> HuddleActor | None:
@@ -629,7 +633,7 @@ class Node:
     def _refuse(self, env: Envelope, reason: str) -> None:
         self.dead_letter(reason, env.to, env.kind, sender=env.sender)
         if env.reply_to is not None and env.correlation_id is not None and env.to != self.address:
-            self._reply(env, ErrorReply(error_type=_REFUSAL_TYPES.get(reason, "DeliveryError"), message=f"{env.to}: {reason}"))
+            self._reply(env, ErrorReply(error_type=_REFUSAL_TYPES.get(reason, "DeliveryError"), message=reason))
 
     # -- events -------------------------------------------------------------
 

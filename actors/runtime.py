@@ -377,7 +377,7 @@ class Mailbox:
     ``ActorDeadError`` and passes a tell to the actor's dead-letter hook.
     """
 
-    __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_lock", "_q", "_scheduled")
+    __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_held", "_lock", "_q", "_scheduled")
 
     def __init__(self, actor: PooledActor, dispatcher: Dispatcher, capacity: int | None) -> None:
         self._actor = actor
@@ -385,6 +385,7 @@ class Mailbox:
         self._capacity = capacity
         self._q: deque[Envelope[Any]] | None = None
         self._scheduled = False
+        self._held = False
         self._closed = False
         self._budget = 0
         self._lock = threading.Lock()
@@ -482,10 +483,19 @@ class Mailbox:
 
     # -- scheduling, called by the actor's slice -------------------------
 
+    def hold(self) -> None:
+        """Accept messages but run nothing until :meth:`kick` (lets the node
+        finish registering an actor before its first slice)."""
+        with self._lock:
+            self._scheduled = True
+            self._held = True
+
     def kick(self) -> None:
         """Schedule the actor once (used to run ``on_start``)."""
         with self._lock:
-            if self._scheduled or self._closed:
+            if self._held:
+                self._held = False
+            elif self._scheduled or self._closed:
                 return
             self._scheduled = True
         self._dispatcher.submit(self._actor)

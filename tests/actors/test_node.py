@@ -411,7 +411,7 @@ def test_an_expired_message_is_a_dead_letter_and_an_expired_ask_is_answered(clus
     assert replies.wait_count(1)
     reply = replies.snapshot()[0]
     assert reply.correlation_id == "c-1"
-    assert reply.message == ErrorReply(error_type="AskTimeout", message="svc:echo: expired")
+    assert reply.message == ErrorReply(error_type="AskTimeout", message="expired")
     assert node.counters["dead-letter:expired"] == 2
     still_answers(node, "svc:echo")
     assert [m for m, _ in log.snapshot()] == [Ping(n=1)]
