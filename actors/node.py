@@ -303,6 +303,7 @@ class Node:
             return self
         self._started = True
         self.transport.set_receiver(self._on_wire)
+        self.transport.on_unrouted(self._on_unrouted)
         self.transport.subscribe(channel_for(self.address, self.namespace))
         self.transport.start()
         return self
@@ -537,6 +538,17 @@ class Node:
     def _on_wire(self, channel: str, data: bytes) -> None:
         self.receive_bytes(data, channel)
 
+    def _on_unrouted(self, channel: str, data: bytes) -> None:
+        """The bus delivered one of our sends to nobody: no node hosts that
+        address right now. A dead letter; an ask fails at once."""
+        if _address_of(channel, self.namespace).startswith("sys:"):
+            return  # nobody monitoring is fine
+        try:
+            env = self.codec.decode(data)
+        except DecodeError:
+            return
+        self._refuse(env, "no-subscriber")
+
     def receive_bytes(self, data: bytes, channel: str | None = None) -> None:
         """The one entry point for bytes addressed to this node's actors
         (transport, local sends, test-kit injection)."""
@@ -685,6 +697,7 @@ class Node:
 
 _REFUSAL_TYPES = {
     "unknown-address": "UnknownAddress",
+    "no-subscriber": "UnknownAddress",
     "mailbox-full": "MailboxFull",
     "actor-stopped": "ActorStopped",
     "restart-buffer-full": "MailboxFull",

@@ -295,7 +295,13 @@ class _PublisherConnection(_RespConnection):
         try:
             while (reply := gets()) is not False:
                 if reply.__class__ is int:  # PUBLISH -> receiver count
-                    acked += 1
+                    if reply == 0 and self.owner._on_unrouted is not None:
+                        if acked:
+                            self.owner._acknowledged(acked)
+                            acked = 0
+                        self.owner._unrouted()
+                    else:
+                        acked += 1
                 elif self.handshaking:
                     self._handshake_reply(reply)
                 elif reply == b"PONG":
@@ -805,6 +811,13 @@ class RedisTransport(TransportCallbacks):
         with self._lock:
             self.stats.published += count
             self._settle_locked(count)
+
+    def _unrouted(self) -> None:
+        """Loop thread: the oldest in-flight PUBLISH reached no subscriber."""
+        item = self._inflight[0][self._inflight_pos] if self._inflight else None
+        self._acknowledged(1)
+        if item is not None:
+            call_quietly(self._on_unrouted, item[0], item[1])
 
     def _refused(self, error: object) -> None:
         """Loop thread: the server refused the oldest in-flight PUBLISH."""

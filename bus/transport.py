@@ -50,6 +50,7 @@ __all__ = [
     "Transport",
     "TransportCallbacks",
     "TransportStats",
+    "UnroutedCallback",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ in-process transport: on the publisher's thread)."""
 StateCallback = Callable[[str], None]
 """``callback(state)`` with state ``"connected"``, ``"disconnected"`` or
 ``"resubscribed"``."""
+
+UnroutedCallback = Callable[[str, bytes], None]
+"""``callback(channel, data)`` for a message the server delivered to nobody
+(no subscriber on its channel when it was published)."""
 
 DropCallback = Callable[[str, str], None]
 """``callback(channel, reason)`` for a message the transport gave up on."""
@@ -119,6 +124,9 @@ class Transport(Protocol):
     def on_drop(self, callback: DropCallback | None) -> None:
         """Be told about each message given up on, with a reason."""
 
+    def on_unrouted(self, callback: UnroutedCallback | None) -> None:
+        """Be told about each publish that reached no subscriber."""
+
 
 def call_quietly(callback: Callable[..., object] | None, *args: object) -> None:
     """Run a user callback; log (never raise) what it raises."""
@@ -137,6 +145,7 @@ class TransportCallbacks:
     _receiver: Receiver | None = None
     _on_state: StateCallback | None = None
     _on_drop: DropCallback | None = None
+    _on_unrouted: UnroutedCallback | None = None
 
     def set_receiver(self, receiver: Receiver) -> None:
         self._receiver = receiver
@@ -146,6 +155,9 @@ class TransportCallbacks:
 
     def on_drop(self, callback: DropCallback | None) -> None:
         self._on_drop = callback
+
+    def on_unrouted(self, callback: UnroutedCallback | None) -> None:
+        self._on_unrouted = callback
 
 
 class InProcessHub:
@@ -256,7 +268,8 @@ class InProcessTransport(TransportCallbacks):
     def _send(self, channel: str, data: bytes) -> None:
         with self._lock:
             self.stats.published += 1
-        self._hub.publish(channel, data)
+        if self._hub.publish(channel, data) == 0 and self._on_unrouted is not None:
+            call_quietly(self._on_unrouted, channel, data)
 
     def _deliver(self, channel: str, data: bytes) -> None:
         with self._lock:

@@ -234,7 +234,8 @@ def test_an_unanswered_ask_times_out_when_the_clock_passes_its_deadline(cluster:
 
 def test_an_ask_with_its_own_timeout_uses_it(pair: tuple[Node, Node], cluster: Cluster) -> None:
     alpha, _ = pair
-    future = alpha.ask("svc:nobody", Ping(), timeout=0.5)
+    cluster.peer("silent", "svc:silent")  # hears the ask, never answers
+    future = alpha.ask("svc:silent", Ping(), timeout=0.5)
     cluster.clock.advance(0.49)
     assert not future.done()
     cluster.clock.advance(0.02)
@@ -729,7 +730,8 @@ def test_shutdown_stops_every_actor_and_publishes_their_exits(cluster: Cluster) 
 
 def test_shutdown_fails_asks_still_waiting_for_a_reply(cluster: Cluster) -> None:
     node = cluster.node("alpha")
-    future = node.ask("svc:nobody", Ping(), timeout=60.0)
+    cluster.peer("silent", "svc:silent")
+    future = node.ask("svc:silent", Ping(), timeout=60.0)
     node.shutdown()
     with pytest.raises(AskTimeout):
         future.get(timeout=DEADLINE)
@@ -742,6 +744,7 @@ def test_an_ask_with_a_zero_timeout_on_a_real_clock_always_times_out(cluster: Cl
     from actors.clock import SystemClock
 
     node = cluster.node("real", clock=SystemClock())
+    cluster.peer("silent", "svc:nobody")
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # make the timer thread race the asker
     try:

@@ -50,3 +50,15 @@ def test_messages_buffered_for_a_restart_run_only_after_registration() -> None:
 def test_the_sys_kind_is_reserved_for_system_channels() -> None:
     with TestKit() as kit, pytest.raises(InvalidAddress):
         kit.spawn("sys:events", Witness, [])
+
+
+def test_a_send_to_an_address_nobody_hosts_is_a_dead_letter_and_an_ask_fails_fast() -> None:
+    from bus.errors import UnknownAddress
+
+    with TestKit() as kit:
+        future = kit.ask("nobody:1", Ping(n=1))
+        with pytest.raises(UnknownAddress):
+            future.get(timeout=5)  # the manual clock never moved: no timeout involved
+        kit.node.tell("nobody:2", Ping())
+        ev = kit.expect_event("dead-letter", "nobody:2", reason="no-subscriber")
+        assert ev.detail["kind"] == "sys.ping"

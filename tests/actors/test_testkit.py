@@ -11,6 +11,8 @@ from typing import Any
 import msgpack
 import pytest
 
+from bus.transport import InProcessTransport
+
 from actors.node import ActorContext, HuddleActor, RemoteError
 from actors.testkit import TestKit, Timeout
 from bus.envelope import Envelope, new_traceparent
@@ -142,6 +144,9 @@ def test_expect_sent_captures_envelopes_for_addresses_off_the_node(kit: TestKit)
 
 
 def test_an_ask_off_the_node_is_captured_and_times_out_on_the_manual_clock(kit: TestKit) -> None:
+    silent = InProcessTransport(kit.hub, name="elsewhere")  # another node that never answers
+    silent.subscribe("meeting:elsewhere")
+    silent.start()
     future = kit.ask("meeting:elsewhere", Ping(n=1), timeout=2.0)
     env = kit.expect_sent("meeting:elsewhere", Ping)
     assert env.reply_to == kit.node.address

@@ -388,3 +388,27 @@ def test_a_paused_redis_is_detected_and_left(
     assert states.wait_for("resubscribed")
     node.publish("c", b"alive again")
     assert got.wait_message("c", b"alive again")
+
+
+def test_a_publish_that_reaches_no_subscriber_is_reported_with_its_bytes(redis_url: str) -> None:
+    unrouted: list[tuple[str, bytes]] = []
+    done = threading.Event()
+    sender = RedisTransport(redis_url, name="unrouted-sender")
+    listener = RedisTransport(redis_url, name="unrouted-listener")
+    listener.set_receiver(lambda channel, data: None)
+    listener.subscribe("heard:1")
+    sender.on_unrouted(lambda channel, data: (unrouted.append((channel, data)), done.set()))
+    try:
+        listener.start()
+        sender.start()
+        assert listener.wait_subscribed(DEADLINE)
+        sender.publish("heard:1", b"a")
+        sender.publish("nobody:1", b"b")
+        sender.publish("heard:1", b"c")
+        assert sender.flush(DEADLINE)
+        assert done.wait(DEADLINE)
+        assert unrouted == [("nobody:1", b"b")]
+        assert sender.stats.published == 3
+    finally:
+        sender.close()
+        listener.close()
