@@ -1,0 +1,297 @@
+"""Fixtures for integration tests: a real redis-server, real ``huddle node``
+processes, and the test process as one more node on the same bus.
+
+Rules kept here so the tests need not repeat them:
+
+- everything started is stopped at teardown by its PID, pass or fail
+  (node processes: SIGTERM, then SIGKILL past a deadline);
+- nothing waits by sleeping: every wait is on an explicit condition (a ready
+  file, an event on ``sys:events``, a reply) with a deadline that is only
+  reached when something is broken.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from actors.node import Node
+from bus.address import SYS_EVENTS
+from bus.embedded import EmbeddedRedis
+from bus.envelope import Codec
+from bus.errors import DecodeError
+from bus.messages import Event
+from bus.redis_transport import RedisTransport
+
+DEADLINE = 15.0
+"""Upper bound for any wait; reached only when something is broken."""
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def unique(prefix: str) -> str:
+    """A fresh id, so that tests sharing one Redis never see each other."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def huddle_cmd(*args: str) -> list[str]:
+    """The ``huddle`` command line, run with this interpreter."""
+    return [sys.executable, "-m", "actors.cli", *args]
+
+
+# -- Redis --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """One real redis-server for the whole session, ended by its PID."""
+    server = EmbeddedRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client, to look at the server and to send raw bytes."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def subscriber_channels(client: redis.Redis, node_id: str) -> int | None:
+    """How many channels the subscriber connection of node ``node_id``
+    holds, as the server sees it (``CLIENT LIST``); None if not connected."""
+    name = f"huddle:{node_id}:subscriber"
+    for entry in client.client_list():
+        if entry.get("name") == name:
+            return int(entry.get("sub", 0))
+    return None
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    """Poll an explicit condition that has no event to wait on (e.g. a
+    Redis query) until it holds; fails past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    pause = threading.Event()  # never set: wait() is a bounded poll interval
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout:g}s: {what}")
+        pause.wait(delay)
+        delay = min(delay * 2, 0.05)
+
+
+# -- node processes -----------------------------------------------------------
+
+
+class NodeProcess:
+    """A ``huddle node`` process started by a test."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], node_id: str, ready_file: Path, log: Path,
+                 channels: int) -> None:
+        self.proc = proc
+        self.channels = channels
+        self.pid = proc.pid
+        self.node_id = node_id
+        self.ready_file = ready_file
+        self.log = log
+
+    def wait_ready(self, timeout: float = DEADLINE) -> None:
+        """Until the node wrote its ready file; fails at once if it exits."""
+        deadline = time.monotonic() + timeout
+        while not (self.ready_file.exists() and self.ready_file.read_text().strip() == self.node_id):
+            try:
+                # Waiting on the process doubles as the poll interval and
+                # catches a node that dies during start-up.
+                code = self.proc.wait(timeout=0.02)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is not None:
+                raise AssertionError(f"node {self.node_id} exited with {code} before it was ready:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {self.node_id} not ready within {timeout:g}s:\n{self.output()}")
+
+    def terminate(self, timeout: float = DEADLINE) -> int:
+        """SIGTERM by PID (a graceful shutdown), SIGKILL past ``timeout``."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout)
+        return self.proc.returncode
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "(no output)"
+
+
+class NodeProcesses:
+    """Starts ``huddle node`` processes; :meth:`stop_all` ends them by PID."""
+
+    def __init__(self, redis_url: str, client: redis.Redis, workdir: Path) -> None:
+        self.redis_url = redis_url
+        self.client = client
+        self.workdir = workdir
+        self.started: list[NodeProcess] = []
+
+    def start(self, *echo: str, node_id: str | None = None, wait: bool = True) -> NodeProcess:
+        """Start a node hosting an Echo at each of ``echo``; with ``wait``,
+        return once it is ready (see :meth:`wait_ready`)."""
+        node_id = node_id or unique("node")
+        ready = self.workdir / f"{node_id}.ready"
+        log = self.workdir / f"{node_id}.log"
+        cmd = huddle_cmd("node", "--redis-url", self.redis_url, "--node-id", node_id, "--ready-file", str(ready))
+        for address in echo:
+            cmd += ["--echo", address]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=REPO_ROOT)
+        node = NodeProcess(proc, node_id, ready, log, channels=1 + len(echo))
+        self.started.append(node)
+        if wait:
+            self.wait_ready(node)
+        return node
+
+    def wait_ready(self, node: NodeProcess) -> None:
+        """The ready file is there AND the server confirms every channel of
+        the node (its own and one per Echo). ``huddle node`` writes the
+        ready file before its Echo subscriptions are confirmed, so the file
+        alone does not mean a message to ``echo:1`` would be heard."""
+        node.wait_ready()
+        wait_until(lambda: subscriber_channels(self.client, node.node_id) == node.channels,
+                   f"node {node.node_id} subscribed to {node.channels} channels")
+
+    def stop_all(self) -> None:
+        errors = []
+        for node in reversed(self.started):
+            try:
+                node.terminate()
+            except Exception as exc:  # noqa: BLE001 - stop the others anyway
+                errors.append(f"{node.node_id} (pid {node.pid}): {exc}")
+        self.started.clear()
+        if errors:
+            raise RuntimeError("could not stop: " + "; ".join(errors))
+
+
+@pytest.fixture
+def node_procs(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Iterator[NodeProcesses]:
+    """``node_procs.start("echo:1")`` starts a ``huddle node`` hosting an Echo
+    at ``echo:1`` and waits until it is up; all are ended at teardown."""
+    procs = NodeProcesses(redis_url, redis_client, tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+# -- sys:events ---------------------------------------------------------------
+
+
+class EventLog:
+    """Every event published on ``sys:events`` while it listens, decoded."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.undecodable = 0
+        self._codec = Codec()
+        self._cond = threading.Condition()
+
+    def __call__(self, channel: str, data: bytes) -> None:
+        try:
+            env = self._codec.decode(data)
+        except DecodeError:
+            with self._cond:
+                self.undecodable += 1
+            return
+        if isinstance(env.message, Event):
+            with self._cond:
+                self.events.append(env.message)
+                self._cond.notify_all()
+
+    def matching(self, **fields: object) -> list[Event]:
+        with self._cond:
+            return [e for e in self.events if _matches(e, fields)]
+
+    def wait_for(self, timeout: float = DEADLINE, **fields: object) -> Event:
+        """The first event whose fields equal ``fields`` (``detail_*`` keys
+        match inside ``detail``); fails after ``timeout`` seconds."""
+        found: list[Event] = []
+
+        def seen() -> bool:
+            found[:] = [e for e in self.events if _matches(e, fields)]
+            return bool(found)
+
+        with self._cond:
+            if not self._cond.wait_for(seen, timeout):
+                recent = [(e.event, e.node, e.address, e.reason) for e in self.events[-10:]]
+                raise AssertionError(f"no event {fields} within {timeout:g}s; last events: {recent}")
+        return found[0]
+
+
+def _matches(event: Event, fields: dict[str, object]) -> bool:
+    for key, want in fields.items():
+        if key.startswith("detail_"):
+            if event.detail.get(key.removeprefix("detail_")) != want:
+                return False
+        elif getattr(event, key) != want:
+            return False
+    return True
+
+
+@pytest.fixture
+def events(redis_url: str) -> Iterator[EventLog]:
+    """Listens on ``sys:events`` from before the test starts anything."""
+    log = EventLog()
+    transport = RedisTransport(redis_url, name=unique("test-events"))
+    transport.set_receiver(log)
+    transport.start()
+    try:
+        transport.subscribe(SYS_EVENTS)
+        assert transport.wait_subscribed(DEADLINE), "could not subscribe to sys:events"
+        yield log
+    finally:
+        transport.close()
+
+
+# -- the test process as a node -----------------------------------------------
+
+
+@pytest.fixture
+def local_node(redis_url: str) -> Iterator[Node]:
+    """A Node in the test process, on its own RedisTransport."""
+    node_id = unique("test")
+    transport = RedisTransport(redis_url, name=node_id)
+    node = Node(transport, node_id=node_id)
+    node.start()
+    try:
+        assert transport.wait_subscribed(DEADLINE), "test node could not subscribe"
+        yield node
+    finally:
+        node.shutdown()
