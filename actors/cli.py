@@ -66,10 +66,15 @@ def cmd_node(args: argparse.Namespace) -> int:
             return 2
         for address in args.echo:
             node.spawn(address, Echo)
+        if not transport.wait_subscribed(10):
+            print("could not subscribe the hosted addresses", file=sys.stderr)
+            return 2
         print(f"node {node.node_id} up on {mask_url(url)}; hosting {', '.join(node.addresses()) or 'nothing yet'}",
               flush=True)
-        if args.ready_file:
-            Path(args.ready_file).write_text(node.node_id)
+        if args.ready_file:  # written whole, once every channel is live
+            tmp = Path(args.ready_file + ".tmp")
+            tmp.write_text(node.node_id)
+            tmp.replace(args.ready_file)
         stop.wait(args.run_for) if args.run_for else stop.wait()
         return 0
     finally:

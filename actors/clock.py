@@ -103,11 +103,15 @@ class SystemClock:
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         handle = TimerHandle(time.monotonic() + max(0.0, delay), fn, args)
         with self._cond:
+            head = self._heap.next_when()
             self._heap.push(handle)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="huddle-timers", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Wake the timer thread only if it now has to wake earlier (one
+            # thread switch less per ask: ask deadlines are rarely earliest).
+            if head is None or handle.when < head:
+                self._cond.notify()
         return handle
 
     def _loop(self) -> None:

@@ -304,6 +304,7 @@ class Node:
         self._started = True
         self.transport.set_receiver(self._on_wire)
         self.transport.on_unrouted(self._on_unrouted)
+        self.transport.on_state(self._on_bus_state)
         self.transport.subscribe(channel_for(self.address, self.namespace))
         self.transport.start()
         return self
@@ -432,17 +433,19 @@ class Node:
             if supervised:
                 self._reserved[address] = collections.deque()
             waiter = self._exit_waiters.pop(address, None)
-        if not supervised:
-            self.transport.unsubscribe(channel_for(address, self.namespace))
-        reason = type(error).__name__ if error is not None else ""
-        self.emit("crashed" if error is not None else "stopped", address, reason=reason,
-                  detail={"incarnation": actor.ctx.incarnation})
-        if supervised:
-            assert parent is not None
-            self.tell(parent, ChildExit(address=address, crashed=error is not None, reason=reason,
-                                        incarnation=actor.ctx.incarnation), sender=address)
-        if waiter is not None:
-            waiter.set(None)
+        try:
+            if not supervised:
+                self.transport.unsubscribe(channel_for(address, self.namespace))
+            reason = type(error).__name__ if error is not None else ""
+            self.emit("crashed" if error is not None else "stopped", address, reason=reason,
+                      detail={"incarnation": actor.ctx.incarnation})
+            if supervised:
+                assert parent is not None
+                self.tell(parent, ChildExit(address=address, crashed=error is not None, reason=reason,
+                                            incarnation=actor.ctx.incarnation), sender=address)
+        finally:
+            if waiter is not None:
+                waiter.set(None)
 
     # -- checkpoints ----------------------------------------------------------
 
@@ -537,6 +540,14 @@ class Node:
 
     def _on_wire(self, channel: str, data: bytes) -> None:
         self.receive_bytes(data, channel)
+
+    def _on_bus_state(self, state: str) -> None:
+        """Connection changes are events: while disconnected, messages on
+        the bus may not reach this node (pub/sub keeps nothing)."""
+        self.counters[f"bus:{state}"] += 1
+        if state == "disconnected":
+            log.warning("node %s lost its bus connection; reconnecting", self.node_id)
+        self.emit(f"bus-{state}", self.address)
 
     def _on_unrouted(self, channel: str, data: bytes) -> None:
         """The bus delivered one of our sends to nobody: no node hosts that

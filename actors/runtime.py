@@ -366,7 +366,6 @@ class _SliceEnd(Exception):  # noqa: N818 - a control signal, not an error
     """Raised by ``Mailbox.get`` to end the current slice."""
 
 
-_SLICE_END = _SliceEnd()
 
 
 class Mailbox:
@@ -473,7 +472,9 @@ class Mailbox:
     def get(self) -> Envelope[Any]:
         q = self._q
         if not q or self._budget <= 0:
-            raise _SLICE_END
+            # A fresh instance each time: a shared one would keep growing
+            # its __traceback__ (and the frames in it) with every raise.
+            raise _SliceEnd
         self._budget -= 1
         return q.popleft()
 

@@ -249,6 +249,10 @@ class EmbeddedRedis:
             "--appendonly", "no",
             "--daemonize", "no",
             "--protected-mode", "no",
+            # Redis's default (32mb hard) disconnects a subscriber that falls
+            # behind by 32 MB and drops what was queued for it, silently.
+            # A node that drains slower than a burst must not lose it.
+            "--client-output-buffer-limit", "pubsub", "1gb", "512mb", "60",
             "--dir", self._dir,
             "--logfile", "",
         ]  # fmt: skip

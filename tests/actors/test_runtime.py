@@ -637,3 +637,29 @@ def test_mailbox_reports_its_capacity_and_length(pool: ThreadPoolDispatcher) -> 
     assert inbox.capacity == 5
     assert len(inbox) == 0
     assert inbox.empty()
+
+
+def test_slices_do_not_accumulate_tracebacks() -> None:
+    """Ending a slice must not keep frames alive (it once leaked a traceback
+    entry per slice into one shared exception object)."""
+    import gc
+    import weakref
+
+    from actors import PooledActor
+
+    class Sink(PooledActor):
+        pass
+
+    class Marker:
+        pass
+
+    ref = Sink.start()
+    marker = Marker()
+    probe = weakref.ref(marker)
+    ref.ask(marker)  # handled in a slice whose frame saw the marker
+    del marker
+    for _ in range(50):
+        ref.ask(None)
+    gc.collect()
+    ref.stop()
+    assert probe() is None
