@@ -544,6 +544,8 @@ class Node:
     def _on_bus_state(self, state: str) -> None:
         """Connection changes are events: while disconnected, messages on
         the bus may not reach this node (pub/sub keeps nothing)."""
+        if self._closing:
+            return  # our own shutdown closing the connection
         self.counters[f"bus:{state}"] += 1
         if state == "disconnected":
             log.warning("node %s lost its bus connection; reconnecting", self.node_id)
