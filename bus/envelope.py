@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
 import math
 import os
 import random
@@ -58,6 +59,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_SIZE = 1 << 20
+
+_local = threading.local()
 
 _HEADER_COUNT = 11
 
@@ -199,7 +202,6 @@ def _refuse_ext(code: int, data: bytes) -> object:
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
 _unpackb = msgpack.unpackb
-_packb = msgpack.packb
 
 
 def _buffer_size(data: object) -> int:
@@ -255,7 +257,13 @@ class Codec:
         msg = env.message
         body = self._to_body(msg)
         try:
-            data: bytes = _packb(
+            packer = _local.__dict__.get("packer")
+            if packer is None:
+                # One Packer per thread: packb builds a new one per call,
+                # about 0.6 us of a 1.5 us encode. A Packer that raised may
+                # hold a partial buffer, so a failure drops it (below).
+                packer = _local.packer = msgpack.Packer(use_bin_type=True)
+            data: bytes = packer.pack(
                 [
                     env.version,
                     env.msg_id,
@@ -269,9 +277,9 @@ class Codec:
                     env.traceparent,
                     body,
                 ],
-                use_bin_type=True,
             )
         except Exception as exc:
+            _local.__dict__.pop("packer", None)
             raise EncodeError(
                 f"cannot encode {msg.KIND} envelope: {type(exc).__name__}: {exc}"
             ) from exc

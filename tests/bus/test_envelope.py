@@ -596,3 +596,15 @@ def test_ask_headers_survive() -> None:
         traceparent=back.traceparent,
     )
     assert CODEC.roundtrip(answer).message == Reply({"ok": True, "n": [1, 2]})
+
+
+def test_an_encode_failure_leaves_the_next_encode_intact() -> None:
+    """The codec reuses a packer per thread; a value msgpack refuses must not
+    leave half an envelope in it for the next one."""
+    from bus.messages import Reply
+
+    codec = Codec()
+    with pytest.raises(EncodeError):
+        codec.encode(Envelope(to="svc:a", message=Reply(value=[1, 2, object()])))
+    good = Envelope(to="svc:a", message=Reply(value=[1, 2, 3]))
+    assert codec.decode(codec.encode(good)) == good
