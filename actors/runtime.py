@@ -44,7 +44,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pykka import ActorDeadError, ActorRef, ActorRegistry, ThreadingFuture
@@ -206,22 +206,11 @@ def set_default_dispatcher(dispatcher: Dispatcher) -> None:
 _current = threading.local()
 
 
-def _blocking_section() -> Any:
+def _blocking_section() -> AbstractContextManager[None]:
     d = getattr(_current, "dispatcher", None) or _default_dispatcher
     if d is not None and d.is_worker_thread():
         return d.blocking()
-    return _NullContext
-
-
-class _NullCtx:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NullContext = _NullCtx()
+    return nullcontext()
 
 
 # --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from actors.clock import ManualClock
 from actors.node import ActorContext, HuddleActor, Node
 from actors.runtime import PooledFuture
 from actors.supervisor import ChildSpec, Supervisor
-from bus.envelope import Envelope
+from bus.envelope import Codec, Envelope
 from bus.messages import Event, Message
 from bus.transport import InProcessHub, InProcessTransport
 
@@ -153,8 +153,6 @@ class TestKit:
         self.hub = InProcessHub()
         self._sent = _Recorder()
         self._events = _Recorder()
-        from bus.envelope import Codec
-
         self.codec = Codec()
         transport = _CapturingTransport(self.hub, self._sent, self.codec.decode)
         self.node = Node(transport, node_id=node_id, codec=self.codec, clock=self.clock)

@@ -79,6 +79,15 @@ def gate_events() -> Iterator[tuple[threading.Event, threading.Event]]:
         opened.set()
 
 
+def hold_only_thread(pool: ThreadPoolDispatcher, gate_events: tuple[threading.Event, threading.Event]) -> threading.Event:
+    """Park a Gate actor on the pool's only thread; set the returned event
+    to let it go."""
+    entered, opened = gate_events
+    on(pool, Gate).start(entered, opened).tell("hold")
+    assert entered.wait(DEADLINE)
+    return opened
+
+
 # --------------------------------------------------------------------------
 # Start, order, exclusivity
 
@@ -86,10 +95,7 @@ def gate_events() -> Iterator[tuple[threading.Event, threading.Event]]:
 def test_on_start_runs_before_messages_queued_before_it_ran(
     pool: ThreadPoolDispatcher, gate_events: tuple[threading.Event, threading.Event], recorder: type[Recorder]
 ) -> None:
-    entered, opened = gate_events
-    gate = on(pool, Gate).start(entered, opened)
-    gate.tell("hold")
-    assert entered.wait(DEADLINE)
+    opened = hold_only_thread(pool, gate_events)
     # The only pool thread is held: the actor cannot have started yet.
     log = recorder()
     ref = on(pool, Log).start(log)
@@ -176,10 +182,7 @@ def test_an_actor_never_runs_two_messages_at_once(make_pool: Pools) -> None:
 def test_a_busy_actor_yields_its_thread_after_one_slice(
     pool: ThreadPoolDispatcher, gate_events: tuple[threading.Event, threading.Event], recorder: type[Recorder]
 ) -> None:
-    entered, opened = gate_events
-    gate = on(pool, Gate).start(entered, opened)
-    gate.tell("hold")
-    assert entered.wait(DEADLINE)
+    opened = hold_only_thread(pool, gate_events)
     log = recorder()
     busy = on(pool, Log).start(log)
     other = on(pool, Log).start(log)

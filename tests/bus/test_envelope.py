@@ -34,6 +34,7 @@ from bus.messages import (
     Stop,
     message_kind,
 )
+from tests.bus import strategies as strat
 
 # Kinds of this test module live in a registry of their own (plus the
 # built-ins), so they never leak into the default one.
@@ -469,24 +470,7 @@ def test_decoded_envelope_has_a_fresh_id_only_when_sent() -> None:
 
 # -- roundtrips --------------------------------------------------------------------------------
 
-msgpack_leaves = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=16)
-    | st.binary(max_size=16)
-)
-msgpack_values = st.recursive(
-    msgpack_leaves,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(
-            st.text(max_size=6) | st.binary(max_size=4), inner, max_size=4
-        )
-    ),
-    max_leaves=16,
-)
+msgpack_values = strat.msgpack_values(size=16, max_leaves=16, binary_keys=True)
 short_text = st.text(max_size=24)
 messages = st.one_of(
     st.builds(Reply, msgpack_values),

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bus.envelope import Codec, Envelope
 from bus.errors import DecodeError, EncodeError
 from bus.messages import Message
+from tests.bus import strategies as strat
 from tests.bus.test_envelope import CODEC, WIRE, envelopes
 
 # A small limit too, so the oversize check is exercised by the fuzzer.
@@ -87,24 +88,7 @@ def test_arbitrary_bytes_after_a_valid_start(data: bytes) -> None:
 
 # (b) arbitrary msgpack structures --------------------------------------------------
 
-leaves = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats()
-    | st.text(max_size=12)
-    | st.binary(max_size=12)
-)
-values = st.recursive(
-    leaves,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(
-            st.text(max_size=8) | st.binary(max_size=4), inner, max_size=4
-        )
-    ),
-    max_leaves=10,
-)
+values = strat.msgpack_values(size=12, max_leaves=10, allow_nan=True, binary_keys=True)
 kinds = st.sampled_from(WIRE.kinds()) | st.text(max_size=12)
 field_names = st.sampled_from(
     [

@@ -21,6 +21,7 @@ from bus.messages import (
     Stop,
     message_kind,
 )
+from tests.bus import strategies as strat
 
 # A registry of its own, so these kinds never leak into the default one.
 LOCAL = MessageRegistry()
@@ -461,22 +462,8 @@ def test_error_details_do_not_repeat_values() -> None:
 
 # -- properties ---------------------------------------------------------------------
 
-msgpack_leaves = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=20)
-)
-msgpack_values = st.recursive(
-    msgpack_leaves,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+msgpack_leaves = strat.msgpack_leaves(size=20)
+msgpack_values = strat.msgpack_values(size=20, max_leaves=12)
 floats = st.floats(allow_nan=False)
 
 scalars = st.builds(

@@ -69,17 +69,6 @@ class StateRecorder:
             return self._cond.wait_for(lambda: self.states.count(state) >= times, timeout)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
-    """One real redis-server (with a unix socket) for the whole session."""
-    server = EmbeddedRedis(unix_socket=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
     """The session server's URL, FLUSHALLed before the test."""
@@ -92,17 +81,6 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     with redis.Redis.from_url(redis_url) as client:
         yield client
-
-
-@pytest.fixture
-def fresh_redis() -> Iterator[EmbeddedRedis]:
-    """A private redis-server for tests that kill or restart it."""
-    server = EmbeddedRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -53,17 +53,6 @@ def huddle_cmd(*args: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
-    """One real redis-server for the whole session, ended by its PID."""
-    server = EmbeddedRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
 

@@ -4,9 +4,6 @@ actors on two nodes talk again afterwards."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from actors.builtin import Echo
 from actors.node import Node
@@ -17,16 +14,7 @@ from bus.redis_transport import RedisTransport
 DEADLINE = 20.0
 
 
-@pytest.fixture
-def own_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_nodes_report_the_outage_and_recover_after_a_redis_restart(own_redis: EmbeddedRedis) -> None:
+def test_nodes_report_the_outage_and_recover_after_a_redis_restart(fresh_redis: EmbeddedRedis) -> None:
     seen: list[str] = []
     resubscribed = threading.Event()
 
@@ -35,8 +23,8 @@ def test_nodes_report_the_outage_and_recover_after_a_redis_restart(own_redis: Em
         if ev.event == "bus-resubscribed" and "bus-disconnected" in seen:
             resubscribed.set()
 
-    host = Node(RedisTransport(own_redis.url, name="host"), node_id="host")
-    asker = Node(RedisTransport(own_redis.url, name="asker"), node_id="asker")
+    host = Node(RedisTransport(fresh_redis.url, name="host"), node_id="host")
+    asker = Node(RedisTransport(fresh_redis.url, name="asker"), node_id="asker")
     asker.add_event_listener(listen)
     try:
         host.start()
@@ -45,7 +33,7 @@ def test_nodes_report_the_outage_and_recover_after_a_redis_restart(own_redis: Em
         assert host.transport.wait_subscribed(DEADLINE) and asker.transport.wait_subscribed(DEADLINE)
         assert asker.ask("echo:r", Ping(n=1)).get(timeout=DEADLINE) == Pong(n=1)
 
-        own_redis.restart()
+        fresh_redis.restart()
         assert resubscribed.wait(DEADLINE), seen
         assert host.transport.wait_subscribed(DEADLINE)
         assert asker.ask("echo:r", Ping(n=2), timeout=DEADLINE).get(timeout=DEADLINE) == Pong(n=2)
