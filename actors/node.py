@@ -53,7 +53,17 @@ from actors.messages import ChildExit
 from actors.runtime import PooledActor, PooledFuture, default_dispatcher
 from bus.address import SYS_EVENTS, InvalidAddress, channel_for, node_address, parse_address
 from bus.envelope import Codec, Envelope, new_message_id
-from bus.errors import AskTimeout, DecodeError, EncodeError, HuddleError, MailboxFull, TransportError
+from bus.errors import (
+    ActorStopped,
+    AskTimeout,
+    DecodeError,
+    DeliveryError,
+    EncodeError,
+    HuddleError,
+    MailboxFull,
+    TransportError,
+    UnknownAddress,
+)
 from bus.messages import ErrorReply, Event, Message, Reply, Stop
 
 if TYPE_CHECKING:
@@ -478,12 +488,16 @@ class Node:
         self.send_envelope(env)
 
     def send_envelope(self, env: Envelope) -> None:
-        data = self.codec.encode(env)
+        self._route(env.to, self.codec.encode(env))
+
+    def _route(self, to: str, data: bytes) -> None:
+        """Encoded bytes for ``to``: back through the decoder if it lives
+        here, else onto its channel."""
         self.counters["sent"] += 1
-        if env.to in self._actors or env.to in self._reserved or env.to == self.address:
+        if to in self._actors or to in self._reserved or to == self.address:
             self.receive_bytes(data)
         else:
-            self.transport.publish(channel_for(env.to, self.namespace), data)
+            self.transport.publish(channel_for(to, self.namespace), data)
 
     def ask(
         self,
@@ -528,13 +542,12 @@ class Node:
     def send_later(self, delay: float, to: str, message: Message, *, sender: str | None = None, epoch: int = 0) -> TimerHandle:
         """A timer is a delayed message: encoded now (so a bad message fails
         at once), sent through the bus when the clock says so."""
-        env = Envelope(to=to, message=message, sender=sender, epoch=epoch)
-        self.codec.encode(env)
-        return self.clock.call_later(delay, self._send_timer, env)
+        data = self.codec.encode(Envelope(to=to, message=message, sender=sender, epoch=epoch))
+        return self.clock.call_later(delay, self._send_timer, to, data)
 
-    def _send_timer(self, env: Envelope) -> None:
+    def _send_timer(self, to: str, data: bytes) -> None:
         if not self._closing:
-            self.send_envelope(env)
+            self._route(to, data)
 
     # -- receiving ----------------------------------------------------------
 
@@ -658,7 +671,7 @@ class Node:
     def _refuse(self, env: Envelope, reason: str) -> None:
         self.dead_letter(reason, env.to, env.kind, sender=env.sender)
         if env.reply_to is not None and env.correlation_id is not None and env.to != self.address:
-            self._reply(env, ErrorReply(error_type=_REFUSAL_TYPES.get(reason, "DeliveryError"), message=reason))
+            self._reply(env, ErrorReply(error_type=_REFUSAL_TYPES.get(reason, DeliveryError).__name__, message=reason))
 
     # -- events -------------------------------------------------------------
 
@@ -708,21 +721,25 @@ class Node:
         return bool(wait(timeout)) if wait is not None else True
 
 
-_REFUSAL_TYPES = {
-    "unknown-address": "UnknownAddress",
-    "no-subscriber": "UnknownAddress",
-    "mailbox-full": "MailboxFull",
-    "actor-stopped": "ActorStopped",
-    "restart-buffer-full": "MailboxFull",
-    "expired": "AskTimeout",
+_REFUSAL_TYPES: dict[str, type[DeliveryError]] = {
+    "unknown-address": UnknownAddress,
+    "no-subscriber": UnknownAddress,
+    "mailbox-full": MailboxFull,
+    "actor-stopped": ActorStopped,
+    "restart-buffer-full": MailboxFull,
+    "expired": AskTimeout,
+}
+
+
+# A refusal comes back as the same typed error the refusing node named.
+_DELIVERY_ERRORS: dict[str, type[DeliveryError]] = {
+    cls.__name__: cls for cls in (DeliveryError, *_REFUSAL_TYPES.values())
 }
 
 
 def _remote_error(reply: ErrorReply, sender: str) -> HuddleError:
-    from bus import errors
-
-    cls = getattr(errors, reply.error_type, None)
-    if isinstance(cls, type) and issubclass(cls, errors.DeliveryError):
+    cls = _DELIVERY_ERRORS.get(reply.error_type)
+    if cls is not None:
         return cls(sender, reply.message)
     return RemoteError(reply.error_type, reply.message)
 
