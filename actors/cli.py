@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -32,6 +33,12 @@ BENCHMARKS = {
     "tell-remote": "two node processes over a real Redis, 500,000 tells across (baseline: raw redis-py pipelined publish -> subscriber).",
     "ask-remote": "10,000 sequential asks across two node processes (baseline: raw redis-py pub/sub ping-pong).",
 }
+
+
+#: Modules that add their own subcommands; each has ``register(subparsers)``.
+#: A feature keeps its command next to its code and adds one line here.
+COMMAND_MODULES: tuple[str, ...] = (
+)
 
 
 def _redis_url(args: argparse.Namespace) -> str | None:
@@ -252,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a smaller run (smoke check, figures not comparable)")
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON object to FILE")
     bench.set_defaults(func=cmd_bench)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -34,13 +34,15 @@ releases the address (the buffer becomes dead letters).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -49,9 +51,16 @@ from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope as _PykkaEnvelope
 
 from actors.clock import Clock, SystemClock, TimerHandle
+from actors.io import IoLoop, Outcome
 from actors.messages import ChildExit
 from actors.runtime import PooledActor, PooledFuture, default_dispatcher
-from bus.address import SYS_EVENTS, InvalidAddress, channel_for, node_address, parse_address
+from bus.address import (
+    SYS_EVENTS,
+    InvalidAddress,
+    channel_for,
+    node_address,
+    parse_address,
+)
 from bus.envelope import Codec, Envelope, new_message_id
 from bus.errors import (
     ActorStopped,
@@ -239,6 +248,30 @@ class HuddleActor(PooledActor):
         ``delay`` seconds of the node's clock."""
         return self.node.send_later(delay, to or self.address, message, sender=self.address, epoch=self.epoch)
 
+    def run_io(self, coro: Coroutine[Any, Any, Any], done: Callable[[Outcome[Any]], Message | None]) -> None:
+        """Run ``coro`` on the node's I/O loop; when it ends, ``done(outcome)``
+        (called on the loop thread, so it must only build a message) gives the
+        message this actor then receives in its own mailbox, in turn with
+        every other message. ``None`` sends nothing. Tag the message with the
+        generation that started the request, so a stale outcome can be
+        recognised and dropped."""
+        address, epoch, node = self.address, self.epoch, self.node
+
+        async def request() -> None:
+            try:
+                outcome: Outcome[Any] = Outcome(value=await coro)
+            except asyncio.CancelledError:
+                return  # the node is shutting down: nobody to tell
+            except Exception as exc:  # noqa: BLE001 - the actor decides what a failure means
+                outcome = Outcome(error=exc)
+            message = done(outcome)
+            # Told before the request counts as finished, so a node that
+            # looks idle has no outcome still on its way.
+            if message is not None:
+                node.tell(address, message, sender=address, epoch=epoch)
+
+        node.io.submit(request())
+
     def checkpoint(self, state: Any) -> bool:
         """Save ``state`` (msgpack primitives, never secrets); the next
         incarnation at this address gets it as ``ctx.checkpoint``."""
@@ -284,6 +317,7 @@ class Node:
         namespace: str = "",
         ask_timeout: float = DEFAULT_ASK_TIMEOUT,
         checkpoints: CheckpointStore | None = None,
+        io: IoLoop | None = None,
     ) -> None:
         self.node_id = node_id or default_node_id()
         self.address = node_address(self.node_id)
@@ -293,6 +327,8 @@ class Node:
         self.namespace = namespace
         self.ask_timeout = ask_timeout
         self.checkpoints: CheckpointStore = checkpoints or MemoryCheckpoints()
+        #: The node's asyncio loop for actors' I/O (its thread starts on first use).
+        self.io = io or IoLoop(f"huddle-io-{self.node_id}")
         self.counters: collections.Counter[str] = collections.Counter()
         self._actors: dict[str, HuddleActor] = {}
         self._reserved: dict[str, collections.deque[Envelope]] = {}
@@ -344,6 +380,9 @@ class Node:
             # No reply can come any more: fail the ask now, not never.
             _corr, to, _timeout = timer.args
             fut.set_exception(exc_info=(AskTimeout, AskTimeout(to, "node shut down before a reply"), None))
+        # Actors' last I/O (a socket's close) gets a moment, then is cancelled.
+        self.io.wait_idle(min(timeout, 1.0))
+        self.io.close(timeout)
         self.transport.flush(timeout)
         self.transport.close()
         self.clock.close()
@@ -689,7 +728,7 @@ class Node:
         for listener in list(self._listeners):
             try:
                 listener(ev)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("event listener failed")
         try:
             data = self.codec.encode(Envelope(to=SYS_EVENTS, message=ev, sender=self.address))
@@ -715,10 +754,23 @@ class Node:
     # -- test support -------------------------------------------------------
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
-        """True once no actor slice is queued or running on the dispatcher."""
+        """True once no actor slice is queued or running on the dispatcher and
+        no I/O request is in flight (an I/O outcome becomes a message, which
+        makes the dispatcher busy again, so both are checked until both hold)."""
         dispatcher = default_dispatcher()
         wait = getattr(dispatcher, "wait_idle", None)
-        return bool(wait(timeout)) if wait is not None else True
+        deadline = time.monotonic() + timeout
+
+        def dispatcher_idle(seconds: float) -> bool:
+            return bool(wait(max(0.0, seconds))) if wait is not None else True
+
+        while True:
+            if not dispatcher_idle(deadline - time.monotonic()):
+                return False
+            if not self.io.wait_idle(max(0.0, deadline - time.monotonic())):
+                return False
+            if dispatcher_idle(0) and self.io.inflight == 0:
+                return True
 
 
 _REFUSAL_TYPES: dict[str, type[DeliveryError]] = {

@@ -1,0 +1,1 @@
+"""Operations kit: reference services for tests and demos, benchmarks, deploy files."""

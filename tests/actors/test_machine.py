@@ -1,0 +1,98 @@
+"""The sans-I/O shell: common effects, timers by key, answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.machine import (
+    Answer,
+    CancelTimer,
+    Emit,
+    MachineActor,
+    SaveCheckpoint,
+    Send,
+    StartTimer,
+)
+from actors.testkit import TestKit
+from bus.messages import Message, Ping, message_kind
+
+
+@message_kind("test.machine-cmd")
+@dataclass(frozen=True, slots=True)
+class Cmd(Message):
+    op: str
+    n: int = 0
+
+
+@message_kind("test.machine-tick")
+@dataclass(frozen=True, slots=True)
+class Tick(Message):
+    n: int
+
+
+class Counter(MachineActor):
+    """The core is inline here: the shell is what is under test."""
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.ticks: list[int] = []
+
+    def step(self, message, envelope, now):
+        if isinstance(message, Tick):
+            self.ticks.append(message.n)
+            return [Send("probe:1", Ping(n=message.n))]
+        if isinstance(message, Cmd):
+            match message.op:
+                case "timer":
+                    return [StartTimer("t", 5.0, Tick(n=message.n))]
+                case "cancel":
+                    return [CancelTimer("t")]
+                case "event":
+                    return [Emit("counted", reason="because", detail={"n": message.n})]
+                case "save":
+                    return [SaveCheckpoint({"n": message.n}), Answer(message.n + 1)]
+        return super().step(message, envelope, now)
+
+
+def test_timer_with_the_same_key_replaces_the_old_one() -> None:
+    with TestKit() as kit:
+        probe = kit.probe("probe:1")
+        actor = kit.spawn("counter:1", Counter)
+        kit.inject_message("counter:1", Cmd(op="timer", n=1))
+        kit.advance(3)
+        kit.inject_message("counter:1", Cmd(op="timer", n=2))
+        kit.advance(3)  # the first timer's time has passed: replaced, so nothing
+        assert actor.ticks == []
+        kit.advance(2)
+        assert actor.ticks == [2]
+        message, _ = probe.expect_message(Ping)
+        assert message == Ping(n=2)
+
+
+def test_cancelled_timer_never_fires() -> None:
+    with TestKit() as kit:
+        actor = kit.spawn("counter:2", Counter)
+        kit.inject_message("counter:2", Cmd(op="timer", n=1))
+        kit.inject_message("counter:2", Cmd(op="cancel"))
+        kit.advance(10)
+        assert actor.ticks == []
+
+
+def test_emit_checkpoint_and_answer() -> None:
+    with TestKit() as kit:
+        kit.spawn("counter:3", Counter)
+        kit.inject_message("counter:3", Cmd(op="event", n=7))
+        ev = kit.expect_event("counted", "counter:3", reason="because")
+        assert ev.detail == {"n": 7}
+        assert kit.ask("counter:3", Cmd(op="save", n=4)).get(timeout=5) == 5
+        assert kit.node.checkpoints.load("counter:3") is not None
+
+
+def test_unknown_kind_is_a_dead_letter_and_the_actor_keeps_running() -> None:
+    with TestKit() as kit:
+        actor = kit.spawn("counter:4", Counter)
+        kit.inject_message("counter:4", Ping(n=1))
+        kit.expect_event("dead-letter", "counter:4", reason="unhandled-kind")
+        kit.inject_message("counter:4", Tick(n=3))
+        kit.settle()
+        assert actor.ticks == [3]
