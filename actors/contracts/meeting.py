@@ -1,0 +1,186 @@
+"""Messages of the ``meeting:<id>`` actor.
+
+**Inputs: locus events.** The application (a meeting client's locus
+listener, or a test) tells the meeting actor what the meeting service
+reported, one typed message per change. Each is a fact, not a command: the
+meeting actor decides what its data channels and tokens must do (PROTOCOL.md
+section 2). A restarted meeting actor re-derives everything from its
+checkpoint plus :class:`LocusSnapshot`, which the application may send at
+any time (it replaces every fact at once).
+
+**Outputs: to subscribers.** Whoever sent :class:`Subscribe` (an address)
+gets :class:`MeetingState` whenever the meeting's own state changes
+(admission is announced at once, never after a token fetch),
+:class:`SessionState` for each data-channel session (never aggregated), and
+:class:`RelayedEvent` for every event a session relays (captions,
+reactions...), tagged with the session it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bus.messages import Message, message_kind
+
+__all__ = [
+    "Admitted",
+    "CaptionsChanged",
+    "DatachannelUrlChanged",
+    "Joined",
+    "Left",
+    "LocusSnapshot",
+    "LocusUrlReplaced",
+    "Lobby",
+    "MeetingEnded",
+    "MeetingState",
+    "PracticeDatachannelUrlChanged",
+    "PracticeSessionChanged",
+    "RelayedEvent",
+    "RolesChanged",
+    "SessionState",
+    "Subscribe",
+    "Unsubscribe",
+]
+
+
+@message_kind("meeting.joined")
+@dataclass(frozen=True, slots=True)
+class Joined(Message):
+    """The join response. Tokens from it (``self.datachannelToken`` and
+    ``self.practiceSessionDatachannelToken``) are secrets, handed on to the
+    meeting's token actor and never stored by the meeting."""
+
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("datachannel_token", "practice_datachannel_token")
+
+    locus_url: str
+    self_id: str
+    datachannel_url: str = ""
+    practice_datachannel_url: str = ""
+    in_lobby: bool = False
+    panelist: bool = False
+    practice_session_on: bool = False
+    captions_on: bool = False
+    datachannel_token: str = field(default="", repr=False)
+    practice_datachannel_token: str = field(default="", repr=False)
+
+
+@message_kind("meeting.left")
+@dataclass(frozen=True, slots=True)
+class Left(Message):
+    reason: str = ""
+
+
+@message_kind("meeting.lobby")
+@dataclass(frozen=True, slots=True)
+class Lobby(Message):
+    """Moved to the lobby (an unadmitted guest)."""
+
+
+@message_kind("meeting.admitted")
+@dataclass(frozen=True, slots=True)
+class Admitted(Message):
+    """Admitted from the lobby."""
+
+
+@message_kind("meeting.locus-url-replaced")
+@dataclass(frozen=True, slots=True)
+class LocusUrlReplaced(Message):
+    locus_url: str
+
+
+@message_kind("meeting.datachannel-url")
+@dataclass(frozen=True, slots=True)
+class DatachannelUrlChanged(Message):
+    """``url`` empty: a delta cleared it (the connection is kept)."""
+
+    url: str = ""
+
+
+@message_kind("meeting.practice-datachannel-url")
+@dataclass(frozen=True, slots=True)
+class PracticeDatachannelUrlChanged(Message):
+    url: str = ""
+
+
+@message_kind("meeting.roles")
+@dataclass(frozen=True, slots=True)
+class RolesChanged(Message):
+    panelist: bool
+
+
+@message_kind("meeting.practice-session")
+@dataclass(frozen=True, slots=True)
+class PracticeSessionChanged(Message):
+    on: bool
+
+
+@message_kind("meeting.captions")
+@dataclass(frozen=True, slots=True)
+class CaptionsChanged(Message):
+    on: bool
+
+
+@message_kind("meeting.ended")
+@dataclass(frozen=True, slots=True)
+class MeetingEnded(Message):
+    pass
+
+
+@message_kind("meeting.snapshot")
+@dataclass(frozen=True, slots=True)
+class LocusSnapshot(Message):
+    """Every fact at once (after a restart, or to resynchronise)."""
+
+    joined: bool
+    locus_url: str = ""
+    self_id: str = ""
+    in_lobby: bool = False
+    datachannel_url: str = ""
+    practice_datachannel_url: str = ""
+    panelist: bool = False
+    practice_session_on: bool = False
+    captions_on: bool = False
+
+
+@message_kind("meeting.subscribe")
+@dataclass(frozen=True, slots=True)
+class Subscribe(Message):
+    """``address`` receives this meeting's outputs until it unsubscribes."""
+
+    address: str
+
+
+@message_kind("meeting.unsubscribe")
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(Message):
+    address: str
+
+
+@message_kind("meeting.state")
+@dataclass(frozen=True, slots=True)
+class MeetingState(Message):
+    """The meeting's own state: ``phase`` is one of ``idle``, ``lobby``,
+    ``admitted``, ``left``, ``ended``."""
+
+    meeting: str
+    phase: str
+    panelist: bool = False
+
+
+@message_kind("meeting.session-state")
+@dataclass(frozen=True, slots=True)
+class SessionState(Message):
+    meeting: str
+    session: str
+    state: str
+    reason: str = ""
+
+
+@message_kind("meeting.relayed-event")
+@dataclass(frozen=True, slots=True)
+class RelayedEvent(Message):
+    meeting: str
+    session: str
+    event_type: str
+    data: Any = None
