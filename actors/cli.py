@@ -32,6 +32,7 @@ BENCHMARKS = {
     "tell-local": "10,000 actors, 1,000,000 tells on one node (baseline: pykka ThreadingActor).",
     "tell-remote": "two node processes over a real Redis, 500,000 tells across (baseline: raw redis-py pipelined publish -> subscriber).",
     "ask-remote": "10,000 sequential asks across two node processes (baseline: raw redis-py pub/sub ping-pong).",
+    "dataserver-sockets": "5,000 raw clients online on one huddle dataserver: time, RSS per socket, fan-out, restart (baseline: bare websockets server).",
 }
 
 

@@ -75,6 +75,10 @@ SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010
 CLOSED_HISTORY = 20_000
 """Closed socket records kept for ``/control/state`` (oldest forgotten first)."""
 
+UNACKED_TRACKED = 256
+"""Per socket, at most this many unacknowledged frame ids are remembered
+(oldest forgotten first), so a client that never acks costs bounded memory."""
+
 REQUEST_HISTORY = 10_000
 """Register and token request records kept (oldest forgotten first)."""
 
@@ -186,7 +190,7 @@ class SocketRecord:
     shutdown_sent: bool = False
     replaced_by: str | None = None
     subscriptions: list[str] = field(default_factory=list)
-    unacked: set[str] = field(default_factory=set)
+    unacked: dict[str, None] = field(default_factory=dict)
     close: dict[str, Any] | None = None
 
     def number(self, frame: Mapping[str, Any], new_id: Callable[[], str]) -> dict[str, Any]:
@@ -202,7 +206,9 @@ class SocketRecord:
         self.next_sequence = sequence + 1
         self.sequence_skip = 0
         self.frames_sent += 1
-        self.unacked.add(frame_id)
+        self.unacked[frame_id] = None
+        if len(self.unacked) > UNACKED_TRACKED:
+            del self.unacked[next(iter(self.unacked))]
         return numbered
 
     def as_json(self) -> dict[str, Any]:
@@ -212,6 +218,7 @@ class SocketRecord:
             "binding": self.binding,
             "meeting": self.meeting,
             "session": self.session,
+            "device_url": self.device_url,
             "open": self.open,
             "authorized": self.authorized,
             "online": self.online,
@@ -627,7 +634,7 @@ class DataService:
         record.acks += 1
         self.counters["acks"] += 1
         if isinstance(message_id, str) and message_id in record.unacked:
-            record.unacked.discard(message_id)
+            del record.unacked[message_id]
         else:
             self.counters["acks_unknown"] += 1
         return []

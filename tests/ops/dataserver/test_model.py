@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from ops.dataserver.model import (
+    UNACKED_TRACKED,
     BadControlRequest,
     CallLater,
     CloseSocket,
@@ -230,6 +231,15 @@ def test_acks_are_counted_and_matched_to_sent_frames() -> None:
     send(svc, socket, {"messageId": sent_id, "type": "ack"})
     send(svc, socket, {"messageId": "never-sent", "type": "ack"})
     assert (record.acks, len(record.unacked), svc.counters["acks_unknown"]) == (2, 0, 1)
+
+
+def test_a_client_that_never_acks_costs_bounded_memory() -> None:
+    svc = service()
+    socket = online_socket(svc)
+    for _ in range(UNACKED_TRACKED + 50):
+        svc.push({"frame": {"data": {}}, "socket": socket})
+    assert len(svc.sockets[socket].unacked) == UNACKED_TRACKED
+    assert svc.sockets[socket].as_json()["last_sequence"] == UNACKED_TRACKED + 51
 
 
 def test_ping_is_answered_with_a_pong_of_the_same_id_unless_withheld_or_mismatched() -> None:
