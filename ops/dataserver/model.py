@@ -189,6 +189,8 @@ class SocketRecord:
     sequence_skip: int = 0
     shutdown_sent: bool = False
     replaced_by: str | None = None
+    tracking_id: str | None = None
+    subscription_requests: int = 0
     subscriptions: list[str] = field(default_factory=list)
     unacked: dict[str, None] = field(default_factory=dict)
     close: dict[str, Any] | None = None
@@ -223,7 +225,9 @@ class SocketRecord:
             "authorized": self.authorized,
             "online": self.online,
             "refused": self.refused,
+            "tracking_id": self.tracking_id,
             "subscriptions": list(self.subscriptions),
+            "subscription_requests": self.subscription_requests,
             "acks": self.acks,
             "unacked": len(self.unacked),
             "pings": self.pings,
@@ -603,6 +607,8 @@ class DataService:
             self.counters["bad_authorizations"] += 1
             return [CloseSocket(record.id, 4401, "invalid authorization")]
         record.authorized = True
+        tracking_id = frame.get("trackingId")
+        record.tracking_id = tracking_id if isinstance(tracking_id, str) else None
         self.counters["authorizations"] += 1
         if self.faults.withhold_buffer_state:
             self.counters["buffer_states_withheld"] += 1
@@ -659,6 +665,7 @@ class DataService:
             self.counters["bad_frames"] += 1
             return []
         self.counters["subscription_requests"] += 1
+        record.subscription_requests += 1
         session_key = f"{record.meeting}/{record.session}"
         binding = self.bindings.get(record.binding or "")
         for target in (record.subscriptions, self.subscriptions.setdefault(session_key, []),

