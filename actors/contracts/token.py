@@ -49,11 +49,17 @@ __all__ = [
     "TokenSeed",
     "TokenUnavailable",
     "UnavailableReason",
+    "token_address",
 ]
 
 DEFAULT_SESSION = "llm-default-session"
 PRACTICE_SESSION = "llm-practice-session"
 SESSION_TYPES = (DEFAULT_SESSION, PRACTICE_SESSION)
+
+
+def token_address(meeting_id: str) -> str:
+    """The address of a meeting's token actor."""
+    return f"token:{meeting_id}"
 
 
 class UnavailableReason:
