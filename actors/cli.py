@@ -38,6 +38,7 @@ BENCHMARKS = {
 #: Modules that add their own subcommands; each has ``register(subparsers)``.
 #: A feature keeps its command next to its code and adds one line here.
 COMMAND_MODULES: tuple[str, ...] = (
+    "ops.roomservice_command",
 )
 
 
