@@ -25,8 +25,11 @@ Rules (PROTOCOL.md 1.8, 2):
   it. A configure with a newer generation, or a forget, makes every running
   fetch stale: its result is dropped and stores nothing. Requesters still
   waiting get a fetch under the new generation.
-* Tokens live until the meeting forgets them or the participant changes;
-  a data-channel disconnect does not touch them (S15).
+* Tokens live until the meeting forgets them, the participant changes or
+  (for the practice token) the practice session is no longer wanted; a
+  data-channel disconnect does not touch them (S15). A token that is not
+  wanted is still fetched and handed out on request, just not refreshed
+  ahead of expiry.
 * The state's checkpoint holds the configuration only, never a token;
   reprs of the state, held tokens and messages never show one.
 """
