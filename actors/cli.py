@@ -33,6 +33,7 @@ BENCHMARKS = {
     "tell-remote": "two node processes over a real Redis, 500,000 tells across (baseline: raw redis-py pipelined publish -> subscriber).",
     "ask-remote": "10,000 sequential asks across two node processes (baseline: raw redis-py pub/sub ping-pong).",
     "dataserver-sockets": "5,000 raw clients online on one huddle dataserver: time, RSS per socket, fan-out, restart (baseline: bare websockets server).",
+    "token-fetch": "1,000 token actors fetch a token each from huddle dataserver over HTTP, then 20,000 grants from held tokens (baseline: the same GETs from one bare aiohttp session).",
 }
 
 
@@ -40,6 +41,7 @@ BENCHMARKS = {
 #: A feature keeps its command next to its code and adds one line here.
 COMMAND_MODULES: tuple[str, ...] = (
     "ops.dataserver.cli",
+    "ops.roomservice_command",
 )
 
 
