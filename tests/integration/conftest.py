@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -150,18 +150,21 @@ class NodeProcesses:
         self.workdir = workdir
         self.started: list[NodeProcess] = []
 
-    def start(self, *echo: str, node_id: str | None = None, wait: bool = True) -> NodeProcess:
-        """Start a node hosting an Echo at each of ``echo``; with ``wait``,
+    def start(self, *echo: str, node_id: str | None = None, wait: bool = True, options: Sequence[str] = (),
+              env: Mapping[str, str] | None = None) -> NodeProcess:
+        """Start a node hosting an Echo at each of ``echo`` (more ``huddle
+        node`` ``options`` and environment ``env`` if given); with ``wait``,
         return once it is ready (see :meth:`wait_ready`)."""
         node_id = node_id or unique("node")
         ready = self.workdir / f"{node_id}.ready"
         log = self.workdir / f"{node_id}.log"
-        cmd = huddle_cmd("node", "--redis-url", self.redis_url, "--node-id", node_id, "--ready-file", str(ready))
+        cmd = huddle_cmd("node", "--redis-url", self.redis_url, "--node-id", node_id, "--ready-file", str(ready),
+                         *options)
         for address in echo:
             cmd += ["--echo", address]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=REPO_ROOT)
+                                    cwd=REPO_ROOT, env=None if env is None else {**os.environ, **env})
         node = NodeProcess(proc, node_id, ready, log, channels=1 + len(echo))
         self.started.append(node)
         if wait:
