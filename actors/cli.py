@@ -42,6 +42,7 @@ BENCHMARKS = {
 #: A feature keeps its command next to its code and adds one line here.
 COMMAND_MODULES: tuple[str, ...] = (
     "actors.monitor",
+    "actors.tap",
 )
 
 
@@ -69,13 +70,27 @@ def cluster_codec(args: argparse.Namespace) -> Codec:
 # -- huddle node ---------------------------------------------------------------
 
 
+def _load_contracts() -> None:
+    """Register every session actor's message kinds, so a worker decodes
+    (and a tap redacts) any of them."""
+    import pkgutil
+
+    import actors.contracts
+
+    for module in pkgutil.iter_modules(actors.contracts.__path__, "actors.contracts."):
+        importlib.import_module(module.name)
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from actors.builtin import Echo
     from actors.metrics import MetricsPublisher
     from actors.node import Node
     from actors.prometheus import serve_metrics
+    from actors.tap import TapService
     from bus.embedded import EmbeddedRedis
     from bus.errors import HuddleError
+
+    _load_contracts()
     from bus.redis_transport import RedisTransport, mask_url
 
     try:
@@ -106,6 +121,10 @@ def cmd_node(args: argparse.Namespace) -> int:
             node.spawn(address, Echo)
         if not transport.wait_subscribed(10):
             print("could not subscribe the hosted addresses", file=sys.stderr)
+            return 2
+        TapService(node).start()
+        if not transport.wait_subscribed(10):
+            print("could not subscribe the system channels", file=sys.stderr)
             return 2
         publisher.start()
         if args.metrics_port is not None:
