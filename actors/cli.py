@@ -113,7 +113,11 @@ def cmd_node(args: argparse.Namespace) -> int:
     publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
     endpoint = None
     try:
-        node.start()
+        try:
+            node.start()
+        except HuddleError as exc:  # e.g. a wrong password: the message names the masked URL only
+            print(f"cannot join the bus: {exc}", file=sys.stderr)
+            return 2
         if not transport.wait_subscribed(10):
             print(f"could not subscribe on {mask_url(url)}", file=sys.stderr)
             return 2
