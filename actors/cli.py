@@ -253,6 +253,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="huddle",
@@ -281,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop by itself after SECONDS (default: run until SIGINT/SIGTERM)")
     node.add_argument("--ready-file", help="write the node id to this file once the node is up (for scripts)")
     add_cluster_key_option(node)
-    node.add_argument("--metrics-interval", type=float, default=1.0, metavar="SECONDS",
+    node.add_argument("--metrics-interval", type=_seconds, default=1.0, metavar="SECONDS",
                       help="publish this node's figures on sys:metrics every SECONDS (default 1; 0: never)")
     node.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                       help="serve Prometheus figures at http://HOST:PORT/metrics (0: any free port, printed)")
