@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bus.envelope import Codec
 
-__all__ = ["add_cluster_key_option", "cluster_codec", "main", "redis_url_of"]
+__all__ = ["add_cluster_key_option", "bus_of", "cluster_codec", "main", "redis_url_of"]
 
 log = logging.getLogger("huddle.cli")
 
@@ -58,13 +58,29 @@ def add_cluster_key_option(parser: argparse.ArgumentParser) -> None:
                         "signs, any verifies); default $HUDDLE_CLUSTER_KEY; neither: signing off")
 
 
-def cluster_codec(args: argparse.Namespace) -> Codec:
-    """The codec for the cluster key of ``args`` (or none: signing off).
-    Raises :class:`~bus.signing.ClusterKeyError` for a bad key."""
+def cluster_codec(args: argparse.Namespace) -> Codec | None:
+    """The codec for the cluster key of ``args`` (no key: signing off), or
+    ``None`` after saying on stderr why the key was refused."""
     from bus.envelope import Codec
+    from bus.errors import HuddleError
     from bus.signing import cluster_signer
 
-    return Codec(signer=cluster_signer(getattr(args, "cluster_key_file", None)))
+    try:
+        return Codec(signer=cluster_signer(getattr(args, "cluster_key_file", None)))
+    except HuddleError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return None
+
+
+def bus_of(args: argparse.Namespace, command: str) -> tuple[str, Codec] | None:
+    """The bus URL and codec a client command (inject, monitor, tap) uses,
+    or ``None`` after saying on stderr what is missing."""
+    url = redis_url_of(args)
+    if url is None:
+        print(f"huddle {command} needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+        return None
+    codec = cluster_codec(args)
+    return None if codec is None else (url, codec)
 
 
 # -- huddle node ---------------------------------------------------------------
@@ -93,10 +109,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     _load_contracts()
     from bus.redis_transport import RedisTransport, mask_url
 
-    try:
-        codec = cluster_codec(args)
-    except HuddleError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
+    codec = cluster_codec(args)
+    if codec is None:
         return 2
     url = redis_url_of(args)
     embedded = None
@@ -164,10 +178,10 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
     import actors.messages  # noqa: F401 - registers the runtime's kinds
 
-    url = redis_url_of(args)
-    if url is None:
-        print("huddle inject needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+    bus = bus_of(args, "inject")
+    if bus is None:
         return 2
+    url, codec = bus
     if not is_valid_address(args.address):
         print(f"not an address: {args.address!r} (expected kind:id[/sub])", file=sys.stderr)
         return 2
@@ -180,11 +194,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
         message = REGISTRY.from_body(args.kind, body)
     except HuddleError as exc:
         print(f"refused: {exc}. Known kinds: {', '.join(sorted(REGISTRY.kinds()))}", file=sys.stderr)
-        return 2
-    try:
-        codec = cluster_codec(args)
-    except HuddleError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
         return 2
     transport = RedisTransport(url, name="huddle-inject")
     node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)

@@ -230,7 +230,7 @@ class MonitorFeed:
         self._codec = codec or Codec()
         self._clock = clock
         self._names = {channel_for(name, namespace): name for name in MONITORED}
-        self.transport = RedisTransport(url, name="huddle-monitor", health_interval=None)
+        self.transport = RedisTransport(url, name="huddle-monitor")
         self.transport.set_receiver(self._receive)
         self.transport.subscribe(*self._names)
 
@@ -268,19 +268,13 @@ class MonitorFeed:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from actors.cli import cluster_codec, redis_url_of
-    from bus.errors import HuddleError
+    from actors.cli import bus_of
     from bus.redis_transport import mask_url
 
-    url = redis_url_of(args)
-    if url is None:
-        print("huddle monitor needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+    bus = bus_of(args, "monitor")
+    if bus is None:
         return 2
-    try:
-        codec = cluster_codec(args)
-    except HuddleError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 2
+    url, codec = bus
     feed = MonitorFeed(url, namespace=args.namespace, codec=codec)
     title = f"huddle monitor  {mask_url(url)}{'  ns ' + args.namespace if args.namespace else ''}"
     try:

@@ -29,7 +29,15 @@ from bus.signing import CLUSTER_KEY_ENV, HmacSigner
 from tests.conftest import TlsSetup, rediss_url
 from tests.tls_proxy import TlsProxy
 
-from .conftest import DEADLINE, Command, EventLog, NodeProcesses, unique, wait_until
+from .conftest import (
+    DEADLINE,
+    Command,
+    EventLog,
+    NodeProcesses,
+    listening,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,15 +133,8 @@ def key_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def signed_events(redis_url: str) -> Iterator[EventLog]:
     log = EventLog(Codec(signer=HmacSigner(KEY.encode())))
-    transport = RedisTransport(redis_url, name=unique("test-signed-events"))
-    transport.set_receiver(log)
-    transport.start()
-    try:
-        transport.subscribe(SYS_EVENTS)
-        assert transport.wait_subscribed(DEADLINE)
+    with listening(redis_url, log, SYS_EVENTS):
         yield log
-    finally:
-        transport.close()
 
 
 @pytest.fixture
