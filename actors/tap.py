@@ -446,10 +446,10 @@ def cmd_tap(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     try:
+        print(f"# tap {client.tap_id} on {args.address} via {mask_url(url)}", file=sys.stderr, flush=True)
         if not client.start(10.0):
             print(f"could not subscribe on {mask_url(url)}", file=sys.stderr)
             return 2
-        print(f"# tap {client.tap_id} on {args.address} via {mask_url(url)}", file=sys.stderr, flush=True)
         done.wait(args.for_seconds)
         return 0
     finally:
