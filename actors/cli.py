@@ -74,10 +74,17 @@ def cluster_codec(args: argparse.Namespace) -> Codec | None:
 
 def bus_of(args: argparse.Namespace, command: str) -> tuple[str, Codec] | None:
     """The bus URL and codec a client command (inject, monitor, tap) uses,
-    or ``None`` after saying on stderr what is missing."""
+    or ``None`` after saying on stderr what is wrong. A command with an
+    ``address`` argument also gets it checked."""
+    from bus.address import is_valid_address
+
     url = redis_url_of(args)
     if url is None:
         print(f"huddle {command} needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+        return None
+    address = getattr(args, "address", None)
+    if address is not None and not is_valid_address(address):
+        print(f"not an address: {address!r} (expected kind:id[/sub])", file=sys.stderr)
         return None
     codec = cluster_codec(args)
     return None if codec is None else (url, codec)
@@ -171,7 +178,6 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 def cmd_inject(args: argparse.Namespace) -> int:
     from actors.node import Node
-    from bus.address import is_valid_address
     from bus.errors import HuddleError
     from bus.messages import REGISTRY
     from bus.redis_transport import RedisTransport
@@ -182,9 +188,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
     if bus is None:
         return 2
     url, codec = bus
-    if not is_valid_address(args.address):
-        print(f"not an address: {args.address!r} (expected kind:id[/sub])", file=sys.stderr)
-        return 2
     try:
         body = json.loads(args.json_body)
     except json.JSONDecodeError as exc:

@@ -418,9 +418,6 @@ def cmd_tap(args: argparse.Namespace) -> int:
     if bus is None:
         return 2
     url, codec = bus
-    if not is_valid_address(args.address):
-        print(f"not an address: {args.address!r} (expected kind:id[/sub])", file=sys.stderr)
-        return 2
     done = threading.Event()
     seen = [0]
     out_lock = threading.Lock()
