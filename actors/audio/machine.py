@@ -182,9 +182,12 @@ class PlayoutTick(Message):
 @message_kind("audio.sink_failed")
 @dataclass(frozen=True, slots=True)
 class SinkFailed(Message):
-    """The sink broke (``reason``: the error type and text, no secrets)."""
+    """The sink broke (``reason``: the error type and text, no secrets).
+    ``incarnation``: of the output whose sink it was; the shell drops a
+    report from an earlier incarnation's sink."""
 
     reason: str
+    incarnation: int = 0
 
 
 # -- state ----------------------------------------------------------------------

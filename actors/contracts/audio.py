@@ -28,9 +28,9 @@ Flow control (to the sender of the frames): a frame that does not fit is
 refused with :class:`FrameRefused` (``reason`` is one of
 :data:`REFUSAL_REASONS`; ``next_seq`` is the frame the output expects next
 for that segment, so the producer resends from there). An output tells a
-producer :class:`OutputWritable` when room opens again, if the producer was
-refused for a full queue or its last accepted frame left less room than the
-output's watermark. A producer that sends at most ``room_frames`` frames per
+producer :class:`OutputWritable` when room opens again (at least the
+output's watermark), if the producer was refused for a full queue or out of
+sequence, or its last accepted frame left less room than the watermark. A producer that sends at most ``room_frames`` frames per
 :class:`OutputWritable` is never refused for a full queue; one that ignores
 it only gets refusals, and the output's memory stays bounded (the queue, and
 the node's bounded mailbox, whose overflow is a counted dead letter with an
