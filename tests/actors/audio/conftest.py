@@ -8,17 +8,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from actors.audio.feeder import FrameFeeder
 from actors.audio.machine import OutputConfig, SinkFrame
 from actors.audio.sinks import SinkContext
-from actors.contracts.audio import (
-    FrameFeed,
-    FrameRefused,
-    OutputWritable,
-    PlaybackFinished,
-    PlaybackStarted,
-)
-from actors.node import ActorContext, HuddleActor
-from bus.envelope import Envelope
 from bus.messages import Message
 
 from .harness import pcm_for
@@ -77,34 +69,10 @@ class Sinks:
         return self.made[-1]
 
 
-class Speaker(HuddleActor):
-    """A producer (a TTS stand-in): feeds ``segments`` to ``output`` as fast
-    as the output's flow control lets it, and records what the output tells
-    it. ``segments``: (segment id, number of frames)."""
-
-    def __init__(self, ctx: ActorContext, output: str, config: OutputConfig,
-                 segments: list[tuple[str, int]], record: Callable[[Message], None]) -> None:
-        super().__init__(ctx)
-        self.output = output
-        self.feed = FrameFeed(config.sample_rate, config.channels, credit=config.capacity_frames)
-        for sid, n in segments:
-            self.feed.add(sid, (pcm_for(config, sid, i) for i in range(n)), flush=True)
-        self.record = record
-
-    def on_start(self) -> None:
-        self._send()
-
-    def on_message(self, message: Message, envelope: Envelope) -> Any:
-        self.record(message)
-        if isinstance(message, FrameRefused):
-            self.feed.on_refused(message)
-        elif isinstance(message, OutputWritable):
-            self.feed.on_writable(message)
-        elif not isinstance(message, PlaybackStarted | PlaybackFinished):
-            return super().on_message(message, envelope)
-        self._send()
-        return None
-
-    def _send(self) -> None:
-        for message in self.feed.take():
-            self.tell(self.output, message)
+def speaker(output: str, config: OutputConfig, segments: list[tuple[str, int]],
+            record: Callable[[Message], None]) -> tuple[type[FrameFeeder], tuple[Any, ...], dict[str, Any]]:
+    """Spawn arguments of a feeder speaking ``segments`` ((id, frames)),
+    with frames that say which frame they are."""
+    return FrameFeeder, (output,), {
+        "sample_rate": config.sample_rate, "channels": config.channels, "credit": config.capacity_frames,
+        "segments": [(sid, [pcm_for(config, sid, i) for i in range(n)]) for sid, n in segments], "record": record}

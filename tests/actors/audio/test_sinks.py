@@ -34,11 +34,17 @@ from bus.transport import InProcessHub, InProcessTransport
 from ops.mediareceiver import ReceiverHarness
 
 from ..conftest import DEADLINE, Recorder
-from .conftest import Speaker
+from .conftest import speaker
 from .harness import pcm_for
 
 OUTPUT = output_address("job-7", "agent")
 SPEAKER = "tts:job-7"
+
+
+def spawn_speaker(node: Node, output: str, config: OutputConfig, segments: list[tuple[str, int]],
+                  heard: Recorder) -> None:
+    cls, args, kwargs = speaker(output, config, segments, heard.add)
+    node.spawn(SPEAKER, cls, *args, **kwargs)
 
 
 def finished(segment: str) -> Callable[[list[Message]], bool]:
@@ -76,7 +82,7 @@ def test_wav_file_over_redis_holds_exactly_the_frames_played(redis_server: Embed
         sink = paced(lambda ctx: WavFile(tmp_path / "speech.wav"), on_release=lambda f, late: lateness.append(late))
         out_node.spawn(OUTPUT, AudioOutput, report_to=SPEAKER, sink=sink, config=config)
         assert out_node.transport.wait_subscribed(DEADLINE)
-        tts_node.spawn(SPEAKER, Speaker, OUTPUT, config, segments, heard.add)
+        spawn_speaker(tts_node, OUTPUT, config, segments, heard)
         assert heard.wait_for(finished("B")), heard.snapshot()
         out_node.stop_actor(OUTPUT)  # closes the sink: the WAV header gets its lengths
         assert out_node.io.wait_idle(DEADLINE)
@@ -98,7 +104,7 @@ def test_raw_pcm_stream(local_node: Node, tmp_path: Path) -> None:
     heard = Recorder()
     local_node.spawn(OUTPUT, AudioOutput, report_to=SPEAKER, config=config,
                      sink=paced(lambda ctx: RawPcm(tmp_path / "speech.pcm")))
-    local_node.spawn(SPEAKER, Speaker, OUTPUT, config, [("A", 12)], heard.add)
+    spawn_speaker(local_node, OUTPUT, config, [("A", 12)], heard)
     assert heard.wait_for(finished("A"))
     local_node.stop_actor(OUTPUT)
     assert local_node.io.wait_idle(DEADLINE)
@@ -111,7 +117,7 @@ def test_websocket_media_sink_against_the_reference_receiver(local_node: Node) -
     with ReceiverHarness() as rx:
         local_node.spawn(OUTPUT, AudioOutput, report_to=SPEAKER, config=config,
                          sink=paced(lambda ctx: WebSocketMedia(rx.url)))
-        local_node.spawn(SPEAKER, Speaker, OUTPUT, config, [("A", 20), ("B", 5)], heard.add)
+        spawn_speaker(local_node, OUTPUT, config, [("A", 20), ("B", 5)], heard)
         assert heard.wait_for(finished("B"))
         (stream,) = rx.wait_for(lambda s: len(s) == 1 and len(s[0].frames) == 25)
         assert stream.start == {"type": "start", "output": OUTPUT, "encoding": "pcm_s16le", "sample_rate": 48_000,
@@ -131,7 +137,7 @@ def test_an_interruption_reaches_the_media_endpoint_as_a_clear(local_node: Node)
     with ReceiverHarness() as rx:
         local_node.spawn(OUTPUT, AudioOutput, report_to=SPEAKER, config=config,
                          sink=paced(lambda ctx: WebSocketMedia(rx.url)))
-        local_node.spawn(SPEAKER, Speaker, OUTPUT, config, [("A", 200)], heard.add)
+        spawn_speaker(local_node, OUTPUT, config, [("A", 200)], heard)
         rx.wait_for(lambda s: len(s) == 1 and len(s[0].frames) >= 3)
         local_node.tell(OUTPUT, ClearBuffer(segment="A"))
         assert heard.wait_for(finished("A"))
@@ -152,7 +158,7 @@ def test_the_remote_closing_the_media_socket_crashes_the_output_and_reports_the_
     with ReceiverHarness() as rx:
         local_node.spawn(OUTPUT, AudioOutput, report_to=SPEAKER, config=config,
                          sink=paced(lambda ctx: WebSocketMedia(rx.url)))
-        local_node.spawn(SPEAKER, Speaker, OUTPUT, config, [("A", 500)], heard.add)
+        spawn_speaker(local_node, OUTPUT, config, [("A", 500)], heard)
         rx.wait_for(lambda s: len(s) == 1 and len(s[0].frames) >= 2)
     # The receiver is gone: its server closed the socket.
     assert heard.wait_for(finished("A"))
