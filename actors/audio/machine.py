@@ -218,10 +218,15 @@ class _Segment:
 
 @dataclass(slots=True)
 class _Waiter:
-    """A producer to tell when room opens (``OutputWritable``)."""
+    """The producer to tell when room opens (``OutputWritable``): the sender
+    of the last frame taken or refused. It may send frames of ``segment``
+    up to ``told_limit`` (exclusive; ``None``: told nothing it can rely on,
+    after a refusal or a new segment)."""
 
     producer: str
     segment: str
+    next_seq: int
+    told_limit: int | None = None
 
 
 @dataclass(slots=True)
@@ -350,8 +355,6 @@ def _finish(state: PlayoutState, segment: _Segment, *, interrupted: bool, effect
     state.finished[sid] = None
     while len(state.finished) > state.config.remembered_segments:
         state.finished.popitem(last=False)
-    if state.waiter is not None and state.waiter.segment == sid:
-        state.waiter = None
     position = round(segment.played_frames * state.config.frame_seconds, 6)
     state.counters["finished-interrupted" if interrupted else "finished"] += 1
     effects.append(Send(state.report_to, PlaybackFinished(segment=sid, position=position, interrupted=interrupted)))
@@ -398,12 +401,13 @@ def _on_frame(state: PlayoutState, frame: AudioFrame, now: float, sender: str | 
     state.waiting.append(_Frame(sid, frame.seq, frame.pcm))
     state.counters["pushed"] += 1
     if sender is not None:
-        # Room left under the watermark: the producer will want to hear
-        # when there is more (so it never has to be refused to find out).
-        if config.capacity_frames - state.buffered < config.watermark_frames:
-            state.waiter = _Waiter(sender, sid)
-        elif state.waiter is not None and state.waiter.producer == sender:
-            state.waiter = None
+        # The producer will want to hear when its window may grow, so it
+        # never has to be refused to find out.
+        waiter = state.waiter
+        if waiter is not None and waiter.producer == sender and waiter.segment == sid:
+            waiter.next_seq = segment.next_seq
+        else:
+            state.waiter = _Waiter(sender, sid, segment.next_seq)
 
 
 def _open_segment(state: PlayoutState, sid: str) -> _Segment:
@@ -481,8 +485,8 @@ def _refuse(state: PlayoutState, frame: AudioFrame | FlushSegment, reason: str, 
     if sender is not None:
         effects.append(Send(sender, FrameRefused(segment=frame.segment, seq=seq, reason=reason, next_seq=next_seq,
                                                  retry_after=retry_after)))
-        if waits:
-            state.waiter = _Waiter(sender, frame.segment)
+        if waits:  # the producer stops and waits to be told: tell it anew
+            state.waiter = _Waiter(sender, frame.segment, next_seq)
     key = (frame.segment[:MAX_SEGMENT_ID], reason)
     if key not in state.reported:
         state.reported[key] = None
@@ -493,19 +497,27 @@ def _refuse(state: PlayoutState, frame: AudioFrame | FlushSegment, reason: str, 
 
 
 def _tell_waiter(state: PlayoutState, effects: list[Effect]) -> None:
+    """Grant the producer room once it is at least the watermark and its
+    window would grow by at least the watermark. The grant is a window
+    (``next_seq + room``), so telling it again never lets a producer
+    overshoot the queue with frames already in flight."""
     waiter = state.waiter
     if waiter is None:
         return
     room = state.config.capacity_frames - state.buffered
-    if room < state.config.watermark_frames:
+    if room < _room_wanted(state, waiter):
         return
-    segment = state.live.get(waiter.segment)
-    if segment is None and waiter.segment in state.finished:
-        state.waiter = None
-        return
-    next_seq = segment.next_seq if segment is not None else 0
-    state.waiter = None
-    effects.append(Send(waiter.producer, OutputWritable(segment=waiter.segment, next_seq=next_seq, room_frames=room)))
+    waiter.told_limit = waiter.next_seq + room
+    effects.append(Send(waiter.producer, OutputWritable(segment=waiter.segment, next_seq=waiter.next_seq,
+                                                        room_frames=room)))
+
+
+def _room_wanted(state: PlayoutState, waiter: _Waiter) -> int:
+    """Room at which the waiter is told (next)."""
+    watermark = state.config.watermark_frames
+    if waiter.told_limit is None:
+        return watermark
+    return max(watermark, waiter.told_limit + watermark - waiter.next_seq)
 
 
 def _arm_timer(state: PlayoutState, now: float, effects: list[Effect]) -> None:
@@ -517,7 +529,7 @@ def _arm_timer(state: PlayoutState, now: float, effects: list[Effect]) -> None:
     if queue and head is not None and head.closed:
         wake = queue[-1].ends_at
     if state.waiter is not None and queue and not state.paused:
-        need = state.config.watermark_frames - (state.config.capacity_frames - state.buffered)
+        need = _room_wanted(state, state.waiter) - (state.config.capacity_frames - state.buffered)
         if 0 < need <= len(queue):
             at = queue[need - 1].ends_at
             wake = at if wake is None else min(wake, at)

@@ -269,8 +269,12 @@ class FrameFeed:
             self._drop_segment(refused.segment)
 
     def on_writable(self, writable: OutputWritable) -> None:
-        self.credit = writable.room_frames
-        self._rewind(writable.segment, writable.next_seq)
+        """A window: frames of ``segment`` from ``next_seq`` on may fill
+        ``room_frames``; frames already sent past ``next_seq`` are in flight
+        and count against it (so a repeated grant never overshoots)."""
+        self._forget_taken(writable.segment, writable.next_seq)
+        in_flight = sum(1 for i in range(self._sent) if self._items[i][1] >= 0)
+        self.credit = max(0, writable.room_frames - in_flight)
 
     @property
     def pending(self) -> int:
@@ -278,20 +282,26 @@ class FrameFeed:
         return len(self._items) - self._sent
 
     def _rewind(self, segment: str, next_seq: int) -> None:
+        """Send again from ``next_seq`` of ``segment``."""
+        if self._forget_taken(segment, next_seq):
+            self._sent = 0
+
+    def _forget_taken(self, segment: str, next_seq: int) -> bool:
         """Everything of ``segment`` before ``next_seq`` (and of every earlier
-        segment) was taken; send again from there. A segment this feed no
-        longer holds tells nothing about the rest: no rewind then."""
+        segment) was taken: forget it. A segment this feed no longer holds
+        tells nothing about the rest: False then."""
         items = self._items
         if not any(item[0] == segment for item in items):
-            return
+            return False
         while items and not (items[0][0] == segment and (items[0][1] < 0 or items[0][1] >= next_seq)):
             items.popleft()
-        self._sent = 0
+            self._sent = max(0, self._sent - 1)
+        return True
 
     def _drop_segment(self, segment: str) -> None:
-        kept = deque(item for item in self._items if item[0] != segment)
-        self._sent = min(self._sent, len(kept))
-        self._items = kept
+        items = list(self._items)
+        self._sent = sum(1 for item in items[:self._sent] if item[0] != segment)
+        self._items = deque(item for item in items if item[0] != segment)
 
     def _forget_flushes_sent(self) -> None:
         # A flush at the head that went out needs no resend.

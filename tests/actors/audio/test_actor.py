@@ -111,6 +111,7 @@ def test_flow_control_reaches_the_producer(kit: TestKit) -> None:
     refused = producer.expect_message(FrameRefused)[0]
     assert (refused.reason, refused.seq, refused.next_seq) == (QUEUE_FULL, 10, 10)
     kit.expect_event("audio-refused", OUTPUT, reason=QUEUE_FULL)
+    assert producer.expect_message(OutputWritable)[0] == OutputWritable(segment="A", next_seq=1, room_frames=9)
     kit.advance(0.1)
     writable = producer.expect_message(OutputWritable)[0]
     assert writable == OutputWritable(segment="A", next_seq=10, room_frames=5)

@@ -19,9 +19,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.audio.machine import OutputConfig, SinkClear, SinkWrite
-from actors.contracts.audio import ClearBuffer, PlaybackFinished, ResumePlayback
+from actors.contracts.audio import (
+    ClearBuffer,
+    FrameFeed,
+    FrameRefused,
+    OutputWritable,
+    PlaybackFinished,
+    ResumePlayback,
+)
 
-from .harness import EPS, Harness
+from .harness import EPS, PRODUCER, Harness, pcm_for
 
 ops = st.lists(
     st.one_of(
@@ -183,3 +190,37 @@ def test_a_stale_clear_has_no_effect_but_an_event() -> None:
     assert not [e for e in effects if isinstance(e, SinkClear | SinkWrite)]
     assert [e.event for e in effects if hasattr(e, "event")] == ["audio-clear-ignored"]
     assert isinstance(ClearBuffer(), ClearBuffer) and isinstance(ResumePlayback(), ResumePlayback)
+
+
+@settings(max_examples=150, deadline=None)
+@given(config=configs, frames=st.integers(1, 60), delays=st.lists(st.integers(0, 400), min_size=1, max_size=50),
+       pause_at=st.one_of(st.none(), st.integers(0, 30)))
+def test_a_producer_that_keeps_to_its_window_is_never_refused_and_never_stalls(
+        config: OutputConfig, frames: int, delays: list[int], pause_at: int | None) -> None:
+    """The flow-control protocol end to end: a FrameFeed that reacts to the
+    output after random delays (its replies lag, the queue may drain dry)
+    gets every frame played, once, with no refusal."""
+    h = Harness(config=config)
+    feed = FrameFeed(config.sample_rate, config.channels, credit=config.capacity_frames)
+    feed.add("A", (pcm_for(config, "A", i) for i in range(frames)), flush=True)
+    seen = 0
+    for rounds in range(10_000):
+        for message in feed.take():
+            h.send(message)
+        if rounds == pause_at:
+            h.pause()
+            h.advance(0.05)
+            h.resume()
+        h.advance((1 + delays[rounds % len(delays)]) / 1000)
+        replies = [m for to, m in h.sent[seen:] if to == PRODUCER]
+        seen = len(h.sent)
+        for reply in replies:
+            if isinstance(reply, OutputWritable):
+                feed.on_writable(reply)
+            elif isinstance(reply, FrameRefused):
+                feed.on_refused(reply)
+        if h.finished("A"):
+            break
+    assert h.finished("A") and not h.finished("A")[0].interrupted
+    assert h.refusals() == []
+    assert sorted(set(h.written_seqs("A"))) == list(range(frames))

@@ -56,11 +56,20 @@ def test_a_refusal_stops_the_feed_and_rewinds_it() -> None:
 
 
 def test_a_segment_the_output_will_not_take_is_dropped() -> None:
-    feed = feed_of(("A", 2), ("B", 1), credit=10)
-    feed.take()
+    feed = feed_of(("A", 2), ("B", 1), credit=2)
+    assert sent(feed.take()) == [("A", 0), ("A", 1), ("A", "flush")]
     feed.on_refused(FrameRefused(segment="A", seq=1, reason=SEGMENT_FINISHED, next_seq=0))
     feed.on_writable(OutputWritable(segment="B", next_seq=0, room_frames=10))
     assert sent(feed.take()) == [("B", 0), ("B", "flush")]
+
+
+def test_a_repeated_grant_counts_the_frames_in_flight() -> None:
+    feed = feed_of(("A", 20), credit=4)
+    feed.take()  # 0-3 in flight
+    feed.on_writable(OutputWritable(segment="A", next_seq=1, room_frames=5))  # 1-3 still in flight
+    assert sent(feed.take()) == [("A", 4), ("A", 5)]
+    feed.on_writable(OutputWritable(segment="A", next_seq=1, room_frames=5))  # the same grant again
+    assert feed.take() == []
 
 
 def test_a_writable_for_a_segment_no_longer_held_changes_only_the_credit() -> None:
