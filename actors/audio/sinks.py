@@ -124,23 +124,28 @@ def failure_reason(error: BaseException) -> str:
 
 
 class _LoopPost:
-    """Work for one I/O loop from other threads, with one wakeup per batch.
+    """Work for one I/O loop from other threads, without a wakeup per item.
 
     ``call_soon_threadsafe`` writes to the loop's self-pipe on every call: a
     system call that drops and retakes the GIL, which under load costs the
     calling actor thread up to a switch interval each time. Hundreds of
-    sinks on a node posting 50 times a second each would spend most of
-    their time there, so they share one queue per loop and wake it once
-    for whatever piled up.
+    sinks on a node posting 50 times a second each would spend much of
+    their time there. So they share one queue per loop: the first post
+    after a quiet spell wakes the loop; while posts keep coming the loop
+    drains the queue every :attr:`POLL` seconds by itself, and goes quiet
+    again after a drain that found nothing. Work waits at most ``POLL``
+    (frames are written ahead of their slots; only a segment's first frame
+    or a replay can be that much late).
     """
 
+    POLL: ClassVar[float] = 0.001
     _by_loop: ClassVar[dict[int, _LoopPost]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, io: IoLoop) -> None:
         self._io = io
         self._work: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
-        self._wake_pending = False
+        self._active = False
 
     @classmethod
     def of(cls, io: IoLoop) -> _LoopPost:
@@ -152,24 +157,29 @@ class _LoopPost:
 
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         self._work.append((fn, args))
-        if not self._wake_pending:
-            self._wake_pending = True
+        if not self._active:
+            self._active = True
             try:
                 self._io.call_soon(self._drain)
             except BaseException:
-                self._wake_pending = False
+                self._active = False
                 raise
 
     def _drain(self) -> None:
-        # Cleared first: a post racing with this drain wakes the loop again.
-        self._wake_pending = False
         work = self._work
+        if not work:
+            self._active = False
+            # A post that saw ``_active`` still set did not wake us: look again.
+            if not work:
+                return
+            self._active = True
         while work:
             fn, args = work.popleft()
             try:
                 fn(*args)
             except Exception:
                 log.exception("sink work failed on the I/O loop")
+        asyncio.get_running_loop().call_later(self.POLL, self._drain)
 
 
 class PacedSink:
