@@ -51,6 +51,7 @@ from actors.io import IoClosed, IoLoop
 __all__ = [
     "AudioSink",
     "FrameDestination",
+    "LoopPost",
     "PacedSink",
     "RawPcm",
     "SinkContext",
@@ -123,7 +124,7 @@ def failure_reason(error: BaseException) -> str:
     return type(error).__name__
 
 
-class _LoopPost:
+class LoopPost:
     """Work for one I/O loop from other threads, without a wakeup per item.
 
     ``call_soon_threadsafe`` writes to the loop's self-pipe on every call: a
@@ -139,7 +140,7 @@ class _LoopPost:
     """
 
     POLL: ClassVar[float] = 0.001
-    _by_loop: ClassVar[dict[int, _LoopPost]] = {}
+    _by_loop: ClassVar[dict[int, LoopPost]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, io: IoLoop) -> None:
@@ -148,7 +149,7 @@ class _LoopPost:
         self._active = False
 
     @classmethod
-    def of(cls, io: IoLoop) -> _LoopPost:
+    def of(cls, io: IoLoop) -> LoopPost:
         with cls._lock:
             post = cls._by_loop.get(id(io))
             if post is None or post._io is not io:
@@ -196,7 +197,7 @@ class PacedSink:
         # The destination reports its own failures (a socket the remote
         # closed) through here, on the loop, so the output hears once.
         self._destination_ctx = replace(ctx, on_failure=self._fail)
-        self._post = _LoopPost.of(ctx.io)
+        self._post = LoopPost.of(ctx.io)
         self._on_release = on_release
         self._pending: deque[SinkFrame] = deque()
         self._timer: asyncio.TimerHandle | None = None
