@@ -8,11 +8,10 @@ figures (huddle): 200 ``AudioOutput`` actors, each fed one long segment by a
   cpu_pct                        process CPU time / wall time (100 = a core);
   underrun_ms_per_output         silence inside segments (the producer or
                                  the output fell behind the queue), per output;
-  timer_paced_jitter_p50_ms /    the other place pacing could run: each of
-  timer_paced_jitter_p99_ms      200 actors paced by node timers (send_later
-                                 every 20 ms; handled on the actor pool),
-                                 with nothing else running (no producers, no
-                                 playout cores), the same switch interval.
+  timer_paced_*                  the same run with the other place pacing could
+                                 run: each frame a timer on the node's clock
+                                 (its timer thread delivers it), instead of
+                                 ``call_at`` on the node's asyncio loop.
 baseline: the same 200 streams paced by a plain asyncio loop (one task per
 stream, ``asyncio.sleep`` to each slot, the same /dev/null writes), no actors.
 
@@ -54,7 +53,41 @@ class _CpuWindow:
         return 100 * (time.process_time() - self.c0) / (time.perf_counter() - self.t0)
 
 
-def run_huddle(seconds: float) -> dict[str, float]:
+class TimerPacedSink:
+    """The alternative under test: pacing by the node clock's timers. Each
+    frame is a ``call_later`` at its slot; the clock's timer thread delivers it."""
+
+    def __init__(self, ctx, stream, on_release) -> None:  # type: ignore[no-untyped-def]
+        from collections import deque
+
+        self.ctx = ctx
+        self.stream = stream
+        self.on_release = on_release
+        self.handles: deque = deque()
+
+    def open(self) -> None:
+        return None
+
+    def write(self, frames) -> None:  # type: ignore[no-untyped-def]
+        clock = self.ctx.clock
+        for frame in frames:
+            self.handles.append(clock.call_later(frame.play_at - clock.now(), self._deliver, frame))
+
+    def _deliver(self, frame) -> None:  # type: ignore[no-untyped-def]
+        late = self.ctx.clock.now() - frame.play_at
+        self.stream.write(frame.pcm)
+        self.on_release(frame, late)
+        if self.handles:
+            self.handles.popleft()
+
+    def clear(self) -> None:
+        while self.handles:
+            self.handles.popleft().cancel()
+
+    close = clear
+
+
+def run_huddle(seconds: float, pacing: str) -> dict[str, float]:
     from actors.audio.actor import AudioOutput
     from actors.audio.feeder import FrameFeeder
     from actors.audio.machine import OutputConfig
@@ -93,8 +126,14 @@ def run_huddle(seconds: float) -> dict[str, float]:
     window = _CpuWindow()
     for i in range(OUTPUTS):
         address = output_address("bench", f"out{i}")
-        sink = paced(lambda ctx: RawPcm(stream=devnull),
-                     on_release=lambda f, late, key=address: on_release(f, late, key))
+
+        def observe(f, late, key=address) -> None:  # type: ignore[no-untyped-def]
+            on_release(f, late, key)
+
+        if pacing == "loop":
+            sink = paced(lambda ctx: RawPcm(stream=devnull), on_release=observe)
+        else:
+            sink = lambda ctx, observe=observe: TimerPacedSink(ctx, devnull, observe)
         node.spawn(address, AudioOutput, report_to=f"tts:bench{i}", sink=sink, config=config)
         node.spawn(f"tts:bench{i}", FrameFeeder, address, sample_rate=SAMPLE_RATE, channels=1,
                    credit=config.capacity_frames, segments=[("speech", [FRAME] * frames)], record=record)
@@ -105,62 +144,6 @@ def run_huddle(seconds: float) -> dict[str, float]:
     devnull.close()
     return {**_percentiles(lateness), "cpu_pct": cpu, "frames": len(lateness),
             "underrun_ms_per_output": underrun[0] * 1000 / OUTPUTS}
-
-
-def run_node_timers(seconds: float) -> dict[str, float]:
-    """Pacing by node timers: every frame slot is a delayed message."""
-    from dataclasses import dataclass
-
-    from actors.clock import SystemClock
-    from actors.node import HuddleActor, Node
-    from bus.messages import Message, message_kind
-    from bus.transport import InProcessHub, InProcessTransport
-
-    @message_kind("bench.slot")
-    @dataclass(frozen=True, slots=True)
-    class Slot(Message):
-        n: int
-
-    frames = int(seconds * 1000 / FRAME_MS)
-    lateness: list[float] = []
-    done = threading.Event()
-    remaining = [OUTPUTS]
-    lock = threading.Lock()
-    devnull = open(os.devnull, "wb")  # noqa: SIM115
-    t0 = time.monotonic() + 0.5
-
-    class TimerPaced(HuddleActor):
-        def __init__(self, ctx, start: float) -> None:  # type: ignore[no-untyped-def]
-            super().__init__(ctx)
-            self.start = start
-
-        def on_start(self) -> None:
-            self.send_later(self.start - time.monotonic(), Slot(n=0))
-
-        def on_message(self, message, envelope):  # type: ignore[no-untyped-def]
-            now = time.monotonic()
-            lateness.append(now - (self.start + message.n * FRAME_MS / 1000))
-            devnull.write(FRAME)
-            if message.n + 1 < frames:
-                self.send_later(self.start + (message.n + 1) * FRAME_MS / 1000 - now, Slot(n=message.n + 1))
-            else:
-                with lock:
-                    remaining[0] -= 1
-                    if remaining[0] == 0:
-                        done.set()
-
-    from actors.audio.actor import tune_interpreter_for_real_time
-
-    tune_interpreter_for_real_time()
-    node = Node(InProcessTransport(InProcessHub()), node_id="bench-timers", clock=SystemClock()).start()
-    window = _CpuWindow()
-    for i in range(OUTPUTS):
-        node.spawn(f"paced:t{i}", TimerPaced, t0 + i * FRAME_MS / 1000 / OUTPUTS)
-    if not done.wait(seconds * 3 + 60):
-        raise SystemExit("timer-paced run did not finish")
-    cpu = window.cpu_pct()
-    node.shutdown()
-    return {**_percentiles(lateness), "cpu_pct": cpu, "frames": len(lateness)}
 
 
 def run_asyncio(seconds: float) -> dict[str, float]:
@@ -200,7 +183,7 @@ def main() -> None:
     args = parse_args("audio", __doc__ or "")
     seconds = 2.0 if args.quick else 10.0
     load_before = os.getloadavg()[0]
-    huddle = _child("huddle", seconds)
+    huddle = _child("loop", seconds)
     timers = _child("timers", seconds)
     baseline = _child("asyncio", seconds)
     report(
@@ -210,7 +193,8 @@ def main() -> None:
                  "underrun_ms_per_output": huddle["underrun_ms_per_output"], "frames": huddle["frames"],
                  "outputs": OUTPUTS, "seconds": seconds,
                  "timer_paced_jitter_p50_ms": timers["jitter_p50_ms"],
-                 "timer_paced_jitter_p99_ms": timers["jitter_p99_ms"], "timer_paced_cpu_pct": timers["cpu_pct"]},
+                 "timer_paced_jitter_p99_ms": timers["jitter_p99_ms"], "timer_paced_cpu_pct": timers["cpu_pct"],
+                 "timer_paced_underrun_ms_per_output": timers["underrun_ms_per_output"]},
         baseline={"jitter_p50_ms": baseline["jitter_p50_ms"], "jitter_p99_ms": baseline["jitter_p99_ms"],
                   "jitter_max_ms": baseline["jitter_max_ms"], "cpu_pct": baseline["cpu_pct"],
                   "frames": baseline["frames"]},
@@ -223,8 +207,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        runner = {"huddle": run_huddle, "timers": run_node_timers, "asyncio": run_asyncio}[sys.argv[2]]
-        print(json.dumps(runner(float(sys.argv[3]))))
+        kind, seconds = sys.argv[2], float(sys.argv[3])
+        print(json.dumps(run_asyncio(seconds) if kind == "asyncio" else run_huddle(seconds, kind)))
         sys.stdout.flush()
         os._exit(0)
     main()
