@@ -9,7 +9,6 @@ from actors.contracts.audio import (
     QUEUE_FULL,
     SEGMENT_FINISHED,
     AudioFrame,
-    FlushSegment,
     FrameFeed,
     FrameRefused,
     OutputWritable,
@@ -76,7 +75,6 @@ def test_a_writable_for_a_segment_no_longer_held_changes_only_the_credit() -> No
     feed = feed_of(("B", 2), credit=0)
     feed.on_writable(OutputWritable(segment="A", next_seq=9, room_frames=1))
     assert sent(feed.take()) == [("B", 0)]
-    assert isinstance(FlushSegment(segment="B"), FlushSegment)
 
 
 def test_addresses_and_frame_sizes() -> None:
