@@ -14,8 +14,9 @@ with one ``loop.call_at`` per frame on the node's I/O loop; ``clear`` drops
 every frame not delivered yet. Pacing runs on the loop, not on node
 timers: ``huddle bench audio`` runs the same 200-output pipeline both ways
 in one go (the alternative delivers each frame from a node-clock timer on
-the clock's thread); the loop came out ahead on median lateness and on
-underruns in every run so far, and on p99 in the full (10 s) runs. The playout core stays
+the clock's thread); in the full (10 s) runs so far the loop came out
+ahead on median and p99 lateness and on underruns (``--quick`` runs are
+dominated by start-up and go either way). The playout core stays
 clock-free: it only stamps each frame with its slot.
 
 Destinations: :class:`WavFile` (a WAV file), :class:`RawPcm` (a raw s16le
