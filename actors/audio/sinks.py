@@ -12,12 +12,14 @@ Pacing. A :class:`PacedSink` is a real-time device in front of a
 each one when its slot starts (``SinkFrame.play_at``, on the node's clock),
 with one ``loop.call_at`` per frame on the node's I/O loop; ``clear`` drops
 every frame not delivered yet. Pacing runs on the loop, not on node
-timers: ``huddle bench audio`` runs the same 200-output pipeline both ways
-in one go (the alternative delivers each frame from a node-clock timer on
-the clock's thread); in the full (10 s) runs so far the loop came out
-ahead on median and p99 lateness and on underruns (``--quick`` runs are
-dominated by start-up and go either way). The playout core stays
-clock-free: it only stamps each frame with its slot.
+timers. ``huddle bench audio`` runs the same 200-output pipeline both ways
+(the alternative delivers each frame from a node-clock timer on the
+clock's thread): the loop had the lower median lateness in every run, while
+p99 and underruns went either way on a busy shared 2-core machine. The
+loop is kept because the socket destinations must send from it anyway (a
+timer-thread delivery would hop to the loop once more), and the clock's
+one thread stays free for the node's ask deadlines and actor timers. The
+playout core stays clock-free: it only stamps each frame with its slot.
 
 Destinations: :class:`WavFile` (a WAV file), :class:`RawPcm` (a raw s16le
 stream: a file or any binary writer that does not block), and
