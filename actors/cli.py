@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "ops" / "bench"
 
 BENCHMARKS = {
+    "audio": "200 audio outputs on one node, 20 ms frames into paced sinks: delivery jitter and CPU (baseline: the same streams paced by a plain asyncio loop, no actors).",
     "density": "100,000 idle pooled actors on one node: RSS and start time per actor (baseline: pykka ThreadingActor x 2,000).",
     "tell-local": "10,000 actors, 1,000,000 tells on one node (baseline: pykka ThreadingActor).",
     "tell-remote": "two node processes over a real Redis, 500,000 tells across (baseline: raw redis-py pipelined publish -> subscriber).",
