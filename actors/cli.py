@@ -18,9 +18,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from bus.envelope import Codec
+
+__all__ = ["add_cluster_key_option", "cluster_codec", "main", "redis_url_of"]
 
 log = logging.getLogger("huddle.cli")
 
@@ -40,23 +43,64 @@ BENCHMARKS = {
 #: A feature keeps its command next to its code and adds one line here.
 COMMAND_MODULES: tuple[str, ...] = (
     "ops.dataserver.cli",
+    "actors.monitor",
+    "actors.tap",
 )
 
 
-def _redis_url(args: argparse.Namespace) -> str | None:
+def redis_url_of(args: argparse.Namespace) -> str | None:
+    """The bus a command uses: ``--redis-url``, else ``$REDIS_URL``."""
     return args.redis_url or os.environ.get("REDIS_URL")
+
+
+def add_cluster_key_option(parser: argparse.ArgumentParser) -> None:
+    """``--cluster-key-file``: the option of every command that speaks on the bus."""
+    parser.add_argument("--cluster-key-file", metavar="FILE",
+                        help="sign and verify envelopes with the cluster key in FILE (one key per line: the first "
+                        "signs, any verifies); default $HUDDLE_CLUSTER_KEY; neither: signing off")
+
+
+def cluster_codec(args: argparse.Namespace) -> Codec:
+    """The codec for the cluster key of ``args`` (or none: signing off).
+    Raises :class:`~bus.signing.ClusterKeyError` for a bad key."""
+    from bus.envelope import Codec
+    from bus.signing import cluster_signer
+
+    return Codec(signer=cluster_signer(getattr(args, "cluster_key_file", None)))
 
 
 # -- huddle node ---------------------------------------------------------------
 
 
+def _load_contracts() -> None:
+    """Register every session actor's message kinds, so a worker decodes
+    (and a tap redacts) any of them."""
+    import pkgutil
+
+    import actors.contracts
+
+    for module in pkgutil.iter_modules(actors.contracts.__path__, "actors.contracts."):
+        importlib.import_module(module.name)
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from actors.builtin import Echo
+    from actors.metrics import MetricsPublisher
     from actors.node import Node
+    from actors.prometheus import serve_metrics
+    from actors.tap import TapService
     from bus.embedded import EmbeddedRedis
+    from bus.errors import HuddleError
+
+    _load_contracts()
     from bus.redis_transport import RedisTransport, mask_url
 
-    url = _redis_url(args)
+    try:
+        codec = cluster_codec(args)
+    except HuddleError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    url = redis_url_of(args)
     embedded = None
     if url is None:
         embedded = EmbeddedRedis().start()
@@ -67,7 +111,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     transport = RedisTransport(url, name=args.node_id or "huddle-node")
-    node = Node(transport, node_id=args.node_id, namespace=args.namespace)
+    node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)
+    publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
+    endpoint = None
     try:
         node.start()
         if not transport.wait_subscribed(10):
@@ -78,6 +124,14 @@ def cmd_node(args: argparse.Namespace) -> int:
         if not transport.wait_subscribed(10):
             print("could not subscribe the hosted addresses", file=sys.stderr)
             return 2
+        TapService(node).start()
+        if not transport.wait_subscribed(10):
+            print("could not subscribe the system channels", file=sys.stderr)
+            return 2
+        publisher.start()
+        if args.metrics_port is not None:
+            endpoint = serve_metrics(publisher, args.metrics_port, args.metrics_host)
+            print(f"prometheus metrics at {endpoint.url}", flush=True)
         print(f"node {node.node_id} up on {mask_url(url)}; hosting {', '.join(node.addresses()) or 'nothing yet'}",
               flush=True)
         if args.ready_file:  # written whole, once every channel is live
@@ -87,6 +141,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         stop.wait(args.run_for) if args.run_for else stop.wait()
         return 0
     finally:
+        if endpoint is not None:
+            endpoint.close()
+        publisher.close()
         node.shutdown()
         if embedded is not None:
             embedded.stop()
@@ -105,7 +162,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
     import actors.messages  # noqa: F401 - registers the runtime's kinds
 
-    url = _redis_url(args)
+    url = redis_url_of(args)
     if url is None:
         print("huddle inject needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
         return 2
@@ -122,8 +179,13 @@ def cmd_inject(args: argparse.Namespace) -> int:
     except HuddleError as exc:
         print(f"refused: {exc}. Known kinds: {', '.join(sorted(REGISTRY.kinds()))}", file=sys.stderr)
         return 2
+    try:
+        codec = cluster_codec(args)
+    except HuddleError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
     transport = RedisTransport(url, name="huddle-inject")
-    node = Node(transport, node_id=args.node_id, namespace=args.namespace)
+    node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)
     node.start()
     try:
         if not transport.wait_subscribed(10):
@@ -216,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                       help="stop by itself after SECONDS (default: run until SIGINT/SIGTERM)")
     node.add_argument("--ready-file", help="write the node id to this file once the node is up (for scripts)")
+    add_cluster_key_option(node)
+    node.add_argument("--metrics-interval", type=float, default=1.0, metavar="SECONDS",
+                      help="publish this node's figures on sys:metrics every SECONDS (default 1; 0: never)")
+    node.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                      help="serve Prometheus figures at http://HOST:PORT/metrics (0: any free port, printed)")
+    node.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                      help="address the metrics endpoint binds (default 127.0.0.1)")
     node.set_defaults(func=cmd_node)
 
     inject = sub.add_parser(
@@ -235,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("--redis-url", help="bus to use (default: $REDIS_URL)")
     inject.add_argument("--node-id", help="id of the short-lived node that sends (default: host-pid-n)")
     inject.add_argument("--namespace", default="", help="channel prefix of the cluster")
+    add_cluster_key_option(inject)
     inject.set_defaults(func=cmd_inject)
 
     demo = sub.add_parser(

@@ -53,6 +53,7 @@ from pykka._envelope import Envelope as _PykkaEnvelope
 from actors.clock import Clock, SystemClock, TimerHandle
 from actors.io import IoLoop, Outcome
 from actors.messages import ChildExit
+from actors.metrics import MetricsRegistry
 from actors.runtime import PooledActor, PooledFuture, default_dispatcher
 from bus.address import (
     SYS_EVENTS,
@@ -330,6 +331,12 @@ class Node:
         #: The node's asyncio loop for actors' I/O (its thread starts on first use).
         self.io = io or IoLoop(f"huddle-io-{self.node_id}")
         self.counters: collections.Counter[str] = collections.Counter()
+        #: Gauges other parts add (``node.metrics.add_source``); see actors.metrics.
+        self.metrics = MetricsRegistry()
+        #: Called with every envelope put into a hosted actor's mailbox, when
+        #: set (taps mirror them); must be quick and must not raise.
+        self.delivery_hook: Callable[[Envelope], None] | None = None
+        self._system_handlers: dict[str, Callable[[Envelope], None]] = {}
         self._actors: dict[str, HuddleActor] = {}
         self._reserved: dict[str, collections.deque[Envelope]] = {}
         self._incarnations: collections.Counter[str] = collections.Counter()
@@ -437,6 +444,15 @@ class Node:
 
     def addresses(self) -> list[str]:
         return list(self._actors)
+
+    def handle_system_channel(self, address: str, handler: Callable[[Envelope], None]) -> None:
+        """Subscribe to the system channel ``address`` (``sys:<name>``) and
+        give ``handler`` every envelope sent to it, decoded (and verified)
+        like any other, on the receiving thread; it must not block."""
+        if parse_address(address).kind != "sys":
+            raise InvalidAddress(f"{address!r} is not a system channel (sys:<name>)")
+        self._system_handlers[address] = handler
+        self.transport.subscribe(channel_for(address, self.namespace))
 
     def stop_actor(self, address: str, *, timeout: float = 5.0, release: bool = False) -> bool:
         """Stop the actor at ``address`` and wait until the runtime has seen
@@ -632,6 +648,10 @@ class Node:
             return
         actor = self._actors.get(to)
         if actor is None:
+            system = self._system_handlers.get(to)
+            if system is not None:
+                system(env)
+                return
             with self._lock:
                 actor = self._actors.get(to)
                 if actor is None:
@@ -656,6 +676,8 @@ class Node:
                 # Already stopping (its exit not reported yet): nothing to
                 # do, and no error for the sender. Answered as pykka does.
                 stopping = False
+            if self.delivery_hook is not None:
+                self.delivery_hook(env)
             if env.reply_to is not None:
                 self._reply(env, Reply(stopping))
             return
@@ -665,6 +687,9 @@ class Node:
         except MailboxFull:
             self._refuse(env, "mailbox-full")
             return
+        hook = self.delivery_hook
+        if hook is not None:
+            hook(env)
         if reply_future is not None:
             # Runs at once if the actor already answered.
             reply_future.add_done_callback(lambda f: self._answer(env, f, actor))

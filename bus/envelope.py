@@ -23,6 +23,10 @@ kind with typed fields, or raises :class:`~bus.errors.DecodeError` whose
 ``bad-field``        a header or body field of the wrong type or value
 ``unknown-kind``     a kind the registry does not know
 
+With a signer (``Codec(signer=...)``, see :mod:`bus.signing`), two checks
+come first: ``unsigned`` (no signature where the cluster requires one) and
+``bad-signature`` (a signature that is not the cluster key's).
+
 Nothing else escapes ``decode``. Encoding is the trusted direction: it does
 no type checks beyond msgpack's own and raises
 :class:`~bus.errors.EncodeError` for a value msgpack cannot pack or an
@@ -48,6 +52,7 @@ from bus.messages import REGISTRY, Message, MessageRegistry
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "MAX_SIGNATURE_OVERHEAD",
     "SCHEMA_VERSION",
     "Codec",
     "Envelope",
@@ -180,16 +185,20 @@ _new_object = object.__new__
 
 
 class EnvelopeSigner(Protocol):
-    """Seam for signing encoded envelopes (e.g. HMAC); not implemented yet.
+    """Seam for signing encoded envelopes (:class:`bus.signing.HmacSigner`).
 
-    A signer would wrap ``encode``'s output (``sign``) and unwrap and check
-    ``decode``'s input before anything else (``verify``, raising
-    ``DecodeError("bad-signature")``).
+    ``sign`` wraps ``encode``'s output, adding at most
+    :data:`MAX_SIGNATURE_OVERHEAD` bytes; ``verify`` checks and unwraps
+    ``decode``'s input before anything else, raising ``DecodeError``
+    (``unsigned``, ``bad-signature``) and nothing else.
     """
 
     def sign(self, data: bytes) -> bytes: ...
 
-    def verify(self, data: bytes) -> bytes: ...
+    def verify(self, data: bytes | bytearray | memoryview) -> bytes | memoryview: ...
+
+
+MAX_SIGNATURE_OVERHEAD = 64
 
 
 class _ExtensionType(Exception):
@@ -223,7 +232,7 @@ class Codec:
     ``int`` comes back as a ``float``.
     """
 
-    __slots__ = ("_from_body", "_max_size", "_registry", "_to_body")
+    __slots__ = ("_from_body", "_max_size", "_registry", "_signer", "_to_body")
 
     def __init__(
         self,
@@ -231,12 +240,11 @@ class Codec:
         max_size: int = DEFAULT_MAX_SIZE,
         signer: EnvelopeSigner | None = None,
     ) -> None:
-        if signer is not None:
-            raise NotImplementedError("envelope signing is not implemented yet")
         if type(max_size) is not int or max_size <= 0:
             raise ValueError(f"max_size must be a positive int, got {max_size!r}")
         self._registry = registry
         self._max_size = max_size
+        self._signer = signer
         self._to_body = registry.to_body
         self._from_body = registry.from_body
 
@@ -247,6 +255,11 @@ class Codec:
     @property
     def max_size(self) -> int:
         return self._max_size
+
+    @property
+    def signed(self) -> bool:
+        """Whether this codec signs what it encodes and requires signatures."""
+        return self._signer is not None
 
     def encode(self, env: Envelope) -> bytes:
         """The wire bytes of ``env``.
@@ -288,6 +301,8 @@ class Codec:
                 f"{msg.KIND} envelope is {len(data)} bytes, over the limit of "
                 f"{self._max_size}"
             )
+        if self._signer is not None:
+            return self._signer.sign(data)
         return data
 
     def decode(self, data: bytes | bytearray | memoryview) -> Envelope:
@@ -297,6 +312,13 @@ class Codec:
             size = len(data)
         else:
             size = _buffer_size(data)
+        signer = self._signer
+        if signer is not None:
+            # Checked before hashing, so oversized junk costs no HMAC.
+            if size > max_size + MAX_SIGNATURE_OVERHEAD:
+                raise DecodeError("oversize", f"{size} bytes, limit {max_size}")
+            data = signer.verify(data)
+            size = len(data)
         if size > max_size:
             raise DecodeError("oversize", f"{size} bytes, limit {max_size}")
         try:

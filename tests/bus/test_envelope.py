@@ -266,16 +266,26 @@ def test_codec_arguments() -> None:
             Codec(max_size=bad)  # type: ignore[arg-type]
 
 
-def test_signing_is_a_seam_only() -> None:
-    class Signer:
+def test_a_signer_wraps_what_is_encoded_and_unwraps_what_is_decoded() -> None:
+    """The seam only; HMAC signing itself is tested in test_signing.py."""
+
+    class Framing:
         def sign(self, data: bytes) -> bytes:
-            return data
+            return b"<" + data + b">"
 
         def verify(self, data: bytes) -> bytes:
-            return data
+            if data[:1] != b"<" or data[-1:] != b">":
+                raise DecodeError("bad-signature", "no frame")
+            return data[1:-1]
 
-    with pytest.raises(NotImplementedError):
-        Codec(signer=Signer())
+    codec = Codec(signer=Framing())
+    env = Envelope(to="a:b", message=Ping(n=1))
+    data = codec.encode(env)
+    assert data[:1] == b"<" and Codec().decode(data[1:-1]) == env
+    assert codec.decode(data) == env and codec.signed and not Codec().signed
+    with pytest.raises(DecodeError) as refused:
+        codec.decode(Codec().encode(env))
+    assert refused.value.reason == "bad-signature"
 
 
 # -- decoding: each reason ------------------------------------------------------------------

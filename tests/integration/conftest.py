@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -150,19 +150,23 @@ class NodeProcesses:
         self.workdir = workdir
         self.started: list[NodeProcess] = []
 
-    def start(self, *echo: str, node_id: str | None = None, wait: bool = True) -> NodeProcess:
-        """Start a node hosting an Echo at each of ``echo``; with ``wait``,
+    def start(self, *echo: str, node_id: str | None = None, wait: bool = True, options: Sequence[str] = (),
+              env: Mapping[str, str] | None = None) -> NodeProcess:
+        """Start a node hosting an Echo at each of ``echo`` (more ``huddle
+        node`` ``options`` and environment ``env`` if given); with ``wait``,
         return once it is ready (see :meth:`wait_ready`)."""
         node_id = node_id or unique("node")
         ready = self.workdir / f"{node_id}.ready"
         log = self.workdir / f"{node_id}.log"
-        cmd = huddle_cmd("node", "--redis-url", self.redis_url, "--node-id", node_id, "--ready-file", str(ready))
+        cmd = huddle_cmd("node", "--redis-url", self.redis_url, "--node-id", node_id, "--ready-file", str(ready),
+                         *options)
         for address in echo:
             cmd += ["--echo", address]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=REPO_ROOT)
-        node = NodeProcess(proc, node_id, ready, log, channels=1 + len(echo))
+                                    cwd=REPO_ROOT, env=None if env is None else {**os.environ, **env})
+        # Its own channel, sys:taps (taps announce themselves there), one per Echo.
+        node = NodeProcess(proc, node_id, ready, log, channels=2 + len(echo))
         self.started.append(node)
         if wait:
             self.wait_ready(node)
@@ -170,7 +174,7 @@ class NodeProcesses:
 
     def wait_ready(self, node: NodeProcess) -> None:
         """The ready file is there AND the server confirms every channel of
-        the node (its own and one per Echo). ``huddle node`` writes the
+        the node (its own, sys:taps and one per Echo). ``huddle node`` writes the
         ready file before its Echo subscriptions are confirmed, so the file
         alone does not mean a message to ``echo:1`` would be heard."""
         node.wait_ready()
@@ -204,12 +208,13 @@ def node_procs(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Ite
 
 
 class EventLog:
-    """Every event published on ``sys:events`` while it listens, decoded."""
+    """Every event published on ``sys:events`` while it listens, decoded
+    (with ``codec``: e.g. one holding the cluster key)."""
 
-    def __init__(self) -> None:
+    def __init__(self, codec: Codec | None = None) -> None:
         self.events: list[Event] = []
         self.undecodable = 0
-        self._codec = Codec()
+        self._codec = codec or Codec()
         self._cond = threading.Condition()
 
     def __call__(self, channel: str, data: bytes) -> None:
@@ -284,3 +289,90 @@ def local_node(redis_url: str) -> Iterator[Node]:
         yield node
     finally:
         node.shutdown()
+
+
+# -- commands that run alongside a test -------------------------------------------
+
+
+class Command:
+    """A ``huddle`` subprocess whose stdout and stderr lines a test can wait
+    on while it runs (one reader thread per stream)."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "HUDDLE_CLUSTER_KEY")}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(huddle_cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=full_env)
+        self.pid = self.proc.pid
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._cond = threading.Condition()
+        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                         for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: object, lines: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._cond:
+                lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_line(self, predicate: Callable[[str], bool], *, stream: str = "stdout",
+                  timeout: float = DEADLINE) -> str:
+        """The first line of ``stream`` that matches; fails past ``timeout``
+        or when the process ended without printing one."""
+        lines = self.stdout if stream == "stdout" else self.stderr
+        found: list[str] = []
+
+        def seen() -> bool:
+            found[:] = [line for line in lines if predicate(line)]
+            return bool(found) or self.proc.poll() is not None and not any(r.is_alive() for r in self._readers)
+
+        with self._cond:
+            self._cond.wait_for(seen, timeout)
+        if not found:
+            raise AssertionError(f"no matching {stream} line within {timeout:g}s; stdout {self.stdout[-10:]}, "
+                                 f"stderr {self.stderr[-10:]}")
+        return found[0]
+
+    def wait(self, timeout: float = DEADLINE) -> int:
+        """Its exit code, once it ended and its output was read."""
+        code = self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return code
+
+    def stop(self, timeout: float = DEADLINE) -> None:
+        """SIGTERM by PID, SIGKILL past ``timeout``."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+
+
+@pytest.fixture
+def commands() -> Iterator[Callable[..., Command]]:
+    """``commands(*args, env=...)`` runs ``huddle ARGS`` alongside the test;
+    each is ended by its PID at teardown."""
+    started: list[Command] = []
+
+    def run(*args: str, env: Mapping[str, str] | None = None) -> Command:
+        command = Command(args, env)
+        started.append(command)
+        return command
+
+    try:
+        yield run
+    finally:
+        for command in reversed(started):
+            command.stop()

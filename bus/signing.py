@@ -1,0 +1,123 @@
+"""HMAC signing of envelopes with a cluster key.
+
+With a cluster key, every node signs what it encodes and refuses what is not
+signed with it, so a process that can reach Redis but does not hold the key
+cannot speak for an actor. Signing is off unless a key is given.
+
+Wire form of a signed envelope::
+
+    0xc1 | HMAC-SHA256(key, envelope)[32 bytes] | envelope
+
+``0xc1`` is the one byte msgpack never uses, so a signed envelope can never
+be mistaken for an unsigned one: a node without a key refuses it as
+``not-msgpack``, and a node with a key refuses an unsigned one as
+``unsigned`` (a :class:`~bus.errors.DecodeError` reason, like
+``bad-signature`` for a tag that does not match). The tag covers the whole
+envelope (header and body); it proves the sender holds the key, not that the
+message is fresh (replay within the fleet is out of scope).
+
+Keys never appear in a repr, a log line, an event or an error detail.
+Rotation: a signer signs with its first key and accepts any of its keys, so
+a fleet can add a new key everywhere, then sign with it, then drop the old.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from bus.errors import DecodeError, HuddleError
+
+__all__ = [
+    "CLUSTER_KEY_ENV",
+    "MIN_KEY_BYTES",
+    "SIGNATURE_OVERHEAD",
+    "ClusterKeyError",
+    "HmacSigner",
+    "cluster_signer",
+    "load_cluster_keys",
+]
+
+CLUSTER_KEY_ENV = "HUDDLE_CLUSTER_KEY"
+MIN_KEY_BYTES = 16
+MARKER = 0xC1
+_MARKER_BYTE = bytes([MARKER])
+_TAG_BYTES = 32
+SIGNATURE_OVERHEAD = 1 + _TAG_BYTES
+"""Bytes a signature adds to an envelope."""
+
+_digest = hmac.digest
+_compare = hmac.compare_digest
+
+
+class ClusterKeyError(HuddleError):
+    """A cluster key is missing, unreadable or too short (the key itself is
+    never in the message)."""
+
+
+class HmacSigner:
+    """Signs with ``key``; verifies against ``key`` and ``previous`` keys.
+
+    Implements :class:`bus.envelope.EnvelopeSigner`. Thread-safe (no state
+    beyond the keys).
+    """
+
+    __slots__ = ("_keys", "_sign_key")
+
+    def __init__(self, key: bytes, *previous: bytes) -> None:
+        keys = (key, *previous)
+        for k in keys:
+            if not isinstance(k, bytes) or len(k) < MIN_KEY_BYTES:
+                raise ClusterKeyError(f"a cluster key must be at least {MIN_KEY_BYTES} bytes")
+        self._sign_key = key
+        self._keys = keys
+
+    def __repr__(self) -> str:
+        return f"HmacSigner(<{len(self._keys)} key(s) hidden>)"
+
+    def sign(self, data: bytes) -> bytes:
+        """``data`` with the marker and its tag in front."""
+        return _MARKER_BYTE + _digest(self._sign_key, data, "sha256") + data
+
+    def verify(self, data: bytes | bytearray | memoryview) -> bytes | memoryview:
+        """The envelope inside signed ``data``; raises ``DecodeError``
+        (``unsigned`` or ``bad-signature``) and nothing else."""
+        view = data if type(data) is bytes else memoryview(data).cast("B")
+        if len(view) == 0 or view[0] != MARKER:
+            raise DecodeError("unsigned", "envelope carries no signature and the cluster requires one")
+        if len(view) <= SIGNATURE_OVERHEAD:
+            raise DecodeError("bad-signature", "truncated signature")
+        tag = view[1:SIGNATURE_OVERHEAD]
+        payload = view[SIGNATURE_OVERHEAD:]
+        for key in self._keys:
+            if _compare(_digest(key, payload, "sha256"), tag):
+                return payload
+        raise DecodeError("bad-signature", "signature does not match the cluster key")
+
+
+def load_cluster_keys(key_file: str | os.PathLike[str] | None = None,
+                      environ: Mapping[str, str] = os.environ) -> list[bytes]:
+    """The cluster keys: from ``key_file`` (one key per line, the first signs;
+    blank lines and surrounding whitespace ignored) if given, else from
+    ``$HUDDLE_CLUSTER_KEY`` (one key); empty if neither is set."""
+    if key_file is not None:
+        try:
+            raw = Path(key_file).read_bytes()
+        except OSError as exc:
+            raise ClusterKeyError(f"cannot read the cluster key file {key_file}: {exc.strerror}") from None
+        keys = [line.strip() for line in raw.splitlines() if line.strip()]
+        if not keys:
+            raise ClusterKeyError(f"the cluster key file {key_file} holds no key")
+        return keys
+    value = environ.get(CLUSTER_KEY_ENV, "").strip()
+    return [value.encode()] if value else []
+
+
+def cluster_signer(key_file: str | os.PathLike[str] | None = None,
+                   environ: Mapping[str, str] = os.environ) -> HmacSigner | None:
+    """A signer for the cluster key (see :func:`load_cluster_keys`), or
+    ``None`` when no key is configured (signing off)."""
+    keys = load_cluster_keys(key_file, environ)
+    return HmacSigner(*keys) if keys else None
