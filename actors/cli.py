@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bus.envelope import Codec
 
-__all__ = ["add_cluster_key_option", "cluster_codec", "main", "redis_url_of"]
+__all__ = ["add_cluster_key_option", "bus_of", "cluster_codec", "main", "redis_url_of"]
 
 log = logging.getLogger("huddle.cli")
 
@@ -60,13 +60,36 @@ def add_cluster_key_option(parser: argparse.ArgumentParser) -> None:
                         "signs, any verifies); default $HUDDLE_CLUSTER_KEY; neither: signing off")
 
 
-def cluster_codec(args: argparse.Namespace) -> Codec:
-    """The codec for the cluster key of ``args`` (or none: signing off).
-    Raises :class:`~bus.signing.ClusterKeyError` for a bad key."""
+def cluster_codec(args: argparse.Namespace) -> Codec | None:
+    """The codec for the cluster key of ``args`` (no key: signing off), or
+    ``None`` after saying on stderr why the key was refused."""
     from bus.envelope import Codec
+    from bus.errors import HuddleError
     from bus.signing import cluster_signer
 
-    return Codec(signer=cluster_signer(getattr(args, "cluster_key_file", None)))
+    try:
+        return Codec(signer=cluster_signer(getattr(args, "cluster_key_file", None)))
+    except HuddleError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return None
+
+
+def bus_of(args: argparse.Namespace, command: str) -> tuple[str, Codec] | None:
+    """The bus URL and codec a client command (inject, monitor, tap) uses,
+    or ``None`` after saying on stderr what is wrong. A command with an
+    ``address`` argument also gets it checked."""
+    from bus.address import is_valid_address
+
+    url = redis_url_of(args)
+    if url is None:
+        print(f"huddle {command} needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+        return None
+    address = getattr(args, "address", None)
+    if address is not None and not is_valid_address(address):
+        print(f"not an address: {address!r} (expected kind:id[/sub])", file=sys.stderr)
+        return None
+    codec = cluster_codec(args)
+    return None if codec is None else (url, codec)
 
 
 # -- huddle node ---------------------------------------------------------------
@@ -95,10 +118,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     _load_contracts()
     from bus.redis_transport import RedisTransport, mask_url
 
-    try:
-        codec = cluster_codec(args)
-    except HuddleError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
+    codec = cluster_codec(args)
+    if codec is None:
         return 2
     url = redis_url_of(args)
     embedded = None
@@ -115,7 +136,11 @@ def cmd_node(args: argparse.Namespace) -> int:
     publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
     endpoint = None
     try:
-        node.start()
+        try:
+            node.start()
+        except HuddleError as exc:  # e.g. a wrong password: the message names the masked URL only
+            print(f"cannot join the bus: {exc}", file=sys.stderr)
+            return 2
         if not transport.wait_subscribed(10):
             print(f"could not subscribe on {mask_url(url)}", file=sys.stderr)
             return 2
@@ -155,20 +180,16 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 def cmd_inject(args: argparse.Namespace) -> int:
     from actors.node import Node
-    from bus.address import is_valid_address
     from bus.errors import HuddleError
     from bus.messages import REGISTRY
     from bus.redis_transport import RedisTransport
 
     import actors.messages  # noqa: F401 - registers the runtime's kinds
 
-    url = redis_url_of(args)
-    if url is None:
-        print("huddle inject needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+    bus = bus_of(args, "inject")
+    if bus is None:
         return 2
-    if not is_valid_address(args.address):
-        print(f"not an address: {args.address!r} (expected kind:id[/sub])", file=sys.stderr)
-        return 2
+    url, codec = bus
     try:
         body = json.loads(args.json_body)
     except json.JSONDecodeError as exc:
@@ -178,11 +199,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
         message = REGISTRY.from_body(args.kind, body)
     except HuddleError as exc:
         print(f"refused: {exc}. Known kinds: {', '.join(sorted(REGISTRY.kinds()))}", file=sys.stderr)
-        return 2
-    try:
-        codec = cluster_codec(args)
-    except HuddleError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
         return 2
     transport = RedisTransport(url, name="huddle-inject")
     node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)
@@ -251,6 +267,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="huddle",
@@ -279,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop by itself after SECONDS (default: run until SIGINT/SIGTERM)")
     node.add_argument("--ready-file", help="write the node id to this file once the node is up (for scripts)")
     add_cluster_key_option(node)
-    node.add_argument("--metrics-interval", type=float, default=1.0, metavar="SECONDS",
+    node.add_argument("--metrics-interval", type=_seconds, default=1.0, metavar="SECONDS",
                       help="publish this node's figures on sys:metrics every SECONDS (default 1; 0: never)")
     node.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                       help="serve Prometheus figures at http://HOST:PORT/metrics (0: any free port, printed)")

@@ -3,8 +3,8 @@
 Three parts, in the usual shape:
 
 * :class:`NodeSample` is what the shell reads off a node at one instant
-  (counters that only grow, the mailbox depth of every actor, the gauges of
-  a :class:`MetricsRegistry`);
+  (counters that only grow, the gauges of a :class:`MetricsRegistry`) plus
+  the last :class:`ActorScan` (actors by kind, mailbox depths);
 * :func:`summarize` is the pure core: two samples in, one
   :class:`NodeMetrics` message out (rates are the counter deltas over the
   time between the samples; the first sample has no rates);
@@ -12,6 +12,13 @@ Three parts, in the usual shape:
   ``interval`` seconds, it samples the node, summarizes, keeps the result
   as :attr:`MetricsPublisher.latest` (the Prometheus endpoint reads it) and
   publishes it on ``sys:metrics``.
+
+Counters cost nothing to read; an actor scan visits every actor (about a
+microsecond each). So a scan is repeated only when the last one is old
+enough for scanning to stay within :data:`SCAN_CPU_BUDGET` of one core: on
+a node of a few thousand actors that is every sample, on one of 100,000 a
+scan every ten seconds or so. ``actors_age`` in the message says how old
+the actor figures are.
 
 Other parts of the node plug figures in through the node's registry,
 ``node.metrics.add_source(name, fn)``: ``fn()`` returns a number (or
@@ -29,6 +36,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -44,12 +52,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LEASE_RENEW_LATENCY",
+    "ActorScan",
     "MetricsPublisher",
     "MetricsRegistry",
     "NodeMetrics",
     "NodeSample",
     "percentile",
     "sample_node",
+    "scan_actors",
     "summarize",
 ]
 
@@ -73,16 +83,17 @@ class NodeMetrics(Message):
 
     ``*_total`` are counters since the node started; ``*_per_s`` are rates
     over the ``interval`` seconds before ``ts`` (0.0 on a node's first
-    sample, whose ``interval`` is 0.0). Mailbox depths are over the node's
-    actors at ``ts`` (0 with no actors; ``mailbox_depth_p99`` is the
-    nearest-rank 99th percentile). ``gauges`` holds what the node's
-    :class:`MetricsRegistry` sources reported (e.g.
+    sample, whose ``interval`` is 0.0). Actors by kind and mailbox depths
+    were counted ``actors_age`` seconds before ``ts`` (0 with no actors;
+    ``mailbox_depth_p99`` is the nearest-rank 99th percentile). ``gauges``
+    holds what the node's :class:`MetricsRegistry` sources reported (e.g.
     :data:`LEASE_RENEW_LATENCY`).
     """
 
     node: str
     ts: float
     interval: float = 0.0
+    actors_age: float = 0.0
     actors: int = 0
     actors_by_kind: dict[str, int] = field(default_factory=dict)
     mailbox_depth_max: int = 0
@@ -103,12 +114,20 @@ class NodeMetrics(Message):
 
 
 @dataclass(frozen=True)
-class NodeSample:
-    """What a node's counters and mailboxes said at one instant.
+class ActorScan:
+    """The node's actors at monotonic time ``at``: how many of each address
+    kind, and ``depths``: mailbox depth -> how many actors have it."""
 
-    ``at`` is the node clock's monotonic time, ``wall`` its unix time;
-    ``depths`` maps an address kind to the mailbox depths of the actors of
-    that kind.
+    at: float
+    kinds: Mapping[str, int] = field(default_factory=dict)
+    depths: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    """What a node's counters said at one instant, with its last actor scan.
+
+    ``at`` is the node clock's monotonic time, ``wall`` its unix time.
     """
 
     at: float
@@ -118,7 +137,7 @@ class NodeSample:
     restarts: int = 0
     crashes: int = 0
     dead_letters: Mapping[str, int] = field(default_factory=dict)
-    depths: Mapping[str, list[int]] = field(default_factory=dict)
+    actors: ActorScan | None = None
     gauges: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -144,11 +163,8 @@ def _rate(delta: int, seconds: float) -> float:
 def summarize(node_id: str, previous: NodeSample | None, current: NodeSample) -> NodeMetrics:
     """The :class:`NodeMetrics` for ``current``, with rates since
     ``previous`` (none if ``previous`` is ``None`` or not earlier)."""
-    histogram: collections.Counter[int] = collections.Counter()
-    by_kind: dict[str, int] = {}
-    for kind, depths in current.depths.items():
-        by_kind[kind] = len(depths)
-        histogram.update(depths)
+    scan = current.actors or ActorScan(at=current.at)
+    histogram = {depth: n for depth, n in scan.depths.items() if n > 0}
     dead_total = sum(current.dead_letters.values())
     interval = 0.0
     received_rate = sent_rate = dead_rate = 0.0
@@ -161,8 +177,9 @@ def summarize(node_id: str, previous: NodeSample | None, current: NodeSample) ->
         node=node_id,
         ts=current.wall,
         interval=interval,
-        actors=sum(by_kind.values()),
-        actors_by_kind=dict(sorted(by_kind.items())),
+        actors_age=max(0.0, current.at - scan.at),
+        actors=sum(scan.kinds.values()),
+        actors_by_kind=dict(sorted(scan.kinds.items())),
         mailbox_depth_max=max(histogram) if histogram else 0,
         mailbox_depth_p99=percentile(histogram, 0.99),
         received_per_s=received_rate,
@@ -243,19 +260,23 @@ class MetricsRegistry:
 # -- the shell -----------------------------------------------------------------------
 
 
-def _kind_of(address: str) -> str:
-    return address.partition(":")[0]
+SCAN_CPU_BUDGET = 0.01
+"""Share of one core that actor scans may take (see the module docstring)."""
 
 
-def sample_node(node: Node) -> NodeSample:
-    """Read ``node``'s counters, mailboxes and gauges now (any thread)."""
+def scan_actors(node: Node) -> ActorScan:
+    """Count ``node``'s actors by kind and their mailbox depths now (any thread)."""
+    addresses = node.addresses()
+    kinds = collections.Counter([address[: address.find(":")] for address in addresses])
+    lookup = node.lookup
+    depths = collections.Counter([len(actor.actor_inbox) for actor in map(lookup, addresses) if actor is not None])
+    return ActorScan(at=node.clock.now(), kinds=dict(kinds), depths=dict(depths))
+
+
+def sample_node(node: Node, actors: ActorScan | None = None) -> NodeSample:
+    """Read ``node``'s counters and gauges now (any thread), with ``actors``
+    (default: a fresh :func:`scan_actors`)."""
     counters = node.counters.copy()
-    depths: dict[str, list[int]] = {}
-    for address in node.addresses():
-        actor = node.lookup(address)
-        if actor is None:  # stopped since the list was taken
-            continue
-        depths.setdefault(_kind_of(address), []).append(len(actor.actor_inbox))
     prefix = "dead-letter:"
     dead = {key[len(prefix):]: n for key, n in counters.items() if key.startswith(prefix)}
     return NodeSample(
@@ -266,7 +287,7 @@ def sample_node(node: Node) -> NodeSample:
         restarts=counters["event:restarted"],
         crashes=counters["event:crashed"],
         dead_letters=dead,
-        depths=depths,
+        actors=actors if actors is not None else scan_actors(node),
         gauges=node.metrics.read(),
     )
 
@@ -277,10 +298,12 @@ class MetricsPublisher:
     :meth:`close` (or until the node's transport closes).
 
     ``interval=None`` samples only when asked (:meth:`sample`), never on a
-    timer, and publishes nothing.
+    timer, and publishes nothing. ``cpu_clock`` measures what a scan cost
+    (the calling thread's CPU seconds).
     """
 
-    def __init__(self, node: Node, interval: float | None = DEFAULT_INTERVAL) -> None:
+    def __init__(self, node: Node, interval: float | None = DEFAULT_INTERVAL,
+                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
         if interval is not None and interval <= 0:
             raise ValueError(f"metrics interval must be positive, got {interval!r}")
         self.node = node
@@ -290,6 +313,10 @@ class MetricsPublisher:
         self._lock = threading.Lock()
         self._previous: NodeSample | None = None
         self._latest: NodeMetrics | None = None
+        self._scan: ActorScan | None = None
+        self._next_scan = 0.0
+        self._cpu_clock = cpu_clock
+        self.scans = 0
         self._timer: TimerHandle | None = None
         self._closed = False
 
@@ -312,8 +339,17 @@ class MetricsPublisher:
             timer.cancel()
 
     def sample(self) -> NodeMetrics:
-        """Sample the node now; the result becomes :attr:`latest`."""
-        current = sample_node(self.node)
+        """Sample the node now; the result becomes :attr:`latest`. Actors are
+        scanned again only if the last scan is due (see the module docstring)."""
+        now = self.node.clock.now()
+        scan = self._scan
+        if scan is None or now >= self._next_scan:
+            started = self._cpu_clock()
+            scan = self._scan = scan_actors(self.node)
+            cost = self._cpu_clock() - started
+            self._next_scan = now + cost / SCAN_CPU_BUDGET
+            self.scans += 1
+        current = sample_node(self.node, scan)
         with self._lock:
             metrics = summarize(self.node.node_id, self._previous, current)
             self._previous = current

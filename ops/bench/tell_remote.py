@@ -7,7 +7,9 @@ figures:
                last message handled by a sink (``time.time()`` on both sides:
                one host, one clock);
   lost         sent - handled, once the sender flushed its transport and
-               the receiver said "all received" or the drain deadline passed.
+               the receiver said "all received" or the drain deadline passed;
+  signed_*     the same run with HMAC-signed envelopes (both nodes hold a
+               cluster key: every send is signed, every receipt verified).
 baseline: redis-py pipelined PUBLISH -> redis-py subscriber in another
 process, same count and payload size, same Redis (``raw_redis``).
 
@@ -26,6 +28,7 @@ from nodeproc import NodeProcess
 from raw_redis import baseline_publish_throughput
 
 from bus.embedded import EmbeddedRedis
+from bus.signing import CLUSTER_KEY_ENV
 
 SENDER_ACTORS = 10
 CHUNK = 1_000
@@ -38,12 +41,15 @@ STATS = ("transport", "node", "cpu_seconds", "peak_rss_mb", "thread_cpu_seconds"
 """What each node process reports about itself (kept in the result's meta)."""
 
 
-def measure(url: str, n: int, sinks: int) -> dict[str, float]:
+BENCH_KEY = "tell-remote-bench-cluster-key-0123456789"
+
+
+def measure(url: str, n: int, sinks: int, env: dict[str, str] | None = None) -> dict[str, float]:
     receiver = sender = None
     try:
-        receiver = NodeProcess("sink", url, "bench-recv", "--actors", str(sinks))
+        receiver = NodeProcess("sink", url, "bench-recv", "--actors", str(sinks), env=env)
         sender = NodeProcess("sender", url, "bench-send", "--actors", str(SENDER_ACTORS),
-                             "--targets", str(sinks), "--payload", str(PAYLOAD))
+                             "--targets", str(sinks), "--payload", str(PAYLOAD), env=env)
         receiver.ready()
         sender.ready()
         receiver.send(cmd="expect", n=n)
@@ -100,20 +106,27 @@ def main() -> None:
     try:
         redis.start()
         huddle = measure(redis.url, n, sinks)
+        signed = measure(redis.url, n, sinks, env={CLUSTER_KEY_ENV: BENCH_KEY})
         base = baseline_publish_throughput(redis.url, n=n, payload_size=PAYLOAD, channels=sinks)
     finally:
         redis.stop()
     sender_stats, receiver_stats = huddle.pop("_sender_stats"), huddle.pop("_receiver_stats")
+    signed_received = max(1, signed["sent"] - signed["lost"])
+    signed_receiver_cpu = signed["_receiver_stats"]["cpu_seconds"] / signed_received * 1e6
+    signed_sender_cpu = signed["_sender_stats"]["cpu_seconds"] / max(1, signed["sent"]) * 1e6
     received = max(1, huddle["sent"] - huddle["lost"])
     notes = {"sender_stats": sender_stats, "receiver_stats": receiver_stats,
              "sender_cpu_us_per_msg": round(sender_stats["cpu_seconds"] / max(1, huddle["sent"]) * 1e6, 2),
              "receiver_cpu_us_per_msg": round(receiver_stats["cpu_seconds"] / received * 1e6, 2),
              "receiver_reconnects": receiver_stats["transport"]["reconnects"],
+             "signed_sender_cpu_us_per_msg": round(signed_sender_cpu, 2),
+             "signed_receiver_cpu_us_per_msg": round(signed_receiver_cpu, 2),
              "sender_actors": SENDER_ACTORS, "chunk": CHUNK, "sinks": sinks, "loadavg_1m_before": load}
     report(
         args,
         figures={"msgs_per_s": huddle["msgs_per_s"], "lost": huddle["lost"], "tells": n, "sinks": sinks,
-                 "payload_bytes": PAYLOAD, "seconds": huddle["seconds"], "send_seconds": huddle["send_seconds"]},
+                 "payload_bytes": PAYLOAD, "seconds": huddle["seconds"], "send_seconds": huddle["send_seconds"],
+                 "signed_msgs_per_s": signed["msgs_per_s"], "signed_lost": signed["lost"]},
         baseline={"msgs_per_s": base["msgs_per_s"], "lost": base["lost"], "publishes": n, "channels": sinks,
                   "payload_bytes": PAYLOAD, "seconds": base["seconds"]},
         goal={"msgs_per_s": 150_000, "lost": 0},

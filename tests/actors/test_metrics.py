@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from actors.metrics import (
     LEASE_RENEW_LATENCY,
+    ActorScan,
     InvalidGaugeName,
     MetricsPublisher,
     MetricsRegistry,
@@ -49,7 +50,8 @@ def test_percentile_of_nothing_is_zero() -> None:
 
 
 def test_p99_of_a_hundred_idle_actors_and_one_busy_one_ignores_the_outlier() -> None:
-    sample = NodeSample(at=1.0, wall=100.0, depths={"meeting": [0] * 100, "audio": [500]})
+    scan = ActorScan(at=1.0, kinds={"meeting": 100, "audio": 1}, depths={0: 100, 500: 1})
+    sample = NodeSample(at=1.0, wall=100.0, actors=scan)
     metrics = summarize("n1", None, sample)
     assert (metrics.mailbox_depth_max, metrics.mailbox_depth_p99) == (500, 0)
     assert metrics.actors_by_kind == {"audio": 1, "meeting": 100}
@@ -84,7 +86,9 @@ def test_rates_are_never_negative_nor_infinite(a: int, b: int, t0: float, t1: fl
 
 def test_metrics_survive_the_codec() -> None:
     codec = Codec()
-    metrics = summarize("n1", None, NodeSample(at=1.0, wall=2.0, depths={"echo": [1, 2]}, gauges={"x_s": 0.5}))
+    scan = ActorScan(at=0.5, kinds={"echo": 2}, depths={1: 1, 2: 1})
+    metrics = summarize("n1", None, NodeSample(at=1.0, wall=2.0, actors=scan, gauges={"x_s": 0.5}))
+    assert metrics.actors_age == 0.5
     assert codec.roundtrip(Envelope(to=SYS_METRICS, message=metrics)).message == metrics
 
 
@@ -216,3 +220,31 @@ def test_publisher_stops_by_itself_when_the_transport_is_closed(kit: TestKit, pu
 def test_interval_must_be_positive(kit: TestKit) -> None:
     with pytest.raises(ValueError, match="positive"):
         MetricsPublisher(kit.node, interval=0)
+
+
+def test_an_expensive_actor_scan_is_repeated_only_within_the_cpu_budget(kit: TestKit, published: Recorder) -> None:
+    """Counters are fresh every interval; actors are counted again only once
+    the last scan's cost is under SCAN_CPU_BUDGET of the time since."""
+    cpu = [0.0]
+
+    def cpu_clock() -> float:  # every scan "costs" 0.05 s of CPU: rescan after 5 s
+        cpu[0] += 0.05
+        return cpu[0]
+
+    kit.spawn("echo:a", Quiet)
+    publisher = MetricsPublisher(kit.node, interval=1.0, cpu_clock=cpu_clock).start()
+    try:
+        kit.spawn("echo:b", Quiet)
+        kit.inject_message("echo:a", Ping())
+        kit.advance(1.0)
+        kit.advance(1.0)
+        assert published.wait_count(2)
+        first, second = published.snapshot()
+        assert (first.actors, first.actors_age, second.actors_age) == (1, 1.0, 2.0)  # not rescanned yet
+        assert second.received_total >= 1  # counters are fresh every time
+        kit.advance(3.0)  # 5 s after the first scan: rescanned
+        assert published.wait_count(5)
+        latest = published.snapshot()[-1]
+        assert (latest.actors, latest.actors_age, publisher.scans) == (2, 0.0, 2)
+    finally:
+        publisher.close()

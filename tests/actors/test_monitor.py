@@ -99,12 +99,12 @@ def test_render_shows_nodes_kinds_rates_lease_latency_and_events() -> None:
     state.observe(SYS_METRICS, metrics("node-a", 50.0, interval=1.0, actors=2, actors_by_kind={"meeting": 2},
                                        received_per_s=12_345.0, mailbox_depth_max=9, mailbox_depth_p99=1,
                                        dead_letters_by_reason={"mailbox-full": 3},
-                                       gauges={LEASE_RENEW_LATENCY: 0.0021}), now=50.0)
+                                       gauges={LEASE_RENEW_LATENCY: 0.0021}, actors_age=7.2), now=50.0)
     state.observe(SYS_EVENTS, event("node-a", "restarted", "meeting:m-42", ts=50.0), now=50.0)
     state.refused("unsigned")
     out = io.StringIO()
     Console(file=out, width=200).print(render(state.snapshot(now=50.2)))
     text = out.getvalue()
-    for expected in ("node-a", "meeting 2", "12.3k", "9/1", "mailbox-full 3", "2.1 ms", "restarted",
+    for expected in ("node-a", "2 (7s old)", "meeting 2", "12.3k", "9/1", "mailbox-full 3", "2.1 ms", "restarted",
                      "meeting:m-42", "undecodable: unsigned 1", "1/1 nodes live"):
         assert expected in text, expected

@@ -67,6 +67,7 @@ def test_scrape_exports_the_published_figures(kit: TestKit, endpoint: tuple[Metr
     assert got[("huddle_messages_received_per_second", node)] == published.received_per_s > 0
     assert got[("huddle_dead_letters_total", (("node", "prom-1"), ("reason", "unknown-address")))] == 1
     assert got[("huddle_mailbox_depth_max", node)] == 0
+    assert got[("huddle_actors_scan_age_seconds", node)] == published.actors_age
     assert got[("huddle_restarts_total", node)] == 0
     assert got[("huddle_lease_renew_latency_s", node)] == 0.25
 

@@ -3,6 +3,7 @@ key loading, and that keys never show."""
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from bus.errors import DecodeError
 from bus.messages import Ping
 from bus.signing import (
     CLUSTER_KEY_ENV,
+    MIN_KEY_BYTES,
     SIGNATURE_OVERHEAD,
     ClusterKeyError,
     HmacSigner,
@@ -60,6 +62,12 @@ def test_another_key_a_changed_tag_a_changed_body_or_a_cut_are_bad_signatures() 
     assert reason(SIGNED, data[:SIGNATURE_OVERHEAD]) == "bad-signature"
     # A forger who re-frames a plain envelope with a made-up tag:
     assert reason(SIGNED, b"\xc1" + b"\x00" * 32 + PLAIN.encode(ENV)) == "bad-signature"
+
+
+@given(st.binary(min_size=MIN_KEY_BYTES, max_size=200), st.binary(max_size=500))
+def test_tags_are_rfc_2104_hmac_sha256(key: bytes, data: bytes) -> None:
+    signed = HmacSigner(key).sign(data)
+    assert signed == b"\xc1" + hmac.digest(key, data, "sha256") + data
 
 
 @given(st.binary(max_size=300))

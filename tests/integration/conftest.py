@@ -12,6 +12,7 @@ Rules kept here so the tests need not repeat them:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -259,19 +260,27 @@ def _matches(event: Event, fields: dict[str, object]) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def listening(redis_url: str, receiver: Callable[[str, bytes], None], *channels: str) -> Iterator[RedisTransport]:
+    """A transport that gives ``receiver`` everything on ``channels``,
+    subscribed (confirmed by the server) on entry, closed on exit."""
+    transport = RedisTransport(redis_url, name=unique("test-listener"))
+    transport.set_receiver(receiver)
+    transport.subscribe(*channels)
+    transport.start()
+    try:
+        assert transport.wait_subscribed(DEADLINE), f"could not subscribe to {channels}"
+        yield transport
+    finally:
+        transport.close()
+
+
 @pytest.fixture
 def events(redis_url: str) -> Iterator[EventLog]:
     """Listens on ``sys:events`` from before the test starts anything."""
     log = EventLog()
-    transport = RedisTransport(redis_url, name=unique("test-events"))
-    transport.set_receiver(log)
-    transport.start()
-    try:
-        transport.subscribe(SYS_EVENTS)
-        assert transport.wait_subscribed(DEADLINE), "could not subscribe to sys:events"
+    with listening(redis_url, log, SYS_EVENTS):
         yield log
-    finally:
-        transport.close()
 
 
 # -- the test process as a node -----------------------------------------------

@@ -22,9 +22,8 @@ from bus.address import SYS_METRICS
 from bus.envelope import Codec
 from bus.errors import DecodeError, UnknownAddress
 from bus.messages import Ping, Pong
-from bus.redis_transport import RedisTransport
 
-from .conftest import DEADLINE, Command, NodeProcess, NodeProcesses, unique
+from .conftest import DEADLINE, Command, NodeProcess, NodeProcesses, listening, unique
 
 pytestmark = pytest.mark.integration
 
@@ -64,15 +63,8 @@ class MetricsLog:
 @pytest.fixture
 def metrics_log(redis_url: str) -> Iterator[MetricsLog]:
     log = MetricsLog()
-    transport = RedisTransport(redis_url, name=unique("test-metrics"))
-    transport.set_receiver(log)
-    transport.start()
-    try:
-        transport.subscribe(SYS_METRICS)
-        assert transport.wait_subscribed(DEADLINE)
+    with listening(redis_url, log, SYS_METRICS):
         yield log
-    finally:
-        transport.close()
 
 
 def test_node_processes_publish_metrics_and_monitor_once_json_shows_them(
@@ -196,12 +188,7 @@ def test_tap_text_lines_and_the_tap_ends_on_every_node_when_it_exits(
                 mirrored.append(message.body["n"])
                 seen.notify_all()
 
-    listener = RedisTransport(redis_url, name=unique("tap-listener"))
-    listener.set_receiver(record)
-    listener.subscribe(tap_channel("echo:tap-3"))
-    listener.start()
-    try:
-        assert listener.wait_subscribed(DEADLINE)
+    with listening(redis_url, record, tap_channel("echo:tap-3")):
         tap = commands("tap", "echo:tap-3", "--count", "1", "--for", str(DEADLINE), env={"REDIS_URL": redis_url})
         _armed(tap, node)
         local_node.tell("echo:tap-3", Ping(n=5), epoch=2)
@@ -218,8 +205,6 @@ def test_tap_text_lines_and_the_tap_ends_on_every_node_when_it_exits(
         with seen:
             assert seen.wait_for(lambda: 7 in mirrored, DEADLINE), mirrored
         assert mirrored == [5, 7]
-    finally:
-        listener.close()
 
 
 def test_tap_refuses_a_bad_address(redis_url: str, commands: Callable[..., Command]) -> None:
