@@ -187,22 +187,24 @@ def unit_value(unit: dict[str, list[tuple[str, str]]], section: str, key: str) -
     return values[0]
 
 
-def exec_start_argv(unit: dict[str, list[tuple[str, str]]], instance: str, environment: dict[str, str]) -> list[str]:
-    """ExecStart as systemd runs it: %i/%t expanded, ``${VAR}`` substituted
-    in a word, ``$VAR`` alone split into words (empty: no word)."""
+def exec_start_argv(unit: dict[str, list[tuple[str, str]]], instance: str, environment: dict[str, str],
+                    key: str = "ExecStart") -> list[str]:
+    """ExecStart (or another Exec* ``key``) as systemd runs it: %i/%t
+    expanded, ``${VAR}`` substituted in a word, ``$VAR`` alone split into
+    words (empty: no word), ``$$`` a literal ``$``."""
     env: dict[str, str] = {}
     for assignment in unit_values(unit, "Service", "Environment"):
         for word in shlex.split(assignment):
-            key, _, value = word.partition("=")
-            env[key] = value
+            name, _, value = word.partition("=")
+            env[name] = value
     env.update(environment)
-    line = unit_value(unit, "Service", "ExecStart").replace("%i", instance).replace("%t", "/run")
+    line = unit_value(unit, "Service", key).replace("%i", instance).replace("%t", "/run")
     argv: list[str] = []
     for word in shlex.split(line):
         if re.fullmatch(r"\$\w+", word):
             argv += env.get(word[1:], "").split()
         else:
-            argv.append(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word))
+            argv.append(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word).replace("$$", "$"))
     return argv
 
 
@@ -495,6 +497,9 @@ def test_systemd_unit_runs_a_drained_hardened_node_per_instance() -> None:
     args = parse_huddle(argv[1:])
     assert args.node_id == "a1" and args.cluster_key_file == "/etc/huddle/cluster.key"
     assert args.ready_file == "/run/huddle-node/a1/ready"
+    # `systemctl start` waits for that file.
+    wait = exec_start_argv(unit, "a1", {}, key="ExecStartPost")
+    assert wait[:2] == ["/bin/sh", "-c"] and '"$1"' in wait[2] and wait[-1] == args.ready_file
     assert service["RuntimeDirectory"] == "huddle-node/%i"
     assert "/etc/huddle/bus.env" in unit_values(unit, "Service", "EnvironmentFile")
     assert service["Restart"] == "on-failure"
