@@ -759,7 +759,11 @@ def test_the_huddle_user_can_do_what_nodes_do_and_nothing_administrative(tuned_r
             probe.get("huddle:acl-test:epoch")
     finally:
         probe.close()
-    # Without a user: the `default` user is off.
+    # Without a user: the `default` user is off, and has no `nopass`, so
+    # protected mode (which refuses remote clients while `default` needs no
+    # password) never blocks the fleet's nodes on other hosts.
+    default = tuned_redis.ops.acl_getuser("default")
+    assert "off" in default["flags"] and "nopass" not in default["flags"]
     with socket.create_connection(("127.0.0.1", tuned_redis.port), timeout=5) as anonymous:
         anonymous.sendall(b"PING\r\n")
         assert anonymous.recv(256).startswith(b"-NOAUTH")
