@@ -32,12 +32,14 @@ BENCHMARKS = {
     "tell-local": "10,000 actors, 1,000,000 tells on one node (baseline: pykka ThreadingActor).",
     "tell-remote": "two node processes over a real Redis, 500,000 tells across (baseline: raw redis-py pipelined publish -> subscriber).",
     "ask-remote": "10,000 sequential asks across two node processes (baseline: raw redis-py pub/sub ping-pong).",
+    "dataserver-sockets": "5,000 raw clients online on one huddle dataserver: time, RSS per socket, fan-out, restart (baseline: bare websockets server).",
 }
 
 
 #: Modules that add their own subcommands; each has ``register(subparsers)``.
 #: A feature keeps its command next to its code and adds one line here.
 COMMAND_MODULES: tuple[str, ...] = (
+    "ops.dataserver.cli",
 )
 
 

