@@ -40,6 +40,7 @@ BENCHMARKS = {
 #: A feature keeps its command next to its code and adds one line here.
 COMMAND_MODULES: tuple[str, ...] = (
     "ops.dataserver.cli",
+    "ops.roomservice_command",
 )
 
 

@@ -1,0 +1,80 @@
+"""The call-transfer cleanup shell, at ``transfer:<id>``.
+
+Start arguments: the job's :class:`~actors.context.JobContext` (captured
+when the job started; it names the caller's room, the room service and its
+credentials) and optionally a :class:`~actors.transfer.rooms.RoomService`
+(default: :meth:`HttpRoomService.for_job <actors.transfer.rooms.HttpRoomService.for_job>`).
+A hang-up handled hours later, or by a restarted incarnation, uses exactly
+that context: there is no other to reach for.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+
+from actors.context import JobContext
+from actors.contracts.transfer import PartyHungUp, TransferMerged
+from actors.io import Outcome
+from actors.machine import Effect, Emit, MachineActor
+from actors.node import ActorContext
+from actors.transfer import machine
+from actors.transfer.machine import (
+    DeleteFailure,
+    DeleteRoom,
+    RetryDelete,
+    RoomDeleteDone,
+)
+from actors.transfer.rooms import HttpRoomService, RoomService, RoomServiceError
+from bus.address import parse_address
+from bus.envelope import Envelope
+from bus.messages import Message
+
+__all__ = ["TransferActor", "delete_outcome"]
+
+log = logging.getLogger("huddle.transfer")
+
+_PUBLIC = (TransferMerged, PartyHungUp)
+_OWN = (RoomDeleteDone, RetryDelete)
+
+
+def delete_outcome(attempt: int, outcome: Outcome[None]) -> RoomDeleteDone:
+    if outcome.ok:
+        return RoomDeleteDone(attempt)
+    error = outcome.error
+    if isinstance(error, RoomServiceError):
+        return RoomDeleteDone(attempt, failure=error.cause, status=error.status)
+    log.warning("room deletion failed with %s", type(error).__name__)
+    return RoomDeleteDone(attempt, failure=DeleteFailure.UNREACHABLE)
+
+
+class TransferActor(MachineActor):
+    def __init__(self, ctx: ActorContext, job: JobContext, rooms: RoomService | None = None) -> None:
+        super().__init__(ctx)
+        self.job = job
+        self.rooms: RoomService = rooms if rooms is not None else HttpRoomService.for_job(job)
+        transfer_id = parse_address(ctx.address).id
+        self.state = machine.TransferState.restore(transfer_id, job.room_id, ctx.checkpoint)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.state, effects = machine.resume(self.state)
+        self.perform_all(effects)
+
+    def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
+        if isinstance(message, _OWN) and envelope.sender != self.address:
+            return [Emit("bad-input", reason="not-from-self", detail={"kind": message.KIND})]
+        if isinstance(message, _PUBLIC + _OWN):
+            self.state, effects = machine.step(self.state, message, envelope.sender)
+            return effects
+        return super().step(message, envelope, now)
+
+    def perform(self, effect: Effect) -> None:
+        if type(effect) is DeleteRoom:
+            self.run_io(self.rooms.delete_room(effect.room_id), functools.partial(delete_outcome, effect.attempt))
+            return
+        super().perform(effect)
+
+    def __repr__(self) -> str:
+        return f"TransferActor({self.address}, phase={self.state.phase})"
