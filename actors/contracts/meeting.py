@@ -25,6 +25,7 @@ from bus.messages import Message, message_kind
 
 __all__ = [
     "Admitted",
+    "Announce",
     "CaptionsChanged",
     "DatachannelUrlChanged",
     "Joined",
@@ -141,6 +142,16 @@ class LocusSnapshot(Message):
     panelist: bool = False
     practice_session_on: bool = False
     captions_on: bool = False
+
+
+@message_kind("meeting.announce")
+@dataclass(frozen=True, slots=True)
+class Announce(Message):
+    """A frame the meeting sends on each of its data channels as it comes
+    online (first connect, reconnect, switchover, a practice session that
+    starts later), until replaced by the next announcement."""
+
+    frame: dict[str, Any]
 
 
 @message_kind("meeting.subscribe")
