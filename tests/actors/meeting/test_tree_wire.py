@@ -18,12 +18,11 @@ from actors.contracts import meeting as mt
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
 from actors.datachannel.connector import WebSocketConnector
 from actors.meeting.actor import MeetingServices, meeting_address, start_meeting
-from actors.node import Node
-from actors.testkit import Probe, TestKit
+from actors.node import HuddleActor, Node
 from actors.token.http import HttpTokenEndpoint
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Envelope
-from bus.messages import Message, Stop
+from bus.messages import Message
 from bus.redis_transport import RedisTransport
 from ops.dataserver.harness import DataServerProcess
 
@@ -159,3 +158,32 @@ def wait_until(predicate, timeout: float) -> bool:
             return True
         event.wait(0.02)
     return False
+
+
+class Collector(HuddleActor):
+    """An application's address: records what the meeting tells it."""
+
+    def __init__(self, ctx, received: list[Message]) -> None:
+        super().__init__(ctx)
+        self.received = received
+
+    def on_message(self, message: Message, envelope: Envelope) -> Any:
+        self.received.append(message)
+
+
+def test_relayed_events_reach_the_subscriber_tagged_by_session(node: Node, dataserver) -> None:
+    received: list[Message] = []
+    node.spawn("app:captions", Collector, received)
+    start(node)
+    tell(node, mt.Subscribe(address="app:captions"))
+    tell(node, joined(dataserver, panelist=True, practice_session_on=True))
+    dataserver.wait_for(lambda s: len(sockets(s, session=PRACTICE_SESSION)) == 1, 20)
+    assert dataserver.send({"data": {"eventType": "relay.event", "caption": "hello practice"}},
+                           meeting=M, session=PRACTICE_SESSION) == 1
+    assert dataserver.send({"data": {"eventType": "relay.event", "caption": "hello all"}},
+                           meeting=M, session=DEFAULT_SESSION) == 1
+    assert wait_until(lambda: len([m for m in received if isinstance(m, mt.RelayedEvent)]) == 2, 15)
+    relayed = {m.session: m.data.get("caption") for m in received if isinstance(m, mt.RelayedEvent)}
+    assert relayed == {PRACTICE_SESSION: "hello practice", DEFAULT_SESSION: "hello all"}
+    phases = [m.phase for m in received if isinstance(m, mt.MeetingState)]
+    assert phases[-1] == "admitted"
