@@ -30,9 +30,9 @@ __all__ = [
     "DatachannelUrlChanged",
     "Joined",
     "Left",
+    "Lobby",
     "LocusSnapshot",
     "LocusUrlReplaced",
-    "Lobby",
     "MeetingEnded",
     "MeetingState",
     "PracticeDatachannelUrlChanged",
@@ -195,3 +195,30 @@ class RelayedEvent(Message):
     session: str
     event_type: str
     data: Any = None
+
+
+# -- hosting: the per-node meeting host (``meetings:<node-id>``) ---------------
+
+
+@message_kind("meeting.start")
+@dataclass(frozen=True, slots=True)
+class StartMeeting(Message):
+    """Ask a node's meeting host to start ``meeting_id``'s supervision tree.
+    Answered (as an ask) with the meeting's address once every child is up.
+    ``access_token`` is the user's token for the data channels' authorization
+    frames and the token endpoint: a secret, kept only in the tree's
+    in-memory start arguments."""
+
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("access_token",)
+
+    meeting_id: str
+    access_token: str = field(repr=False)
+    token_auth: bool = True
+
+
+@message_kind("meeting.stop")
+@dataclass(frozen=True, slots=True)
+class StopMeeting(Message):
+    """Stop ``meeting_id``'s tree for good (its sessions close)."""
+
+    meeting_id: str

@@ -7,7 +7,6 @@ deadlines; nothing sleeps and nothing is timed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,47 +15,20 @@ from actors.context import Secret
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
-from actors.datachannel.connector import WebSocketConnector
-from actors.meeting.actor import MeetingServices, meeting_address, start_meeting
+from actors.meeting.actor import meeting_address, start_meeting
 from actors.node import HuddleActor, Node
-from actors.token.http import HttpTokenEndpoint
-from bus.embedded import EmbeddedRedis
 from bus.envelope import Envelope
 from bus.messages import Message
-from bus.redis_transport import RedisTransport
 from ops.dataserver.harness import DataServerProcess
+from tests.actors.meeting.conftest import M, sockets
 
 pytestmark = pytest.mark.integration
 
-M = "web-1"
 USER_TOKEN = "user-access-token-XYZ"
-
-
-@pytest.fixture
-def node(redis_server: EmbeddedRedis) -> Iterator[Node]:
-    transport = RedisTransport(redis_server.url, name="meeting-test")
-    node = Node(transport, node_id="meeting-test").start()
-    assert transport.wait_subscribed(10)
-    node.meeting_services = MeetingServices(  # type: ignore[attr-defined]
-        connector=WebSocketConnector(node.io), token_endpoint=HttpTokenEndpoint(),
-        device_url="https://devices.example/d-1")
-    try:
-        yield node
-    finally:
-        for address in [a for a in node.addresses() if a.startswith("meeting-tree:")]:
-            node.stop_actor(address, release=True)
-        node.meeting_services.close(node)  # type: ignore[attr-defined]
-        node.shutdown()
 
 
 def start(node: Node, meeting_id: str = M, **options: Any) -> str:
     return start_meeting(node, meeting_id, node.meeting_services, Secret(USER_TOKEN), **options)  # type: ignore[attr-defined]
-
-
-def sockets(state: dict[str, Any], meeting: str = M, session: str = DEFAULT_SESSION, *,
-            online: bool = True) -> list[dict[str, Any]]:
-    return [s for s in state["sockets"] if s["meeting"] == meeting and s["session"] == session
-            and s["open"] and (s["online"] or not online)]
 
 
 def joined(ds: DataServerProcess, **kw: Any) -> mt.Joined:
