@@ -25,13 +25,14 @@ from bus.messages import Message, message_kind
 
 __all__ = [
     "Admitted",
+    "Announce",
     "CaptionsChanged",
     "DatachannelUrlChanged",
     "Joined",
     "Left",
+    "Lobby",
     "LocusSnapshot",
     "LocusUrlReplaced",
-    "Lobby",
     "MeetingEnded",
     "MeetingState",
     "PracticeDatachannelUrlChanged",
@@ -143,6 +144,16 @@ class LocusSnapshot(Message):
     captions_on: bool = False
 
 
+@message_kind("meeting.announce")
+@dataclass(frozen=True, slots=True)
+class Announce(Message):
+    """A frame the meeting sends on each of its data channels as it comes
+    online (first connect, reconnect, switchover, a practice session that
+    starts later), until replaced by the next announcement."""
+
+    frame: dict[str, Any]
+
+
 @message_kind("meeting.subscribe")
 @dataclass(frozen=True, slots=True)
 class Subscribe(Message):
@@ -184,3 +195,30 @@ class RelayedEvent(Message):
     session: str
     event_type: str
     data: Any = None
+
+
+# -- hosting: the per-node meeting host (``meetings:<node-id>``) ---------------
+
+
+@message_kind("meeting.start")
+@dataclass(frozen=True, slots=True)
+class StartMeeting(Message):
+    """Ask a node's meeting host to start ``meeting_id``'s supervision tree.
+    Answered (as an ask) with the meeting's address once every child is up.
+    ``access_token`` is the user's token for the data channels' authorization
+    frames and the token endpoint: a secret, kept only in the tree's
+    in-memory start arguments."""
+
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("access_token",)
+
+    meeting_id: str
+    access_token: str = field(repr=False)
+    token_auth: bool = True
+
+
+@message_kind("meeting.stop")
+@dataclass(frozen=True, slots=True)
+class StopMeeting(Message):
+    """Stop ``meeting_id``'s tree for good (its sessions close)."""
+
+    meeting_id: str

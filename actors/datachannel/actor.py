@@ -1,0 +1,205 @@
+"""The data-channel session actor: the shell around :mod:`.machine`.
+
+One actor per meeting and session id, at ``datachannel:<meeting>/<session>``
+(:func:`~actors.contracts.datachannel.session_address`). It feeds the core
+every message it accepts (see :mod:`actors.contracts.datachannel`) and
+carries out the effects:
+
+* ``Register`` / ``OpenSocket`` run on the node's I/O loop through the
+  :class:`~actors.datachannel.connector.DataChannelConnector`; outcomes,
+  frames and closes come back as messages tagged with the attempt's
+  generation, from this actor's own address;
+* ``Authorize`` builds the authorization frame from the user's access token,
+  which only this shell holds (start argument, memory only: never in the
+  core's state, a checkpoint, an event or a repr);
+* ``Transmit`` / ``CloseSocket`` / ``AbortSocket`` act on the socket of that
+  generation, if it is still there;
+* the common effects (send, emit, timers, checkpoint, answer) as every
+  :class:`~actors.machine.MachineActor` does.
+
+After a crash the supervisor starts a new incarnation at the same address
+with the last checkpoint (owner, wanted connection, subscriptions,
+watchers): it reconnects and resubscribes by itself. Its generations start
+above the old incarnation's, so nothing the old sockets still say is taken
+for news. Sockets are aborted when the actor crashes and closed (1001) when
+it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from actors.datachannel import machine
+from actors.datachannel.connector import (
+    DataChannelConnector,
+    DataChannelSocket,
+    RegisterError,
+    Registration,
+    SocketOpenError,
+)
+from actors.datachannel.machine import (
+    AbortSocket,
+    Authorize,
+    CloseSocket,
+    OpenSocket,
+    Register,
+    Registered,
+    RegisterFailed,
+    SessionConfig,
+    SessionState,
+    SocketClosed,
+    SocketFrame,
+    SocketOpened,
+    Transmit,
+)
+from actors.io import Outcome
+from actors.machine import Effect, MachineActor
+from actors.node import ActorContext, Node
+from bus.envelope import Envelope
+from bus.messages import Message
+
+__all__ = ["DataChannelSession"]
+
+_HANDLED = frozenset(machine.HANDLED_KINDS)
+_COMPACT = (",", ":")
+
+
+class DataChannelSession(MachineActor):
+    """``DataChannelSession(ctx, meeting_id, session_id, device_url,
+    access_token, connector, *, seed=None, **options)``; ``options`` are
+    :class:`~actors.datachannel.machine.SessionConfig` fields (timeouts,
+    ``max_attempts``, ``jitter``...)."""
+
+    def __init__(self, ctx: ActorContext, meeting_id: str, session_id: str, device_url: str, access_token: str,
+                 connector: DataChannelConnector, *, seed: int | None = None, **options: Any) -> None:
+        super().__init__(ctx)
+        self.config = SessionConfig(meeting_id=meeting_id, session_id=session_id, device_url=device_url, **options)
+        if ctx.address != self.config.address:
+            raise ValueError(f"a data-channel session for {meeting_id}/{session_id} lives at "
+                             f"{self.config.address}, not {ctx.address}")
+        self._access_token = access_token
+        self._connector = connector
+        self._sockets: dict[int, DataChannelSocket] = {}
+        rng_seed = random.getrandbits(64) if seed is None else seed
+        # Generations of incarnation n start at n << 32: never one an older incarnation used.
+        self.state: SessionState
+        self.state, self._first_effects = machine.restore(self.config, ctx.checkpoint, seed=rng_seed,
+                                                          first_gen=(ctx.incarnation << 32) + 1)
+
+    def __repr__(self) -> str:
+        return f"DataChannelSession({self.address}, {self.state.state})"
+
+    def on_start(self) -> None:
+        effects, self._first_effects = self._first_effects, []
+        self.perform_all(effects)
+
+    # -- the core --------------------------------------------------------------
+
+    def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
+        if type(message) not in _HANDLED:
+            return super().step(message, envelope, now)
+        if type(message) is SocketClosed and envelope.sender == self.address:
+            self._sockets.pop(message.gen, None)
+        # The core stamps the wire with wall-clock time; delays are timers.
+        self.state, effects = machine.step(self.state, message, self.node.clock.wall(), sender=envelope.sender,
+                                           asked=envelope.reply_to is not None)
+        return effects
+
+    # -- effects -----------------------------------------------------------------
+
+    def perform(self, effect: Effect) -> None:
+        match effect:
+            case Transmit(gen=gen, frame=frame):
+                self._send(gen, frame)
+            case Register(gen=gen, url=url, device_url=device_url, token=token):
+                self.run_io(self._connector.register(url, device_url, token), _RegisterDone(gen))
+            case OpenSocket(gen=gen, url=url):
+                sock = self._connector.socket(url, SessionSocketEvents(self.node, self.address, gen))
+                self._sockets[gen] = sock
+                self.run_io(sock.open(), _OpenDone(gen))
+            case Authorize(gen=gen, message_id=message_id, tracking_id=tracking_id):
+                self._send(gen, {"id": message_id, "type": "authorization",
+                                 "data": {"token": f"Bearer {self._access_token}"}, "trackingId": tracking_id})
+            case CloseSocket(gen=gen, code=code, reason=reason):
+                sock = self._sockets.get(gen)
+                if sock is not None:
+                    sock.close(code, reason)
+            case AbortSocket(gen=gen):
+                sock = self._sockets.pop(gen, None)
+                if sock is not None:
+                    sock.abort()
+            case _:
+                super().perform(effect)
+
+    def _send(self, gen: int, frame: dict[str, Any]) -> None:
+        sock = self._sockets.get(gen)
+        if sock is not None:
+            sock.send(json.dumps(frame, separators=_COMPACT))
+
+    # -- ending --------------------------------------------------------------------
+
+    def on_stop(self) -> None:
+        sockets, self._sockets = self._sockets, {}
+        for sock in sockets.values():
+            sock.close(1001, "going away")
+        super().on_stop()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        sockets, self._sockets = self._sockets, {}
+        for sock in sockets.values():
+            sock.abort()
+        super().on_failure(*exc_info)
+
+
+class SessionSocketEvents:
+    """Turns one socket's news into messages to its session (I/O loop side)."""
+
+    __slots__ = ("address", "gen", "node")
+
+    def __init__(self, node: Node, address: str, gen: int) -> None:
+        self.node = node
+        self.address = address
+        self.gen = gen
+
+    def on_frame(self, text: str) -> None:
+        self.node.tell(self.address, SocketFrame(gen=self.gen, text=text), sender=self.address)
+
+    def on_close(self, code: int, reason: str) -> None:
+        self.node.tell(self.address, SocketClosed(gen=self.gen, code=code, reason=reason[:200]), sender=self.address)
+
+
+class _RegisterDone:
+    """``run_io`` callback: the register outcome as a message."""
+
+    __slots__ = ("gen",)
+
+    def __init__(self, gen: int) -> None:
+        self.gen = gen
+
+    def __call__(self, outcome: Outcome[Registration]) -> Message:
+        if outcome.ok and outcome.value is not None:
+            return Registered(gen=self.gen, websocket_url=outcome.value.websocket_url, binding=outcome.value.binding)
+        error = outcome.error
+        if isinstance(error, RegisterError):
+            return RegisterFailed(gen=self.gen, status=error.status, reason=error.reason)
+        return RegisterFailed(gen=self.gen, status=0, reason=type(error).__name__)
+
+
+class _OpenDone:
+    """``run_io`` callback: an open socket, or the close its failure stands for."""
+
+    __slots__ = ("gen",)
+
+    def __init__(self, gen: int) -> None:
+        self.gen = gen
+
+    def __call__(self, outcome: Outcome[None]) -> Message:
+        if outcome.ok:
+            return SocketOpened(gen=self.gen)
+        error = outcome.error
+        if isinstance(error, SocketOpenError):
+            return SocketClosed(gen=self.gen, code=error.code, reason=error.reason)
+        return SocketClosed(gen=self.gen, code=1006, reason=type(error).__name__)

@@ -1,0 +1,122 @@
+"""The meeting actor's shell, and the per-meeting supervision tree.
+
+The shell feeds :class:`~actors.meeting.machine.MeetingCore` its messages
+with the sender from the envelope (the core checks who may tell it what)
+and performs the common effects; the meeting has no I/O of its own.
+
+Tree per meeting (DESIGN.md), one supervisor, ``one_for_one``::
+
+    meeting-tree:<id>
+    ├── token:<id>
+    ├── datachannel:<id>/llm-default-session
+    ├── datachannel:<id>/llm-practice-session
+    └── meeting:<id>
+
+The practice session's actor always exists (idle until wanted): an idle
+actor costs a couple of KiB, and a fixed tree keeps restarts simple. The
+meeting starts last, so its claims reach live sessions. A crashed child is
+restarted at its address; the others keep their sockets and tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from actors.context import JobContext, Secret
+from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
+from actors.datachannel.actor import DataChannelSession
+from actors.datachannel.connector import DataChannelConnector
+from actors.machine import Effect, MachineActor
+from actors.meeting.machine import MeetingCore
+from actors.node import ActorContext, Node
+from actors.supervisor import ChildSpec, Supervisor
+from actors.token.actor import TokenActor
+from actors.token.http import TokenEndpoint
+from bus.envelope import Envelope
+from bus.messages import Message
+
+__all__ = ["MeetingActor", "MeetingServices", "meeting_address", "meeting_tree", "start_meeting", "tree_address"]
+
+#: Claim epochs: the lease epoch in the high bits, the incarnation below,
+#: so a restart on this node and a move to another node both claim higher.
+_INCARNATION_BITS = 20
+
+
+def meeting_address(meeting_id: str) -> str:
+    return f"meeting:{meeting_id}"
+
+
+def tree_address(meeting_id: str) -> str:
+    return f"meeting-tree:{meeting_id}"
+
+
+class MeetingActor(MachineActor):
+    """``MeetingActor(ctx, meeting_id, *, token_auth=True)`` at ``meeting:<id>``."""
+
+    def __init__(self, ctx: ActorContext, meeting_id: str, *, token_auth: bool = True) -> None:
+        super().__init__(ctx)
+        if ctx.address != meeting_address(meeting_id):
+            raise ValueError(f"meeting {meeting_id} lives at {meeting_address(meeting_id)}, not {ctx.address}")
+        claim_epoch = (ctx.epoch << _INCARNATION_BITS) + ctx.incarnation
+        self.core, self._first = MeetingCore.start(meeting_id, ctx.address, claim_epoch, ctx.checkpoint,
+                                                   token_auth=token_auth)
+
+    def on_start(self) -> None:
+        first, self._first = self._first, []
+        self.perform_all(first)
+
+    def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
+        try:
+            self.core, effects = self.core.step(message, envelope.sender)
+        except LookupError:
+            return super().step(message, envelope, now)
+        return effects
+
+
+@dataclass(frozen=True)
+class MeetingServices:
+    """What a node's meetings share: the connector and the token endpoint
+    (each one per node), and the device URL this client registers with."""
+
+    connector: DataChannelConnector
+    token_endpoint: TokenEndpoint
+    device_url: str
+
+    def close(self, node: Node, timeout: float = 5.0) -> None:
+        """Release the shared HTTP pools (after the meetings stopped)."""
+        self.connector.close()
+        close = getattr(self.token_endpoint, "close", None)
+        if close is not None:
+            node.io.submit(close()).result(timeout)
+
+
+def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secret, *,
+                 token_auth: bool = True, job: JobContext | None = None,
+                 session_options: dict[str, Any] | None = None) -> list[ChildSpec]:
+    """The children of one meeting's supervisor, in start order. The user's
+    access token stays in these in-memory start arguments: never in a
+    message, an event or a checkpoint."""
+    options = dict(session_options or {})
+    sessions = [
+        ChildSpec(f"datachannel:{meeting_id}/{session}", DataChannelSession,
+                  (meeting_id, session, services.device_url, access_token.reveal(), services.connector), options)
+        for session in (DEFAULT_SESSION, PRACTICE_SESSION)
+    ]
+    return [
+        ChildSpec(token_address(meeting_id), TokenActor, (services.token_endpoint, access_token), {"job": job}),
+        *sessions,
+        ChildSpec(meeting_address(meeting_id), MeetingActor, (meeting_id,), {"token_auth": token_auth}),
+    ]
+
+
+def start_meeting(node: Node, meeting_id: str, services: MeetingServices, access_token: Secret, *,
+                  intensity: int = 5, period: float = 10.0, timeout: float = 10.0, **tree_options: Any) -> str:
+    """Start one meeting's supervision tree on ``node`` and return the
+    meeting's address (where locus events go) once every child is up, so
+    the first locus event finds the meeting there."""
+    children: Sequence[ChildSpec] = meeting_tree(meeting_id, services, access_token, **tree_options)
+    ref = node.spawn(tree_address(meeting_id), Supervisor, children, intensity=intensity, period=period)
+    ref.proxy().which_children().get(timeout=timeout)  # answered after the supervisor's on_start
+    return meeting_address(meeting_id)
