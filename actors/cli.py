@@ -38,6 +38,7 @@ BENCHMARKS = {
     "ask-remote": "10,000 sequential asks across two node processes (baseline: raw redis-py pub/sub ping-pong).",
     "dataserver-sockets": "5,000 raw clients online on one huddle dataserver: time, RSS per socket, fan-out, restart (baseline: bare websockets server).",
     "token-fetch": "1,000 token actors fetch a token each from huddle dataserver over HTTP, then 20,000 grants from held tokens (baseline: the same GETs from one bare aiohttp session).",
+    "meetings": "N meetings (default 1,000; HUDDLE_BENCH_MEETINGS) on 2 node processes against the reference service: settle time, messages and RSS per meeting (baseline: the same sessions as raw websockets clients).",
 }
 
 
@@ -149,6 +150,11 @@ def cmd_node(args: argparse.Namespace) -> int:
             return 2
         for address in args.echo:
             node.spawn(address, Echo)
+        if args.meetings is not None:
+            from actors.meeting.host import MeetingHost, host_address
+
+            device_url = args.meetings or f"https://devices.huddle.local/{node.node_id}"
+            node.spawn(host_address(node.node_id), MeetingHost, device_url)
         if not transport.wait_subscribed(10):
             print("could not subscribe the hosted addresses", file=sys.stderr)
             return 2
@@ -305,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--namespace", default="", help="prefix for every channel, to share one Redis between clusters")
     node.add_argument("--echo", action="append", default=[], metavar="ADDRESS",
                       help="host an Echo actor at ADDRESS (answers sys.ping with sys.pong); repeatable")
+    node.add_argument("--meetings", nargs="?", const="", default=None, metavar="DEVICE_URL",
+                      help="host meetings: a meeting host at meetings:<node-id> starts and stops meeting trees "
+                      "(meeting.start / meeting.stop); DEVICE_URL is what the data channels register with")
     node.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                       help="stop by itself after SECONDS (default: run until SIGINT/SIGTERM)")
     node.add_argument("--ready-file", help="write the node id to this file once the node is up (for scripts)")
