@@ -207,13 +207,24 @@ class StartMeeting(Message):
     Answered (as an ask) with the meeting's address once every child is up.
     ``access_token`` is the user's token for the data channels' authorization
     frames and the token endpoint: a secret, kept only in the tree's
-    in-memory start arguments."""
+    in-memory start arguments.
 
-    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("access_token",)
+    An **agent meeting** also speaks: with ``audio_output`` (an output
+    name) the tree gets an audio output at ``audio:<meeting_id>/<output>``
+    that plays into the WebSocket media endpoint ``media_url`` (the sink
+    wire of :mod:`actors.audio.sinks`) and reports ``playback_started`` /
+    ``playback_finished`` to ``audio_report_to`` (the agent that speaks).
+    ``media_url`` may carry a credential in its query, so it is redacted
+    like a secret."""
+
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("access_token", "media_url")
 
     meeting_id: str
     access_token: str = field(repr=False)
     token_auth: bool = True
+    audio_output: str = ""
+    audio_report_to: str = ""
+    media_url: str = field(default="", repr=False)
 
 
 @message_kind("meeting.stop")

@@ -10,6 +10,7 @@ Tree per meeting (DESIGN.md), one supervisor, ``one_for_one``::
     ├── token:<id>
     ├── datachannel:<id>/llm-default-session
     ├── datachannel:<id>/llm-practice-session
+    ├── audio:<id>/<output>                      (agent meetings)
     └── meeting:<id>
 
 The practice session's actor always exists (idle until wanted): an idle
@@ -21,10 +22,13 @@ restarted at its address; the others keep their sockets and tokens.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from actors.audio.actor import AudioOutput
+from actors.audio.sinks import WebSocketMedia, paced
 from actors.context import JobContext, Secret
+from actors.contracts.audio import output_address
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
 from actors.datachannel.actor import DataChannelSession
 from actors.datachannel.connector import DataChannelConnector
@@ -34,10 +38,12 @@ from actors.node import ActorContext, Node
 from actors.supervisor import ChildSpec, Supervisor
 from actors.token.actor import TokenActor
 from actors.token.http import TokenEndpoint
+from bus.address import parse_address
 from bus.envelope import Envelope
 from bus.messages import Message
 
-__all__ = ["MeetingActor", "MeetingServices", "meeting_address", "meeting_tree", "start_meeting", "tree_address"]
+__all__ = ["AgentAudio", "MeetingActor", "MeetingServices", "meeting_address", "meeting_tree", "start_meeting",
+           "tree_address"]
 
 #: Claim epochs: the lease epoch in the high bits, the incarnation below,
 #: so a restart on this node and a move to another node both claim higher.
@@ -92,12 +98,33 @@ class MeetingServices:
             node.io.submit(close()).result(timeout)
 
 
+@dataclass(frozen=True)
+class AgentAudio:
+    """An agent meeting's voice: the output ``audio:<meeting>/<output>``
+    plays into the WebSocket media endpoint ``media_url`` and reports
+    playback to ``report_to``."""
+
+    output: str
+    report_to: str
+    media_url: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        parse_address(self.report_to)  # raises InvalidAddress: nobody to tell what played
+        if not self.media_url.startswith(("ws://", "wss://")):
+            raise ValueError("an agent's media_url must be a ws:// or wss:// URL")
+
+    def child(self, meeting_id: str) -> ChildSpec:
+        url = self.media_url
+        return ChildSpec(output_address(meeting_id, self.output), AudioOutput, (),
+                         {"report_to": self.report_to, "sink": paced(lambda _ctx: WebSocketMedia(url))})
+
+
 def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secret, *,
                  token_auth: bool = True, job: JobContext | None = None,
-                 session_options: dict[str, Any] | None = None) -> list[ChildSpec]:
+                 session_options: dict[str, Any] | None = None, audio: AgentAudio | None = None) -> list[ChildSpec]:
     """The children of one meeting's supervisor, in start order. The user's
     access token stays in these in-memory start arguments: never in a
-    message, an event or a checkpoint."""
+    message, an event or a checkpoint. ``audio``: an agent meeting's output."""
     options = dict(session_options or {})
     sessions = [
         ChildSpec(f"datachannel:{meeting_id}/{session}", DataChannelSession,
@@ -107,6 +134,7 @@ def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secre
     return [
         ChildSpec(token_address(meeting_id), TokenActor, (services.token_endpoint, access_token), {"job": job}),
         *sessions,
+        *([audio.child(meeting_id)] if audio is not None else []),
         ChildSpec(meeting_address(meeting_id), MeetingActor, (meeting_id,), {"token_auth": token_auth}),
     ]
 

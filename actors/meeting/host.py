@@ -13,7 +13,7 @@ from typing import Any
 from actors.context import Secret
 from actors.contracts import meeting as mt
 from actors.datachannel.connector import WebSocketConnector
-from actors.meeting.actor import MeetingServices, start_meeting, tree_address
+from actors.meeting.actor import AgentAudio, MeetingServices, start_meeting, tree_address
 from actors.node import ActorContext, HuddleActor
 from actors.token.http import HttpTokenEndpoint
 from bus.envelope import Envelope
@@ -39,8 +39,12 @@ class MeetingHost(HuddleActor):
         if isinstance(message, mt.StartMeeting):
             # Waits (briefly, on a compensated pool thread) for the tree's
             # children, so the caller's next locus event finds the meeting.
+            audio = None
+            if message.audio_output:
+                audio = AgentAudio(output=message.audio_output, report_to=message.audio_report_to,
+                                   media_url=message.media_url)
             return start_meeting(self.node, message.meeting_id, self.services, Secret(message.access_token),
-                                 token_auth=message.token_auth, **self.tree_options)
+                                 token_auth=message.token_auth, audio=audio, **self.tree_options)
         if isinstance(message, mt.StopMeeting):
             return self.node.stop_actor(tree_address(message.meeting_id), release=True)
         return super().on_message(message, envelope)

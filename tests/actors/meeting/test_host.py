@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from actors.audio.feeder import FrameFeeder
+from actors.audio.machine import OutputConfig
 from actors.contracts import meeting as mt
+from actors.contracts.audio import PlaybackFinished, frame_bytes, output_address
 from actors.contracts.token import DEFAULT_SESSION
 from actors.meeting.host import MeetingHost, host_address
+from actors.node import RemoteError
+from ops.mediareceiver import ReceiverHarness
+from tests.actors.conftest import Recorder
 from tests.actors.meeting.conftest import sockets
 
 pytestmark = pytest.mark.integration
@@ -22,3 +28,34 @@ def test_start_by_message_then_stop_closes_the_sessions(node, dataserver) -> Non
     assert node.ask(host_address(node.node_id), mt.StopMeeting(meeting_id="h-1")).get(timeout=10) is True
     dataserver.wait_for(lambda s: not sockets(s, "h-1", DEFAULT_SESSION, online=False), 15)
     assert not [a for a in node.addresses() if a.endswith("h-1") or "h-1/" in a]
+
+
+def test_an_agent_meeting_speaks_through_its_audio_output_into_the_media_endpoint(node) -> None:
+    node.spawn(host_address(node.node_id), MeetingHost, "https://devices.example/d-9")
+    heard = Recorder()
+    config = OutputConfig()
+    with ReceiverHarness() as receiver:
+        start = mt.StartMeeting(meeting_id="agent-1", access_token="tok-a", audio_output="voice",
+                                audio_report_to="agent:agent-1", media_url=receiver.url)
+        assert "tok-a" not in repr(start) and receiver.url not in repr(start)
+        assert node.ask(host_address(node.node_id), start).get(timeout=10) == "meeting:agent-1"
+        output = output_address("agent-1", "voice")
+        assert node.lookup(output) is not None
+        pcm = bytes(frame_bytes(config.sample_rate, config.channels, config.frame_ms))
+        node.spawn("agent:agent-1", FrameFeeder, output, sample_rate=config.sample_rate, channels=config.channels,
+                   credit=config.capacity_frames, segments=[("hello", [pcm] * 5)], record=heard.add)
+        assert heard.wait_for(lambda items: any(isinstance(m, PlaybackFinished) for m in items))
+        streams = receiver.wait_for(lambda ss: any(len(s.frames) == 5 for s in ss))
+    finished = [m for m in heard.snapshot() if isinstance(m, PlaybackFinished)]
+    assert finished[0].segment == "hello" and not finished[0].interrupted
+    assert [f[:2] for s in streams for f in s.frames] == [("hello", i) for i in range(5)]
+
+
+def test_an_agent_meeting_without_a_usable_reporter_is_refused_and_the_host_keeps_serving(node) -> None:
+    node.spawn(host_address(node.node_id), MeetingHost, "https://devices.example/d-9")
+    bad = mt.StartMeeting(meeting_id="agent-2", access_token="tok", audio_output="voice", audio_report_to="nobody",
+                          media_url="ws://127.0.0.1:9/media")
+    with pytest.raises(RemoteError):
+        node.ask(host_address(node.node_id), bad).get(timeout=10)
+    assert node.ask(host_address(node.node_id), mt.StartMeeting(meeting_id="h-2", access_token="t")).get(
+        timeout=10) == "meeting:h-2"
