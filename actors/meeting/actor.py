@@ -40,6 +40,7 @@ from actors.token.actor import TokenActor
 from actors.token.http import TokenEndpoint
 from bus.address import parse_address
 from bus.envelope import Envelope
+from bus.errors import TransportError
 from bus.messages import Message
 
 __all__ = ["AgentAudio", "MeetingActor", "MeetingServices", "meeting_address", "meeting_tree", "start_meeting",
@@ -142,9 +143,15 @@ def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secre
 def start_meeting(node: Node, meeting_id: str, services: MeetingServices, access_token: Secret, *,
                   intensity: int = 5, period: float = 10.0, timeout: float = 10.0, **tree_options: Any) -> str:
     """Start one meeting's supervision tree on ``node`` and return the
-    meeting's address (where locus events go) once every child is up, so
-    the first locus event finds the meeting there."""
+    meeting's address (where locus events go) once every child is up and
+    its channel is confirmed subscribed on the bus, so the first locus
+    event finds the meeting there (pub/sub drops what is published to a
+    channel before its subscription is confirmed). Raises
+    :class:`~bus.errors.TransportError` if the bus does not confirm in
+    ``timeout`` seconds."""
     children: Sequence[ChildSpec] = meeting_tree(meeting_id, services, access_token, **tree_options)
     ref = node.spawn(tree_address(meeting_id), Supervisor, children, intensity=intensity, period=period)
     ref.proxy().which_children().get(timeout=timeout)  # answered after the supervisor's on_start
+    if not node.transport.wait_subscribed(timeout):
+        raise TransportError(f"meeting {meeting_id}: its channels were not confirmed subscribed in {timeout:g}s")
     return meeting_address(meeting_id)

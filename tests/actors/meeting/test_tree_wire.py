@@ -159,3 +159,13 @@ def test_relayed_events_reach_the_subscriber_tagged_by_session(node: Node, datas
     assert relayed == {PRACTICE_SESSION: "hello practice", DEFAULT_SESSION: "hello all"}
     phases = [m.phase for m in received if isinstance(m, mt.MeetingState)]
     assert phases[-1] == "admitted"
+
+
+def test_start_meeting_returns_once_every_address_of_the_tree_is_subscribed_on_the_bus(node: Node) -> None:
+    # Pub/sub drops what is published to a channel before its subscription
+    # is confirmed: the first locus event must not be sent into that gap.
+    address = start(node, "reach-1")
+    confirmed = node.transport.subscribed_channels  # type: ignore[attr-defined]
+    tree = [address, dc.session_address("reach-1", DEFAULT_SESSION), dc.session_address("reach-1", PRACTICE_SESSION),
+            token_address("reach-1")]
+    assert [a for a in tree if a not in confirmed] == []
