@@ -2,7 +2,7 @@
 
     huddle node      run a worker node (REDIS_URL, or an embedded Redis)
     huddle inject    send one message to an address through the bus
-    huddle demo      the runtime end to end on an embedded Redis
+    huddle demo      a webinar end to end on one machine
     huddle bench     run a benchmark and print figures next to a baseline
 """
 
@@ -252,9 +252,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from actors.demo import run
+    from ops.demo.webinar import DemoOptions, default_attendees, run
 
-    return run(workers=args.workers, asks=args.asks)
+    attendees = args.attendees if args.attendees is not None else default_attendees()
+    return run(DemoOptions(attendees=attendees, live=False if args.plain else None, fault=args.fault or ""))
+
+
+def _attendees(text: str) -> int:
+    """An argparse type: a number of attendees, 2 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError("a webinar needs at least 2 attendees")
+    return value
 
 
 # -- huddle bench -------------------------------------------------------------
@@ -346,15 +358,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_key_option(inject)
     inject.set_defaults(func=cmd_inject)
 
+    from ops.demo.webinar import FAULTS
+
     demo = sub.add_parser(
         "demo",
-        help="run the runtime end to end on an embedded Redis",
-        description="Start an embedded redis-server and worker node processes, then show asks across processes, "
-        "a crash reported by the runtime and restarted by a supervisor (same address, checkpoint kept), and a "
-        "malformed message turned into a dead letter. Exits 0 only if every check held.",
+        help="a webinar end to end on one machine",
+        description="With nothing configured: start an embedded redis-server, the reference data-channel\n"
+        "service, a media receiver and 2 worker node processes, then run a webinar on them:\n"
+        "  - attendees wait in the lobby and are admitted;\n"
+        "  - panelists are promoted into a practice session;\n"
+        "  - captions are on, so transcription subscriptions are live and captions flow;\n"
+        "  - an incoming call tries to take a data channel it does not own, and is refused;\n"
+        "  - an agent speaks through an audio output, with a false interruption and a real one;\n"
+        "  - one worker is killed (kill -9) and its meetings recover on the other;\n"
+        "  - the data-channel service drops and restarts: everyone reconnects and resubscribes.\n"
+        "A live view shows the progress (plain lines when stdout is not a terminal). The summary\n"
+        "states sessions settled, recoveries and their times, refusals, messages lost and\n"
+        "subscriptions lost. Exit code 0 only when every check held.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="faults (--fault NAME):\n" + "\n".join(f"  {k}: {v}" for k, v in FAULTS.items()),
     )
-    demo.add_argument("--workers", type=int, default=2, help="worker node processes to start (default 2)")
-    demo.add_argument("--asks", type=int, default=200, help="asks per worker (default 200)")
+    demo.add_argument("--attendees", type=_attendees, default=None, metavar="N",
+                      help="participant sessions in the webinar (default: 200 per core, at most 800; 400 on 2 "
+                      "cores); every 10th is a panelist")
+    demo.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
+    demo.add_argument("--fault", choices=sorted(FAULTS), metavar="NAME",
+                      help="inject a fault the demo's checks must catch (exit code 1); see below")
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser(

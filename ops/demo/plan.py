@@ -1,0 +1,103 @@
+"""Who is in the demo's webinar, and where each participant's client runs.
+
+Every participant's client is one meeting actor tree (``meeting:<id>``
+with its token actor and two data-channel sessions), so participant ids are
+meeting ids: ``<webinar>-a0007``. Each has its own data-channel URL on the
+reference service, so the service's records say whose socket is whose.
+
+Pure data: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+
+__all__ = ["SessionKey", "WebinarPlan"]
+
+#: ``(meeting id, session id)``: one data-channel session of one participant.
+SessionKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class WebinarPlan:
+    """``attendees`` participant clients spread round-robin over
+    ``workers``; every ``panelist_every``-th attendee (from the first) is
+    promoted to panelist. One more meeting is the voice agent's, and one
+    address is the incoming call that reaches for a session it does not own.
+    """
+
+    attendees: int
+    workers: tuple[str, ...] = ("demo-w0", "demo-w1")
+    webinar: str = "webinar"
+    panelist_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.attendees < 2:
+            raise ValueError("a webinar needs at least 2 attendees (one panelist, one attendee)")
+        if len(self.workers) < 2:
+            raise ValueError("the demo needs 2 worker nodes (one is killed mid-run)")
+        if self.panelist_every < 2:
+            raise ValueError("panelist_every must be 2 or more")
+
+    @cached_property
+    def attendee_ids(self) -> tuple[str, ...]:
+        return tuple(f"{self.webinar}-a{i:04d}" for i in range(self.attendees))
+
+    @cached_property
+    def panelists(self) -> frozenset[str]:
+        return frozenset(self.attendee_ids[::self.panelist_every])
+
+    @property
+    def agent_meeting(self) -> str:
+        """The voice agent's meeting (admitted, captions off, it speaks)."""
+        return f"{self.webinar}-agent"
+
+    @property
+    def incoming_call(self) -> str:
+        """The meeting id of the incoming call (never joined)."""
+        return f"{self.webinar}-call"
+
+    @property
+    def meetings(self) -> tuple[str, ...]:
+        """Every meeting tree the demo starts: the attendees, then the agent's."""
+        return (*self.attendee_ids, self.agent_meeting)
+
+    @cached_property
+    def _placement(self) -> dict[str, str]:
+        placed = {m: self.workers[i % len(self.workers)] for i, m in enumerate(self.attendee_ids)}
+        placed[self.agent_meeting] = self.workers[0]
+        return placed
+
+    def worker_of(self, meeting: str) -> str:
+        """The worker that hosts ``meeting`` at the start: attendees
+        alternate; the agent's meeting is on the first worker (the one that
+        is never killed). Raises ``KeyError`` for a meeting not in the plan."""
+        return self._placement[meeting]
+
+    def hosted_by(self, worker: str) -> tuple[str, ...]:
+        return tuple(m for m in self.meetings if self.worker_of(m) == worker)
+
+    @property
+    def victim(self) -> str:
+        """The worker killed mid-run."""
+        return self.workers[-1]
+
+    def default_sessions(self) -> frozenset[SessionKey]:
+        """Every participant's default session (the agent's too)."""
+        return frozenset((m, DEFAULT_SESSION) for m in self.meetings)
+
+    def practice_sessions(self) -> frozenset[SessionKey]:
+        return frozenset((m, PRACTICE_SESSION) for m in self.attendee_ids if m in self.panelists)
+
+    def webinar_sessions(self) -> frozenset[SessionKey]:
+        """Every session that is online and subscribed to transcription
+        once the webinar runs: each participant's default session and each
+        panelist's practice session."""
+        return self.default_sessions() | self.practice_sessions()
+
+    def of_meetings(self, keys: frozenset[SessionKey], meetings: tuple[str, ...]) -> frozenset[SessionKey]:
+        chosen = set(meetings)
+        return frozenset(k for k in keys if k[0] in chosen)
