@@ -35,6 +35,7 @@ from actors.supervisor import ChildSpec, Supervisor
 from actors.token.actor import TokenActor
 from actors.token.http import TokenEndpoint
 from bus.envelope import Envelope
+from bus.errors import TransportError
 from bus.messages import Message
 
 __all__ = ["MeetingActor", "MeetingServices", "meeting_address", "meeting_tree", "start_meeting", "tree_address"]
@@ -114,9 +115,12 @@ def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secre
 def start_meeting(node: Node, meeting_id: str, services: MeetingServices, access_token: Secret, *,
                   intensity: int = 5, period: float = 10.0, timeout: float = 10.0, **tree_options: Any) -> str:
     """Start one meeting's supervision tree on ``node`` and return the
-    meeting's address (where locus events go) once every child is up, so
-    the first locus event finds the meeting there."""
+    meeting's address (where locus events go) once every child is up and
+    its channel is subscribed, so the first locus event, sent from any
+    node, finds the meeting there."""
     children: Sequence[ChildSpec] = meeting_tree(meeting_id, services, access_token, **tree_options)
     ref = node.spawn(tree_address(meeting_id), Supervisor, children, intensity=intensity, period=period)
     ref.proxy().which_children().get(timeout=timeout)  # answered after the supervisor's on_start
+    if not node.transport.wait_subscribed(timeout):
+        raise TransportError(f"meeting {meeting_id}: its channels were not subscribed within {timeout:g}s")
     return meeting_address(meeting_id)
