@@ -195,6 +195,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
     import actors.messages  # noqa: F401 - registers the runtime's kinds
 
+    _load_contracts()  # so any session actor's message can be sent (and its answer read)
     bus = bus_of(args, "inject")
     if bus is None:
         return 2

@@ -144,14 +144,11 @@ def start_meeting(node: Node, meeting_id: str, services: MeetingServices, access
                   intensity: int = 5, period: float = 10.0, timeout: float = 10.0, **tree_options: Any) -> str:
     """Start one meeting's supervision tree on ``node`` and return the
     meeting's address (where locus events go) once every child is up and
-    its channel is confirmed subscribed on the bus, so the first locus
-    event finds the meeting there (pub/sub drops what is published to a
-    channel before its subscription is confirmed). Raises
-    :class:`~bus.errors.TransportError` if the bus does not confirm in
-    ``timeout`` seconds."""
+    its channel is subscribed, so the first locus event, sent from any
+    node, finds the meeting there."""
     children: Sequence[ChildSpec] = meeting_tree(meeting_id, services, access_token, **tree_options)
     ref = node.spawn(tree_address(meeting_id), Supervisor, children, intensity=intensity, period=period)
     ref.proxy().which_children().get(timeout=timeout)  # answered after the supervisor's on_start
     if not node.transport.wait_subscribed(timeout):
-        raise TransportError(f"meeting {meeting_id}: its channels were not confirmed subscribed in {timeout:g}s")
+        raise TransportError(f"meeting {meeting_id}: its channels were not subscribed within {timeout:g}s")
     return meeting_address(meeting_id)
