@@ -19,6 +19,12 @@ by the test kit) takes one path, :meth:`Node.receive_bytes`:
    ask that is dead-lettered is answered with an error at once, so the
    asker does not wait for its deadline.
 
+Fencing: an envelope whose ``epoch`` is older than the newest epoch this
+node has seen from the same sender address (in envelopes, or announced by
+the cluster with :meth:`Node.observe_epoch`) comes from a former owner of
+that address and is refused as a ``stale-epoch`` dead letter. Epoch 0 means
+"no epoch" and is never refused.
+
 Asks: the envelope names ``reply_to=node:<id>`` and a correlation id; the
 receiving node turns the handler's return value (or exception) into a
 ``sys.reply`` (or ``sys.error``) back to it. Every ask has a deadline
@@ -44,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
 
 import msgpack
 from pykka import ActorDeadError, ActorRegistry
@@ -70,6 +76,7 @@ from bus.errors import (
     EncodeError,
     HuddleError,
     MailboxFull,
+    StaleEpoch,
     TransportError,
     UnknownAddress,
 )
@@ -337,6 +344,9 @@ class Node:
         self._listeners: list[Callable[[Event], None]] = []
         self._exit_waiters: dict[str, PooledFuture[None]] = {}
         self._release_on_exit: set[str] = set()
+        #: Newest epoch seen from each sender address (fencing).
+        self._epochs: dict[str, int] = {}
+        self._epoch_lock = threading.Lock()
         self._lock = threading.RLock()
         self._closing = False
         self._started = False
@@ -355,7 +365,7 @@ class Node:
         self.transport.start()
         return self
 
-    def __enter__(self) -> Node:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -625,7 +635,29 @@ class Node:
         self.counters["received"] += 1
         self.dispatch(env)
 
+    def observe_epoch(self, address: str, epoch: int) -> None:
+        """``address`` is held under ``epoch`` now: from here on, envelopes
+        from it with an older epoch are refused."""
+        if epoch > self._epochs.get(address, 0):
+            with self._epoch_lock:
+                if epoch > self._epochs.get(address, 0):
+                    self._epochs[address] = epoch
+
+    def newest_epoch(self, address: str) -> int:
+        """The newest epoch seen from ``address`` (0: none)."""
+        return self._epochs.get(address, 0)
+
     def dispatch(self, env: Envelope) -> None:
+        epoch = env.epoch
+        if epoch:
+            sender = env.sender
+            if sender is not None:
+                newest = self._epochs.get(sender, 0)
+                if epoch < newest:
+                    self._refuse(env, "stale-epoch")
+                    return
+                if epoch > newest:
+                    self.observe_epoch(sender, epoch)
         to = env.to
         if to == self.address:
             self._on_reply(env)
@@ -683,13 +715,13 @@ class Node:
         else:
             message = value if isinstance(value, Message) else Reply(value)
         try:
-            self._reply(env, message)
+            self._reply(env, message, epoch=actor.epoch)
         except EncodeError as exc:
-            self._reply(env, ErrorReply(error_type="EncodeError", message=str(exc)))
+            self._reply(env, ErrorReply(error_type="EncodeError", message=str(exc)), epoch=actor.epoch)
 
-    def _reply(self, env: Envelope, message: Message) -> None:
+    def _reply(self, env: Envelope, message: Message, *, epoch: int = 0) -> None:
         assert env.reply_to is not None
-        self.tell(env.reply_to, message, sender=env.to, correlation_id=env.correlation_id)
+        self.tell(env.reply_to, message, sender=env.to, epoch=epoch, correlation_id=env.correlation_id)
 
     def _on_reply(self, env: Envelope) -> None:
         entry = self._pending.pop(env.correlation_id or "", None)
@@ -780,6 +812,7 @@ _REFUSAL_TYPES: dict[str, type[DeliveryError]] = {
     "actor-stopped": ActorStopped,
     "restart-buffer-full": MailboxFull,
     "expired": AskTimeout,
+    "stale-epoch": StaleEpoch,
 }
 
 
