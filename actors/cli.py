@@ -50,11 +50,17 @@ def _redis_url(args: argparse.Namespace) -> str | None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     from actors.builtin import Echo
+    from actors.cluster import cli as cluster_cli
     from actors.node import Node
     from bus.embedded import EmbeddedRedis
     from bus.redis_transport import RedisTransport, mask_url
 
     url = _redis_url(args)
+    if args.drain:
+        if url is None:
+            print("huddle node --drain needs the cluster's bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+            return 2
+        return cluster_cli.drain_node(url, args.drain, args.namespace, timeout=args.run_for or 60.0)
     embedded = None
     if url is None:
         embedded = EmbeddedRedis().start()
@@ -66,6 +72,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     transport = RedisTransport(url, name=args.node_id or "huddle-node")
     node = Node(transport, node_id=args.node_id, namespace=args.namespace)
+    cluster = cluster_cli.join_cluster(node, url, args, stop) if cluster_cli.cluster_requested(args) else None
     try:
         node.start()
         if not transport.wait_subscribed(10):
@@ -73,6 +80,8 @@ def cmd_node(args: argparse.Namespace) -> int:
             return 2
         for address in args.echo:
             node.spawn(address, Echo)
+        if cluster is not None and not cluster_cli.settle_cluster(node, cluster, args.echo, args):
+            return 2
         if not transport.wait_subscribed(10):
             print("could not subscribe the hosted addresses", file=sys.stderr)
             return 2
@@ -214,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                       help="stop by itself after SECONDS (default: run until SIGINT/SIGTERM)")
     node.add_argument("--ready-file", help="write the node id to this file once the node is up (for scripts)")
+    from actors.cluster.cli import add_node_options
+
+    add_node_options(node)
     node.set_defaults(func=cmd_node)
 
     inject = sub.add_parser(

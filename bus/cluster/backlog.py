@@ -40,12 +40,19 @@ already delivered.
 The race: the owner dies between the sender's lookup and the publish
 ----------------------------------------------------------------------
 - Routed sends have no window: lookup and delivery are one script.
-- A fast-path ``PUBLISH`` that Redis handles after the owner's connection
-  closed (``kill -9`` closes it at once) reaches nobody: the count is 0, the
-  sender routes it, ``ROUTE`` finds the dead owner's heartbeat key still
-  there, its ``node:<id>`` channel empty, and appends the envelope to the
-  backlog. When the heartbeat key expires, the survivors adopt the
-  address, and the claim of its new owner delivers the envelope once.
+- A fast-path ``PUBLISH`` that Redis handles after it noticed the owner's
+  connection closed (``kill -9`` closes it; Redis notices within its next
+  event-loop turn) reaches nobody: the count is 0, the sender routes it,
+  ``ROUTE`` finds the dead owner's heartbeat key still there, its
+  ``node:<id>`` channel empty, and appends the envelope to the backlog.
+  When the heartbeat key expires, the survivors adopt the address, and the
+  claim of its new owner delivers the envelope once.
+- A ``PUBLISH`` that Redis handles *before* it noticed (the instant of the
+  death itself; for a host cut off by the network, until TCP gives up) is
+  written to a socket nobody reads, and is lost, like any pub/sub message
+  in flight to a process that dies. If the process was only paused
+  (SIGSTOP) or the partition heals on the same connection, it reads those
+  messages later, finds its lease gone and forwards them (``ROUTE``).
 - The window we do not close: while a **tap or monitor subscribes to X's
   channel**, a fast-path ``PUBLISH`` to a dead owner still counts one
   receiver, so nobody routes it, and it is lost. This lasts from the

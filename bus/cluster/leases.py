@@ -155,6 +155,8 @@ redis.call('SADD', held_key(me), a)
 redis.call('SADD', MEMBERS, me)
 if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8], 'NX') end
 if ARGV[9] ~= '' then redis.call('SET', ckpt_key(a), ARGV[9], 'NX') end
+-- Sent while nobody held it: ours to drain (reported by the next renewal).
+if redis.call('EXISTS', backlog_key(a)) == 1 then redis.call('SADD', backlogged_key(me), a) end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """)
@@ -173,8 +175,8 @@ return 1
 # ARGV: prefix, dead node
 ADOPT = script(r"""
 local dead = ARGV[2]
-if alive(dead) then return {} end
-local out = {}
+if alive(dead) then return {1} end
+local out = {0}
 for _, a in ipairs(redis.call('SMEMBERS', held_key(dead))) do
   local v = redis.call('GET', lease_key(a))
   local e, holder = parse_lease(v)
@@ -317,12 +319,14 @@ class LeaseStore:
         value = await self.client.get(self.keys.checkpoint(address))
         return bytes(value) if value is not None else None
 
-    async def adopt(self, dead: str) -> list[str]:
+    async def adopt(self, dead: str) -> list[str] | None:
         """If ``dead`` is not a live node: void its leases and mark its
         placed addresses unowned. Returns those addresses (empty if another
-        node adopted them first)."""
+        node adopted them first), or None if ``dead`` is still live."""
         reply = await self._adopt(args=[self.keys.prefix, dead])
-        return [_text(a) for a in reply]
+        if int(reply[0]):
+            return None
+        return [_text(a) for a in reply[1:]]
 
     async def leave(self, node: str) -> None:
         """Delete this node's heartbeat key (after it released its leases)."""

@@ -19,14 +19,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
 
 from actors.node import Node
-from bus.address import SYS_EVENTS
+from bus.address import SYS_EVENTS, channel_for
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Codec
 from bus.errors import DecodeError
@@ -136,7 +137,7 @@ class NodeProcess:
 
     def output(self) -> str:
         try:
-            return self.log.read_text(errors="replace")[-4000:]
+            return self.log.read_text(errors="replace")[-40000:]
         except OSError:
             return "(no output)"
 
@@ -150,19 +151,25 @@ class NodeProcesses:
         self.workdir = workdir
         self.started: list[NodeProcess] = []
 
-    def start(self, *echo: str, node_id: str | None = None, wait: bool = True) -> NodeProcess:
-        """Start a node hosting an Echo at each of ``echo``; with ``wait``,
-        return once it is ready (see :meth:`wait_ready`)."""
+    def start(self, *echo: str, node_id: str | None = None, wait: bool = True, options: Sequence[str] = (),
+              redis_url: str | None = None) -> NodeProcess:
+        """Start a node hosting an Echo at each of ``echo``, with more
+        ``huddle node`` ``options``; with ``wait``, return once it is ready
+        (see :meth:`wait_ready`)."""
         node_id = node_id or unique("node")
         ready = self.workdir / f"{node_id}.ready"
         log = self.workdir / f"{node_id}.log"
-        cmd = huddle_cmd("node", "--redis-url", self.redis_url, "--node-id", node_id, "--ready-file", str(ready))
+        cmd = huddle_cmd("node", "--redis-url", redis_url or self.redis_url, "--node-id", node_id,
+                         "--ready-file", str(ready), *options)
         for address in echo:
             cmd += ["--echo", address]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     cwd=REPO_ROOT)
-        node = NodeProcess(proc, node_id, ready, log, channels=1 + len(echo))
+        # A cluster node also listens on sys:nodes, node:<id>/cluster and its
+        # actors' channels: its ready file is written once those are live.
+        clustered = any(o.startswith(("--cluster", "--actors", "--lease-ttl", "--heartbeat")) for o in options)
+        node = NodeProcess(proc, node_id, ready, log, channels=0 if clustered else 1 + len(echo))
         self.started.append(node)
         if wait:
             self.wait_ready(node)
@@ -174,8 +181,9 @@ class NodeProcesses:
         ready file before its Echo subscriptions are confirmed, so the file
         alone does not mean a message to ``echo:1`` would be heard."""
         node.wait_ready()
-        wait_until(lambda: subscriber_channels(self.client, node.node_id) == node.channels,
-                   f"node {node.node_id} subscribed to {node.channels} channels")
+        if node.channels:
+            wait_until(lambda: subscriber_channels(self.client, node.node_id) == node.channels,
+                       f"node {node.node_id} subscribed to {node.channels} channels")
 
     def stop_all(self) -> None:
         errors = []
@@ -228,6 +236,20 @@ class EventLog:
         with self._cond:
             return [e for e in self.events if _matches(e, fields)]
 
+    def wait_match(self, predicate: Callable[[Event], bool], what: str, timeout: float = DEADLINE) -> Event:
+        """The first event for which ``predicate`` holds; fails after ``timeout``."""
+        found: list[Event] = []
+
+        def seen() -> bool:
+            found[:] = [e for e in self.events if predicate(e)]
+            return bool(found)
+
+        with self._cond:
+            if not self._cond.wait_for(seen, timeout):
+                recent = [(e.event, e.node, e.address, e.reason) for e in self.events[-10:]]
+                raise AssertionError(f"no event {what} within {timeout:g}s; last events: {recent}")
+        return found[0]
+
     def wait_for(self, timeout: float = DEADLINE, **fields: object) -> Event:
         """The first event whose fields equal ``fields`` (``detail_*`` keys
         match inside ``detail``); fails after ``timeout`` seconds."""
@@ -254,19 +276,27 @@ def _matches(event: Event, fields: dict[str, object]) -> bool:
     return True
 
 
-@pytest.fixture
-def events(redis_url: str) -> Iterator[EventLog]:
-    """Listens on ``sys:events`` from before the test starts anything."""
+@contextmanager
+def listening(redis_url: str, namespace: str = "") -> Iterator[EventLog]:
+    """An :class:`EventLog` of ``<namespace>sys:events``, subscribed before
+    this returns."""
     log = EventLog()
     transport = RedisTransport(redis_url, name=unique("test-events"))
     transport.set_receiver(log)
     transport.start()
     try:
-        transport.subscribe(SYS_EVENTS)
+        transport.subscribe(channel_for(SYS_EVENTS, namespace))
         assert transport.wait_subscribed(DEADLINE), "could not subscribe to sys:events"
         yield log
     finally:
         transport.close()
+
+
+@pytest.fixture
+def events(redis_url: str) -> Iterator[EventLog]:
+    """Listens on ``sys:events`` from before the test starts anything."""
+    with listening(redis_url) as log:
+        yield log
 
 
 # -- the test process as a node -----------------------------------------------

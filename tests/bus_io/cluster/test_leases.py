@@ -152,6 +152,16 @@ def test_restore_rewrites_our_lease_under_the_same_epoch_unless_someone_claimed(
     assert not cr.run(cr.leases.restore("a:1", "n1", lease.epoch, ttl=5))
 
 
+def test_what_waited_while_nobody_held_it_is_drained_after_a_restore(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    cr.sync.delete(cr.keys.lease("a:1"))  # Redis lost it
+    assert cr.run(cr.backlog.route("a:1", b"env", "id1", me="sender")).outcome == "backlogged"
+    assert cr.run(cr.leases.restore("a:1", "n1", lease.epoch, ttl=5))
+    assert cr.heartbeat("n1", {"a:1": lease.epoch}).backlogged == ("a:1",)
+    assert cr.run(cr.backlog.drain("a:1", me="n1", epoch=lease.epoch)) == [b"env"]
+
+
 def test_checkpoints_are_written_only_under_the_current_lease(cr: ClusterRedis) -> None:
     cr.heartbeat("n1")
     cr.heartbeat("n2")
@@ -176,7 +186,7 @@ def test_adopting_a_dead_node_frees_its_placed_addresses_once(cr: ClusterRedis) 
     cr.heartbeat("n2")
     cr.run(cr.leases.claim("a:placed", "dead", ttl=30, spec=b"args"))
     cr.run(cr.leases.claim("a:child", "dead", ttl=30))
-    assert cr.run(cr.leases.adopt("dead")) == []  # still alive: nothing to adopt
+    assert cr.run(cr.leases.adopt("dead")) is None  # still alive: nothing to adopt
     cr.kill("dead")
     assert cr.run(cr.leases.adopt("dead")) == ["a:placed"]
     assert cr.run(cr.leases.adopt("dead")) == []
