@@ -32,6 +32,8 @@ BENCHMARKS = {
     "tell-local": "10,000 actors, 1,000,000 tells on one node (baseline: pykka ThreadingActor).",
     "tell-remote": "two node processes over a real Redis, 500,000 tells across (baseline: raw redis-py pipelined publish -> subscriber).",
     "ask-remote": "10,000 sequential asks across two node processes (baseline: raw redis-py pub/sub ping-pong).",
+    "failover": "3 cluster node processes, 1,000 stateful actors; kill -9 one: seconds until each of its actors is live elsewhere (baseline: the detection delay).",
+    "chaos": "a bounded soak (--minutes) that kills, pauses and restarts nodes and Redis; invariants from sys:events, sys:nodes and the fencing log (baseline: the same load without chaos).",
 }
 
 
@@ -190,6 +192,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cmd.append("--quick")
     if args.json_out:
         cmd += ["--json-out", args.json_out]
+    if args.minutes is not None:
+        cmd += ["--minutes", str(args.minutes)]
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
@@ -270,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME", help=", ".join(sorted(BENCHMARKS)))
     bench.add_argument("--quick", action="store_true", help="a smaller run (smoke check, figures not comparable)")
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON object to FILE")
+    bench.add_argument("--minutes", type=float, default=None, help="how long a soak runs (chaos)")
     bench.set_defaults(func=cmd_bench)
 
     for module in COMMAND_MODULES:

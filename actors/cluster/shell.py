@@ -220,6 +220,7 @@ class RedisCheckpoints:
         self._cache: dict[str, bytes] = {}
         self._pending: dict[str, tuple[int, bytes]] = {}
         self._writing: dict[str, asyncio.Event] = {}
+        self._accepted: dict[str, bool] = {}
 
     def save(self, address: str, epoch: int, data: bytes) -> bool:
         cluster = self._cluster
@@ -243,6 +244,7 @@ class RedisCheckpoints:
     def delete(self, address: str) -> None:
         with self._lock:
             self._cache.pop(address, None)
+            self._accepted.pop(address, None)
 
     def remember(self, address: str, data: bytes | None) -> None:
         """The stored checkpoint an activation brought."""
@@ -268,14 +270,17 @@ class RedisCheckpoints:
             while True:
                 try:
                     ok = await cluster.leases.save_checkpoint(address, cluster.me, epoch, data,
-                                                              log=cluster.config.fencing_log, note=data[:512].hex())
+                                                              log=cluster.config.fencing_log)
                 except Exception as exc:  # noqa: BLE001 - Redis away: retry while the lease may still be ours
                     if cluster.may_send(address, epoch):
                         log.debug("checkpoint of %s not written yet: %r", address, exc)
                         await asyncio.sleep(cluster.config.heartbeat_interval / 2)
                         continue
                     cluster.node.emit("checkpoint-refused", address, reason="unreachable", detail={"epoch": epoch})
+                    ok = False
                     break
+                with self._lock:
+                    self._accepted[address] = ok
                 if not ok:
                     cluster.node.emit("checkpoint-refused", address, reason="stale-epoch", detail={"epoch": epoch})
                     cluster.feed(LeaseTroubled(address))
@@ -287,6 +292,14 @@ class RedisCheckpoints:
             done = self._writing.get(address)
         if done is not None:
             await done.wait()
+
+    async def confirm(self, address: str) -> bool:
+        """On the node's I/O loop: True once every checkpoint saved so far
+        for ``address`` is in Redis, under its lease; False if the last
+        write was refused or given up."""
+        await self.flush(address)
+        with self._lock:
+            return self._accepted.get(address, False)
 
 
 class Cluster:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,15 +24,18 @@ from actors.cluster import Cluster, ClusterConfig
 from actors.node import Node
 from bus.address import channel_for
 from bus.cluster.keys import ClusterKeys
+from bus.cluster.placement import owner_of
 from bus.embedded import EmbeddedRedis
 from bus.messages import Event, Ping, Pong
 from bus.redis_transport import RedisTransport
 
 from .conftest import (
     DEADLINE,
+    REPO_ROOT,
     EventLog,
     NodeProcess,
     NodeProcesses,
+    huddle_cmd,
     listening,
     unique,
     wait_until,
@@ -275,3 +279,55 @@ def test_all_nodes_recover_when_redis_restarts(node_procs: NodeProcesses, fresh_
             got = cluster_run.value(address)
             assert got["count"] == 2 and got["node"] == owner
             assert cluster_run.add(address, 1, tag="post") == 3
+
+
+def test_drain_hands_a_nodes_actors_over_and_it_exits(run: ClusterRun, redis_url: str, tmp_path: Any) -> None:
+    a = run.node(wait=False)
+    b = run.node(wait=False)
+    for node in (a, b):
+        run.procs.wait_ready(node)
+    owners = run.counters(8)
+    for address in owners:
+        run.add(address, 4, tag="kept")
+    on_a = [address for address, owner in owners.items() if owner == a.node_id]
+    drain = subprocess.run(huddle_cmd("node", "--redis-url", redis_url, "--namespace", run.namespace,
+                                      "--drain", a.node_id, "--run-for", str(DEADLINE)),
+                           capture_output=True, text=True, timeout=DEADLINE + 10, cwd=REPO_ROOT)
+    assert drain.returncode == 0, drain.stderr
+    assert f"handing off {len(on_a)} placed actor(s)" in drain.stdout
+    assert a.proc.wait(DEADLINE) == 0  # it left and stopped by itself
+    run.events.wait_for(event="left", node=a.node_id)
+    for address in owners:
+        got = run.value(address)
+        assert got["node"] == b.node_id and got["count"] == 4 and got["tags"] == ["kept"]
+    assert not run.events.matching(event="lease-lost")
+
+
+def test_a_joining_node_takes_over_its_share_by_hand_off(run: ClusterRun) -> None:
+    a = run.node()
+    owners = run.counters(10)
+    for address in owners:
+        assert owners[address] == a.node_id
+        run.add(address, 2, tag="first")
+    b = run.node()
+    hosts = {a.node_id: 1.0, b.node_id: 1.0}
+    moving = [address for address in owners if owner_of(address, hosts) == b.node_id]
+    for address in moving:
+        run.events.wait_for(event="handoff", node=a.node_id, address=address)
+        run.events.wait_for(event="started", node=b.node_id, address=address)
+    for address in owners:
+        got = run.value(address)
+        assert got["count"] == 2 and got["tags"] == ["first"]
+        assert got["node"] == (b.node_id if address in moving else a.node_id)
+
+
+def test_sigterm_leaves_the_cluster_cleanly(run: ClusterRun) -> None:
+    a = run.node(wait=False)
+    b = run.node(wait=False)
+    for node in (a, b):
+        run.procs.wait_ready(node)
+    owners = run.counters(6)
+    assert a.terminate() == 0
+    run.events.wait_for(event="left", node=a.node_id)
+    for address in owners:
+        assert run.value(address)["node"] == b.node_id

@@ -7,13 +7,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import msgpack
 import pytest
 import redis
 
 from actors.builtin import CounterAdd, CounterGet, Echo
 from actors.cluster import ClusterConfig, encode_start_args
 from actors.messages import ChildExit
-from actors.node import Node
+from actors.node import HuddleActor, Node
 from actors.supervisor import ChildSpec, Supervisor
 from bus.address import channel_for
 from bus.cluster.placement import owner_of
@@ -300,3 +301,34 @@ def test_nodes_recover_from_a_redis_restart(private_rig: tuple[Rig, Any]) -> Non
         assert all(raw.get(keys.spec(a)) is not None for a in addresses)
     finally:
         raw.close()
+
+
+def test_a_counter_acknowledges_an_addition_once_its_checkpoint_is_stored(rig: Rig) -> None:
+    from actors.builtin import CounterAck
+
+    acks: list[CounterAck] = []
+    got = threading.Event()
+
+    class Acks(HuddleActor):
+        def on_message(self, message: Message, envelope: Envelope) -> Any:
+            if isinstance(message, CounterAck):
+                acks.append(message)
+                got.set()
+                return None
+            return super().on_message(message, envelope)
+
+    a = rig.add("a")
+    client = rig.add("client", kinds=())
+    rig.nodes["client"].spawn("acks:1", Acks)
+    rig.events.wait(event="started", node="client", address="acks:1")
+    client.ensure("counter:ack").get(timeout=DEADLINE)
+    rig.nodes["client"].tell("counter:ack", CounterAdd(n=2, tag="t", ack_to="acks:1"))
+    assert got.wait(DEADLINE)
+    raw = redis.Redis.from_url(rig.url)
+    try:
+        stored = msgpack.unpackb(raw.get(a.leases.keys.checkpoint("counter:ack")), raw=False)
+    finally:
+        raw.close()
+    assert stored["count"] == 2 and stored["tags"] == ["t"]
+    assert acks[0].address == "counter:ack" and acks[0].tag == "t" and acks[0].count == 2
+    assert acks[0].epoch == a.state.leases["counter:ack"].epoch
