@@ -39,6 +39,8 @@ BENCHMARKS = {
     "dataserver-sockets": "5,000 raw clients online on one huddle dataserver: time, RSS per socket, fan-out, restart (baseline: bare websockets server).",
     "token-fetch": "1,000 token actors fetch a token each from huddle dataserver over HTTP, then 20,000 grants from held tokens (baseline: the same GETs from one bare aiohttp session).",
     "meetings": "N meetings (default 1,000; HUDDLE_BENCH_MEETINGS) on 2 node processes against the reference service: settle time, messages and RSS per meeting (baseline: the same sessions as raw websockets clients).",
+    "failover": "3 cluster node processes, 1,000 stateful actors; kill -9 one: seconds until each of its actors is live elsewhere (baseline: the detection delay).",
+    "chaos": "a bounded soak (--minutes) that kills, pauses and restarts nodes and Redis; invariants from sys:events, sys:nodes and the fencing log (baseline: the same load without chaos).",
 }
 
 
@@ -112,6 +114,7 @@ def _load_contracts() -> None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     from actors.builtin import Echo
+    from actors.cluster import cli as cluster_cli
     from actors.metrics import MetricsPublisher
     from actors.node import Node
     from actors.prometheus import serve_metrics
@@ -122,10 +125,15 @@ def cmd_node(args: argparse.Namespace) -> int:
     _load_contracts()
     from bus.redis_transport import RedisTransport, mask_url
 
+    url = redis_url_of(args)
+    if args.drain:
+        if url is None:
+            print("huddle node --drain needs the cluster's bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+            return 2
+        return cluster_cli.drain_node(url, args.drain, args.namespace, timeout=args.run_for or 60.0)
     codec = cluster_codec(args)
     if codec is None:
         return 2
-    url = redis_url_of(args)
     embedded = None
     if url is None:
         embedded = EmbeddedRedis().start()
@@ -137,6 +145,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     transport = RedisTransport(url, name=args.node_id or "huddle-node")
     node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)
+    cluster = cluster_cli.join_cluster(node, url, args, stop) if cluster_cli.cluster_requested(args) else None
     publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
     endpoint = None
     try:
@@ -150,11 +159,15 @@ def cmd_node(args: argparse.Namespace) -> int:
             return 2
         for address in args.echo:
             node.spawn(address, Echo)
+        hosted = list(args.echo)
         if args.meetings is not None:
             from actors.meeting.host import MeetingHost, host_address
 
             device_url = args.meetings or f"https://devices.huddle.local/{node.node_id}"
             node.spawn(host_address(node.node_id), MeetingHost, device_url)
+            hosted.append(host_address(node.node_id))
+        if cluster is not None and not cluster_cli.settle_cluster(node, cluster, hosted, args):
+            return 2
         if not transport.wait_subscribed(10):
             print("could not subscribe the hosted addresses", file=sys.stderr)
             return 2
@@ -283,6 +296,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cmd.append("--quick")
     if args.json_out:
         cmd += ["--json-out", args.json_out]
+    if args.minutes is not None:
+        cmd += ["--minutes", str(args.minutes)]
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
@@ -337,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="serve Prometheus figures at http://HOST:PORT/metrics (0: any free port, printed)")
     node.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                       help="address the metrics endpoint binds (default 127.0.0.1)")
+    from actors.cluster.cli import add_node_options
+
+    add_node_options(node)
     node.set_defaults(func=cmd_node)
 
     inject = sub.add_parser(
@@ -399,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME", help=", ".join(sorted(BENCHMARKS)))
     bench.add_argument("--quick", action="store_true", help="a smaller run (smoke check, figures not comparable)")
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON object to FILE")
+    bench.add_argument("--minutes", type=float, default=None, help="how long a soak runs (chaos)")
     bench.set_defaults(func=cmd_bench)
 
     for module in COMMAND_MODULES:
