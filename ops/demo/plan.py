@@ -81,6 +81,13 @@ class WebinarPlan:
         return tuple(m for m in self.meetings if self.worker_of(m) == worker)
 
     @property
+    def fault_target(self) -> str:
+        """The attendee whose data channel ``--fault`` breaks (not the
+        first, a panelist; not the second, whose channel the incoming call
+        reaches for)."""
+        return self.attendee_ids[min(2, self.attendees - 1)]
+
+    @property
     def victim(self) -> str:
         """The worker killed mid-run."""
         return self.workers[-1]

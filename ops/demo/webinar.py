@@ -116,8 +116,8 @@ PHASES: tuple[tuple[str, str], ...] = (
 )
 
 FAULTS: dict[str, str] = {
-    "register-refused": "the service refuses one data channel's register call with HTTP 400, so that session "
-    "gives up and the webinar cannot settle (the demo must then fail)",
+    "datachannel-refused": "the service refuses one attendee's data-channel socket with close code 4403, so that "
+    "session gives up for good and the webinar cannot settle (the demo must then fail)",
 }
 
 
@@ -251,9 +251,10 @@ class Webinar:
 
     def phase_admit(self) -> None:
         ds, plan = self._ds(), self.plan
-        if self.options.fault == "register-refused":
-            ds.fault(register_fail_next={"status": 400, "count": 1})
-            self.view.note("fault injected: the service will refuse the next register call with HTTP 400")
+        if self.options.fault == "datachannel-refused":
+            target = plan.fault_target
+            ds.fault(refuse_next={"meeting": target, "session": DEFAULT_SESSION, "code": 4403, "count": 1})
+            self.view.note(f"fault injected: the service will refuse {target}'s data-channel socket with 4403")
         for meeting in plan.attendee_ids:
             self._tell(meeting, mt.Admitted())
         agent = plan.agent_meeting
@@ -524,10 +525,19 @@ class Webinar:
             _PAUSE.wait(POLL_S if service else POLL_S / 4)
 
     def _failed(self, keys: Iterable[SessionKey]) -> Callable[[], set[SessionKey]]:
-        """Of ``keys``, those that gave up (``failed``: refused by the
-        service, they will not try again)."""
+        """Of ``keys``, those that can no longer come: a session that gave
+        up (``failed``: refused by the service, it will not try again), and
+        the practice session of a meeting whose default session did (a
+        practice session connects only once the default is online)."""
         wanted = frozenset(keys)
-        return lambda: self.ledger.in_state(wanted, (dc.FAILED,))
+        defaults = frozenset((m, DEFAULT_SESSION) for m, _s in wanted)
+
+        def hopeless() -> set[SessionKey]:
+            failed = self.ledger.in_state(wanted | defaults, (dc.FAILED,))
+            meetings = {m for m, s in failed if s == DEFAULT_SESSION}
+            return {k for k in wanted if k in failed or k[0] in meetings}
+
+        return hopeless
 
     def _online(self, keys: Iterable[SessionKey]) -> set[SessionKey]:
         """Online as the application was told, on exactly one socket as the service sees it."""

@@ -70,7 +70,7 @@ def test_the_short_demo_settles_recovers_and_loses_nothing() -> None:
 
 @pytest.mark.timeout(120)
 def test_a_fault_the_checks_must_catch_gives_a_non_zero_exit() -> None:
-    proc = run_demo("--plain", "--fault", "register-refused")
+    proc = run_demo("--plain", "--fault", "datachannel-refused")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "result: FAILED" in out
