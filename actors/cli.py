@@ -145,7 +145,22 @@ def cmd_node(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     transport = RedisTransport(url, name=args.node_id or "huddle-node")
     node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)
-    cluster = cluster_cli.join_cluster(node, url, args, stop) if cluster_cli.cluster_requested(args) else None
+    meetings = None
+    if args.meetings is not None:
+        from actors.meeting.host import TREE_KIND, MissingAccessToken, NodeMeetings, read_access_token
+
+        try:
+            token = read_access_token(args.meetings_token_file) if args.meetings_token_file else None
+        except MissingAccessToken as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 2
+        meetings = NodeMeetings(node, args.meetings or f"https://devices.huddle.local/{node.node_id}",
+                                access_token=token)
+    cluster = None
+    if cluster_cli.cluster_requested(args):
+        # This node starts meeting trees by itself (placement, failover) when it hosts meetings.
+        factories = {TREE_KIND: meetings.tree} if meetings is not None else {}
+        cluster = cluster_cli.join_cluster(node, url, args, stop, factories)
     publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
     endpoint = None
     try:
@@ -160,11 +175,10 @@ def cmd_node(args: argparse.Namespace) -> int:
         for address in args.echo:
             node.spawn(address, Echo)
         hosted = list(args.echo)
-        if args.meetings is not None:
+        if meetings is not None:
             from actors.meeting.host import MeetingHost, host_address
 
-            device_url = args.meetings or f"https://devices.huddle.local/{node.node_id}"
-            node.spawn(host_address(node.node_id), MeetingHost, device_url)
+            node.spawn(host_address(node.node_id), MeetingHost, meetings=meetings)
             hosted.append(host_address(node.node_id))
         if cluster is not None and not cluster_cli.settle_cluster(node, cluster, hosted, args):
             return 2
@@ -341,7 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="host an Echo actor at ADDRESS (answers sys.ping with sys.pong); repeatable")
     node.add_argument("--meetings", nargs="?", const="", default=None, metavar="DEVICE_URL",
                       help="host meetings: a meeting host at meetings:<node-id> starts and stops meeting trees "
-                      "(meeting.start / meeting.stop); DEVICE_URL is what the data channels register with")
+                      "(meeting.start / meeting.stop); DEVICE_URL is what the data channels register with. In a "
+                      "cluster the trees are placed, and re-activated elsewhere when their node dies")
+    node.add_argument("--meetings-token-file", metavar="FILE",
+                      help="the access token (first line of FILE) of meetings that start on this node without "
+                      "one of their own: placed here by the cluster, or re-activated after a failover")
     node.add_argument("--run-for", type=float, default=None, metavar="SECONDS",
                       help="stop by itself after SECONDS (default: run until SIGINT/SIGTERM)")
     node.add_argument("--ready-file", help="write the node id to this file once the node is up (for scripts)")

@@ -16,6 +16,7 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -71,16 +72,19 @@ def _config(args: argparse.Namespace) -> Any:
     return ClusterConfig(**options)
 
 
-def join_cluster(node: Node, url: str, args: argparse.Namespace, stop: threading.Event) -> Cluster:
+def join_cluster(node: Node, url: str, args: argparse.Namespace, stop: threading.Event,
+                 factories: Mapping[str, Callable[..., Any]] | None = None) -> Cluster:
     """Make ``node`` a cluster member as ``args`` say (before ``node.start``
-    hosts anything); ``stop`` is set when the node has left (e.g. drained)."""
+    hosts anything); ``stop`` is set when the node has left (e.g. drained).
+    ``factories``: more kinds this node starts by itself (e.g. the meeting
+    trees of ``--meetings``), next to the built-in ones ``--actors`` names."""
     from actors.builtin import BUILTIN_FACTORIES
     from actors.cluster.shell import ActorFactories, Cluster
 
     unknown = [k for k in args.actors if k not in BUILTIN_FACTORIES]
     if unknown:
         raise SystemExit(f"unknown actor kind(s) {unknown}; built-in: {sorted(BUILTIN_FACTORIES)}")
-    factories = ActorFactories({k: BUILTIN_FACTORIES[k] for k in args.actors})
+    factories = ActorFactories({**{k: BUILTIN_FACTORIES[k] for k in args.actors}, **(factories or {})})
     cluster = Cluster(node, url, config=_config(args), factories=factories)
 
     def stop_when_left() -> None:

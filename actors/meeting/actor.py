@@ -43,20 +43,33 @@ from bus.envelope import Envelope
 from bus.errors import TransportError
 from bus.messages import Message
 
-__all__ = ["AgentAudio", "MeetingActor", "MeetingServices", "meeting_address", "meeting_tree", "start_meeting",
-           "tree_address"]
+__all__ = ["TREE_KIND", "AgentAudio", "MeetingActor", "MeetingServices", "meeting_address", "meeting_tree",
+           "start_meeting", "tree_address"]
 
-#: Claim epochs: the lease epoch in the high bits, the incarnation below,
-#: so a restart on this node and a move to another node both claim higher.
-_INCARNATION_BITS = 20
+
+def claim_epoch(lease_epoch: int, incarnation: int) -> int:
+    """The epoch a meeting incarnation claims its sessions with: higher
+    after a restart on this node (the incarnation grows) and after a move
+    to another node (the cluster's lease epochs are microsecond clock
+    readings that only grow, so the next lease is ahead of any number of
+    restarts under the last). A sum, not a bit shift: lease epochs already
+    take about 51 of the 64 bits a msgpack integer has."""
+    return lease_epoch + incarnation
 
 
 def meeting_address(meeting_id: str) -> str:
     return f"meeting:{meeting_id}"
 
 
+#: The address kind of a meeting's supervisor (the tree's root).
+TREE_KIND = "meeting-tree"
+#: A meeting tree's restart intensity: restarts allowed within the period (s).
+TREE_INTENSITY = 5
+TREE_PERIOD = 10.0
+
+
 def tree_address(meeting_id: str) -> str:
-    return f"meeting-tree:{meeting_id}"
+    return f"{TREE_KIND}:{meeting_id}"
 
 
 class MeetingActor(MachineActor):
@@ -66,8 +79,8 @@ class MeetingActor(MachineActor):
         super().__init__(ctx)
         if ctx.address != meeting_address(meeting_id):
             raise ValueError(f"meeting {meeting_id} lives at {meeting_address(meeting_id)}, not {ctx.address}")
-        claim_epoch = (ctx.epoch << _INCARNATION_BITS) + ctx.incarnation
-        self.core, self._first = MeetingCore.start(meeting_id, ctx.address, claim_epoch, ctx.checkpoint,
+        self.core, self._first = MeetingCore.start(meeting_id, ctx.address, claim_epoch(ctx.epoch, ctx.incarnation),
+                                                   ctx.checkpoint,
                                                    token_auth=token_auth)
 
     def on_start(self) -> None:
@@ -141,7 +154,8 @@ def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secre
 
 
 def start_meeting(node: Node, meeting_id: str, services: MeetingServices, access_token: Secret, *,
-                  intensity: int = 5, period: float = 10.0, timeout: float = 10.0, **tree_options: Any) -> str:
+                  intensity: int = TREE_INTENSITY, period: float = TREE_PERIOD, timeout: float = 10.0,
+                  **tree_options: Any) -> str:
     """Start one meeting's supervision tree on ``node`` and return the
     meeting's address (where locus events go) once every child is up and
     its channel is subscribed, so the first locus event, sent from any

@@ -11,6 +11,7 @@ from typing import Any
 
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
+from actors.contracts.audio import PlaybackFinished, PlaybackStarted
 from actors.node import ActorContext, HuddleActor
 from bus.envelope import Envelope
 from bus.messages import Message
@@ -22,15 +23,17 @@ __all__ = ["IncomingCall", "WebinarApp"]
 class WebinarApp(HuddleActor):
     """``WebinarApp(ctx, ledger)``: the application's address. Records every
     meeting output (:class:`~actors.contracts.meeting.MeetingState`,
-    ``SessionState``, ``RelayedEvent``) in ``ledger``; anything else is a
-    dead letter, as for any actor."""
+    ``SessionState``, ``RelayedEvent``) and what the agent's audio output
+    reports (``playback_started`` / ``playback_finished``) in ``ledger``;
+    anything else is a dead letter, as for any actor."""
 
     def __init__(self, ctx: ActorContext, ledger: AppLedger) -> None:
         super().__init__(ctx)
         self.ledger = ledger
 
     def on_message(self, message: Message, envelope: Envelope) -> Any:
-        if isinstance(message, mt.MeetingState | mt.SessionState | mt.RelayedEvent):
+        if isinstance(message, mt.MeetingState | mt.SessionState | mt.RelayedEvent | PlaybackStarted
+                      | PlaybackFinished):
             self.ledger.record(message)
             return None
         return super().on_message(message, envelope)

@@ -40,7 +40,7 @@ CAPTION_EVENT = "relay.event"
 
 #: ``sys:events`` the ledger keeps (everything else is only counted).
 KEPT_EVENTS = frozenset({"refused-not-owner", "dead-letter", "crashed", "restarted", "escalated", "bad-input",
-                         "command-rejected", "lease-acquired", "lease-lost", "playback-finished"})
+                         "command-rejected", "lease-lost", "adopted", "activation-failed", "playback-finished"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +148,12 @@ class AppLedger:
                 elif left:
                     return at
             return None
+
+    def reported_after(self, key: SessionKey, after: float, state: str) -> float | None:
+        """When ``key`` was first reported in ``state`` after ``after``
+        (``None``: not yet)."""
+        with self._cond:
+            return next((at for _seq, at, s in self.history.get(key, ()) if at > after and s == state), None)
 
     def announced_before_online(self, meeting: str, session: str, phase: str) -> bool | None:
         """Whether the meeting's ``phase`` was announced before ``session``

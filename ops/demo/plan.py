@@ -4,6 +4,8 @@ Every participant's client is one meeting actor tree (``meeting:<id>``
 with its token actor and two data-channel sessions), so participant ids are
 meeting ids: ``<webinar>-a0007``. Each has its own data-channel URL on the
 reference service, so the service's records say whose socket is whose.
+Which worker runs which meeting is the cluster's choice (placement), not
+the plan's.
 
 Pure data: no I/O, no clock.
 """
@@ -23,8 +25,8 @@ SessionKey = tuple[str, str]
 
 @dataclass(frozen=True)
 class WebinarPlan:
-    """``attendees`` participant clients spread round-robin over
-    ``workers``; every ``panelist_every``-th attendee (from the first) is
+    """``attendees`` participant clients on ``workers`` (the cluster places
+    each meeting); every ``panelist_every``-th attendee (from the first) is
     promoted to panelist. One more meeting is the voice agent's, and one
     address is the incoming call that reaches for a session it does not own.
     """
@@ -65,21 +67,6 @@ class WebinarPlan:
         """Every meeting tree the demo starts: the attendees, then the agent's."""
         return (*self.attendee_ids, self.agent_meeting)
 
-    @cached_property
-    def _placement(self) -> dict[str, str]:
-        placed = {m: self.workers[i % len(self.workers)] for i, m in enumerate(self.attendee_ids)}
-        placed[self.agent_meeting] = self.workers[0]
-        return placed
-
-    def worker_of(self, meeting: str) -> str:
-        """The worker that hosts ``meeting`` at the start: attendees
-        alternate; the agent's meeting is on the first worker (the one that
-        is never killed). Raises ``KeyError`` for a meeting not in the plan."""
-        return self._placement[meeting]
-
-    def hosted_by(self, worker: str) -> tuple[str, ...]:
-        return tuple(m for m in self.meetings if self.worker_of(m) == worker)
-
     @property
     def fault_target(self) -> str:
         """The attendee whose data channel ``--fault`` breaks (not the
@@ -104,7 +91,3 @@ class WebinarPlan:
         once the webinar runs: each participant's default session and each
         panelist's practice session."""
         return self.default_sessions() | self.practice_sessions()
-
-    def of_meetings(self, keys: frozenset[SessionKey], meetings: tuple[str, ...]) -> frozenset[SessionKey]:
-        chosen = set(meetings)
-        return frozenset(k for k in keys if k[0] in chosen)

@@ -33,14 +33,16 @@ class Check:
 
 @dataclass(frozen=True)
 class Recovery:
-    """One fault and how the sessions it hit came back.
+    """One fault and how what it hit came back.
 
-    ``times``: seconds from the fault until each session was back (``None``:
-    not back); ``skipped``: why the fault was not injected at all."""
+    ``times``: seconds from the fault until each of the ``unit`` it hit
+    (sessions, meetings) was back (``None``: not back); ``skipped``: why
+    the fault was not injected at all."""
 
     fault: str
     times: Sequence[float | None] = ()
     skipped: str = ""
+    unit: str = "sessions"
 
     @property
     def back(self) -> list[float]:
@@ -55,8 +57,8 @@ class Recovery:
             return f"{self.fault}: skipped: {self.skipped}"
         back = self.back
         if not back:
-            return f"{self.fault}: none of {len(self.times)} sessions back"
-        text = (f"{self.fault}: {len(back)} of {len(self.times)} sessions back, "
+            return f"{self.fault}: none of {len(self.times)} {self.unit} back"
+        text = (f"{self.fault}: {len(back)} of {len(self.times)} {self.unit} back, "
                 f"p50 {seconds(percentile(back, 0.5))}, max {seconds(back[-1])}")
         return text + (f", {self.missing} never" if self.missing else "")
 

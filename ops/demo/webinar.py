@@ -45,6 +45,7 @@ Every process is ended by its PID at the end, also on an error or Ctrl-C.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -59,6 +60,7 @@ from typing import Any
 
 from actors.audio.feeder import FrameFeeder
 from actors.audio.machine import OutputConfig
+from actors.cluster import Cluster, ClusterConfig
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts.audio import (
@@ -69,10 +71,10 @@ from actors.contracts.audio import (
     ResumePlayback,
     output_address,
 )
-from actors.contracts.token import DEFAULT_SESSION
+from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from actors.meeting.actor import meeting_address
 from actors.meeting.host import host_address
-from actors.node import Node
+from actors.node import HuddleActor, Node
 from bus.address import SYS_EVENTS, channel_for
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Envelope
@@ -90,12 +92,17 @@ from ops.mediareceiver import ReceiverHarness
 
 __all__ = ["FAULTS", "PHASES", "DemoOptions", "Webinar", "default_attendees", "run"]
 
+log = logging.getLogger("huddle.demo")
+
 APP = "app:webinar"
 #: The user's access token of every demo client (the reference service
 #: only wants a non-empty bearer token).
 ACCESS_TOKEN = "demo-user-access-token"
 AGENT_OUTPUT = "voice"
 POLL_S = 0.2
+#: Cluster timings of every node: a worker silent for LEASE_TTL_S is dead.
+HEARTBEAT_S = 0.5
+LEASE_TTL_S = 2.0
 STARTS_IN_FLIGHT = 64
 CAPTION_GRACE_S = 0.5
 """After a caption round is complete, how long to keep listening for
@@ -153,10 +160,16 @@ _PAUSE = threading.Event()
 
 def cluster_failover_missing() -> str | None:
     """Why a killed worker's meetings cannot be re-activated on the other
-    (``None``: they can)."""
+    (``None``: they can: the runtime has the cluster layer)."""
     if importlib.util.find_spec("actors.cluster") is None:
         return "cluster failover not available"
-    return "cluster failover not available"
+    return None
+
+
+def worker_of_device(device_url: str) -> str:
+    """The node id in a worker's default device URL (``huddle node
+    --meetings`` registers with ``https://devices.huddle.local/<node-id>``)."""
+    return device_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 class Webinar:
@@ -177,6 +190,9 @@ class Webinar:
         self.receiver: ReceiverHarness | None = None
         self.workers: list[WorkerNode] = []
         self.driver: Node | None = None
+        self.cluster: Cluster | None = None
+        #: Attendees promoted to panelist so far (one more while its worker is down).
+        self.panelists: set[str] = set(self.plan.panelists)
         self._phase = ""
         self._captions = 0
         self._restarts = 0
@@ -217,18 +233,34 @@ class Webinar:
         self.redis = EmbeddedRedis().start()
         self.ds = DataServerProcess.start(workdir=self.workdir / "dataserver")
         self.receiver = ReceiverHarness().__enter__()
-        self.workers = [WorkerNode.start(w, self.redis.url, self.workdir) for w in self.plan.workers]
+        # The workers' own access token, for the meetings the cluster starts
+        # on them (placement, failover): a file only this user can read.
+        token_file = self.workdir / "access-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(ACCESS_TOKEN + "\n")
+        extra = ("--cluster", "--heartbeat", str(HEARTBEAT_S), "--lease-ttl", str(LEASE_TTL_S), "--sweep", "1",
+                 "--meetings-token-file", str(token_file))
+        self.workers = [WorkerNode.start(w, self.redis.url, self.workdir, extra=extra) for w in self.plan.workers]
         for worker in self.workers:
             worker.wait_ready()
+        # The driver is a cluster member that hosts nothing placed: its sends
+        # to a meeting whose node died wait in that meeting's backlog, and
+        # the meetings' outputs find the application's address by its lease.
         transport = RedisTransport(self.redis.url, name="demo-driver")
-        self.driver = Node(transport, node_id="demo-driver").start()
+        self.driver = Node(transport, node_id="demo-driver")
+        self.cluster = Cluster(self.driver, self.redis.url, config=ClusterConfig(
+            capacity=0.0, heartbeat_interval=HEARTBEAT_S, lease_ttl=LEASE_TTL_S, sweep_interval=1.0))
+        self.driver.start()
+        if not self.cluster.start(10):
+            raise PhaseAborted("the driver could not join the cluster")
         self.driver.handle_system_channel(SYS_EVENTS, self._on_event)
-        self.driver.spawn(APP, WebinarApp, self.ledger)
+        self._spawn(APP, WebinarApp, self.ledger)
         if not transport.wait_subscribed(10):
             raise PhaseAborted("the driver could not subscribe on the bus")
         pids = ", ".join([f"redis {self.redis.pid}", f"service {self.ds.pid}",
                           *(f"{w.node_id} {w.pid}" for w in self.workers)])
-        self.check("embedded Redis, reference service, media receiver and 2 worker nodes up", True, f"pids {pids}")
+        self.check("embedded Redis, reference service, media receiver and a cluster of 2 worker nodes up", True,
+                   f"pids {pids}")
         self._figures()
 
     def phase_lobby(self) -> None:
@@ -253,7 +285,8 @@ class Webinar:
         ds, plan = self._ds(), self.plan
         if self.options.fault == "datachannel-refused":
             target = plan.fault_target
-            ds.fault(refuse_next={"meeting": target, "session": DEFAULT_SESSION, "code": 4403, "count": 1})
+            # Every attempt, wherever the meeting runs (a failover starts it afresh).
+            ds.fault(refuse_next={"meeting": target, "session": DEFAULT_SESSION, "code": 4403, "count": 1000})
             self.view.note(f"fault injected: the service will refuse {target}'s data-channel socket with 4403")
         for meeting in plan.attendee_ids:
             self._tell(meeting, mt.Admitted())
@@ -275,6 +308,10 @@ class Webinar:
                    f"{issued} tokens issued")
         self.summary.sessions_wanted = len(keys)
         self.summary.sessions_settled = len(online)
+        hosting = self._hosting()
+        spread = {w: sum(1 for m in plan.meetings if hosting.get(m) == w) for w in plan.workers}
+        self.check("the cluster placed the meetings on both workers", all(spread.values()),
+                   ", ".join(f"{w}: {n}" for w, n in spread.items()))
 
     def phase_practice(self) -> None:
         plan = self.plan
@@ -282,12 +319,12 @@ class Webinar:
             self._tell(meeting, mt.PracticeSessionChanged(on=True))
         for meeting in sorted(plan.panelists):
             self._tell(meeting, mt.RolesChanged(panelist=True))
-        keys = plan.practice_sessions()
+        keys = self._practice_sessions()
         settled = self.until("practice sessions online", lambda: len(self._online(keys)), len(keys),
                              hopeless=self._failed(keys))
         self.check(f"{len(keys)} panelists promoted: practice sessions online (S27)", settled,
                    f"{len(self._online(keys))} online")
-        others = [k for k in self.service.online if k[1] != DEFAULT_SESSION and k[0] not in plan.panelists]
+        others = [k for k in self.service.online if k[1] != DEFAULT_SESSION and k[0] not in self.panelists]
         self.check("attendees who are not panelists hold no practice session", not others,
                    f"{len(others)} do" if others else "")
         defaults = plan.default_sessions()
@@ -297,7 +334,7 @@ class Webinar:
         plan = self.plan
         for meeting in plan.meetings:
             self._tell(meeting, mt.CaptionsChanged(on=True))
-        keys = plan.webinar_sessions()
+        keys = self._wanted()
         settled = self.until("sessions subscribed to transcription", lambda: len(self._settled(keys)), len(keys),
                              hopeless=self._failed(keys))
         self.check(f"captions on: {len(keys)} transcription subscriptions live on the service", settled,
@@ -307,13 +344,13 @@ class Webinar:
         self.caption_round("captions flow")
 
     def phase_incoming_call(self) -> None:
-        driver, plan = self._driver(), self.plan
+        plan = self.plan
         owner = plan.attendee_ids[1]
         key = (owner, DEFAULT_SESSION)
         target = dc.session_address(owner, DEFAULT_SESSION)
         self._poll_service()
         before = self.service.online.get(key, ())
-        driver.spawn(meeting_address(plan.incoming_call), IncomingCall, target, self.ledger)
+        self._spawn(meeting_address(plan.incoming_call), IncomingCall, target, self.ledger)
         refused = self.ledger.wait(lambda led: len(led.refusals) >= 2 and len(
             led.events_of("refused-not-owner", address=target)) >= 2, self.settle_timeout)
         events = self.ledger.events_of("refused-not-owner", address=target)
@@ -323,7 +360,7 @@ class Webinar:
                    refused and all(r.error_type == "NotOwner" for r in refusals),
                    ", ".join(sorted({f"{r.command}: {r.reason}" for r in refusals})))
         self.check("refusals published by the owner's worker",
-                   bool(events) and all(e.node == plan.worker_of(owner) for e in events),
+                   bool(events) and all(e.node == self._hosting().get(owner) for e in events),
                    ", ".join(sorted({e.node for e in events})))
         self._poll_service()
         after = self.service.online.get(key, ())
@@ -341,14 +378,15 @@ class Webinar:
                                 self.settle_timeout)
         events = self.ledger.events_of("dead-letter", reason="not-msgpack", address=address)
         self.check("malformed bytes became a dead letter with its reason",
-                   dead and events[0].node == plan.worker_of(meeting), f"published by {events[0].node}" if events else "")
+                   dead and events[0].node == self._hosting().get(meeting),
+                   f"published by {events[0].node}" if events else "")
         status = driver.ask(dc.session_address(meeting, DEFAULT_SESSION), dc.GetStatus(), timeout=10).get(timeout=11)
         self.check(f"{meeting} carries on (its data channel answers: {status.state})", status.state == dc.ONLINE)
 
     def phase_agent(self) -> None:
         driver, receiver, plan = self._driver(), self._receiver(), self.plan
         output = output_address(plan.agent_meeting, AGENT_OUTPUT)
-        agent = f"agent:{plan.agent_meeting}"
+        agent = agent_address(plan.agent_meeting)
         config = OutputConfig()
         frame_s = config.frame_ms / 1000
 
@@ -359,11 +397,12 @@ class Webinar:
             return sum(s.controls.count("clear") for s in receiver.streams())
 
         def speak(segment: str, frames: int) -> None:
-            if driver.lookup(agent) is not None:
-                driver.stop_actor(agent, release=True)
+            # One voice (a TTS stream) per reply, at its own address: it
+            # sends the frames and gets the flow control; what played is
+            # reported to the application.
             pcm = [_tone(config, segment, i) for i in range(frames)]
-            driver.spawn(agent, FrameFeeder, output, sample_rate=config.sample_rate, channels=config.channels,
-                         credit=config.capacity_frames, segments=[(segment, pcm)], record=self.ledger.record)
+            self._spawn(f"{agent}/{segment}", FrameFeeder, output, sample_rate=config.sample_rate,
+                        channels=config.channels, credit=config.capacity_frames, segments=[(segment, pcm)])
             if not self.ledger.wait(lambda led: bool(_of(led.playback_of(segment), PlaybackStarted)), 15):
                 raise PhaseAborted(f"{segment} never started playing")
 
@@ -406,19 +445,73 @@ class Webinar:
         receiver.wait_for(lambda _s: len(seqs("reply-3")) >= 25, 10)
         self.check("the next reply played whole, once", seqs("reply-3") == list(range(25)) and not third.interrupted
                    and abs(third.position - 25 * frame_s) < 1e-6, f"position {third.position:.2f} s")
-        driver.stop_actor(agent, release=True)
+        for segment in ("reply-1", "reply-2", "reply-3"):
+            driver.stop_actor(f"{agent}/{segment}", release=True)
 
     def phase_node_kill(self) -> None:
+        plan = self.plan
         missing = cluster_failover_missing()
         if missing is not None:
-            self.summary.recoveries.append(Recovery(f"node kill ({self.plan.victim})", skipped=missing))
+            self.summary.recoveries.append(Recovery(f"node kill ({plan.victim})", skipped=missing))
             self.check("a killed worker's meetings recover on the other", False, f"skipped: {missing}")
             return
-        raise PhaseAborted("node failover is not wired into the demo yet")
+        victim = next(w for w in self.workers if w.node_id == plan.victim)
+        survivor = plan.workers[0]
+        self._poll_service()
+        hosting = self._hosting()
+        meetings = sorted(m for m in plan.meetings if hosting.get(m) == plan.victim)
+        wanted = self._wanted()
+        others = {k: self.service.online.get(k, ()) for k in wanted if k[0] not in meetings}
+        # One of its attendees is promoted while its meeting is down: the
+        # locus event must wait in the backlog and apply after the recovery.
+        settled = self._settled(wanted)
+        promoted = next((m for m in meetings if m in plan.attendee_ids and m not in self.panelists
+                         and (m, DEFAULT_SESSION) in settled), None)
+        fault_at = victim.kill()
+        self.view.note(f"{victim.node_id} (pid {victim.pid}) killed with SIGKILL; it hosted {len(meetings)} meetings")
+        if promoted is not None:
+            self._tell(promoted, mt.RolesChanged(panelist=True))
+            self.panelists.add(promoted)
+        keys = {k for k in self._wanted() if k[0] in meetings}
+        online_at: dict[SessionKey, float | None] = dict.fromkeys(keys)
+        subscribed_at: dict[SessionKey, float | None] = dict.fromkeys(keys)
+
+        def back() -> int:
+            now = time.monotonic()
+            for key in keys:
+                if online_at[key] is None:
+                    online_at[key] = self.ledger.reported_after(key, fault_at, dc.ONLINE)
+                if subscribed_at[key] is None and key in self.service.settled([key]) \
+                        and worker_of_device(self.service.devices.get(key, "")) == survivor:
+                    subscribed_at[key] = now
+            return sum(1 for k in keys if online_at[k] is not None and subscribed_at[k] is not None)
+
+        recovered = self.until(f"sessions of {victim.node_id}'s meetings back on {survivor}", back, len(keys),
+                               timeout=60 + self.settle_timeout, hopeless=self._failed(keys))
+        per_session = recovery_times(fault_at, online_at, subscribed_at)
+        per_meeting: list[float | None] = []
+        for meeting in meetings:
+            times = [t for k, t in per_session.items() if k[0] == meeting]
+            per_meeting.append(None if None in times else max(times, default=None))  # type: ignore[type-var]
+        recovery = Recovery(f"node kill ({plan.victim} -> {survivor})", per_meeting, unit="meetings")
+        self.summary.recoveries.append(recovery)
+        self.check(f"the killed worker's meetings recovered on {survivor}, data channels online and subscribed: "
+                   f"{recovery.line()}", recovered and bool(meetings) and not recovery.missing)
+        if promoted is not None:
+            key = (promoted, PRACTICE_SESSION)
+            self.check(f"a locus event sent while {promoted} was down was applied after the recovery "
+                       "(its practice session is online)", key in self._settled([key]))
+        self._poll_service()
+        moved = [k for k, sockets in others.items() if self.service.online.get(k, ()) != sockets]
+        self.check(f"the sessions of {survivor}'s own meetings kept their sockets", not moved,
+                   f"{len(moved)} moved" if moved else f"{len(others)} untouched")
+        self.summary.sessions_settled = len(self._settled(self._wanted()))
+        self.summary.sessions_wanted = len(self._wanted())
+        self.caption_round("captions flow after the failover")
 
     def phase_service_restart(self) -> None:
-        ds, plan = self._ds(), self.plan
-        keys = plan.webinar_sessions()
+        ds = self._ds()
+        keys = self._wanted()
         subscribed_at: dict[SessionKey, float | None] = dict.fromkeys(keys)
         fault_at = time.monotonic()
         ds.restart()
@@ -539,6 +632,32 @@ class Webinar:
 
         return hopeless
 
+    def _practice_sessions(self) -> frozenset[SessionKey]:
+        return frozenset((m, PRACTICE_SESSION) for m in self.panelists)
+
+    def _wanted(self) -> frozenset[SessionKey]:
+        """Every session that must be online and subscribed once captions
+        are on: each participant's default session, each panelist's
+        practice session."""
+        return self.plan.default_sessions() | self._practice_sessions()
+
+    def _hosting(self) -> dict[str, str]:
+        """Meeting -> the worker whose device its default session registered
+        with (what the service saw on the wire)."""
+        return {m: worker_of_device(url) for (m, session), url in self.service.devices.items()
+                if session == DEFAULT_SESSION}
+
+    def _spawn(self, address: str, actor_class: type[HuddleActor], *args: Any, **kwargs: Any) -> None:
+        """Spawn on the driver and wait until it runs (in a cluster, a spawn
+        first claims the address's lease)."""
+        driver = self._driver()
+        driver.spawn(address, actor_class, *args, **kwargs)
+        deadline = time.monotonic() + 10
+        while driver.lookup(address) is None:
+            if time.monotonic() > deadline:
+                raise PhaseAborted(f"{address} did not start on the driver")
+            _PAUSE.wait(0.01)
+
     def _online(self, keys: Iterable[SessionKey]) -> set[SessionKey]:
         """Online as the application was told, on exactly one socket as the service sees it."""
         keys = list(keys)
@@ -590,10 +709,11 @@ class Webinar:
         for i, meeting in enumerate(plan.meetings):
             agent = {}
             if meeting == plan.agent_meeting:
-                agent = {"audio_output": AGENT_OUTPUT, "audio_report_to": f"agent:{meeting}",
-                         "media_url": self._receiver().url}
+                agent = {"audio_output": AGENT_OUTPUT, "audio_report_to": APP, "media_url": self._receiver().url}
             start = mt.StartMeeting(meeting_id=meeting, access_token=ACCESS_TOKEN, **agent)
-            pending.append((meeting, driver.ask(host_address(plan.worker_of(meeting)), start, timeout=60)))
+            # Any worker's host: the cluster places the tree where it ranks first.
+            host = host_address(plan.workers[i % len(plan.workers)])
+            pending.append((meeting, driver.ask(host, start, timeout=60)))
             if len(pending) >= STARTS_IN_FLIGHT:
                 drain()
             self.view.progress("meeting trees started", i + 1, len(plan.meetings))
@@ -633,8 +753,15 @@ class Webinar:
         if self.redis is not None:
             steps.append(self.redis.stop)
         for step in steps:
+            t0 = time.monotonic()
             with suppress(Exception):
                 step()
+            log.debug("closing: %s took %.2f s", getattr(step, "__qualname__", step), time.monotonic() - t0)
+
+
+def agent_address(meeting: str) -> str:
+    """Where the agent of ``meeting`` speaks from (one address per reply below it)."""
+    return f"agent:{meeting}"
 
 
 def _of(messages: list[Any], kind: type) -> list[Any]:
@@ -668,13 +795,16 @@ def run(options: DemoOptions) -> int:
     previous = _raise_on_sigterm()
     view = make_view(status, live=options.live)
     webinar = Webinar(options, view, workdir)
+    stopping = 0.0
     try:
         webinar.run()
     except KeyboardInterrupt:
         interrupted = True
     finally:
         try:
+            stopping = time.monotonic()
             webinar.close()
+            view.note(f"every process stopped by its PID in {time.monotonic() - stopping:.1f} s")
         finally:
             view.close()
             if previous is not None:

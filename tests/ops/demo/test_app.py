@@ -10,6 +10,7 @@ import pytest
 
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
+from actors.contracts.audio import PlaybackFinished, PlaybackStarted
 from actors.contracts.token import DEFAULT_SESSION
 from actors.testkit import TestKit
 from bus.messages import Ping
@@ -25,15 +26,19 @@ def kit() -> Iterator[TestKit]:
         yield kit
 
 
-def test_the_application_records_every_meeting_output(kit: TestKit) -> None:
+def test_the_application_records_every_meeting_output_and_what_the_agent_played(kit: TestKit) -> None:
     ledger = AppLedger()
     kit.spawn("app:webinar", WebinarApp, ledger)
     kit.inject_message("app:webinar", mt.MeetingState(meeting="m-1", phase="admitted"), sender="meeting:m-1")
     kit.inject_message("app:webinar", mt.SessionState(meeting="m-1", session=DEFAULT_SESSION, state="online"),
                        sender="meeting:m-1")
+    kit.inject_message("app:webinar", PlaybackStarted(segment="r1"), sender="audio:m-1/voice")
+    kit.inject_message("app:webinar", PlaybackFinished(segment="r1", position=0.5, interrupted=True),
+                       sender="audio:m-1/voice")
     kit.settle()
     assert ledger.in_phase(["m-1"], "admitted") == {"m-1"}
     assert ledger.online([("m-1", DEFAULT_SESSION)]) == {("m-1", DEFAULT_SESSION)}
+    assert [type(m) for m in ledger.playback_of("r1")] == [PlaybackStarted, PlaybackFinished]
 
 
 def test_anything_else_to_the_application_is_a_dead_letter_and_it_keeps_running(kit: TestKit) -> None:
@@ -50,7 +55,7 @@ def test_the_incoming_call_claims_then_disconnects_under_its_own_address(kit: Te
     ledger = AppLedger()
     session = kit.probe(TARGET)
     kit.spawn("meeting:call-1", IncomingCall, TARGET, ledger)
-    claim, claim_env = session.expect_message(dc.ClaimSession)
+    _claim, claim_env = session.expect_message(dc.ClaimSession)
     disconnect, disconnect_env = session.expect_message(dc.Disconnect)
     assert claim_env.sender == disconnect_env.sender == "meeting:call-1"
     assert disconnect.permanent
