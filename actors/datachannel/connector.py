@@ -234,7 +234,10 @@ class WebSocket:
             pass  # the reader reports the close
 
     def close(self, code: int, reason: str) -> None:
-        self._submit(self._close(code, reason), tracked=True)
+        # Not a tracked request: a close whose frame never comes lasts until
+        # the close timeout (or the session's own forced close), and an actor
+        # must not look busy meanwhile.
+        self._submit(self._close(code, reason), tracked=False)
 
     async def _close(self, code: int, reason: str) -> None:
         ws = self._ws
