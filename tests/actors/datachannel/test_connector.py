@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from actors.datachannel.connector import RegisterError, SocketOpenError, WebSocketConnector
+from actors.datachannel.connector import (
+    RegisterError,
+    SocketOpenError,
+    WebSocketConnector,
+)
 from actors.io import IoLoop
 from ops.dataserver.harness import DataServerProcess
 
@@ -152,3 +156,52 @@ def test_close_before_the_open_finishes_closes_it_once_open(dataserver_session: 
     opening.result(DEADLINE)
     events.wait(lambda: events.closes, "close")
     dataserver_session.wait_for(lambda s: all(not r["open"] for r in s["sockets"]), DEADLINE)
+
+
+def test_fragmented_messages_are_joined_and_the_close_code_is_reported(connector: WebSocketConnector,
+                                                                      io: IoLoop) -> None:
+    from websockets.asyncio.server import serve
+
+    async def relay(ws) -> None:
+        await ws.send(['{"part": ', '"one"}'])  # one message in two frames
+        await ws.send('{"part": "two"}')
+        await ws.close(4000, "replaced")
+
+    async def start():
+        return await serve(relay, "127.0.0.1", 0, compression=None, ping_interval=None)
+
+    server = run(io, start())
+    try:
+        port = server.sockets[0].getsockname()[1]
+        events = Recorder()
+        run(io, connector.socket(f"ws://127.0.0.1:{port}/", events).open())
+        events.wait(lambda: events.closes, "close")
+        assert events.frames == [{"part": "one"}, {"part": "two"}]
+        assert events.closes == [(4000, "replaced")]
+    finally:
+        server.close()
+        run(io, server.wait_closed())
+
+
+def test_frames_sent_from_many_threads_keep_each_senders_order(dataserver_session: DataServerProcess,
+                                                               connector: WebSocketConnector, io: IoLoop) -> None:
+    reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
+    events = Recorder()
+    sock = connector.socket(reg.websocket_url, events)
+    run(io, sock.open())
+    sock.send(json.dumps({"id": "a1", "type": "authorization", "data": {"token": "Bearer user"}}))
+    events.wait(lambda: events.frames, "buffer state")
+
+    def pinger(prefix: str) -> None:
+        for i in range(50):
+            sock.send(json.dumps({"id": f"{prefix}{i}", "type": "ping"}))
+
+    threads = [threading.Thread(target=pinger, args=(p,)) for p in "xyz"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    events.wait(lambda: sum(f.get("type") == "pong" for f in events.frames) == 150, "150 pongs")
+    pongs = [f["id"] for f in events.frames if f.get("type") == "pong"]
+    for prefix in "xyz":
+        assert [p for p in pongs if p.startswith(prefix)] == [f"{prefix}{i}" for i in range(50)]

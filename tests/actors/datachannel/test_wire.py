@@ -169,6 +169,19 @@ def test_s12_no_pong_for_14s_closes_and_reconnects(kit: TestKit, wire, owner: Pr
     assert state["registers"] == {DEFAULT_KEY: 2} and len(online_sockets(state)) == 1
 
 
+def test_s12_a_pong_with_another_id_closes_pong_mismatch_and_reconnects(
+        kit: TestKit, wire, owner: Probe, dataserver_session: DataServerProcess) -> None:
+    dataserver_session.fault(pong_mismatch=True)
+    s = Session(kit, wire)
+    go_online(kit, s, dataserver_session)  # the first ping goes out at once; its pong does not match
+    dataserver_session.fault(pong_mismatch=False)
+    wait_state(kit, s, ONLINE)  # a new socket
+    state = dataserver_session.state()
+    first = state["sockets"][0]
+    assert first["close"]["code"] == 1000 and first["close"]["reason"] == "Pong mismatch"
+    assert state["registers"][DEFAULT_KEY] >= 2  # (the fault may still have caught the next socket's first ping)
+
+
 def test_s13_a_skipped_sequence_number_is_reported_and_the_socket_stays(kit: TestKit, wire, owner: Probe,
                                                                         dataserver_session: DataServerProcess) -> None:
     watcher = kit.probe("captions:m1")
