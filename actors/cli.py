@@ -33,6 +33,8 @@ BENCHMARKS = {
     "tell-remote": "two node processes over a real Redis, 500,000 tells across (baseline: raw redis-py pipelined publish -> subscriber).",
     "ask-remote": "10,000 sequential asks across two node processes (baseline: raw redis-py pub/sub ping-pong).",
     "dataserver-sockets": "5,000 raw clients online on one huddle dataserver: time, RSS per socket, fan-out, restart (baseline: bare websockets server).",
+    "sessions": "5,000 data-channel session actors online on one node against the reference service: time, RSS per session, idle CPU with keepalives (baseline: bare websockets clients).",
+    "storm": "restart the reference service under 5,000 online sessions with transcription subscriptions: time until all resubscribed, lost subscriptions (baseline: bare clients, upstream backoff without jitter).",
 }
 
 
