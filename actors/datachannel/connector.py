@@ -229,13 +229,14 @@ def _error_text(text: str) -> str:
 class WebSocket:
     """One ``websockets`` client connection, reporting to ``events``."""
 
-    __slots__ = ("_close_request", "_connector", "_dropped", "_events", "_url", "_ws")
+    __slots__ = ("_close_request", "_closing", "_connector", "_dropped", "_events", "_url", "_ws")
 
     def __init__(self, connector: WebSocketConnector, url: str, events: SocketEvents) -> None:
         self._connector = connector
         self._url = url
         self._events = events
         self._ws: Any = None
+        self._closing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self._close_request: tuple[int, str] | None = None
         self._dropped = False
 
@@ -280,17 +281,21 @@ class WebSocket:
             ws.transport.abort()
 
     def close(self, code: int, reason: str) -> None:
-        # Not a tracked request: a close whose frame never comes lasts until
-        # the close timeout (or the session's own forced close), and an actor
-        # must not look busy meanwhile.
-        self._submit(self._close(code, reason), tracked=False)
+        self._submit(self._close(code, reason), tracked=True)
 
     async def _close(self, code: int, reason: str) -> None:
+        """Send the close frame, then leave the handshake to a task of its
+        own: the request (tracked, so a stopping node waits for it) ends as
+        soon as the frame is written, while an answer that never comes
+        lasts until the close timeout (or the session's forced close) without
+        making the node look busy."""
         ws = self._ws
         if ws is None:
             self._close_request = (code, reason)  # applied when the open finishes
             return
-        await ws.close(code, reason)
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(ws.close(code, reason))
+            await asyncio.sleep(0)  # its first step writes the close frame
 
     def abort(self) -> None:
         try:

@@ -292,3 +292,12 @@ def test_service_restart_sessions_come_back_and_resubscribe(kit: TestKit, wire, 
     state = dataserver.wait_for(lambda st: len(online_sockets(st)) == 3
                                 and all(r["subscriptions"] == ["transcription"] for r in online_sockets(st)), DEADLINE)
     assert sorted(r["meeting"] for r in online_sockets(state)) == ["r1", "r2", "r3"]
+
+
+def test_a_stopping_node_closes_its_sockets_with_1001(kit: TestKit, wire, owner: Probe,
+                                                      dataserver_session: DataServerProcess) -> None:
+    s = Session(kit, wire)
+    go_online(kit, s, dataserver_session)
+    kit.close()
+    state = dataserver_session.wait_for(lambda st: not st["sockets"][0]["open"], DEADLINE)
+    assert state["sockets"][0]["close"]["code"] == 1001
