@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import gc
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -216,3 +218,13 @@ def subscribed_sessions(state: dict[str, Any], prefix: str) -> int:
     """Sessions of meetings named ``prefix<i>`` holding the transcription subscription."""
     return sum(1 for key, subs in state["subscriptions"].items()
                if key.startswith(prefix) and "transcription" in subs)
+
+
+def run_child(script: str, *args: object, timeout: float) -> dict[str, float]:
+    """Run ``script --child ARGS`` in a fresh interpreter (its RSS and CPU are
+    its own) and return the JSON object it printed last."""
+    out = subprocess.run([sys.executable, script, "--child", *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} --child {args} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -21,14 +21,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
 from common import parse_args, report
-from session_fleet import BareFleet, HuddleFleet, cpu_seconds, rss_bytes, wait_service
+from session_fleet import (
+    BareFleet,
+    HuddleFleet,
+    cpu_seconds,
+    rss_bytes,
+    run_child,
+    wait_service,
+)
 
 from ops.dataserver.harness import DataServerProcess
 
@@ -76,21 +82,13 @@ async def _bare(n: int, idle_s: float) -> dict[str, float]:
                 "idle_cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, "reconnects": fleet.reconnects - reconnects}
 
 
-def _child(kind: str, n: int, idle_s: float) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(n), str(idle_s)], capture_output=True,
-                         text=True, timeout=DEADLINE_S * 2, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} child failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     args = parse_args("sessions", __doc__ or "")
     n = 200 if args.quick else 5_000
     idle_s = 3.0 if args.quick else 45.0
     load = os.getloadavg()[0]
-    huddle = _child("huddle", n, idle_s)
-    bare = _child("bare", n, idle_s)
+    huddle = run_child(__file__, "huddle", n, idle_s, timeout=DEADLINE_S * 2)
+    bare = run_child(__file__, "bare", n, idle_s, timeout=DEADLINE_S * 2)
     report(args, figures={"sessions": n, **huddle}, baseline={"sessions": n, **bare},
            goal={"rss_per_session_bytes": 40 * 1024, "reconnects": 0},
            notes={"idle_window_s": idle_s, "load_avg_1m_at_start": load})

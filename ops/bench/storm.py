@@ -19,13 +19,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
 
 from common import parse_args, report
-from session_fleet import BareFleet, HuddleFleet, subscribed_sessions, wait_service
+from session_fleet import (
+    BareFleet,
+    HuddleFleet,
+    run_child,
+    subscribed_sessions,
+    wait_service,
+)
 
 from ops.dataserver.harness import DataServerProcess
 
@@ -74,20 +79,12 @@ async def _bare(n: int) -> dict[str, float]:
         return result
 
 
-def _child(kind: str, n: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, str(n)], capture_output=True, text=True,
-                         timeout=DEADLINE_S * 2, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} child failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     args = parse_args("storm", __doc__ or "")
     n = 200 if args.quick else 5_000
     load = os.getloadavg()[0]
-    huddle = _child("huddle", n)
-    bare = _child("bare", n)
+    huddle = run_child(__file__, "huddle", n, timeout=DEADLINE_S * 2)
+    bare = run_child(__file__, "bare", n, timeout=DEADLINE_S * 2)
     report(args, figures={"sessions": n, **huddle}, baseline={"sessions": n, **bare},
            goal={"all_resubscribed_s": 10, "lost_subscriptions": 0},
            notes={"load_avg_1m_at_start": load})

@@ -66,6 +66,20 @@ def run(io: IoLoop, coro: Any) -> Any:
     return io.submit(coro).result(DEADLINE)
 
 
+def open_socket(server: DataServerProcess, connector: WebSocketConnector, io: IoLoop, *,
+                authorize: bool = False) -> tuple[Any, Recorder]:
+    """Register m1, open its socket (and authorize it: the service then
+    sends the buffer state)."""
+    reg = run(io, connector.register(server.datachannel_url("m1"), DEVICE_URL, None))
+    events = Recorder()
+    sock = connector.socket(reg.websocket_url, events)
+    run(io, sock.open())
+    if authorize:
+        sock.send(json.dumps({"id": "a1", "type": "authorization", "data": {"token": "Bearer user"}}))
+        events.wait(lambda: events.frames, "buffer state")
+    return sock, events
+
+
 def test_register_returns_the_websocket_url_and_binding(dataserver_session: DataServerProcess,
                                                         connector: WebSocketConnector, io: IoLoop) -> None:
     reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
@@ -102,12 +116,7 @@ def test_register_with_nobody_listening_has_status_0(connector: WebSocketConnect
 
 def test_socket_opens_exchanges_frames_and_reports_the_close(dataserver_session: DataServerProcess,
                                                              connector: WebSocketConnector, io: IoLoop) -> None:
-    reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
-    events = Recorder()
-    sock = connector.socket(reg.websocket_url, events)
-    run(io, sock.open())
-    sock.send(json.dumps({"id": "a1", "type": "authorization", "data": {"token": "Bearer user"}}))
-    events.wait(lambda: events.frames, "buffer state")
+    sock, events = open_socket(dataserver_session, connector, io, authorize=True)
     assert events.frames[0]["data"]["eventType"] == "mercury.buffer_state"
     sock.send(json.dumps({"id": "p1", "type": "ping"}))
     events.wait(lambda: any(f.get("type") == "pong" for f in events.frames), "pong")
@@ -137,10 +146,7 @@ def test_open_with_nobody_listening_fails_as_1006(connector: WebSocketConnector,
 
 def test_abort_drops_the_connection_without_a_close_frame(dataserver_session: DataServerProcess,
                                                           connector: WebSocketConnector, io: IoLoop) -> None:
-    reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
-    events = Recorder()
-    sock = connector.socket(reg.websocket_url, events)
-    run(io, sock.open())
+    sock, events = open_socket(dataserver_session, connector, io)
     sock.abort()
     events.wait(lambda: events.closes, "close")
     assert events.closes[0][0] == 1006
@@ -185,12 +191,7 @@ def test_fragmented_messages_are_joined_and_the_close_code_is_reported(connector
 
 def test_frames_sent_from_many_threads_keep_each_senders_order(dataserver_session: DataServerProcess,
                                                                connector: WebSocketConnector, io: IoLoop) -> None:
-    reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
-    events = Recorder()
-    sock = connector.socket(reg.websocket_url, events)
-    run(io, sock.open())
-    sock.send(json.dumps({"id": "a1", "type": "authorization", "data": {"token": "Bearer user"}}))
-    events.wait(lambda: events.frames, "buffer state")
+    sock, events = open_socket(dataserver_session, connector, io, authorize=True)
 
     def pinger(prefix: str) -> None:
         for i in range(50):
