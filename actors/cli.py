@@ -39,6 +39,8 @@ BENCHMARKS = {
     "dataserver-sockets": "5,000 raw clients online on one huddle dataserver: time, RSS per socket, fan-out, restart (baseline: bare websockets server).",
     "token-fetch": "1,000 token actors fetch a token each from huddle dataserver over HTTP, then 20,000 grants from held tokens (baseline: the same GETs from one bare aiohttp session).",
     "meetings": "N meetings (default 1,000; HUDDLE_BENCH_MEETINGS) on 2 node processes against the reference service: settle time, messages and RSS per meeting (baseline: the same sessions as raw websockets clients).",
+    "sessions": "5,000 data-channel session actors online on one node against the reference service: time, RSS per session, idle CPU with keepalives (baseline: bare websockets clients).",
+    "storm": "restart the reference service under 5,000 online sessions with transcription subscriptions: time until all resubscribed, lost subscriptions (baseline: bare clients, upstream backoff without jitter).",
 }
 
 
