@@ -60,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import msgpack
 from pykka import ActorDeadError, ActorRegistry
@@ -460,7 +460,7 @@ class Node:
         self.transport.start()
         return self
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Node:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
