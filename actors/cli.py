@@ -41,6 +41,8 @@ BENCHMARKS = {
     "meetings": "N meetings (default 1,000; HUDDLE_BENCH_MEETINGS) on 2 node processes against the reference service: settle time, messages and RSS per meeting (baseline: the same sessions as raw websockets clients).",
     "sessions": "5,000 data-channel session actors online on one node against the reference service: time, RSS per session, idle CPU with keepalives (baseline: bare websockets clients).",
     "storm": "restart the reference service under 5,000 online sessions with transcription subscriptions: time until all resubscribed, lost subscriptions (baseline: bare clients, upstream backoff without jitter).",
+    "failover": "3 cluster node processes, 1,000 stateful actors; kill -9 one: seconds until each of its actors is live elsewhere (baseline: the detection delay).",
+    "chaos": "a bounded soak (--minutes) that kills, pauses and restarts nodes and Redis; invariants from sys:events, sys:nodes and the fencing log (baseline: the same load without chaos).",
 }
 
 
@@ -114,6 +116,7 @@ def _load_contracts() -> None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     from actors.builtin import Echo
+    from actors.cluster import cli as cluster_cli
     from actors.metrics import MetricsPublisher
     from actors.node import Node
     from actors.prometheus import serve_metrics
@@ -128,6 +131,11 @@ def cmd_node(args: argparse.Namespace) -> int:
     if codec is None:
         return 2
     url = redis_url_of(args)
+    if args.drain:
+        if url is None:
+            print("huddle node --drain needs the cluster's bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
+            return 2
+        return cluster_cli.drain_node(url, args.drain, args.namespace, timeout=args.run_for or 60.0)
     embedded = None
     if url is None:
         embedded = EmbeddedRedis().start()
@@ -141,6 +149,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)
     publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
     endpoint = None
+    cluster = cluster_cli.join_cluster(node, url, args, stop) if cluster_cli.cluster_requested(args) else None
     try:
         try:
             node.start()
@@ -157,6 +166,8 @@ def cmd_node(args: argparse.Namespace) -> int:
 
             device_url = args.meetings or f"https://devices.huddle.local/{node.node_id}"
             node.spawn(host_address(node.node_id), MeetingHost, device_url)
+        if cluster is not None and not cluster_cli.settle_cluster(node, cluster, args.echo, args):
+            return 2
         if not transport.wait_subscribed(10):
             print("could not subscribe the hosted addresses", file=sys.stderr)
             return 2
@@ -190,12 +201,11 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
+    import actors.messages  # noqa: F401 - registers the runtime's kinds
     from actors.node import Node
     from bus.errors import HuddleError
     from bus.messages import REGISTRY
     from bus.redis_transport import RedisTransport
-
-    import actors.messages  # noqa: F401 - registers the runtime's kinds
 
     _load_contracts()  # so any session actor's message can be sent (and its answer read)
     bus = bus_of(args, "inject")
@@ -273,6 +283,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cmd.append("--quick")
     if args.json_out:
         cmd += ["--json-out", args.json_out]
+    if args.minutes is not None:
+        cmd += ["--minutes", str(args.minutes)]
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
@@ -327,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="serve Prometheus figures at http://HOST:PORT/metrics (0: any free port, printed)")
     node.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                       help="address the metrics endpoint binds (default 127.0.0.1)")
+    from actors.cluster.cli import add_node_options
+
+    add_node_options(node)
     node.set_defaults(func=cmd_node)
 
     inject = sub.add_parser(
@@ -372,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME", help=", ".join(sorted(BENCHMARKS)))
     bench.add_argument("--quick", action="store_true", help="a smaller run (smoke check, figures not comparable)")
     bench.add_argument("--json-out", metavar="FILE", help="also write the JSON object to FILE")
+    bench.add_argument("--minutes", type=float, default=None, help="how long a soak runs (chaos)")
     bench.set_defaults(func=cmd_bench)
 
     for module in COMMAND_MODULES:

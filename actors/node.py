@@ -19,10 +19,26 @@ by the test kit) takes one path, :meth:`Node.receive_bytes`:
    ask that is dead-lettered is answered with an error at once, so the
    asker does not wait for its deadline.
 
+Fencing: an envelope whose ``epoch`` is older than the newest epoch this
+node has seen from the same sender address (in envelopes, or announced by
+the cluster with :meth:`Node.observe_epoch`) comes from a former owner of
+that address and is refused as a ``stale-epoch`` dead letter. Epoch 0 means
+"no epoch" and is never refused.
+
 Asks: the envelope names ``reply_to=node:<id>`` and a correlation id; the
 receiving node turns the handler's return value (or exception) into a
 ``sys.reply`` (or ``sys.error``) back to it. Every ask has a deadline
 (default 5 s); past it the future fails with :class:`~bus.errors.AskTimeout`.
+
+Ownership (cluster mode): a node may be given an :class:`Ownership`
+(``actors.cluster`` provides the one that keeps leases in Redis). It is
+consulted where ownership matters and nowhere else: whether an actor may
+still send (its lease is valid) and receive, where a send to another node
+goes (a live owner's channel, or the durable backlog), what happens to a
+send that reached no subscriber or a message for an address not hosted
+here (forwarded, not dead-lettered), whether a spawn must first claim a
+lease, and what an exit releases. Without one, the node behaves as a
+single process with no leases.
 
 Exits: the runtime calls :meth:`Node._on_exit` when an actor stops. The node
 publishes ``stopped``/``crashed`` and, for a supervised actor, keeps the
@@ -71,6 +87,7 @@ from bus.errors import (
     EncodeError,
     HuddleError,
     MailboxFull,
+    StaleEpoch,
     TransportError,
     UnknownAddress,
 )
@@ -82,6 +99,7 @@ if TYPE_CHECKING:
     from bus.transport import Transport
 
 __all__ = [
+    "FORWARDED",
     "ActorContext",
     "AddressInUse",
     "CheckpointStore",
@@ -89,6 +107,7 @@ __all__ = [
     "HuddleActor",
     "MemoryCheckpoints",
     "Node",
+    "Ownership",
     "RemoteError",
     "UnhandledMessage",
 ]
@@ -101,6 +120,13 @@ DEFAULT_ASK_TIMEOUT = 5.0
 DEFAULT_MAILBOX_CAPACITY = 10_000
 #: Messages held for an address whose actor is being restarted.
 RESTART_BUFFER = 10_000
+
+
+class _Unset:
+    """No value given (``None`` is a value)."""
+
+
+_UNSET = _Unset()
 
 
 class AddressInUse(HuddleError):
@@ -167,6 +193,71 @@ class MemoryCheckpoints:
 
 
 # --------------------------------------------------------------------------
+# Ownership: the seam a cluster plugs into
+
+
+class _Forwarded:
+    """What a handler run "returns" for a message that was forwarded to the
+    address's new owner instead of handled: nobody answers it here."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FORWARDED"
+
+
+FORWARDED = _Forwarded()
+
+
+class Ownership(Protocol):
+    """Who owns which address, for a node in a cluster.
+
+    Every method is called on the thread that hit the situation (an actor's
+    pool thread, the transport's thread) and must return at once; the slow
+    work (Redis) happens on the node's I/O loop. See the module docstring.
+    """
+
+    def may_send(self, sender: str, epoch: int) -> bool:
+        """False if ``sender`` is hosted here under a lease that is lost or
+        has expired by the local clock (its sends are refused)."""
+
+    def may_deliver(self, address: str) -> bool:
+        """False if the actor at ``address`` must not handle another
+        message (its lease is lost): messages are forwarded instead."""
+
+    def first_delivery(self, env: Envelope) -> bool:
+        """False if an envelope with this ``msg_id`` was already delivered
+        here (a retried or forwarded copy)."""
+
+    def route(self, to: str, data: bytes) -> bool:
+        """A send to ``to``, not hosted here. True if the ownership took
+        care of it (routed through Redis); False: publish it on ``to``'s
+        channel as usual."""
+
+    def unrouted(self, env: Envelope, data: bytes) -> bool:
+        """A publish reached no subscriber. True if it was taken care of;
+        False: it is a ``no-subscriber`` dead letter."""
+
+    def stray(self, env: Envelope) -> bool:
+        """A message for an address this node does not host (or hosts under
+        a lost lease). True if forwarded; False: a dead letter."""
+
+    def spawn(self, address: str, actor_class: type[HuddleActor], args: tuple[Any, ...],
+              kwargs: dict[str, Any], parent: str | None) -> int | None:
+        """A spawn at ``address``: the epoch to start it under now, or None
+        if the ownership starts it later (after claiming the lease, with
+        :meth:`Node.start_actor`)."""
+
+    def exited(self, address: str, crashed: bool, supervised: bool) -> bool:
+        """The actor at ``address`` stopped. True if the ownership releases
+        the address: the node keeps buffering its messages until
+        :meth:`Node.hand_back` (the ownership then forwards them)."""
+
+    def close(self, timeout: float) -> None:
+        """The node shuts down: hand off or release everything, leave."""
+
+
+# --------------------------------------------------------------------------
 # Actors that live at an address
 
 
@@ -219,6 +310,12 @@ class HuddleActor(PooledActor):
     def on_receive(self, message: Any) -> Any:
         if type(message) is Delivery:
             env = message.envelope
+            ownership = self.node._ownership
+            if ownership is not None and not ownership.may_deliver(self.address):
+                # The lease is gone: this message is for the next owner.
+                if not ownership.stray(env):
+                    self.node._refuse(env, "lease-lost")
+                return FORWARDED
             try:
                 return self.on_message(env.message, env)
             except UnhandledMessage as exc:
@@ -283,6 +380,9 @@ class HuddleActor(PooledActor):
     def _on_dead_letter(self, message: Any) -> None:
         if type(message) is Delivery:
             env = message.envelope
+            ownership = self.node._ownership
+            if ownership is not None and ownership.stray(env):
+                return  # queued behind a stop: the next owner gets it
             self.node.dead_letter("actor-stopped", self.address, env.kind, sender=env.sender)
         else:
             self.node.dead_letter("actor-stopped", self.address, type(message).__name__)
@@ -344,6 +444,10 @@ class Node:
         self._listeners: list[Callable[[Event], None]] = []
         self._exit_waiters: dict[str, PooledFuture[None]] = {}
         self._release_on_exit: set[str] = set()
+        #: Newest epoch seen from each sender address (fencing).
+        self._epochs: dict[str, int] = {}
+        self._ownership: Ownership | None = None
+        self._epoch_lock = threading.Lock()
         self._lock = threading.RLock()
         self._closing = False
         self._started = False
@@ -370,6 +474,9 @@ class Node:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every actor (newest first, no restarts), then the transport."""
+        if self._ownership is not None and not self._closing:
+            # Hand off or release what we own while the node still runs.
+            self._ownership.close(timeout)
         with self._lock:
             if self._closing:
                 return
@@ -396,25 +503,59 @@ class Node:
 
     # -- hosting ------------------------------------------------------------
 
-    def spawn(self, address: str, actor_class: type[A], *args: Any, parent: str | None = None, **kwargs: Any) -> ActorRef[A]:
+    def set_ownership(self, ownership: Ownership) -> None:
+        """Put this node in a cluster (before it hosts anything)."""
+        if self._actors:
+            raise HuddleError("set_ownership() must come before the first spawn")
+        self._ownership = ownership
+
+    @property
+    def ownership(self) -> Ownership | None:
+        return self._ownership
+
+    def spawn(self, address: str, actor_class: type[A], *args: Any, parent: str | None = None,
+              **kwargs: Any) -> ActorRef[A] | None:
         """Start ``actor_class(ctx, *args, **kwargs)`` at ``address``.
 
         If the address is reserved for a restart, messages that waited for it
         are delivered to the new incarnation before any newer message.
+
+        In a cluster, an address whose lease this node does not hold yet is
+        started once the lease is claimed (the messages meanwhile wait):
+        then this returns None.
         """
         if parse_address(address).kind == "sys":
             raise InvalidAddress(f"{address!r}: the sys kind is reserved for system channels")
         if self._closing:
             raise HuddleError(f"node {self.node_id} is shutting down")
-        raw = self.checkpoints.load(address)
-        checkpoint = msgpack.unpackb(raw, raw=False) if raw is not None else None
+        epoch = 0
+        if self._ownership is not None:
+            if address in self._actors:
+                raise AddressInUse(address)
+            granted = self._ownership.spawn(address, actor_class, args, kwargs, parent)
+            if granted is None:
+                return None
+            epoch = granted
+        return self.start_actor(address, actor_class, args, kwargs, parent=parent, epoch=epoch)
+
+    def start_actor(self, address: str, actor_class: type[A], args: tuple[Any, ...] = (),
+                    kwargs: dict[str, Any] | None = None, *, parent: str | None = None, epoch: int = 0,
+                    checkpoint: bytes | None | _Unset = _UNSET, preload: tuple[Envelope, ...] = ()) -> ActorRef[A]:
+        """Start the actor now (what :meth:`spawn` does once it may): under
+        ``epoch``, with ``checkpoint`` (msgpack bytes, or None) if given
+        instead of the store's, and with ``preload`` (envelopes that waited
+        in the backlog) delivered before anything else."""
+        if isinstance(checkpoint, _Unset):
+            checkpoint = self.checkpoints.load(address)
+        state = msgpack.unpackb(checkpoint, raw=False) if checkpoint is not None else None
         with self._lock:
             if address in self._actors:
                 raise AddressInUse(address)
             self._incarnations[address] += 1
             incarnation = self._incarnations[address]
-        ctx = ActorContext(address=address, node=self, checkpoint=checkpoint, incarnation=incarnation, parent=parent)
-        actor = actor_class(ctx, *args, **kwargs)
+        ctx = ActorContext(address=address, node=self, checkpoint=state, incarnation=incarnation, parent=parent,
+                           epoch=epoch)
+        actor = actor_class(ctx, *args, **(kwargs or {}))
         actor._exit_hook = self._on_exit
         # Messages may reach the mailbox as soon as the address is visible;
         # none runs until the actor is registered and announced.
@@ -424,18 +565,24 @@ class Node:
                 raise AddressInUse(address)
             waiting = self._reserved.pop(address, None)
             now = self.clock.wall()
-            for env in waiting or ():
+            ownership = self._ownership
+            for env in (*preload, *(waiting or ())):
                 # Deadlines passed while waiting count as they would have on
                 # arrival (see dispatch).
                 if env.deadline is not None and env.deadline < now:
                     self._refuse(env, "expired")
-                else:
+                elif ownership is None or ownership.first_delivery(env):
                     self._put(actor, env)
+                else:
+                    self._duplicate(env)
             self._actors[address] = actor
         if waiting is None:
             self.transport.subscribe(channel_for(address, self.namespace))
         ActorRegistry.register(actor.actor_ref)
-        self.emit("started", address, detail={"incarnation": incarnation, "class": actor_class.__name__})
+        detail: dict[str, Any] = {"incarnation": incarnation, "class": actor_class.__name__}
+        if epoch:
+            detail["epoch"] = epoch
+        self.emit("started", address, detail=detail)
         actor._start_actor_loop()
         return actor.actor_ref
 
@@ -460,10 +607,20 @@ class Node:
         ``release``, the stop is final: the address is not kept for a
         restart and the supervisor is not told. False if no actor lives
         there; raises pykka's ``Timeout`` past ``timeout``."""
+        waiter = self.request_stop(address, release=release)
+        if waiter is None:
+            return False
+        waiter.get(timeout=timeout)
+        return True
+
+    def request_stop(self, address: str, *, release: bool = False) -> PooledFuture[None] | None:
+        """Ask the actor at ``address`` to stop, without waiting: the future
+        is set once its exit was handled (``await`` it, or ``get`` it).
+        None if no actor lives there."""
         with self._lock:
             actor = self._actors.get(address)
             if actor is None:
-                return False
+                return None
             if release:
                 self._release_on_exit.add(address)
             waiter = self._exit_waiters.setdefault(address, PooledFuture())
@@ -471,11 +628,54 @@ class Node:
             actor.actor_ref.stop(block=False)
         except ActorDeadError:
             pass
-        waiter.get(timeout=timeout)
-        return True
+        return waiter
+
+    def reserve(self, address: str) -> None:
+        """Make messages for ``address`` wait here (nothing hosts it yet),
+        and listen on its channel."""
+        with self._lock:
+            if address in self._actors or address in self._reserved:
+                return
+            self._reserved[address] = collections.deque()
+        self.transport.subscribe(channel_for(address, self.namespace))
+
+    def hand_back(self, address: str, *, keep_listening: bool = False) -> list[Envelope]:
+        """Stop holding ``address`` (if no actor lives there) and return the
+        messages that waited. Its channel is unsubscribed unless
+        ``keep_listening`` (then :meth:`stop_listening` does it later:
+        messages already on their way would otherwise be lost, since a
+        transport drops what arrives for a channel it left)."""
+        with self._lock:
+            if address in self._actors:
+                return []
+            waiting = self._reserved.pop(address, None)
+        if waiting is None:
+            return []
+        if not keep_listening:
+            self.transport.unsubscribe(channel_for(address, self.namespace))
+        return list(waiting)
+
+    def stop_listening(self, address: str) -> None:
+        """Unsubscribe the channel of ``address`` if nothing is hosted or
+        held for it here."""
+        with self._lock:
+            if address in self._actors or address in self._reserved:
+                return
+        self.transport.unsubscribe(channel_for(address, self.namespace))
+
+    def hosts(self, address: str) -> bool:
+        """Whether an actor lives at ``address`` here, or messages for it
+        wait here (a restart, an activation)."""
+        return address in self._actors or address in self._reserved
 
     def release(self, address: str) -> None:
-        """Give up a restart reservation: waiting messages become dead letters."""
+        """Give up a restart reservation: waiting messages become dead letters
+        (in a cluster: the lease is released and they are forwarded)."""
+        with self._lock:
+            if address not in self._reserved or address in self._actors:
+                return
+        if self._ownership is not None and self._ownership.exited(address, False, False):
+            return
         with self._lock:
             waiting = self._reserved.pop(address, None)
             if waiting is None or address in self._actors:
@@ -499,7 +699,11 @@ class Node:
                 self._reserved[address] = collections.deque()
             waiter = self._exit_waiters.pop(address, None)
         try:
-            if not supervised:
+            ownership = self._ownership
+            if ownership is not None and ownership.exited(address, error is not None, supervised):
+                with self._lock:  # messages wait until the ownership hands them on
+                    self._reserved.setdefault(address, collections.deque())
+            elif not supervised:
                 self.transport.unsubscribe(channel_for(address, self.namespace))
             reason = type(error).__name__ if error is not None else ""
             self.emit("crashed" if error is not None else "stopped", address, reason=reason,
@@ -543,15 +747,20 @@ class Node:
         self.send_envelope(env)
 
     def send_envelope(self, env: Envelope) -> None:
+        ownership = self._ownership
+        if (ownership is not None and env.epoch and env.sender is not None
+                and not ownership.may_send(env.sender, env.epoch)):
+            self._refuse(env, "lease-lost")  # a former owner must not speak
+            return
         self._route(env.to, self.codec.encode(env))
 
     def _route(self, to: str, data: bytes) -> None:
         """Encoded bytes for ``to``: back through the decoder if it lives
-        here, else onto its channel."""
+        here, else onto its channel (or where the ownership says)."""
         self.counters["sent"] += 1
         if to in self._actors or to in self._reserved or to == self.address:
             self.receive_bytes(data)
-        else:
+        elif self._ownership is None or not self._ownership.route(to, data):
             self.transport.publish(channel_for(to, self.namespace), data)
 
     def ask(
@@ -628,6 +837,8 @@ class Node:
             env = self.codec.decode(data)
         except DecodeError:
             return
+        if self._ownership is not None and self._ownership.unrouted(env, data):
+            return
         self._refuse(env, "no-subscriber")
 
     def receive_bytes(self, data: bytes, channel: str | None = None) -> None:
@@ -641,7 +852,29 @@ class Node:
         self.counters["received"] += 1
         self.dispatch(env)
 
+    def observe_epoch(self, address: str, epoch: int) -> None:
+        """``address`` is held under ``epoch`` now: from here on, envelopes
+        from it with an older epoch are refused."""
+        if epoch > self._epochs.get(address, 0):
+            with self._epoch_lock:
+                if epoch > self._epochs.get(address, 0):
+                    self._epochs[address] = epoch
+
+    def newest_epoch(self, address: str) -> int:
+        """The newest epoch seen from ``address`` (0: none)."""
+        return self._epochs.get(address, 0)
+
     def dispatch(self, env: Envelope) -> None:
+        epoch = env.epoch
+        if epoch:
+            sender = env.sender
+            if sender is not None:
+                newest = self._epochs.get(sender, 0)
+                if epoch < newest:
+                    self._refuse(env, "stale-epoch")
+                    return
+                if epoch > newest:
+                    self.observe_epoch(sender, epoch)
         to = env.to
         if to == self.address:
             self._on_reply(env)
@@ -660,12 +893,24 @@ class Node:
                         waiting.append(env)
                         return
             if actor is None:
-                self._refuse(env, "restart-buffer-full" if to in self._reserved else "unknown-address")
+                if to in self._reserved:
+                    self._refuse(env, "restart-buffer-full")
+                elif self._ownership is None or not self._ownership.stray(env):
+                    self._refuse(env, "unknown-address")
                 return
         if env.deadline is not None and env.deadline < self.clock.wall():
             self._refuse(env, "expired")
             return
+        ownership = self._ownership
+        if ownership is not None and not ownership.first_delivery(env):
+            self._duplicate(env)
+            return
         self._put(actor, env)
+
+    def _duplicate(self, env: Envelope) -> None:
+        """A copy of an envelope already delivered here: dropped, counted,
+        reported (never answered: the first copy is)."""
+        self.dead_letter("duplicate", env.to, env.kind, sender=env.sender, detail=env.msg_id)
 
     def _put(self, actor: HuddleActor, env: Envelope) -> None:
         if type(env.message) is Stop:
@@ -701,20 +946,24 @@ class Node:
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a reply
             if isinstance(exc, ActorDeadError) and not actor.actor_ref.is_alive():
                 # Queued behind a stop: refused by the runtime, not answered
-                # by the handler. A dead letter like any other refusal.
-                self._refuse(env, "actor-stopped")
+                # by the handler. A dead letter like any other refusal (in a
+                # cluster: forwarded to the next owner).
+                if self._ownership is None or not self._ownership.stray(env):
+                    self._refuse(env, "actor-stopped")
                 return
             message = ErrorReply(error_type=type(exc).__name__, message=str(exc))
         else:
+            if value is FORWARDED:
+                return  # the next owner answers it
             message = value if isinstance(value, Message) else Reply(value)
         try:
-            self._reply(env, message)
+            self._reply(env, message, epoch=actor.epoch)
         except EncodeError as exc:
-            self._reply(env, ErrorReply(error_type="EncodeError", message=str(exc)))
+            self._reply(env, ErrorReply(error_type="EncodeError", message=str(exc)), epoch=actor.epoch)
 
-    def _reply(self, env: Envelope, message: Message) -> None:
+    def _reply(self, env: Envelope, message: Message, *, epoch: int = 0) -> None:
         assert env.reply_to is not None
-        self.tell(env.reply_to, message, sender=env.to, correlation_id=env.correlation_id)
+        self.tell(env.reply_to, message, sender=env.to, epoch=epoch, correlation_id=env.correlation_id)
 
     def _on_reply(self, env: Envelope) -> None:
         entry = self._pending.pop(env.correlation_id or "", None)
@@ -805,6 +1054,10 @@ _REFUSAL_TYPES: dict[str, type[DeliveryError]] = {
     "actor-stopped": ActorStopped,
     "restart-buffer-full": MailboxFull,
     "expired": AskTimeout,
+    "stale-epoch": StaleEpoch,
+    "lease-lost": StaleEpoch,
+    "backlog-full": MailboxFull,
+    "not-hosted": UnknownAddress,
 }
 
 

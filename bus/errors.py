@@ -12,7 +12,9 @@ escaping a huddle call is a bug. The tree is short on purpose::
         ├── UnknownAddress   nobody hosts that address
         ├── MailboxFull      the receiver's bounded mailbox is full
         ├── ActorStopped     the receiver stopped before handling it
-        └── AskTimeout       no reply before the ask's deadline
+        ├── AskTimeout       no reply before the ask's deadline
+        └── StaleEpoch       the sender's epoch is older than one already
+                             seen from its address (a former owner)
 
 ``actors`` adds its own subclasses (supervision, refusals) under the same
 root. Names never shadow builtins (no ``ConnectionError``, no ``TimeoutError``).
@@ -28,6 +30,7 @@ __all__ = [
     "EncodeError",
     "HuddleError",
     "MailboxFull",
+    "StaleEpoch",
     "TransportError",
     "UnknownAddress",
 ]
@@ -85,3 +88,9 @@ class ActorStopped(DeliveryError):
 
 class AskTimeout(DeliveryError):
     """An ask got no reply before its deadline."""
+
+
+class StaleEpoch(DeliveryError):
+    """The envelope carries an epoch older than the newest one the receiver
+    has seen from the sender's address: it comes from a former owner of
+    that address, and is refused (fencing)."""

@@ -17,16 +17,21 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_args(name: str, description: str) -> argparse.Namespace:
+def parse_args(name: str, description: str,
+               options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The common options; ``options(parser)`` adds a benchmark's own."""
     parser = argparse.ArgumentParser(prog=f"huddle bench {name}", description=description)
     parser.add_argument("--quick", action="store_true", help="smaller run, for smoke checks")
     parser.add_argument("--json-out", help=f"write the result here (default {RESULTS}/{name}.json)")
+    if options is not None:
+        options(parser)
     args = parser.parse_args()
     args.name = name
     return args

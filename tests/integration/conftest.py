@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from actors.node import Node
-from bus.address import SYS_EVENTS
+from bus.address import SYS_EVENTS, channel_for
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Codec
 from bus.errors import DecodeError
@@ -137,7 +137,7 @@ class NodeProcess:
 
     def output(self) -> str:
         try:
-            return self.log.read_text(errors="replace")[-4000:]
+            return self.log.read_text(errors="replace")[-40000:]
         except OSError:
             return "(no output)"
 
@@ -152,22 +152,26 @@ class NodeProcesses:
         self.started: list[NodeProcess] = []
 
     def start(self, *echo: str, node_id: str | None = None, wait: bool = True, options: Sequence[str] = (),
-              env: Mapping[str, str] | None = None) -> NodeProcess:
+              env: Mapping[str, str] | None = None, redis_url: str | None = None) -> NodeProcess:
         """Start a node hosting an Echo at each of ``echo`` (more ``huddle
-        node`` ``options`` and environment ``env`` if given); with ``wait``,
-        return once it is ready (see :meth:`wait_ready`)."""
+        node`` ``options``, environment ``env`` and another bus
+        ``redis_url`` if given); with ``wait``, return once it is ready (see
+        :meth:`wait_ready`)."""
         node_id = node_id or unique("node")
         ready = self.workdir / f"{node_id}.ready"
         log = self.workdir / f"{node_id}.log"
-        cmd = huddle_cmd("node", "--redis-url", self.redis_url, "--node-id", node_id, "--ready-file", str(ready),
-                         *options)
+        cmd = huddle_cmd("node", "--redis-url", redis_url or self.redis_url, "--node-id", node_id,
+                         "--ready-file", str(ready), *options)
         for address in echo:
             cmd += ["--echo", address]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     cwd=REPO_ROOT, env=None if env is None else {**os.environ, **env})
-        # Its own channel, sys:taps (taps announce themselves there), one per Echo.
-        node = NodeProcess(proc, node_id, ready, log, channels=2 + len(echo))
+        # Its own channel, sys:taps (taps announce themselves there), one per
+        # Echo. A cluster node also listens on sys:nodes, node:<id>/cluster
+        # and its actors' channels: its ready file is written once those are live.
+        clustered = any(o.startswith(("--cluster", "--actors", "--lease-ttl", "--heartbeat")) for o in options)
+        node = NodeProcess(proc, node_id, ready, log, channels=0 if clustered else 2 + len(echo))
         self.started.append(node)
         if wait:
             self.wait_ready(node)
@@ -179,8 +183,9 @@ class NodeProcesses:
         ready file before its Echo subscriptions are confirmed, so the file
         alone does not mean a message to ``echo:1`` would be heard."""
         node.wait_ready()
-        wait_until(lambda: subscriber_channels(self.client, node.node_id) == node.channels,
-                   f"node {node.node_id} subscribed to {node.channels} channels")
+        if node.channels:
+            wait_until(lambda: subscriber_channels(self.client, node.node_id) == node.channels,
+                       f"node {node.node_id} subscribed to {node.channels} channels")
 
     def stop_all(self) -> None:
         errors = []
@@ -234,6 +239,20 @@ class EventLog:
         with self._cond:
             return [e for e in self.events if _matches(e, fields)]
 
+    def wait_match(self, predicate: Callable[[Event], bool], what: str, timeout: float = DEADLINE) -> Event:
+        """The first event for which ``predicate`` holds; fails after ``timeout``."""
+        found: list[Event] = []
+
+        def seen() -> bool:
+            found[:] = [e for e in self.events if predicate(e)]
+            return bool(found)
+
+        with self._cond:
+            if not self._cond.wait_for(seen, timeout):
+                recent = [(e.event, e.node, e.address, e.reason) for e in self.events[-10:]]
+                raise AssertionError(f"no event {what} within {timeout:g}s; last events: {recent}")
+        return found[0]
+
     def wait_for(self, timeout: float = DEADLINE, **fields: object) -> Event:
         """The first event whose fields equal ``fields`` (``detail_*`` keys
         match inside ``detail``); fails after ``timeout`` seconds."""
@@ -275,11 +294,19 @@ def listening(redis_url: str, receiver: Callable[[str, bytes], None], *channels:
         transport.close()
 
 
+@contextlib.contextmanager
+def listening_events(redis_url: str, namespace: str = "") -> Iterator[EventLog]:
+    """An :class:`EventLog` of ``<namespace>sys:events``, subscribed before
+    this returns."""
+    log = EventLog()
+    with listening(redis_url, log, channel_for(SYS_EVENTS, namespace)):
+        yield log
+
+
 @pytest.fixture
 def events(redis_url: str) -> Iterator[EventLog]:
     """Listens on ``sys:events`` from before the test starts anything."""
-    log = EventLog()
-    with listening(redis_url, log, SYS_EVENTS):
+    with listening_events(redis_url) as log:
         yield log
 
 

@@ -152,6 +152,7 @@ def _check_bench_output(stdout: str, written: Path, figures: set[str]) -> None:
         ("tell-local", {"msgs_per_s"}),
         ("tell-remote", {"msgs_per_s", "lost"}),
         ("ask-remote", {"p50_us", "p99_us", "mean_us"}),
+        ("failover", {"p50_s", "p99_s", "max_s", "moved", "lost_state"}),
     ],
 )
 def test_bench_quick_prints_figures_baseline_goal(name: str, figures: set[str], tmp_path: Path) -> None:
@@ -159,6 +160,15 @@ def test_bench_quick_prints_figures_baseline_goal(name: str, figures: set[str], 
     out = run("bench", name, "--quick", "--json-out", str(written), timeout=BENCH_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     _check_bench_output(out.stdout, written, figures)
+
+
+def test_bench_chaos_runs_a_short_soak_and_reports_its_invariants(tmp_path: Path) -> None:
+    written = tmp_path / "chaos.json"
+    out = run("bench", "chaos", "--quick", "--minutes", "0.2", "--json-out", str(written), timeout=BENCH_TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check_bench_output(out.stdout, written, {"double_owner_accepted", "lost", "duplicated", "violations"})
+    result = json.loads(out.stdout)
+    assert result["figures"]["double_owner_accepted"] == 0 and result["figures"]["lost"] == 0
 
 
 def test_bench_unknown_name_is_refused() -> None:

@@ -1,0 +1,801 @@
+"""What a cluster node decides, as a sans-I/O state machine.
+
+``step(state, event, now) -> (state, effects)``: events are what the node
+heard (a tick of its clock, a heartbeat or lease change on ``sys:nodes``,
+the outcome of a Redis script it ran, an actor that exited); effects are
+what it must do (run a script, start or stop an actor, publish an event).
+No I/O, no clock of its own, no threads: the shell
+(:mod:`actors.cluster.shell`) runs it on the node's I/O loop and carries the
+effects out. The returned state is the same object, changed in place.
+
+Lease phases (a lease this node holds)::
+
+    claim won ─► ACTIVE ─┬─ lost / expired ───────► FENCED ───┐
+                         ├─ a better node joined ─► HANDOFF ──┤ actor gone
+                         ├─ drain (not placed) ───► STOPPING ─┤
+                         └─ the actor stopped ────────────────┴─► RELEASING ─► (released)
+
+Rules, each a method below:
+
+- **heartbeat and renewal**: every ``heartbeat_interval`` one ``Renew``
+  (heartbeat + every lease still wanted). A lease counts as valid until
+  ``sent + ttl * (1 - margin)`` of the renewal that last covered it; past
+  that, or reported lost, it is FENCED: its actor is stopped at once.
+- **membership**: a node is live from its first heartbeat until it leaves
+  or misses heartbeats for its ttl; a dead node's placed addresses are
+  adopted (made unowned), and each survivor claims those it now ranks
+  first for.
+- **placement**: an unowned placed address is claimed by the live,
+  non-draining node that ranks first for it (rendezvous hashing over the
+  nodes whose factories start its kind).
+- **hand-off**: when a node joins, each node hands it the placed addresses
+  it now ranks first for (stop, release as unowned; the newcomer claims).
+  A draining node hands off everything, then leaves.
+- **Redis lost its data** (a new era): every lease still valid is written
+  back under the same epoch.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bus.address import node_address
+from bus.cluster.backlog import DEFAULT_BACKLOG_CAP
+from bus.cluster.membership import Member, Membership
+from bus.cluster.messages import LeaseChange, NodeHeartbeat
+from bus.cluster.placement import owner_of
+
+__all__ = [
+    "ActorGone",
+    "Adopt",
+    "Adopted",
+    "Claim",
+    "ClaimFailed",
+    "ClaimRefused",
+    "Claimed",
+    "ClusterConfig",
+    "ClusterState",
+    "Drain",
+    "DrainBacklog",
+    "Emit",
+    "Event",
+    "HandBack",
+    "HeartbeatSeen",
+    "HeldLease",
+    "LeaseSeen",
+    "LeaseTroubled",
+    "Leave",
+    "NodeLeftSeen",
+    "Orphans",
+    "Phase",
+    "Reassert",
+    "Reasserted",
+    "Release",
+    "ReleaseFailed",
+    "Released",
+    "Renew",
+    "RenewFailed",
+    "Renewed",
+    "SpawnRefused",
+    "Start",
+    "Stop",
+    "Sweep",
+    "Tick",
+    "WantLease",
+    "new_state",
+    "step",
+]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Timings and limits of one node in the cluster.
+
+    ``heartbeat_interval``: seconds between renewals (heartbeat + leases);
+    ``lease_ttl``: lease and heartbeat lifetime in Redis (a node that misses
+    its heartbeats this long is dead); ``validity_margin``: the fraction of
+    the ttl a node stops trusting its lease *before* Redis lets it go;
+    ``sweep_interval``: how often a node looks for unowned addresses and
+    dead members it did not hear about; ``capacity``: placement weight;
+    ``backlog_cap``: envelopes one address's backlog holds; ``fencing_log``:
+    record accepted checkpoint writes (for checkers); ``handoff_on_join``:
+    move addresses to a node that joins and ranks first for them, once it
+    has been live for ``handoff_grace`` seconds (default: one lease ttl).
+
+    Why the grace: a node that was paused past its lease and wakes up
+    forwards the messages that waited in its socket, some of which the new
+    owner also received; the new owner drops those copies by msg_id. Handing
+    the address back to the waking node at once could move it before the
+    copies arrive, and the node that gets them then would not know them.
+    """
+
+    heartbeat_interval: float = 0.5
+    lease_ttl: float = 2.0
+    validity_margin: float = 0.25
+    sweep_interval: float = 5.0
+    capacity: float = 1.0
+    backlog_cap: int = DEFAULT_BACKLOG_CAP
+    fencing_log: bool = False
+    handoff_on_join: bool = True
+    handoff_grace: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval <= 0 or self.lease_ttl <= 0:
+            raise ValueError("heartbeat_interval and lease_ttl must be positive")
+        if self.lease_ttl < 2 * self.heartbeat_interval:
+            raise ValueError("lease_ttl must be at least two heartbeat intervals")
+        if not 0 < self.validity_margin < 1:
+            raise ValueError("validity_margin is a fraction of the ttl, in (0, 1)")
+        if self.capacity < 0:
+            raise ValueError("capacity must not be negative")
+
+    @property
+    def validity(self) -> float:
+        """Seconds a renewal keeps a lease valid by the local clock."""
+        return self.lease_ttl * (1 - self.validity_margin)
+
+    @property
+    def grace(self) -> float:
+        """Seconds a joined node is live before addresses move to it."""
+        return self.lease_ttl if self.handoff_grace is None else self.handoff_grace
+
+    @property
+    def tick(self) -> float:
+        """How often the shell feeds :class:`Tick`."""
+        return min(self.heartbeat_interval / 2, 0.25)
+
+
+class Phase(enum.StrEnum):
+    ACTIVE = "active"
+    FENCED = "fenced"
+    HANDOFF = "handoff"
+    STOPPING = "stopping"
+    RELEASING = "releasing"
+
+
+#: Phases in which the lease is still ours and renewed.
+_RENEWED = (Phase.ACTIVE, Phase.HANDOFF, Phase.STOPPING)
+
+
+@dataclass
+class HeldLease:
+    """A lease this node holds. ``valid_until`` is on the shell's monotonic
+    clock; ``placed``: the address has a spec (the cluster restarts it)."""
+
+    epoch: int
+    placed: bool
+    valid_until: float
+    phase: Phase = Phase.ACTIVE
+    release_mode: str = ""
+    retry_at: float = 0.0
+
+
+@dataclass
+class ClusterState:
+    me: str
+    config: ClusterConfig
+    kinds: frozenset[str]
+    view: Membership
+    leases: dict[str, HeldLease] = field(default_factory=dict)
+    #: address -> when its claim (in flight) was sent
+    claiming: dict[str, float] = field(default_factory=dict)
+    #: address -> when to (re)send its claim
+    pending_claims: dict[str, float] = field(default_factory=dict)
+    #: address -> until when it is not claimed again (it crashed here)
+    cooldown: dict[str, float] = field(default_factory=dict)
+    #: placed addresses heard to be unowned and not claimed since: looked at
+    #: again when the membership changes (another node may rank first now)
+    unowned_seen: set[str] = field(default_factory=set)
+    #: joined node -> (when it joined, when addresses that rank it first move to it)
+    handoffs_due: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: leases to write back after Redis lost them -> whether a write-back is
+    #: in flight (a renewal racing it may still find them missing)
+    reasserting: dict[str, bool] = field(default_factory=dict)
+    #: addresses to claim again once their old lease is released
+    reclaim: set[str] = field(default_factory=set)
+    #: dead node -> (next attempt, give up at) while its key still exists
+    adopt_retries: dict[str, tuple[float, float]] = field(default_factory=dict)
+    era: str | None = None
+    joined: bool = False
+    renewing: float | None = None
+    renew_set: dict[str, int] = field(default_factory=dict)
+    next_renew: float = 0.0
+    next_sweep: float = 0.0
+    draining: bool = False
+    closing: bool = False
+    left: bool = False
+
+    def owner(self, address: str) -> str | None:
+        """Where placement puts ``address`` now, in this node's view."""
+        kind = address.partition(":")[0]
+        return owner_of(address, self.view.hosts_for(kind))
+
+    def held(self) -> dict[str, int]:
+        """Leases still ours in Redis: address -> epoch."""
+        return {a: lease.epoch for a, lease in self.leases.items() if lease.phase in _RENEWED}
+
+
+def new_state(me: str, config: ClusterConfig, kinds: frozenset[str], now: float) -> ClusterState:
+    member = Member(node=me, capacity=config.capacity, kinds=kinds, draining=False, ttl=config.lease_ttl,
+                    last_seen=now)
+    return ClusterState(me=me, config=config, kinds=kinds, view=Membership(me=member, default_ttl=config.lease_ttl),
+                        next_sweep=now + config.sweep_interval)
+
+
+# -- events (what the node heard) ------------------------------------------------
+
+
+class Event:
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSeen(Event):
+    heartbeat: NodeHeartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLeftSeen(Event):
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSeen(Event):
+    change: LeaseChange
+
+
+@dataclass(frozen=True, slots=True)
+class Renewed(Event):
+    sent_at: float
+    era: str
+    lost: Mapping[str, tuple[str, int] | None] = field(default_factory=dict)
+    backlogged: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RenewFailed(Event):
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WantLease(Event):
+    """Something here wants to host ``address`` (a spawn)."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed(Event):
+    address: str
+    epoch: int
+    placed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRefused(Event):
+    """``holder`` ("": we are not a member yet) holds it under ``epoch``."""
+
+    address: str
+    holder: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFailed(Event):
+    """The claim did not get an answer (Redis unreachable)."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActorGone(Event):
+    """The actor at ``address`` stopped; ``final``: no restart follows."""
+
+    address: str
+    crashed: bool
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Released(Event):
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseFailed(Event):
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reasserted(Event):
+    """The write-back of a lease ended: ``ok`` (ours again), not ok (taken
+    meanwhile), or ``None`` (no answer: the next renewal decides)."""
+
+    address: str
+    ok: bool | None
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted(Event):
+    """The outcome of adopting ``node``: it was still ``alive``, or these
+    placed ``addresses`` are unowned now."""
+
+    node: str
+    alive: bool
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Orphans(Event):
+    """Placed addresses found waiting for an owner."""
+
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTroubled(Event):
+    """Redis refused a checkpoint of ``address`` under our lease."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drain(Event):
+    """Hand everything off and leave (``closing``: the node is shutting down)."""
+
+    closing: bool = False
+
+
+# -- effects (what the node must do) -----------------------------------------------
+
+
+class Effect:
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Renew(Effect):
+    leases: Mapping[str, int]
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim(Effect):
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start(Effect):
+    address: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnRefused(Effect):
+    address: str
+    holder: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Effect):
+    """Stop the actor at once; ``final``: no supervisor restarts it."""
+
+    address: str
+    reason: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Effect):
+    address: str
+    epoch: int
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandBack(Effect):
+    """The address is released: forward whatever waited for it here."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt(Effect):
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep(Effect):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DrainBacklog(Effect):
+    address: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reassert(Effect):
+    address: str
+    epoch: int
+    placed: bool
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Emit(Effect):
+    event: str
+    address: str = ""
+    reason: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Leave(Effect):
+    pass
+
+
+# -- the step ------------------------------------------------------------------------
+
+
+def step(state: ClusterState, event: Event, now: float) -> tuple[ClusterState, list[Effect]]:
+    """Feed one event; returns the (same, updated) state and the effects."""
+    out: list[Effect] = []
+    handler = _HANDLERS[type(event)]
+    handler(state, event, now, out)
+    if state.draining and not state.left and not state.leases and not state.claiming:
+        state.left = True
+        out.append(Leave())
+    return state, out
+
+
+def _tick(s: ClusterState, _e: Tick, now: float, out: list[Effect]) -> None:
+    cfg = s.config
+    if not s.left and s.renewing is None and now >= s.next_renew:
+        s.renewing = now
+        s.renew_set = s.held()
+        s.next_renew = now + cfg.heartbeat_interval
+        out.append(Renew(leases=dict(s.renew_set), sent_at=now))
+    for address, lease in s.leases.items():
+        if lease.phase in _RENEWED and now >= lease.valid_until:
+            _fence(s, address, lease, "expired", out)
+        elif lease.phase is Phase.RELEASING and lease.retry_at and now >= lease.retry_at:
+            lease.retry_at = 0.0
+            out.append(Release(address, lease.epoch, lease.release_mode))
+    dead = s.view.expire(now)
+    for node in dead:
+        out.append(Emit("node-dead", node_address(node)))
+        s.adopt_retries[node] = (now, now + cfg.lease_ttl)
+    if dead:
+        _reconsider_unowned(s, now, out)
+    for node, (due, give_up) in list(s.adopt_retries.items()):
+        if now >= give_up:
+            del s.adopt_retries[node]
+        elif now >= due:
+            s.adopt_retries[node] = (now + cfg.heartbeat_interval, give_up)
+            out.append(Adopt(node))
+    for address, retry_at in list(s.pending_claims.items()):
+        if s.joined and now >= retry_at:
+            del s.pending_claims[address]
+            _claim(s, address, now, out)
+    for node, (joined_at, due) in list(s.handoffs_due.items()):
+        if now >= due:
+            del s.handoffs_due[node]
+            member = s.view.others.get(node)
+            if member is not None and member.last_seen > joined_at:  # heard from since it joined
+                _hand_off_to(s, node, out)
+    if s.joined and not s.left and now >= s.next_sweep:
+        s.next_sweep = now + cfg.sweep_interval
+        out.append(Sweep())
+
+
+def _renewed(s: ClusterState, e: Renewed, now: float, out: list[Effect]) -> None:
+    if s.renewing != e.sent_at:
+        return  # an answer to an older renewal
+    s.renewing = None
+    first = not s.joined
+    s.joined = True
+    reset = s.era is not None and e.era != s.era
+    s.era = e.era
+    if reset:
+        out.append(Emit("redis-reset", node_address(s.me), detail={"era": e.era}))
+    valid_until = e.sent_at + s.config.validity
+    for address, epoch in s.renew_set.items():
+        lease = s.leases.get(address)
+        if lease is None or lease.epoch != epoch or lease.phase not in _RENEWED:
+            continue
+        if address in e.lost:
+            current = e.lost[address]
+            if current is None and (reset or address in s.reasserting):
+                if not s.reasserting.get(address, False):
+                    s.reasserting[address] = True
+                    out.append(Reassert(address, epoch, lease.placed, now))
+            else:
+                _fence(s, address, lease, "taken" if current else "lapsed", out)
+        else:
+            lease.valid_until = max(lease.valid_until, valid_until)
+    for address in e.backlogged:
+        lease = s.leases.get(address)
+        if lease is not None and lease.phase is Phase.ACTIVE:
+            out.append(DrainBacklog(address, lease.epoch))
+    if first:
+        for address in list(s.pending_claims):
+            del s.pending_claims[address]
+            _claim(s, address, now, out)
+
+
+def _renew_failed(s: ClusterState, e: RenewFailed, _now: float, _out: list[Effect]) -> None:
+    if s.renewing == e.sent_at:
+        s.renewing = None
+
+
+def _reasserted(s: ClusterState, e: Reasserted, _now: float, out: list[Effect]) -> None:
+    lease = s.leases.get(e.address)
+    if e.ok is None and lease is not None and lease.phase in _RENEWED:
+        s.reasserting[e.address] = False  # the next renewal that misses it tries again
+        return
+    s.reasserting.pop(e.address, None)
+    if lease is None or lease.phase not in _RENEWED or e.ok is None:
+        return
+    if e.ok:
+        lease.valid_until = max(lease.valid_until, e.sent_at + s.config.validity)
+        out.append(Emit("lease-restored", e.address, detail={"epoch": lease.epoch}))
+    else:
+        _fence(s, e.address, lease, "taken", out)
+
+
+def _heartbeat(s: ClusterState, e: HeartbeatSeen, now: float, out: list[Effect]) -> None:
+    hb = e.heartbeat
+    if hb.node == s.me:
+        return
+    if not s.view.observe(hb, now):
+        return
+    out.append(Emit("node-joined", node_address(hb.node),
+                    detail={"capacity": hb.capacity, "kinds": sorted(hb.kinds)}))
+    s.adopt_retries.pop(hb.node, None)
+    if s.config.handoff_on_join:
+        if s.config.grace > 0:
+            s.handoffs_due[hb.node] = (now, now + s.config.grace)
+        else:
+            _hand_off_to(s, hb.node, out)
+
+
+def _node_left(s: ClusterState, e: NodeLeftSeen, now: float, out: list[Effect]) -> None:
+    if e.node == s.me or not s.view.left(e.node):
+        return
+    out.append(Emit("node-left", node_address(e.node)))
+    # It released everything it held; adopting catches what it could not.
+    s.adopt_retries[e.node] = (now + s.config.heartbeat_interval, now + s.config.lease_ttl)
+    out.append(Adopt(e.node))
+    _reconsider_unowned(s, now, out)
+
+
+def _lease_seen(s: ClusterState, e: LeaseSeen, now: float, out: list[Effect]) -> None:
+    change = e.change
+    if change.node == s.me and change.change != "unowned":
+        return
+    if change.change == "unowned":
+        s.unowned_seen.add(change.address)
+        _maybe_claim_placed(s, change.address, now, out)
+    elif change.change in ("acquired", "restored"):
+        s.unowned_seen.discard(change.address)
+        lease = s.leases.get(change.address)
+        if lease is not None and lease.phase in _RENEWED and change.epoch > lease.epoch:
+            _fence(s, change.address, lease, "taken", out)
+
+
+def _want_lease(s: ClusterState, e: WantLease, now: float, out: list[Effect]) -> None:
+    address = e.address
+    if address in s.claiming or address in s.pending_claims:
+        return
+    lease = s.leases.get(address)
+    if lease is not None:
+        if lease.phase is not Phase.ACTIVE:
+            s.reclaim.add(address)  # after the old lease is released
+        return
+    if s.draining:
+        out.append(SpawnRefused(address, "", 0))
+        return
+    _claim(s, address, now, out)
+
+
+def _claimed(s: ClusterState, e: Claimed, now: float, out: list[Effect]) -> None:
+    sent_at = s.claiming.pop(e.address, now)
+    s.unowned_seen.discard(e.address)
+    lease = HeldLease(epoch=e.epoch, placed=e.placed, valid_until=sent_at + s.config.validity)
+    s.leases[e.address] = lease
+    out.append(Emit("lease-acquired", e.address, detail={"epoch": e.epoch, "placed": e.placed}))
+    out.append(Start(e.address, e.epoch))
+    if s.draining:
+        if lease.placed:
+            _hand_off(s, e.address, lease, "", out)
+        else:
+            lease.phase = Phase.STOPPING
+            out.append(Stop(e.address, "drain", final=True))
+
+
+def _claim_refused(s: ClusterState, e: ClaimRefused, now: float, out: list[Effect]) -> None:
+    s.claiming.pop(e.address, None)
+    if not e.holder and not s.draining:
+        # We are not a member in Redis yet (or any more): after our next heartbeat.
+        s.pending_claims[e.address] = now + s.config.heartbeat_interval
+        return
+    out.append(SpawnRefused(e.address, e.holder, e.epoch))
+
+
+def _claim_failed(s: ClusterState, e: ClaimFailed, now: float, out: list[Effect]) -> None:
+    s.claiming.pop(e.address, None)
+    if s.draining:
+        out.append(SpawnRefused(e.address, "", 0))
+        return
+    s.pending_claims[e.address] = now + s.config.heartbeat_interval
+
+
+def _actor_gone(s: ClusterState, e: ActorGone, now: float, out: list[Effect]) -> None:
+    lease = s.leases.get(e.address)
+    if lease is None or lease.phase is Phase.RELEASING:
+        return
+    if not e.final and lease.phase is Phase.ACTIVE:
+        return  # a supervised restart follows, under the same lease
+    if lease.placed:
+        stays = lease.phase is Phase.ACTIVE and not e.crashed and not s.closing
+        mode = "retire" if stays else "unowned"
+        if e.crashed:
+            # Not straight back here: the next sweep (or another node) restarts it.
+            s.cooldown[e.address] = now + s.config.sweep_interval
+    else:
+        mode = "plain"
+    _release(s, e.address, lease, mode, out)
+
+
+def _released(s: ClusterState, e: Released, now: float, out: list[Effect]) -> None:
+    lease = s.leases.pop(e.address, None)
+    if lease is None:
+        return
+    out.append(Emit("lease-released", e.address, detail={"epoch": lease.epoch, "mode": lease.release_mode}))
+    out.append(HandBack(e.address))
+    if e.address in s.reclaim:
+        s.reclaim.discard(e.address)
+        if not s.draining:
+            _claim(s, e.address, now, out)
+        else:
+            out.append(SpawnRefused(e.address, "", 0))
+
+
+def _release_failed(s: ClusterState, e: ReleaseFailed, now: float, _out: list[Effect]) -> None:
+    lease = s.leases.get(e.address)
+    if lease is not None and lease.phase is Phase.RELEASING:
+        lease.retry_at = now + s.config.heartbeat_interval
+
+
+def _adopted(s: ClusterState, e: Adopted, now: float, out: list[Effect]) -> None:
+    if e.alive:
+        return  # its key has not expired yet: the retry schedule goes on
+    s.adopt_retries.pop(e.node, None)
+    if e.addresses:
+        out.append(Emit("adopted", node_address(e.node), detail={"addresses": len(e.addresses)}))
+    for address in e.addresses:
+        s.unowned_seen.add(address)
+        _maybe_claim_placed(s, address, now, out)
+
+
+def _orphans(s: ClusterState, e: Orphans, now: float, out: list[Effect]) -> None:
+    for address in e.addresses:
+        s.unowned_seen.add(address)
+        _maybe_claim_placed(s, address, now, out)
+
+
+def _lease_troubled(s: ClusterState, e: LeaseTroubled, _now: float, out: list[Effect]) -> None:
+    lease = s.leases.get(e.address)
+    if lease is not None and lease.phase in _RENEWED:
+        _fence(s, e.address, lease, "checkpoint-refused", out)
+
+
+def _drain(s: ClusterState, e: Drain, _now: float, out: list[Effect]) -> None:
+    s.closing = s.closing or e.closing
+    if s.draining:
+        return
+    s.draining = True
+    s.pending_claims.clear()
+    s.reclaim.clear()
+    out.append(Emit("draining", node_address(s.me), detail={"leases": len(s.leases)}))
+    for address, lease in s.leases.items():
+        if lease.phase is not Phase.ACTIVE:
+            continue
+        if lease.placed:
+            _hand_off(s, address, lease, "", out)
+        else:
+            lease.phase = Phase.STOPPING
+            out.append(Stop(address, "drain", final=True))
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _claim(s: ClusterState, address: str, now: float, out: list[Effect]) -> None:
+    if not s.joined:
+        s.pending_claims[address] = now
+        return
+    s.claiming[address] = now
+    out.append(Claim(address))
+
+
+def _maybe_claim_placed(s: ClusterState, address: str, now: float, out: list[Effect]) -> None:
+    if (s.draining or s.left or address in s.leases or address in s.claiming or address in s.pending_claims
+            or s.owner(address) != s.me):
+        return
+    until = s.cooldown.get(address)
+    if until is not None:
+        if now < until:
+            return
+        del s.cooldown[address]
+    _claim(s, address, now, out)
+
+
+def _hand_off_to(s: ClusterState, node: str, out: list[Effect]) -> None:
+    """Hand ``node`` (if still live) the placed addresses it ranks first for."""
+    if s.draining or not s.view.is_live(node):
+        return
+    for address, lease in s.leases.items():
+        if lease.phase is Phase.ACTIVE and lease.placed and s.owner(address) == node:
+            _hand_off(s, address, lease, node, out)
+
+
+def _reconsider_unowned(s: ClusterState, now: float, out: list[Effect]) -> None:
+    """The live nodes changed: unowned addresses may rank us first now."""
+    for address in sorted(s.unowned_seen):
+        _maybe_claim_placed(s, address, now, out)
+
+
+def _fence(s: ClusterState, address: str, lease: HeldLease, why: str, out: list[Effect]) -> None:
+    """The lease is lost (or can no longer be trusted): stop the actor now."""
+    stopping = lease.phase in (Phase.HANDOFF, Phase.STOPPING)
+    lease.phase = Phase.FENCED
+    out.append(Emit("lease-lost", address, reason=why, detail={"epoch": lease.epoch}))
+    if not stopping:
+        out.append(Stop(address, f"lease-{why}", final=False))
+
+
+def _hand_off(s: ClusterState, address: str, lease: HeldLease, to: str, out: list[Effect]) -> None:
+    lease.phase = Phase.HANDOFF
+    out.append(Emit("handoff", address, detail={"to": to, "epoch": lease.epoch}))
+    out.append(Stop(address, "handoff", final=True))
+
+
+def _release(s: ClusterState, address: str, lease: HeldLease, mode: str, out: list[Effect]) -> None:
+    lease.phase = Phase.RELEASING
+    lease.release_mode = mode
+    out.append(Release(address, lease.epoch, mode))
+
+
+_HANDLERS: dict[type[Event], Any] = {
+    Tick: _tick,
+    HeartbeatSeen: _heartbeat,
+    NodeLeftSeen: _node_left,
+    LeaseSeen: _lease_seen,
+    Renewed: _renewed,
+    RenewFailed: _renew_failed,
+    Reasserted: _reasserted,
+    WantLease: _want_lease,
+    Claimed: _claimed,
+    ClaimRefused: _claim_refused,
+    ClaimFailed: _claim_failed,
+    ActorGone: _actor_gone,
+    Released: _released,
+    ReleaseFailed: _release_failed,
+    Adopted: _adopted,
+    Orphans: _orphans,
+    LeaseTroubled: _lease_troubled,
+    Drain: _drain,
+}

@@ -1,0 +1,981 @@
+"""A node in a cluster: the shell around :mod:`actors.cluster.machine`.
+
+:class:`Cluster` plugs into a :class:`~actors.node.Node` as its
+:class:`~actors.node.Ownership` and runs the cluster core on the node's I/O
+loop, carrying out its effects with the Redis scripts of :mod:`bus.cluster`
+(one redis-py asyncio client, next to the node's pub/sub transport).
+
+Threads. The core's state is only changed on the I/O loop (``_feed``).
+Other threads (actors' pool threads, the transport's thread) call the
+:class:`~actors.node.Ownership` methods, which only read that state or
+queue work for the loop. Two things happen on the transport's thread on
+purpose: a lease announcement from ``sys:nodes`` updates the owner table
+and the node's newest-epoch table *before* the next message off the same
+connection is dispatched (that is what makes the announcement fence a
+former owner, see :mod:`bus.cluster.leases`).
+
+What a send to another node does, and why nothing is lost on the way, is
+in :mod:`bus.cluster.backlog`. In short: a cached live owner gets a plain
+PUBLISH; anything else goes through the ``ROUTE`` script (to the owner's
+node channel, or into the backlog), in order per address; a PUBLISH that
+reached nobody is routed too; a message for an address this node no longer
+hosts is forwarded, after its lease is released if it was ours.
+
+Start arguments of a placed address (:meth:`Cluster.ensure`) are a map of
+msgpack primitives, stored in Redis so any node can start the actor; they
+must never carry secrets (credentials travel as messages from the actor
+that owns them), and names that look like secrets are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from actors.cluster.machine import (
+    ActorGone,
+    Adopt,
+    Adopted,
+    Claim,
+    Claimed,
+    ClaimFailed,
+    ClaimRefused,
+    ClusterConfig,
+    ClusterState,
+    Drain,
+    DrainBacklog,
+    Effect,
+    Emit,
+    Event,
+    HandBack,
+    HeartbeatSeen,
+    LeaseSeen,
+    LeaseTroubled,
+    Leave,
+    NodeLeftSeen,
+    Orphans,
+    Phase,
+    Reassert,
+    Reasserted,
+    Release,
+    Released,
+    ReleaseFailed,
+    Renew,
+    Renewed,
+    RenewFailed,
+    SpawnRefused,
+    Start,
+    Stop,
+    Sweep,
+    Tick,
+    WantLease,
+    new_state,
+    step,
+)
+from actors.messages import ChildExit
+from actors.node import RESTART_BUFFER, HuddleActor, Node
+from actors.runtime import PooledFuture
+from bus.address import SYS_NODES, channel_for, node_address, parse_address
+from bus.cluster.backlog import Backlog
+from bus.cluster.leases import ClaimResult, LeaseStore
+from bus.cluster.messages import DrainNode, LeaseChange, NodeHeartbeat, NodeLeft
+from bus.envelope import Envelope
+from bus.errors import DecodeError, EncodeError, HuddleError
+from bus.messages import REGISTRY, Message, message_kind
+
+__all__ = ["ActorFactories", "Cluster", "ClusterControl", "ClusterStatus", "encode_start_args"]
+
+log = logging.getLogger("huddle.cluster")
+
+#: Words that may not appear in the name of a start argument.
+SECRET_WORDS = ("token", "password", "passwd", "secret", "credential", "apikey", "api_key")
+#: Msg ids remembered to drop a second copy of an envelope.
+SEEN_IDS = 100_000
+#: Kinds of address that never take a lease (node endpoints, system channels).
+_UNLEASED = ("node:", "sys:")
+
+
+class ActorFactories:
+    """Which actor starts at an address of each kind, on this node.
+
+    A factory is called as ``factory(ctx, **start_args)`` (an actor class
+    is a factory). The kinds are announced in the node's heartbeats: only
+    nodes with a factory for an address's kind take it in placement.
+    """
+
+    def __init__(self, factories: Mapping[str, Callable[..., HuddleActor]] | None = None) -> None:
+        self._factories: dict[str, Callable[..., HuddleActor]] = {}
+        for kind, factory in (factories or {}).items():
+            self.register(kind, factory)
+
+    def register(self, kind: str, factory: Callable[..., HuddleActor]) -> None:
+        parse_address(f"{kind}:x")  # a valid kind
+        if kind in ("node", "sys"):
+            raise ValueError(f"the {kind!r} kind is the runtime's own")
+        self._factories[kind] = factory
+
+    def get(self, kind: str) -> Callable[..., HuddleActor] | None:
+        return self._factories.get(kind)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(self._factories)
+
+
+def encode_start_args(args: Mapping[str, Any]) -> bytes:
+    """The stored form of a placed actor's start arguments: msgpack of a map
+    of primitives. Raises :class:`EncodeError` for anything else, or a name
+    that looks like a secret."""
+    for name in args:
+        if not isinstance(name, str):
+            raise EncodeError("start argument names must be str")
+        lowered = name.lower()
+        if any(word in lowered for word in SECRET_WORDS):
+            raise EncodeError(f"start argument {name!r} looks like a secret; secrets never go into start "
+                              "arguments (they are stored in Redis): send them in a message")
+    try:
+        return msgpack.packb(dict(args), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"start arguments are not msgpack primitives: {exc}") from exc
+
+
+@message_kind("cluster.status")
+@dataclass(frozen=True, slots=True)
+class ClusterStatus(Message):
+    """Ask a node (at ``node:<id>/cluster``) for its view of the cluster."""
+
+
+class ClusterControl(HuddleActor):
+    """The node's cluster endpoint, ``node:<id>/cluster``: takes
+    :class:`~bus.cluster.messages.DrainNode` and :class:`ClusterStatus`."""
+
+    def __init__(self, ctx: Any, cluster: Cluster) -> None:
+        super().__init__(ctx)
+        self.cluster = cluster
+
+    def on_message(self, message: Message, envelope: Envelope) -> Any:
+        if isinstance(message, DrainNode):
+            self.cluster.drain()
+            return sum(1 for lease in list(self.cluster.state.leases.values()) if lease.placed)
+        if isinstance(message, ClusterStatus):
+            return self.cluster.status()
+        return super().on_message(message, envelope)
+
+
+class _SeenIds:
+    """The last ``capacity`` msg ids delivered (thread-safe)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._ids: dict[str, None] = {}
+        self._order: collections.deque[str] = collections.deque()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def first(self, msg_id: str) -> bool:
+        with self._lock:
+            if msg_id in self._ids:
+                return False
+            self._ids[msg_id] = None
+            self._order.append(msg_id)
+            if len(self._order) > self._capacity:
+                self._ids.pop(self._order.popleft(), None)
+            return True
+
+    def forget(self, msg_id: str) -> None:
+        """It was not handled here after all (forwarded): a copy that comes
+        back is a first delivery."""
+        with self._lock:
+            self._ids.pop(msg_id, None)
+
+
+class RedisCheckpoints:
+    """The node's :class:`~actors.node.CheckpointStore` in a cluster.
+
+    ``save`` never blocks: it checks the lease locally, keeps the state in
+    memory (a restart on this node gets it at once) and queues the write;
+    the write runs on the I/O loop through the epoch-checked script, the
+    newest state per address only, in order. A write Redis refuses (the
+    lease moved) is a ``checkpoint-refused`` event and fences the actor.
+    ``load`` only reads memory: an activation brings the stored checkpoint
+    with its claim.
+    """
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._lock = threading.Lock()
+        self._cache: dict[str, bytes] = {}
+        self._pending: dict[str, tuple[int, bytes]] = {}
+        self._writing: dict[str, asyncio.Event] = {}
+        self._accepted: dict[str, bool] = {}
+
+    def save(self, address: str, epoch: int, data: bytes) -> bool:
+        cluster = self._cluster
+        if address not in cluster.state.leases or not cluster.may_send(address, epoch):
+            cluster.node.emit("checkpoint-refused", address, reason="lease-lost", detail={"epoch": epoch})
+            return False
+        with self._lock:
+            self._cache[address] = data
+            self._pending[address] = (epoch, data)
+            start = address not in self._writing
+            if start:
+                self._writing[address] = asyncio.Event()
+        if start:
+            cluster.call_soon(self._start_writer, address)
+        return True
+
+    def load(self, address: str) -> bytes | None:
+        with self._lock:
+            return self._cache.get(address)
+
+    def delete(self, address: str) -> None:
+        with self._lock:
+            self._cache.pop(address, None)
+            self._accepted.pop(address, None)
+
+    def remember(self, address: str, data: bytes | None) -> None:
+        """The stored checkpoint an activation brought."""
+        with self._lock:
+            if data is None:
+                self._cache.pop(address, None)
+            else:
+                self._cache[address] = data
+
+    def _start_writer(self, address: str) -> None:
+        asyncio.get_running_loop().create_task(self._write(address))
+
+    async def _write(self, address: str) -> None:
+        cluster = self._cluster
+        while True:
+            with self._lock:
+                item = self._pending.pop(address, None)
+                if item is None:
+                    done = self._writing.pop(address)
+                    done.set()
+                    return
+            epoch, data = item
+            while True:
+                try:
+                    ok = await cluster.leases.save_checkpoint(address, cluster.me, epoch, data,
+                                                              log=cluster.config.fencing_log)
+                except Exception as exc:  # noqa: BLE001 - Redis away: retry while the lease may still be ours
+                    if cluster.may_send(address, epoch):
+                        log.debug("checkpoint of %s not written yet: %r", address, exc)
+                        await asyncio.sleep(cluster.config.heartbeat_interval / 2)
+                        continue
+                    cluster.node.emit("checkpoint-refused", address, reason="unreachable", detail={"epoch": epoch})
+                    ok = False
+                    break
+                with self._lock:
+                    self._accepted[address] = ok
+                if not ok:
+                    cluster.node.emit("checkpoint-refused", address, reason="stale-epoch", detail={"epoch": epoch})
+                    cluster.feed(LeaseTroubled(address))
+                break
+
+    async def flush(self, address: str) -> None:
+        """Until every write queued for ``address`` is done (or given up)."""
+        with self._lock:
+            done = self._writing.get(address)
+        if done is not None:
+            await done.wait()
+
+    async def confirm(self, address: str) -> bool:
+        """On the node's I/O loop: True once every checkpoint saved so far
+        for ``address`` is in Redis, under its lease; False if the last
+        write was refused or given up."""
+        await self.flush(address)
+        with self._lock:
+            return self._accepted.get(address, False)
+
+
+class Cluster:
+    """Membership, leases, placement, failover and the backlog for one node.
+
+    Create it on a node that hosts nothing yet, then :meth:`start` it after
+    ``node.start()``. ``factories`` say which actors this node can start by
+    itself (placed addresses, failover); ``config`` holds the timings.
+    """
+
+    def __init__(self, node: Node, redis_url: str, *, config: ClusterConfig | None = None,
+                 factories: ActorFactories | None = None) -> None:
+        self.node = node
+        self.me = node.node_id
+        self.redis_url = redis_url
+        self.config = config or ClusterConfig()
+        self.factories = factories or ActorFactories()
+        self.state: ClusterState = new_state(self.me, self.config, self.factories.kinds, time.monotonic())
+        self.leases: LeaseStore
+        self.backlog: Backlog
+        self.checkpoints = RedisCheckpoints(self)
+        self._client: aioredis.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._owners: dict[str, tuple[str, int]] = {}
+        self._live: frozenset[str] = frozenset({self.me})
+        self._routing: dict[str, collections.deque[bytes]] = {}
+        self._pending_spawns: dict[str, tuple[type[HuddleActor], tuple[Any, ...], dict[str, Any], str | None]] = {}
+        self._claims: dict[str, ClaimResult] = {}
+        self._specs: dict[str, bytes] = {}
+        self._hold: set[str] = set()
+        #: released addresses whose channel we still listen on -> until when
+        self._lingering: dict[str, float] = {}
+        self._held_back: dict[str, list[Envelope]] = {}
+        self._seen = _SeenIds(SEEN_IDS)
+        self._ensure_waiters: dict[str, list[PooledFuture[str]]] = {}
+        self._drained: list[PooledFuture[None]] = []
+        self._joined = threading.Event()
+        self._left = threading.Event()
+        self._nodes_channel = channel_for(SYS_NODES, node.namespace)
+        self._ticker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._started = False
+        node.set_ownership(self)
+        node.checkpoints = self.checkpoints
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> bool:
+        """Listen on ``sys:nodes``, learn the members from Redis, write the
+        first heartbeat. True once this node is a member (its heartbeat is
+        in Redis); False if Redis did not answer within ``timeout`` (the
+        node keeps trying in the background)."""
+        if self._started:
+            return self._joined.is_set()
+        self._started = True
+        self.node.handle_system_channel(SYS_NODES, self._on_nodes)
+        self.node.spawn(f"{self.node.address}/cluster", ClusterControl, self)
+        self.node.io.submit(self._boot(), tracked=False).result(timeout=timeout)
+        return self._joined.wait(timeout)
+
+    async def _boot(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        # A command that loses its connection (Redis restarted) is sent again
+        # on a new one: every script here is safe to repeat (a repeated
+        # ROUTE appends a copy that the owner drops by its msg_id).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=32, timeout=None,
+            socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._client = aioredis.Redis(connection_pool=pool)
+        self.leases = LeaseStore(self._client, namespace=self.node.namespace, codec=self.node.codec)
+        self.backlog = Backlog(self._client, namespace=self.node.namespace, cap=self.config.backlog_cap)
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                members = await self.leases.members()
+        except Exception as exc:  # noqa: BLE001 - heartbeats will teach us the members
+            log.warning("cluster: could not read the members from Redis: %r", exc)
+            members = {}
+        for body in members.values():
+            try:
+                hb = REGISTRY.from_body(NodeHeartbeat.KIND, msgpack.unpackb(body, raw=False))
+            except (DecodeError, ValueError, msgpack.UnpackException):
+                continue
+            assert isinstance(hb, NodeHeartbeat)
+            self.feed(HeartbeatSeen(hb))
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while not self._closed:
+            self.feed(Tick())
+            self._stop_lingering(expired_by=time.monotonic())
+            await asyncio.sleep(self.config.tick)
+
+    def drain(self) -> PooledFuture[None]:
+        """Hand every actor off and leave the cluster; the future is set
+        once this node has left."""
+        future: PooledFuture[None] = PooledFuture()
+        with self._lock:
+            if self._left.is_set():
+                future.set(None)
+                return future
+            self._drained.append(future)
+        self.call_soon(self.feed, Drain())
+        return future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Leave the cluster (hand off, release) within ``timeout``, then
+        stop. Called by ``Node.shutdown``."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self.call_soon(self.feed, Drain(closing=True))
+        if not self._left.wait(timeout):
+            log.warning("cluster: %s did not leave cleanly within %.1fs", self.me, timeout)
+        self._closed = True
+        try:
+            self.node.io.submit(self._shutdown(), tracked=False).result(timeout=timeout)
+        except Exception:  # noqa: BLE001
+            log.warning("cluster: %s did not close its Redis client cleanly", self.me)
+
+    async def _shutdown(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+
+    @property
+    def joined(self) -> bool:
+        return self._joined.is_set()
+
+    @property
+    def left(self) -> bool:
+        return self._left.is_set()
+
+    def wait_left(self, timeout: float | None = None) -> bool:
+        return self._left.wait(timeout)
+
+    # -- placing actors -----------------------------------------------------------
+
+    def ensure(self, address: str, **start_args: Any) -> PooledFuture[str]:
+        """Make sure an actor lives at ``address``, on the node that ranks
+        first for it (whichever node calls this). ``start_args`` (msgpack
+        primitives, never secrets) are stored with the address and passed to
+        the factory of its kind, on every activation. The future gives the
+        node that holds it."""
+        kind = parse_address(address).kind
+        if kind in ("node", "sys"):
+            raise HuddleError(f"{address}: the {kind} kind is not placed")
+        spec = encode_start_args(start_args)
+        future: PooledFuture[str] = PooledFuture()
+        with self._lock:
+            owner = self._owners.get(address)
+            if owner is not None and owner[0] in self._live:
+                future.set(owner[0])
+                return future
+            self._ensure_waiters.setdefault(address, []).append(future)
+        self.call_soon(self._spawn_task, self._ensure(address, spec))
+        return future
+
+    async def _ensure(self, address: str, spec: bytes) -> None:
+        holder = await self.backlog.place(address, spec)
+        if holder is not None:
+            self._set_owner(address, *holder)
+            self._resolve_ensure(address, holder[0])
+            return
+        self._announce(LeaseChange(address=address, node="", change="unowned"))
+        self.feed(Orphans((address,)))
+
+    def spawning(self, address: str) -> bool:
+        """Whether a spawn at ``address`` waits for its lease."""
+        with self._lock:
+            return address in self._pending_spawns
+
+    def owner(self, address: str) -> str | None:
+        """The node this node believes holds ``address`` (None: unknown)."""
+        owner = self._owners.get(address)
+        return None if owner is None else owner[0]
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot of this node's view (msgpack primitives)."""
+        s = self.state
+        return {
+            "node": self.me,
+            "joined": s.joined,
+            "draining": s.draining,
+            "era": s.era or "",
+            "members": sorted(s.view.live),
+            "leases": {a: {"epoch": lease.epoch, "phase": str(lease.phase), "placed": lease.placed}
+                       for a, lease in list(s.leases.items())},
+            "claiming": sorted(s.claiming),
+        }
+
+    # -- Ownership (called from any thread) -------------------------------------
+
+    def may_send(self, sender: str, epoch: int) -> bool:
+        lease = self.state.leases.get(sender)
+        if lease is None:
+            return True
+        return (lease.epoch == epoch and lease.phase is not Phase.FENCED and lease.phase is not Phase.RELEASING
+                and time.monotonic() < lease.valid_until)
+
+    def may_deliver(self, address: str) -> bool:
+        lease = self.state.leases.get(address)
+        return lease is None or (lease.phase is not Phase.FENCED and time.monotonic() < lease.valid_until)
+
+    def first_delivery(self, env: Envelope) -> bool:
+        return self._seen.first(env.msg_id)
+
+    def route(self, to: str, data: bytes) -> bool:
+        if to.startswith(_UNLEASED):
+            return False
+        if to not in self._routing:
+            owner = self._owners.get(to)
+            if owner is not None and owner[0] in self._live:
+                return False
+        self._submit_route(to, data)
+        return True
+
+    def unrouted(self, env: Envelope, data: bytes) -> bool:
+        to = env.to
+        if to.startswith(_UNLEASED) or self._closed:
+            return False
+        self._forget_owner(to)
+        self._submit_route(to, data)
+        return True
+
+    def stray(self, env: Envelope) -> bool:
+        to = env.to
+        if to.startswith(_UNLEASED) or self._closed:
+            return False
+        self._seen.forget(env.msg_id)
+        log.debug("cluster: %s forwards %s for %s", self.me, env.msg_id, to)
+        with self._lock:
+            if to in self._hold or to in self.state.leases:
+                # Ours until released: forwarded then (to the next owner).
+                held = self._held_back.setdefault(to, [])
+                self._hold.add(to)
+                if len(held) < RESTART_BUFFER:
+                    held.append(env)
+                    return True
+                full = True
+            else:
+                full = False
+        if full:
+            self.node._refuse(env, "restart-buffer-full")
+            return True
+        self._submit_route(to, self.node.codec.encode(env))
+        return True
+
+    def spawn(self, address: str, actor_class: type[HuddleActor], args: tuple[Any, ...],
+              kwargs: dict[str, Any], parent: str | None) -> int | None:
+        if address.startswith(_UNLEASED):
+            return 0
+        lease = self.state.leases.get(address)
+        if lease is not None and lease.phase is Phase.ACTIVE and time.monotonic() < lease.valid_until:
+            return lease.epoch  # a restart under the lease we hold
+        if self._closed:
+            raise HuddleError(f"node {self.me} is leaving the cluster")
+        with self._lock:
+            self._pending_spawns[address] = (actor_class, args, dict(kwargs), parent)
+        self.node.reserve(address)
+        self.call_soon(self.feed, WantLease(address))
+        return None
+
+    def exited(self, address: str, crashed: bool, supervised: bool) -> bool:
+        if address.startswith(_UNLEASED) or address not in self.state.leases:
+            return False
+        self.call_soon(self.feed, ActorGone(address, crashed, final=not supervised))
+        return not supervised
+
+    # -- the core, on the loop ---------------------------------------------------------
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the node's I/O loop (from any thread)."""
+        try:
+            self.node.io.call_soon(fn, *args)
+        except Exception:  # noqa: BLE001 - the loop is closed: the node is gone
+            log.debug("cluster: %s dropped %r: the I/O loop is closed", self.me, fn)
+
+    def feed(self, event: Event) -> None:
+        """Loop thread: one event through the core, then its effects."""
+        _, effects = step(self.state, event, time.monotonic())
+        self._live = self.state.view.live
+        for effect in effects:
+            try:
+                self._perform(effect)
+            except Exception:  # noqa: BLE001 - one failed effect must not stop the others
+                log.exception("cluster: %s failed to perform %r", self.me, effect)
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cluster: %s task failed", self.me, exc_info=task.exception())
+
+    def _perform(self, effect: Effect) -> None:
+        match effect:
+            case Renew():
+                self._spawn_task(self._renew(effect))
+            case Claim(address=address):
+                self._spawn_task(self._claim(address))
+            case Start(address=address, epoch=epoch):
+                self._start(address, epoch)
+            case SpawnRefused():
+                self._spawn_refused(effect)
+            case Stop():
+                self._stop(effect)
+            case Release():
+                self._spawn_task(self._release(effect))
+            case HandBack(address=address):
+                self._hand_back(address)
+            case Adopt(node=dead):
+                self._spawn_task(self._adopt(dead))
+            case Sweep():
+                self._spawn_task(self._sweep())
+            case DrainBacklog(address=address, epoch=epoch):
+                self._spawn_task(self._drain_backlog(address, epoch))
+            case Reassert():
+                self._spawn_task(self._reassert(effect))
+            case Emit(event=name, address=address, reason=reason, detail=detail):
+                self.node.emit(name, address, reason=reason, detail=dict(detail))
+            case Leave():
+                self._spawn_task(self._leave())
+            case _:
+                raise TypeError(f"unknown cluster effect {effect!r}")
+
+    # -- effects -----------------------------------------------------------------------
+
+    async def _renew(self, effect: Renew) -> None:
+        s = self.state
+        hb = NodeHeartbeat(node=self.me, capacity=self.config.capacity, kinds=sorted(s.kinds), draining=s.draining,
+                           actors=len(self.node.addresses()), leases=len(effect.leases),
+                           interval=self.config.heartbeat_interval, ttl=self.config.lease_ttl,
+                           ts=self.node.clock.wall())
+        body = msgpack.packb(REGISTRY.to_body(hb), use_bin_type=True)
+        announcement = self.node.codec.encode(Envelope(to=SYS_NODES, message=hb, sender=self.node.address))
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                result = await self.leases.renew(self.me, ttl=self.config.lease_ttl, node_body=body,
+                                                 heartbeat=announcement, new_era=uuid.uuid4().hex,
+                                                 leases=effect.leases)
+        except Exception as exc:  # noqa: BLE001 - the leases run out by themselves
+            log.warning("cluster: %s could not renew (%r)", self.me, exc)
+            self.node.counters["cluster:renew-failed"] += 1
+            self.feed(RenewFailed(effect.sent_at))
+            return
+        self.node.counters["cluster:renewed"] += 1
+        self.feed(Renewed(effect.sent_at, result.era, result.lost, result.backlogged))
+        if not self._joined.is_set():
+            self._joined.set()
+
+    async def _claim(self, address: str) -> None:
+        with self._lock:
+            self._lingering.pop(address, None)
+        self.node.reserve(address)
+        # Listen on the address's channel before the claim makes it ours.
+        await asyncio.get_running_loop().run_in_executor(None, self.node.transport.wait_subscribed,
+                                                         self.config.lease_ttl)
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                result = await self.leases.claim(address, self.me, ttl=self.config.lease_ttl,
+                                                 floor=self.node.newest_epoch(address))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cluster: %s could not claim %s (%r)", self.me, address, exc)
+            self.feed(ClaimFailed(address))
+            return
+        if result.won:
+            self._claims[address] = result
+            self.feed(Claimed(address, result.epoch, placed=result.spec is not None))
+        else:
+            self.feed(ClaimRefused(address, result.holder, result.epoch))
+
+    def _start(self, address: str, epoch: int) -> None:
+        claim = self._claims.pop(address, None)
+        with self._lock:
+            pending = self._pending_spawns.pop(address, None)
+        checkpoint = claim.checkpoint if claim is not None else None
+        if claim is not None and claim.spec is not None:
+            self._specs[address] = claim.spec
+        preload = self._decode_all(claim.backlog if claim is not None else (), address)
+        self._set_owner(address, self.me, epoch)
+        try:
+            if pending is not None:
+                actor_class, args, kwargs, parent = pending
+            else:
+                factory = self.factories.get(parse_address(address).kind)
+                if factory is None or claim is None or claim.spec is None:
+                    raise HuddleError(f"{address}: this node has no factory or spec to start it")
+                actor_class, args, parent = factory, (), None  # type: ignore[assignment]
+                kwargs = msgpack.unpackb(claim.spec, raw=False)
+            self.checkpoints.remember(address, checkpoint)
+            self.node.start_actor(address, actor_class, args, kwargs, parent=parent, epoch=epoch,
+                                  checkpoint=checkpoint, preload=tuple(preload))
+        except Exception as exc:  # noqa: BLE001 - reported, and the lease goes back
+            log.exception("cluster: %s could not start %s", self.me, address)
+            self.node.emit("activation-failed", address, reason=type(exc).__name__, detail={"epoch": epoch})
+            self.feed(ActorGone(address, crashed=True, final=True))
+
+    def _spawn_refused(self, effect: SpawnRefused) -> None:
+        address = effect.address
+        with self._lock:
+            pending = self._pending_spawns.pop(address, None)
+        if effect.holder:
+            self._set_owner(address, effect.holder, effect.epoch)
+        self._claims.pop(address, None)
+        self.node.emit("lease-refused", address, reason="held" if effect.holder else "draining",
+                       detail={"holder": effect.holder, "epoch": effect.epoch})
+        if pending is not None and pending[3] is not None:
+            # A supervisor's child that cannot start here: its supervisor decides.
+            self.node.tell(pending[3], ChildExit(address=address, crashed=True, reason="LeaseHeld"), sender=address)
+        self._hand_back(address)
+
+    def _stop(self, effect: Stop) -> None:
+        address = effect.address
+        with self._lock:
+            self._hold.add(address)
+        actor = self.node.lookup(address)
+        if actor is None:
+            self.feed(ActorGone(address, crashed=False, final=effect.final))
+            return
+        parent = actor.ctx.parent
+        if effect.reason == "drain" and parent is not None and self.node.hosts(parent):
+            return  # its supervisor stops it
+        self.node.request_stop(address, release=effect.final)
+
+    async def _release(self, effect: Release) -> None:
+        address = effect.address
+        with self._lock:
+            self._hold.add(address)
+        await self.checkpoints.flush(address)
+        spec = self._specs.get(address) if effect.mode == "unowned" else None
+        checkpoint = self.checkpoints.load(address) if effect.mode == "unowned" else None
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                await self.leases.release(address, self.me, effect.epoch, mode=effect.mode, spec=spec,
+                                          checkpoint=checkpoint)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cluster: %s could not release %s (%r)", self.me, address, exc)
+            self.feed(ReleaseFailed(address))
+            return
+        self.feed(Released(address))
+
+    def _hand_back(self, address: str) -> None:
+        with self._lock:
+            self._hold.discard(address)
+            held = self._held_back.pop(address, [])
+        # Keep listening until the next owner's claim is announced: what is
+        # already on its way to us is forwarded, not dropped.
+        waiting = self.node.hand_back(address, keep_listening=True)
+        with self._lock:
+            self._lingering[address] = time.monotonic() + self.config.lease_ttl
+        self._specs.pop(address, None)
+        self.checkpoints.delete(address)
+        owner = self._owners.get(address)
+        if owner is not None and owner[0] == self.me:
+            self._forget_owner(address)
+        for env in (*held, *waiting):
+            self._submit_route(env.to, self.node.codec.encode(env))
+
+    async def _adopt(self, dead: str) -> None:
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                adopted = await self.leases.adopt(dead)
+        except Exception as exc:  # noqa: BLE001 - retried on schedule
+            log.warning("cluster: %s could not adopt %s (%r)", self.me, dead, exc)
+            return
+        if adopted is None:
+            self.feed(Adopted(dead, alive=True))
+            return
+        for address in adopted:
+            self._announce(LeaseChange(address=address, node="", change="unowned"))
+        self.feed(Adopted(dead, alive=False, addresses=tuple(adopted)))
+
+    async def _sweep(self) -> None:
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                ids = await self.leases.member_ids()
+                live = await self.leases.members()
+                for node in ids:
+                    if node != self.me and node not in live:
+                        await self._adopt(node)
+                unowned = await self.leases.unowned()
+        except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+            log.warning("cluster: %s sweep failed (%r)", self.me, exc)
+            return
+        if unowned:
+            self.feed(Orphans(tuple(unowned)))
+
+    async def _drain_backlog(self, address: str, epoch: int) -> None:
+        try:
+            data = await self.backlog.drain(address, me=self.me, epoch=epoch)
+        except Exception as exc:  # noqa: BLE001 - marked again on the next route
+            log.warning("cluster: %s could not drain the backlog of %s (%r)", self.me, address, exc)
+            return
+        for env in self._decode_all(data or (), address):
+            self.node.dispatch(env)
+
+    async def _reassert(self, effect: Reassert) -> None:
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                ok = await self.leases.restore(effect.address, self.me, effect.epoch, ttl=self.config.lease_ttl,
+                                               spec=self._specs.get(effect.address),
+                                               checkpoint=self.checkpoints.load(effect.address))
+        except Exception as exc:  # noqa: BLE001 - the next renewal decides
+            log.warning("cluster: %s could not restore %s (%r)", self.me, effect.address, exc)
+            self.feed(Reasserted(effect.address, None, effect.sent_at))
+            return
+        self.feed(Reasserted(effect.address, ok, effect.sent_at))
+
+    async def _leave(self) -> None:
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                await self.leases.leave(self.me)
+        except Exception as exc:  # noqa: BLE001 - the heartbeat key expires anyway
+            log.warning("cluster: %s could not delete its heartbeat (%r)", self.me, exc)
+        self._announce(NodeLeft(node=self.me))
+        self.node.emit("left", self.node.address)
+        self._left.set()
+        with self._lock:
+            drained, self._drained = self._drained, []
+        for future in drained:
+            future.set(None)
+
+    # -- routing --------------------------------------------------------------------------
+
+    def _submit_route(self, to: str, data: bytes) -> None:
+        """Queue ``data`` for ``to`` through the ROUTE script, after any
+        routed send to ``to`` still in flight (order per address)."""
+        with self._lock:
+            queue = self._routing.get(to)
+            start = queue is None
+            if start:
+                queue = self._routing[to] = collections.deque()
+            if len(queue) >= RESTART_BUFFER:
+                full = True
+            else:
+                queue.append(data)
+                full = False
+        if full:
+            self._refuse_bytes(data, "restart-buffer-full")
+            return
+        if start:
+            self.call_soon(self._spawn_task, self._route_worker(to))
+
+    async def _route_worker(self, to: str) -> None:
+        delay = 0.05
+        while True:
+            with self._lock:
+                queue = self._routing[to]
+                if not queue:
+                    del self._routing[to]
+                    return
+                data = queue[0]
+            try:
+                env = self.node.codec.decode(data)
+            except DecodeError:
+                with self._lock:
+                    queue.popleft()
+                continue
+            try:
+                result = await self.backlog.route(to, data, env.msg_id, me=self.me)
+            except Exception as exc:  # noqa: BLE001 - Redis away: keep the order, try again
+                log.debug("cluster: route to %s failed (%r); retrying", to, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            with self._lock:
+                queue.popleft()
+            self._routed(env, result.outcome, result.holder, result.epoch)
+
+    def _routed(self, env: Envelope, outcome: str, holder: str, epoch: int) -> None:
+        to = env.to
+        log.debug("cluster: %s routed %s for %s: %s %s", self.me, env.msg_id, to, outcome, holder)
+        if outcome == "published":
+            self._set_owner(to, holder, epoch)
+        elif outcome == "backlogged":
+            self.node.counters["cluster:backlogged"] += 1
+            if not holder:
+                self._forget_owner(to)
+            self.node.emit("backlogged", to, detail={"kind": env.kind, "holder": holder})
+        elif outcome == "full":
+            self.node._refuse(env, "backlog-full")
+        elif outcome == "self":
+            if self.node.hosts(to):
+                self.node.dispatch(env)
+            else:
+                self.node._refuse(env, "not-hosted")
+
+    def _refuse_bytes(self, data: bytes, reason: str) -> None:
+        try:
+            env = self.node.codec.decode(data)
+        except DecodeError:
+            return
+        self.node._refuse(env, reason)
+
+    def _decode_all(self, items: Any, address: str) -> list[Envelope]:
+        out = []
+        for data in items:
+            try:
+                out.append(self.node.codec.decode(data))
+            except DecodeError as exc:
+                self.node.dead_letter(exc.reason, address, "", detail=exc.detail)
+        return out
+
+    # -- sys:nodes --------------------------------------------------------------------------
+
+    def _on_nodes(self, env: Envelope) -> None:
+        """Transport thread: everything said on ``sys:nodes``, in order."""
+        message = env.message
+        if isinstance(message, LeaseChange):
+            if message.change in ("acquired", "restored"):
+                self._set_owner(message.address, message.node, message.epoch)
+                self._resolve_ensure(message.address, message.node)
+                if message.node != self.me and message.address in self._lingering:
+                    self.call_soon(self._stop_lingering, None, message.address)
+            else:
+                self._forget_owner(message.address, up_to=message.epoch)
+            self.call_soon(self.feed, LeaseSeen(message))
+        elif isinstance(message, NodeHeartbeat):
+            self.call_soon(self.feed, HeartbeatSeen(message))
+        elif isinstance(message, NodeLeft):
+            self.call_soon(self.feed, NodeLeftSeen(message.node))
+
+    def _stop_lingering(self, expired_by: float | None = None, address: str | None = None) -> None:
+        """Loop thread: stop listening on released channels whose next owner
+        is known (``address``) or whose grace ran out (``expired_by``)."""
+        with self._lock:
+            if address is not None:
+                done = [address] if self._lingering.pop(address, None) is not None else []
+            else:
+                done = [a for a, until in self._lingering.items() if expired_by is not None and until <= expired_by]
+                for a in done:
+                    del self._lingering[a]
+        for a in done:
+            if a not in self.state.claiming and a not in self.state.leases:
+                self.node.stop_listening(a)
+
+    def _announce(self, message: Message) -> None:
+        try:
+            self.node.transport.publish(self._nodes_channel, self.node.codec.encode(
+                Envelope(to=SYS_NODES, message=message, sender=self.node.address)))
+        except HuddleError as exc:
+            log.warning("cluster: %s could not announce %s (%r)", self.me, message.KIND, exc)
+
+    def _set_owner(self, address: str, node: str, epoch: int) -> None:
+        if epoch:
+            self.node.observe_epoch(address, epoch)
+        with self._lock:
+            current = self._owners.get(address)
+            if current is None or epoch >= current[1]:
+                self._owners[address] = (node, epoch)
+
+    def _forget_owner(self, address: str, up_to: int | None = None) -> None:
+        with self._lock:
+            current = self._owners.get(address)
+            if current is not None and (up_to is None or current[1] <= up_to):
+                del self._owners[address]
+
+    def _resolve_ensure(self, address: str, node: str) -> None:
+        with self._lock:
+            waiters = self._ensure_waiters.pop(address, [])
+        for future in waiters:
+            future.set(node)
+
+
+def node_control_address(node_id: str) -> str:
+    """Where a node takes :class:`DrainNode` and :class:`ClusterStatus`."""
+    return f"{node_address(node_id)}/cluster"

@@ -1,0 +1,363 @@
+"""Ownership leases with fencing, as Redis scripts.
+
+Every live address has a lease, ``lease:<address> = "<epoch> <node>"`` with
+a TTL. Whoever wants to host an address *claims* it; the claim succeeds when
+nobody holds the lease or its holder is no longer a live node (its
+``node:<id>`` heartbeat key, which has the same TTL as its leases, is gone).
+A successful claim draws a new **epoch**: ``INCR`` on one counter, raised to
+the server clock in microseconds and to the claimer's floor, so an epoch is
+larger than every epoch drawn before it, even after Redis lost its data.
+
+The epoch is the fencing token:
+
+- an actor's envelopes carry it; a receiver refuses an envelope whose epoch
+  is older than the newest it has seen from that address (``stale-epoch``);
+- its checkpoints are written by :data:`SAVE_CHECKPOINT`, which compares
+  the epoch with the lease in the same atomic step, so a write from a
+  former owner is refused once the lease moved (or lapsed);
+- the claim script publishes the new owner's :class:`LeaseChange` on
+  ``sys:nodes`` *inside the same script*. Redis runs a script atomically
+  and delivers pub/sub messages to each subscriber connection in the order
+  it processed them, so every node reads "X is now held under epoch e"
+  before any message Redis handled after the claim: a former owner's
+  envelope that reaches Redis after the claim is refused by every receiver
+  that listens to ``sys:nodes`` (all cluster nodes do), even one that never
+  heard from the new owner.
+
+A node renews *all* its leases in one round trip, the same script that
+writes its heartbeat (:data:`RENEW`), and learns which leases it lost.
+Locally it counts a lease valid until ``sent + ttl * (1 - margin)``,
+measured from *before* it sent the renewal, so it stops trusting a lease
+before Redis can hand it to someone else: a node paused past its lease
+(SIGSTOP, a long GC) wakes up with every lease already expired in its own
+eyes and stops those actors before it handles another message.
+
+Scripts return plain values; :class:`LeaseStore` turns them into typed
+results. Everything here is asyncio (the node's I/O loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bus.address import SYS_NODES, channel_for
+from bus.cluster.keys import ClusterKeys
+from bus.cluster.lua import script
+from bus.cluster.messages import LeaseChange, epoch_template
+from bus.envelope import Codec, Envelope
+
+__all__ = [
+    "ClaimResult",
+    "LeaseStore",
+    "ReleaseMode",
+    "RenewResult",
+]
+
+ReleaseMode = str
+"""``"plain"`` (nobody needs to take over), ``"unowned"`` (placed: the
+node that ranks first should activate it) or ``"retire"`` (placed, but
+stopped for good: its spec and checkpoint are deleted)."""
+
+RELEASE_MODES = ("plain", "unowned", "retire")
+_ANNOUNCED_AS = {"plain": "released", "unowned": "unowned", "retire": "retired"}
+
+# ARGV: prefix, address, me, ttl_ms, floor, channel, template, spec
+CLAIM = script(r"""
+local a, me, ttl = ARGV[2], ARGV[3], ARGV[4]
+if not alive(me) then return {0, '', '0'} end
+local cur = redis.call('GET', lease_key(a))
+if cur then
+  local ce, holder = parse_lease(cur)
+  if holder ~= me and alive(holder) then return {0, holder, estr(ce)} end
+  redis.call('SREM', held_key(holder), a)
+end
+local e = next_epoch(ARGV[5])
+redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
+redis.call('SADD', held_key(me), a)
+redis.call('SADD', MEMBERS, me)
+redis.call('SREM', UNOWNED, a)
+if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8]) end
+announce(ARGV[6], ARGV[7], e)
+local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or ''}
+local bk = backlog_key(a)
+for _, item in ipairs(redis.call('XRANGE', bk, '-', '+')) do
+  local fields = item[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then out[#out + 1] = fields[i + 1] end
+  end
+end
+redis.call('DEL', bk)
+return out
+""")
+
+# ARGV: prefix, me, ttl_ms, node_body, channel, heartbeat, new_era, (address, epoch)...
+RENEW = script(r"""
+local me, ttl = ARGV[2], ARGV[3]
+redis.call('SET', node_key(me), ARGV[4], 'PX', ttl)
+redis.call('SADD', MEMBERS, me)
+local era = redis.call('GET', ERA)
+if not era then
+  era = ARGV[7]
+  redis.call('SET', ERA, era)
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+local lost = {}
+for i = 8, #ARGV, 2 do
+  local a, e = ARGV[i], ARGV[i + 1]
+  local k = lease_key(a)
+  local v = redis.call('GET', k)
+  if v == e .. ' ' .. me then
+    redis.call('PEXPIRE', k, ttl)
+  else
+    lost[#lost + 1] = a
+    lost[#lost + 1] = v or ''
+  end
+end
+local bl = redis.call('SMEMBERS', backlogged_key(me))
+if #bl > 0 then redis.call('DEL', backlogged_key(me)) end
+return {era, lost, bl}
+""")
+
+# ARGV: prefix, address, me, epoch, mode, channel, announcement, spec, checkpoint
+RELEASE = script(r"""
+local a, me, e, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local v = redis.call('GET', lease_key(a))
+if v and v ~= e .. ' ' .. me then return 0 end
+if v then redis.call('DEL', lease_key(a)) end
+redis.call('SREM', held_key(me), a)
+if mode == 'unowned' then
+  if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8], 'NX') end
+  if ARGV[9] ~= '' then redis.call('SET', ckpt_key(a), ARGV[9], 'NX') end
+  if redis.call('EXISTS', spec_key(a)) == 1 then redis.call('SADD', UNOWNED, a) end
+elseif mode == 'retire' then
+  redis.call('DEL', spec_key(a), ckpt_key(a))
+  redis.call('SREM', UNOWNED, a)
+end
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 1
+""")
+
+# ARGV: prefix, address, me, epoch, ttl_ms, channel, announcement, spec, checkpoint
+RESTORE = script(r"""
+local a, me, e = ARGV[2], ARGV[3], ARGV[4]
+local v = redis.call('GET', lease_key(a))
+if v then
+  if v == e .. ' ' .. me then return 1 end
+  return 0
+end
+redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ARGV[5])
+if tonumber(redis.call('GET', EPOCH) or '0') < tonumber(e) then redis.call('SET', EPOCH, e) end
+redis.call('SADD', held_key(me), a)
+redis.call('SADD', MEMBERS, me)
+if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8], 'NX') end
+if ARGV[9] ~= '' then redis.call('SET', ckpt_key(a), ARGV[9], 'NX') end
+-- Sent while nobody held it: ours to drain (reported by the next renewal).
+if redis.call('EXISTS', backlog_key(a)) == 1 then redis.call('SADD', backlogged_key(me), a) end
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 1
+""")
+
+# ARGV: prefix, address, me, epoch, data, log (1/0), note
+SAVE_CHECKPOINT = script(r"""
+local a, me, e = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then return 0 end
+redis.call('SET', ckpt_key(a), ARGV[5])
+if ARGV[6] == '1' then
+  redis.call('XADD', FENCING, 'MAXLEN', '~', '1000000', '*', 'a', a, 'e', e, 'n', me, 'note', ARGV[7])
+end
+return 1
+""")
+
+# ARGV: prefix, dead node
+ADOPT = script(r"""
+local dead = ARGV[2]
+if alive(dead) then return {1} end
+local out = {0}
+for _, a in ipairs(redis.call('SMEMBERS', held_key(dead))) do
+  local v = redis.call('GET', lease_key(a))
+  local e, holder = parse_lease(v)
+  if holder == dead then redis.call('DEL', lease_key(a)) end
+  if (holder == nil or holder == dead) and redis.call('EXISTS', spec_key(a)) == 1 then
+    redis.call('SADD', UNOWNED, a)
+    out[#out + 1] = a
+  end
+end
+redis.call('DEL', held_key(dead), backlogged_key(dead))
+redis.call('SREM', MEMBERS, dead)
+return out
+""")
+
+# ARGV: prefix, me
+LEAVE = script(r"""
+local me = ARGV[2]
+redis.call('DEL', node_key(me))
+if redis.call('SCARD', held_key(me)) == 0 then redis.call('SREM', MEMBERS, me) end
+return 1
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """``won``: the lease is ours under ``epoch``; then ``checkpoint`` and
+    ``spec`` are what Redis held for the address (``None``: nothing) and
+    ``backlog`` the envelopes that waited for an owner (oldest first, now
+    removed from Redis). Otherwise ``holder`` is the live node that holds
+    it (``""``: we are not a live member yet)."""
+
+    won: bool
+    holder: str
+    epoch: int
+    checkpoint: bytes | None = None
+    spec: bytes | None = None
+    backlog: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult:
+    """``era`` identifies Redis's data set (a new one: it lost everything);
+    ``lost`` maps each lease that was not renewed to its holder and epoch
+    now (``None``: nobody holds it); ``backlogged`` are held addresses with
+    messages waiting in their backlog."""
+
+    era: str
+    lost: Mapping[str, tuple[str, int] | None] = field(default_factory=dict)
+    backlogged: tuple[str, ...] = ()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _lease_value(raw: bytes | str | None) -> tuple[str, int] | None:
+    if not raw:
+        return None
+    epoch, _, node = _text(raw).partition(" ")
+    return node, int(epoch)
+
+
+class LeaseStore:
+    """The lease scripts, on an asyncio Redis client (redis-py).
+
+    ``codec`` encodes the announcements the scripts publish on
+    ``<namespace>sys:nodes``.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, namespace: str = "", codec: Codec | None = None) -> None:
+        self.client = client
+        self.keys = ClusterKeys(namespace)
+        self.codec = codec or Codec()
+        self.channel = channel_for(SYS_NODES, namespace)
+        self._claim = client.register_script(CLAIM)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._restore = client.register_script(RESTORE)
+        self._save = client.register_script(SAVE_CHECKPOINT)
+        self._adopt = client.register_script(ADOPT)
+        self._leave = client.register_script(LEAVE)
+
+    def _announcement(self, change: LeaseChange) -> bytes:
+        return self.codec.encode(Envelope(to=SYS_NODES, message=change))
+
+    async def claim(self, address: str, node: str, *, ttl: float, floor: int = 0, spec: bytes | None = None) -> ClaimResult:
+        """Take the lease of ``address`` unless a live node holds it.
+        ``spec`` (start arguments) makes the address placed."""
+        template = epoch_template(self.codec, SYS_NODES, LeaseChange(address=address, node=node, change="acquired"))
+        reply = await self._claim(args=[self.keys.prefix, address, node, _ms(ttl), floor, self.channel, template,
+                                        spec or b""])
+        won, holder, epoch = int(reply[0]), _text(reply[1]), int(reply[2])
+        if not won:
+            return ClaimResult(won=False, holder=holder, epoch=epoch)
+        return ClaimResult(won=True, holder=holder, epoch=epoch, checkpoint=reply[3] or None, spec=reply[4] or None,
+                           backlog=tuple(reply[5:]))
+
+    async def renew(self, node: str, *, ttl: float, node_body: bytes, heartbeat: bytes, new_era: str,
+                    leases: Mapping[str, int]) -> RenewResult:
+        """Write this node's heartbeat (key and ``sys:nodes``) and extend
+        every lease in ``leases`` (address -> epoch) that is still ours,
+        in one script."""
+        args: list[Any] = [self.keys.prefix, node, _ms(ttl), node_body, self.channel, heartbeat, new_era]
+        for address, epoch in leases.items():
+            args += [address, str(epoch)]
+        era, lost_flat, backlogged = await self._renew(args=args)
+        lost = {_text(lost_flat[i]): _lease_value(lost_flat[i + 1]) for i in range(0, len(lost_flat), 2)}
+        return RenewResult(era=_text(era), lost=lost, backlogged=tuple(_text(a) for a in backlogged))
+
+    async def release(self, address: str, node: str, epoch: int, *, mode: ReleaseMode = "plain",
+                      spec: bytes | None = None, checkpoint: bytes | None = None) -> bool:
+        """Give the lease up if it is still ours (True), and announce it.
+        ``spec``/``checkpoint`` are written back if Redis lost them."""
+        if mode not in RELEASE_MODES:
+            raise ValueError(f"release mode must be one of {RELEASE_MODES}, got {mode!r}")
+        announcement = self._announcement(LeaseChange(address=address, node=node, change=_ANNOUNCED_AS[mode],
+                                                      epoch=epoch))
+        reply = await self._release(args=[self.keys.prefix, address, node, str(epoch), mode, self.channel,
+                                          announcement, spec or b"", checkpoint or b""])
+        return bool(reply)
+
+    async def restore(self, address: str, node: str, epoch: int, *, ttl: float, spec: bytes | None = None,
+                      checkpoint: bytes | None = None) -> bool:
+        """After Redis lost its data: write our lease back under the same
+        epoch if nobody claimed the address meanwhile (True)."""
+        announcement = self._announcement(LeaseChange(address=address, node=node, change="restored", epoch=epoch))
+        reply = await self._restore(args=[self.keys.prefix, address, node, str(epoch), _ms(ttl), self.channel,
+                                          announcement, spec or b"", checkpoint or b""])
+        return bool(reply)
+
+    async def save_checkpoint(self, address: str, node: str, epoch: int, data: bytes, *, log: bool = False,
+                              note: str = "") -> bool:
+        """Write ``data`` as the checkpoint of ``address`` only if ``(node,
+        epoch)`` holds its lease right now; with ``log``, also append the
+        accepted write to the fencing log."""
+        reply = await self._save(args=[self.keys.prefix, address, node, str(epoch), data, "1" if log else "0", note])
+        return bool(reply)
+
+    async def load_checkpoint(self, address: str) -> bytes | None:
+        value = await self.client.get(self.keys.checkpoint(address))
+        return bytes(value) if value is not None else None
+
+    async def adopt(self, dead: str) -> list[str] | None:
+        """If ``dead`` is not a live node: void its leases and mark its
+        placed addresses unowned. Returns those addresses (empty if another
+        node adopted them first), or None if ``dead`` is still live."""
+        reply = await self._adopt(args=[self.keys.prefix, dead])
+        if int(reply[0]):
+            return None
+        return [_text(a) for a in reply[1:]]
+
+    async def leave(self, node: str) -> None:
+        """Delete this node's heartbeat key (after it released its leases)."""
+        await self._leave(args=[self.keys.prefix, node])
+
+    async def lease(self, address: str) -> tuple[str, int] | None:
+        """Who holds ``address`` now: ``(node, epoch)``, or None."""
+        return _lease_value(await self.client.get(self.keys.lease(address)))
+
+    async def members(self) -> dict[str, bytes]:
+        """Live nodes (id -> their last heartbeat body), from Redis."""
+        ids = sorted(_text(n) for n in await self.client.smembers(self.keys.members))
+        if not ids:
+            return {}
+        bodies = await self.client.mget([self.keys.node(n) for n in ids])
+        return {n: bytes(b) for n, b in zip(ids, bodies, strict=True) if b is not None}
+
+    async def member_ids(self) -> list[str]:
+        """Every node id that holds or held leases (live or not)."""
+        return sorted(_text(n) for n in await self.client.smembers(self.keys.members))
+
+    async def unowned(self) -> list[str]:
+        """Placed addresses waiting for an owner."""
+        return sorted(_text(a) for a in await self.client.smembers(self.keys.unowned))
+
+    async def fencing_log(self, count: int | None = None) -> list[dict[str, str]]:
+        """The accepted checkpoint writes, in the order Redis accepted them."""
+        entries = await self.client.xrange(self.keys.fencing, count=count)
+        return [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in entries]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+

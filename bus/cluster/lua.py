@@ -1,0 +1,69 @@
+"""The Lua prelude every cluster script starts with.
+
+A script gets the key prefix (``ClusterKeys.prefix``) as ``ARGV[1]`` and
+builds its keys from it, so these helpers and :class:`~bus.cluster.keys.ClusterKeys`
+must name keys alike. Epochs travel as decimal strings: a Lua number holds
+integers exactly up to 2^53 (an epoch is at most microseconds since 1970,
+about 2^51 today), but ``tostring`` would print it in exponent form.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PRELUDE", "script"]
+
+PRELUDE = r"""
+local P = ARGV[1]
+local function lease_key(a) return P .. 'lease:' .. a end
+local function node_key(n) return P .. 'node:' .. n end
+local function held_key(n) return P .. 'held:' .. n end
+local function spec_key(a) return P .. 'spec:' .. a end
+local function ckpt_key(a) return P .. 'ckpt:' .. a end
+local function backlog_key(a) return P .. 'backlog:' .. a end
+local function backlogged_key(n) return P .. 'backlogged:' .. n end
+local UNOWNED = P .. 'unowned'
+local MEMBERS = P .. 'members'
+local EPOCH = P .. 'epoch'
+local ERA = P .. 'era'
+local FENCING = P .. 'fencing'
+
+local function estr(e) return string.format('%.0f', e) end
+
+-- "<epoch> <node>" -> epoch (number), node; nil, nil for no lease
+local function parse_lease(v)
+  if not v then return nil, nil end
+  local e, n = string.match(v, '^(%d+) (.+)$')
+  return tonumber(e), n
+end
+
+-- The next epoch: above every epoch drawn before (INCR), above the
+-- caller's floor (the newest it has seen) and above the server clock in
+-- microseconds, so epochs keep growing even after Redis lost the counter.
+local function next_epoch(floor)
+  local e = redis.call('INCR', EPOCH)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local want = math.max(e, now, (tonumber(floor) or 0) + 1)
+  if want > e then redis.call('SET', EPOCH, estr(want)) end
+  return want
+end
+
+-- An announcement encoded by the node, with the epoch patched into its
+-- last eight bytes (big-endian).
+local function announce(channel, template, epoch)
+  local b = {}
+  local x = epoch
+  for i = 8, 1, -1 do
+    local d = x % 256
+    b[i] = string.char(d)
+    x = (x - d) / 256
+  end
+  redis.call('PUBLISH', channel, string.sub(template, 1, -9) .. table.concat(b))
+end
+
+local function alive(n) return redis.call('EXISTS', node_key(n)) == 1 end
+"""
+
+
+def script(body: str) -> str:
+    """A complete script: the prelude, then ``body``."""
+    return PRELUDE + body

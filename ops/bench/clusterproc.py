@@ -1,0 +1,197 @@
+"""What the cluster benchmarks share: ``huddle node --cluster`` processes
+(ended by PID), a listener on ``sys:events``, and the benchmark process as
+one more cluster member that places actors and talks to them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import redis
+
+from actors.cluster import Cluster, ClusterConfig
+from actors.node import Node
+from bus.address import SYS_EVENTS, channel_for
+from bus.cluster.keys import ClusterKeys
+from bus.envelope import Codec
+from bus.errors import DecodeError
+from bus.messages import Event
+from bus.redis_transport import RedisTransport
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Timing:
+    """Heartbeat and lease timings, for the nodes and the benchmark process."""
+
+    def __init__(self, heartbeat: float, lease_ttl: float, sweep: float = 1.0) -> None:
+        self.heartbeat = heartbeat
+        self.lease_ttl = lease_ttl
+        self.sweep = sweep
+
+    def options(self) -> list[str]:
+        return ["--heartbeat", str(self.heartbeat), "--lease-ttl", str(self.lease_ttl), "--sweep", str(self.sweep)]
+
+    def config(self) -> ClusterConfig:
+        return ClusterConfig(heartbeat_interval=self.heartbeat, lease_ttl=self.lease_ttl, sweep_interval=self.sweep)
+
+
+class ClusterNodeProcess:
+    """One ``huddle node`` cluster member, started now; ended by its PID."""
+
+    def __init__(self, redis_url: str, node_id: str, namespace: str, timing: Timing, workdir: Path,
+                 options: Sequence[str] = ()) -> None:
+        self.node_id = node_id
+        self.ready_file = workdir / f"{node_id}.ready"
+        self.log_path = workdir / f"{node_id}.log"
+        cmd = [sys.executable, "-m", "actors.cli", "node", "--redis-url", redis_url, "--node-id", node_id,
+               "--namespace", namespace, "--actors", "counter", "--ready-file", str(self.ready_file),
+               *timing.options(), *options]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=REPO_ROOT)
+        self.pid = self.proc.pid
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.ready_file.exists() and self.ready_file.read_text().strip() == self.node_id):
+            try:
+                code = self.proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is not None:
+                raise RuntimeError(f"node {self.node_id} exited with {code}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.node_id} not ready within {timeout:g}s:\n{self.tail()}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """kill -9, and reap it."""
+        self.signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGCONT (in case it is paused), SIGTERM, SIGKILL past ``timeout``."""
+        if not self.alive:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+class EventTap:
+    """Every event on ``<namespace>sys:events``, with the time it arrived."""
+
+    def __init__(self, redis_url: str, namespace: str) -> None:
+        self.events: list[Event] = []
+        self._codec = Codec()
+        self._cond = threading.Condition()
+        self._transport = RedisTransport(redis_url, name=f"bench-tap-{os.getpid()}")
+        self._transport.set_receiver(self._receive)
+        self._transport.start()
+        self._transport.subscribe(channel_for(SYS_EVENTS, namespace))
+        if not self._transport.wait_subscribed(10):
+            raise RuntimeError("could not listen on sys:events")
+
+    def _receive(self, _channel: str, data: bytes) -> None:
+        try:
+            env = self._codec.decode(data)
+        except DecodeError:
+            return
+        if isinstance(env.message, Event):
+            with self._cond:
+                self.events.append(env.message)
+                self._cond.notify_all()
+
+    def matching(self, predicate: Callable[[Event], bool]) -> list[Event]:
+        with self._cond:
+            return [e for e in self.events if predicate(e)]
+
+    def wait_match(self, predicate: Callable[[Event], bool], timeout: float) -> Event | None:
+        found: list[Event] = []
+
+        def seen() -> bool:
+            found[:] = [e for e in self.events if predicate(e)]
+            return bool(found)
+
+        with self._cond:
+            self._cond.wait_for(seen, timeout)
+        return found[0] if found else None
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+class BenchMember:
+    """The benchmark process as a cluster member that hosts nothing placed."""
+
+    def __init__(self, redis_url: str, namespace: str, timing: Timing, node_id: str = "bench") -> None:
+        self.redis_url = redis_url
+        self.keys = ClusterKeys(namespace)
+        self.node = Node(RedisTransport(redis_url, name=f"{namespace}{node_id}"), node_id=node_id,
+                         namespace=namespace)
+        self.cluster = Cluster(self.node, redis_url, config=timing.config())
+        self.node.start()
+        if not self.cluster.start(30):
+            raise RuntimeError("the benchmark process could not join the cluster")
+
+    def place(self, addresses: Sequence[str], timeout: float = 120.0) -> dict[str, str]:
+        futures = {a: self.cluster.ensure(a) for a in addresses}
+        return {a: f.get(timeout=timeout) for a, f in futures.items()}
+
+    def stored(self, addresses: Sequence[str]) -> list[Any]:
+        """The checkpoints Redis holds (None where there is none)."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            raw = client.mget([self.keys.checkpoint(a) for a in addresses])
+        finally:
+            client.close()
+        return [msgpack.unpackb(r, raw=False) if r else None for r in raw]
+
+    def wait_stored(self, addresses: Sequence[str], ok: Callable[[Any], bool], timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while not all(ok(v) for v in self.stored(addresses)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("checkpoints not written in time")
+            pause.wait(0.05)
+
+    def close(self) -> None:
+        self.node.shutdown()
+
+
+def workdir(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"huddle-bench-{name}-"))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]

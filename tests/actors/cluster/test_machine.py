@@ -1,0 +1,426 @@
+"""The cluster core, driven directly: no Redis, no threads, explicit time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from actors.cluster.machine import (
+    ActorGone,
+    Adopt,
+    Adopted,
+    Claim,
+    Claimed,
+    ClaimFailed,
+    ClaimRefused,
+    ClusterConfig,
+    ClusterState,
+    Drain,
+    DrainBacklog,
+    Emit,
+    HandBack,
+    HeartbeatSeen,
+    LeaseSeen,
+    LeaseTroubled,
+    Leave,
+    NodeLeftSeen,
+    Orphans,
+    Phase,
+    Reassert,
+    Reasserted,
+    Release,
+    Released,
+    Renew,
+    Renewed,
+    SpawnRefused,
+    Start,
+    Stop,
+    Sweep,
+    Tick,
+    WantLease,
+    new_state,
+    step,
+)
+from bus.cluster.messages import LeaseChange, NodeHeartbeat
+from bus.cluster.placement import owner_of
+
+CFG = ClusterConfig(heartbeat_interval=1.0, lease_ttl=4.0, validity_margin=0.25, sweep_interval=10.0)
+
+
+def of(effects: list[Any], kind: type) -> list[Any]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def events(effects: list[Any]) -> list[tuple[str, str, str]]:
+    return [(e.event, e.address, e.reason) for e in of(effects, Emit)]
+
+
+class Driver:
+    """A state and a clock; ``feed`` returns the effects."""
+
+    def __init__(self, me: str = "me", kinds: frozenset[str] = frozenset({"counter"}), config: ClusterConfig = CFG):
+        self.now = 100.0
+        self.state: ClusterState = new_state(me, config, kinds, self.now)
+
+    def feed(self, event: Any, at: float | None = None) -> list[Any]:
+        if at is not None:
+            self.now = at
+        _, effects = step(self.state, event, self.now)
+        return effects
+
+    def join(self) -> None:
+        renew = of(self.feed(Tick()), Renew)[0]
+        self.feed(Renewed(renew.sent_at, "era-1"))
+
+    def hold(self, address: str, *, placed: bool = True, epoch: int = 10) -> None:
+        """Claim ``address`` and win it."""
+        if address not in self.state.claiming:
+            self.feed(WantLease(address))
+        self.feed(Claimed(address, epoch, placed=placed))
+
+    def advance(self, seconds: float, *, peers: tuple[str, ...] = (), kinds: tuple[str, ...] = ("counter",)) -> list[Any]:
+        """Tick through ``seconds`` (every 0.5 s), answering every renewal at
+        once and keeping ``peers`` heartbeating; returns all effects."""
+        out: list[Any] = []
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + 0.5)
+            for node in peers:
+                out += self.peer(node, kinds)
+            effects = self.feed(Tick())
+            out += effects
+            for renew in of(effects, Renew):
+                out += self.feed(Renewed(renew.sent_at, "era-1"))
+        return out
+
+    def peer(self, node: str, kinds: tuple[str, ...] = ("counter",), **fields: Any) -> list[Any]:
+        return self.feed(HeartbeatSeen(NodeHeartbeat(node=node, kinds=list(kinds), ttl=CFG.lease_ttl, **fields)))
+
+
+def address_ranking(first: str, others: list[str], n: int = 200) -> str:
+    """An address that ``first`` ranks first for among ``[first, *others]``."""
+    nodes = dict.fromkeys([first, *others], 1.0)
+    for i in range(n):
+        if owner_of(f"counter:{i}", nodes) == first:
+            return f"counter:{i}"
+    raise AssertionError("no such address")
+
+
+# -- heartbeat and renewal ------------------------------------------------------------
+
+
+def test_one_renewal_at_a_time_every_interval() -> None:
+    d = Driver()
+    first = of(d.feed(Tick()), Renew)
+    assert len(first) == 1 and first[0].leases == {}
+    assert of(d.feed(Tick(), at=d.now + 5), Renew) == []  # still in flight
+    d.feed(Renewed(first[0].sent_at, "era-1"))
+    assert d.state.joined
+    assert of(d.feed(Tick(), at=first[0].sent_at + 0.5), Renew) == []
+    assert len(of(d.feed(Tick(), at=first[0].sent_at + 6), Renew)) == 1
+
+
+def test_spawns_wait_for_the_first_heartbeat() -> None:
+    d = Driver()
+    assert d.feed(WantLease("echo:1")) == []
+    renew = of(d.feed(Tick()), Renew)[0]
+    assert of(d.feed(Renewed(renew.sent_at, "era-1")), Claim) == [Claim("echo:1")]
+
+
+def test_a_won_claim_starts_the_actor_valid_until_the_claim_was_sent_plus_validity() -> None:
+    d = Driver()
+    d.join()
+    sent = d.now
+    assert d.feed(WantLease("counter:1")) == [Claim("counter:1")]
+    effects = d.feed(Claimed("counter:1", 42, placed=True), at=sent + 0.5)
+    assert of(effects, Start) == [Start("counter:1", 42)]
+    assert ("lease-acquired", "counter:1", "") in events(effects)
+    assert d.state.leases["counter:1"].valid_until == sent + CFG.validity
+
+
+def test_a_lease_past_its_validity_is_fenced_at_once() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1")
+    valid_until = d.state.leases["counter:1"].valid_until
+    assert of(d.feed(Tick(), at=valid_until - 0.01), Stop) == []
+    effects = d.feed(Tick(), at=valid_until)
+    assert of(effects, Stop) == [Stop("counter:1", "lease-expired", final=False)]
+    assert ("lease-lost", "counter:1", "expired") in events(effects)
+    assert d.state.leases["counter:1"].phase is Phase.FENCED
+    assert of(d.feed(Tick(), at=valid_until + 1), Stop) == []  # once
+
+
+def test_renewal_extends_what_it_covered_and_fences_what_was_lost() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:kept", epoch=1)
+    d.hold("counter:taken", epoch=2)
+    d.hold("counter:lapsed", epoch=3)
+    renew = of(d.feed(Tick(), at=d.now + 1.5), Renew)[0]
+    assert renew.leases == {"counter:kept": 1, "counter:taken": 2, "counter:lapsed": 3}
+    d.hold("counter:new", epoch=4)  # claimed while the renewal was in flight: not covered
+    new_valid = d.state.leases["counter:new"].valid_until
+    effects = d.feed(Renewed(renew.sent_at, "era-1", lost={"counter:taken": ("other", 9), "counter:lapsed": None}))
+    assert sorted(s.address for s in of(effects, Stop)) == ["counter:lapsed", "counter:taken"]
+    assert ("lease-lost", "counter:taken", "taken") in events(effects)
+    assert ("lease-lost", "counter:lapsed", "lapsed") in events(effects)
+    assert d.state.leases["counter:kept"].valid_until == renew.sent_at + CFG.validity
+    assert d.state.leases["counter:new"].valid_until == new_valid
+
+
+def test_a_new_era_writes_our_leases_back_instead_of_fencing() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1", epoch=7)
+    renew = of(d.feed(Tick(), at=d.now + 1.5), Renew)[0]
+    effects = d.feed(Renewed(renew.sent_at, "era-2", lost={"counter:1": None}))
+    assert of(effects, Stop) == []
+    assert of(effects, Reassert) == [Reassert("counter:1", 7, True, d.now)]
+    assert ("redis-reset", "node:me", "") in events(effects)
+    # A renewal that races the write-back may still find it missing.
+    renew = of(d.feed(Tick(), at=d.now + 1.1), Renew)[0]
+    assert d.feed(Renewed(renew.sent_at, "era-2", lost={"counter:1": None})) == []
+    assert of(d.feed(Reasserted("counter:1", None, d.now)), Stop) == []  # no answer: nothing decided
+    assert of(d.feed(Reasserted("counter:1", True, d.now)), Stop) == []
+    assert of(d.feed(Reasserted("counter:1", False, d.now)), Stop) == [Stop("counter:1", "lease-taken", final=False)]
+
+
+def test_addresses_with_waiting_messages_are_drained_by_their_live_owner() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1", epoch=5)
+    renew = of(d.feed(Tick(), at=d.now + 1.5), Renew)[0]
+    effects = d.feed(Renewed(renew.sent_at, "era-1", backlogged=("counter:1", "counter:not-mine")))
+    assert of(effects, DrainBacklog) == [DrainBacklog("counter:1", 5)]
+
+
+# -- membership, placement, failover ------------------------------------------------------
+
+
+def test_a_joining_node_gets_the_placed_addresses_that_rank_it_first() -> None:
+    d = Driver()
+    d.join()
+    moving = address_ranking("newcomer", ["me"])
+    staying = address_ranking("me", ["newcomer"])
+    d.hold(moving, placed=True)
+    d.hold(staying, placed=True)
+    d.hold("echo:child", placed=False)
+    effects = d.peer("newcomer")
+    assert ("node-joined", "node:newcomer", "") in events(effects)
+    assert of(effects, Stop) == []  # not before it has been live for the grace
+    assert d.peer("newcomer") == []  # a second heartbeat is no join
+    assert of(d.advance(CFG.grace / 2, peers=("newcomer",)), Stop) == []
+    effects = d.advance(CFG.grace / 2, peers=("newcomer",))
+    assert of(effects, Stop) == [Stop(moving, "handoff", final=True)]
+    assert d.state.leases[moving].phase is Phase.HANDOFF
+    assert of(d.advance(CFG.grace, peers=("newcomer",)), Stop) == []  # once
+
+
+def test_a_newcomer_that_dies_within_its_grace_gets_nothing() -> None:
+    d = Driver()
+    d.join()
+    d.hold(address_ranking("newcomer", ["me"]))
+    d.peer("newcomer")
+    assert of(d.advance(CFG.lease_ttl + 0.5), Stop) == []
+
+
+def test_a_newcomer_without_the_kind_gets_nothing() -> None:
+    d = Driver()
+    d.join()
+    d.hold(address_ranking("newcomer", ["me"]))
+    d.peer("newcomer", kinds=("meeting",))
+    assert of(d.advance(CFG.grace + 0.5, peers=("newcomer",), kinds=("meeting",)), Stop) == []
+
+
+def test_no_hand_off_on_join_when_switched_off() -> None:
+    d = Driver(config=ClusterConfig(heartbeat_interval=1.0, lease_ttl=4.0, handoff_on_join=False))
+    d.join()
+    d.hold(address_ranking("newcomer", ["me"]))
+    d.peer("newcomer")
+    assert of(d.advance(10, peers=("newcomer",)), Stop) == []
+
+
+def test_a_silent_node_is_dead_and_adopted_until_its_key_is_gone() -> None:
+    d = Driver()
+    d.join()
+    d.peer("n2")
+    effects = d.feed(Tick(), at=d.now + CFG.lease_ttl + 0.1)
+    assert ("node-dead", "node:n2", "") in events(effects)
+    assert of(effects, Adopt) == [Adopt("n2")]
+    d.feed(Adopted("n2", alive=True))
+    assert of(d.feed(Tick(), at=d.now + CFG.heartbeat_interval), Adopt) == [Adopt("n2")]  # retried
+    mine = address_ranking("me", [])
+    effects = d.feed(Adopted("n2", alive=False, addresses=(mine,)))
+    assert of(effects, Claim) == [Claim(mine)]
+    assert of(d.feed(Tick(), at=d.now + CFG.heartbeat_interval), Adopt) == []
+
+
+def test_adoption_retries_end_after_a_ttl() -> None:
+    d = Driver()
+    d.join()
+    d.peer("n2")
+    d.feed(Tick(), at=d.now + CFG.lease_ttl + 0.1)
+    d.feed(Adopted("n2", alive=True))
+    assert of(d.feed(Tick(), at=d.now + CFG.lease_ttl + 1), Adopt) == []
+
+
+def test_an_unowned_address_is_claimed_by_the_node_that_ranks_first_only() -> None:
+    d = Driver()
+    d.join()
+    d.peer("n2")
+    mine = address_ranking("me", ["n2"])
+    theirs = address_ranking("n2", ["me"])
+    assert of(d.feed(LeaseSeen(LeaseChange(address=mine, node="", change="unowned"))), Claim) == [Claim(mine)]
+    assert of(d.feed(LeaseSeen(LeaseChange(address=theirs, node="", change="unowned"))), Claim) == []
+    # n2 dies before claiming it: now it ranks us first.
+    assert of(d.feed(Tick(), at=d.now + CFG.lease_ttl + 0.1), Claim) == [Claim(theirs)]
+
+
+def test_an_unowned_address_claimed_by_another_is_forgotten() -> None:
+    d = Driver()
+    d.join()
+    d.peer("n2")
+    theirs = address_ranking("n2", ["me"])
+    d.feed(LeaseSeen(LeaseChange(address=theirs, node="", change="unowned")))
+    d.feed(LeaseSeen(LeaseChange(address=theirs, node="n2", change="acquired", epoch=5)))
+    assert of(d.feed(Tick(), at=d.now + CFG.lease_ttl + 0.1), Claim) == []
+
+
+def test_a_sweep_runs_every_interval_once_joined_and_orphans_are_claimed() -> None:
+    d = Driver()
+    effects = d.feed(Tick(), at=d.now + CFG.sweep_interval)
+    assert of(effects, Sweep) == []  # not joined yet
+    d.feed(Renewed(of(effects, Renew)[0].sent_at, "era-1"))
+    assert of(d.feed(Tick(), at=d.now + CFG.sweep_interval), Sweep) == [Sweep()]
+    mine = address_ranking("me", [])
+    assert of(d.feed(Orphans((mine,))), Claim) == [Claim(mine)]
+    assert of(d.feed(Orphans((mine,))), Claim) == []  # already claiming
+
+
+def test_a_node_that_left_is_adopted_at_once() -> None:
+    d = Driver()
+    d.join()
+    d.peer("n2")
+    effects = d.feed(NodeLeftSeen("n2"))
+    assert ("node-left", "node:n2", "") in events(effects)
+    assert of(effects, Adopt) == [Adopt("n2")]
+
+
+def test_another_owner_announced_with_a_newer_epoch_fences_ours() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1", epoch=5)
+    assert of(d.feed(LeaseSeen(LeaseChange(address="counter:1", node="n2", change="acquired", epoch=4))), Stop) == []
+    effects = d.feed(LeaseSeen(LeaseChange(address="counter:1", node="n2", change="acquired", epoch=6)))
+    assert of(effects, Stop) == [Stop("counter:1", "lease-taken", final=False)]
+
+
+def test_a_refused_checkpoint_fences() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1")
+    assert of(d.feed(LeaseTroubled("counter:1")), Stop) == [Stop("counter:1", "lease-checkpoint-refused", final=False)]
+
+
+# -- claims refused, actors gone, releases ---------------------------------------------------
+
+
+def test_a_claim_refused_by_a_live_holder_refuses_the_spawn() -> None:
+    d = Driver()
+    d.join()
+    d.feed(WantLease("echo:1"))
+    assert d.feed(ClaimRefused("echo:1", "n2", 3)) == [SpawnRefused("echo:1", "n2", 3)]
+
+
+def test_a_claim_refused_because_we_are_no_member_or_failed_is_retried() -> None:
+    d = Driver()
+    d.join()
+    d.feed(WantLease("echo:1"))
+    assert d.feed(ClaimRefused("echo:1", "", 0)) == []
+    assert of(d.feed(Tick(), at=d.now + CFG.heartbeat_interval), Claim) == [Claim("echo:1")]
+    assert d.feed(ClaimFailed("echo:1")) == []
+    assert of(d.feed(Tick(), at=d.now + CFG.heartbeat_interval), Claim) == [Claim("echo:1")]
+
+
+@pytest.mark.parametrize(("placed", "crashed", "mode"), [
+    (True, False, "retire"),
+    (True, True, "unowned"),
+    (False, False, "plain"),
+    (False, True, "plain"),
+])
+def test_what_an_actor_that_stopped_for_good_releases(placed: bool, crashed: bool, mode: str) -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1", placed=placed, epoch=8)
+    assert d.feed(ActorGone("counter:1", crashed=crashed, final=True)) == [Release("counter:1", 8, mode)]
+
+
+def test_a_supervised_restart_keeps_the_lease() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1")
+    assert d.feed(ActorGone("counter:1", crashed=True, final=False)) == []
+    assert d.state.leases["counter:1"].phase is Phase.ACTIVE
+
+
+def test_a_fenced_actor_releases_and_a_restart_claims_again_after() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1", placed=False, epoch=8)
+    d.feed(LeaseTroubled("counter:1"))
+    assert d.feed(ActorGone("counter:1", crashed=False, final=False)) == [Release("counter:1", 8, "plain")]
+    assert d.feed(WantLease("counter:1")) == []  # waits for the release
+    effects = d.feed(Released("counter:1"))
+    assert of(effects, HandBack) == [HandBack("counter:1")]
+    assert of(effects, Claim) == [Claim("counter:1")]
+
+
+def test_a_crashed_placed_actor_is_not_claimed_back_at_once() -> None:
+    d = Driver()
+    d.join()
+    mine = address_ranking("me", [])
+    d.hold(mine)
+    d.feed(ActorGone(mine, crashed=True, final=True))
+    d.feed(Released(mine))
+    assert of(d.feed(LeaseSeen(LeaseChange(address=mine, node="me", change="unowned"))), Claim) == []
+    assert of(d.feed(Orphans((mine,)), at=d.now + CFG.sweep_interval), Claim) == [Claim(mine)]
+
+
+def test_a_failed_release_is_retried() -> None:
+    from actors.cluster.machine import ReleaseFailed
+
+    d = Driver()
+    d.join()
+    d.hold("counter:1", epoch=3)
+    d.feed(ActorGone("counter:1", crashed=False, final=True))
+    d.feed(ReleaseFailed("counter:1"))
+    assert of(d.feed(Tick(), at=d.now + CFG.heartbeat_interval), Release) == [Release("counter:1", 3, "retire")]
+
+
+# -- drain --------------------------------------------------------------------------------
+
+
+def test_drain_hands_off_placed_stops_the_rest_and_leaves_when_empty() -> None:
+    d = Driver()
+    d.join()
+    d.hold("counter:1", placed=True, epoch=1)
+    d.hold("echo:1", placed=False, epoch=2)
+    effects = d.feed(Drain())
+    assert sorted(of(effects, Stop), key=lambda s: s.address) == [
+        Stop("counter:1", "handoff", final=True), Stop("echo:1", "drain", final=True)]
+    assert of(d.feed(LeaseSeen(LeaseChange(address=address_ranking("me", []), node="", change="unowned"))),
+              Claim) == []  # a draining node takes nothing
+    assert d.feed(ActorGone("counter:1", crashed=False, final=True)) == [Release("counter:1", 1, "unowned")]
+    assert d.feed(ActorGone("echo:1", crashed=False, final=True)) == [Release("echo:1", 2, "plain")]
+    d.feed(Released("counter:1"))
+    assert of(d.feed(Released("echo:1")), Leave) == [Leave()]
+    assert of(d.feed(Tick(), at=d.now + 10), Renew) == []  # gone: no more heartbeats
+
+
+def test_a_draining_node_refuses_new_spawns_and_leaves_at_once_when_empty() -> None:
+    d = Driver()
+    d.join()
+    assert of(d.feed(Drain()), Leave) == [Leave()]
+    assert d.feed(WantLease("echo:1")) == [SpawnRefused("echo:1", "", 0)]

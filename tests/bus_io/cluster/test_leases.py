@@ -1,0 +1,230 @@
+"""The lease scripts on a real redis-server: claim, renew, release,
+restore, fenced checkpoints, adoption of a dead node's addresses."""
+
+from __future__ import annotations
+
+import threading
+
+import redis.asyncio as aioredis
+
+from bus.cluster.leases import LeaseStore
+from bus.cluster.messages import LeaseChange
+
+from .conftest import ChannelLog, ClusterRedis
+
+
+def test_a_claim_on_a_free_address_wins_and_is_announced_atomically(cr: ClusterRedis,
+                                                                     nodes_channel: ChannelLog) -> None:
+    cr.heartbeat("n1")
+    result = cr.run(cr.leases.claim("counter:1", "n1", ttl=5))
+    assert result.won and result.holder == "n1" and result.epoch > 0
+    assert result.checkpoint is None and result.spec is None and result.backlog == ()
+    assert cr.sync.get(cr.keys.lease("counter:1")) == f"{result.epoch} n1".encode()
+    assert 0 < cr.sync.pttl(cr.keys.lease("counter:1")) <= 5000
+    assert cr.sync.smembers(cr.keys.held("n1")) == {b"counter:1"}
+    env = nodes_channel.wait(lambda e: isinstance(e.message, LeaseChange))
+    assert env.message == LeaseChange(address="counter:1", node="n1", change="acquired", epoch=result.epoch)
+
+
+def test_a_claim_needs_the_claimer_to_be_a_live_member(cr: ClusterRedis) -> None:
+    result = cr.run(cr.leases.claim("counter:1", "ghost", ttl=5))
+    assert not result.won and result.holder == ""
+    assert cr.sync.get(cr.keys.lease("counter:1")) is None
+
+
+def test_a_live_holder_keeps_its_lease_and_a_dead_one_loses_it(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    first = cr.run(cr.leases.claim("counter:1", "n1", ttl=5))
+    refused = cr.run(cr.leases.claim("counter:1", "n2", ttl=5))
+    assert not refused.won and (refused.holder, refused.epoch) == ("n1", first.epoch)
+
+    cr.kill("n1")
+    taken = cr.run(cr.leases.claim("counter:1", "n2", ttl=5))
+    assert taken.won and taken.epoch > first.epoch
+    assert cr.sync.smembers(cr.keys.held("n1")) == set()
+    assert cr.run(cr.leases.lease("counter:1")) == ("n2", taken.epoch)
+
+
+def test_epochs_only_grow_even_when_redis_lost_the_counter(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    epochs = []
+    for i in range(5):
+        epochs.append(cr.run(cr.leases.claim(f"a:{i}", "n1", ttl=5)).epoch)
+    cr.sync.delete(cr.keys.epoch)  # as after a restart without persistence
+    epochs.append(cr.run(cr.leases.claim("a:5", "n1", ttl=5)).epoch)
+    assert epochs == sorted(epochs) and len(set(epochs)) == len(epochs)
+    # The claimer's floor (the newest epoch it has seen) is respected too.
+    floor = epochs[-1] + 10**9
+    assert cr.run(cr.leases.claim("a:6", "n1", ttl=5, floor=floor)).epoch > floor
+
+
+def test_a_claim_hands_over_the_checkpoint_the_spec_and_the_backlog(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    cr.sync.set(cr.keys.checkpoint("counter:1"), b"state")
+    for i in range(3):
+        assert cr.run(cr.backlog.route("counter:1", f"env{i}".encode(), f"id{i}", me="n1")).outcome == "backlogged"
+    result = cr.run(cr.leases.claim("counter:1", "n1", ttl=5, spec=b"args"))
+    assert result.checkpoint == b"state" and result.spec == b"args"
+    assert result.backlog == (b"env0", b"env1", b"env2")
+    assert cr.sync.exists(cr.keys.backlog("counter:1")) == 0
+
+
+def test_renew_extends_ours_and_reports_what_we_lost(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    kept = cr.run(cr.leases.claim("a:kept", "n1", ttl=1))
+    taken = cr.run(cr.leases.claim("a:taken", "n1", ttl=1))
+    gone = cr.run(cr.leases.claim("a:gone", "n1", ttl=1))
+    cr.sync.delete(cr.keys.lease("a:taken"))
+    other = cr.run(cr.leases.claim("a:taken", "n2", ttl=5))
+    cr.sync.delete(cr.keys.lease("a:gone"))
+
+    result = cr.heartbeat("n1", {"a:kept": kept.epoch, "a:taken": taken.epoch, "a:gone": gone.epoch}, ttl=30)
+    assert result.era == "era-1"
+    assert dict(result.lost) == {"a:taken": ("n2", other.epoch), "a:gone": None}
+    assert cr.sync.pttl(cr.keys.lease("a:kept")) > 1000  # extended to the new ttl
+    assert cr.sync.pttl(cr.keys.node("n1")) > 1000
+
+
+def test_renew_reports_a_new_era_when_redis_lost_its_data(cr: ClusterRedis) -> None:
+    assert cr.heartbeat("n1", era="first").era == "first"
+    assert cr.heartbeat("n1", era="ignored").era == "first"
+    cr.sync.delete(cr.keys.era)
+    assert cr.heartbeat("n1", era="second").era == "second"
+
+
+def test_release_only_gives_up_our_own_lease(cr: ClusterRedis, nodes_channel: ChannelLog) -> None:
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    mine = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    assert not cr.run(cr.leases.release("a:1", "n2", mine.epoch))
+    assert not cr.run(cr.leases.release("a:1", "n1", mine.epoch - 1))
+    assert cr.run(cr.leases.release("a:1", "n1", mine.epoch))
+    assert cr.sync.get(cr.keys.lease("a:1")) is None
+    assert cr.sync.smembers(cr.keys.held("n1")) == set()
+    nodes_channel.wait(lambda e: isinstance(e.message, LeaseChange) and e.message.change == "released")
+
+
+def test_release_as_unowned_puts_a_placed_address_up_for_adoption(cr: ClusterRedis,
+                                                                    nodes_channel: ChannelLog) -> None:
+    cr.heartbeat("n1")
+    placed = cr.run(cr.leases.claim("a:placed", "n1", ttl=5, spec=b"args"))
+    child = cr.run(cr.leases.claim("a:child", "n1", ttl=5))
+    assert cr.run(cr.leases.release("a:placed", "n1", placed.epoch, mode="unowned"))
+    assert cr.run(cr.leases.release("a:child", "n1", child.epoch, mode="unowned"))
+    assert cr.run(cr.leases.unowned()) == ["a:placed"]  # a child has no spec: nobody restarts it alone
+    change = nodes_channel.wait(lambda e: isinstance(e.message, LeaseChange) and e.message.change == "unowned")
+    assert change.message.address == "a:placed"
+
+
+def test_release_writes_back_what_redis_lost(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5, spec=b"args"))
+    cr.sync.delete(cr.keys.spec("a:1"), cr.keys.lease("a:1"))
+    assert cr.run(cr.leases.release("a:1", "n1", lease.epoch, mode="unowned", spec=b"args", checkpoint=b"ck"))
+    assert cr.sync.get(cr.keys.spec("a:1")) == b"args"
+    assert cr.sync.get(cr.keys.checkpoint("a:1")) == b"ck"
+    assert cr.run(cr.leases.unowned()) == ["a:1"]
+
+
+def test_retire_forgets_a_placed_address(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5, spec=b"args"))
+    assert cr.run(cr.leases.save_checkpoint("a:1", "n1", lease.epoch, b"ck"))
+    assert cr.run(cr.leases.release("a:1", "n1", lease.epoch, mode="retire"))
+    assert cr.sync.exists(cr.keys.spec("a:1"), cr.keys.checkpoint("a:1")) == 0
+
+
+def test_restore_rewrites_our_lease_under_the_same_epoch_unless_someone_claimed(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5, spec=b"args"))
+    cr.sync.delete(cr.keys.lease("a:1"), cr.keys.epoch, cr.keys.spec("a:1"))
+    assert cr.run(cr.leases.restore("a:1", "n1", lease.epoch, ttl=5, spec=b"args", checkpoint=b"ck"))
+    assert cr.run(cr.leases.lease("a:1")) == ("n1", lease.epoch)
+    assert cr.sync.get(cr.keys.spec("a:1")) == b"args" and cr.sync.get(cr.keys.checkpoint("a:1")) == b"ck"
+    assert int(cr.sync.get(cr.keys.epoch)) >= lease.epoch  # later claims draw above it
+
+    cr.kill("n1")
+    taken = cr.run(cr.leases.claim("a:1", "n2", ttl=5))
+    assert taken.epoch > lease.epoch
+    assert not cr.run(cr.leases.restore("a:1", "n1", lease.epoch, ttl=5))
+
+
+def test_what_waited_while_nobody_held_it_is_drained_after_a_restore(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    cr.sync.delete(cr.keys.lease("a:1"))  # Redis lost it
+    assert cr.run(cr.backlog.route("a:1", b"env", "id1", me="sender")).outcome == "backlogged"
+    assert cr.run(cr.leases.restore("a:1", "n1", lease.epoch, ttl=5))
+    assert cr.heartbeat("n1", {"a:1": lease.epoch}).backlogged == ("a:1",)
+    assert cr.run(cr.backlog.drain("a:1", me="n1", epoch=lease.epoch)) == [b"env"]
+
+
+def test_checkpoints_are_written_only_under_the_current_lease(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    old = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    assert cr.run(cr.leases.save_checkpoint("a:1", "n1", old.epoch, b"v1", log=True, note="1"))
+    cr.kill("n1")
+    new = cr.run(cr.leases.claim("a:1", "n2", ttl=5))
+    assert new.checkpoint == b"v1"
+    # The former owner is refused, whatever it writes.
+    assert not cr.run(cr.leases.save_checkpoint("a:1", "n1", old.epoch, b"stale", log=True, note="2"))
+    assert cr.run(cr.leases.save_checkpoint("a:1", "n2", new.epoch, b"v2", log=True, note="3"))
+    assert cr.run(cr.leases.load_checkpoint("a:1")) == b"v2"
+    # No lease at all: refused too.
+    assert not cr.run(cr.leases.save_checkpoint("a:nobody", "n2", new.epoch, b"x"))
+    log = cr.run(cr.leases.fencing_log())
+    assert [(e["a"], int(e["e"]), e["n"], e["note"]) for e in log] == [
+        ("a:1", old.epoch, "n1", "1"), ("a:1", new.epoch, "n2", "3")]
+
+
+def test_adopting_a_dead_node_frees_its_placed_addresses_once(cr: ClusterRedis) -> None:
+    cr.heartbeat("dead")
+    cr.heartbeat("n2")
+    cr.run(cr.leases.claim("a:placed", "dead", ttl=30, spec=b"args"))
+    cr.run(cr.leases.claim("a:child", "dead", ttl=30))
+    assert cr.run(cr.leases.adopt("dead")) is None  # still alive: nothing to adopt
+    cr.kill("dead")
+    assert cr.run(cr.leases.adopt("dead")) == ["a:placed"]
+    assert cr.run(cr.leases.adopt("dead")) == []
+    assert cr.sync.get(cr.keys.lease("a:placed")) is None and cr.sync.get(cr.keys.lease("a:child")) is None
+    assert cr.run(cr.leases.unowned()) == ["a:placed"]
+    assert "dead" not in cr.run(cr.leases.member_ids())
+    assert cr.run(cr.leases.claim("a:placed", "n2", ttl=5)).won
+
+
+def test_two_nodes_racing_for_one_address_exactly_one_wins(cr: ClusterRedis) -> None:
+    """Threads with their own clients and loops claim the same addresses
+    at the same moment, many times over."""
+    racers = ["r1", "r2", "r3"]
+    for node in racers:
+        cr.heartbeat(node)
+    rounds = 40
+    results: dict[str, list[bool]] = {n: [] for n in racers}
+    barrier = threading.Barrier(len(racers))
+
+    def race(node: str) -> None:
+        import asyncio
+
+        async def go() -> None:
+            client = aioredis.Redis.from_url(cr.url)
+            store = LeaseStore(client, namespace=cr.namespace)
+            try:
+                for i in range(rounds):
+                    await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
+                    results[node].append((await store.claim(f"race:{i}", node, ttl=30)).won)
+            finally:
+                await client.aclose()
+
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in racers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in range(rounds):
+        assert sum(results[n][i] for n in racers) == 1, f"round {i}: {[results[n][i] for n in racers]}"

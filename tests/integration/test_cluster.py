@@ -1,0 +1,339 @@
+"""A cluster of ``huddle node`` processes on a real redis-server.
+
+Every test runs in its own namespace (keys and channels), with fast
+timings; the test process is one more cluster member (hosting nothing
+placed) that places the actors, sends, and asks. Nothing waits by sleeping:
+every wait is on an event on ``sys:events``, a reply, or a Redis query,
+with a deadline reached only when something is broken.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+
+from actors.builtin import CounterAdd, CounterGet
+from actors.cluster import Cluster, ClusterConfig
+from actors.node import Node
+from bus.address import channel_for
+from bus.cluster.keys import ClusterKeys
+from bus.cluster.placement import owner_of
+from bus.embedded import EmbeddedRedis
+from bus.messages import Event, Ping, Pong
+from bus.redis_transport import RedisTransport
+
+from .conftest import (
+    DEADLINE,
+    REPO_ROOT,
+    EventLog,
+    NodeProcess,
+    NodeProcesses,
+    huddle_cmd,
+    listening_events,
+    unique,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+HEARTBEAT, LEASE_TTL = 0.2, 1.5
+TIMING = ("--heartbeat", str(HEARTBEAT), "--lease-ttl", str(LEASE_TTL), "--sweep", "1")
+
+
+class ClusterRun:
+    """Node processes in one namespace, and the test process as a member."""
+
+    def __init__(self, procs: NodeProcesses, redis_url: str, events: EventLog, namespace: str, *,
+                 lease_ttl: float = LEASE_TTL) -> None:
+        self.procs = procs
+        self.redis_url = redis_url
+        self.events = events
+        self.namespace = namespace
+        self.lease_ttl = lease_ttl
+        self.local_events: list[Event] = []
+        self.client = Node(RedisTransport(redis_url, name=unique("client")), node_id=unique("client"),
+                           namespace=namespace)
+        self.client.add_event_listener(self.local_events.append)
+        self.cluster = Cluster(self.client, redis_url, config=ClusterConfig(
+            heartbeat_interval=HEARTBEAT, lease_ttl=lease_ttl, sweep_interval=1.0))
+        self.client.start()
+        assert self.cluster.start(DEADLINE)
+
+    def node(self, *echo: str, fencing_log: bool = False, wait: bool = True) -> NodeProcess:
+        options = ["--namespace", self.namespace, "--actors", "counter", "--heartbeat", str(HEARTBEAT),
+                   "--lease-ttl", str(self.lease_ttl), "--sweep", "1"]
+        if fencing_log:
+            options.append("--fencing-log")
+        return self.procs.start(*echo, options=options, wait=wait, redis_url=self.redis_url)
+
+    def counters(self, n: int) -> dict[str, str]:
+        """Place ``n`` counters; address -> owning node id."""
+        prefix = unique("c")
+        return {a: self.cluster.ensure(a).get(timeout=DEADLINE) for a in (f"counter:{prefix}-{i}" for i in range(n))}
+
+    def add(self, address: str, n: int = 1, tag: str = "") -> int:
+        return self.client.ask(address, CounterAdd(n=n, tag=tag), timeout=DEADLINE).get(timeout=DEADLINE + 1)
+
+    def value(self, address: str) -> dict[str, Any]:
+        return self.client.ask(address, CounterGet(), timeout=DEADLINE).get(timeout=DEADLINE + 1)
+
+    def wait_tags(self, address: str, tags: list[str]) -> dict[str, Any]:
+        """Ask until every tag has arrived (each ask is one round trip)."""
+        last: dict[str, Any] = {}
+
+        def arrived() -> bool:
+            nonlocal last
+            last = self.value(address)
+            return set(tags) <= set(last["tags"])
+
+        try:
+            wait_until(arrived, f"{address} got all of {len(tags)} tags")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; missing {sorted(set(tags) - set(last.get('tags', [])))}, last {last}") from None
+        return last
+
+    def started_elsewhere(self, address: str, not_on: str) -> Event:
+        return self.events.wait_match(lambda e: e.event == "started" and e.address == address and e.node != not_on,
+                                      f"started {address} on a node other than {not_on}")
+
+    def subscribers(self, address: str) -> int:
+        raw = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(raw.pubsub_numsub(channel_for(address, self.namespace))[0][1])
+        finally:
+            raw.close()
+
+    def stored(self, address: str) -> dict[str, Any]:
+        """The checkpoint Redis holds for ``address`` ({} if none)."""
+        raw = redis.Redis.from_url(self.redis_url)
+        try:
+            data = raw.get(ClusterKeys(self.namespace).checkpoint(address))
+        finally:
+            raw.close()
+        return msgpack.unpackb(data, raw=False) if data else {}
+
+    def wait_stored(self, address: str, count: int) -> None:
+        """Checkpoints are written after the handler answered: before a
+        crash, wait until Redis has the state the test relies on."""
+        wait_until(lambda: self.stored(address).get("count") == count, f"{address} checkpointed at {count}")
+
+    def local_event(self, **fields: Any) -> bool:
+        return any(all(getattr(e, k) == v for k, v in fields.items()) for e in list(self.local_events))
+
+    def close(self) -> None:
+        self.client.shutdown()
+
+
+def _run(node_procs: NodeProcesses, redis_url: str, *, lease_ttl: float = LEASE_TTL) -> Iterator[ClusterRun]:
+    namespace = f"{unique('ns')}:"
+    with listening_events(redis_url, namespace) as events:
+        cluster_run = ClusterRun(node_procs, redis_url, events, namespace, lease_ttl=lease_ttl)
+        try:
+            yield cluster_run
+        finally:
+            node_procs.stop_all()
+            cluster_run.close()
+
+
+@pytest.fixture
+def run(node_procs: NodeProcesses, redis_url: str) -> Iterator[ClusterRun]:
+    yield from _run(node_procs, redis_url)
+
+
+def test_a_killed_nodes_actors_are_live_elsewhere_with_their_state(run: ClusterRun) -> None:
+    nodes = [run.node(wait=False) for _ in range(3)]
+    for node in nodes:
+        run.procs.wait_ready(node)
+    owners = run.counters(12)
+    for i, address in enumerate(owners):
+        assert run.add(address, i + 1, tag="before") == i + 1
+    for i, address in enumerate(owners):
+        run.wait_stored(address, i + 1)
+    victim = next(n for n in nodes if n.node_id == owners[next(iter(owners))])
+    moved = [a for a, owner in owners.items() if owner == victim.node_id]
+
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.proc.wait(DEADLINE)
+    for address in moved:
+        started = run.started_elsewhere(address, victim.node_id)
+        assert started.detail["epoch"] > 0
+    for i, address in enumerate(owners):
+        got = run.value(address)
+        assert got["count"] == i + 1 and got["tags"] == ["before"]
+        assert got["node"] != victim.node_id
+
+
+def test_a_message_sent_while_the_owner_is_dead_is_delivered_once_after_reactivation(run: ClusterRun) -> None:
+    a = run.node(wait=False)
+    b = run.node(wait=False)
+    for node in (a, b):
+        run.procs.wait_ready(node)
+    (address, owner), = run.counters(1).items()
+    run.add(address, 1, tag="t0")
+    run.wait_stored(address, 1)
+    victim = a if owner == a.node_id else b
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.proc.wait(DEADLINE)
+    wait_until(lambda: run.subscribers(address) == 0, "Redis saw the dead owner's connection close")
+    early = [f"t{i}" for i in range(1, 11)]
+    for tag in early:
+        run.client.tell(address, CounterAdd(n=1, tag=tag))
+    run.events.wait_for(event="backlogged", node=run.client.node_id, address=address)
+    late = [f"t{i}" for i in range(11, 21)]
+    wait_until(lambda: run.local_event(event="node-dead", address=f"node:{victim.node_id}"),
+               "the test node noticed the death")
+    for tag in late:
+        run.client.tell(address, CounterAdd(n=1, tag=tag))
+    run.started_elsewhere(address, victim.node_id)
+    got = run.wait_tags(address, early + late)
+    assert sorted(got["tags"]) == sorted(["t0", *early, *late])  # each exactly once
+    assert got["count"] == 21
+
+
+def test_a_node_paused_past_its_lease_is_fenced_when_it_wakes(run: ClusterRun, redis_url: str) -> None:
+    a = run.node(fencing_log=True, wait=False)
+    b = run.node(fencing_log=True, wait=False)
+    for node in (a, b):
+        run.procs.wait_ready(node)
+    owners = run.counters(10)
+    on_a = [address for address, owner in owners.items() if owner == a.node_id]
+    assert on_a, "rendezvous put nothing on a"
+    for address in owners:
+        run.add(address, 1, tag="before")
+    for address in owners:
+        run.wait_stored(address, 1)
+    sent: dict[str, list[str]] = {address: ["before"] for address in on_a}
+
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        # Still subscribed as far as Redis knows: these wait in a's socket.
+        for address in on_a:
+            sent[address].append("paused")
+            run.client.tell(address, CounterAdd(n=1, tag="paused"))
+        for address in on_a:
+            run.started_elsewhere(address, a.node_id)
+        for address in on_a:
+            sent[address].append("moved")
+            run.client.tell(address, CounterAdd(n=1, tag="moved"))
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    # It wakes with every lease expired by its own clock: its actors stop.
+    for address in on_a:
+        run.events.wait_match(lambda e, x=address: e.event == "lease-lost" and e.node == a.node_id and e.address == x,
+                              f"lease-lost for {address} from {a.node_id}")
+        run.events.wait_match(lambda e, x=address: e.event == "stopped" and e.node == a.node_id and e.address == x,
+                              f"stopped {address} on {a.node_id}")
+    for address in on_a:
+        got = run.wait_tags(address, sent[address])
+        assert sorted(got["tags"]) == sorted(sent[address])  # the paused ones forwarded, nothing twice
+        assert got["count"] == len(sent[address])
+    # Fencing log: per address, Redis accepted checkpoint writes in epoch order
+    # only; nothing a wrote under its old epoch was accepted after b's claim.
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        log = raw.xrange(ClusterKeys(run.namespace).fencing)
+    finally:
+        raw.close()
+    newest: dict[str, int] = {}
+    for _id, fields in log:
+        address, epoch = fields[b"a"].decode(), int(fields[b"e"])
+        assert epoch >= newest.get(address, 0), f"{address}: a write under epoch {epoch} after {newest[address]}"
+        newest[address] = epoch
+
+
+def test_two_nodes_racing_for_one_address_exactly_one_wins(run: ClusterRun) -> None:
+    address = f"echo:{unique('race')}"
+    racers = [run.node(address, wait=False) for _ in range(2)]
+    for node in racers:
+        run.procs.wait_ready(node)
+    winner = run.events.wait_for(event="lease-acquired", address=address)
+    loser = run.events.wait_for(event="lease-refused", address=address)
+    assert {winner.node, loser.node} == {n.node_id for n in racers}
+    assert loser.detail["holder"] == winner.node
+    assert len(run.events.matching(event="started", address=address)) == 1
+    assert run.client.ask(address, Ping(n=1), timeout=DEADLINE).get(timeout=DEADLINE) == Pong(n=1)
+
+
+def test_all_nodes_recover_when_redis_restarts(node_procs: NodeProcesses, fresh_redis: EmbeddedRedis) -> None:
+    """Redis comes back empty: the nodes write their leases, specs and
+    checkpoints back and go on; nothing is re-activated."""
+    for cluster_run in _run(node_procs, fresh_redis.url, lease_ttl=8.0):
+        nodes = [cluster_run.node(wait=False) for _ in range(2)]
+        for node in nodes:
+            cluster_run.procs.wait_ready(node)
+        owners = cluster_run.counters(6)
+        for address in owners:
+            cluster_run.add(address, 2, tag="pre")
+        fresh_redis.restart()
+        wait_until(lambda: cluster_run.local_event(event="redis-reset"), "the test node saw the new era")
+        wait_until(lambda: cluster_run.local_event(event="bus-resubscribed"), "the test node listens again")
+        raw = redis.Redis.from_url(fresh_redis.url)
+        keys = ClusterKeys(cluster_run.namespace)
+        try:
+            wait_until(lambda: all(raw.exists(keys.node(n.node_id)) for n in nodes), "every node heartbeats again")
+            wait_until(lambda: all(raw.exists(keys.lease(a)) for a in owners), "every lease was written back")
+        finally:
+            raw.close()
+        for address, owner in owners.items():
+            got = cluster_run.value(address)
+            assert got["count"] == 2 and got["node"] == owner
+            assert cluster_run.add(address, 1, tag="post") == 3
+
+
+def test_drain_hands_a_nodes_actors_over_and_it_exits(run: ClusterRun, redis_url: str, tmp_path: Any) -> None:
+    a = run.node(wait=False)
+    b = run.node(wait=False)
+    for node in (a, b):
+        run.procs.wait_ready(node)
+    owners = run.counters(8)
+    for address in owners:
+        run.add(address, 4, tag="kept")
+    on_a = [address for address, owner in owners.items() if owner == a.node_id]
+    drain = subprocess.run(huddle_cmd("node", "--redis-url", redis_url, "--namespace", run.namespace,
+                                      "--drain", a.node_id, "--run-for", str(DEADLINE)),
+                           capture_output=True, text=True, timeout=DEADLINE + 10, cwd=REPO_ROOT)
+    assert drain.returncode == 0, drain.stderr
+    assert f"handing off {len(on_a)} placed actor(s)" in drain.stdout
+    assert a.proc.wait(DEADLINE) == 0  # it left and stopped by itself
+    run.events.wait_for(event="left", node=a.node_id)
+    for address in owners:
+        got = run.value(address)
+        assert got["node"] == b.node_id and got["count"] == 4 and got["tags"] == ["kept"]
+    assert not run.events.matching(event="lease-lost")
+
+
+def test_a_joining_node_takes_over_its_share_by_hand_off(run: ClusterRun) -> None:
+    a = run.node()
+    owners = run.counters(10)
+    for address in owners:
+        assert owners[address] == a.node_id
+        run.add(address, 2, tag="first")
+    b = run.node()
+    hosts = {a.node_id: 1.0, b.node_id: 1.0}
+    moving = [address for address in owners if owner_of(address, hosts) == b.node_id]
+    for address in moving:
+        run.events.wait_for(event="handoff", node=a.node_id, address=address)
+        run.events.wait_for(event="started", node=b.node_id, address=address)
+    for address in owners:
+        got = run.value(address)
+        assert got["count"] == 2 and got["tags"] == ["first"]
+        assert got["node"] == (b.node_id if address in moving else a.node_id)
+
+
+def test_sigterm_leaves_the_cluster_cleanly(run: ClusterRun) -> None:
+    a = run.node(wait=False)
+    b = run.node(wait=False)
+    for node in (a, b):
+        run.procs.wait_ready(node)
+    owners = run.counters(6)
+    assert a.terminate() == 0
+    run.events.wait_for(event="left", node=a.node_id)
+    for address in owners:
+        assert run.value(address)["node"] == b.node_id
