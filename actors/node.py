@@ -69,7 +69,7 @@ from pykka._envelope import Envelope as _PykkaEnvelope
 from actors.clock import Clock, SystemClock, TimerHandle
 from actors.io import IoLoop, Outcome
 from actors.messages import ChildExit
-from actors.metrics import MetricsRegistry
+from actors.metrics import BUS_RECONNECTS, MetricsRegistry
 from actors.runtime import PooledActor, PooledFuture, default_dispatcher
 from bus.address import (
     SYS_EVENTS,
@@ -433,6 +433,7 @@ class Node:
         self.counters: collections.Counter[str] = collections.Counter()
         #: Gauges other parts add (``node.metrics.add_source``); see actors.metrics.
         self.metrics = MetricsRegistry()
+        self.metrics.add_source(BUS_RECONNECTS, lambda: self.counters["bus:resubscribed"])
         #: Called with every envelope put into a hosted actor's mailbox, when
         #: set (taps mirror them); must be quick and must not raise.
         self.delivery_hook: Callable[[Envelope], None] | None = None
