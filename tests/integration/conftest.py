@@ -33,6 +33,7 @@ from bus.envelope import Codec
 from bus.errors import DecodeError
 from bus.messages import Event
 from bus.redis_transport import RedisTransport
+from tests.waiting import wait_until
 
 DEADLINE = 15.0
 """Upper bound for any wait; reached only when something is broken."""
@@ -76,19 +77,6 @@ def subscriber_channels(client: redis.Redis, node_id: str) -> int | None:
         if entry.get("name") == name:
             return int(entry.get("sub", 0))
     return None
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll an explicit condition that has no event to wait on (e.g. a
-    Redis query) until it holds; fails past ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    pause = threading.Event()  # never set: wait() is a bounded poll interval
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout:g}s: {what}")
-        pause.wait(delay)
-        delay = min(delay * 2, 0.05)
 
 
 # -- node processes -----------------------------------------------------------

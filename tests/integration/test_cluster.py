@@ -28,6 +28,7 @@ from bus.cluster.placement import owner_of
 from bus.embedded import EmbeddedRedis
 from bus.messages import Event, Ping, Pong
 from bus.redis_transport import RedisTransport
+from tests.waiting import wait_until
 
 from .conftest import (
     DEADLINE,
@@ -38,7 +39,6 @@ from .conftest import (
     huddle_cmd,
     listening_events,
     unique,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,9 @@ from bus.cluster.placement import owner_of
 from bus.envelope import Envelope
 from bus.errors import AskTimeout, EncodeError
 from bus.messages import Message, Ping, Pong
+from tests.waiting import wait_until
 
-from .conftest import DEADLINE, Rig, wait_until
+from .conftest import DEADLINE, Rig
 
 pytestmark = pytest.mark.integration
 
