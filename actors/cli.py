@@ -39,6 +39,8 @@ BENCHMARKS = {
     "dataserver-sockets": "5,000 raw clients online on one huddle dataserver: time, RSS per socket, fan-out, restart (baseline: bare websockets server).",
     "token-fetch": "1,000 token actors fetch a token each from huddle dataserver over HTTP, then 20,000 grants from held tokens (baseline: the same GETs from one bare aiohttp session).",
     "meetings": "N meetings (default 1,000; HUDDLE_BENCH_MEETINGS) on 2 node processes against the reference service: settle time, messages and RSS per meeting (baseline: the same sessions as raw websockets clients).",
+    "sessions": "5,000 data-channel session actors online on one node against the reference service: time, RSS per session, idle CPU with keepalives (baseline: bare websockets clients).",
+    "storm": "restart the reference service under 5,000 online sessions with transcription subscriptions: time until all resubscribed, lost subscriptions (baseline: bare clients, upstream backoff without jitter).",
     "failover": "3 cluster node processes, 1,000 stateful actors; kill -9 one: seconds until each of its actors is live elsewhere (baseline: the detection delay).",
     "chaos": "a bounded soak (--minutes) that kills, pauses and restarts nodes and Redis; invariants from sys:events, sys:nodes and the fencing log (baseline: the same load without chaos).",
 }
@@ -125,15 +127,15 @@ def cmd_node(args: argparse.Namespace) -> int:
     _load_contracts()
     from bus.redis_transport import RedisTransport, mask_url
 
+    codec = cluster_codec(args)
+    if codec is None:
+        return 2
     url = redis_url_of(args)
     if args.drain:
         if url is None:
             print("huddle node --drain needs the cluster's bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
             return 2
         return cluster_cli.drain_node(url, args.drain, args.namespace, timeout=args.run_for or 60.0)
-    codec = cluster_codec(args)
-    if codec is None:
-        return 2
     embedded = None
     if url is None:
         embedded = EmbeddedRedis().start()
@@ -145,6 +147,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     transport = RedisTransport(url, name=args.node_id or "huddle-node")
     node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)
+    publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
+    endpoint = None
     meetings = None
     if args.meetings is not None:
         from actors.meeting.host import TREE_KIND, MissingAccessToken, NodeMeetings, read_access_token
@@ -161,8 +165,6 @@ def cmd_node(args: argparse.Namespace) -> int:
         # This node starts meeting trees by itself (placement, failover) when it hosts meetings.
         factories = {TREE_KIND: meetings.tree} if meetings is not None else {}
         cluster = cluster_cli.join_cluster(node, url, args, stop, factories)
-    publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
-    endpoint = None
     try:
         try:
             node.start()
@@ -215,12 +217,11 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
+    import actors.messages  # noqa: F401 - registers the runtime's kinds
     from actors.node import Node
     from bus.errors import HuddleError
     from bus.messages import REGISTRY
     from bus.redis_transport import RedisTransport
-
-    import actors.messages  # noqa: F401 - registers the runtime's kinds
 
     _load_contracts()  # so any session actor's message can be sent (and its answer read)
     bus = bus_of(args, "inject")

@@ -51,7 +51,9 @@ if TYPE_CHECKING:
     from actors.node import Node
 
 __all__ = [
+    "BUS_RECONNECTS",
     "LEASE_RENEW_LATENCY",
+    "NODE_GAUGES",
     "ActorScan",
     "MetricsPublisher",
     "MetricsRegistry",
@@ -67,6 +69,10 @@ log = logging.getLogger("huddle.metrics")
 
 DEFAULT_INTERVAL = 1.0
 LEASE_RENEW_LATENCY = "lease_renew_latency_s"
+#: Gauge every node reports: how often its bus connection came back.
+BUS_RECONNECTS = "bus_reconnects"
+#: Every gauge some part of a node may report (dashboards and alerts use these).
+NODE_GAUGES = (LEASE_RENEW_LATENCY, BUS_RECONNECTS)
 """The gauge name under which the cluster layer reports how long its last
 lease renewal round trip took, in seconds."""
 

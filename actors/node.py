@@ -60,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import msgpack
 from pykka import ActorDeadError, ActorRegistry
@@ -69,7 +69,7 @@ from pykka._envelope import Envelope as _PykkaEnvelope
 from actors.clock import Clock, SystemClock, TimerHandle
 from actors.io import IoLoop, Outcome
 from actors.messages import ChildExit
-from actors.metrics import MetricsRegistry
+from actors.metrics import BUS_RECONNECTS, MetricsRegistry
 from actors.runtime import PooledActor, PooledFuture, default_dispatcher
 from bus.address import (
     SYS_EVENTS,
@@ -433,6 +433,7 @@ class Node:
         self.counters: collections.Counter[str] = collections.Counter()
         #: Gauges other parts add (``node.metrics.add_source``); see actors.metrics.
         self.metrics = MetricsRegistry()
+        self.metrics.add_source(BUS_RECONNECTS, lambda: self.counters["bus:resubscribed"])
         #: Called with every envelope put into a hosted actor's mailbox, when
         #: set (taps mirror them); must be quick and must not raise.
         self.delivery_hook: Callable[[Envelope], None] | None = None
@@ -466,7 +467,7 @@ class Node:
         self.transport.start()
         return self
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Node:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -512,12 +513,6 @@ class Node:
     @property
     def ownership(self) -> Ownership | None:
         return self._ownership
-
-    def add_system_handler(self, address: str, handler: Callable[[Envelope], None]) -> None:
-        """Envelopes to ``address`` (e.g. ``sys:nodes``), which no actor
-        hosts, go to ``handler(envelope)`` on the receiving thread, in the
-        order they arrive. Subscribe its channel separately."""
-        self._system_handlers[address] = handler
 
     def spawn(self, address: str, actor_class: type[A], *args: Any, parent: str | None = None,
               **kwargs: Any) -> ActorRef[A] | None:
@@ -604,7 +599,7 @@ class Node:
         like any other, on the receiving thread; it must not block."""
         if parse_address(address).kind != "sys":
             raise InvalidAddress(f"{address!r} is not a system channel (sys:<name>)")
-        self.add_system_handler(address, handler)
+        self._system_handlers[address] = handler
         self.transport.subscribe(channel_for(address, self.namespace))
 
     def stop_actor(self, address: str, *, timeout: float = 5.0, release: bool = False) -> bool:
@@ -887,9 +882,9 @@ class Node:
             return
         actor = self._actors.get(to)
         if actor is None:
-            handler = self._system_handlers.get(to)
-            if handler is not None:
-                handler(env)
+            system = self._system_handlers.get(to)
+            if system is not None:
+                system(env)
                 return
             with self._lock:
                 actor = self._actors.get(to)

@@ -123,7 +123,7 @@ def drain_node(url: str, node_id: str, namespace: str, timeout: float) -> int:
     """``huddle node --drain NODE_ID``: ask it to drain; wait until it left."""
     from actors.cluster.shell import node_control_address
     from actors.node import Node
-    from bus.address import SYS_NODES, channel_for
+    from bus.address import SYS_NODES
     from bus.cluster.messages import DrainNode, NodeLeft
     from bus.envelope import Envelope
     from bus.errors import HuddleError
@@ -137,8 +137,7 @@ def drain_node(url: str, node_id: str, namespace: str, timeout: float) -> int:
         if isinstance(env.message, NodeLeft) and env.message.node == node_id:
             left.set()
 
-    node.add_system_handler(SYS_NODES, on_nodes)
-    transport.subscribe(channel_for(SYS_NODES, namespace))
+    node.handle_system_channel(SYS_NODES, on_nodes)
     node.start()
     try:
         if not transport.wait_subscribed(10):

@@ -87,6 +87,7 @@ from actors.cluster.machine import (
     step,
 )
 from actors.messages import ChildExit
+from actors.metrics import LEASE_RENEW_LATENCY
 from actors.node import RESTART_BUFFER, HuddleActor, Node
 from actors.runtime import PooledFuture
 from bus.address import SYS_NODES, channel_for, node_address, parse_address
@@ -340,6 +341,8 @@ class Cluster:
         self._joined = threading.Event()
         self._left = threading.Event()
         self._nodes_channel = channel_for(SYS_NODES, node.namespace)
+        #: Seconds the last renewal of every lease took (a gauge on sys:metrics).
+        self.renew_latency_s: float | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -357,8 +360,8 @@ class Cluster:
         if self._started:
             return self._joined.is_set()
         self._started = True
-        self.node.add_system_handler(SYS_NODES, self._on_nodes)
-        self.node.transport.subscribe(self._nodes_channel)
+        self.node.metrics.add_source(LEASE_RENEW_LATENCY, lambda: self.renew_latency_s)
+        self.node.handle_system_channel(SYS_NODES, self._on_nodes)
         self.node.spawn(f"{self.node.address}/cluster", ClusterControl, self)
         self.node.io.submit(self._boot(), tracked=False).result(timeout=timeout)
         return self._joined.wait(timeout)
@@ -647,6 +650,7 @@ class Cluster:
                            ts=self.node.clock.wall())
         body = msgpack.packb(REGISTRY.to_body(hb), use_bin_type=True)
         announcement = self.node.codec.encode(Envelope(to=SYS_NODES, message=hb, sender=self.node.address))
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.config.lease_ttl):
                 result = await self.leases.renew(self.me, ttl=self.config.lease_ttl, node_body=body,
@@ -658,6 +662,7 @@ class Cluster:
             self.feed(RenewFailed(effect.sent_at))
             return
         self.node.counters["cluster:renewed"] += 1
+        self.renew_latency_s = time.monotonic() - started
         self.feed(Renewed(effect.sent_at, result.era, result.lost, result.backlogged))
         if not self._joined.is_set():
             self._joined.set()

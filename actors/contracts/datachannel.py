@@ -50,7 +50,16 @@ What the session sends
 * :class:`Refusal` (above) and ``token.request`` to ``token:<meeting>``
   (see :mod:`actors.contracts.token`).
 
-Tokens and the user's access token never appear in any of these messages.
+Events on ``sys:events`` (address: the session's)
+-------------------------------------------------
+``session-state`` (``reason``: the new state; ``detail``: ``previous``,
+``why``), ``refused-not-owner``, ``command-rejected``, ``sequence-mismatch``
+(``detail``: ``actual``, ``expected``), ``token-unavailable``,
+``switchover-failed``, ``bad-input`` (a frame that is not JSON, an internal
+message from another address, a token from anyone but ``token:<meeting>``).
+
+Tokens and the user's access token never appear in any of these messages
+or events.
 """
 
 from __future__ import annotations

@@ -533,7 +533,7 @@ def _after(before: SessionState, s: SessionState, st: _Step) -> SessionState:
                                    previous=before.state, reason=reason, binding=binding)
         for to in _recipients(s):
             fx.append(Send(to, note))
-        fx.append(Emit("session-state", reason=reason, detail={"state": s.state, "previous": before.state}))
+        fx.append(Emit("session-state", reason=s.state, detail={"previous": before.state, "why": reason}))
     if s.pending and s.state in (ONLINE, OFFLINE, FAILED):
         online = s.state == ONLINE
         for to, request_id in s.pending:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.metrics import (
+    BUS_RECONNECTS,
     LEASE_RENEW_LATENCY,
     ActorScan,
     InvalidGaugeName,
@@ -187,7 +188,7 @@ def test_published_figures_count_actors_messages_dead_letters_restarts(kit: Test
     assert m.dead_letters_by_reason == {"not-msgpack": 1, "unknown-address": 1}
     assert m.dead_letters_total == 2 and m.dead_letters_per_s == 1.0
     assert (m.restarts_total, m.crashes_total) == (1, 1)
-    assert m.gauges == {LEASE_RENEW_LATENCY: 0.004}
+    assert m.gauges == {LEASE_RENEW_LATENCY: 0.004, BUS_RECONNECTS: 0.0}
     assert publisher.latest == m
 
 

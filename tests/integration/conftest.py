@@ -33,6 +33,7 @@ from bus.envelope import Codec
 from bus.errors import DecodeError
 from bus.messages import Event
 from bus.redis_transport import RedisTransport
+from tests.waiting import wait_until
 
 DEADLINE = 15.0
 """Upper bound for any wait; reached only when something is broken."""
@@ -76,19 +77,6 @@ def subscriber_channels(client: redis.Redis, node_id: str) -> int | None:
         if entry.get("name") == name:
             return int(entry.get("sub", 0))
     return None
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll an explicit condition that has no event to wait on (e.g. a
-    Redis query) until it holds; fails past ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    pause = threading.Event()  # never set: wait() is a bounded poll interval
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout:g}s: {what}")
-        pause.wait(delay)
-        delay = min(delay * 2, 0.05)
 
 
 # -- node processes -----------------------------------------------------------
@@ -155,8 +143,8 @@ class NodeProcesses:
               env: Mapping[str, str] | None = None, redis_url: str | None = None) -> NodeProcess:
         """Start a node hosting an Echo at each of ``echo`` (more ``huddle
         node`` ``options``, environment ``env`` and another bus
-        ``redis_url`` if given); with ``wait``, return once it is ready
-        (see :meth:`wait_ready`)."""
+        ``redis_url`` if given); with ``wait``, return once it is ready (see
+        :meth:`wait_ready`)."""
         node_id = node_id or unique("node")
         ready = self.workdir / f"{node_id}.ready"
         log = self.workdir / f"{node_id}.log"
@@ -295,7 +283,7 @@ def listening(redis_url: str, receiver: Callable[[str, bytes], None], *channels:
 
 
 @contextlib.contextmanager
-def event_log(redis_url: str, namespace: str = "") -> Iterator[EventLog]:
+def listening_events(redis_url: str, namespace: str = "") -> Iterator[EventLog]:
     """An :class:`EventLog` of ``<namespace>sys:events``, subscribed before
     this returns."""
     log = EventLog()
@@ -306,7 +294,7 @@ def event_log(redis_url: str, namespace: str = "") -> Iterator[EventLog]:
 @pytest.fixture
 def events(redis_url: str) -> Iterator[EventLog]:
     """Listens on ``sys:events`` from before the test starts anything."""
-    with event_log(redis_url) as log:
+    with listening_events(redis_url) as log:
         yield log
 
 

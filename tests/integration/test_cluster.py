@@ -28,6 +28,7 @@ from bus.cluster.placement import owner_of
 from bus.embedded import EmbeddedRedis
 from bus.messages import Event, Ping, Pong
 from bus.redis_transport import RedisTransport
+from tests.waiting import wait_until
 
 from .conftest import (
     DEADLINE,
@@ -35,10 +36,9 @@ from .conftest import (
     EventLog,
     NodeProcess,
     NodeProcesses,
-    event_log,
     huddle_cmd,
+    listening_events,
     unique,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,10 @@ class ClusterRun:
             last = self.value(address)
             return set(tags) <= set(last["tags"])
 
-        wait_until(arrived, f"{address} got all of {len(tags)} tags")
+        try:
+            wait_until(arrived, f"{address} got all of {len(tags)} tags")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; missing {sorted(set(tags) - set(last.get('tags', [])))}, last {last}") from None
         return last
 
     def started_elsewhere(self, address: str, not_on: str) -> Event:
@@ -130,7 +133,7 @@ class ClusterRun:
 
 def _run(node_procs: NodeProcesses, redis_url: str, *, lease_ttl: float = LEASE_TTL) -> Iterator[ClusterRun]:
     namespace = f"{unique('ns')}:"
-    with event_log(redis_url, namespace) as events:
+    with listening_events(redis_url, namespace) as events:
         cluster_run = ClusterRun(node_procs, redis_url, events, namespace, lease_ttl=lease_ttl)
         try:
             yield cluster_run
@@ -204,6 +207,8 @@ def test_a_node_paused_past_its_lease_is_fenced_when_it_wakes(run: ClusterRun, r
     assert on_a, "rendezvous put nothing on a"
     for address in owners:
         run.add(address, 1, tag="before")
+    for address in owners:
+        run.wait_stored(address, 1)
     sent: dict[str, list[str]] = {address: ["before"] for address in on_a}
 
     os.kill(a.pid, signal.SIGSTOP)
@@ -268,6 +273,7 @@ def test_all_nodes_recover_when_redis_restarts(node_procs: NodeProcesses, fresh_
             cluster_run.add(address, 2, tag="pre")
         fresh_redis.restart()
         wait_until(lambda: cluster_run.local_event(event="redis-reset"), "the test node saw the new era")
+        wait_until(lambda: cluster_run.local_event(event="bus-resubscribed"), "the test node listens again")
         raw = redis.Redis.from_url(fresh_redis.url)
         keys = ClusterKeys(cluster_run.namespace)
         try:

@@ -30,8 +30,9 @@ from bus.envelope import Envelope
 from bus.messages import Message
 from bus.redis_transport import RedisTransport
 from ops.dataserver.harness import DataServerProcess
+from tests.waiting import wait_until
 
-from .conftest import DEADLINE, NodeProcesses, unique, wait_until
+from .conftest import DEADLINE, NodeProcesses, unique
 
 pytestmark = pytest.mark.integration
 

@@ -28,6 +28,7 @@ from bus.redis_transport import RedisTransport
 from bus.signing import CLUSTER_KEY_ENV, HmacSigner
 from tests.conftest import TlsSetup, rediss_url
 from tests.tls_proxy import TlsProxy
+from tests.waiting import wait_until
 
 from .conftest import (
     DEADLINE,
@@ -36,7 +37,6 @@ from .conftest import (
     NodeProcesses,
     listening,
     unique,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,9 @@ from actors.node import ActorContext, HuddleActor, Node, RemoteError
 from bus.envelope import Envelope
 from bus.errors import AskTimeout, UnknownAddress
 from bus.messages import Message, Ping, Pong, Stop
+from tests.waiting import wait_until
 
-from .conftest import DEADLINE, EventLog, NodeProcess, NodeProcesses, unique, wait_until
+from .conftest import DEADLINE, EventLog, NodeProcess, NodeProcesses, unique
 
 pytestmark = pytest.mark.integration
 

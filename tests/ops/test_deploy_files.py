@@ -61,7 +61,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.cli import build_parser
-from actors.metrics import LEASE_RENEW_LATENCY, NodeMetrics
+from actors.metrics import LEASE_RENEW_LATENCY, NODE_GAUGES, NodeMetrics
 from actors.prometheus import NodeMetricsCollector
 from bus.address import SYS_METRICS, channel_for
 from bus.embedded import find_redis_server
@@ -236,7 +236,7 @@ def exported_metric_names() -> set[str]:
     one sample of figures with every labelled family and every declared
     gauge filled in, rendered as a scrape renders it."""
     figures = NodeMetrics(node="n", ts=0.0, actors_by_kind={"meeting": 1}, dead_letters_by_reason={"expired": 1},
-                          gauges={LEASE_RENEW_LATENCY: 0.01})
+                          gauges=dict.fromkeys(NODE_GAUGES, 0.01))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeMetricsCollector(lambda: figures))
     return metric_names(generate_latest(registry).decode())

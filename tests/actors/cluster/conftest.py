@@ -9,7 +9,6 @@ with a deadline reached only when something is broken.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,16 +24,6 @@ from bus.redis_transport import RedisTransport
 
 DEADLINE = 15.0
 FAST = ClusterConfig(heartbeat_interval=0.15, lease_ttl=1.5, sweep_interval=1.0)
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll an explicit condition that has no event (e.g. a Redis query)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout:g}s: {what}")
-        pause.wait(0.01)
 
 
 class Events:

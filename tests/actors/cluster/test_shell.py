@@ -5,6 +5,7 @@ of checkpoints, a Redis restart. (Separate processes: tests/integration.)"""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import msgpack
@@ -19,10 +20,11 @@ from actors.supervisor import ChildSpec, Supervisor
 from bus.address import channel_for
 from bus.cluster.placement import owner_of
 from bus.envelope import Envelope
-from bus.errors import EncodeError
+from bus.errors import AskTimeout, EncodeError
 from bus.messages import Message, Ping, Pong
+from tests.waiting import wait_until
 
-from .conftest import DEADLINE, Rig, wait_until
+from .conftest import DEADLINE, Rig
 
 pytestmark = pytest.mark.integration
 
@@ -32,15 +34,37 @@ def value(node: Node, address: str) -> dict[str, Any]:
 
 
 def wait_value(rig: Rig, node: Node, address: str, predicate: Any, what: str) -> dict[str, Any]:
-    """Ask until ``predicate(value)``; each ask is an explicit round trip."""
+    """Ask until ``predicate(value)``; each ask is an explicit round trip.
+    An ask that gets no answer (its reply published while the asker's
+    connection was being restored, after a Redis restart) is asked again."""
     seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + DEADLINE
     pause = threading.Event()
-    for _ in range(int(DEADLINE / 0.05)):
-        seen.append(value(node, address))
+    while time.monotonic() < deadline:
+        try:
+            seen.append(node.ask(address, CounterGet(), timeout=2.0).get(timeout=3.0))
+        except AskTimeout:
+            continue
         if predicate(seen[-1]):
             return seen[-1]
         pause.wait(0.05)
     raise AssertionError(f"{address}: {what}; last value {seen[-1] if seen else None}")
+
+
+def stored_count(rig: Rig, address: str) -> int | None:
+    """The count in the checkpoint Redis holds for ``address``."""
+    raw = redis.Redis.from_url(rig.url)
+    try:
+        data = raw.get(next(iter(rig.clusters.values())).leases.keys.checkpoint(address))
+    finally:
+        raw.close()
+    return msgpack.unpackb(data, raw=False)["count"] if data else None
+
+
+def wait_stored(rig: Rig, address: str, count: int) -> None:
+    """Checkpoints are written after the handler answered: before a crash,
+    wait until Redis has the state the test relies on."""
+    wait_until(lambda: stored_count(rig, address) == count, f"{address} checkpointed at {count}")
 
 
 def test_ensure_places_each_address_on_the_node_that_ranks_first(rig: Rig) -> None:
@@ -108,6 +132,8 @@ def test_a_crashed_nodes_actors_are_live_elsewhere_with_their_checkpoints(rig: R
     owners = {a: client.ensure(a).get(timeout=DEADLINE) for a in addresses}
     for i, address in enumerate(addresses):
         assert rig.nodes["client"].ask(address, CounterAdd(n=i + 1, tag="before")).get(timeout=DEADLINE) == i + 1
+    for i, address in enumerate(addresses):
+        wait_stored(rig, address, i + 1)
     victim = owners[addresses[0]]
     moved = [a for a in addresses if owners[a] == victim]
     rig.crash(victim)
@@ -138,6 +164,7 @@ def test_messages_sent_while_the_owner_is_dead_are_delivered_once_after_reactiva
     sender = rig.nodes["client"]
     owner = client.ensure("counter:x").get(timeout=DEADLINE)
     sender.ask("counter:x", CounterAdd(n=1, tag="t0")).get(timeout=DEADLINE)
+    wait_stored(rig, "counter:x", 1)
     rig.crash(owner)
     wait_until(lambda: subscribers(rig, "counter:x") == 0, "Redis saw the owner's connection close")
     # Dead, and nobody noticed its missing heartbeats yet: the publish
@@ -332,3 +359,27 @@ def test_a_counter_acknowledges_an_addition_once_its_checkpoint_is_stored(rig: R
     assert stored["count"] == 2 and stored["tags"] == ["t"]
     assert acks[0].address == "counter:ack" and acks[0].tag == "t" and acks[0].count == 2
     assert acks[0].epoch == a.state.leases["counter:ack"].epoch
+
+
+def test_after_an_outage_longer_than_the_lease_actors_come_back_from_what_nodes_kept(
+        private_rig: tuple[Rig, Any]) -> None:
+    """Redis is gone past every lease, and comes back empty: every node
+    fenced its actors meanwhile; once Redis answers, they write back the
+    specs and checkpoints they kept, and the actors are activated again."""
+    rig, server = private_rig
+    rig.add("a")
+    rig.add("b")
+    client = rig.add("client", kinds=())
+    addresses = [f"counter:{i}" for i in range(4)]
+    for address in addresses:
+        client.ensure(address).get(timeout=DEADLINE)
+        rig.nodes["client"].ask(address, CounterAdd(n=7, tag="kept")).get(timeout=DEADLINE)
+    for address in addresses:
+        wait_stored(rig, address, 7)
+    server.kill()
+    for address in addresses:
+        rig.events.wait(event="lease-lost", address=address, reason="expired")
+    server.start()  # empty: no persistence
+    for address in addresses:
+        got = wait_value(rig, rig.nodes["client"], address, lambda v: v["count"] == 7, "back with its state")
+        assert got["tags"] == ["kept"]

@@ -4,8 +4,6 @@ token actor and watchers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
@@ -20,7 +18,6 @@ from actors.contracts.datachannel import (
     OFFLINE,
     ONLINE,
     PRACTICE_SESSION,
-    ClaimSession,
     Connect,
     ConnectOutcome,
     Disconnect,
@@ -31,119 +28,23 @@ from actors.contracts.datachannel import (
     SessionStatus,
     Subscribe,
     Watch,
-    session_address,
 )
-from actors.contracts.token import TokenGranted, TokenRequest
-from actors.datachannel.actor import DataChannelSession
+from actors.contracts.token import TokenRequest
 from actors.datachannel.connector import RegisterError, SocketOpenError
 from actors.datachannel.machine import Registered, SocketFrame
 from actors.node import RemoteError
-from actors.supervisor import Backoff, ChildSpec
-from actors.testkit import Probe, TestKit
-from bus.envelope import Envelope
-from bus.messages import Message
 
-from .fakes import FakeConnector, FakeSocket
-
-MEETING = "m1"
-OWNER = "meeting:m1"
-TOKEN_ACTOR = "token:m1"
-DC_URL = "http://relay.test/datachannel/m1"
-PRACTICE_URL = "http://relay.test/datachannel/m1/practice"
-DEVICE_URL = "https://devices.test/d1"
-USER_TOKEN = "user-access-token-secret"
-DC_TOKEN = "dc-token-secret"
-DEFAULT = session_address(MEETING, DEFAULT_SESSION)
-PRACTICE = session_address(MEETING, PRACTICE_SESSION)
-
-
-class Session:
-    """One session actor under test, with the owner's hands."""
-
-    def __init__(self, kit: TestKit, connector: FakeConnector, session_id: str = DEFAULT_SESSION,
-                 *, owner: str = OWNER, claim: bool = True, supervised: bool = False, **options: Any) -> None:
-        self.kit = kit
-        self.fake = connector
-        self.session_id = session_id
-        self.address = session_address(MEETING, session_id)
-        self.owner = owner
-        args = (MEETING, session_id, DEVICE_URL, USER_TOKEN, connector)
-        kwargs = {"seed": 1, **options}
-        if supervised:
-            kit.supervise(f"sup:{session_id}", [ChildSpec(self.address, DataChannelSession, args, kwargs)],
-                          backoff=Backoff(base=0.01, jitter=False), intensity=3)
-        else:
-            kit.spawn(self.address, DataChannelSession, *args, **kwargs)
-        if claim:
-            self.tell(ClaimSession(epoch=1))
-
-    @property
-    def actor(self) -> DataChannelSession:
-        actor = self.kit.node.lookup(self.address)
-        assert isinstance(actor, DataChannelSession)
-        return actor
-
-    def tell(self, message: Message, *, sender: str | None = None) -> None:
-        self.kit.inject_message(self.address, message, sender=sender or self.owner)
-        self.kit.settle()
-
-    def ask(self, message: Message, *, sender: str | None = None) -> Any:
-        return self.kit.node.ask(self.address, message, sender=sender or self.owner).get(timeout=5)
-
-    def status(self) -> SessionStatus:
-        status = self.kit.node.ask(self.address, GetStatus()).get(timeout=5)
-        assert isinstance(status, SessionStatus)
-        return status
-
-    def connect(self, url: str = DC_URL, **kwargs: Any) -> None:
-        self.tell(Connect(epoch=1, datachannel_url=url, **kwargs))
-
-    def socket(self) -> FakeSocket:
-        return self.fake.last
-
-    def bring_online(self, url: str = DC_URL, **kwargs: Any) -> FakeSocket:
-        self.connect(url, **kwargs)
-        sock = self.socket()
-        sock.buffer_state()
-        self.kit.settle()
-        assert self.status().state == ONLINE
-        return sock
-
-
-@pytest.fixture
-def kit() -> Iterator[TestKit]:
-    with TestKit() as k:
-        yield k
-
-
-@pytest.fixture
-def fake() -> FakeConnector:
-    return FakeConnector()
-
-
-@pytest.fixture
-def owner(kit: TestKit) -> Probe:
-    return kit.probe(OWNER)
-
-
-def granting_token_actor(kit: TestKit, tokens: list[str] | None = None) -> Probe:
-    """A stand-in ``token:m1`` that grants every request (next token from
-    ``tokens``, else ``DC_TOKEN``)."""
-    supply = list(tokens or [])
-
-    def reply(message: Message, envelope: Envelope) -> None:
-        if isinstance(message, TokenRequest):
-            token = supply.pop(0) if supply else DC_TOKEN
-            kit.node.tell(envelope.sender or "", TokenGranted(session_type=message.session_type,
-                                                             request_id=message.request_id, token=token),
-                          sender=TOKEN_ACTOR)
-
-    return kit.probe(TOKEN_ACTOR, reply)
-
-
-def messages(probe: Probe, kind: type[Message]) -> list[Any]:
-    return [m for m, _ in probe.received if isinstance(m, kind)]
-
+from .fakes import FakeConnector
+from .session_driver import (
+    DC_TOKEN,
+    DC_URL,
+    OWNER,
+    PRACTICE_URL,
+    USER_TOKEN,
+    Session,
+    granting_token_actor,
+    messages,
+)
 
 # -- data-channel scenarios ----------------------------------------------------------
 

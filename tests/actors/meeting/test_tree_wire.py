@@ -21,6 +21,7 @@ from bus.envelope import Envelope
 from bus.messages import Message
 from ops.dataserver.harness import DataServerProcess
 from tests.actors.meeting.conftest import M, sockets
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +88,8 @@ def test_a_crashed_child_comes_back_to_the_same_wanted_state_without_duplicates(
     assert actor is not None
     incarnation = actor.ctx.incarnation
     crash(node, target)
-    restarted = wait_until(lambda: (a := node.lookup(target)) is not None and a.ctx.incarnation > incarnation, 15)
-    assert restarted
+    wait_until(lambda: (a := node.lookup(target)) is not None and a.ctx.incarnation > incarnation,
+               f"{target} restarted", 15)
 
     def settled(s: dict[str, Any]) -> bool:
         return all(len(sockets(s, session=sess)) == 1
@@ -119,19 +120,6 @@ def crash(node: Node, address: str) -> None:
     node.tell(address, dc.GetStatus(), sender="app:test")
 
 
-def wait_until(predicate, timeout: float) -> bool:
-    import threading
-    import time
-
-    deadline = time.monotonic() + timeout
-    event = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        event.wait(0.02)
-    return False
-
-
 class Collector(HuddleActor):
     """An application's address: records what the meeting tells it."""
 
@@ -154,7 +142,7 @@ def test_relayed_events_reach_the_subscriber_tagged_by_session(node: Node, datas
                            meeting=M, session=PRACTICE_SESSION) == 1
     assert dataserver.send({"data": {"eventType": "relay.event", "caption": "hello all"}},
                            meeting=M, session=DEFAULT_SESSION) == 1
-    assert wait_until(lambda: len([m for m in received if isinstance(m, mt.RelayedEvent)]) == 2, 15)
+    wait_until(lambda: len([m for m in received if isinstance(m, mt.RelayedEvent)]) == 2, "two relayed events", 15)
     relayed = {m.session: m.data.get("caption") for m in received if isinstance(m, mt.RelayedEvent)}
     assert relayed == {PRACTICE_SESSION: "hello practice", DEFAULT_SESSION: "hello all"}
     phases = [m.phase for m in received if isinstance(m, mt.MeetingState)]

@@ -1,0 +1,208 @@
+"""The real connector against the reference service: HTTP register and
+WebSockets, on an I/O loop of its own (no actor involved)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from actors.datachannel.connector import (
+    RegisterError,
+    SocketOpenError,
+    WebSocketConnector,
+)
+from actors.io import IoLoop
+from ops.dataserver.harness import DataServerProcess
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 10.0
+DEVICE_URL = "https://devices.test/d1"
+
+
+class Recorder:
+    """A socket's events, waitable."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closes: list[tuple[int, str]] = []
+        self._cond = threading.Condition()
+
+    def on_frame(self, text: str) -> None:
+        with self._cond:
+            self.frames.append(json.loads(text))
+            self._cond.notify_all()
+
+    def on_close(self, code: int, reason: str) -> None:
+        with self._cond:
+            self.closes.append((code, reason))
+            self._cond.notify_all()
+
+    def wait(self, predicate, what: str) -> None:
+        with self._cond:
+            assert self._cond.wait_for(predicate, DEADLINE), f"no {what}: frames {self.frames}, closes {self.closes}"
+
+
+@pytest.fixture
+def io() -> Iterator[IoLoop]:
+    loop = IoLoop("test-connector-io")
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def connector(io: IoLoop) -> Iterator[WebSocketConnector]:
+    c = WebSocketConnector(io, close_timeout=1.0)
+    yield c
+    c.close()
+    io.wait_idle(DEADLINE)
+
+
+def run(io: IoLoop, coro: Any) -> Any:
+    return io.submit(coro).result(DEADLINE)
+
+
+def open_socket(server: DataServerProcess, connector: WebSocketConnector, io: IoLoop, *,
+                authorize: bool = False) -> tuple[Any, Recorder]:
+    """Register m1, open its socket (and authorize it: the service then
+    sends the buffer state)."""
+    reg = run(io, connector.register(server.datachannel_url("m1"), DEVICE_URL, None))
+    events = Recorder()
+    sock = connector.socket(reg.websocket_url, events)
+    run(io, sock.open())
+    if authorize:
+        sock.send(json.dumps({"id": "a1", "type": "authorization", "data": {"token": "Bearer user"}}))
+        events.wait(lambda: events.frames, "buffer state")
+    return sock, events
+
+
+def test_register_returns_the_websocket_url_and_binding(dataserver_session: DataServerProcess,
+                                                        connector: WebSocketConnector, io: IoLoop) -> None:
+    reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
+    assert reg.websocket_url.startswith(dataserver_session.ws_url) and reg.binding in reg.websocket_url
+    [request] = dataserver_session.state()["register_requests"]
+    assert (request["deviceUrl"], request["token"]) == (DEVICE_URL, "absent")
+
+
+def test_register_carries_the_token_header(dataserver_session: DataServerProcess, connector: WebSocketConnector,
+                                           io: IoLoop) -> None:
+    token = dataserver_session.mint_token(session="llm-default-session", meeting="m1")
+    run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, token))
+    assert dataserver_session.state()["register_requests"][0]["token"] == "valid"
+
+
+def test_register_failures_carry_the_status(dataserver_session: DataServerProcess, connector: WebSocketConnector,
+                                            io: IoLoop) -> None:
+    dataserver_session.fault(register_fail_next={"status": 503, "count": 1})
+    with pytest.raises(RegisterError) as failed:
+        run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
+    assert failed.value.status == 503
+    dataserver_session.fault(register_omit_websocket_url=1)
+    reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
+    assert reg.websocket_url == "" and reg.binding
+
+
+def test_register_with_nobody_listening_has_status_0(connector: WebSocketConnector, io: IoLoop) -> None:
+    with DataServerProcess.start() as server:
+        url = server.datachannel_url("m1")
+    with pytest.raises(RegisterError) as failed:
+        run(io, connector.register(url, DEVICE_URL, None))
+    assert failed.value.status == 0
+
+
+def test_socket_opens_exchanges_frames_and_reports_the_close(dataserver_session: DataServerProcess,
+                                                             connector: WebSocketConnector, io: IoLoop) -> None:
+    sock, events = open_socket(dataserver_session, connector, io, authorize=True)
+    assert events.frames[0]["data"]["eventType"] == "mercury.buffer_state"
+    sock.send(json.dumps({"id": "p1", "type": "ping"}))
+    events.wait(lambda: any(f.get("type") == "pong" for f in events.frames), "pong")
+    sock.close(1000, "done (permanent)")
+    events.wait(lambda: events.closes, "close")
+    assert events.closes == [(1000, "done (permanent)")]
+    [record] = dataserver_session.state()["sockets"]
+    assert record["close"]["code"] == 1000
+
+
+def test_an_unknown_binding_is_closed_4400(dataserver_session: DataServerProcess, connector: WebSocketConnector,
+                                           io: IoLoop) -> None:
+    events = Recorder()
+    sock = connector.socket(f"{dataserver_session.ws_url}/v1/socket/nope", events)
+    run(io, sock.open())
+    events.wait(lambda: events.closes, "close")
+    assert events.closes[0][0] == 4400
+
+
+def test_open_with_nobody_listening_fails_as_1006(connector: WebSocketConnector, io: IoLoop) -> None:
+    with DataServerProcess.start() as server:
+        url = f"{server.ws_url}/v1/socket/x"
+    with pytest.raises(SocketOpenError) as failed:
+        run(io, connector.socket(url, Recorder()).open())
+    assert failed.value.code == 1006
+
+
+def test_abort_drops_the_connection_without_a_close_frame(dataserver_session: DataServerProcess,
+                                                          connector: WebSocketConnector, io: IoLoop) -> None:
+    sock, events = open_socket(dataserver_session, connector, io)
+    sock.abort()
+    events.wait(lambda: events.closes, "close")
+    assert events.closes[0][0] == 1006
+
+
+def test_close_before_the_open_finishes_closes_it_once_open(dataserver_session: DataServerProcess,
+                                                            connector: WebSocketConnector, io: IoLoop) -> None:
+    reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
+    events = Recorder()
+    sock = connector.socket(reg.websocket_url, events)
+    opening = io.submit(sock.open())
+    sock.close(1000, "done (forced)")
+    opening.result(DEADLINE)
+    events.wait(lambda: events.closes, "close")
+    dataserver_session.wait_for(lambda s: all(not r["open"] for r in s["sockets"]), DEADLINE)
+
+
+def test_fragmented_messages_are_joined_and_the_close_code_is_reported(connector: WebSocketConnector,
+                                                                      io: IoLoop) -> None:
+    from websockets.asyncio.server import serve
+
+    async def relay(ws) -> None:
+        await ws.send(['{"part": ', '"one"}'])  # one message in two frames
+        await ws.send('{"part": "two"}')
+        await ws.close(4000, "replaced")
+
+    async def start():
+        return await serve(relay, "127.0.0.1", 0, compression=None, ping_interval=None)
+
+    server = run(io, start())
+    try:
+        port = server.sockets[0].getsockname()[1]
+        events = Recorder()
+        run(io, connector.socket(f"ws://127.0.0.1:{port}/", events).open())
+        events.wait(lambda: events.closes, "close")
+        assert events.frames == [{"part": "one"}, {"part": "two"}]
+        assert events.closes == [(4000, "replaced")]
+    finally:
+        server.close()
+        run(io, server.wait_closed())
+
+
+def test_frames_sent_from_many_threads_keep_each_senders_order(dataserver_session: DataServerProcess,
+                                                               connector: WebSocketConnector, io: IoLoop) -> None:
+    sock, events = open_socket(dataserver_session, connector, io, authorize=True)
+
+    def pinger(prefix: str) -> None:
+        for i in range(50):
+            sock.send(json.dumps({"id": f"{prefix}{i}", "type": "ping"}))
+
+    threads = [threading.Thread(target=pinger, args=(p,)) for p in "xyz"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    events.wait(lambda: sum(f.get("type") == "pong" for f in events.frames) == 150, "150 pongs")
+    pongs = [f["id"] for f in events.frames if f.get("type") == "pong"]
+    for prefix in "xyz":
+        assert [p for p in pongs if p.startswith(prefix)] == [f"{prefix}{i}" for i in range(50)]
