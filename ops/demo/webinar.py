@@ -87,7 +87,7 @@ from ops.demo.observed import AppLedger, CaptionRound, RoundResult, ServiceView,
 from ops.demo.plan import SessionKey, WebinarPlan
 from ops.demo.processes import WorkerNode
 from ops.demo.report import Check, Recovery, Summary, replay_pattern
-from ops.demo.view import FAILED, NOT_RUN, OK, RUNNING, DemoStatus, PhaseRow, View, make_view
+from ops.demo.view import FAILED, NOT_RUN, OK, PENDING, RUNNING, DemoStatus, PhaseRow, View, make_view
 from ops.mediareceiver import ReceiverHarness
 
 __all__ = ["FAULTS", "PHASES", "DemoOptions", "Webinar", "default_attendees", "run"]
@@ -782,8 +782,6 @@ def _tone(config: OutputConfig, segment: str, seq: int) -> bytes:
 def run(options: DemoOptions) -> int:
     """Run the demo; returns the exit code (0 only when every check held;
     130 after Ctrl-C or SIGTERM, once everything is stopped)."""
-    import logging
-
     # Crashes and refusals are on purpose here; their log lines would only be noise.
     logging.getLogger("pykka").setLevel(logging.CRITICAL)
     plan = WebinarPlan(options.attendees)
@@ -791,24 +789,28 @@ def run(options: DemoOptions) -> int:
              f"1 agent, {len(plan.workers)} workers")
     status = DemoStatus(title=title, phases=[PhaseRow(name, what) for name, what in PHASES])
     workdir = Path(tempfile.mkdtemp(prefix="huddle-demo-"))
+    interrupts = _Interrupts()
     interrupted = False
-    previous = _raise_on_sigterm()
     view = make_view(status, live=options.live)
     webinar = Webinar(options, view, workdir)
-    stopping = 0.0
     try:
+        interrupts.install()
         webinar.run()
     except KeyboardInterrupt:
         interrupted = True
+        for row in status.phases:
+            if row.state in (PENDING, RUNNING):
+                row.state = NOT_RUN
+                webinar.summary.not_run.append(row.name)
     finally:
+        interrupts.hold()  # the stop itself is never cut short
         try:
             stopping = time.monotonic()
             webinar.close()
             view.note(f"every process stopped by its PID in {time.monotonic() - stopping:.1f} s")
         finally:
             view.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            interrupts.restore()
             shutil.rmtree(workdir, ignore_errors=True)
     summary = webinar.summary
     print("\n".join(summary.lines()), flush=True)
@@ -818,13 +820,31 @@ def run(options: DemoOptions) -> int:
     return summary.exit_code
 
 
-def _raise_on_sigterm() -> Any:
-    """SIGTERM ends the demo like Ctrl-C (so every process is stopped);
-    returns the previous handler (``None`` off the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class _Interrupts:
+    """Ctrl-C and SIGTERM end the run (as ``KeyboardInterrupt``, so every
+    process is stopped on the way out); while the processes are being
+    stopped, both are held off. Only on the main thread (elsewhere signals
+    are not ours to handle)."""
 
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self._saved: dict[int, Any] = {}
+        self._main = threading.current_thread() is threading.main_thread()
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    def install(self) -> None:
+        if self._main:
+            self._saved.setdefault(signal.SIGTERM, signal.signal(signal.SIGTERM, _interrupt))
+
+    def hold(self) -> None:
+        if self._main:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._saved.setdefault(signum, signal.getsignal(signum))
+                signal.signal(signum, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -12,9 +12,11 @@ there.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from ops.demo.webinar import cluster_failover_missing
@@ -99,3 +101,29 @@ def test_the_demo_refuses_a_webinar_without_attendees() -> None:
                           text=True, timeout=30)
     assert proc.returncode == 2
     assert "at least 2 attendees" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_mid_run_stops_every_process_the_demo_started() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "demo", "--attendees", str(ATTENDEES), "--plain"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # ends at the deadline of the test's timeout at worst
+            seen.append(line)
+            if "2/11 lobby" in line:
+                break
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 4, seen  # redis, the service, two workers
+        proc.send_signal(signal.SIGTERM)
+        out = "".join(seen) + proc.stdout.read()
+        assert proc.wait(60) == 130, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "interrupted: every process was stopped" in out
+    assert summary_figure(out, "not run"), out
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [c.cmdline() for c in left]
