@@ -40,7 +40,8 @@ CAPTION_EVENT = "relay.event"
 
 #: ``sys:events`` the ledger keeps (everything else is only counted).
 KEPT_EVENTS = frozenset({"refused-not-owner", "dead-letter", "crashed", "restarted", "escalated", "bad-input",
-                         "command-rejected", "lease-lost", "adopted", "activation-failed", "playback-finished"})
+                         "command-rejected", "lease-lost", "lease-refused", "adopted", "activation-failed",
+                         "checkpoint-refused", "playback-finished"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,14 @@ class AppLedger:
         with self._cond:
             return [e for e in self.events if e.event == event and (reason is None or e.reason == reason)
                     and (address is None or e.address == address)]
+
+    def event_totals(self) -> dict[str, int]:
+        """Events heard so far, by name (all reasons)."""
+        totals: Counter[str] = Counter()
+        with self._cond:
+            for (event, _reason), n in self.event_counts.items():
+                totals[event] += n
+        return dict(totals)
 
     def refusal_count(self) -> int:
         with self._cond:

@@ -72,7 +72,7 @@ from actors.contracts.audio import (
     output_address,
 )
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
-from actors.meeting.actor import meeting_address
+from actors.meeting.actor import meeting_address, tree_address
 from actors.meeting.host import host_address
 from actors.node import HuddleActor, Node
 from bus.address import SYS_EVENTS, channel_for
@@ -102,7 +102,7 @@ AGENT_OUTPUT = "voice"
 POLL_S = 0.2
 #: Cluster timings of every node: a worker silent for LEASE_TTL_S is dead.
 HEARTBEAT_S = 0.5
-LEASE_TTL_S = 2.0
+LEASE_TTL_S = 4.0
 STARTS_IN_FLIGHT = 64
 CAPTION_GRACE_S = 0.5
 """After a caption round is complete, how long to keep listening for
@@ -462,11 +462,13 @@ class Webinar:
         meetings = sorted(m for m in plan.meetings if hosting.get(m) == plan.victim)
         wanted = self._wanted()
         others = {k: self.service.online.get(k, ()) for k in wanted if k[0] not in meetings}
+        old_sockets = {sock for sockets in self.service.online.values() for sock in sockets}
         # One of its attendees is promoted while its meeting is down: the
         # locus event must wait in the backlog and apply after the recovery.
         settled = self._settled(wanted)
         promoted = next((m for m in meetings if m in plan.attendee_ids and m not in self.panelists
                          and (m, DEFAULT_SESSION) in settled), None)
+        events_before = self.ledger.event_totals()
         fault_at = victim.kill()
         self.view.note(f"{victim.node_id} (pid {victim.pid}) killed with SIGKILL; it hosted {len(meetings)} meetings")
         if promoted is not None:
@@ -482,12 +484,16 @@ class Webinar:
                 if online_at[key] is None:
                     online_at[key] = self.ledger.reported_after(key, fault_at, dc.ONLINE)
                 if subscribed_at[key] is None and key in self.service.settled([key]) \
-                        and worker_of_device(self.service.devices.get(key, "")) == survivor:
+                        and not set(self.service.online[key]) & old_sockets \
+                        and self._cluster().owner(tree_address(key[0])) == survivor:
                     subscribed_at[key] = now
             return sum(1 for k in keys if online_at[k] is not None and subscribed_at[k] is not None)
 
         recovered = self.until(f"sessions of {victim.node_id}'s meetings back on {survivor}", back, len(keys),
                                timeout=60 + self.settle_timeout, hopeless=self._failed(keys))
+        for key in sorted(k for k in keys if online_at[k] is None or subscribed_at[k] is None)[:5]:
+            self.view.note(f"not back: {key[0]}/{key[1]}: {self._describe(key, fault_at)}")
+        self.view.note("cluster since the kill: " + self._cluster_events(since=events_before))
         per_session = recovery_times(fault_at, online_at, subscribed_at)
         per_meeting: list[float | None] = []
         for meeting in meetings:
@@ -495,7 +501,8 @@ class Webinar:
             per_meeting.append(None if None in times else max(times, default=None))  # type: ignore[type-var]
         recovery = Recovery(f"node kill ({plan.victim} -> {survivor})", per_meeting, unit="meetings")
         self.summary.recoveries.append(recovery)
-        self.check(f"the killed worker's meetings recovered on {survivor}, data channels online and subscribed: "
+        self.check(f"the killed worker's meetings recovered on {survivor} (its lease), data channels online on new "
+                   f"sockets and subscribed: "
                    f"{recovery.line()}", recovered and bool(meetings) and not recovery.missing)
         if promoted is not None:
             key = (promoted, PRACTICE_SESSION)
@@ -647,6 +654,22 @@ class Webinar:
         return {m: worker_of_device(url) for (m, session), url in self.service.devices.items()
                 if session == DEFAULT_SESSION}
 
+    def _cluster_events(self, since: dict[str, int]) -> str:
+        """How many of the cluster's events of interest were published since
+        ``since`` (a snapshot of :meth:`AppLedger.event_totals`)."""
+        now = self.ledger.event_totals()
+        names = ("adopted", "lease-acquired", "lease-lost", "lease-refused", "activation-failed", "escalated",
+                 "checkpoint-refused")
+        return ", ".join(f"{name} {now.get(name, 0) - since.get(name, 0)}" for name in names)
+
+    def _describe(self, key: SessionKey, since: float) -> str:
+        """What the application and the service last said about ``key``."""
+        told = [state for _seq, at, state in self.ledger.history.get(key, ()) if at > since]
+        sockets = self.service.online.get(key, ())
+        device = worker_of_device(self.service.devices.get(key, "")) if sockets else "-"
+        return (f"told {', '.join(told) or 'nothing'} since; {len(sockets)} online socket(s) on the service "
+                f"(from {device}), {'subscribed' if key in self.service.subscribed else 'not subscribed'}")
+
     def _spawn(self, address: str, actor_class: type[HuddleActor], *args: Any, **kwargs: Any) -> None:
         """Spawn on the driver and wait until it runs (in a cluster, a spawn
         first claims the address's lease)."""
@@ -733,6 +756,11 @@ class Webinar:
         if self.driver is None:
             raise PhaseAborted("the driver node is not running")
         return self.driver
+
+    def _cluster(self) -> Cluster:
+        if self.cluster is None:
+            raise PhaseAborted("the driver is not in the cluster")
+        return self.cluster
 
     def _receiver(self) -> ReceiverHarness:
         if self.receiver is None:
