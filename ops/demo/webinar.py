@@ -5,17 +5,23 @@ What runs
 This process starts an embedded redis-server, the reference data-channel
 service (``huddle dataserver``, a process), a reference media receiver (on
 a thread here, over real sockets) and two worker nodes (``huddle node
---meetings`` processes). It then joins the bus as one more node, the
-*driver*, hosting the application's address (``app:webinar``, every
-meeting's subscriber) and, later, the incoming call.
+--meetings --cluster`` processes, with the node's access token in a file
+only this user can read). It then joins the cluster as one more node that
+hosts nothing placed (capacity 0), the *driver*: it hosts the
+application's address (``app:webinar``, every meeting's subscriber, which
+also hears what the agent's audio output played), the incoming call, and
+the agent's voices.
 
-Each participant's client is one meeting tree on a worker (meeting,
-token, two data-channel sessions), started through the worker's meeting
-host. The driver plays the meeting service: it tells each meeting what
-"locus" reported (joined into the lobby, admitted, promoted, captions on,
-left) and never touches a data channel itself. Everything the demo claims
-it reads either from what the meetings told the application over the bus,
-or from what the reference service saw on the wire.
+Each participant's client is one meeting tree (meeting, token, two
+data-channel sessions; the agent's also an audio output), started through
+a worker's meeting host and **placed** by the cluster on the worker that
+ranks first for it. The driver plays the meeting service: it tells each
+meeting what "locus" reported (joined into the lobby, admitted, promoted,
+captions on, left) and never touches a data channel itself. Everything
+the demo claims it reads either from what the meetings told the
+application over the bus, or from what the reference service saw on the
+wire (which worker's device registered a socket, which subscriptions it
+holds), or from the cluster's leases.
 
 The phases (:data:`PHASES`) and what each checks are in their methods
 below; the summary (:mod:`ops.demo.report`) says: sessions settled,
@@ -31,15 +37,23 @@ Definitions
   it to must hand it to the application exactly once. A round is void (and
   pushed again) if the set of online sockets moved during the push or the
   service's count of sockets written differs; outages are never counted as
-  losses because no round is pushed during one.
+  losses because no round is pushed during one. Locus events are checked
+  by their effects: each phase waits for what the events it sent must
+  cause, and one event is sent to a meeting while its worker is dead (it
+  must wait in the meeting's backlog and apply after the recovery).
 * **Subscriptions lost**: after the service restart (which forgets every
   subscription), the sessions that wanted ``transcription`` and do not hold
   it again on an online socket.
 * **Recovery time** of a session: from the fault (the kill, the restart)
   until the application was told it is online again *and* the service
-  showed it subscribed (polled every 0.2 s, so times are that coarse).
+  showed it subscribed (polled every 0.2 s, so times are that coarse); of
+  a meeting after the kill: its slowest session, counted only once the
+  survivor holds the meeting tree's lease and the sessions are on sockets
+  opened after the kill. The cluster notices a dead worker when its lease
+  TTL (:data:`LEASE_TTL_S`) runs out, so that is the floor.
 
-Every process is ended by its PID at the end, also on an error or Ctrl-C.
+Every process is ended by its PID at the end, also on an error, Ctrl-C or
+SIGTERM (held off while the processes are being stopped).
 """
 
 from __future__ import annotations
