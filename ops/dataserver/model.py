@@ -18,7 +18,9 @@ Wire rules (PROTOCOL.md section 1, server side):
   service then sends the buffer-state frame and the socket is **online**;
 - every server frame carries ``id`` and ``sequenceNumber`` (1, 2, 3 ... per
   socket); acks (``{"messageId", "type": "ack"}``) are counted;
-- ``ping`` is answered by ``pong`` with the same id;
+- ``ping`` is answered by ``pong`` with the same id (a fresh one if the
+  ping had none), numbered like any other server frame: the published
+  Webex client checks the sequence on every frame, pongs included;
 - ``subchannelSubscriptionRequest`` updates the socket's subscriptions and
   those of its session (meeting + session type);
 - after ``shutdown`` is sent to a socket, the next socket of the same
@@ -192,15 +194,16 @@ class SocketRecord:
     tracking_id: str | None = None
     subscription_requests: int = 0
     subscriptions: list[str] = field(default_factory=list)
-    unacked: dict[str, None] = field(default_factory=dict)
+    unacked: dict[str | int, None] = field(default_factory=dict)
     close: dict[str, Any] | None = None
 
     def number(self, frame: Mapping[str, Any], new_id: Callable[[], str]) -> dict[str, Any]:
-        """``frame`` with an ``id`` (kept if it has one) and this socket's
-        next ``sequenceNumber`` (after any pending skip)."""
+        """``frame`` with an ``id`` (kept if it has one: a non-empty string
+        or an integer) and this socket's next ``sequenceNumber`` (after any
+        pending skip)."""
         numbered = dict(frame)
         frame_id = numbered.get("id")
-        if not isinstance(frame_id, str) or not frame_id:
+        if not _is_frame_id(frame_id):
             frame_id = new_id()
             numbered["id"] = frame_id
         sequence = self.next_sequence + self.sequence_skip
@@ -322,6 +325,7 @@ class Faults:
     register_fail: FailNext | None = None
     register_omit_websocket_url: int = 0
     token_fail: FailNext | None = None
+    token_delay_s: float = 0.0
     rotate_urls: bool = False
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     refusals: list[Refusal] = field(default_factory=list)
@@ -340,6 +344,7 @@ class Faults:
             "register_fail_next": _fail_json(self.register_fail),
             "register_omit_websocket_url": self.register_omit_websocket_url,
             "token_fail_next": _fail_json(self.token_fail),
+            "token_delay_s": self.token_delay_s,
             "rotate_urls": self.rotate_urls,
             "shutdown_grace_s": self.shutdown_grace_s,
             "refuse_next": [{"code": r.code, "count": r.remaining, **r.where.as_json()} for r in self.refusals],
@@ -475,7 +480,8 @@ class DataService:
         Needs ``Authorization: Bearer <non-empty>``. The request's headers
         are recorded with every secret-bearing one (``Authorization``,
         ``Cookie``, anything with ``token`` in its name) replaced by
-        ``{"present": true}``."""
+        ``{"present": true}``. Every answer waits ``token_delay_s`` (a
+        fault) before it is sent."""
         self.counters["token_requests"] += 1
         recorded: dict[str, Any] = {}
         for name, value in headers.items():
@@ -493,12 +499,13 @@ class DataService:
             "at": now,
         }
         self.token_requests.append(record)
+        delay = self.faults.token_delay_s
 
         def answer(status: int, payload: Mapping[str, Any]) -> HttpAnswer:
             record["status"] = status
             if status != 200:
                 self.counters["token_failures"] += 1
-            return HttpAnswer(status, payload)
+            return HttpAnswer(status, payload, delay)
 
         if not _is_bearer(authorization):
             return answer(401, {"error": "Authorization: Bearer <token> required"})
@@ -639,7 +646,7 @@ class DataService:
         message_id = frame.get("messageId")
         record.acks += 1
         self.counters["acks"] += 1
-        if isinstance(message_id, str) and message_id in record.unacked:
+        if _is_frame_id(message_id) and message_id in record.unacked:
             del record.unacked[message_id]
         else:
             self.counters["acks_unknown"] += 1
@@ -655,7 +662,11 @@ class DataService:
         if self.faults.pong_mismatch:
             ping_id = f"mismatch-{self._new_id()}"
         self.counters["pongs"] += 1
-        return [SendFrame(record.id, {"id": ping_id, "type": "pong"})]
+        self.counters["frames_sent"] += 1
+        # Numbered like every other server frame: a client that checks the
+        # sequence (as the published Webex socket does on every frame it
+        # receives) would otherwise count each pong as a lost message.
+        return [SendFrame(record.id, record.number({"id": ping_id, "type": "pong"}, self._new_id))]
 
     def _subscribe(self, record: SocketRecord, frame: Mapping[str, Any]) -> list[Action]:
         data = frame.get("data")
@@ -719,8 +730,8 @@ class DataService:
         if not isinstance(body, dict):
             raise BadControlRequest("body must be a JSON object")
         known = {"drop", "close", "refuse_next", "withhold", "register_delay_s", "register_fail_next",
-                 "register_omit_websocket_url", "token_fail_next", "rotate_urls", "require_token",
-                 "token_ttl_s", "pong_mismatch", "shutdown_grace_s"}
+                 "register_omit_websocket_url", "token_fail_next", "token_delay_s", "rotate_urls",
+                 "require_token", "token_ttl_s", "pong_mismatch", "shutdown_grace_s"}
         unknown = set(body) - known
         if unknown:
             raise BadControlRequest(f"unknown faults {sorted(unknown)} (known: {sorted(known)})")
@@ -761,8 +772,8 @@ class DataService:
             if key in body:
                 value = _flag(body[key], key)
                 changes.append(lambda key=key, value=value: setattr(faults, key, value))
-        for key, attr in (("register_delay_s", "register_delay_s"), ("token_ttl_s", "token_ttl_s"),
-                          ("shutdown_grace_s", "shutdown_grace_s")):
+        for key, attr in (("register_delay_s", "register_delay_s"), ("token_delay_s", "token_delay_s"),
+                          ("token_ttl_s", "token_ttl_s"), ("shutdown_grace_s", "shutdown_grace_s")):
             if key in body:
                 value = _number(body[key], key, minimum=0.0 if key != "token_ttl_s" else None)
                 changes.append(lambda attr=attr, value=value: setattr(faults, attr, value))
@@ -877,6 +888,12 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def _is_bearer(value: object) -> bool:
     return isinstance(value, str) and value.startswith("Bearer ") and bool(value[7:].strip())
+
+
+def _is_frame_id(value: object) -> bool:
+    """A frame id a client may give (and expect back): a non-empty string
+    or an integer."""
+    return (isinstance(value, str) and bool(value)) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _is_str_list(value: object) -> bool:

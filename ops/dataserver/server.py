@@ -99,6 +99,8 @@ class DataServer:
                                    require_token=require_token, token_ttl_s=token_ttl_s)
         self._connections: dict[str, RelayConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._held: set[asyncio.Task[Any]] = set()
+        """HTTP handlers holding their answer back (``*_delay_s`` faults)."""
         self._ws_server: Server | None = None
         self._runner: web.AppRunner | None = None
         self.http_url = ""
@@ -138,10 +140,13 @@ class DataServer:
         self.service.http_base = self.http_url
 
     async def stop(self) -> None:
-        """Close every socket (1001), then stop listening."""
+        """Close every socket (1001), give up answers held back by a delay,
+        then stop listening."""
         if self._ws_server is not None:
             self._ws_server.close()
             await self._ws_server.wait_closed()
+        for task in list(self._held):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self._tasks):
@@ -171,6 +176,19 @@ class DataServer:
                 loop.call_later(action.delay, self._replacement_deadline, action.socket)
             else:  # pragma: no cover - every action type is handled above
                 raise TypeError(f"unknown action {action!r}")
+
+    async def _respond(self, answer: HttpAnswer) -> web.Response:
+        """The answer, after its delay (a fault). A held answer is given up
+        when the service stops, so a stop never waits out a delay."""
+        if answer.delay > 0:
+            task = asyncio.current_task()
+            assert task is not None
+            self._held.add(task)
+            try:
+                await asyncio.sleep(answer.delay)
+            finally:
+                self._held.discard(task)
+        return web.json_response(dict(answer.body), status=answer.status)
 
     def _replacement_deadline(self, socket_id: str) -> None:
         self.perform(self.service.replacement_deadline(socket_id))
@@ -233,10 +251,10 @@ class DataServer:
             body = None
         answer = self.service.register(request.match_info["meeting"], session, body,
                                        request.headers.get("Data-Channel-Auth-Token"), time.time())
-        return await _respond(answer)
+        return await self._respond(answer)
 
     async def _locus(self, request: web.Request) -> web.Response:
-        return await _respond(self.service.locus(request.match_info["meeting"]))
+        return await self._respond(self.service.locus(request.match_info["meeting"]))
 
     async def _token_default(self, request: web.Request) -> web.Response:
         return await self._token(request, DEFAULT_SESSION)
@@ -247,7 +265,7 @@ class DataServer:
     async def _token(self, request: web.Request, session: str) -> web.Response:
         answer = self.service.token(request.match_info["meeting"], request.match_info["self"], session,
                                     dict(request.headers), time.time())
-        return await _respond(answer)
+        return await self._respond(answer)
 
     async def _state(self, request: web.Request) -> web.Response:
         detail = request.query.get("detail", "1") not in ("0", "false", "summary")
@@ -284,12 +302,6 @@ def _ended_by(conn: RelayConnection) -> str:
     if conn.protocol.close_rcvd_then_sent:
         return "client"
     return "lost"
-
-
-async def _respond(answer: HttpAnswer) -> web.Response:
-    if answer.delay > 0:
-        await asyncio.sleep(answer.delay)
-    return web.json_response(dict(answer.body), status=answer.status)
 
 
 async def _json_body(request: web.Request) -> Any:

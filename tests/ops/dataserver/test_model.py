@@ -165,6 +165,24 @@ def test_token_faults_fail_next_and_ttl() -> None:
     assert svc.authority.check(token, audience=DEFAULT_SESSION, now=NOW + 5) == "expired"
 
 
+def test_token_delay_holds_every_token_answer_until_turned_off() -> None:
+    svc = service()
+    assert svc.token("m1", "me", DEFAULT_SESSION, {"Authorization": "Bearer u"}, NOW).delay == 0
+    result, _ = svc.apply_faults({"token_delay_s": 2.5, "token_fail_next": {"status": 503, "count": 1}})
+    assert result["faults"]["token_delay_s"] == 2.5
+    answers = [svc.token("m1", "me", DEFAULT_SESSION, headers, NOW)
+               for headers in ({"Authorization": "Bearer u"}, {"Authorization": "Bearer u"}, {})]
+    assert [(a.status, a.delay) for a in answers] == [(503, 2.5), (200, 2.5), (401, 2.5)]
+    # The register endpoint is not held by it.
+    assert svc.register("m1", DEFAULT_SESSION, {"deviceUrl": "d"}, None, NOW).delay == 0
+    svc.apply_faults({"token_delay_s": 0})
+    assert svc.token("m1", "me", DEFAULT_SESSION, {"Authorization": "Bearer u"}, NOW).delay == 0
+    # A reset forgets it.
+    svc.apply_faults({"token_delay_s": 1})
+    svc.reset()
+    assert svc.snapshot()["faults"]["token_delay_s"] == 0
+
+
 # -- opening a socket ---------------------------------------------------------
 
 
@@ -247,13 +265,46 @@ def test_a_client_that_never_acks_costs_bounded_memory() -> None:
 def test_ping_is_answered_with_a_pong_of_the_same_id_unless_withheld_or_mismatched() -> None:
     svc = service()
     socket = online_socket(svc)
-    assert send(svc, socket, {"id": "p-1", "type": "ping"}) == [SendFrame(socket, {"id": "p-1", "type": "pong"})]
+    assert send(svc, socket, {"id": "p-1", "type": "ping"}) == [
+        SendFrame(socket, {"id": "p-1", "type": "pong", "sequenceNumber": 2})]
     svc.apply_faults({"withhold": {"pong": True}})
     assert send(svc, socket, {"id": "p-2", "type": "ping"}) == []
     svc.apply_faults({"withhold": {"pong": False}, "pong_mismatch": True})
     (pong,) = send(svc, socket, {"id": "p-3", "type": "ping"})
-    assert pong.frame["type"] == "pong" and pong.frame["id"] != "p-3"
+    assert pong.frame["type"] == "pong" and pong.frame["id"] != "p-3" and pong.frame["sequenceNumber"] == 3
     assert svc.sockets[socket].pings == 3
+
+
+def test_pongs_are_numbered_in_one_run_with_every_other_server_frame() -> None:
+    svc = service()
+    socket = online_socket(svc)  # buffer state: 1
+    frames = []
+    for i in range(3):
+        (pong,) = send(svc, socket, {"id": f"p-{i}", "type": "ping"})
+        _, pushed = svc.push({"frame": {"data": {"eventType": "relay.event"}}, "socket": socket})
+        frames += [pong.frame, *(a.frame for a in pushed)]
+    assert [(f.get("type"), f["sequenceNumber"]) for f in frames] == [
+        ("pong", 2), (None, 3), ("pong", 4), (None, 5), ("pong", 6), (None, 7)]
+    assert [f["id"] for f in frames if f.get("type") == "pong"] == ["p-0", "p-1", "p-2"]
+    # A gap asked for with sequence_skip lands on whatever frame comes next, a pong too.
+    svc.push({"sequence_skip": 2, "socket": socket})
+    (pong,) = send(svc, socket, {"id": "p-3", "type": "ping"})
+    assert pong.frame["sequenceNumber"] == 10
+    record = svc.sockets[socket]
+    assert (record.frames_sent, svc.counters["frames_sent"]) == (8, 8)
+
+
+def test_a_pong_keeps_an_integer_ping_id_gets_one_if_the_ping_had_none_and_its_ack_is_matched() -> None:
+    svc = service()
+    socket = online_socket(svc)
+    (pong,) = send(svc, socket, {"id": 7, "type": "ping"})
+    assert pong.frame == {"id": 7, "type": "pong", "sequenceNumber": 2}
+    (pong,) = send(svc, socket, {"type": "ping"})
+    assert isinstance(pong.frame["id"], str) and pong.frame["id"] and pong.frame["sequenceNumber"] == 3
+    record = svc.sockets[socket]
+    for frame_id in list(record.unacked):
+        send(svc, socket, {"messageId": frame_id, "type": "ack"})
+    assert (record.acks, len(record.unacked), svc.counters["acks_unknown"]) == (3, 0, 0)
 
 
 def test_bad_and_unknown_frames_are_counted_and_change_nothing() -> None:
@@ -369,6 +420,8 @@ def test_drop_and_close_act_on_matching_open_sockets_only() -> None:
     {"withhold": {"pong": "yes"}},
     {"register_fail_next": {"status": 200}},
     {"register_delay_s": -1},
+    {"token_delay_s": -0.5},
+    {"token_delay_s": "1"},
     {"withhold": {"pong": True}, "drop": {"meeting": 7}},
 ])
 def test_bad_fault_requests_are_refused_whole(body: dict[str, Any]) -> None:

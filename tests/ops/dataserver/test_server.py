@@ -155,6 +155,48 @@ async def test_token_endpoints_need_a_bearer_and_record_headers_without_secrets(
 
 
 @run
+async def test_token_delay_holds_the_token_answer_back() -> None:
+    async with service() as client:
+        path = "/locus/m1/participant/self-1/datachannel/token"
+        headers = {"Authorization": USER_TOKEN}
+        await client.control("faults", {"token_delay_s": 30})
+        held = asyncio.ensure_future(client.request("GET", path, headers=headers))
+        try:
+            await client.wait_state(lambda s: len(s["token_requests"]) == 1)
+            # Asked later, without the delay, answered first: the first one is held.
+            await client.control("faults", {"token_delay_s": 0})
+            status, body = await client.request("GET", path, headers=headers)
+            assert status == 200 and body["datachannelToken"]
+            assert not held.done()
+        finally:
+            held.cancel()
+            await asyncio.gather(held, return_exceptions=True)
+        # A short delay: the answer comes, once it is over.
+        await client.control("faults", {"token_delay_s": 0.05})
+        status, body = await client.request("GET", path, headers=headers)
+        assert status == 200 and body["datachannelToken"]
+        state = await client.control("state")
+        assert [r["status"] for r in state["token_requests"]] == [200, 200, 200]
+        assert state["faults"]["token_delay_s"] == 0.05
+
+
+@run
+async def test_stop_gives_up_answers_held_back_by_a_delay() -> None:
+    server = DataServer()
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        client = Client(server, http)
+        await client.control("faults", {"token_delay_s": 60, "register_delay_s": 60})
+        held = [asyncio.ensure_future(client.request("GET", "/locus/m1/participant/me/datachannel/token",
+                                                     headers={"Authorization": USER_TOKEN})),
+                asyncio.ensure_future(client.request("POST", "/datachannel/m1", {"deviceUrl": "d"}))]
+        await client.wait_state(lambda s: len(s["token_requests"]) == 1 and len(s["register_requests"]) == 1)
+        await asyncio.wait_for(server.stop(), DEADLINE)  # not the 60 s of the delays
+        results = await asyncio.gather(*held, return_exceptions=True)
+    assert all(isinstance(r, aiohttp.ClientError) for r in results), results
+
+
+@run
 async def test_required_token_is_checked_on_register() -> None:
     async with service(require_token=True) as client:
         status, body = await client.request("POST", "/datachannel/m1", {"deviceUrl": "d"})
@@ -185,16 +227,16 @@ async def test_socket_authorization_buffer_state_acks_pings_subscriptions_and_ev
     async with service() as client:
         ws = await client.open("m1")
         await ws.send(json.dumps({"id": "ping-1", "type": "ping"}))
-        assert await recv(ws) == {"id": "ping-1", "type": "pong"}
+        assert await recv(ws) == {"id": "ping-1", "type": "pong", "sequenceNumber": 2}
         await ws.send(json.dumps({"id": "1", "type": "subchannelSubscriptionRequest",
                                   "data": {"datachannelUri": "x", "subscribe": ["transcription"], "unsubscribe": []},
                                   "trackingId": "t_1"}))
         assert await client.control("send", {"frame": {"data": {"eventType": "relay.event"}}, "meeting": "m1"}) == {
             "sent": 1}
         event = await recv(ws)
-        assert (event["data"]["eventType"], event["sequenceNumber"]) == ("relay.event", 2)
+        assert (event["data"]["eventType"], event["sequenceNumber"]) == ("relay.event", 3)
         await client.control("send", {"sequence_skip": 1, "frame": {"data": {"eventType": "relay.event"}}})
-        assert (await recv(ws))["sequenceNumber"] == 4
+        assert (await recv(ws))["sequenceNumber"] == 5
         state = await client.wait_state(lambda s: s["sockets"][0]["subscriptions"] == ["transcription"])
         socket = only_socket(state)
         assert socket["query"]["outboundWireFormat"] == "text" and socket["query"]["clientTimestamp"] == "1"
@@ -256,7 +298,7 @@ async def test_withheld_pong_and_buffer_state() -> None:
         # The first frame after the ping is the released buffer state: no pong came.
         assert (await recv(ws))["data"]["eventType"] == "mercury.buffer_state"
         await ws.send(json.dumps({"id": "ping-2", "type": "ping"}))
-        assert await recv(ws) == {"id": "ping-2", "type": "pong"}
+        assert await recv(ws) == {"id": "ping-2", "type": "pong", "sequenceNumber": 2}
         await client.control("faults", {"pong_mismatch": True})
         await ws.send(json.dumps({"id": "ping-3", "type": "ping"}))
         assert (await recv(ws))["id"] != "ping-3"
