@@ -31,6 +31,17 @@ refused the same way with ``error_type`` ``"CommandRejected"``
 (:class:`CommandRejected`) and a ``command-rejected`` event; the session
 stays as it was.
 
+Restarts
+--------
+A new incarnation restores its owner, wanted connection, subscriptions and
+watchers from the checkpoint, which is written before the effects of each
+command (write-ahead). It tells its owner it restarted (:data:`RESTORED`)
+and, when started with ``await_owner`` (seconds), does not act on the
+checkpointed connection until the owner's next :class:`Assert`,
+:class:`Connect` or :class:`Disconnect` (or until that long passed without
+one): the checkpoint may be older than the owner's last command, so the
+owner's re-assertion decides.
+
 Replies
 -------
 An accepted control message sent as an ask is answered with the session's
@@ -41,8 +52,10 @@ refused. :class:`GetStatus` may be asked by anyone.
 What the session sends
 ----------------------
 * :class:`SessionStateChanged` to the owner and every watcher, on every
-  change of :data:`SESSION_STATES` and when an online session moves to a new
-  socket (``reason`` ``"switchover"``);
+  change of :data:`SESSION_STATES`, when an online session moves to a new
+  socket (``reason`` ``"switchover"``) and when a new incarnation starts
+  from a checkpoint (``reason`` :data:`RESTORED`); every one carries the
+  actor's ``incarnation``;
 * :class:`RelayedEvent` to every watcher, for each event frame, tagged with
   this session's id;
 * :class:`ConnectOutcome` to the sender of each :class:`Connect` that carried
@@ -73,6 +86,7 @@ from bus.messages import Message, message_kind
 
 __all__ = [
     "ACTOR_KIND",
+    "RESTORED",
     "BACKOFF",
     "CLOSING",
     "CONNECTING",
@@ -85,6 +99,7 @@ __all__ = [
     "REFUSAL_REASONS",
     "SESSION_STATES",
     "SESSION_TYPES",
+    "Assert",
     "ClaimSession",
     "CommandRejected",
     "Connect",
@@ -126,6 +141,12 @@ FAILED = "failed"
 """Gave up: refused by the service (4400/4403, HTTP 400) or out of attempts."""
 
 SESSION_STATES = (IDLE, CONNECTING, BACKOFF, ONLINE, CLOSING, OFFLINE, FAILED)
+
+RESTORED = "restored"
+"""The ``reason`` of the :class:`SessionStateChanged` a new incarnation
+sends its owner and watchers when it starts from a checkpoint (its state may
+equal ``previous``): the owner re-asserts the complete wanted state with
+:class:`Assert`."""
 
 REFUSAL_REASONS = ("no-owner", "not-owner", "stale-epoch", "unclaimed-epoch", "anonymous")
 """Why a control message was refused: nobody owns the session yet; another
@@ -215,6 +236,30 @@ class Disconnect(Message):
     reason: str = ""
 
 
+@message_kind("datachannel.assert")
+@dataclass(frozen=True, slots=True)
+class Assert(Message):
+    """Be exactly this, whatever came before: connected to
+    ``datachannel_url`` (empty: disconnected, as a permanent
+    :class:`Disconnect` would leave it) with exactly ``subchannels``.
+
+    The owner's complete wanted state, sent after the owner restarted and
+    whenever it sees a new incarnation of the session. Idempotent: an
+    assert of what the session already is or is on its way to (same URL,
+    device and token mode; same subchannels) changes nothing, opens no
+    socket and makes no register call. A session that restarted and waits
+    for its owner (see :data:`RESTORED`) acts on this, not on its checkpoint.
+    ``device_url`` empty means the one the actor was started with.
+    """
+
+    epoch: int
+    datachannel_url: str = ""
+    device_url: str = ""
+    token_auth: bool = False
+    subchannels: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
 @message_kind("datachannel.subscribe")
 @dataclass(frozen=True, slots=True)
 class Subscribe(Message):
@@ -286,6 +331,8 @@ class SessionStatus(Message):
     session builds its next socket. ``failures`` counts failed attempts since
     the session was last online. ``counters``: ``sequence_mismatches``,
     ``stale_dropped``, ``bad_input``, ``reconnects``, ``frames_in``.
+    ``incarnation`` counts the actor's starts at its address; ``awaiting_owner``
+    is true while a restarted session waits for its owner's re-assertion.
     """
 
     meeting_id: str
@@ -303,6 +350,8 @@ class SessionStatus(Message):
     watchers: list[str] = field(default_factory=list)
     failures: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    incarnation: int = 0
+    awaiting_owner: bool = False
 
 
 @message_kind("datachannel.state-changed")
@@ -310,7 +359,10 @@ class SessionStatus(Message):
 class SessionStateChanged(Message):
     """This session's state changed (or, with ``state == previous ==
     "online"`` and ``reason == "switchover"``, it moved to a new socket:
-    ``binding`` is the new one)."""
+    ``binding`` is the new one; or, with ``reason ==`` :data:`RESTORED`, a
+    new incarnation started). ``incarnation`` counts the session actor's
+    starts at its address: an owner that sees it change knows the session
+    restarted and re-asserts its complete wanted state (:class:`Assert`)."""
 
     meeting_id: str
     session_id: str
@@ -318,6 +370,7 @@ class SessionStateChanged(Message):
     previous: str
     reason: str = ""
     binding: str = ""
+    incarnation: int = 0
 
 
 @message_kind("datachannel.event")

@@ -13,21 +13,34 @@ carries out the effects:
   which only this shell holds (start argument, memory only: never in the
   core's state, a checkpoint, an event or a repr);
 * ``Transmit`` / ``CloseSocket`` / ``AbortSocket`` act on the socket of that
-  generation, if it is still there;
+  generation, if it is still there. **A close that raises counts as
+  closed**: the socket is forgotten and aborted, and the core gets the
+  :class:`~actors.datachannel.machine.SocketClosed` (1006) it would have
+  got from the close, so a deliberate disconnect ends offline and the
+  failure never crashes the actor. An abort that raises is only reported;
 * the common effects (send, emit, timers, checkpoint, answer) as every
   :class:`~actors.machine.MachineActor` does.
 
+Write-ahead: of the effects of one step, the checkpoint is performed
+**first** (the core also lists it first), so when a later effect raises
+and the actor crashes, the next incarnation starts from the state the
+command asked for, not from the one before it.
+
 After a crash the supervisor starts a new incarnation at the same address
 with the last checkpoint (owner, wanted connection, subscriptions,
-watchers): it reconnects and resubscribes by itself. Its generations start
-above the old incarnation's, so nothing the old sockets still say is taken
-for news. Sockets are aborted when the actor crashes and closed (1001) when
-it stops.
+watchers). It tells its owner it restarted (``reason`` ``restored``, with
+its incarnation), so the owner re-asserts its complete wanted state; with
+the ``await_owner`` option it waits that long for the owner before acting
+on the checkpoint alone, otherwise it reconnects and resubscribes at once.
+Its generations start above the old incarnation's, so nothing the old
+sockets still say is taken for news. Sockets are aborted when the actor
+crashes and closed (1001) when it stops.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -56,12 +69,14 @@ from actors.datachannel.machine import (
     Transmit,
 )
 from actors.io import Outcome
-from actors.machine import Effect, MachineActor
+from actors.machine import Effect, Emit, MachineActor, SaveCheckpoint
 from actors.node import ActorContext, Node
 from bus.envelope import Envelope
 from bus.messages import Message
 
 __all__ = ["DataChannelSession"]
+
+log = logging.getLogger("huddle.datachannel.session")
 
 _HANDLED = frozenset(machine.HANDLED_KINDS)
 _COMPACT = (",", ":")
@@ -76,7 +91,8 @@ class DataChannelSession(MachineActor):
     def __init__(self, ctx: ActorContext, meeting_id: str, session_id: str, device_url: str, access_token: str,
                  connector: DataChannelConnector, *, seed: int | None = None, **options: Any) -> None:
         super().__init__(ctx)
-        self.config = SessionConfig(meeting_id=meeting_id, session_id=session_id, device_url=device_url, **options)
+        self.config = SessionConfig(meeting_id=meeting_id, session_id=session_id, device_url=device_url,
+                                    incarnation=ctx.incarnation, **options)
         if ctx.address != self.config.address:
             raise ValueError(f"a data-channel session for {meeting_id}/{session_id} lives at "
                              f"{self.config.address}, not {ctx.address}")
@@ -110,6 +126,15 @@ class DataChannelSession(MachineActor):
 
     # -- effects -----------------------------------------------------------------
 
+    def perform_all(self, effects: Iterable[Effect]) -> Any:
+        """Write-ahead: the step's checkpoint first, then the other effects
+        in order."""
+        ordered = list(effects)
+        saves = [e for e in ordered if type(e) is SaveCheckpoint]
+        if saves:
+            ordered = [saves[-1], *(e for e in ordered if type(e) is not SaveCheckpoint)]
+        return super().perform_all(ordered)
+
     def perform(self, effect: Effect) -> None:
         match effect:
             case Transmit(gen=gen, frame=frame):
@@ -126,13 +151,30 @@ class DataChannelSession(MachineActor):
             case CloseSocket(gen=gen, code=code, reason=reason):
                 sock = self._sockets.get(gen)
                 if sock is not None:
-                    sock.close(code, reason)
+                    try:
+                        sock.close(code, reason)
+                    except Exception as exc:  # noqa: BLE001 - a close that raises counts as closed
+                        self._close_failed(gen, sock, exc)
             case AbortSocket(gen=gen):
                 sock = self._sockets.pop(gen, None)
                 if sock is not None:
-                    sock.abort()
+                    self._abort(sock)
             case _:
                 super().perform(effect)
+
+    def _close_failed(self, gen: int, sock: DataChannelSocket, exc: Exception) -> None:
+        """The socket of ``gen`` is given up: aborted, and closed for the core."""
+        self._sockets.pop(gen, None)
+        self._abort(sock)
+        why = f"close failed: {type(exc).__name__}"
+        super().perform(Emit("close-failed", reason=type(exc).__name__, detail={"gen": gen}))
+        self.tell(self.address, SocketClosed(gen=gen, code=1006, reason=why))
+
+    def _abort(self, sock: DataChannelSocket) -> None:
+        try:
+            sock.abort()
+        except Exception:  # noqa: BLE001 - nothing more can be done for this socket
+            log.warning("%s: aborting a socket failed", self.address, exc_info=True)
 
     def _send(self, gen: int, frame: dict[str, Any]) -> None:
         sock = self._sockets.get(gen)
@@ -144,13 +186,16 @@ class DataChannelSession(MachineActor):
     def on_stop(self) -> None:
         sockets, self._sockets = self._sockets, {}
         for sock in sockets.values():
-            sock.close(1001, "going away")
+            try:
+                sock.close(1001, "going away")
+            except Exception:  # noqa: BLE001 - the others are closed anyway
+                self._abort(sock)
         super().on_stop()
 
     def on_failure(self, *exc_info: Any) -> None:
         sockets, self._sockets = self._sockets, {}
         for sock in sockets.values():
-            sock.abort()
+            self._abort(sock)
         super().on_failure(*exc_info)
 
 

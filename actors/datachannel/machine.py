@@ -57,12 +57,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from actors.contracts.datachannel import (
     BACKOFF,
+    RESTORED,
     CLOSING,
     CONNECTING,
     FAILED,
     IDLE,
     OFFLINE,
     ONLINE,
+    Assert,
     ClaimSession,
     Connect,
     ConnectOutcome,
@@ -184,8 +186,8 @@ class SessionTimer(Message):
 INTERNAL_KINDS: Final = (Registered, RegisterFailed, SocketOpened, SocketFrame, SocketClosed, SessionTimer)
 """Accepted only from the session's own address (I/O outcomes and timers)."""
 
-CONTROL_KINDS: Final = (ClaimSession, ReleaseSession, Connect, Disconnect, Subscribe, Unsubscribe, SendFrame,
-                        Watch, Unwatch)
+CONTROL_KINDS: Final = (ClaimSession, ReleaseSession, Connect, Disconnect, Assert, Subscribe, Unsubscribe,
+                        SendFrame, Watch, Unwatch)
 """Accepted only from the owner (see :mod:`actors.contracts.datachannel`)."""
 
 # -- effects only this shell performs ---------------------------------------------
@@ -266,6 +268,7 @@ _TRANSIENT_REASONS: Final = frozenset({"idle", "done (forced)", "pong not receiv
 _ATTEMPT_TIMER = "attempt"  # backoff, token deadline, token retry (never two at once)
 _KEEPALIVE_TIMER = "keepalive"  # next ping, or the pong deadline
 _CLOSE_TIMER = "close"  # force a pending close
+_OWNER_TIMER = "owner"  # a restored session's wait for its owner's re-assertion
 
 # Attempt phases.
 _TOKEN = "token"
@@ -340,6 +343,11 @@ class SessionConfig:
     max_attempts: int | None = None
     jitter: bool = True
     tracking_prefix: str = "huddle"
+    #: The actor's starts at its address (reported in every state change).
+    incarnation: int = 0
+    #: After a restart with a wanted connection: how long to wait for the
+    #: owner's re-assertion before acting on the checkpoint alone (0: at once).
+    await_owner: float = 0.0
 
     @property
     def address(self) -> str:
@@ -423,6 +431,8 @@ class SessionState:
     bad_input: int = 0
     connects: int = 0
     frames_in: int = 0
+    #: Non-zero while a restored session waits for its owner (the hold timer's generation).
+    awaiting_owner: int = 0
 
 
 def initial_state(config: SessionConfig, *, seed: int, first_gen: int = 1) -> SessionState:
@@ -432,9 +442,16 @@ def initial_state(config: SessionConfig, *, seed: int, first_gen: int = 1) -> Se
 
 
 def restore(config: SessionConfig, checkpoint: Any, *, seed: int, first_gen: int = 1) -> tuple[SessionState, list[Effect]]:
-    """A session from its last checkpoint (``None``: a fresh one). When a
-    connection was wanted, the first attempt starts at once; subscriptions
-    are sent again when it is online."""
+    """A session from its last checkpoint (``None``: a fresh one).
+
+    The owner and every watcher are told the session restarted
+    (:class:`SessionStateChanged` with reason ``restored`` and the
+    incarnation), so the owner re-asserts its complete wanted state. When a
+    connection was wanted: with ``config.await_owner`` the session waits
+    (idle) up to that long for the owner's :class:`Assert`, :class:`Connect`
+    or :class:`Disconnect`, which decides, and only then acts on the
+    checkpoint alone; without it the first attempt starts at once.
+    Subscriptions are sent again when a socket is online."""
     s = initial_state(config, seed=seed, first_gen=first_gen)
     fx: list[Effect] = []
     if checkpoint is None:
@@ -453,7 +470,16 @@ def restore(config: SessionConfig, checkpoint: Any, *, seed: int, first_gen: int
         return replace(s, bad_input=1), fx
     s = replace(s, owner=owner, owner_epoch=epoch, target=target, subscriptions=subs, watchers=watchers)
     if target is not None:
-        s = _begin_attempt(s, fx)
+        if owner and config.await_owner > 0:
+            s, gen = _new_gen(s)
+            s = replace(s, awaiting_owner=gen, reason="awaiting owner")
+            fx.append(StartTimer(_OWNER_TIMER, config.await_owner, SessionTimer("owner-silent", gen)))
+        else:
+            s = _begin_attempt(s, fx)
+    note = SessionStateChanged(meeting_id=config.meeting_id, session_id=config.session_id, state=s.state,
+                               previous=IDLE, reason=RESTORED, incarnation=config.incarnation)
+    fx.extend(Send(to, note) for to in _recipients(s))
+    fx.append(Emit("session-state", reason=s.state, detail={"previous": IDLE, "why": RESTORED}))
     return s, fx
 
 
@@ -482,6 +508,7 @@ def status_of(s: SessionState) -> SessionStatus:
         failures=s.failures,
         counters={"sequence_mismatches": s.sequence_mismatches, "stale_dropped": s.stale_dropped,
                   "bad_input": s.bad_input, "reconnects": max(0, s.connects - 1), "frames_in": s.frames_in},
+        incarnation=c.incarnation, awaiting_owner=bool(s.awaiting_owner),
     )
 
 
@@ -521,7 +548,10 @@ def step(state: SessionState, message: Message, now: float, *, sender: str | Non
 
 def _after(before: SessionState, s: SessionState, st: _Step) -> SessionState:
     """What follows from any change: notifications, connect outcomes, the
-    checkpoint and the answer to an accepted ask."""
+    checkpoint and the answer to an accepted ask. The checkpoint goes
+    **first** (write-ahead): what the session now wants is saved before any
+    effect acts on it, so an effect that raises leaves a checkpoint of the
+    command being carried out, not of the one before."""
     fx = st.fx
     c = s.config
     switched = (before.state == ONLINE and s.state == ONLINE and before.link is not None and s.link is not None
@@ -530,7 +560,8 @@ def _after(before: SessionState, s: SessionState, st: _Step) -> SessionState:
         reason = "switchover" if switched else s.reason
         binding = s.link.binding if s.link is not None else ""
         note = SessionStateChanged(meeting_id=c.meeting_id, session_id=c.session_id, state=s.state,
-                                   previous=before.state, reason=reason, binding=binding)
+                                   previous=before.state, reason=reason, binding=binding,
+                                   incarnation=c.incarnation)
         for to in _recipients(s):
             fx.append(Send(to, note))
         fx.append(Emit("session-state", reason=s.state, detail={"previous": before.state, "why": reason}))
@@ -542,7 +573,7 @@ def _after(before: SessionState, s: SessionState, st: _Step) -> SessionState:
                                               reason="" if online else s.reason)))
         s = replace(s, pending=())
     if _persisted(s) != _persisted(before):
-        fx.append(SaveCheckpoint(_checkpoint(s)))
+        fx.insert(0, SaveCheckpoint(_checkpoint(s)))
     if st.answer_status and st.asked:
         fx.append(Answer(status_of(s)))
     return s
@@ -647,12 +678,21 @@ def _release(s: SessionState, m: ReleaseSession, st: _Step) -> SessionState:
     return replace(s, owner="", owner_epoch=0)
 
 
+def _owner_decides(s: SessionState, st: _Step) -> SessionState:
+    """The owner said what it wants: a restored session stops waiting."""
+    if not s.awaiting_owner:
+        return s
+    st.fx.append(CancelTimer(_OWNER_TIMER))
+    return replace(s, awaiting_owner=0, reason="")
+
+
 def _connect(s: SessionState, m: Connect, st: _Step) -> SessionState:
     if not m.datachannel_url:
         raise _Rejected("no-datachannel-url")
     device_url = m.device_url or s.config.device_url
     if not device_url:
         raise _Rejected("no-device-url")
+    s = _owner_decides(s, st)
     target = Target(m.datachannel_url, device_url, m.token_auth)
     if m.request_id:
         s = replace(s, pending=(*s.pending, (st.sender, m.request_id))[-MAX_PENDING_CONNECTS:])
@@ -672,7 +712,7 @@ def _connect(s: SessionState, m: Connect, st: _Step) -> SessionState:
 
 
 def _disconnect(s: SessionState, m: Disconnect, st: _Step) -> SessionState:
-    s = _abort_attempt(s, st)
+    s = _abort_attempt(_owner_decides(s, st), st)
     permanent = m.permanent or s.target is None
     reason = m.reason or ("disconnected" if permanent else "reconnect requested")
     if permanent:
@@ -687,6 +727,28 @@ def _disconnect(s: SessionState, m: Disconnect, st: _Step) -> SessionState:
     if s.closing is not None:
         return replace(s, closing=replace(s.closing, reconnect=True))
     return _begin_attempt(replace(s, failures=0), st.fx)
+
+
+def _assert(s: SessionState, m: Assert, st: _Step) -> SessionState:
+    """The owner's complete wanted state: the connection (or none) and
+    exactly these subchannels. What already holds is left alone."""
+    wanted = _subchannels(m.subchannels)
+    if len(wanted) > MAX_SUBSCRIPTIONS:
+        raise _Rejected("too-many-subscriptions")
+    if m.datachannel_url:
+        s = _connect(s, Connect(epoch=m.epoch, datachannel_url=m.datachannel_url, device_url=m.device_url,
+                                token_auth=m.token_auth), st)
+    elif (s.target is not None or s.link is not None or s.attempt is not None or s.backoff_gen
+          or (s.closing is not None and s.closing.reconnect)):
+        s = _disconnect(s, Disconnect(epoch=m.epoch, permanent=True, reason=m.reason or "disconnected"), st)
+    else:
+        s = _owner_decides(s, st)  # already disconnected
+    new = tuple(x for x in wanted if x not in s.subscriptions)
+    gone = tuple(x for x in s.subscriptions if x not in wanted)
+    if not (new or gone):
+        return s
+    s = replace(s, subscriptions=tuple(x for x in s.subscriptions if x not in gone) + new)
+    return _send_subscriptions(s, st, subscribe=new, unsubscribe=gone)
 
 
 def _subscribe(s: SessionState, m: Subscribe, st: _Step) -> SessionState:
@@ -743,6 +805,7 @@ _COMMANDS: dict[type[Message], Callable[[SessionState, Any, _Step], SessionState
     ReleaseSession: _release,
     Connect: _connect,
     Disconnect: _disconnect,
+    Assert: _assert,
     Subscribe: _subscribe,
     Unsubscribe: _unsubscribe,
     SendFrame: _send_frame,
@@ -1134,6 +1197,17 @@ def _timer_pong_deadline(s: SessionState, m: SessionTimer, st: _Step) -> Session
     return _close_link(s, st, 1000, "Pong not received", reconnect=True)
 
 
+def _timer_owner_silent(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+    """A restored session's owner said nothing in time: act on the checkpoint."""
+    if not s.awaiting_owner or m.gen != s.awaiting_owner:
+        return _stale(s)
+    s = replace(s, awaiting_owner=0, reason="")
+    st.fx.append(Emit("owner-silent", reason="acting on the checkpoint"))
+    if s.target is None or s.attempt is not None or s.link is not None:
+        return s
+    return _begin_attempt(s, st.fx)
+
+
 def _timer_force_close(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
     st.fx.append(AbortSocket(m.gen))
     if s.closing is None or s.closing.gen != m.gen:
@@ -1148,6 +1222,7 @@ _TIMER_HANDLERS: dict[str, Callable[[SessionState, SessionTimer, _Step], Session
     "ping": _timer_ping,
     "pong-deadline": _timer_pong_deadline,
     "force-close": _timer_force_close,
+    "owner-silent": _timer_owner_silent,
 }
 
 
