@@ -5,10 +5,16 @@ back, and the callback sends the message through the bus like any other.
 Two clocks keep the same contract:
 
 * :class:`SystemClock`: monotonic time, one timer thread with a heap.
-* :class:`ManualClock`: time moves only when a test calls ``advance``; due
-  callbacks run on the caller's thread, in deadline order, before
-  ``advance`` returns. Nothing in a test then depends on how busy the
-  machine is.
+* :class:`ManualClock`: time moves only when a test calls ``advance`` (or
+  ``advance_to``); due callbacks run on the caller's thread, in deadline
+  order, each with ``now()`` reading its own deadline, before the call
+  returns. Nothing in a test then depends on how busy the machine is.
+
+A callback here only *sends* a timer message: the actor handles it later,
+on its own thread. ``ManualClock.advance`` alone therefore never sees the
+timers that handlers set in reaction to earlier ones; the test kit's
+``TestKit.advance`` jumps from deadline to deadline (``next_deadline`` /
+``advance_to``) and lets the actors settle in between.
 """
 
 from __future__ import annotations
@@ -155,11 +161,20 @@ class ManualClock:
 
     def advance(self, seconds: float) -> int:
         """Move time forward, running every callback that falls due, each at
-        its own deadline. Returns how many ran. Raises ``ValueError`` for a
-        negative ``seconds`` (monotonic time never goes back)."""
+        its own deadline (callbacks scheduled by callbacks included). Returns
+        how many ran. Raises ``ValueError`` for a negative ``seconds``
+        (monotonic time never goes back)."""
         if seconds < 0:
             raise ValueError(f"cannot advance a clock by {seconds!r} seconds")
-        target = self._now + seconds
+        return self.advance_to(self._now + seconds)
+
+    def advance_to(self, target: float) -> int:
+        """Move time forward to exactly ``target``, as :meth:`advance` does
+        (so ``advance_to(next_deadline())`` runs the callbacks due at the
+        earliest deadline and leaves ``now()`` reading it). Raises
+        ``ValueError`` for a ``target`` in the past."""
+        if target < self._now:
+            raise ValueError(f"cannot move a clock back from {self._now!r} to {target!r}")
         ran = 0
         while True:
             with self._lock:

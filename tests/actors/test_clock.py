@@ -117,6 +117,22 @@ def test_a_manual_clock_never_goes_back() -> None:
     assert seen == [11.0]
 
 
+def test_advance_to_the_next_deadline_runs_only_what_is_due_then_and_stops_there() -> None:
+    clock = ManualClock(start=0.0)
+    seen: list[tuple[str, float]] = []
+    clock.call_later(1.25, lambda: seen.append(("a", clock.now())))
+    clock.call_later(1.25, lambda: seen.append(("a2", clock.now())))
+    clock.call_later(2.0, lambda: seen.append(("b", clock.now())))
+    assert clock.next_deadline() == 1.25
+    assert clock.advance_to(1.25) == 2
+    assert seen == [("a", 1.25), ("a2", 1.25)] and clock.now() == 1.25
+    assert clock.advance_to(clock.next_deadline() or 0.0) == 1
+    assert seen[-1] == ("b", 2.0) and clock.now() == 2.0
+    with pytest.raises(ValueError):
+        clock.advance_to(1.0)
+    assert clock.advance_to(2.0) == 0 and clock.now() == 2.0
+
+
 # --------------------------------------------------------------------------
 # SystemClock
 
