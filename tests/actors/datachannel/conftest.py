@@ -8,7 +8,7 @@ import pytest
 
 from actors.testkit import Probe, TestKit
 
-from .fakes import FakeConnector
+from actors.datachannel.testing import FakeConnector
 from .session_driver import OWNER
 
 

@@ -1,6 +1,7 @@
 """The data-channel session actor through the test kit: encoded envelopes in
-its mailbox, a manual clock, a scripted connector, probes for the owner, the
-token actor and watchers."""
+its mailbox, a manual clock, a scripted connector (with gates that hold a
+register or an open in flight), probes for the owner, the token actor and
+watchers."""
 
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ from actors.contracts.datachannel import (
     Watch,
 )
 from actors.contracts.token import TokenRequest
-from actors.datachannel.connector import RegisterError, SocketOpenError
+from actors.datachannel.connector import RegisterError, Registration, SocketOpenError
 from actors.datachannel.machine import Registered, SocketFrame
+from actors.datachannel.testing import FakeConnector
 from actors.node import RemoteError
-
-from .fakes import FakeConnector
+from actors.testkit import TestKit
 from .session_driver import (
     DC_TOKEN,
     DC_URL,
@@ -162,6 +163,30 @@ def test_s10_repeated_failures_back_off_0_1_2_4_8_16_32_32(kit, fake, owner) -> 
         times.append(elapsed)
     assert len(fake.registers) == 9
     assert s.status().state == CONNECTING and s.status().failures == 8
+
+
+def failed_register_attempts_within(steps: list[float]) -> int:
+    """How many registers a session makes, every one failing, while the
+    kit's clock is moved through ``steps`` (jitter off)."""
+    with TestKit() as kit:
+        fake = FakeConnector()
+        fake.register_script.extend(RegisterError(503, "down") for _ in range(100))
+        kit.probe(OWNER)
+        s = Session(kit, fake, jitter=False)
+        s.connect()
+        assert len(fake.registers) == 1 and s.status().state == BACKOFF
+        for step in steps:
+            kit.advance(step)
+        return len(fake.registers)
+
+
+def test_advance_60_after_a_failed_register_gives_what_stepping_through_60_s_gives() -> None:
+    # Retries 1, 3, 7, 15 and 31 s after the first failure (backoff 1, 2, 4,
+    # 8, 16 s); the next is due at 63 s. Each retry is set by the handler of
+    # the previous failure, during the advance.
+    assert failed_register_attempts_within([60.0]) == 6
+    assert failed_register_attempts_within([1.0] * 60) == 6
+    assert failed_register_attempts_within([59.0, 1.0]) == 6
 
 
 def test_s11_authorized_without_buffer_state_is_not_online_then_online_and_pings(kit, fake, owner) -> None:
@@ -375,6 +400,82 @@ def test_an_open_that_fails_is_a_transient_failure(kit, fake, owner) -> None:
     fake.last.buffer_state()
     kit.settle()
     assert s.status().state == ONLINE
+
+
+# -- late results: a request held in flight while the session moves on --------------------
+
+
+def test_a_register_held_in_flight_while_the_session_is_told_to_disconnect_reopens_nothing(kit, fake, owner) -> None:
+    s = Session(kit, fake)
+    gate = fake.hold("register")
+    kit.inject_message(s.address, Connect(epoch=1, datachannel_url=DC_URL, request_id="r"), sender=OWNER)
+    call = gate.wait_held()
+    assert call is fake.registers[0]
+    kit.settle_actors()  # the session waits for the register's outcome
+    assert s.status().state == CONNECTING
+    kit.inject_message(s.address, Disconnect(epoch=1, permanent=True, reason="left"), sender=OWNER)
+    kit.settle_actors()
+    assert s.status().state == OFFLINE
+    gate.release()  # the registration lands after the session moved on
+    kit.settle()
+    assert fake.sockets == []
+    assert s.status().state == OFFLINE and s.status().counters["stale_dropped"] == 1
+    kit.advance(60)
+    assert len(fake.registers) == 1 and fake.sockets == [] and s.status().state == OFFLINE
+
+
+def test_a_register_failing_late_after_a_disconnect_starts_no_backoff(kit, fake, owner) -> None:
+    s = Session(kit, fake, jitter=False)
+    gate = fake.hold("register")
+    kit.inject_message(s.address, Connect(epoch=1, datachannel_url=DC_URL), sender=OWNER)
+    gate.wait_held()
+    kit.settle_actors()
+    kit.inject_message(s.address, Disconnect(epoch=1, permanent=True), sender=OWNER)
+    kit.settle_actors()
+    gate.fail(RegisterError(503, "down"))
+    kit.settle()
+    kit.advance(60)  # a backoff would have retried 5 times by now
+    assert len(fake.registers) == 1 and s.status().state == OFFLINE
+
+
+def test_a_late_registration_of_a_replaced_attempt_opens_no_second_socket(kit, fake, owner) -> None:
+    s = Session(kit, fake)
+    first = fake.hold("register")
+    kit.inject_message(s.address, Connect(epoch=1, datachannel_url=DC_URL), sender=OWNER)
+    first.wait_held()
+    kit.settle_actors()
+    opening = fake.hold("open")  # the second attempt's socket
+    kit.inject_message(s.address, Disconnect(epoch=1), sender=OWNER)
+    kit.inject_message(s.address, Connect(epoch=1, datachannel_url=DC_URL), sender=OWNER)
+    sock = opening.wait_held()  # the second attempt registered and is opening
+    assert len(fake.registers) == 2
+    opening.release()
+    first.release(Registration("ws://relay.fake/v1/socket/late", "late"))
+    kit.settle()
+    assert fake.sockets == [sock] and "late" not in sock.url
+    sock.buffer_state()
+    kit.settle()
+    status = s.status()
+    assert (status.state, status.binding) == (ONLINE, "b2") and len(fake.sockets) == 1
+    assert status.counters["stale_dropped"] == 1
+
+
+def test_an_open_held_in_flight_while_the_session_is_told_to_disconnect_never_comes_online(kit, fake, owner) -> None:
+    s = Session(kit, fake)
+    gate = fake.hold("open")
+    kit.inject_message(s.address, Connect(epoch=1, datachannel_url=DC_URL), sender=OWNER)
+    sock = gate.wait_held()
+    assert sock is fake.last and not sock.opened
+    kit.settle_actors()
+    kit.inject_message(s.address, Disconnect(epoch=1, permanent=True, reason="left"), sender=OWNER)
+    kit.settle_actors()
+    gate.release()  # the open finishes after the session gave up on it
+    kit.settle()
+    assert not sock.opened and sock.sent == []
+    kit.advance(60)
+    assert len(fake.registers) == 1 and len(fake.sockets) == 1
+    status = s.status()
+    assert (status.state, status.reason) == (OFFLINE, "left")
 
 
 # -- crash and restart ---------------------------------------------------------------------
