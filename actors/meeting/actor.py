@@ -2,7 +2,9 @@
 
 The shell feeds :class:`~actors.meeting.machine.MeetingCore` its messages
 with the sender from the envelope (the core checks who may tell it what)
-and performs the common effects; the meeting has no I/O of its own.
+and performs the common effects; the meeting has no I/O of its own. Of one
+step's effects the checkpoint is performed first (write-ahead): the facts
+are saved before the commands they imply are sent.
 
 Tree per meeting (DESIGN.md), one supervisor, ``one_for_one``::
 
@@ -16,7 +18,11 @@ Tree per meeting (DESIGN.md), one supervisor, ``one_for_one``::
 The practice session's actor always exists (idle until wanted): an idle
 actor costs a couple of KiB, and a fixed tree keeps restarts simple. The
 meeting starts last, so its claims reach live sessions. A crashed child is
-restarted at its address; the others keep their sockets and tokens.
+restarted at its address; the others keep their sockets and tokens. A
+restarted session waits (up to :data:`AWAIT_OWNER` seconds) for the
+meeting's re-assertion of its wanted state instead of acting on its
+checkpoint alone; the meeting re-asserts as soon as it sees the session's
+new incarnation, and for both sessions whenever it starts itself.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from actors.contracts.audio import output_address
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
 from actors.datachannel.actor import DataChannelSession
 from actors.datachannel.connector import DataChannelConnector
-from actors.machine import Effect, MachineActor
+from actors.machine import Effect, MachineActor, SaveCheckpoint
 from actors.meeting.machine import MeetingCore
 from actors.node import ActorContext, Node
 from actors.supervisor import ChildSpec, Supervisor
@@ -43,7 +49,7 @@ from bus.envelope import Envelope
 from bus.errors import TransportError
 from bus.messages import Message
 
-__all__ = ["TREE_KIND", "AgentAudio", "MeetingActor", "MeetingServices", "meeting_address", "meeting_tree",
+__all__ = ["AWAIT_OWNER", "TREE_KIND", "AgentAudio", "MeetingActor", "MeetingServices", "meeting_address", "meeting_tree",
            "start_meeting", "tree_address"]
 
 
@@ -66,6 +72,10 @@ TREE_KIND = "meeting-tree"
 #: A meeting tree's restart intensity: restarts allowed within the period (s).
 TREE_INTENSITY = 5
 TREE_PERIOD = 10.0
+#: How long a restarted session of a meeting tree waits for the meeting's
+#: re-assertion before it acts on its checkpoint alone (the meeting answers
+#: in milliseconds; this only covers a lost message).
+AWAIT_OWNER = 5.0
 
 
 def tree_address(meeting_id: str) -> str:
@@ -93,6 +103,14 @@ class MeetingActor(MachineActor):
         except LookupError:
             return super().step(message, envelope, now)
         return effects
+
+    def perform_all(self, effects: Iterable[Effect]) -> Any:
+        """Write-ahead: the step's checkpoint first, then the rest in order."""
+        ordered = list(effects)
+        saves = [e for e in ordered if type(e) is SaveCheckpoint]
+        if saves:
+            ordered = [saves[-1], *(e for e in ordered if type(e) is not SaveCheckpoint)]
+        return super().perform_all(ordered)
 
 
 @dataclass(frozen=True)
@@ -139,7 +157,7 @@ def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secre
     """The children of one meeting's supervisor, in start order. The user's
     access token stays in these in-memory start arguments: never in a
     message, an event or a checkpoint. ``audio``: an agent meeting's output."""
-    options = dict(session_options or {})
+    options = {"await_owner": AWAIT_OWNER, **(session_options or {})}
     sessions = [
         ChildSpec(f"datachannel:{meeting_id}/{session}", DataChannelSession,
                   (meeting_id, session, services.device_url, access_token.reveal(), services.connector), options)

@@ -11,13 +11,65 @@ How it decides
 Every input updates the **facts** (joined, lobby, left, URLs, role,
 practice session, captions). :func:`wanted` derives, from the facts and the
 sessions' last reported states, what each session should be: connected to
-which URL, with which subchannels. :func:`reconcile` compares that with what
-was last **commanded** and emits only the difference, so a repeated fact
-changes nothing (S2), and a crash restart re-commands everything once (the
-sessions treat a repeated connect to the same target as a no-op).
+which URL, with which subchannels. The core compares that with what was
+last **commanded** and sends only the difference.
 
-The rules that make it so:
+Facts are idempotent
+--------------------
+The meeting service repeats itself (full states and deltas, again and
+again). A fact that changes nothing changes nothing: the facts are compared
+first, and an equal fact (a duplicate ``Joined``, ``Admitted``, ``Lobby``,
+``Left``, role, practice on/off, captions, the same URLs, an equal
+snapshot) leaves the core as it was, with no effect at all: no generation
+bump, no message to any child (not even a token reconfigure with the same
+values), no new fetch, no new register, no event to subscribers. This
+holds whatever is in flight. Join tokens repeated in a duplicate ``Joined``
+are not seeded again once seeded under the current generation.
 
+The **generation** tags every asynchronous step (a practice-token ensure;
+the token actor's fetches through :class:`~actors.contracts.token.
+TokenConfigure`). It grows only when what the token actor works from
+changes: joined or gone (left, ended), the locus URL, the participant id,
+or whether the practice token is wanted. Only then is the token actor
+reconfigured (which makes its running fetches stale) and an ensure in
+flight asked again; a token answer for an older generation is dropped.
+
+Sessions are independent
+------------------------
+The default session must be online (and, with token auth, the practice
+token held) to **start** the practice session. Once the practice session
+was told to connect (``practice_started``), it stays wanted while the facts
+want it, through any number of the default session's reconnects: a
+transient drop of the default never closes the practice socket. Only a fact
+(demotion, practice ended, lobby, leave) disconnects it, and only a
+deliberate disconnect is permanent.
+
+Restarts: write-ahead and re-assertion
+--------------------------------------
+What the meeting wants is checkpointed **before** the commands it implies
+(the :class:`~actors.machine.SaveCheckpoint` effect comes first in every
+step whose checkpoint changed): the facts, the generation and whether the
+practice session was started. A crash between two sends therefore restarts
+from the facts the sends came from.
+
+An owner cannot trust a diff against its log of commands sent: a restarted
+meeting rebuilds that log empty, and a restarted session may have come back
+from a checkpoint older than the owner's last command. So the meeting
+**re-asserts the complete wanted state** of a session
+(:class:`~actors.contracts.datachannel.Assert`: connected to which URL or
+disconnected, with exactly which subchannels):
+
+* for both sessions when it starts (fresh or restored);
+* for a session whose **incarnation** changed (every state change and
+  status carries it; a restored session announces itself with reason
+  ``restored``).
+
+Sessions treat an assert of what they already are as a no-op, so a
+re-assertion costs nothing when nothing was lost. Whatever restarts (the
+meeting, a session, both), the tree converges to what the facts want.
+
+The other rules
+---------------
 * ``datachannelUrl`` cleared by a delta: the last URL stays wanted, so the
   connection is kept (S17); changed to a new value: connect to it (the
   session moves make-before-break and resubscribes; the meeting stays its
@@ -38,10 +90,6 @@ The rules that make it so:
   meeting claims both sessions when it starts, with an epoch that grows
   with every incarnation and every lease epoch, so a restarted meeting
   re-claims and an older incarnation's commands are refused.
-
-Every asynchronous step is tagged with the meeting's **generation**, which
-grows on join, leave, lobby, admission, a locus URL replacement and a role or
-practice-session change: a token answer for an older generation is dropped.
 """
 
 from __future__ import annotations
@@ -56,7 +104,7 @@ from actors.contracts import token as tk
 from actors.machine import Effect, Emit, SaveCheckpoint, Send
 from bus.messages import Message
 
-__all__ = ["Facts", "MeetingCore", "SessionWant", "Sessions", "wanted"]
+__all__ = ["Facts", "MeetingCore", "SessionWant", "Sessions", "practice_possible", "token_view", "wanted"]
 
 SESSIONS = (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)
 TRANSCRIPTION = "transcription"
@@ -109,16 +157,34 @@ class SessionWant:
 Sessions = Mapping[str, SessionWant]
 
 
-def wanted(facts: Facts, session_states: Mapping[str, str], practice_token_held: bool, token_auth: bool) -> dict[str, SessionWant]:
-    """The wanted state of both sessions, from the facts alone."""
+def wanted(facts: Facts, session_states: Mapping[str, str], practice_token_held: bool, token_auth: bool,
+           practice_started: bool = False) -> dict[str, SessionWant]:
+    """The wanted state of both sessions. The default session follows the
+    facts alone. The practice session is wanted when the facts want it and
+    either it was already started (``practice_started``: it then stays
+    through the default session's reconnects) or it may start now: the
+    default session is online and, with token auth, the practice token is
+    held."""
     subs = (TRANSCRIPTION,) if facts.captions_on else ()
     default = SessionWant(facts.datachannel_url, subs) if facts.admitted and facts.datachannel_url else SessionWant()
     practice = SessionWant()
-    if (facts.wants_practice and facts.practice_datachannel_url and default.url
-            and session_states.get(tk.DEFAULT_SESSION) == dc.ONLINE
-            and (practice_token_held or not token_auth)):
+    if practice_possible(facts, default) and (
+            practice_started or (session_states.get(tk.DEFAULT_SESSION) == dc.ONLINE
+                                 and (practice_token_held or not token_auth))):
         practice = SessionWant(facts.practice_datachannel_url, subs)
     return {tk.DEFAULT_SESSION: default, tk.PRACTICE_SESSION: practice}
+
+
+def practice_possible(facts: Facts, default: SessionWant) -> bool:
+    """The facts want the practice session (whether or not it may start yet)."""
+    return bool(facts.wants_practice and facts.practice_datachannel_url and default.url)
+
+
+def token_view(facts: Facts) -> tuple[Any, ...]:
+    """What the token actor works from: a change of this, and only of this,
+    starts a new generation."""
+    gone = facts.phase in ("left", "ended")
+    return (facts.joined and not gone, gone, facts.locus_url, facts.self_id, facts.wants_practice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +201,15 @@ class MeetingCore:
     announcement: dict[str, Any] | None = None
     #: Last reported state of each session (from ``datachannel.state-changed``).
     session_states: Mapping[str, str] = field(default_factory=dict)
+    #: Last reported incarnation of each session: a change means it restarted.
+    session_incarnations: Mapping[str, int] = field(default_factory=dict)
     #: What each session was last told to be.
     commanded: Mapping[str, SessionWant] = field(default_factory=dict)
+    #: The practice session was told to connect under the current facts.
+    practice_started: bool = False
     practice_token: str = "none"  # none | ensuring | held
+    #: The generation join tokens were last handed on under (0: never).
+    seeded_generation: int = 0
     counters: Mapping[str, int] = field(default_factory=dict)
 
     # -- lifecycle ------------------------------------------------------------
@@ -146,18 +218,22 @@ class MeetingCore:
     def start(cls, meeting_id: str, address: str, claim_epoch: int, checkpoint: Any, *,
               token_auth: bool = True) -> tuple[MeetingCore, list[Effect]]:
         """A fresh core, or one restored from ``checkpoint``: it claims and
-        watches both sessions, then re-commands whatever the facts want."""
+        watches both sessions and asks where they stand, then re-asserts the
+        complete wanted state of each (including "disconnected")."""
         core = cls(meeting_id=meeting_id, address=address, claim_epoch=claim_epoch, token_auth=token_auth)
+        effects: list[Effect] = []
         if isinstance(checkpoint, dict):
             core = core._restored(checkpoint)
-        effects: list[Effect] = []
+            effects.append(SaveCheckpoint(core.checkpoint()))  # the grown generation, before anything uses it
         for session in SESSIONS:
             to = dc.session_address(meeting_id, session)
             # Claim, watch, then ask where it stands: a session that is
             # already online (this meeting restarted) reports no change.
             effects += [Send(to, dc.ClaimSession(epoch=claim_epoch)),
-                        Send(to, dc.Watch(epoch=claim_epoch, watcher=address)),
-                        Send(to, dc.GetStatus())]
+                        Send(to, dc.Watch(epoch=claim_epoch, watcher=address))]
+            effects += core._reassert_effects(session)
+            effects.append(Send(to, dc.GetStatus()))
+        core = core._asserted()
         if core.facts.joined and not core.facts.left:
             effects.append(core._configure_tokens())
         core, more = core._reconcile()
@@ -167,19 +243,32 @@ class MeetingCore:
         facts_data = data.get("facts", {})
         known = {f for f in Facts.__dataclass_fields__}
         facts = Facts(**{k: v for k, v in facts_data.items() if k in known})
+        # A checkpoint from before ``practice_started`` was kept: assume a
+        # wanted practice session was started (never close a healthy one).
+        started = bool(data.get("practice_started", facts.wants_practice))
         return replace(self, facts=facts, generation=int(data.get("generation", 1)) + 1,
-                       subscribers=tuple(data.get("subscribers", ())), announcement=data.get("announcement"))
+                       subscribers=tuple(data.get("subscribers", ())), announcement=data.get("announcement"),
+                       practice_started=started)
 
     def checkpoint(self) -> dict[str, Any]:
         """msgpack primitives, never a token."""
         return {"facts": {k: getattr(self.facts, k) for k in Facts.__dataclass_fields__},
                 "generation": self.generation, "subscribers": list(self.subscribers),
-                "announcement": self.announcement}
+                "announcement": self.announcement, "practice_started": self.practice_started}
 
     # -- the step -------------------------------------------------------------
 
     def step(self, message: Message, sender: str | None) -> tuple[MeetingCore, list[Effect]]:
-        """Apply one message; returns the new core and the effects."""
+        """Apply one message; returns the new core and the effects. When the
+        checkpoint changed, the new one comes first (write-ahead)."""
+        core, effects = self._step(message, sender)
+        effects = [e for e in effects if type(e) is not SaveCheckpoint]
+        saved = core.checkpoint()
+        if saved != self.checkpoint():
+            effects.insert(0, SaveCheckpoint(saved))
+        return core, effects
+
+    def _step(self, message: Message, sender: str | None) -> tuple[MeetingCore, list[Effect]]:
         match message:
             case mt.Joined():
                 return self._joined(message)
@@ -189,18 +278,17 @@ class MeetingCore:
                               practice_datachannel_url=message.practice_datachannel_url,
                               panelist=message.panelist, practice_session_on=message.practice_session_on,
                               captions_on=message.captions_on)
-                return self._with_facts(facts, new_generation=True)
+                return self._with_facts(facts)
             case mt.Left() | mt.MeetingEnded():
                 ended = isinstance(message, mt.MeetingEnded)
-                return self._with_facts(replace(self.facts, left=True, ended=self.facts.ended or ended),
-                                        new_generation=True)
+                return self._with_facts(replace(self.facts, left=True, ended=self.facts.ended or ended))
             case mt.Lobby():
-                return self._with_facts(replace(self.facts, in_lobby=True), new_generation=True)
+                return self._with_facts(replace(self.facts, in_lobby=True))
             case mt.Admitted():
-                return self._with_facts(replace(self.facts, in_lobby=False), new_generation=True)
+                return self._with_facts(replace(self.facts, in_lobby=False))
             case mt.LocusUrlReplaced(locus_url=url):
                 # The sessions keep their sockets: ownership is not by URL.
-                return self._with_facts(replace(self.facts, locus_url=url), new_generation=True)
+                return self._with_facts(replace(self.facts, locus_url=url))
             case mt.DatachannelUrlChanged(url=url):
                 if not url:  # cleared by a delta: keep the connection (S17)
                     return self._count("datachannel-url-cleared"), []
@@ -210,24 +298,21 @@ class MeetingCore:
                     return self._count("practice-url-cleared"), []
                 return self._with_facts(replace(self.facts, practice_datachannel_url=url))
             case mt.RolesChanged(panelist=panelist):
-                return self._with_facts(replace(self.facts, panelist=panelist), new_generation=True)
+                return self._with_facts(replace(self.facts, panelist=panelist))
             case mt.PracticeSessionChanged(on=on):
-                return self._with_facts(replace(self.facts, practice_session_on=on), new_generation=True)
+                return self._with_facts(replace(self.facts, practice_session_on=on))
             case mt.CaptionsChanged(on=on):
                 return self._with_facts(replace(self.facts, captions_on=on))
             case mt.Subscribe(address=address):
                 if address in self.subscribers:
                     return self, []
                 core = replace(self, subscribers=(*self.subscribers, address))
-                return core, [Send(address, core._meeting_state()), SaveCheckpoint(core.checkpoint())]
+                return core, [Send(address, core._meeting_state())]
             case mt.Unsubscribe(address=address):
-                core = replace(self, subscribers=tuple(s for s in self.subscribers if s != address))
-                return core, [SaveCheckpoint(core.checkpoint())]
+                return replace(self, subscribers=tuple(s for s in self.subscribers if s != address)), []
             case mt.Announce(frame=frame):
                 core = replace(self, announcement=dict(frame))
-                effects: list[Effect] = [SaveCheckpoint(core.checkpoint())]
-                effects += [core._announce(s) for s in SESSIONS if core.session_states.get(s) == dc.ONLINE]
-                return core, effects
+                return core, [core._announce(s) for s in SESSIONS if core.session_states.get(s) == dc.ONLINE]
             case dc.SessionStateChanged():
                 return self._session_changed(message, sender)
             case dc.RelayedEvent():
@@ -238,10 +323,13 @@ class MeetingCore:
             case tk.TokenHeld() | tk.TokenUnavailable():
                 return self._token_answer(message, sender)
             case dc.SessionStatus():
-                if sender != dc.session_address(self.meeting_id, message.session_id):
+                if sender != dc.session_address(self.meeting_id, message.session_id) \
+                        or message.session_id not in SESSIONS:
                     return self._refuse_input(message, sender, "not-my-session")
                 core = replace(self, session_states={**self.session_states, message.session_id: message.state})
-                return core._reconcile()
+                core, effects = core._seen_incarnation(message.session_id, message.incarnation, restored=False)
+                core, more = core._reconcile()
+                return core, effects + more
             case dc.Refusal() | dc.ConnectOutcome():
                 return self._count(f"seen:{message.KIND}"), []
         raise LookupError(message.KIND)
@@ -254,16 +342,25 @@ class MeetingCore:
                       practice_datachannel_url=message.practice_datachannel_url or self.facts.practice_datachannel_url,
                       panelist=message.panelist, practice_session_on=message.practice_session_on,
                       captions_on=message.captions_on)
-        core, effects = self._with_facts(facts, new_generation=True)
-        if message.datachannel_token or message.practice_datachannel_token:
+        core, effects = self._with_facts(facts)
+        has_tokens = bool(message.datachannel_token or message.practice_datachannel_token)
+        if has_tokens and core.seeded_generation != core.generation and not core.facts.left:
             # Handed on at once, never kept here (the token actor stores them).
             seed = tk.TokenSeed(generation=core.generation, default_token=message.datachannel_token or None,
                                 practice_token=message.practice_datachannel_token or None)
-            effects.insert(1, Send(tk.token_address(self.meeting_id), seed))
+            # After a configure of this generation (if any), before the connects.
+            at = next((i + 1 for i, e in enumerate(effects)
+                       if isinstance(e, Send) and isinstance(e.message, tk.TokenConfigure)), 0)
+            effects.insert(at, Send(tk.token_address(self.meeting_id), seed))
+            core = replace(core, seeded_generation=core.generation)
         return core, effects
 
-    def _with_facts(self, facts: Facts, *, new_generation: bool = False) -> tuple[MeetingCore, list[Effect]]:
+    def _with_facts(self, facts: Facts) -> tuple[MeetingCore, list[Effect]]:
+        """Take the new facts; an equal fact changes nothing at all."""
         before = self.facts
+        if facts == before:
+            return self._count("unchanged-fact"), []
+        new_generation = token_view(facts) != token_view(before)
         core = replace(self, facts=facts, generation=self.generation + (1 if new_generation else 0))
         effects: list[Effect] = []
         if new_generation:
@@ -280,7 +377,7 @@ class MeetingCore:
         if before.phase != facts.phase or before.panelist != facts.panelist:
             effects += core._to_subscribers(core._meeting_state())
         core, more = core._reconcile()
-        return core, [*effects, *more, SaveCheckpoint(core.checkpoint())]
+        return core, [*effects, *more]
 
     def _configure_tokens(self) -> Send:
         return Send(tk.token_address(self.meeting_id),
@@ -301,18 +398,56 @@ class MeetingCore:
             # A new socket (first online, reconnect or switchover) gets the
             # announcement again: it is state of the meeting, not of a socket.
             effects.append(core._announce(message.session_id))
+        core, more = core._seen_incarnation(message.session_id, message.incarnation,
+                                            restored=message.reason == dc.RESTORED)
+        effects += more
         core, more = core._reconcile()
         return core, effects + more
 
+    def _seen_incarnation(self, session: str, incarnation: int, *, restored: bool) -> tuple[MeetingCore, list[Effect]]:
+        """A session that restarted (its incarnation changed, or it says it
+        was restored) gets the complete wanted state again."""
+        if incarnation <= 0:
+            return self, []
+        known = self.session_incarnations.get(session)
+        core = replace(self, session_incarnations={**self.session_incarnations, session: incarnation})
+        if not restored and (known is None or known == incarnation):
+            return core, []
+        core = core._count("session-restarted")
+        return core._asserted(session), core._reassert_effects(session)
+
+    def _wanted(self) -> dict[str, SessionWant]:
+        return wanted(self.facts, self.session_states, self.practice_token == "held", self.token_auth,
+                      self.practice_started)
+
+    def _reassert_effects(self, session: str) -> list[Effect]:
+        """The complete wanted state of ``session``, as one command."""
+        want = self._wanted()[session]
+        reason = "" if want.url else f"meeting {self.facts.phase}"
+        return [Send(dc.session_address(self.meeting_id, session),
+                     dc.Assert(epoch=self.claim_epoch, datachannel_url=want.url, token_auth=self.token_auth,
+                               subchannels=list(want.subchannels), reason=reason))]
+
+    def _asserted(self, *sessions: str) -> MeetingCore:
+        """Record that ``sessions`` (all when none given) were told their wanted state."""
+        want = self._wanted()
+        commanded = dict(self.commanded)
+        for session in sessions or SESSIONS:
+            commanded[session] = want[session]
+        return replace(self, commanded=commanded)
+
     def _reconcile(self) -> tuple[MeetingCore, list[Effect]]:
-        want = wanted(self.facts, self.session_states, self.practice_token == "held", self.token_auth)
         core: MeetingCore = self
+        default = wanted(self.facts, {}, False, self.token_auth)[tk.DEFAULT_SESSION]
+        if not practice_possible(self.facts, default) and core.practice_started:
+            core = replace(core, practice_started=False)
         effects: list[Effect] = []
-        if (self.facts.wants_practice and self.facts.practice_datachannel_url and self.token_auth
-                and self.practice_token == "none" and self.session_states.get(tk.DEFAULT_SESSION) == dc.ONLINE):
+        if (practice_possible(core.facts, default) and core.token_auth and not core.practice_started
+                and core.practice_token == "none" and core.session_states.get(tk.DEFAULT_SESSION) == dc.ONLINE):
             core = replace(core, practice_token="ensuring")
             effects.append(Send(tk.token_address(self.meeting_id),
-                                tk.TokenEnsure(session_type=tk.PRACTICE_SESSION, request_id=f"g{self.generation}")))
+                                tk.TokenEnsure(session_type=tk.PRACTICE_SESSION, request_id=f"g{core.generation}")))
+        want = core._wanted()
         commanded = dict(core.commanded)
         for session, target in want.items():
             before = commanded.get(session, SessionWant())
@@ -331,7 +466,8 @@ class MeetingCore:
             if removed:
                 effects.append(Send(to, dc.Unsubscribe(epoch=epoch, subchannels=removed)))
             commanded[session] = target
-        return replace(core, commanded=commanded), effects
+        started = core.practice_started or bool(want[tk.PRACTICE_SESSION].url)
+        return replace(core, commanded=commanded, practice_started=started), effects
 
     def _token_answer(self, message: tk.TokenHeld | tk.TokenUnavailable, sender: str | None) -> tuple[MeetingCore, list[Effect]]:
         if sender != tk.token_address(self.meeting_id):

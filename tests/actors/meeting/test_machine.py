@@ -49,12 +49,15 @@ def admitted_online() -> MeetingCore:
     return core
 
 
-def test_start_claims_watches_and_queries_both_sessions_with_its_epoch() -> None:
+def test_start_claims_watches_asserts_and_queries_both_sessions_with_its_epoch() -> None:
     _, effects = start()
     for session in (DEFAULT, PRACTICE):
-        claim, watch, status = sends(effects, session)
+        claim, watch, asserted, status = sends(effects, session)
         assert claim == dc.ClaimSession(epoch=7)
         assert watch == dc.Watch(epoch=7, watcher=ME)
+        # A fresh meeting wants nothing: said so, completely.
+        assert asserted == dc.Assert(epoch=7, datachannel_url="", token_auth=True, subchannels=[],
+                                     reason="meeting idle")
         assert status == dc.GetStatus()
 
 
@@ -216,8 +219,9 @@ def test_restart_from_checkpoint_recommands_the_same_wanted_state() -> None:
     core, _ = core.step(mt.CaptionsChanged(on=True), "app:1")
     again, effects = MeetingCore.start(M, ME, 8, core.checkpoint())
     assert sends(effects, DEFAULT, dc.ClaimSession) == [dc.ClaimSession(epoch=8)]
-    assert sends(effects, DEFAULT, dc.Connect) == [dc.Connect(epoch=8, datachannel_url=DC_URL, token_auth=True)]
-    assert sends(effects, DEFAULT, dc.Subscribe) == [dc.Subscribe(epoch=8, subchannels=["transcription"])]
+    assert sends(effects, DEFAULT, dc.Assert) == [dc.Assert(epoch=8, datachannel_url=DC_URL, token_auth=True,
+                                                            subchannels=["transcription"])]
+    assert sends(effects, DEFAULT, dc.Connect) == [] and sends(effects, DEFAULT, dc.Subscribe) == []
     assert again.generation > core.generation
 
 
