@@ -206,3 +206,66 @@ def test_frames_sent_from_many_threads_keep_each_senders_order(dataserver_sessio
     pongs = [f["id"] for f in events.frames if f.get("type") == "pong"]
     for prefix in "xyz":
         assert [p for p in pongs if p.startswith(prefix)] == [f"{prefix}{i}" for i in range(50)]
+
+
+def test_numbered_pongs_pass_the_sessions_sequence_check_and_every_ack_names_a_sent_frame(
+        dataserver_session: DataServerProcess, connector: WebSocketConnector, io: IoLoop) -> None:
+    """The session's core (the sans-I/O machine, where the client parses
+    server frames) fed with what the real connector reads from the service:
+    buffer state, pongs and relayed events come in one numbered run; the
+    core's sequence check passes every one of them, pongs included, and the
+    acks and pings it writes go back over the same socket."""
+    from actors.datachannel.machine import Authorize, SocketFrame, Transmit
+    from actors.machine import Emit
+
+    from .core_driver import Core
+
+    server = dataserver_session
+    core = Core()
+    core.claim()
+    core.connect(url=server.datachannel_url("m1"))
+    [register] = core.registers()
+    reg = run(io, connector.register(register.url, register.device_url, None))
+    core.registered(ws_url=reg.websocket_url, binding=reg.binding)
+    events = Recorder()
+    sock = connector.socket(reg.websocket_url, events)
+    run(io, sock.open())
+    gen = core.gen()
+    authorize = core.one(Authorize, core.opened())
+    sock.send(json.dumps({"id": authorize.message_id, "type": "authorization", "data": {"token": "Bearer user"},
+                          "trackingId": authorize.tracking_id}))
+    fed = 0
+
+    def pump(count: int, what: str) -> None:
+        """Feed the core every frame read so far (at least ``count``), and
+        write what it transmits."""
+        nonlocal fed
+        events.wait(lambda: len(events.frames) >= count, what)
+        while fed < len(events.frames):
+            effects = core.internal(SocketFrame(gen=gen, text=json.dumps(events.frames[fed])))
+            fed += 1
+            for transmit in core.of(Transmit, effects):
+                sock.send(json.dumps(transmit.frame))
+
+    pump(1, "buffer state")  # online: its ack and the first ping go out
+    assert core.status.state == "online"
+    rounds = 3
+    for i in range(rounds):
+        pump(fed + 1, f"pong {i}")
+        assert events.frames[-1]["type"] == "pong"
+        assert server.send({"data": {"eventType": "relay.event", "round": i}}, meeting="m1") == 1
+        pump(fed + 1, f"relayed event {i}")
+        for transmit in core.of(Transmit, core.fire(core.timer("ping", core.log))):  # the next ping, now
+            sock.send(json.dumps(transmit.frame))
+    pump(fed + 1, "last pong")
+
+    pongs = [f for f in events.frames if f.get("type") == "pong"]
+    assert len(pongs) == rounds + 1 and all("sequenceNumber" in p for p in pongs)
+    assert [f["sequenceNumber"] for f in events.frames] == list(range(1, len(events.frames) + 1))
+    assert [e for e in core.log if isinstance(e, Emit) and e.event == "sequence-mismatch"] == []
+    assert core.state.sequence_mismatches == 0 and core.status.state == "online"
+    state = server.wait_for(lambda s: s["counters"].get("acks", 0) == len(events.frames), DEADLINE)
+    assert state["counters"].get("acks_unknown", 0) == 0
+    assert (state["sockets"][0]["unacked"], state["sockets"][0]["pings"]) == (0, rounds + 1)
+    sock.close(1000, "done (permanent)")
+    events.wait(lambda: events.closes, "close")
