@@ -19,11 +19,13 @@ by the test kit) takes one path, :meth:`Node.receive_bytes`:
    ask that is dead-lettered is answered with an error at once, so the
    asker does not wait for its deadline.
 
-Fencing: an envelope whose ``epoch`` is older than the newest epoch this
-node has seen from the same sender address (in envelopes, or announced by
-the cluster with :meth:`Node.observe_epoch`) comes from a former owner of
-that address and is refused as a ``stale-epoch`` dead letter. Epoch 0 means
-"no epoch" and is never refused.
+Fencing (:mod:`actors.fencing`): an envelope whose ``epoch`` is older than
+the floor this node keeps for its sender address comes from a former owner
+of that address and is refused as a ``stale-epoch`` dead letter. The floor
+only rises to epochs the node's epoch authority (in a cluster, the lease
+store) confirms were issued for that address; an envelope with an epoch
+above anything issued is an ``unissued-epoch`` dead letter and moves
+nothing. Epoch 0 means "no epoch" and is never refused.
 
 Asks: the envelope names ``reply_to=node:<id>`` and a correlation id; the
 receiving node turns the handler's return value (or exception) into a
@@ -67,6 +69,7 @@ from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope as _PykkaEnvelope
 
 from actors.clock import Clock, SystemClock, TimerHandle
+from actors.fencing import Fencing, Verdict
 from actors.io import IoLoop, Outcome
 from actors.messages import ChildExit
 from actors.metrics import BUS_RECONNECTS, MetricsRegistry
@@ -89,6 +92,7 @@ from bus.errors import (
     MailboxFull,
     StaleEpoch,
     TransportError,
+    UnissuedEpoch,
     UnknownAddress,
 )
 from bus.messages import ErrorReply, Event, Message, Reply, Stop
@@ -445,10 +449,11 @@ class Node:
         self._listeners: list[Callable[[Event], None]] = []
         self._exit_waiters: dict[str, PooledFuture[None]] = {}
         self._release_on_exit: set[str] = set()
-        #: Newest epoch seen from each sender address (fencing).
-        self._epochs: dict[str, int] = {}
+        #: Epoch floors per sender address (see actors.fencing).
+        self.fencing = Fencing()
+        self.fencing.deliver = self._dispatch_fenced
+        self.fencing.refuse = self._refuse_fenced
         self._ownership: Ownership | None = None
-        self._epoch_lock = threading.Lock()
         self._lock = threading.RLock()
         self._closing = False
         self._started = False
@@ -854,28 +859,31 @@ class Node:
         self.dispatch(env)
 
     def observe_epoch(self, address: str, epoch: int) -> None:
-        """``address`` is held under ``epoch`` now: from here on, envelopes
-        from it with an older epoch are refused."""
-        if epoch > self._epochs.get(address, 0):
-            with self._epoch_lock:
-                if epoch > self._epochs.get(address, 0):
-                    self._epochs[address] = epoch
+        """A trusted statement (from the epoch authority itself, e.g. a
+        claim's result): ``address`` is held under ``epoch`` now. From here
+        on, envelopes from it with an older epoch are refused."""
+        self.fencing.confirm(address, epoch)
 
     def newest_epoch(self, address: str) -> int:
-        """The newest epoch seen from ``address`` (0: none)."""
-        return self._epochs.get(address, 0)
+        """The newest epoch known here to have been issued for ``address``
+        (0: none). Never more than was issued: what envelopes merely claim
+        does not count."""
+        return self.fencing.issued(address)
 
     def dispatch(self, env: Envelope) -> None:
-        epoch = env.epoch
-        if epoch:
-            sender = env.sender
-            if sender is not None:
-                newest = self._epochs.get(sender, 0)
-                if epoch < newest:
-                    self._refuse(env, "stale-epoch")
-                    return
-                if epoch > newest:
-                    self.observe_epoch(sender, epoch)
+        if env.epoch and env.sender is not None:
+            verdict = self.fencing.check(env)
+            if verdict is not Verdict.DELIVER:
+                if verdict is not Verdict.PARKED:
+                    self._refuse_fenced(env, verdict)
+                return
+        self._dispatch_fenced(env)
+
+    def _refuse_fenced(self, env: Envelope, verdict: Verdict) -> None:
+        self._refuse(env, verdict.value)
+
+    def _dispatch_fenced(self, env: Envelope) -> None:
+        """Dispatch past fencing."""
         to = env.to
         if to == self.address:
             self._on_reply(env)
@@ -1056,6 +1064,8 @@ _REFUSAL_TYPES: dict[str, type[DeliveryError]] = {
     "restart-buffer-full": MailboxFull,
     "expired": AskTimeout,
     "stale-epoch": StaleEpoch,
+    "unissued-epoch": UnissuedEpoch,
+    "epoch-unverified": UnissuedEpoch,
     "lease-lost": StaleEpoch,
     "backlog-full": MailboxFull,
     "not-hosted": UnknownAddress,

@@ -13,8 +13,10 @@ escaping a huddle call is a bug. The tree is short on purpose::
         ├── MailboxFull      the receiver's bounded mailbox is full
         ├── ActorStopped     the receiver stopped before handling it
         ├── AskTimeout       no reply before the ask's deadline
-        └── StaleEpoch       the sender's epoch is older than one already
-                             seen from its address (a former owner)
+        ├── StaleEpoch       the sender's epoch is older than one already
+        │                    seen from its address (a former owner)
+        └── UnissuedEpoch    the sender's epoch was never issued for its
+                             address (or could not be verified)
 
 ``actors`` adds its own subclasses (supervision, refusals) under the same
 root. Names never shadow builtins (no ``ConnectionError``, no ``TimeoutError``).
@@ -32,6 +34,7 @@ __all__ = [
     "MailboxFull",
     "StaleEpoch",
     "TransportError",
+    "UnissuedEpoch",
     "UnknownAddress",
 ]
 
@@ -94,3 +97,9 @@ class StaleEpoch(DeliveryError):
     """The envelope carries an epoch older than the newest one the receiver
     has seen from the sender's address: it comes from a former owner of
     that address, and is refused (fencing)."""
+
+
+class UnissuedEpoch(DeliveryError):
+    """The envelope carries an epoch that was never issued for the sender's
+    address (or that the receiver could not verify): it is refused and
+    moves no fencing floor."""

@@ -9,10 +9,16 @@ Threads. The core's state is only changed on the I/O loop (``_feed``).
 Other threads (actors' pool threads, the transport's thread) call the
 :class:`~actors.node.Ownership` methods, which only read that state or
 queue work for the loop. Two things happen on the transport's thread on
-purpose: a lease announcement from ``sys:nodes`` updates the owner table
-and the node's newest-epoch table *before* the next message off the same
-connection is dispatched (that is what makes the announcement fence a
-former owner, see :mod:`bus.cluster.leases`).
+purpose: a lease announcement from ``sys:nodes`` makes the node's fencing
+hold the address's envelopes *before* the next message off the same
+connection is dispatched, until the lease store said which epoch was issued
+(that is what makes the announcement fence a former owner, see
+:mod:`bus.cluster.leases` and :mod:`actors.fencing`).
+
+Fencing's authority. The cluster answers the node's question "which epoch
+was issued for this address?" from Redis (``issued:<address>``), batching
+every question asked within one loop turn into one round trip; the answer
+also keeps the owner table (an announcement itself is trusted for nothing).
 
 What a send to another node does, and why nothing is lost on the way, is
 in :mod:`bus.cluster.backlog`. In short: a cached live owner gets a plain
@@ -86,6 +92,8 @@ from actors.cluster.machine import (
     new_state,
     step,
 )
+from actors.fencing import UNKNOWN as UNKNOWN_ISSUE
+from actors.fencing import Issued
 from actors.messages import ChildExit
 from actors.metrics import LEASE_RENEW_LATENCY
 from actors.node import RESTART_BUFFER, HuddleActor, Node
@@ -347,8 +355,12 @@ class Cluster:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._started = False
+        #: addresses fencing asked about, answered in one batch per loop turn
+        self._questions: set[str] = set()
         node.set_ownership(self)
         node.checkpoints = self.checkpoints
+        node.fencing.set_authority(self)
+        node.fencing.on_resolved(self._on_issued)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -921,6 +933,58 @@ class Cluster:
                 self.node.dead_letter(exc.reason, address, "", detail=exc.detail)
         return out
 
+    # -- fencing's authority ------------------------------------------------------------
+
+    def look_up(self, address: str) -> None:
+        """Any thread: fencing asks which epoch was issued for ``address``
+        (:class:`actors.fencing.EpochAuthority`); answered in a batch."""
+        with self._lock:
+            first = not self._questions
+            self._questions.add(address)
+        if first:
+            self.call_soon(self._spawn_task, self._answer_questions())
+
+    async def _answer_questions(self) -> None:
+        await asyncio.sleep(0)  # let this turn's other questions join the batch
+        with self._lock:
+            addresses, self._questions = sorted(self._questions), set()
+        if not addresses:
+            return
+        deadline = time.monotonic() + self.config.lease_ttl
+        delay = 0.02
+        while True:
+            try:
+                while self._client is None:  # asked before the cluster booted
+                    await asyncio.sleep(delay)
+                async with asyncio.timeout(self.config.lease_ttl):
+                    found = await self.leases.issued(addresses)
+                break
+            except Exception as exc:  # noqa: BLE001 - Redis away: ask again until the deadline
+                if time.monotonic() + delay > deadline or self._closed:
+                    log.warning("cluster: %s could not verify epochs of %d addresses (%r)", self.me,
+                                len(addresses), exc)
+                    for address in addresses:
+                        self.node.fencing.resolve(address, UNKNOWN_ISSUE)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        self.node.counters["cluster:epochs-verified"] += len(addresses)
+        for address in addresses:
+            epoch, holder, live = found[address]
+            self.node.fencing.resolve(address, Issued(epoch=epoch, holder=holder, live=live))
+
+    def _on_issued(self, address: str, issued: Issued) -> None:
+        """What the store said about ``address`` (any thread): the owner
+        table and the core learn the truth, whoever asked."""
+        if not (issued.known and issued.live and issued.holder):
+            return
+        self._set_owner(address, issued.holder, issued.epoch, fence=False)
+        self._resolve_ensure(address, issued.holder)
+        if issued.holder != self.me and address in self._lingering:
+            self.call_soon(self._stop_lingering, None, address)
+        self.call_soon(self.feed, LeaseSeen(LeaseChange(address=address, node=issued.holder, change="acquired",
+                                                        epoch=issued.epoch)))
+
     # -- sys:nodes --------------------------------------------------------------------------
 
     def _on_nodes(self, env: Envelope) -> None:
@@ -928,12 +992,11 @@ class Cluster:
         message = env.message
         if isinstance(message, LeaseChange):
             if message.change in ("acquired", "restored"):
-                self._set_owner(message.address, message.node, message.epoch)
-                self._resolve_ensure(message.address, message.node)
-                if message.node != self.me and message.address in self._lingering:
-                    self.call_soon(self._stop_lingering, None, message.address)
-            else:
-                self._forget_owner(message.address, up_to=message.epoch)
+                # A cue, not a proof: fencing holds the address's envelopes
+                # from here and asks the store (answered in _on_issued).
+                self.node.fencing.announced(message.address, message.epoch)
+                return
+            self._forget_owner(message.address, up_to=message.epoch)
             self.call_soon(self.feed, LeaseSeen(message))
         elif isinstance(message, NodeHeartbeat):
             self.call_soon(self.feed, HeartbeatSeen(message))
@@ -961,8 +1024,11 @@ class Cluster:
         except HuddleError as exc:
             log.warning("cluster: %s could not announce %s (%r)", self.me, message.KIND, exc)
 
-    def _set_owner(self, address: str, node: str, epoch: int) -> None:
-        if epoch:
+    def _set_owner(self, address: str, node: str, epoch: int, *, fence: bool = True) -> None:
+        """``node`` holds ``address`` under ``epoch``, as a script's answer
+        says. With ``fence``, the node's floor rises to it too (a script's
+        answer is the authority's word)."""
+        if epoch and fence:
             self.node.observe_epoch(address, epoch)
         with self._lock:
             current = self._owners.get(address)

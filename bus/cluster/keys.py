@@ -15,6 +15,8 @@ sides agree on (``tests/bus_io/cluster`` checks them against the scripts):
 ``spec:<address>``           msgpack start arguments of a *placed* address
 ``unowned``                  set of placed addresses waiting for an owner
 ``ckpt:<address>``           the actor's last checkpoint (msgpack)
+``issued:<address>``         ``"<epoch> <node>"``: the newest epoch ever issued
+                             for the address (fencing verifies against it)
 ``backlog:<address>``        stream of envelopes waiting for an owner
 ``backlogged:<node>``        addresses whose backlog a live owner must drain
 ``era``                      random id; a new one means Redis lost its data
@@ -66,6 +68,9 @@ class ClusterKeys:
     @property
     def unowned(self) -> str:
         return f"{self.prefix}unowned"
+
+    def issued(self, address: str) -> str:
+        return f"{self.prefix}issued:{address}"
 
     def checkpoint(self, address: str) -> str:
         return f"{self.prefix}ckpt:{address}"

@@ -15,14 +15,21 @@ The epoch is the fencing token:
 - its checkpoints are written by :data:`SAVE_CHECKPOINT`, which compares
   the epoch with the lease in the same atomic step, so a write from a
   former owner is refused once the lease moved (or lapsed);
+- the claim script records the epoch as the newest **issued** for the
+  address (``issued:<address>``, kept past the lease): a receiver raises
+  its floor only to an epoch found there (:mod:`actors.fencing`), so an
+  envelope that merely claims a high epoch moves nothing;
 - the claim script publishes the new owner's :class:`LeaseChange` on
   ``sys:nodes`` *inside the same script*. Redis runs a script atomically
   and delivers pub/sub messages to each subscriber connection in the order
-  it processed them, so every node reads "X is now held under epoch e"
-  before any message Redis handled after the claim: a former owner's
-  envelope that reaches Redis after the claim is refused by every receiver
-  that listens to ``sys:nodes`` (all cluster nodes do), even one that never
-  heard from the new owner.
+  it processed them, so every node reads "X changed hands" before any
+  message Redis handled after the claim; it then holds X's envelopes, asks
+  the store for the issued epoch and raises its floor to it: a former
+  owner's envelope that reaches Redis after the claim is refused by every
+  receiver that listens to ``sys:nodes`` (all cluster nodes do), even one
+  that never heard from the new owner. The announcement is encoded (and
+  signed, with a cluster key) by the claiming node and published unchanged,
+  so it carries no epoch: the script draws it.
 
 A node renews *all* its leases in one round trip, the same script that
 writes its heartbeat (:data:`RENEW`), and learns which leases it lost.
@@ -38,16 +45,17 @@ results. Everything here is asyncio (the node's I/O loop).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import redis.asyncio as aioredis
 
 from bus.address import SYS_NODES, channel_for
 from bus.cluster.keys import ClusterKeys
 from bus.cluster.lua import script
-from bus.cluster.messages import LeaseChange, epoch_template
+from bus.cluster.messages import LeaseChange
 from bus.envelope import Codec, Envelope
 
 __all__ = [
@@ -65,7 +73,7 @@ stopped for good: its spec and checkpoint are deleted)."""
 RELEASE_MODES = ("plain", "unowned", "retire")
 _ANNOUNCED_AS = {"plain": "released", "unowned": "unowned", "retire": "retired"}
 
-# ARGV: prefix, address, me, ttl_ms, floor, channel, template, spec
+# ARGV: prefix, address, me, ttl_ms, floor, channel, announcement, spec
 CLAIM = script(r"""
 local a, me, ttl = ARGV[2], ARGV[3], ARGV[4]
 if not alive(me) then return {0, '', '0'} end
@@ -77,11 +85,12 @@ if cur then
 end
 local e = next_epoch(ARGV[5])
 redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
+record_issued(a, e, me)
 redis.call('SADD', held_key(me), a)
 redis.call('SADD', MEMBERS, me)
 redis.call('SREM', UNOWNED, a)
 if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8]) end
-announce(ARGV[6], ARGV[7], e)
+redis.call('PUBLISH', ARGV[6], ARGV[7])
 local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or ''}
 local bk = backlog_key(a)
 for _, item in ipairs(redis.call('XRANGE', bk, '-', '+')) do
@@ -137,6 +146,7 @@ elseif mode == 'retire' then
   redis.call('DEL', spec_key(a), ckpt_key(a))
   redis.call('SREM', UNOWNED, a)
 end
+if mode ~= 'unowned' then redis.call('PEXPIRE', issued_key(a), ISSUED_GRACE_MS) end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """)
@@ -150,6 +160,7 @@ if v then
   return 0
 end
 redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ARGV[5])
+record_issued(a, tonumber(e), me)
 if tonumber(redis.call('GET', EPOCH) or '0') < tonumber(e) then redis.call('SET', EPOCH, e) end
 redis.call('SADD', held_key(me), a)
 redis.call('SADD', MEMBERS, me)
@@ -161,16 +172,49 @@ redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """)
 
-# ARGV: prefix, address, me, epoch, data, log (1/0), note
+# ARGV: prefix, address, me, epoch, data, log (1/0), note, seen, seen_ttl_ms, has_data (1/0)
+# (the last three are optional: without them, a plain checkpoint write)
 SAVE_CHECKPOINT = script(r"""
 local a, me, e = ARGV[2], ARGV[3], ARGV[4]
 if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then return 0 end
-redis.call('SET', ckpt_key(a), ARGV[5])
-if ARGV[6] == '1' then
-  redis.call('XADD', FENCING, 'MAXLEN', '~', '1000000', '*', 'a', a, 'e', e, 'n', me, 'note', ARGV[7])
+if ARGV[10] ~= '0' then
+  redis.call('SET', ckpt_key(a), ARGV[5])
+  if ARGV[6] == '1' then
+    redis.call('XADD', FENCING, 'MAXLEN', '~', '1000000', '*', 'a', a, 'e', e, 'n', me, 'note', ARGV[7])
+  end
 end
+-- The msg ids the actor has handled, under the same epoch compare and in
+-- the same step as the state they led to.
+if ARGV[8] and ARGV[8] ~= '' then redis.call('SET', P .. 'seen:' .. a, ARGV[8], 'PX', ARGV[9]) end
 return 1
 """)
+
+#: Seconds the handled msg ids of an address stay in Redis after their last
+#: write. Copies of a message arrive within seconds of it; this only lets
+#: the key of an address that nobody hosts any more go.
+SEEN_TTL = 3600.0
+
+
+def seen_key(keys: ClusterKeys, address: str) -> str:
+    """``seen:<address>``: msgpack list of the msg ids the address's actor
+    handled last (oldest first), written by :data:`SAVE_CHECKPOINT`."""
+    return f"{keys.prefix}seen:{address}"
+
+
+def encode_seen(ids: Sequence[str]) -> bytes:
+    return msgpack.packb(list(ids), use_bin_type=True)
+
+
+def decode_seen(data: bytes | None) -> list[str]:
+    """The ids in a ``seen:<address>`` value; [] for none (or a value
+    this version cannot read: then nothing is dropped, as before)."""
+    if not data:
+        return []
+    try:
+        value = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        return []
+    return [x for x in value if isinstance(x, str)] if isinstance(value, list) else []
 
 # ARGV: prefix, dead node
 ADOPT = script(r"""
@@ -184,6 +228,8 @@ for _, a in ipairs(redis.call('SMEMBERS', held_key(dead))) do
   if (holder == nil or holder == dead) and redis.call('EXISTS', spec_key(a)) == 1 then
     redis.call('SADD', UNOWNED, a)
     out[#out + 1] = a
+  elseif holder == nil or holder == dead then
+    redis.call('PEXPIRE', issued_key(a), ISSUED_GRACE_MS)
   end
 end
 redis.call('DEL', held_key(dead), backlogged_key(dead))
@@ -265,9 +311,9 @@ class LeaseStore:
     async def claim(self, address: str, node: str, *, ttl: float, floor: int = 0, spec: bytes | None = None) -> ClaimResult:
         """Take the lease of ``address`` unless a live node holds it.
         ``spec`` (start arguments) makes the address placed."""
-        template = epoch_template(self.codec, SYS_NODES, LeaseChange(address=address, node=node, change="acquired"))
-        reply = await self._claim(args=[self.keys.prefix, address, node, _ms(ttl), floor, self.channel, template,
-                                        spec or b""])
+        announcement = self._announcement(LeaseChange(address=address, node=node, change="acquired"))
+        reply = await self._claim(args=[self.keys.prefix, address, node, _ms(ttl), floor, self.channel,
+                                        announcement, spec or b""])
         won, holder, epoch = int(reply[0]), _text(reply[1]), int(reply[2])
         if not won:
             return ClaimResult(won=False, holder=holder, epoch=epoch)
@@ -307,13 +353,57 @@ class LeaseStore:
                                           announcement, spec or b"", checkpoint or b""])
         return bool(reply)
 
-    async def save_checkpoint(self, address: str, node: str, epoch: int, data: bytes, *, log: bool = False,
-                              note: str = "") -> bool:
+    async def save_checkpoint(self, address: str, node: str, epoch: int, data: bytes | None, *, log: bool = False,
+                              note: str = "", seen: Sequence[str] | None = None,
+                              seen_ttl: float = SEEN_TTL) -> bool:
         """Write ``data`` as the checkpoint of ``address`` only if ``(node,
         epoch)`` holds its lease right now; with ``log``, also append the
-        accepted write to the fencing log."""
-        reply = await self._save(args=[self.keys.prefix, address, node, str(epoch), data, "1" if log else "0", note])
+        accepted write to the fencing log. ``seen`` (the msg ids the actor
+        has handled) is written in the same atomic step, to
+        ``seen:<address>``; with ``data`` None, only ``seen`` is."""
+        reply = await self._save(args=self._save_args(address, node, epoch, data, log, note, seen, seen_ttl))
         return bool(reply)
+
+    def _save_args(self, address: str, node: str, epoch: int, data: bytes | None, log: bool, note: str,
+                   seen: Sequence[str] | None, seen_ttl: float) -> list[Any]:
+        return [self.keys.prefix, address, node, str(epoch), data or b"", "1" if log else "0", note,
+                b"" if seen is None else encode_seen(seen), _ms(seen_ttl), "0" if data is None else "1"]
+
+    async def save_seen(self, node: str, entries: Mapping[str, tuple[int, Sequence[str]]], *,
+                        seen_ttl: float = SEEN_TTL) -> list[str]:
+        """Write the handled msg ids of several addresses (address ->
+        ``(epoch, ids)``) in one round trip, each only if ``(node, epoch)``
+        holds that address's lease; returns the addresses refused."""
+        if not entries:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for address, (epoch, ids) in entries.items():
+                await self._save(args=self._save_args(address, node, epoch, None, False, "", ids, seen_ttl),
+                                 client=pipe)
+            replies = await pipe.execute()
+        return [a for a, ok in zip(entries, replies, strict=True) if not int(ok)]
+
+    async def load_seen(self, address: str) -> list[str]:
+        """The msg ids the actor at ``address`` handled last, as its last
+        owner wrote them ([] if none)."""
+        return decode_seen(await self.client.get(seen_key(self.keys, address)))
+
+    async def issued(self, addresses: list[str]) -> dict[str, tuple[int, str, bool]]:
+        """For each address, the newest epoch ever issued for it, the node
+        it went to and whether that lease is still live (``(0, "", False)``:
+        none issued), in one round trip."""
+        keys = self.keys
+        names = [k for a in addresses for k in (keys.issued(a), keys.lease(a))]
+        values = await self.client.mget(names) if names else []
+        out: dict[str, tuple[int, str, bool]] = {}
+        for i, address in enumerate(addresses):
+            issued, lease = _lease_value(values[2 * i]), _lease_value(values[2 * i + 1])
+            if issued is None:
+                out[address] = (0, "", False)
+            else:
+                node, epoch = issued
+                out[address] = (epoch, node, lease == issued)
+        return out
 
     async def load_checkpoint(self, address: str) -> bytes | None:
         value = await self.client.get(self.keys.checkpoint(address))

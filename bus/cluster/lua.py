@@ -18,6 +18,7 @@ local function node_key(n) return P .. 'node:' .. n end
 local function held_key(n) return P .. 'held:' .. n end
 local function spec_key(a) return P .. 'spec:' .. a end
 local function ckpt_key(a) return P .. 'ckpt:' .. a end
+local function issued_key(a) return P .. 'issued:' .. a end
 local function backlog_key(a) return P .. 'backlog:' .. a end
 local function backlogged_key(n) return P .. 'backlogged:' .. n end
 local UNOWNED = P .. 'unowned'
@@ -47,17 +48,13 @@ local function next_epoch(floor)
   return want
 end
 
--- An announcement encoded by the node, with the epoch patched into its
--- last eight bytes (big-endian).
-local function announce(channel, template, epoch)
-  local b = {}
-  local x = epoch
-  for i = 8, 1, -1 do
-    local d = x % 256
-    b[i] = string.char(d)
-    x = (x - d) / 256
-  end
-  redis.call('PUBLISH', channel, string.sub(template, 1, -9) .. table.concat(b))
+-- The newest epoch issued for an address and to whom ("<epoch> <node>"),
+-- kept past the lease (fencing asks it); forgotten ISSUED_GRACE_MS after
+-- the address is given up for good.
+local ISSUED_GRACE_MS = 3600000
+local function record_issued(a, e, me)
+  local ie = parse_lease(redis.call('GET', issued_key(a)))
+  if ie == nil or ie <= e then redis.call('SET', issued_key(a), estr(e) .. ' ' .. me) end
 end
 
 local function alive(n) return redis.call('EXISTS', node_key(n)) == 1 end

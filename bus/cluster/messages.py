@@ -4,9 +4,11 @@
 change of a lease. Lease changes are published *by the Lua script that
 makes them*, in the same atomic step, so a node that reads the channel sees
 a new owner's claim before any message Redis handles after that claim (see
-:mod:`bus.cluster.leases`). A script cannot run our encoder, so the node
-encodes the announcement beforehand with a placeholder epoch and the script
-writes the epoch it drew into the last eight bytes (:func:`epoch_template`).
+:mod:`bus.cluster.leases`). The node encodes (and, with a cluster key,
+signs) the announcement beforehand and the script publishes those bytes
+unchanged, so a claim's announcement carries no epoch (the script draws it):
+receivers ask the lease store which epoch was issued (:mod:`actors.fencing`).
+An announcement is a cue to look, never proof of an epoch.
 
 Monitors may decode everything here: nothing on this channel is secret.
 """
@@ -19,18 +21,11 @@ from bus.envelope import Codec, Envelope
 from bus.messages import Message, message_kind
 
 __all__ = [
-    "EPOCH_PLACEHOLDER",
     "DrainNode",
     "LeaseChange",
     "NodeHeartbeat",
     "NodeLeft",
-    "epoch_template",
 ]
-
-#: Encodes as msgpack uint64 (0xcf + 8 bytes), whatever epoch replaces it.
-EPOCH_PLACEHOLDER = (1 << 64) - 1
-_PLACEHOLDER_TAIL = b"\xcf" + EPOCH_PLACEHOLDER.to_bytes(8, "big")
-
 
 @message_kind("cluster.heartbeat")
 @dataclass(frozen=True, slots=True)
@@ -56,14 +51,16 @@ class NodeHeartbeat(Message):
 class LeaseChange(Message):
     """A lease changed hands. ``change`` is one of
 
-    ``acquired``  ``node`` holds ``address`` from now on, under ``epoch``;
+    ``acquired``  ``node`` holds ``address`` from now on (``epoch`` 0: the
+                  claim script drew it; the lease store says which);
     ``restored``  the same, re-written after Redis lost its data;
     ``released``  ``node`` gave it up and nobody needs to take it over;
     ``unowned``   nobody holds it, and it is placed: the live node that
                   ranks first for it should activate it;
     ``retired``   the placed actor stopped for good (its spec is gone).
 
-    ``epoch`` must stay the last field: scripts patch it in place.
+    A receiver trusts none of it alone: an epoch moves a fencing floor
+    only once the lease store confirms it was issued.
     """
 
     address: str
@@ -88,15 +85,3 @@ class DrainNode(Message):
     the nodes that rank first without it, then leave. Answered with the
     number of actors it is handing off."""
 
-
-def epoch_template(codec: Codec, channel_address: str, change: LeaseChange) -> bytes:
-    """The encoded announcement of ``change`` whose last eight bytes are the
-    big-endian epoch, for a script to overwrite."""
-    data = codec.encode(Envelope(to=channel_address, message=_with_placeholder(change)))
-    if not data.endswith(_PLACEHOLDER_TAIL):  # pragma: no cover - a programming error
-        raise RuntimeError("LeaseChange.epoch is not the last field on the wire")
-    return data
-
-
-def _with_placeholder(change: LeaseChange) -> LeaseChange:
-    return LeaseChange(address=change.address, node=change.node, change=change.change, epoch=EPOCH_PLACEHOLDER)

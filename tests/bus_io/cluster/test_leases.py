@@ -23,7 +23,48 @@ def test_a_claim_on_a_free_address_wins_and_is_announced_atomically(cr: ClusterR
     assert 0 < cr.sync.pttl(cr.keys.lease("counter:1")) <= 5000
     assert cr.sync.smembers(cr.keys.held("n1")) == {b"counter:1"}
     env = nodes_channel.wait(lambda e: isinstance(e.message, LeaseChange))
-    assert env.message == LeaseChange(address="counter:1", node="n1", change="acquired", epoch=result.epoch)
+    # The claimer's own bytes, unchanged (so a signed one stays valid): the
+    # epoch is not in them; the store says which was issued.
+    assert env.message == LeaseChange(address="counter:1", node="n1", change="acquired", epoch=0)
+    assert cr.run(cr.leases.issued(["counter:1", "counter:2"])) == {
+        "counter:1": (result.epoch, "n1", True), "counter:2": (0, "", False)}
+
+
+def test_the_issued_epoch_outlives_the_lease_and_only_grows(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    first = cr.run(cr.leases.claim("counter:1", "n1", ttl=5))
+    assert cr.run(cr.leases.release("counter:1", "n1", first.epoch, mode="plain"))
+    assert cr.run(cr.leases.issued(["counter:1"])) == {"counter:1": (first.epoch, "n1", False)}
+    assert 0 < cr.sync.pttl(cr.keys.issued("counter:1"))  # forgotten a while after a release for good
+    second = cr.run(cr.leases.claim("counter:1", "n2", ttl=5))
+    assert cr.run(cr.leases.issued(["counter:1"])) == {"counter:1": (second.epoch, "n2", True)}
+    assert cr.sync.pttl(cr.keys.issued("counter:1")) == -1  # kept while held
+    # A restore under an older epoch (Redis lost data meanwhile) never lowers it.
+    cr.sync.delete(cr.keys.lease("counter:1"))
+    assert cr.run(cr.leases.restore("counter:1", "n1", first.epoch, ttl=5))
+    assert cr.run(cr.leases.issued(["counter:1"]))["counter:1"][0] == second.epoch
+
+
+def test_a_signed_claim_announcement_verifies(cr: ClusterRedis) -> None:
+    """The announcement is published as the claimer encoded and signed it."""
+    from bus.envelope import Codec
+    from bus.signing import HmacSigner
+
+    codec = Codec(signer=HmacSigner(b"k" * 32))
+    store = LeaseStore(cr.client, namespace=cr.namespace, codec=codec)
+    pubsub = cr.sync.pubsub()
+    pubsub.subscribe(cr.leases.channel)
+    pubsub.get_message(timeout=5)  # the subscribe confirmation
+    cr.heartbeat("n1")
+    assert cr.run(store.claim("counter:1", "n1", ttl=5)).won
+    received = []
+    while (message := pubsub.get_message(timeout=5)) is not None:
+        if message["type"] == "message" and message["data"][:1] == b"\xc1":  # signed (the heartbeat is not)
+            received.append(codec.decode(message["data"]).message)
+            break
+    pubsub.close()
+    assert received == [LeaseChange(address="counter:1", node="n1", change="acquired")]
 
 
 def test_a_claim_needs_the_claimer_to_be_a_live_member(cr: ClusterRedis) -> None:
