@@ -58,6 +58,7 @@ def kit() -> Iterator[TestKit]:
 
 def test_injected_bytes_reach_on_message_with_the_header_intact(kit: TestKit) -> None:
     actor = kit.spawn("svc:rec", Recording)
+    kit.node.observe_epoch("meeting:m-1", 42)  # issued (a kit outside a cluster issues none itself)
     trace = new_traceparent()
     data = kit.envelope("svc:rec", Ping(n=7), sender="meeting:m-1", epoch=42, traceparent=trace, msg_id="m-123")
     assert isinstance(data, bytes)
