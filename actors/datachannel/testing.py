@@ -81,6 +81,7 @@ class FakeSocket:
         self.closed = False
         self.opened = False
         self._given_up = False
+        self._lock = threading.Lock()
         self._seq = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -96,9 +97,11 @@ class FakeSocket:
         answer = await self.connector.gates.answer("open", self, self._fail)
         if isinstance(answer, BaseException):
             raise answer
-        if self._given_up:
+        with self._lock:
+            if not self._given_up:
+                self.opened = True
+        if not self.opened:
             raise SocketOpenError(1006, "given up before it opened")
-        self.opened = True
 
     # -- the session's side ----------------------------------------------------------
 
@@ -108,17 +111,20 @@ class FakeSocket:
 
     def close(self, code: int, reason: str) -> None:
         self.close_requests.append((code, reason))
-        if not self.opened:
-            self._given_up = True
-        elif self.connector.echo_close and not self.closed:
+        if self._give_up() and self.connector.echo_close and not self.closed:
             self._end(code, reason)
 
     def abort(self) -> None:
         self.aborted = True
-        if not self.opened:
-            self._given_up = True
-        elif not self.closed:
+        if self._give_up() and not self.closed:
             self._end(1006, "")
+
+    def _give_up(self) -> bool:
+        """True if the socket is open; else its open is given up."""
+        with self._lock:
+            if not self.opened:
+                self._given_up = True
+            return self.opened
 
     # -- the service's side -----------------------------------------------------------
 
