@@ -236,28 +236,27 @@ def test_numbered_pongs_pass_the_sessions_sequence_check_and_every_ack_names_a_s
                           "trackingId": authorize.tracking_id}))
     fed = 0
 
-    def pump(count: int, what: str) -> None:
-        """Feed the core every frame read so far (at least ``count``), and
-        write what it transmits."""
+    def feed_next(what: str) -> dict[str, Any]:
+        """Feed the core the next frame read from the service (once it is
+        there), and write what the core transmits; returns the frame."""
         nonlocal fed
-        events.wait(lambda: len(events.frames) >= count, what)
-        while fed < len(events.frames):
-            effects = core.internal(SocketFrame(gen=gen, text=json.dumps(events.frames[fed])))
-            fed += 1
-            for transmit in core.of(Transmit, effects):
-                sock.send(json.dumps(transmit.frame))
+        events.wait(lambda: len(events.frames) > fed, what)
+        frame = events.frames[fed]
+        fed += 1
+        for transmit in core.of(Transmit, core.internal(SocketFrame(gen=gen, text=json.dumps(frame)))):
+            sock.send(json.dumps(transmit.frame))
+        return frame
 
-    pump(1, "buffer state")  # online: its ack and the first ping go out
+    feed_next("buffer state")  # online: its ack and the first ping go out
     assert core.status.state == "online"
     rounds = 3
     for i in range(rounds):
-        pump(fed + 1, f"pong {i}")
-        assert events.frames[-1]["type"] == "pong"
+        assert feed_next(f"pong {i}")["type"] == "pong"
         assert server.send({"data": {"eventType": "relay.event", "round": i}}, meeting="m1") == 1
-        pump(fed + 1, f"relayed event {i}")
+        assert feed_next(f"relayed event {i}")["data"]["round"] == i
         for transmit in core.of(Transmit, core.fire(core.timer("ping", core.log))):  # the next ping, now
             sock.send(json.dumps(transmit.frame))
-    pump(fed + 1, "last pong")
+    assert feed_next("last pong")["type"] == "pong"
 
     pongs = [f for f in events.frames if f.get("type") == "pong"]
     assert len(pongs) == rounds + 1 and all("sequenceNumber" in p for p in pongs)
