@@ -64,6 +64,12 @@ disconnected, with exactly which subchannels):
   status carries it; a restored session announces itself with reason
   ``restored``).
 
+A restored meeting's generation starts :data:`GENERATION_STRIDE` above
+its checkpoint's, so even after a lost checkpoint write no generation is
+used twice. When one of its sessions refuses a command because it lost the
+meeting's claim (``no-owner``, ``unclaimed-epoch``: restored without it),
+the meeting claims it again and re-asserts; it never fights another owner.
+
 Sessions treat an assert of what they already are as a no-op, so a
 re-assertion costs nothing when nothing was lost. Whatever restarts (the
 meeting, a session, both), the tree converges to what the facts want.
@@ -107,6 +113,10 @@ from bus.messages import Message
 __all__ = ["Facts", "MeetingCore", "SessionWant", "Sessions", "practice_possible", "token_view", "wanted"]
 
 SESSIONS = (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)
+#: A restored meeting's generation starts this far above its checkpoint's,
+#: so generations used after a checkpoint write that was lost are not reused
+#: (the token actor drops a configure that is not newer than its own).
+GENERATION_STRIDE = 1 << 10
 TRANSCRIPTION = "transcription"
 
 
@@ -229,8 +239,6 @@ class MeetingCore:
             to = dc.session_address(meeting_id, session)
             # Claim, watch, then ask where it stands: a session that is
             # already online (this meeting restarted) reports no change.
-            effects += [Send(to, dc.ClaimSession(epoch=claim_epoch)),
-                        Send(to, dc.Watch(epoch=claim_epoch, watcher=address))]
             effects += core._reassert_effects(session)
             effects.append(Send(to, dc.GetStatus()))
         core = core._asserted()
@@ -246,7 +254,7 @@ class MeetingCore:
         # A checkpoint from before ``practice_started`` was kept: assume a
         # wanted practice session was started (never close a healthy one).
         started = bool(data.get("practice_started", facts.wants_practice))
-        return replace(self, facts=facts, generation=int(data.get("generation", 1)) + 1,
+        return replace(self, facts=facts, generation=int(data.get("generation", 1)) + GENERATION_STRIDE,
                        subscribers=tuple(data.get("subscribers", ())), announcement=data.get("announcement"),
                        practice_started=started)
 
@@ -330,7 +338,18 @@ class MeetingCore:
                 core, effects = core._seen_incarnation(message.session_id, message.incarnation, restored=False)
                 core, more = core._reconcile()
                 return core, effects + more
-            case dc.Refusal() | dc.ConnectOutcome():
+            case dc.Refusal():
+                core = self._count(f"seen:{message.KIND}")
+                if (message.error_type == "NotOwner" and message.reason in ("no-owner", "unclaimed-epoch")
+                        and message.session_id in SESSIONS and message.meeting_id == self.meeting_id
+                        and sender == dc.session_address(self.meeting_id, message.session_id)
+                        and message.command != dc.ClaimSession.KIND):
+                    # Our own session lost our claim (restored without it):
+                    # claim again and re-assert, never fight another owner.
+                    core = core._count("re-claimed")
+                    return core._asserted(message.session_id), core._reassert_effects(message.session_id)
+                return core, []
+            case dc.ConnectOutcome():
                 return self._count(f"seen:{message.KIND}"), []
         raise LookupError(message.KIND)
 
@@ -421,12 +440,18 @@ class MeetingCore:
                       self.practice_started)
 
     def _reassert_effects(self, session: str) -> list[Effect]:
-        """The complete wanted state of ``session``, as one command."""
+        """The complete wanted state of ``session``: claimed (with this
+        incarnation's epoch: a session restored from an older checkpoint
+        may not know it), watched, and connected or not, with exactly the
+        wanted subchannels. Each of the three is a no-op for a session that
+        already is so."""
         want = self._wanted()[session]
         reason = "" if want.url else f"meeting {self.facts.phase}"
-        return [Send(dc.session_address(self.meeting_id, session),
-                     dc.Assert(epoch=self.claim_epoch, datachannel_url=want.url, token_auth=self.token_auth,
-                               subchannels=list(want.subchannels), reason=reason))]
+        to = dc.session_address(self.meeting_id, session)
+        return [Send(to, dc.ClaimSession(epoch=self.claim_epoch)),
+                Send(to, dc.Watch(epoch=self.claim_epoch, watcher=self.address)),
+                Send(to, dc.Assert(epoch=self.claim_epoch, datachannel_url=want.url, token_auth=self.token_auth,
+                                   subchannels=list(want.subchannels), reason=reason))]
 
     def _asserted(self, *sessions: str) -> MeetingCore:
         """Record that ``sessions`` (all when none given) were told their wanted state."""
