@@ -44,6 +44,29 @@ socket that comes online.
 Tokens are never stored in the state: a granted token goes straight into the
 register effect; the user's access token is known only to the shell, which
 builds the authorization frame from an :class:`Authorize` effect.
+
+Checkpoints, restarts and the owner's word
+------------------------------------------
+The checkpoint (owner, wanted target, subscriptions, watchers) is the
+session's intent, and it is written **ahead** of the effects that act on
+it: whenever a step changes it, :class:`~actors.machine.SaveCheckpoint` is
+the step's first effect. An effect that raises (and crashes the actor)
+therefore leaves the checkpoint of the command being carried out: a
+session that crashed while closing for a disconnect restarts disconnected.
+A close that raises is the shell's concern: it counts as closed (the shell
+reports the :class:`SocketClosed` the close stood for).
+
+A checkpoint can still be older than the owner's last command (its write
+was lost). So a restored session never takes it as the last word: it tells
+its owner and watchers it restarted (:class:`SessionStateChanged`, reason
+``restored``, with its ``incarnation``: every state change and status
+carries it), and with ``await_owner`` it stays idle until the owner's next
+:class:`~actors.contracts.datachannel.Assert`, ``Connect`` or
+``Disconnect`` decides, acting on the checkpoint alone only if the owner
+stays silent that long (the ``owner-silent`` timer). ``Assert`` is the
+owner's **complete** wanted state: connected to a URL or disconnected, with
+exactly these subchannels; what already holds is left alone, so an owner
+may re-assert as often as it likes without a second register or socket.
 """
 
 from __future__ import annotations
