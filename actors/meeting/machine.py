@@ -27,8 +27,7 @@ holds whatever is in flight. Join tokens repeated in a duplicate ``Joined``
 are not seeded again once seeded under the current generation.
 
 The **generation** tags every asynchronous step (a practice-token ensure;
-the token actor's fetches through :class:`~actors.contracts.token.
-TokenConfigure`). It grows only when what the token actor works from
+the token actor's fetches, through ``token.configure``). It grows only when what the token actor works from
 changes: joined or gone (left, ended), the locus URL, the participant id,
 or whether the practice token is wanted. Only then is the token actor
 reconfigured (which makes its running fetches stale) and an ensure in
