@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,7 @@ from bus.cluster.messages import DrainNode, LeaseChange, NodeHeartbeat, NodeLeft
 from bus.envelope import Envelope
 from bus.errors import DecodeError, EncodeError, HuddleError
 from bus.messages import REGISTRY, Message, message_kind
+from bus.messages import Stop as StopMessage
 
 __all__ = ["ActorFactories", "Cluster", "ClusterControl", "ClusterStatus", "encode_start_args"]
 
@@ -114,6 +115,9 @@ log = logging.getLogger("huddle.cluster")
 SECRET_WORDS = ("token", "password", "passwd", "secret", "credential", "apikey", "api_key")
 #: Msg ids remembered to drop a second copy of an envelope.
 SEEN_IDS = 100_000
+#: Msg ids of the messages an address's actor handled last that travel with
+#: its checkpoints to its next owner (a copy of an older one is handled again).
+SEEN_PER_ADDRESS = 256
 #: Kinds of address that never take a lease (node endpoints, system channels).
 _UNLEASED = ("node:", "sys:")
 
@@ -185,30 +189,185 @@ class ClusterControl(HuddleActor):
         return super().on_message(message, envelope)
 
 
-class _SeenIds:
-    """The last ``capacity`` msg ids delivered (thread-safe)."""
+class _AddressIds:
+    """The msg ids one leased address's actor was given (``queued``), is
+    handling (``current``) and has handled (the last ``keep``, oldest first;
+    ``known`` is their set)."""
 
-    def __init__(self, capacity: int) -> None:
+    __slots__ = ("current", "current_written", "handled", "known", "queued", "unwritten", "version")
+
+    def __init__(self) -> None:
+        self.queued: collections.deque[str] = collections.deque()
+        self.current: str | None = None
+        self.current_written = False
+        self.handled: collections.deque[str] = collections.deque()
+        self.known: set[str] = set()
+        #: handled ids that no write to Redis carried yet
+        self.unwritten = False
+        #: counts the ids that became handled (a snapshot's write clears
+        #: ``unwritten`` only if none did since)
+        self.version = 0
+
+
+class _SeenIds:
+    """Msg ids delivered here, to drop a second copy of an envelope
+    (thread-safe).
+
+    Node-wide: the last ``capacity`` ids delivered to any address, for a
+    copy that comes back to this node. Per leased address: the ids its
+    actor handled (the last ``keep``). Those go to Redis with its
+    checkpoints (the ids of messages no checkpoint carried are written by
+    themselves: :meth:`Cluster._persist_seen`, and when the lease is
+    released) and come back, before anything is delivered, with the
+    address's next activation on this node or another (:meth:`restore`): a
+    copy that reaches the next owner, or this node after a restart, is
+    dropped too.
+
+    Which ids count as handled. The node puts an actor's messages in its
+    mailbox in the order they passed :meth:`first`, and asks
+    :meth:`Cluster.may_deliver` once before it hands the actor each of them
+    (:meth:`handling`); an id forwarded instead (the lease moved) is
+    forgotten (:meth:`forget`). A checkpoint saved by a handler carries the
+    id of the message being handled (its state includes that message); an
+    id still queued is never written, so a message that nobody handled is
+    handled by whoever gets it first. Known gaps: two threads putting
+    messages for one address at the same instant may put them in the other
+    order than they passed :meth:`first`; a message refused for a full
+    mailbox after it passed makes each later one count one message late (a
+    copy of an actor's last message may then be handled again after an
+    owner change; never one message early).
+    """
+
+    def __init__(self, capacity: int, keep: int = SEEN_PER_ADDRESS) -> None:
         self._ids: dict[str, None] = {}
         self._order: collections.deque[str] = collections.deque()
         self._capacity = capacity
+        self._keep = keep
         self._lock = threading.Lock()
+        self._addresses: dict[str, _AddressIds] = {}
 
-    def first(self, msg_id: str) -> bool:
+    def first(self, msg_id: str, address: str | None = None, track: bool = False) -> bool:
+        """True the first time ``msg_id`` is delivered here and it is not
+        among the ids handled at ``address``; with ``track``, it is on its
+        way to the actor at ``address``."""
         with self._lock:
             if msg_id in self._ids:
+                return False
+            entry = self._addresses.get(address) if address is not None else None
+            if entry is not None and msg_id in entry.known:
                 return False
             self._ids[msg_id] = None
             self._order.append(msg_id)
             if len(self._order) > self._capacity:
                 self._ids.pop(self._order.popleft(), None)
+            if track and address is not None:
+                if entry is None:
+                    entry = self._addresses[address] = _AddressIds()
+                entry.queued.append(msg_id)
             return True
 
-    def forget(self, msg_id: str) -> None:
+    def handling(self, address: str) -> None:
+        """The actor at ``address`` is about to handle its next message: the
+        one before is handled."""
+        with self._lock:
+            entry = self._addresses.get(address)
+            if entry is None:
+                return
+            self._complete(entry)
+            entry.current = entry.queued.popleft() if entry.queued else None
+            entry.current_written = False
+
+    def _complete(self, entry: _AddressIds) -> None:
+        msg_id = entry.current
+        if msg_id is None:
+            return
+        entry.current = None
+        self._add_handled(entry, (msg_id,), at_end=True)
+        entry.version += 1
+        if not entry.current_written:
+            entry.unwritten = True
+
+    def _add_handled(self, entry: _AddressIds, ids: Iterable[str], *, at_end: bool) -> None:
+        new = [i for i in dict.fromkeys(ids) if i not in entry.known]
+        entry.known.update(new)
+        if at_end:
+            entry.handled.extend(new)
+        else:
+            entry.handled.extendleft(reversed(new))
+        while len(entry.handled) > self._keep:
+            entry.known.discard(entry.handled.popleft())
+
+    def forget(self, msg_id: str, address: str | None = None) -> None:
         """It was not handled here after all (forwarded): a copy that comes
         back is a first delivery."""
         with self._lock:
             self._ids.pop(msg_id, None)
+            entry = self._addresses.get(address) if address is not None else None
+            if entry is None:
+                return
+            if entry.current == msg_id:
+                entry.current = None
+                return
+            try:
+                entry.queued.remove(msg_id)
+            except ValueError:
+                pass
+
+    def handled(self, address: str) -> list[str] | None:
+        """The ids to write for ``address`` now, with the message being (or
+        last) handled: from a handler saving a checkpoint, or once the actor
+        stopped. They count as written from here. None: not tracked."""
+        with self._lock:
+            entry = self._addresses.get(address)
+            if entry is None:
+                return None
+            ids = list(entry.handled)
+            if entry.current is not None:
+                ids.append(entry.current)
+                entry.current_written = True
+            entry.unwritten = False
+            return ids[-self._keep:]
+
+    def unwritten(self) -> list[tuple[str, list[str], str | None, int, bool]]:
+        """For each address whose ids are not all in Redis: ``(address,
+        handled ids, the id being or last handled if unwritten, version,
+        whether handled ids are unwritten)``; :meth:`written` once queued."""
+        with self._lock:
+            return [(a, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten)
+                    for a, e in self._addresses.items()
+                    if e.unwritten or (e.current is not None and not e.current_written)]
+
+    def written(self, address: str, version: int, current: str | None) -> None:
+        """A snapshot from :meth:`unwritten` (with ``current``, if it was
+        included) is on its way to Redis."""
+        with self._lock:
+            entry = self._addresses.get(address)
+            if entry is None:
+                return
+            if entry.version == version:
+                entry.unwritten = False
+            if current is not None and entry.current == current:
+                entry.current_written = True
+
+    def restore(self, address: str, ids: Iterable[str]) -> None:
+        """The ids ``address``'s actor handled under its previous owner (older
+        than anything handled here since): copies of them are dropped."""
+        with self._lock:
+            entry = self._addresses.get(address)
+            if entry is None:
+                entry = self._addresses[address] = _AddressIds()
+            self._add_handled(entry, ids, at_end=False)
+
+    def drop(self, address: str) -> None:
+        """``address`` is no longer held here (its ids went with it)."""
+        with self._lock:
+            self._addresses.pop(address, None)
+
+
+def _parked(actor: HuddleActor) -> bool:
+    """Whether no slice of ``actor`` runs or waits to run: the last message
+    it was handed is handled."""
+    return getattr(actor.actor_inbox, "_scheduled", True) is False
 
 
 class RedisCheckpoints:
@@ -221,13 +380,20 @@ class RedisCheckpoints:
     lease moved) is a ``checkpoint-refused`` event and fences the actor.
     ``load`` only reads memory: an activation brings the stored checkpoint
     with its claim.
+
+    Every write also carries the msg ids the actor has handled, up to the
+    message whose handler saved the state (``seen:<address>``, in the same
+    atomic, epoch-checked step): the next owner restores them with the
+    state and drops a copy of a message that state already includes.
+    ``save_seen`` queues a write of the ids alone, in the same order.
     """
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
         self._lock = threading.Lock()
         self._cache: dict[str, bytes] = {}
-        self._pending: dict[str, tuple[int, bytes]] = {}
+        #: address -> (epoch, state or None: the ids alone, handled ids)
+        self._pending: dict[str, tuple[int, bytes | None, list[str] | None]] = {}
         self._writing: dict[str, asyncio.Event] = {}
         self._accepted: dict[str, bool] = {}
 
@@ -236,15 +402,43 @@ class RedisCheckpoints:
         if address not in cluster.state.leases or not cluster.may_send(address, epoch):
             cluster.node.emit("checkpoint-refused", address, reason="lease-lost", detail={"epoch": epoch})
             return False
+        seen = cluster._seen.handled(address)
         with self._lock:
             self._cache[address] = data
-            self._pending[address] = (epoch, data)
+            self._pending[address] = (epoch, data, seen)
             start = address not in self._writing
             if start:
                 self._writing[address] = asyncio.Event()
         if start:
             cluster.call_soon(self._start_writer, address)
         return True
+
+    def save_seen(self, address: str, epoch: int, seen: list[str] | None = None) -> None:
+        """Queue a write of the msg ids handled at ``address`` (default: all
+        of them, the last one too: its actor stopped) behind any write
+        under way, or with the one still queued. Refused quietly if the
+        lease moved."""
+        if seen is None:
+            seen = self._cluster._seen.handled(address)
+            if seen is None:
+                return
+        with self._lock:
+            pending = self._pending.get(address)
+            data = None
+            if pending is not None and pending[0] == epoch:
+                data = pending[1]
+                seen = list(dict.fromkeys([*(pending[2] or ()), *seen]))[-SEEN_PER_ADDRESS:]
+            self._pending[address] = (epoch, data, seen)
+            start = address not in self._writing
+            if start:
+                self._writing[address] = asyncio.Event()
+        if start:
+            self._cluster.call_soon(self._start_writer, address)
+
+    def writing(self, address: str) -> bool:
+        """Whether a write for ``address`` is queued or under way."""
+        with self._lock:
+            return address in self._writing
 
     def load(self, address: str) -> bytes | None:
         with self._lock:
@@ -275,19 +469,23 @@ class RedisCheckpoints:
                     done = self._writing.pop(address)
                     done.set()
                     return
-            epoch, data = item
+            epoch, data, seen = item
             while True:
                 try:
                     ok = await cluster.leases.save_checkpoint(address, cluster.me, epoch, data,
-                                                              log=cluster.config.fencing_log)
+                                                              log=cluster.config.fencing_log, seen=seen)
                 except Exception as exc:  # noqa: BLE001 - Redis away: retry while the lease may still be ours
                     if cluster.may_send(address, epoch):
                         log.debug("checkpoint of %s not written yet: %r", address, exc)
                         await asyncio.sleep(cluster.config.heartbeat_interval / 2)
                         continue
-                    cluster.node.emit("checkpoint-refused", address, reason="unreachable", detail={"epoch": epoch})
+                    if data is not None:
+                        cluster.node.emit("checkpoint-refused", address, reason="unreachable",
+                                          detail={"epoch": epoch})
                     ok = False
                     break
+                if data is None:
+                    break  # the ids alone: a refusal only says the lease moved
                 with self._lock:
                     self._accepted[address] = ok
                 if not ok:
@@ -343,7 +541,8 @@ class Cluster:
         #: released addresses whose channel we still listen on -> until when
         self._lingering: dict[str, float] = {}
         self._held_back: dict[str, list[Envelope]] = {}
-        self._seen = _SeenIds(SEEN_IDS)
+        self._seen = _SeenIds(SEEN_IDS, SEEN_PER_ADDRESS)
+        self._seen_due = 0.0
         self._ensure_waiters: dict[str, list[PooledFuture[str]]] = {}
         self._drained: list[PooledFuture[None]] = []
         self._joined = threading.Event()
@@ -411,6 +610,7 @@ class Cluster:
         while not self._closed:
             self.feed(Tick())
             self._stop_lingering(expired_by=time.monotonic())
+            self._persist_seen()
             await asyncio.sleep(self.config.tick)
 
     def drain(self) -> PooledFuture[None]:
@@ -524,11 +724,15 @@ class Cluster:
                 and time.monotonic() < lease.valid_until)
 
     def may_deliver(self, address: str) -> bool:
+        # Asked once before each message the node hands the actor: the one
+        # before it is handled (see _SeenIds).
+        self._seen.handling(address)
         lease = self.state.leases.get(address)
         return lease is None or (lease.phase is not Phase.FENCED and time.monotonic() < lease.valid_until)
 
     def first_delivery(self, env: Envelope) -> bool:
-        return self._seen.first(env.msg_id)
+        to = env.to
+        return self._seen.first(env.msg_id, to, to in self.state.leases and type(env.message) is not StopMessage)
 
     def route(self, to: str, data: bytes) -> bool:
         if to.startswith(_UNLEASED):
@@ -552,7 +756,7 @@ class Cluster:
         to = env.to
         if to.startswith(_UNLEASED) or self._closed:
             return False
-        self._seen.forget(env.msg_id)
+        self._seen.forget(env.msg_id, to)
         log.debug("cluster: %s forwards %s for %s", self.me, env.msg_id, to)
         with self._lock:
             if to in self._hold or to in self.state.leases:
@@ -695,6 +899,7 @@ class Cluster:
             self.feed(ClaimFailed(address))
             return
         if result.won:
+            await self._restore_seen(address)  # before anything is delivered
             self._claims[address] = result
             self.feed(Claimed(address, result.epoch, placed=result.spec is not None))
         else:
@@ -757,6 +962,7 @@ class Cluster:
         address = effect.address
         with self._lock:
             self._hold.add(address)
+        self.checkpoints.save_seen(address, effect.epoch)
         await self.checkpoints.flush(address)
         spec = self._specs.get(address) if effect.mode == "unowned" else None
         checkpoint = self.checkpoints.load(address) if effect.mode == "unowned" else None
@@ -781,6 +987,7 @@ class Cluster:
             self._lingering[address] = time.monotonic() + self.config.lease_ttl
         self._specs.pop(address, None)
         self.checkpoints.delete(address)
+        self._seen.drop(address)
         owner = self._owners.get(address)
         if owner is not None and owner[0] == self.me:
             self._forget_owner(address)
@@ -923,6 +1130,49 @@ class Cluster:
         except DecodeError:
             return
         self.node._refuse(env, reason)
+
+    # -- handled msg ids ----------------------------------------------------------------
+
+    async def _restore_seen(self, address: str) -> None:
+        """A claim of ``address`` was won: the ids its last owner's actor
+        handled, before anything is delivered here. Read after the claim,
+        so no former owner can write them any more (its writes are
+        epoch-checked)."""
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                ids = await self.leases.load_seen(address)
+        except Exception as exc:  # noqa: BLE001 - the activation goes on; copies may be handled again
+            log.warning("cluster: %s could not read the handled msg ids of %s (%r)", self.me, address, exc)
+            self.node.counters["cluster:seen-unread"] += 1
+            return
+        if ids:
+            self._seen.restore(address, ids)
+
+    def _persist_seen(self) -> None:
+        """Loop thread, each tick (at most once a heartbeat interval): queue
+        a write of the handled ids that no checkpoint carried (an actor that
+        checkpoints less often than it handles messages, or never). The
+        message being handled is included only once its actor is parked;
+        an address with a write under way waits for the next round (the
+        ids of a message are never written before the state it led to)."""
+        now = time.monotonic()
+        if now < self._seen_due:
+            return
+        self._seen_due = now + self.config.heartbeat_interval
+        for address, ids, current, version, unwritten in self._seen.unwritten():
+            lease = self.state.leases.get(address)
+            if lease is None or lease.phase is not Phase.ACTIVE or self.checkpoints.writing(address):
+                continue
+            if current is not None:
+                actor = self.node.lookup(address)
+                if actor is None or not _parked(actor):
+                    current = None
+            if current is None and not unwritten:
+                continue
+            if current is not None:
+                ids.append(current)
+            self.checkpoints.save_seen(address, lease.epoch, ids[-SEEN_PER_ADDRESS:])
+            self._seen.written(address, version, current)
 
     def _decode_all(self, items: Any, address: str) -> list[Envelope]:
         out = []

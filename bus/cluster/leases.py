@@ -369,20 +369,6 @@ class LeaseStore:
         return [self.keys.prefix, address, node, str(epoch), data or b"", "1" if log else "0", note,
                 b"" if seen is None else encode_seen(seen), _ms(seen_ttl), "0" if data is None else "1"]
 
-    async def save_seen(self, node: str, entries: Mapping[str, tuple[int, Sequence[str]]], *,
-                        seen_ttl: float = SEEN_TTL) -> list[str]:
-        """Write the handled msg ids of several addresses (address ->
-        ``(epoch, ids)``) in one round trip, each only if ``(node, epoch)``
-        holds that address's lease; returns the addresses refused."""
-        if not entries:
-            return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for address, (epoch, ids) in entries.items():
-                await self._save(args=self._save_args(address, node, epoch, None, False, "", ids, seen_ttl),
-                                 client=pipe)
-            replies = await pipe.execute()
-        return [a for a, ok in zip(entries, replies, strict=True) if not int(ok)]
-
     async def load_seen(self, address: str) -> list[str]:
         """The msg ids the actor at ``address`` handled last, as its last
         owner wrote them ([] if none)."""

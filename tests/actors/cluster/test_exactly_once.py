@@ -1,0 +1,380 @@
+"""Exactly once across owner changes: the msg ids an address's actor
+handled travel with its checkpoints (or by themselves, for an actor that
+does not checkpoint), and its next owner, on another node or after a
+restart, drops a copy of one of them.
+
+The first tests are the bookkeeping alone (no Redis); then the script that
+writes the ids with the state, under the same epoch compare; then nodes in
+one process on a real redis-server. (Separate processes:
+tests/integration/test_exactly_once.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from actors.builtin import CounterAdd, CounterGet
+from actors.cluster.shell import _SeenIds
+from actors.node import ActorContext, HuddleActor
+from bus.cluster.leases import LeaseStore, seen_key
+from bus.embedded import EmbeddedRedis
+from bus.envelope import Envelope
+from bus.messages import Message, Ping
+from tests.waiting import wait_until
+
+from .conftest import DEADLINE, Rig
+
+# -- the bookkeeping -----------------------------------------------------------------
+
+
+def given(seen: _SeenIds, address: str, *ids: str) -> None:
+    for msg_id in ids:
+        assert seen.first(msg_id, address, track=True)
+
+
+def test_an_id_counts_as_handled_once_its_actor_is_handed_it_and_never_while_queued() -> None:
+    seen = _SeenIds(100, keep=10)
+    given(seen, "counter:1", "m1", "m2", "m3")
+    seen.handling("counter:1")  # m1 is being handled
+    assert seen.handled("counter:1") == ["m1"]  # a checkpoint its handler saves carries it
+    seen.handling("counter:1")  # m2
+    seen.handling("counter:1")  # m3
+    assert seen.handled("counter:1") == ["m1", "m2", "m3"]
+    given(seen, "counter:1", "m4")  # queued: not handled anywhere yet
+    assert seen.handled("counter:1") == ["m1", "m2", "m3"]
+    assert not seen.first("m2", "counter:1")  # a copy
+
+
+def test_a_forwarded_id_is_never_written_and_a_copy_of_it_is_a_first_delivery() -> None:
+    seen = _SeenIds(100, keep=10)
+    given(seen, "counter:1", "m1", "m2", "m3")
+    seen.handling("counter:1")  # m1
+    seen.forget("m1", "counter:1")  # the lease was lost before the handler ran: forwarded
+    seen.forget("m3", "counter:1")  # queued behind a stop: forwarded
+    seen.handling("counter:1")  # m2
+    assert seen.handled("counter:1") == ["m2"]
+    assert seen.first("m1", "counter:1") and seen.first("m3", "counter:1")
+
+
+def test_restored_ids_drop_copies_and_travel_on_with_the_next_checkpoint() -> None:
+    seen = _SeenIds(100, keep=4)
+    seen.restore("counter:1", ["old1", "old2"])
+    assert not seen.first("old2", "counter:1")
+    given(seen, "counter:1", "m1", "m2")
+    for _ in range(2):
+        seen.handling("counter:1")
+    assert seen.handled("counter:1") == ["old1", "old2", "m1", "m2"]  # the restored ones first
+    given(seen, "counter:1", "m3", "m4")
+    for _ in range(2):
+        seen.handling("counter:1")
+    assert seen.handled("counter:1") == ["m1", "m2", "m3", "m4"]  # bounded: the oldest go first
+    assert seen.first("old1", "counter:1")  # beyond the bound: a copy that late is handled again
+
+
+def test_ids_no_checkpoint_carried_are_reported_until_written() -> None:
+    seen = _SeenIds(100, keep=10)
+    given(seen, "echo:1", "m1", "m2")
+    seen.handling("echo:1")  # m1, no checkpoint
+    (address, ids, current, version, unwritten), = seen.unwritten()
+    assert (address, ids, current, unwritten) == ("echo:1", [], "m1", False)  # m1 may still be running
+    seen.handling("echo:1")  # m2: m1 is handled now
+    (_, ids, current, version, unwritten), = seen.unwritten()
+    assert (ids, current, unwritten) == (["m1"], "m2", True)
+    seen.written("echo:1", version, "m2")  # written, with m2 (its actor was parked)
+    assert seen.unwritten() == []
+    assert seen.handled("echo:1") == ["m1", "m2"]
+
+
+def test_a_write_overtaken_by_a_newly_handled_message_leaves_it_unwritten() -> None:
+    seen = _SeenIds(100, keep=10)
+    given(seen, "echo:1", "m1", "m2", "m3")
+    seen.handling("echo:1")
+    seen.handling("echo:1")  # m1 handled, m2 running
+    (_, ids, _, version, _), = seen.unwritten()
+    seen.handling("echo:1")  # m2 handled before the snapshot's write was queued
+    seen.written("echo:1", version, None)
+    (_, ids, _, _, unwritten), = seen.unwritten()
+    assert ids == ["m1", "m2"] and unwritten
+
+
+def test_untracked_addresses_are_deduplicated_on_this_node_only() -> None:
+    seen = _SeenIds(2)
+    assert seen.first("a") and not seen.first("a")
+    assert seen.first("b") and seen.first("c")
+    assert seen.first("a")  # beyond the node-wide bound
+    assert seen.handled("node:x/cluster") is None
+    seen.handling("node:x/cluster")  # not tracked: nothing happens
+
+
+# -- the script ----------------------------------------------------------------------
+
+
+class Store:
+    """The lease scripts of a private namespace, driven from sync tests."""
+
+    def __init__(self, url: str) -> None:
+        self.runner = asyncio.Runner()
+        self.client: aioredis.Redis = self.runner.run(self._connect(url))
+        self.leases = LeaseStore(self.client, namespace=f"eo{uuid.uuid4().hex[:8]}:")
+        self.sync = redis.Redis.from_url(url)
+        self.keys = self.leases.keys
+
+    @staticmethod
+    async def _connect(url: str) -> aioredis.Redis:
+        return aioredis.Redis.from_url(url)
+
+    def run(self, coro: Any) -> Any:
+        return self.runner.run(coro)
+
+    def hold(self, address: str, node: str, epoch: int) -> None:
+        self.sync.set(self.keys.lease(address), f"{epoch} {node}", px=60_000)
+
+    def close(self) -> None:
+        self.run(self.client.aclose())
+        self.runner.close()
+        self.sync.close()
+
+
+@pytest.fixture
+def store(redis_server: EmbeddedRedis) -> Iterator[Store]:
+    s = Store(redis_server.url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.mark.integration
+def test_the_ids_are_written_with_the_checkpoint_under_the_same_epoch_compare(store: Store) -> None:
+    state = msgpack.packb({"count": 1})
+    store.hold("counter:1", "n1", 7)
+    assert store.run(store.leases.save_checkpoint("counter:1", "n1", 7, state, seen=["m1", "m2"]))
+    assert store.sync.get(store.keys.checkpoint("counter:1")) == state  # the state's format is unchanged
+    assert store.run(store.leases.load_seen("counter:1")) == ["m1", "m2"]
+    assert 0 < store.sync.pttl(seen_key(store.keys, "counter:1"))
+    # The lease moved: neither the state nor the ids of the former owner land.
+    store.hold("counter:1", "n2", 8)
+    assert not store.run(store.leases.save_checkpoint("counter:1", "n1", 7, b"\x01", seen=["m3"]))
+    assert store.sync.get(store.keys.checkpoint("counter:1")) == state
+    assert store.run(store.leases.load_seen("counter:1")) == ["m1", "m2"]
+
+
+@pytest.mark.integration
+def test_the_ids_alone_leave_the_stored_state_as_it_is(store: Store) -> None:
+    store.hold("echo:1", "n1", 3)
+    assert store.run(store.leases.save_checkpoint("echo:1", "n1", 3, None, seen=["m1"]))
+    assert store.sync.get(store.keys.checkpoint("echo:1")) is None  # an actor that never checkpoints
+    assert store.run(store.leases.save_checkpoint("echo:1", "n1", 3, b"\x01"))
+    assert store.run(store.leases.save_checkpoint("echo:1", "n1", 3, None, seen=["m1", "m2"]))
+    assert store.sync.get(store.keys.checkpoint("echo:1")) == b"\x01"
+    assert store.run(store.leases.load_seen("echo:1")) == ["m1", "m2"]
+
+
+@pytest.mark.integration
+def test_a_checkpoint_stored_without_ids_still_loads(store: Store) -> None:
+    """As an older version wrote it: the state alone, no ``seen`` key."""
+    store.hold("counter:old", "n1", 5)
+    assert store.run(store.leases.save_checkpoint("counter:old", "n1", 5, msgpack.packb({"count": 4})))
+    assert store.run(store.leases.load_seen("counter:old")) == []
+    assert store.run(store.leases.load_checkpoint("counter:old")) == msgpack.packb({"count": 4})
+    store.sync.set(seen_key(store.keys, "counter:old"), b"\xc1 not msgpack")
+    assert store.run(store.leases.load_seen("counter:old")) == []  # unreadable: nothing dropped
+
+
+# -- nodes on a real Redis ---------------------------------------------------------------
+
+
+class Recorder(HuddleActor):
+    """An actor that never checkpoints: it records each Ping it handles."""
+
+    def __init__(self, ctx: ActorContext, handled: list[tuple[str, int]], changed: threading.Condition) -> None:
+        super().__init__(ctx)
+        self.handled = handled
+        self.changed = changed
+
+    def on_message(self, message: Message, envelope: Envelope) -> Any:
+        if isinstance(message, Ping):
+            with self.changed:
+                self.handled.append((self.node.node_id, message.n))
+                self.changed.notify_all()
+            return None
+        return super().on_message(message, envelope)
+
+
+def stored_seen(rig: Rig, address: str) -> list[str]:
+    raw = redis.Redis.from_url(rig.url)
+    try:
+        data = raw.get(seen_key(next(iter(rig.clusters.values())).leases.keys, address))
+    finally:
+        raw.close()
+    return msgpack.unpackb(data, raw=False) if data else []
+
+
+def duplicates(rig: Rig, node: str, address: str) -> list[str]:
+    return [e.detail.get("detail", "") for e in rig.events.matching(event="dead-letter", reason="duplicate",
+                                                                   node=node, address=address)]
+
+
+
+@pytest.mark.integration
+def test_a_copy_of_an_acknowledged_addition_after_a_failover_is_dropped_by_the_new_owner(rig: Rig) -> None:
+    rig.add("a")
+    rig.add("b")
+    client = rig.add("client", kinds=())
+    sender = rig.nodes["client"]
+    owner = client.ensure("counter:x").get(timeout=DEADLINE)
+    survivor = "b" if owner == "a" else "a"
+    env = Envelope(to="counter:x", message=CounterAdd(n=1, tag="once"))
+    sender.send_envelope(env)
+    wait_until(lambda: env.msg_id in stored_seen(rig, "counter:x"), "the addition's id stored with its state")
+    rig.crash(owner)
+    rig.events.wait(event="started", node=survivor, address="counter:x")
+    sender.send_envelope(env)  # the same envelope again, as a publisher's retry sends it
+    rig.events.wait_until(lambda: env.msg_id in duplicates(rig, survivor, "counter:x"),
+                          "the copy dropped as a duplicate by the new owner")
+    got = sender.ask("counter:x", CounterGet()).get(timeout=DEADLINE)
+    assert got["node"] == survivor and got["tags"] == ["once"] and got["count"] == 1
+
+
+@pytest.mark.integration
+def test_copies_after_a_drain_handed_the_addresses_off_are_dropped_by_the_next_owner(rig: Rig) -> None:
+    a = rig.add("a")
+    rig.add("b")
+    client = rig.add("client", kinds=())
+    sender = rig.nodes["client"]
+    addresses = [f"counter:h{i}" for i in range(6)]
+    owners = {address: client.ensure(address).get(timeout=DEADLINE) for address in addresses}
+    envs = {address: Envelope(to=address, message=CounterAdd(n=1, tag="once")) for address in addresses}
+    for env in envs.values():
+        sender.send_envelope(env)
+    for address in addresses:
+        wait_until(lambda address=address: sender.ask(address, CounterGet()).get(timeout=DEADLINE)["count"] == 1,
+                   f"{address} added")
+    a.drain().get(timeout=DEADLINE)
+    rig.events.wait(event="left", node="a")
+    for env in envs.values():
+        sender.send_envelope(env)
+    for address, owner in owners.items():
+        rig.events.wait_until(lambda address=address: envs[address].msg_id in duplicates(rig, "b", address),
+                              f"the copy for {address} dropped on b (it was on {owner})")
+        got = sender.ask(address, CounterGet()).get(timeout=DEADLINE)
+        assert got["node"] == "b" and got["tags"] == ["once"]
+
+
+@pytest.mark.integration
+def test_an_actor_that_never_checkpoints_drops_a_copy_after_its_address_moved(rig: Rig) -> None:
+    rig.add("a", kinds=())
+    rig.add("b", kinds=())
+    rig.add("client", kinds=())
+    sender = rig.nodes["client"]
+    handled: list[tuple[str, int]] = []
+    changed = threading.Condition()
+    rig.nodes["a"].spawn("rec:1", Recorder, handled, changed)
+    rig.events.wait(event="started", node="a", address="rec:1")
+    first = Envelope(to="rec:1", message=Ping(n=1))
+    sender.send_envelope(first)
+    with changed:
+        assert changed.wait_for(lambda: ("a", 1) in handled, DEADLINE)
+    # Stopped for good here (its lease released): its ids were written then.
+    rig.nodes["a"].stop_actor("rec:1", release=True)
+    rig.events.wait(event="lease-released", node="a", address="rec:1")
+    assert first.msg_id in stored_seen(rig, "rec:1")
+    rig.nodes["b"].spawn("rec:1", Recorder, handled, changed)
+    rig.events.wait(event="started", node="b", address="rec:1")
+    sender.send_envelope(first)
+    rig.events.wait_until(lambda: first.msg_id in duplicates(rig, "b", "rec:1"), "the copy dropped on b")
+    sender.send_envelope(Envelope(to="rec:1", message=Ping(n=2)))
+    with changed:
+        assert changed.wait_for(lambda: ("b", 2) in handled, DEADLINE)
+    assert handled == [("a", 1), ("b", 2)]
+
+
+@pytest.mark.integration
+def test_an_actor_that_never_checkpoints_gets_its_ids_written_and_a_copy_after_a_crash_is_dropped(
+        rig: Rig) -> None:
+    rig.add("a", kinds=())
+    rig.add("b", kinds=())
+    rig.add("client", kinds=())
+    sender = rig.nodes["client"]
+    handled: list[tuple[str, int]] = []
+    changed = threading.Condition()
+    rig.nodes["a"].spawn("rec:2", Recorder, handled, changed)
+    rig.events.wait(event="started", node="a", address="rec:2")
+    envs = [Envelope(to="rec:2", message=Ping(n=n)) for n in (1, 2)]
+    for env in envs:
+        sender.send_envelope(env)
+    # Written by themselves once handled (the last one once its actor is idle).
+    wait_until(lambda: {e.msg_id for e in envs} <= set(stored_seen(rig, "rec:2")), "the ids written")
+    rig.crash("a")
+    rig.events.wait(event="node-dead", node="b", address="node:a")
+    rig.nodes["b"].spawn("rec:2", Recorder, handled, changed)
+    rig.events.wait(event="started", node="b", address="rec:2")
+    for env in envs:
+        sender.send_envelope(env)
+    rig.events.wait_until(lambda: {e.msg_id for e in envs} <= set(duplicates(rig, "b", "rec:2")),
+                          "both copies dropped on b")
+    assert sorted(handled) == [("a", 1), ("a", 2)]
+
+
+class Gated(Recorder):
+    """Checkpoints each Ping it handles; the handler of ``n == 1`` then
+    waits for ``gate`` (so that later messages queue up behind it)."""
+
+    def __init__(self, ctx: ActorContext, handled: list[tuple[str, int]], changed: threading.Condition,
+                 gate: threading.Event) -> None:
+        super().__init__(ctx, handled, changed)
+        self.gate = gate
+
+    def on_message(self, message: Message, envelope: Envelope) -> Any:
+        result = super().on_message(message, envelope)
+        if isinstance(message, Ping):
+            self.checkpoint({"n": message.n})
+            if message.n == 1:
+                self.gate.wait(DEADLINE)
+        return result
+
+
+@pytest.mark.integration
+def test_messages_queued_behind_a_checkpoint_are_forwarded_and_handled_once_by_the_next_owner(rig: Rig) -> None:
+    """The ids written with a checkpoint stop at the message being handled:
+    what was still queued when the lease was lost is forwarded, and the
+    next owner handles it (a copy of the handled one it drops)."""
+    a = rig.add("a", kinds=())
+    rig.add("b", kinds=())
+    rig.add("client", kinds=())
+    sender = rig.nodes["client"]
+    handled: list[tuple[str, int]] = []
+    changed = threading.Condition()
+    gate = threading.Event()
+    rig.nodes["a"].spawn("rec:q", Gated, handled, changed, gate)
+    rig.events.wait(event="started", node="a", address="rec:q")
+    envs = [Envelope(to="rec:q", message=Ping(n=n)) for n in (1, 2, 3)]
+    try:
+        for env in envs:
+            sender.send_envelope(env)
+        wait_until(lambda: stored_seen(rig, "rec:q") == [envs[0].msg_id], "the first checkpoint stored, with its id")
+        epoch = a.state.leases["rec:q"].epoch
+        raw = redis.Redis.from_url(rig.url)
+        try:  # the lease moved away (to a node that is gone already)
+            raw.set(a.leases.keys.lease("rec:q"), f"{epoch + 1} intruder", px=60_000)
+        finally:
+            raw.close()
+        rig.events.wait(event="lease-lost", node="a", address="rec:q")
+    finally:
+        gate.set()
+    rig.events.wait(event="lease-released", node="a", address="rec:q")
+    rig.nodes["b"].spawn("rec:q", Gated, handled, changed, gate)
+    rig.events.wait(event="started", node="b", address="rec:q")
+    with changed:
+        assert changed.wait_for(lambda: len(handled) >= 3, DEADLINE), handled
+    sender.send_envelope(envs[0])
+    rig.events.wait_until(lambda: envs[0].msg_id in duplicates(rig, "b", "rec:q"), "the copy of the first dropped on b")
+    assert handled == [("a", 1), ("b", 2), ("b", 3)]
