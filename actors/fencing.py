@@ -26,6 +26,12 @@ letters. What it guarantees:
   epoch. A former owner's envelope that Redis handled after the claim is
   then stale.
 
+A node with no authority (outside a cluster: nobody there issues epochs)
+delivers an envelope whose epoch it cannot verify but never raises a floor
+for it; only trusted statements (:meth:`Fencing.confirm`) move floors
+there. So a plain client (``huddle inject``) still gets a cluster actor's
+replies, and still cannot be poisoned.
+
 What it does not guarantee: an epoch at or below the newest issued one is
 accepted from whoever sends it (a keyless forger can still claim an old
 epoch; envelope signing, not fencing, stops that), and it says nothing
@@ -100,16 +106,15 @@ class EpochAuthority(Protocol):
 
 
 class LocalEpochs:
-    """The authority of a node outside a cluster: nothing issues epochs
-    there, so the only issued epochs are those confirmed to the node
-    (:meth:`Fencing.confirm`, e.g. by a test or an embedding program)."""
+    """A strict authority that knows only the epochs confirmed to the node
+    (:meth:`Fencing.confirm`): anything above them is unissued. For tests
+    and embedding programs that issue epochs themselves."""
 
-    def __init__(self) -> None:
-        self.fencing: Fencing | None = None
+    def __init__(self, fencing: Fencing) -> None:
+        self.fencing = fencing
 
     def look_up(self, address: str) -> None:
-        assert self.fencing is not None
-        self.fencing.resolve(address, Issued())
+        self.fencing.resolve(address, Issued(epoch=self.fencing.issued(address)))
 
 
 @dataclass
@@ -138,6 +143,9 @@ class Fencing:
     """
 
     def __init__(self, authority: EpochAuthority | None = None) -> None:
+        """``authority``: who says which epochs were issued; None (a node
+        outside a cluster): unverifiable epochs are delivered and move
+        nothing."""
         self._lock = threading.Lock()
         self._floors: dict[str, int] = {}
         #: newest epoch known to be issued per address (confirmed or looked up)
@@ -147,11 +155,9 @@ class Fencing:
         self.deliver: Callable[[Envelope], None] = lambda env: None
         self.refuse: Callable[[Envelope, Verdict], None] = lambda env, verdict: None
         self._listeners: list[Callable[[str, Issued], None]] = []
-        local = LocalEpochs()
-        local.fencing = self
-        self.authority: EpochAuthority = authority or local
+        self.authority: EpochAuthority | None = authority
 
-    def set_authority(self, authority: EpochAuthority) -> None:
+    def set_authority(self, authority: EpochAuthority | None) -> None:
         self.authority = authority
 
     def on_resolved(self, listener: Callable[[str, Issued], None]) -> None:
@@ -183,6 +189,9 @@ class Fencing:
         sender = env.sender
         epoch = env.epoch
         assert sender is not None and epoch
+        if epoch == self._floors.get(sender) and sender not in self._parked:
+            return Verdict.DELIVER  # the common case, settled without the lock
+        authority = self.authority
         with self._lock:
             self._arrivals += 1
             parked = self._parked.get(sender)
@@ -194,9 +203,11 @@ class Fencing:
             verdict = self._judge(sender, epoch)
             if verdict is not Verdict.PARKED:
                 return verdict
+            if authority is None:
+                return Verdict.DELIVER  # nobody can say: delivered, and the floor stays
             parked = self._parked[sender] = _Parked(asked_after=self._arrivals)
             parked.queue.append((self._arrivals, env))
-        self.authority.look_up(sender)
+        authority.look_up(sender)
         return Verdict.PARKED
 
     def announced(self, address: str, epoch: int = 0) -> None:
@@ -204,6 +215,9 @@ class Fencing:
         0: not said) was read here, in stream order: ask the authority, hold
         the address's envelopes until it answers, then raise the floor to
         the newest issued epoch."""
+        authority = self.authority
+        if authority is None:
+            return
         with self._lock:
             if epoch and epoch <= self._floors.get(address, 0):
                 return  # nothing newer than what is already enforced
@@ -213,7 +227,7 @@ class Fencing:
                     parked.again_at = self._arrivals  # the answer on its way may predate this claim
                 return
             self._parked[address] = _Parked(asked_after=self._arrivals, announced=True)
-        self.authority.look_up(address)
+        authority.look_up(address)
 
     # -- the authority's answer --------------------------------------------------
 
@@ -267,6 +281,7 @@ class Fencing:
                 self.deliver(env)
             else:
                 self.refuse(env, verdict)
+        assert self.authority is not None
         self.authority.look_up(address)
 
     def _judge(self, sender: str, epoch: int) -> Verdict:

@@ -1192,7 +1192,10 @@ class Cluster:
             first = not self._questions
             self._questions.add(address)
         if first:
-            self.call_soon(self._spawn_task, self._answer_questions())
+            self.call_soon(self._start_answering)
+
+    def _start_answering(self) -> None:
+        self._spawn_task(self._answer_questions())
 
     async def _answer_questions(self) -> None:
         await asyncio.sleep(0)  # let this turn's other questions join the batch
@@ -1204,8 +1207,8 @@ class Cluster:
         delay = 0.02
         while True:
             try:
-                while self._client is None:  # asked before the cluster booted
-                    await asyncio.sleep(delay)
+                if self._client is None:
+                    raise HuddleError("the cluster has not booted yet")
                 async with asyncio.timeout(self.config.lease_ttl):
                     found = await self.leases.issued(addresses)
                 break

@@ -134,7 +134,6 @@ def test_a_local_tell_passes_through_the_codec(pair: tuple[Node, Node], recorder
     alpha.spawn("svc:echo", Echo, log)
     values = [1, 2, 3]
     sent = Items(values=values, tag="x")
-    alpha.observe_epoch("svc:me", 3)  # issued (a node outside a cluster issues none itself)
     alpha.tell("svc:echo", sent, sender="svc:me", epoch=3)
     assert log.wait_count(1)
     received, env = log.snapshot()[0]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.fencing import Fencing, Issued, Verdict
+from actors.fencing import Fencing, Issued, LocalEpochs, Verdict
 from actors.testkit import TestKit
 from bus.envelope import Envelope
 from bus.errors import StaleEpoch, UnissuedEpoch
@@ -55,6 +55,7 @@ def test_an_epoch_never_issued_is_refused_and_moves_nothing() -> None:
     """One forged envelope (an epoch above anything issued, from a live
     actor's address) must not cut the real owner off."""
     with TestKit() as kit:
+        kit.node.fencing.set_authority(LocalEpochs(kit.node.fencing))
         probe = kit.probe("p:1")
         kit.node.observe_epoch("counter:1", 5)
         kit.inject_message("p:1", Ping(n=1), sender="counter:1", epoch=10**15)  # forged
@@ -70,10 +71,26 @@ def test_an_epoch_never_issued_is_refused_and_moves_nothing() -> None:
 
 def test_a_forged_ask_is_answered_with_a_typed_refusal() -> None:
     with TestKit() as kit:
+        kit.node.fencing.set_authority(LocalEpochs(kit.node.fencing))
         kit.probe("p:1", reply=lambda m, e: Pong(n=1))
         future = kit.node.ask("p:1", Ping(n=1), sender="counter:1", epoch=99)
         with pytest.raises(UnissuedEpoch):
             future.get(timeout=5)
+
+
+def test_without_an_authority_an_unverifiable_epoch_is_delivered_and_moves_nothing() -> None:
+    """A node outside a cluster (e.g. a client asking a cluster actor) gets
+    its replies, and a forged epoch still cannot cut anyone off."""
+    with TestKit() as kit:
+        probe = kit.probe("p:1")
+        kit.node.observe_epoch("counter:1", 5)
+        kit.inject_message("p:1", Ping(n=1), sender="counter:1", epoch=10**15)
+        kit.inject_message("p:1", Ping(n=2), sender="counter:1", epoch=5)
+        kit.inject_message("p:1", Ping(n=3), sender="counter:1", epoch=4)
+        kit.settle()
+        assert [m.n for m, _ in probe.received] == [1, 2]
+        assert kit.node.fencing.floor("counter:1") == 5
+        kit.expect_event("dead-letter", "p:1", reason="stale-epoch")
 
 
 def test_epoch_zero_means_no_fencing() -> None:

@@ -148,7 +148,6 @@ def test_a_tapped_address_has_its_deliveries_mirrored_with_secrets_redacted(kit:
     try:
         request(kit, "echo:a")
         assert got.snapshot() == [TapArmed(address="echo:a", tap_id="t1", node="tapped")]
-        kit.node.observe_epoch("node:x", 4)
         kit.inject_message("echo:a", Ping(n=1), sender="node:x", epoch=4)
         kit.inject_message("echo:a", TokenGranted(session_type="s", request_id="r", token=SECRET))
         kit.settle()
