@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 from pathlib import Path
@@ -66,6 +67,14 @@ def add_cluster_key_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-key-file", metavar="FILE",
                         help="sign and verify envelopes with the cluster key in FILE (one key per line: the first "
                         "signs, any verifies); default $HUDDLE_CLUSTER_KEY; neither: signing off")
+
+
+UNSIGNED_CLUSTER_REFUSED = (
+    "refused: a cluster node signs its envelopes, and no cluster key was given. Without one, anyone who can "
+    "publish on this Redis can speak for any actor of the fleet (forge an owner's messages, claim its leases). "
+    "Give every node and tool the same key: --cluster-key-file FILE (make one with `huddle keygen FILE`) or "
+    "$HUDDLE_CLUSTER_KEY. To run a fleet without signing anyway (a trusted network, Redis ACLs as the only "
+    "guard), pass --insecure-no-signing.")
 
 
 def cluster_codec(args: argparse.Namespace) -> Codec | None:
@@ -127,6 +136,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     _load_contracts()
     from bus.redis_transport import RedisTransport, mask_url
 
+    from bus.signing import write_new_cluster_key
+
     codec = cluster_codec(args)
     if codec is None:
         return 2
@@ -135,13 +146,28 @@ def cmd_node(args: argparse.Namespace) -> int:
         if url is None:
             print("huddle node --drain needs the cluster's bus: set REDIS_URL or pass --redis-url", file=sys.stderr)
             return 2
-        return cluster_cli.drain_node(url, args.drain, args.namespace, timeout=args.run_for or 60.0)
+        return cluster_cli.drain_node(url, args.drain, args.namespace, timeout=args.run_for or 60.0, codec=codec)
+    clustered = cluster_cli.cluster_requested(args)
+    key_file = None
+    if clustered and not codec.signed and not args.insecure_no_signing:
+        if url is not None:
+            print(UNSIGNED_CLUSTER_REFUSED, file=sys.stderr)
+            return 2
+        # A private embedded bus: this node makes the fleet's key itself.
+        key_file = write_new_cluster_key(Path(tempfile.mkdtemp(prefix="huddle-key-")) / "cluster.key")
+        args.cluster_key_file = str(key_file)
+        codec = cluster_codec(args)
+        assert codec is not None
     embedded = None
     if url is None:
         embedded = EmbeddedRedis().start()
         url = embedded.url
         print(f"embedded redis-server (pid {embedded.pid}) at {url}", flush=True)
-        print(f"  try: REDIS_URL={url} huddle inject echo:1 sys.ping '{{\"n\": 1}}' --ask", flush=True)
+        key_hint = f" --cluster-key-file {key_file}" if key_file is not None else ""
+        if key_file is not None:
+            print(f"cluster key (made for this bus) in {key_file}: pass --cluster-key-file {key_file} to every "
+                  "other node and tool on it", flush=True)
+        print(f"  try: REDIS_URL={url} huddle inject echo:1 sys.ping '{{\"n\": 1}}' --ask{key_hint}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -214,6 +240,22 @@ def cmd_node(args: argparse.Namespace) -> int:
 
 
 # -- huddle inject ------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """``huddle keygen FILE``: a new cluster key, in a file only its owner reads."""
+    from bus.signing import write_new_cluster_key
+
+    try:
+        path = write_new_cluster_key(Path(args.file))
+    except FileExistsError:
+        print(f"{args.file} exists; not overwriting (add a new key as its first line to rotate)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot write {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"cluster key written to {path} (mode 0600); give it to every node and tool with --cluster-key-file")
+    return 0
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
@@ -374,7 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
     from actors.cluster.cli import add_node_options
 
     add_node_options(node)
+    node.add_argument("--insecure-no-signing", action="store_true",
+                      help="run a cluster node without a cluster key (envelopes unsigned: anyone who can publish "
+                      "on Redis can speak for any actor). Without it, a cluster node on a given Redis refuses to "
+                      "start with no key; on the embedded Redis it makes one")
     node.set_defaults(func=cmd_node)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="make a new cluster key",
+        description="Write a new random cluster key (32 bytes, hex) to FILE, readable by its owner only. "
+        "Every node and tool of one fleet gets the same file (--cluster-key-file).",
+    )
+    keygen.add_argument("file", metavar="FILE", help="where to write the key (never overwritten)")
+    keygen.set_defaults(func=cmd_keygen)
 
     inject = sub.add_parser(
         "inject",

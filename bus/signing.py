@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +40,7 @@ __all__ = [
     "HmacSigner",
     "cluster_signer",
     "load_cluster_keys",
+    "write_new_cluster_key",
 ]
 
 CLUSTER_KEY_ENV = "HUDDLE_CLUSTER_KEY"
@@ -139,6 +141,18 @@ def load_cluster_keys(key_file: str | os.PathLike[str] | None = None,
         return keys
     value = environ.get(CLUSTER_KEY_ENV, "").strip()
     return [value.encode()] if value else []
+
+
+def write_new_cluster_key(path: str | os.PathLike[str]) -> Path:
+    """A new random cluster key (32 bytes as hex) in ``path``, created
+    readable by this user only; an existing file is never overwritten
+    (``FileExistsError``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32) + "\n")
+    return path
 
 
 def cluster_signer(key_file: str | os.PathLike[str] | None = None,

@@ -119,8 +119,9 @@ def settle_cluster(node: Node, cluster: Cluster, spawned: list[str], args: argpa
     return True
 
 
-def drain_node(url: str, node_id: str, namespace: str, timeout: float) -> int:
-    """``huddle node --drain NODE_ID``: ask it to drain; wait until it left."""
+def drain_node(url: str, node_id: str, namespace: str, timeout: float, codec: Any = None) -> int:
+    """``huddle node --drain NODE_ID``: ask it to drain (signed with the
+    fleet's key when ``codec`` holds it); wait until it left."""
     from actors.cluster.shell import node_control_address
     from actors.node import Node
     from bus.address import SYS_NODES
@@ -131,7 +132,7 @@ def drain_node(url: str, node_id: str, namespace: str, timeout: float) -> int:
 
     left = threading.Event()
     transport = RedisTransport(url, name="huddle-drain")
-    node = Node(transport, namespace=namespace)
+    node = Node(transport, namespace=namespace, codec=codec)
 
     def on_nodes(env: Envelope) -> None:
         if isinstance(env.message, NodeLeft) and env.message.node == node_id:

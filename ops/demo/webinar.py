@@ -91,10 +91,11 @@ from actors.meeting.host import host_address
 from actors.node import HuddleActor, Node
 from bus.address import SYS_EVENTS, channel_for
 from bus.embedded import EmbeddedRedis
-from bus.envelope import Envelope
-from bus.errors import HuddleError
+from bus.envelope import Codec, Envelope
+from bus.errors import DecodeError, HuddleError
 from bus.messages import Event
 from bus.redis_transport import RedisTransport
+from bus.signing import cluster_signer, write_new_cluster_key
 from ops.dataserver.harness import DataServerError, DataServerProcess
 from ops.demo.app import IncomingCall, WebinarApp
 from ops.demo.observed import AppLedger, CaptionRound, RoundResult, ServiceView, caption_frame, recovery_times
@@ -252,8 +253,10 @@ class Webinar:
         token_file = self.workdir / "access-token"
         token_file.touch(mode=0o600)
         token_file.write_text(ACCESS_TOKEN + "\n")
+        # The fleet signs its envelopes with a key made for this run.
+        key_file = write_new_cluster_key(self.workdir / "cluster.key")
         extra = ("--cluster", "--heartbeat", str(HEARTBEAT_S), "--lease-ttl", str(LEASE_TTL_S), "--sweep", "1",
-                 "--meetings-token-file", str(token_file))
+                 "--meetings-token-file", str(token_file), "--cluster-key-file", str(key_file))
         self.workers = [WorkerNode.start(w, self.redis.url, self.workdir, extra=extra) for w in self.plan.workers]
         for worker in self.workers:
             worker.wait_ready()
@@ -261,7 +264,7 @@ class Webinar:
         # to a meeting whose node died wait in that meeting's backlog, and
         # the meetings' outputs find the application's address by its lease.
         transport = RedisTransport(self.redis.url, name="demo-driver")
-        self.driver = Node(transport, node_id="demo-driver")
+        self.driver = Node(transport, node_id="demo-driver", codec=Codec(signer=cluster_signer(key_file)))
         self.cluster = Cluster(self.driver, self.redis.url, config=ClusterConfig(
             capacity=0.0, heartbeat_interval=HEARTBEAT_S, lease_ttl=LEASE_TTL_S, sweep_interval=1.0))
         self.driver.start()
@@ -387,11 +390,17 @@ class Webinar:
         driver, plan = self._driver(), self.plan
         meeting = plan.attendee_ids[-1]
         address = meeting_address(meeting)
-        driver.transport.publish(channel_for(address), b"\xc1 not an envelope")
-        dead = self.ledger.wait(lambda led: bool(led.events_of("dead-letter", reason="not-msgpack", address=address)),
+        junk = b"\xc1 not an envelope"
+        try:  # the reason the fleet's codec gives (signed fleet: the signature check comes first)
+            driver.codec.decode(junk)
+            reason = ""
+        except DecodeError as exc:
+            reason = exc.reason
+        driver.transport.publish(channel_for(address), junk)
+        dead = self.ledger.wait(lambda led: bool(led.events_of("dead-letter", reason=reason, address=address)),
                                 self.settle_timeout)
-        events = self.ledger.events_of("dead-letter", reason="not-msgpack", address=address)
-        self.check("malformed bytes became a dead letter with its reason",
+        events = self.ledger.events_of("dead-letter", reason=reason, address=address)
+        self.check(f"malformed bytes became a dead letter with its reason ({reason})",
                    dead and events[0].node == self._hosting().get(meeting),
                    f"published by {events[0].node}" if events else "")
         status = driver.ask(dc.session_address(meeting, DEFAULT_SESSION), dc.GetStatus(), timeout=10).get(timeout=11)

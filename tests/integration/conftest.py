@@ -33,6 +33,7 @@ from bus.envelope import Codec
 from bus.errors import DecodeError
 from bus.messages import Event
 from bus.redis_transport import RedisTransport
+from bus.signing import CLUSTER_KEY_ENV
 from tests.waiting import wait_until
 
 DEADLINE = 15.0
@@ -148,6 +149,13 @@ class NodeProcesses:
         node_id = node_id or unique("node")
         ready = self.workdir / f"{node_id}.ready"
         log = self.workdir / f"{node_id}.log"
+        clustered = any(o.startswith(("--cluster", "--actors", "--lease-ttl", "--heartbeat")) for o in options)
+        if clustered and "--cluster-key-file" not in options and CLUSTER_KEY_ENV not in (env or {}):
+            # Tests that are not about signing talk to the fleet with plain
+            # codecs: say so explicitly (a cluster node refuses to start
+            # without a key otherwise). tests/integration/test_signed_cluster.py
+            # runs the signed fleet.
+            options = [*options, "--insecure-no-signing"]
         cmd = huddle_cmd("node", "--redis-url", redis_url or self.redis_url, "--node-id", node_id,
                          "--ready-file", str(ready), *options)
         for address in echo:
@@ -158,7 +166,6 @@ class NodeProcesses:
         # Its own channel, sys:taps (taps announce themselves there), one per
         # Echo. A cluster node also listens on sys:nodes, node:<id>/cluster
         # and its actors' channels: its ready file is written once those are live.
-        clustered = any(o.startswith(("--cluster", "--actors", "--lease-ttl", "--heartbeat")) for o in options)
         node = NodeProcess(proc, node_id, ready, log, channels=0 if clustered else 2 + len(echo))
         self.started.append(node)
         if wait:
@@ -283,10 +290,10 @@ def listening(redis_url: str, receiver: Callable[[str, bytes], None], *channels:
 
 
 @contextlib.contextmanager
-def listening_events(redis_url: str, namespace: str = "") -> Iterator[EventLog]:
+def listening_events(redis_url: str, namespace: str = "", codec: Codec | None = None) -> Iterator[EventLog]:
     """An :class:`EventLog` of ``<namespace>sys:events``, subscribed before
-    this returns."""
-    log = EventLog()
+    this returns (decoded with ``codec``, e.g. one holding the cluster key)."""
+    log = EventLog(codec)
     with listening(redis_url, log, channel_for(SYS_EVENTS, namespace)):
         yield log
 

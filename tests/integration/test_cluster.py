@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -26,8 +27,10 @@ from bus.address import channel_for
 from bus.cluster.keys import ClusterKeys
 from bus.cluster.placement import owner_of
 from bus.embedded import EmbeddedRedis
+from bus.envelope import Codec
 from bus.messages import Event, Ping, Pong
 from bus.redis_transport import RedisTransport
+from bus.signing import cluster_signer
 from tests.waiting import wait_until
 
 from .conftest import (
@@ -51,15 +54,16 @@ class ClusterRun:
     """Node processes in one namespace, and the test process as a member."""
 
     def __init__(self, procs: NodeProcesses, redis_url: str, events: EventLog, namespace: str, *,
-                 lease_ttl: float = LEASE_TTL) -> None:
+                 lease_ttl: float = LEASE_TTL, key_file: Path | None = None) -> None:
         self.procs = procs
         self.redis_url = redis_url
         self.events = events
         self.namespace = namespace
         self.lease_ttl = lease_ttl
+        self.key_file = key_file
         self.local_events: list[Event] = []
         self.client = Node(RedisTransport(redis_url, name=unique("client")), node_id=unique("client"),
-                           namespace=namespace)
+                           namespace=namespace, codec=codec_for(key_file))
         self.client.add_event_listener(self.local_events.append)
         self.cluster = Cluster(self.client, redis_url, config=ClusterConfig(
             heartbeat_interval=HEARTBEAT, lease_ttl=lease_ttl, sweep_interval=1.0))
@@ -71,6 +75,8 @@ class ClusterRun:
                    "--lease-ttl", str(self.lease_ttl), "--sweep", "1"]
         if fencing_log:
             options.append("--fencing-log")
+        if self.key_file is not None:
+            options += ["--cluster-key-file", str(self.key_file)]
         return self.procs.start(*echo, options=options, wait=wait, redis_url=self.redis_url)
 
     def counters(self, n: int) -> dict[str, str]:
@@ -131,10 +137,16 @@ class ClusterRun:
         self.client.shutdown()
 
 
-def _run(node_procs: NodeProcesses, redis_url: str, *, lease_ttl: float = LEASE_TTL) -> Iterator[ClusterRun]:
+def codec_for(key_file: Path | None) -> Codec:
+    """Plain, or signing with the cluster key in ``key_file``."""
+    return Codec(signer=cluster_signer(key_file)) if key_file is not None else Codec()
+
+
+def _run(node_procs: NodeProcesses, redis_url: str, *, lease_ttl: float = LEASE_TTL,
+         key_file: Path | None = None) -> Iterator[ClusterRun]:
     namespace = f"{unique('ns')}:"
-    with listening_events(redis_url, namespace) as events:
-        cluster_run = ClusterRun(node_procs, redis_url, events, namespace, lease_ttl=lease_ttl)
+    with listening_events(redis_url, namespace, codec_for(key_file)) as events:
+        cluster_run = ClusterRun(node_procs, redis_url, events, namespace, lease_ttl=lease_ttl, key_file=key_file)
         try:
             yield cluster_run
         finally:
