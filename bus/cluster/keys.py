@@ -17,6 +17,8 @@ sides agree on (``tests/bus_io/cluster`` checks them against the scripts):
 ``ckpt:<address>``           the actor's last checkpoint (msgpack)
 ``issued:<address>``         ``"<epoch> <node>"``: the newest epoch ever issued
                              for the address (fencing verifies against it)
+``seen:<address>``           msgpack list of the msg ids the address's actor
+                             handled last, written with its checkpoint
 ``backlog:<address>``        stream of envelopes waiting for an owner
 ``backlogged:<node>``        addresses whose backlog a live owner must drain
 ``era``                      random id; a new one means Redis lost its data
@@ -71,6 +73,9 @@ class ClusterKeys:
 
     def issued(self, address: str) -> str:
         return f"{self.prefix}issued:{address}"
+
+    def seen(self, address: str) -> str:
+        return f"{self.prefix}seen:{address}"
 
     def checkpoint(self, address: str) -> str:
         return f"{self.prefix}ckpt:{address}"

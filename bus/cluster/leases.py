@@ -195,12 +195,6 @@ return 1
 SEEN_TTL = 3600.0
 
 
-def seen_key(keys: ClusterKeys, address: str) -> str:
-    """``seen:<address>``: msgpack list of the msg ids the address's actor
-    handled last (oldest first), written by :data:`SAVE_CHECKPOINT`."""
-    return f"{keys.prefix}seen:{address}"
-
-
 def encode_seen(ids: Sequence[str]) -> bytes:
     return msgpack.packb(list(ids), use_bin_type=True)
 
@@ -372,7 +366,7 @@ class LeaseStore:
     async def load_seen(self, address: str) -> list[str]:
         """The msg ids the actor at ``address`` handled last, as its last
         owner wrote them ([] if none)."""
-        return decode_seen(await self.client.get(seen_key(self.keys, address)))
+        return decode_seen(await self.client.get(self.keys.seen(address)))
 
     async def issued(self, addresses: list[str]) -> dict[str, tuple[int, str, bool]]:
         """For each address, the newest epoch ever issued for it, the node

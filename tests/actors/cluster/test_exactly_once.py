@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from actors.builtin import CounterAdd, CounterGet
 from actors.cluster.shell import _SeenIds
 from actors.node import ActorContext, HuddleActor
-from bus.cluster.leases import LeaseStore, seen_key
+from bus.cluster.leases import LeaseStore
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Envelope
 from bus.messages import Message, Ping
@@ -159,7 +159,7 @@ def test_the_ids_are_written_with_the_checkpoint_under_the_same_epoch_compare(st
     assert store.run(store.leases.save_checkpoint("counter:1", "n1", 7, state, seen=["m1", "m2"]))
     assert store.sync.get(store.keys.checkpoint("counter:1")) == state  # the state's format is unchanged
     assert store.run(store.leases.load_seen("counter:1")) == ["m1", "m2"]
-    assert 0 < store.sync.pttl(seen_key(store.keys, "counter:1"))
+    assert 0 < store.sync.pttl(store.keys.seen("counter:1"))
     # The lease moved: neither the state nor the ids of the former owner land.
     store.hold("counter:1", "n2", 8)
     assert not store.run(store.leases.save_checkpoint("counter:1", "n1", 7, b"\x01", seen=["m3"]))
@@ -185,7 +185,7 @@ def test_a_checkpoint_stored_without_ids_still_loads(store: Store) -> None:
     assert store.run(store.leases.save_checkpoint("counter:old", "n1", 5, msgpack.packb({"count": 4})))
     assert store.run(store.leases.load_seen("counter:old")) == []
     assert store.run(store.leases.load_checkpoint("counter:old")) == msgpack.packb({"count": 4})
-    store.sync.set(seen_key(store.keys, "counter:old"), b"\xc1 not msgpack")
+    store.sync.set(store.keys.seen("counter:old"), b"\xc1 not msgpack")
     assert store.run(store.leases.load_seen("counter:old")) == []  # unreadable: nothing dropped
 
 
@@ -212,7 +212,7 @@ class Recorder(HuddleActor):
 def stored_seen(rig: Rig, address: str) -> list[str]:
     raw = redis.Redis.from_url(rig.url)
     try:
-        data = raw.get(seen_key(next(iter(rig.clusters.values())).leases.keys, address))
+        data = raw.get(next(iter(rig.clusters.values())).leases.keys.seen(address))
     finally:
         raw.close()
     return msgpack.unpackb(data, raw=False) if data else []
