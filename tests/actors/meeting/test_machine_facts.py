@@ -68,8 +68,16 @@ REPEATS: list[tuple[str, list[Any], Any]] = [
 ]
 
 
-@pytest.mark.parametrize("history,repeat", [(h, r) for _, h, r in REPEATS], ids=[n for n, _, _ in REPEATS])
-@pytest.mark.parametrize("in_flight", ["nothing", "default-connecting", "practice-ensure"])
+IN_FLIGHT = ("nothing", "default-connecting", "practice-ensure")
+# After a promotion into the practice session these facts are news (a
+# demotion, a join that resets roles), not repeats: not cases of this test.
+NEWS_AFTER_PROMOTION = {"joined", "joined-in-lobby", "attendee", "practice-off"}
+CASES = [pytest.param(history, repeat, in_flight, id=f"{in_flight}-{name}")
+         for in_flight in IN_FLIGHT for name, history, repeat in REPEATS
+         if not (in_flight == "practice-ensure" and name in NEWS_AFTER_PROMOTION)]
+
+
+@pytest.mark.parametrize("history,repeat,in_flight", CASES)
 def test_a_fact_that_changes_nothing_changes_nothing(history: list[Any], repeat: Any, in_flight: str) -> None:
     core = fresh()
     for fact in history:
@@ -83,8 +91,7 @@ def test_a_fact_that_changes_nothing_changes_nothing(history: list[Any], repeat:
         assert core.practice_token == "ensuring" or not core.facts.admitted
     before = core
     after, effects = core.step(repeat, "app:1")
-    if after.facts != before.facts:
-        pytest.skip("after promoting, this fact is news, not a repeat")
+    assert after.facts == before.facts, "not a repeat: the case list is wrong"
     assert effects == []  # no child message, no event, no checkpoint
     assert after.generation == before.generation
     assert after.commanded == before.commanded and after.practice_token == before.practice_token
