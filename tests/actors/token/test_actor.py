@@ -29,14 +29,13 @@ from actors.contracts.token import (
     UnavailableReason,
     token_address,
 )
-from actors.runtime import default_dispatcher
 from actors.supervisor import ChildSpec
 from actors.testkit import Probe, TestKit
 from actors.token.actor import TokenActor
 from actors.token.http import TokenEndpointStatus, TokenRefused
 from actors.token.machine import EXPIRY_MARGIN_S, TokenFetched
+from actors.token.testing import FakeTokenEndpoint
 from bus.messages import Ping
-from tests.actors.token.endpoints import ScriptedEndpoint
 from tests.actors.token.jwts import make_jwt
 
 MEETING_ID = "m-7"
@@ -56,8 +55,8 @@ def kit() -> Iterator[TestKit]:
 
 
 @pytest.fixture
-def endpoint() -> ScriptedEndpoint:
-    return ScriptedEndpoint()
+def endpoint() -> FakeTokenEndpoint:
+    return FakeTokenEndpoint()
 
 
 def job() -> JobContext:
@@ -65,7 +64,7 @@ def job() -> JobContext:
                       room_service_credentials=Secret(ROOM_KEY))
 
 
-def start(kit: TestKit, endpoint: ScriptedEndpoint, *, with_job: bool = True) -> TokenActor:
+def start(kit: TestKit, endpoint: FakeTokenEndpoint, *, with_job: bool = True) -> TokenActor:
     return kit.spawn(TOKEN, TokenActor, endpoint, Secret(USER_TOKEN), job() if with_job else None)
 
 
@@ -84,13 +83,7 @@ def request(kit: TestKit, request_id: str, sender: str = DC, session_type: str =
                        sender=sender)
 
 
-def actors_idle(kit: TestKit) -> None:
-    """Every mailbox drained, while an I/O request is deliberately held
-    (``kit.settle`` would wait for that request too)."""
-    assert default_dispatcher().wait_idle(10.0)  # type: ignore[attr-defined]
-
-
-def test_request_fetches_over_the_seam_with_credentials_and_attribution(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_request_fetches_over_the_seam_with_credentials_and_attribution(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit)
@@ -99,7 +92,8 @@ def test_request_fetches_over_the_seam_with_credentials_and_attribution(kit: Tes
     request(kit, "r1")
     message, _ = dc.expect_message(TokenGranted)
     assert message == TokenGranted(DEFAULT_SESSION, "r1", token)
-    [(url, headers)] = endpoint.calls
+    [call] = endpoint.calls
+    url, headers = call.url, call.headers
     assert url == f"{LOCUS}/participant/self-7/datachannel/token"
     assert headers == {
         "Authorization": f"Bearer {USER_TOKEN}",
@@ -109,17 +103,17 @@ def test_request_fetches_over_the_seam_with_credentials_and_attribution(kit: Tes
     }
 
 
-def test_without_a_job_no_attribution_headers_are_sent(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_without_a_job_no_attribution_headers_are_sent(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint, with_job=False)
     configure(kit)
     endpoint.answer(jwt(kit, 3600))
     request(kit, "r1")
     dc.expect_message(TokenGranted)
-    assert endpoint.calls[0][1] == {"Authorization": f"Bearer {USER_TOKEN}"}
+    assert endpoint.calls[0].headers == {"Authorization": f"Bearer {USER_TOKEN}"}
 
 
-def test_refresh_ahead_of_expiry_on_the_manual_clock(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_refresh_ahead_of_expiry_on_the_manual_clock(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit)
@@ -137,7 +131,7 @@ def test_refresh_ahead_of_expiry_on_the_manual_clock(kit: TestKit, endpoint: Scr
     kit.expect_event("token-refreshing", TOKEN)
 
 
-def test_s9_a_refused_fetch_is_retried_once_after_2_s(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_s9_a_refused_fetch_is_retried_once_after_2_s(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit)
@@ -156,7 +150,7 @@ def test_s9_a_refused_fetch_is_retried_once_after_2_s(kit: TestKit, endpoint: Sc
     assert message.token == token
 
 
-def test_s9_refused_again_after_the_retry_is_unavailable(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_s9_refused_again_after_the_retry_is_unavailable(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit)
@@ -168,7 +162,7 @@ def test_s9_refused_again_after_the_retry_is_unavailable(kit: TestKit, endpoint:
     assert len(endpoint.calls) == 2
 
 
-def test_a_server_error_is_answered_at_once_and_not_retried(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_a_server_error_is_answered_at_once_and_not_retried(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit)
@@ -180,19 +174,19 @@ def test_a_server_error_is_answered_at_once_and_not_retried(kit: TestKit, endpoi
     assert len(endpoint.calls) == 1
 
 
-def test_concurrent_requests_share_one_fetch(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_concurrent_requests_share_one_fetch(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc, other, meeting = kit.probe(DC), kit.probe("datachannel:m-7/again"), kit.probe(MEETING)
     start(kit, endpoint)
     configure(kit)
     token = jwt(kit, 3600)
     endpoint.answer(token)
-    endpoint.hold()
+    gate = endpoint.hold()
     request(kit, "a")
-    endpoint.wait_calls(1)
+    gate.wait_held()
     request(kit, "b", sender=other.address)
     kit.inject_message(TOKEN, TokenEnsure(DEFAULT_SESSION, "e"), sender=MEETING)
-    actors_idle(kit)
-    endpoint.release()
+    kit.settle_actors()
+    gate.release()
     kit.settle()
     assert len(endpoint.calls) == 1
     assert dc.expect_message(TokenGranted)[0] == TokenGranted(DEFAULT_SESSION, "a", token)
@@ -201,19 +195,19 @@ def test_concurrent_requests_share_one_fetch(kit: TestKit, endpoint: ScriptedEnd
     assert held.expires_at == pytest.approx(kit.clock.wall() + 3600)
 
 
-def test_a_fetch_of_a_stale_generation_is_not_stored(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_a_fetch_of_a_stale_generation_is_not_stored(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit, 1)
     stale, fresh = jwt(kit, 3600, sub="stale"), jwt(kit, 3600, sub="fresh")
     endpoint.answer(stale, fresh)
-    endpoint.hold()
+    first, second = endpoint.hold(), endpoint.hold()
     request(kit, "r1")
-    endpoint.wait_calls(1)
+    first.wait_held()
     configure(kit, 2, locus="http://locus.test/locus/m-7-replaced")  # the locus URL is replaced
-    endpoint.wait_calls(2)
-    assert endpoint.calls[1][0].startswith("http://locus.test/locus/m-7-replaced/")
-    endpoint.release()
+    assert second.wait_held().url.startswith("http://locus.test/locus/m-7-replaced/")
+    first.release()
+    second.release()
     kit.settle()
     message, _ = dc.expect_message(TokenGranted)
     assert message.token == fresh
@@ -221,7 +215,7 @@ def test_a_fetch_of_a_stale_generation_is_not_stored(kit: TestKit, endpoint: Scr
     kit.expect_event("stale-dropped", TOKEN, reason="fetch")
 
 
-def test_s15_the_token_survives_a_data_channel_disconnect(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_s15_the_token_survives_a_data_channel_disconnect(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit)
@@ -239,25 +233,25 @@ def test_s15_the_token_survives_a_data_channel_disconnect(kit: TestKit, endpoint
     assert len(endpoint.calls) == 1
 
 
-def test_forget_answers_waiters_and_drops_late_results(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_forget_answers_waiters_and_drops_late_results(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc, pdc = kit.probe(DC), kit.probe(PDC)
     start(kit, endpoint)
     configure(kit, practice=True)
     endpoint.answer(jwt(kit, 3600))
-    endpoint.hold()
+    gate = endpoint.hold()
     request(kit, "p", sender=PDC, session_type=PRACTICE_SESSION)
-    endpoint.wait_calls(1)
+    gate.wait_held()
     kit.inject_message(TOKEN, TokenForget(generation=2), sender=MEETING)
-    actors_idle(kit)
+    kit.settle_actors()
     assert pdc.expect_message(TokenUnavailable)[0].reason == UnavailableReason.MEETING_LEFT
-    endpoint.release()
+    gate.release()
     kit.settle()
     kit.expect_event("stale-dropped", TOKEN, reason="fetch")
     request(kit, "later")
     assert dc.expect_message(TokenUnavailable)[0].reason == UnavailableReason.MEETING_LEFT
 
 
-def test_seeded_tokens_are_handed_out_without_a_fetch(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_seeded_tokens_are_handed_out_without_a_fetch(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     pdc = kit.probe(PDC)
     start(kit, endpoint)
     configure(kit, practice=True)
@@ -269,7 +263,7 @@ def test_seeded_tokens_are_handed_out_without_a_fetch(kit: TestKit, endpoint: Sc
     assert endpoint.calls == []
 
 
-def test_a_restarted_token_actor_keeps_its_configuration_but_no_token(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_a_restarted_token_actor_keeps_its_configuration_but_no_token(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     kit.supervise(f"meeting-sup:{MEETING_ID}", [ChildSpec(TOKEN, TokenActor, (endpoint, Secret(USER_TOKEN), job()))])
     configure(kit, 3)
@@ -287,25 +281,25 @@ def test_a_restarted_token_actor_keeps_its_configuration_but_no_token(kit: TestK
     assert len(endpoint.calls) == 2
 
 
-def test_outcomes_from_anyone_else_are_refused(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_outcomes_from_anyone_else_are_refused(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     actor = start(kit, endpoint)
     configure(kit)
-    endpoint.hold()
+    gate = endpoint.hold()
     request(kit, "r1")
-    endpoint.wait_calls(1)
-    actors_idle(kit)
+    gate.wait_held()
+    kit.settle_actors()
     fetching = actor.describe()["fetching"][DEFAULT_SESSION]
     planted = TokenFetched(DEFAULT_SESSION, 1, 1, fetching, token=jwt(kit, 3600, sub="planted"))
     kit.inject_message(TOKEN, planted, sender="datachannel:evil/x")
-    actors_idle(kit)
+    kit.settle_actors()
     kit.expect_event("bad-input", TOKEN, reason="not-from-self")
     assert dc.received == []
-    endpoint.release()
+    gate.release()
     kit.settle()
 
 
-def test_unknown_kinds_are_dead_letters_and_the_actor_keeps_running(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
+def test_unknown_kinds_are_dead_letters_and_the_actor_keeps_running(kit: TestKit, endpoint: FakeTokenEndpoint) -> None:
     dc = kit.probe(DC)
     start(kit, endpoint)
     kit.inject_message(TOKEN, Ping(n=1), sender=DC)
@@ -315,7 +309,7 @@ def test_unknown_kinds_are_dead_letters_and_the_actor_keeps_running(kit: TestKit
 
 
 def test_tokens_never_reach_events_logs_checkpoints_or_reprs(
-    kit: TestKit, endpoint: ScriptedEndpoint, caplog: pytest.LogCaptureFixture
+    kit: TestKit, endpoint: FakeTokenEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A full cycle: seed, fetch, 401 retry, refresh ahead, forced refresh,
     forget; every token string is looked for everywhere it must not be."""
