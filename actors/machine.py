@@ -14,6 +14,7 @@ performs the effects every actor needs:
                        timer with the same key is replaced
 :class:`CancelTimer`   cancel the timer with that key, if any
 :class:`SaveCheckpoint` checkpoint state for the next incarnation
+                       (written first: write-ahead)
 :class:`Answer`        the reply to the ask being handled
 =====================  ===================================================
 
@@ -102,9 +103,19 @@ class MachineActor(HuddleActor):
         return self.perform_all(self.step(message, envelope, self.node.clock.now()))
 
     def perform_all(self, effects: Iterable[Effect]) -> Any:
-        """Perform ``effects`` in order; returns the :class:`Answer` value."""
+        """Perform ``effects``; returns the :class:`Answer` value.
+
+        Write-ahead: a step's checkpoint (its last :class:`SaveCheckpoint`:
+        the state the step ended in) is written **before** any other effect,
+        which then run in order. If an effect raises midway, the actor
+        restarts from what it wanted, not from what it had before the
+        command, and does the rest again."""
+        ordered = list(effects)
+        saves = [e for e in ordered if type(e) is SaveCheckpoint]
+        if saves:
+            ordered = [saves[-1], *(e for e in ordered if type(e) is not SaveCheckpoint)]
         answer = None
-        for effect in effects:
+        for effect in ordered:
             if type(effect) is Answer:
                 answer = effect.value
             else:

@@ -69,7 +69,7 @@ from actors.datachannel.machine import (
     Transmit,
 )
 from actors.io import Outcome
-from actors.machine import Effect, Emit, MachineActor, SaveCheckpoint
+from actors.machine import Effect, Emit, MachineActor
 from actors.node import ActorContext, Node
 from bus.envelope import Envelope
 from bus.messages import Message
@@ -125,15 +125,6 @@ class DataChannelSession(MachineActor):
         return effects
 
     # -- effects -----------------------------------------------------------------
-
-    def perform_all(self, effects: Iterable[Effect]) -> Any:
-        """Write-ahead: the step's checkpoint first, then the other effects
-        in order."""
-        ordered = list(effects)
-        saves = [e for e in ordered if type(e) is SaveCheckpoint]
-        if saves:
-            ordered = [saves[-1], *(e for e in ordered if type(e) is not SaveCheckpoint)]
-        return super().perform_all(ordered)
 
     def perform(self, effect: Effect) -> None:
         match effect:

@@ -38,7 +38,7 @@ from actors.contracts.audio import output_address
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
 from actors.datachannel.actor import DataChannelSession
 from actors.datachannel.connector import DataChannelConnector
-from actors.machine import Effect, MachineActor, SaveCheckpoint
+from actors.machine import Effect, MachineActor
 from actors.meeting.machine import MeetingCore
 from actors.node import ActorContext, Node
 from actors.supervisor import ChildSpec, Supervisor
@@ -103,14 +103,6 @@ class MeetingActor(MachineActor):
         except LookupError:
             return super().step(message, envelope, now)
         return effects
-
-    def perform_all(self, effects: Iterable[Effect]) -> Any:
-        """Write-ahead: the step's checkpoint first, then the rest in order."""
-        ordered = list(effects)
-        saves = [e for e in ordered if type(e) is SaveCheckpoint]
-        if saves:
-            ordered = [saves[-1], *(e for e in ordered if type(e) is not SaveCheckpoint)]
-        return super().perform_all(ordered)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from actors.machine import (
     Send,
     StartTimer,
 )
+from actors.supervisor import ChildSpec
 from actors.testkit import TestKit
 from bus.messages import Message, Ping, message_kind
 
@@ -51,6 +52,9 @@ class Counter(MachineActor):
                     return [Emit("counted", reason="because", detail={"n": message.n})]
                 case "save":
                     return [SaveCheckpoint({"n": message.n}), Answer(message.n + 1)]
+                case "send-then-save":
+                    # The core lists its checkpoint last; the shell writes it first.
+                    return [Send("probe:1", Ping(n=message.n)), Emit("boom"), SaveCheckpoint({"n": message.n})]
         return super().step(message, envelope, now)
 
 
@@ -96,3 +100,33 @@ def test_unknown_kind_is_a_dead_letter_and_the_actor_keeps_running() -> None:
         kit.inject_message("counter:4", Tick(n=3))
         kit.settle()
         assert actor.ticks == [3]
+
+
+class Exploding(Counter):
+    """Its shell fails on the second effect of a step (an I/O effect that
+    raises midway)."""
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.restored = ctx.checkpoint
+
+    def perform(self, effect) -> None:
+        if isinstance(effect, Emit) and effect.event == "boom":
+            raise RuntimeError("effect failed midway")
+        super().perform(effect)
+
+
+def test_a_steps_checkpoint_is_written_before_its_effects_so_a_crash_midway_restarts_from_it() -> None:
+    with TestKit() as kit:
+        probe = kit.probe("probe:1")
+        kit.supervise("sup:wa", [ChildSpec("counter:wa", Exploding)])
+        kit.settle()
+        first = kit.node.lookup("counter:wa")
+        assert first.restored is None
+        kit.inject_message("counter:wa", Cmd(op="send-then-save", n=9))
+        kit.expect_event("crashed", "counter:wa")
+        probe.expect_message(Ping)  # the effect before the failing one ran
+        kit.advance(1)  # the restart backoff
+        restarted = kit.node.lookup("counter:wa")
+        assert restarted is not first
+        assert restarted.restored == {"n": 9}  # what the step wanted, not what it had before
