@@ -1,6 +1,6 @@
 """The shell for a sans-I/O state machine.
 
-A session actor is two parts (see the design notes): a **core** with no I/O
+A session actor is two parts (README.md, "Session actors"): a **core** with no I/O
 and no clock of its own, ``step(state, message, now) -> (state, effects)``,
 where effects are plain data; and a **shell** that feeds the core its
 messages and carries the effects out. :class:`MachineActor` is that shell's

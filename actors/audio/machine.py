@@ -17,7 +17,7 @@ at a time, so an interruption of one never touches the next). Queue plus
 waiting never exceeds the queue length (200 ms): that is the memory bound,
 and what does not fit is refused (flow control, see the contract).
 
-The rules (PROTOCOL section 3) and where they live:
+The rules (docs/protocol.md §4) and where they live:
 
 * ``pause``: the unplayed frames of the queue become the head of waiting
   and the sink is cleared. ``resume`` writes them first, then continues;

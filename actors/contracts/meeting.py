@@ -3,8 +3,8 @@
 **Inputs: locus events.** The application (a meeting client's locus
 listener, or a test) tells the meeting actor what the meeting service
 reported, one typed message per change. Each is a fact, not a command: the
-meeting actor decides what its data channels and tokens must do (PROTOCOL.md
-section 2). A restarted meeting actor re-derives everything from its
+meeting actor decides what its data channels and tokens must do (docs/protocol.md
+§2). A restarted meeting actor re-derives everything from its
 checkpoint plus :class:`LocusSnapshot`, which the application may send at
 any time (it replaces every fact at once).
 

@@ -308,7 +308,7 @@ _MASK64 = (1 << 64) - 1
 
 
 def classify_close(code: int, reason: str) -> str:
-    """What a close of the link means (PROTOCOL 1.5): ``transient``
+    """What a close of the link means (docs/protocol.md §1.5): ``transient``
     (reconnect), ``permanent`` (stay offline), ``replaced`` (4000),
     ``refresh`` (4401: new credentials, then retry) or ``refused`` (4400,
     4403: give up). 4001 is ``permanent`` here; the caller treats it as
@@ -335,7 +335,7 @@ def backoff_step(failures: int, cap: float = 32.0) -> float:
 
 
 def socket_url(websocket_url: str, token_auth: bool, now: float) -> str:
-    """``websocket_url`` with the open's query parameters (PROTOCOL 1.2);
+    """``websocket_url`` with the open's query parameters (docs/protocol.md §1.2);
     parameters of the same names already there are replaced."""
     parts = urlsplit(websocket_url)
     params = [("outboundWireFormat", "text"), ("bufferStates", "true"), ("aliasHttpStatus", "true"),
@@ -961,7 +961,7 @@ def _on_register_failed(s: SessionState, m: RegisterFailed, st: _Step) -> Sessio
         return _stale(s)
     reason = f"register failed: {m.status or 'no response'} {m.reason}".strip()[:200]
     if m.status in (401, 403) and a.had_token and not a.token_retried:
-        # Once, after a pause, with a fresh token (PROTOCOL 1.8).
+        # Once, after a pause, with a fresh token (docs/protocol.md §1.8).
         st.fx.append(StartTimer(_ATTEMPT_TIMER, s.config.token_retry_delay, SessionTimer("token-retry", a.gen)))
         return replace(s, attempt=replace(a, phase=_TOKEN_RETRY, token_retried=True, refresh=True))
     if m.status == 400:

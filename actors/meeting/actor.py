@@ -6,7 +6,7 @@ and performs the common effects; the meeting has no I/O of its own. Of one
 step's effects the checkpoint is performed first (write-ahead): the facts
 are saved before the commands they imply are sent.
 
-Tree per meeting (DESIGN.md), one supervisor, ``one_for_one``::
+Tree per meeting (README.md, "Meetings: meeting:<id> and its tree"), one supervisor, ``one_for_one``::
 
     meeting-tree:<id>
     ├── token:<id>

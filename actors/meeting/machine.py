@@ -1,6 +1,6 @@
 """The meeting core: locus facts in, data-channel and token commands out.
 
-PROTOCOL.md section 2 as a sans-I/O state machine. The meeting owns its two
+docs/protocol.md §2 as a sans-I/O state machine. The meeting owns its two
 data-channel sessions (``datachannel:<id>/llm-default-session`` and
 ``.../llm-practice-session``) and its token actor (``token:<id>``), and is
 the only party that changes them. It never holds a socket or a token: it

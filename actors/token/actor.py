@@ -8,7 +8,7 @@ the outcome comes back as a :class:`~actors.token.machine.TokenFetched`
 message tagged with the generation, incarnation and fetch id that started
 it, so the core can drop it if it is stale. Nothing here waits.
 
-Start arguments (explicit context, PROTOCOL.md section 4):
+Start arguments (explicit context, docs/protocol.md §5):
 
 * ``endpoint``: the token endpoint (the real one: ``HttpTokenEndpoint``);
 * ``credentials``: the user's bearer token for the locus service (a

@@ -3,7 +3,7 @@ to fetch them. No I/O, no clock: :func:`step` takes the state, one message
 and the current **wall** time (unix seconds, because a JWT's ``exp`` is) and
 returns the new state and the effects for the shell.
 
-Rules (PROTOCOL.md 1.8, 2):
+Rules (docs/protocol.md §1.8, §3):
 
 * Two tokens per meeting, one per session type (``llm-default-session``,
   ``llm-practice-session``). They come from the join response
@@ -192,7 +192,7 @@ def jwt_expiry(token: str) -> float | None:
 
 
 def counts_as_expired(expires_at: float | None, now: float) -> bool:
-    """PROTOCOL.md 1.8: ``exp*1000 < now + 30 s`` in milliseconds, or not
+    """docs/protocol.md §3.2: ``exp*1000 < now + 30 s`` in milliseconds, or not
     decodable (``expires_at`` is ``None``)."""
     return expires_at is None or expires_at * 1000 < now * 1000 + EXPIRY_MARGIN_S * 1000
 

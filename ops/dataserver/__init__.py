@@ -1,7 +1,7 @@
 """The reference data-channel service (``huddle dataserver``).
 
 A stand-in for the relay a meeting's data channel talks to, faithful to
-PROTOCOL.md section 1 from the server side, with a control API to inspect
+docs/protocol.md §1 from the server side, with a control API to inspect
 what it saw and to inject faults. Parts:
 
 - ``model``: the behaviour without I/O (:class:`~ops.dataserver.model.DataService`);

@@ -14,8 +14,8 @@ __all__ = ["raise_open_file_limit", "register", "run"]
 
 DESCRIPTION = """\
 Run the reference data-channel service: register (HTTP), token (HTTP) and the
-data-channel WebSocket of PROTOCOL.md section 1, plus a control API to look
-at its state and inject faults. When it listens it prints one JSON line
+data-channel WebSocket of docs/protocol.md (section 1), plus a control API
+to look at its state and inject faults. When it listens it prints one JSON line
 {"http": ..., "ws": ..., "pid": ...} and writes the same to --ready-file.
 SIGTERM or SIGINT end it (open sockets are closed with 1001).
 

@@ -9,7 +9,7 @@ back later) that the I/O layer (``ops.dataserver.server``) carries out.
 Nothing here touches a socket or a clock, so every wire rule is testable by
 calling these methods.
 
-Wire rules (PROTOCOL.md section 1, server side):
+Wire rules (docs/protocol.md §1.11, server side):
 
 - a socket path is ``/v<N>/socket/<binding>``; a binding is made by one
   register call and is valid only on the path it was issued for;

@@ -1,4 +1,4 @@
-"""Explicit job context and attribution headers (PROTOCOL.md section 4, S46)."""
+"""Explicit job context and attribution headers (docs/protocol.md §5.2, S46)."""
 
 from __future__ import annotations
 

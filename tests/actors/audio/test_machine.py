@@ -1,5 +1,5 @@
-"""The playout core, driven directly: scenarios S39, S40, S42 and the rules
-of PROTOCOL section 3 (S41 is not a scenario; its rules are covered here)."""
+"""The playout core, driven directly: scenarios S39, S40, S41 and S42
+(docs/scenarios.md) and the rules of docs/protocol.md §4."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The data-channel core, rule by rule (PROTOCOL.md section 1), no I/O."""
+"""The data-channel core, rule by rule (docs/protocol.md §1), no I/O."""
 
 from __future__ import annotations
 

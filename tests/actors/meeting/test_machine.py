@@ -1,4 +1,4 @@
-"""The meeting core (PROTOCOL.md section 2), scenario by scenario, no I/O."""
+"""The meeting core (docs/protocol.md §2), scenario by scenario, no I/O."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from ops.demo.report import Check, Recovery, Summary, percentile, replay_pattern
 
 
 def test_s39_what_the_sink_receives_after_pause_and_resume_is_the_replay_pattern() -> None:
-    # SCENARIOS S39: frames 0-9, then 5-9 again, then frame 10.
+    # S39 (docs/scenarios.md): frames 0-9, then 5-9 again, then frame 10.
     assert replay_pattern([*range(10), *range(5, 11)], 11) == (True, 5)
     # A media endpoint fed at each slot's start hears at most the frame in play again.
     assert replay_pattern([*range(17), *range(16, 50)], 50) == (True, 1)
