@@ -217,8 +217,9 @@ class Ownership(Protocol):
     """Who owns which address, for a node in a cluster.
 
     Every method is called on the thread that hit the situation (an actor's
-    pool thread, the transport's thread) and must return at once; the slow
-    work (Redis) happens on the node's I/O loop. See the module docstring.
+    pool thread, the node's I/O loop thread for bytes read from Redis and
+    timers) and must return at once; the slow work (Redis) happens on the
+    node's I/O loop. See the module docstring.
     """
 
     def may_send(self, sender: str, epoch: int) -> bool:
@@ -428,12 +429,14 @@ class Node:
         self.address = node_address(self.node_id)
         self.transport = transport
         self.codec = codec or Codec()
-        self.clock: Clock = clock or SystemClock()
+        #: The node's one asyncio loop (its thread starts on first use): the
+        #: transport's connections, the actors' I/O and the system clock's
+        #: timers run on it.
+        self.io = io or IoLoop(f"huddle-io-{self.node_id}")
+        self.clock: Clock = clock or SystemClock(self.io)
         self.namespace = namespace
         self.ask_timeout = ask_timeout
         self.checkpoints: CheckpointStore = checkpoints or MemoryCheckpoints()
-        #: The node's asyncio loop for actors' I/O (its thread starts on first use).
-        self.io = io or IoLoop(f"huddle-io-{self.node_id}")
         self.counters: collections.Counter[str] = collections.Counter()
         #: Gauges other parts add (``node.metrics.add_source``); see actors.metrics.
         self.metrics = MetricsRegistry()
@@ -469,7 +472,7 @@ class Node:
         self.transport.on_unrouted(self._on_unrouted)
         self.transport.on_state(self._on_bus_state)
         self.transport.subscribe(channel_for(self.address, self.namespace))
-        self.transport.start()
+        self.transport.start(self.io.loop)
         return self
 
     def __enter__(self) -> Node:
@@ -500,12 +503,14 @@ class Node:
             # No reply can come any more: fail the ask now, not never.
             _corr, to, _timeout = timer.args
             fut.set_exception(exc_info=(AskTimeout, AskTimeout(to, "node shut down before a reply"), None))
-        # Actors' last I/O (a socket's close) gets a moment, then is cancelled.
+        # Actors' last I/O (a socket's close) gets a moment; the transport
+        # flushes and disconnects on the loop; then what is left on the loop
+        # is cancelled and its thread ends.
         self.io.wait_idle(min(timeout, 1.0))
-        self.io.close(timeout)
         self.transport.flush(timeout)
         self.transport.close()
         self.clock.close()
+        self.io.close(timeout)
 
     # -- hosting ------------------------------------------------------------
 
