@@ -21,9 +21,17 @@ from typing import Any
 
 from bus.errors import HuddleError
 
-__all__ = ["IoClosed", "LoopThread", "on_loop"]
+__all__ = ["IoClosed", "LoopThread", "current_loop_thread", "on_loop"]
 
 log = logging.getLogger("huddle.loop")
+
+_this_thread = threading.local()
+
+
+def current_loop_thread() -> LoopThread | None:
+    """The :class:`LoopThread` whose thread the caller runs on, if any
+    (nothing there may block: it would stop that loop)."""
+    return getattr(_this_thread, "loop_thread", None)
 
 
 class IoClosed(HuddleError):
@@ -81,6 +89,7 @@ class LoopThread:
         loop = self._loop
         assert loop is not None
         asyncio.set_event_loop(loop)
+        _this_thread.loop_thread = self
         loop.call_soon(ready.set)
         try:
             loop.run_forever()

@@ -29,7 +29,6 @@ from actors.contracts.token import (
     UnavailableReason,
     token_address,
 )
-from actors.runtime import default_dispatcher
 from actors.supervisor import ChildSpec
 from actors.testkit import Probe, TestKit
 from actors.token.actor import TokenActor
@@ -87,7 +86,7 @@ def request(kit: TestKit, request_id: str, sender: str = DC, session_type: str =
 def actors_idle(kit: TestKit) -> None:
     """Every mailbox drained, while an I/O request is deliberately held
     (``kit.settle`` would wait for that request too)."""
-    assert default_dispatcher().wait_idle(10.0)  # type: ignore[attr-defined]
+    kit.settle_actors(10.0)
 
 
 def test_request_fetches_over_the_seam_with_credentials_and_attribution(kit: TestKit, endpoint: ScriptedEndpoint) -> None:
