@@ -203,51 +203,71 @@ class BlockingOnLoop(HuddleError):
 
 
 class LoopDispatcher:
-    """Runs actor slices on an asyncio loop (the node's I/O loop): each slice
-    is one loop callback (``loop.call_soon`` on the loop thread,
-    ``call_soon_threadsafe`` from others), so bytes read from a socket are
-    decoded, queued and handled without a thread hop, and the loop runs its
-    other callbacks and reads its sockets between slices (a slice keeps its
-    ``SLICE_BUDGET``). For actors that never block: a blocking wait on this
-    thread raises :class:`BlockingOnLoop` instead of stopping the loop.
+    """Runs actor slices on an asyncio loop (the node's I/O loop), so bytes
+    read from a socket are decoded, queued and handled without a thread hop.
+
+    Ready actors wait in a run queue; one loop callback (scheduled with
+    ``loop.call_soon`` on the loop thread, ``call_soon_threadsafe`` from
+    others, and only when the queue was idle) runs the slices of the actors
+    that were ready when it started, each within its ``SLICE_BUDGET``, and
+    then hands the loop back: actors made ready meanwhile (a busy actor
+    re-queued after its budget included) wait for the next round, after the
+    loop has read its sockets and run its other callbacks. For actors that
+    never block: a blocking wait on this thread raises :class:`BlockingOnLoop`
+    instead of stopping the loop.
     """
 
     def __init__(self, io: LoopThread) -> None:
         self.io = io
-        self._inflight = 0
-        self._idle = threading.Condition(threading.Lock())
+        self._ready: deque[Runnable] = deque()
+        self._scheduled = False
+        self._running = False
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
 
     def submit(self, actor: Runnable) -> None:
-        with self._idle:
-            self._inflight += 1
+        with self._lock:
+            self._ready.append(actor)
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            self.io.call_soon(self._run, actor)
-        except HuddleError:  # the loop is closed: the node is gone, and the slice with it
-            self._finished()
+            self.io.call_soon(self._run_ready)
+        except HuddleError:  # the loop is closed: the node is gone, and its slices with it
+            with self._lock:
+                self._ready.clear()
+                self._scheduled = False
+                self._idle.notify_all()
             log.debug("slice of %r dropped: the loop is closed", actor)
 
-    def _run(self, actor: Runnable) -> None:
-        try:
-            actor._run_slice()
-        except BaseException:  # noqa: BLE001 - a slice must never stop the loop
-            log.exception("actor slice escaped its handler: %r", actor)
-        finally:
-            self._finished()
-
-    def _finished(self) -> None:
-        with self._idle:
-            self._inflight -= 1
-            if self._inflight == 0:
+    def _run_ready(self) -> None:
+        with self._lock:
+            count = len(self._ready)
+            self._running = True
+        ready = self._ready
+        for _ in range(count):
+            actor = ready.popleft()
+            try:
+                actor._run_slice()
+            except BaseException:  # noqa: BLE001 - a slice must never stop the loop
+                log.exception("actor slice escaped its handler: %r", actor)
+        with self._lock:
+            self._running = False
+            if ready:
+                asyncio.get_running_loop().call_soon(self._run_ready)  # the next round, after the loop's other work
+            else:
+                self._scheduled = False
                 self._idle.notify_all()
 
     @property
     def inflight(self) -> int:
-        return self._inflight
+        """Slices queued or running."""
+        return len(self._ready) + self._running
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until no slice is queued or running (True), or timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+            return self._idle.wait_for(lambda: not self._scheduled, timeout)
 
     def is_worker_thread(self) -> bool:
         return bool(self.io.on_loop_thread())

@@ -110,7 +110,9 @@ class LoopThread:
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread (thread-safe); at once in
         order with the loop's other callbacks when called on it."""
-        loop = self.loop
+        loop = self._loop
+        if loop is None:
+            loop = self.loop  # starts it
         if self.on_loop_thread():
             loop.call_soon(fn, *args)
         else:
