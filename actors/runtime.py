@@ -48,6 +48,7 @@ import logging
 import queue
 import random
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
@@ -83,6 +84,11 @@ T = TypeVar("T")
 
 #: Messages one actor may handle before yielding its pool thread to others.
 SLICE_BUDGET = 128
+
+#: Seconds of slices a :class:`LoopDispatcher` runs before it hands the loop
+#: back for a turn (writes go out, sockets are read, timers fire), even if
+#: more actors were ready when the round began.
+ROUND_BUDGET_S = 0.002
 
 
 # --------------------------------------------------------------------------
@@ -245,12 +251,15 @@ class LoopDispatcher:
             count = len(self._ready)
             self._running = True
         ready = self._ready
+        ends = time.perf_counter() + ROUND_BUDGET_S
         for _ in range(count):
             actor = ready.popleft()
             try:
                 actor._run_slice()
             except BaseException:  # noqa: BLE001 - a slice must never stop the loop
                 log.exception("actor slice escaped its handler: %r", actor)
+            if time.perf_counter() >= ends:
+                break  # the rest after the loop has written and read its sockets
         with self._lock:
             self._running = False
             if ready:

@@ -770,3 +770,36 @@ def test_huddle_actors_run_on_the_nodes_loop_unless_they_declare_they_block() ->
         assert plain.actor_inbox._dispatcher is default_dispatcher()  # type: ignore[attr-defined]
     finally:
         node.shutdown()
+
+
+def test_a_round_of_slices_on_the_loop_ends_when_its_time_is_spent(
+    loop_dispatcher: LoopDispatcher, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import actors.runtime
+
+    monkeypatch.setattr(actors.runtime, "ROUND_BUDGET_S", 0.0)  # every round is spent after one slice
+    io = loop_dispatcher.io
+    handled: list[str] = []
+    marker_saw: list[list[str]] = []
+
+    class Named(PooledActor):
+        dispatcher = loop_dispatcher
+
+        def on_receive(self, message: Any) -> Any:
+            handled.append(message)
+
+    first, second = Named.start(), Named.start()
+    first.ask("warm-up", block=False).get(timeout=DEADLINE)
+    second.ask("warm-up", block=False).get(timeout=DEADLINE)
+    handled.clear()
+    held, go = threading.Event(), threading.Event()
+    io.call_soon(lambda: (held.set(), go.wait(DEADLINE)))
+    assert held.wait(DEADLINE)
+    first.tell("first")
+    second.tell("second")  # both ready when the round begins
+    io.call_soon(lambda: marker_saw.append(list(handled)))
+    go.set()
+    assert second.ask("last", block=False).get(timeout=DEADLINE) is None
+
+    assert marker_saw == [["first"]]  # the loop got its turn between the two slices
+    assert handled == ["first", "second", "last"]
