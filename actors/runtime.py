@@ -215,8 +215,9 @@ class LoopDispatcher:
     Ready actors wait in a run queue; one loop callback (scheduled with
     ``loop.call_soon`` on the loop thread, ``call_soon_threadsafe`` from
     others, and only when the queue was idle) runs the slices of the actors
-    that were ready when it started, each within its ``SLICE_BUDGET``, and
-    then hands the loop back: actors made ready meanwhile (a busy actor
+    that were ready when it started, each within its ``SLICE_BUDGET``, for
+    at most ``ROUND_BUDGET_S``, and then hands the loop back: the rest, and
+    actors made ready meanwhile (a busy actor
     re-queued after its budget included) wait for the next round, after the
     loop has read its sockets and run its other callbacks. For actors that
     never block: a blocking wait on this thread raises :class:`BlockingOnLoop`
@@ -226,8 +227,7 @@ class LoopDispatcher:
     def __init__(self, io: LoopThread) -> None:
         self.io = io
         self._ready: deque[Runnable] = deque()
-        self._scheduled = False
-        self._running = False
+        self._scheduled = False  # a round is scheduled or running
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
@@ -247,10 +247,8 @@ class LoopDispatcher:
             log.debug("slice of %r dropped: the loop is closed", actor)
 
     def _run_ready(self) -> None:
-        with self._lock:
-            count = len(self._ready)
-            self._running = True
         ready = self._ready
+        count = len(ready)
         ends = time.perf_counter() + ROUND_BUDGET_S
         for _ in range(count):
             actor = ready.popleft()
@@ -261,17 +259,11 @@ class LoopDispatcher:
             if time.perf_counter() >= ends:
                 break  # the rest after the loop has written and read its sockets
         with self._lock:
-            self._running = False
             if ready:
                 asyncio.get_running_loop().call_soon(self._run_ready)  # the next round, after the loop's other work
             else:
                 self._scheduled = False
                 self._idle.notify_all()
-
-    @property
-    def inflight(self) -> int:
-        """Slices queued or running."""
-        return len(self._ready) + self._running
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until no slice is queued or running (True), or timeout."""

@@ -69,10 +69,6 @@ class LoopThread:
         """The running loop (started on first use)."""
         return self.start()._loop  # type: ignore[return-value]
 
-    @property
-    def started(self) -> bool:
-        return self._loop is not None
-
     def start(self) -> LoopThread:
         with self._lock:
             if self._closed:
