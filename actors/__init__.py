@@ -6,7 +6,9 @@ the rest lives in submodules (``actors.node``, ``actors.supervisor``,
 """
 
 from actors.runtime import (
+    BlockingOnLoop,
     Dispatcher,
+    LoopDispatcher,
     PooledActor,
     PooledFuture,
     ThreadPoolDispatcher,
@@ -14,7 +16,9 @@ from actors.runtime import (
 )
 
 __all__ = [
+    "BlockingOnLoop",
     "Dispatcher",
+    "LoopDispatcher",
     "PooledActor",
     "PooledFuture",
     "ThreadPoolDispatcher",

@@ -4,14 +4,15 @@ A timer in huddle is a delayed message: the node asks its clock to call it
 back, and the callback sends the message through the bus like any other.
 Two clocks keep the same contract:
 
-* :class:`SystemClock`: monotonic time, one timer thread with a heap.
+* :class:`SystemClock`: monotonic time; callbacks run on the node's I/O
+  loop (an asyncio loop), so a node has no timer thread of its own.
 * :class:`ManualClock`: time moves only when a test calls ``advance`` (or
   ``advance_to``); due callbacks run on the caller's thread, in deadline
   order, each with ``now()`` reading its own deadline, before the call
   returns. Nothing in a test then depends on how busy the machine is.
 
 A callback here only *sends* a timer message: the actor handles it later,
-on its own thread. ``ManualClock.advance`` alone therefore never sees the
+in its own slice. ``ManualClock.advance`` alone therefore never sees the
 timers that handlers set in reaction to earlier ones; the test kit's
 ``TestKit.advance`` jumps from deadline to deadline (``next_deadline`` /
 ``advance_to``) and lets the actors settle in between.
@@ -19,6 +20,7 @@ timers that handlers set in reaction to earlier ones; the test kit's
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
@@ -26,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from bus.loop import IoClosed, LoopThread
 
 __all__ = ["Clock", "ManualClock", "SystemClock", "TimerHandle"]
 
@@ -92,13 +96,24 @@ def _run(handle: TimerHandle) -> None:
 
 
 class SystemClock:
-    """Real time; callbacks run on one daemon timer thread."""
+    """Real time; callbacks run on an asyncio loop: the node's I/O loop when
+    given one (``io``), else a loop thread of the clock's own.
 
-    def __init__(self) -> None:
+    The clock keeps its timers in its own heap and arms one loop timer, for
+    the earliest deadline. A timer set from another thread wakes the loop
+    only when it becomes the earliest (ask deadlines rarely are), so most
+    asks cost no thread switch here.
+    """
+
+    def __init__(self, io: LoopThread | None = None) -> None:
+        self._io = io if io is not None else LoopThread("huddle-timers")
+        self._owns_io = io is None
         self._heap = _Heap()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._armed: asyncio.TimerHandle | None = None
+        self._armed_when: float | None = None
+        self._rearm_scheduled = False
 
     def now(self) -> float:
         return time.monotonic()
@@ -108,34 +123,65 @@ class SystemClock:
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         handle = TimerHandle(time.monotonic() + max(0.0, delay), fn, args)
-        with self._cond:
-            head = self._heap.next_when()
+        with self._lock:
+            if self._closed:
+                return handle  # never runs: the clock has stopped
             self._heap.push(handle)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="huddle-timers", daemon=True)
-                self._thread.start()
-            # Wake the timer thread only if it now has to wake earlier (one
-            # thread switch less per ask: ask deadlines are rarely earliest).
-            if head is None or handle.when < head:
-                self._cond.notify()
+            if self._rearm_scheduled or (self._armed_when is not None and self._armed_when <= handle.when):
+                return handle  # the loop will wake in time anyway
+            self._rearm_scheduled = True
+        try:
+            self._io.call_soon(self._rearm)
+        except IoClosed:
+            pass  # the loop is gone with its node: nothing fires any more
         return handle
 
-    def _loop(self) -> None:
+    def _rearm(self) -> None:
+        """Loop thread: arm the loop timer for the earliest deadline."""
+        with self._lock:
+            self._rearm_scheduled = False
+            if self._closed:
+                return
+            when = self._heap.next_when()
+            if when == self._armed_when:
+                return
+            if self._armed is not None:
+                self._armed.cancel()
+                self._armed = None
+            self._armed_when = when
+            if when is not None:
+                loop = asyncio.get_running_loop()
+                self._armed = loop.call_later(max(0.0, when - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        """Loop thread: run every callback due now, in deadline order (those
+        set by these callbacks for the same instant or earlier included,
+        never ones due later), then arm for the next deadline."""
+        now = time.monotonic()
+        with self._lock:
+            self._armed = None
+            self._armed_when = None
         while True:
-            with self._cond:
+            with self._lock:
                 if self._closed:
                     return
-                due = self._heap.pop_due(time.monotonic())
-                if due is None:
-                    nxt = self._heap.next_when()
-                    self._cond.wait(None if nxt is None else max(0.0, nxt - time.monotonic()))
-                    continue
+                due = self._heap.pop_due(now)
+            if due is None:
+                break
             _run(due)
+        self._rearm()
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify()
+            armed, self._armed = self._armed, None
+        if armed is not None:
+            try:
+                self._io.call_soon(armed.cancel)
+            except (IoClosed, RuntimeError):
+                pass  # the loop is already gone, and the timer with it
+        if self._owns_io:
+            self._io.close()
 
 
 class ManualClock:

@@ -73,7 +73,7 @@ from actors.fencing import Fencing, Verdict
 from actors.io import IoLoop, Outcome
 from actors.messages import ChildExit
 from actors.metrics import BUS_RECONNECTS, MetricsRegistry
-from actors.runtime import PooledActor, PooledFuture, default_dispatcher
+from actors.runtime import LoopDispatcher, Mailbox, PooledActor, PooledFuture, default_dispatcher
 from bus.address import (
     SYS_EVENTS,
     InvalidAddress,
@@ -217,8 +217,9 @@ class Ownership(Protocol):
     """Who owns which address, for a node in a cluster.
 
     Every method is called on the thread that hit the situation (an actor's
-    pool thread, the transport's thread) and must return at once; the slow
-    work (Redis) happens on the node's I/O loop. See the module docstring.
+    pool thread, the node's I/O loop thread for bytes read from Redis and
+    timers) and must return at once; the slow work (Redis) happens on the
+    node's I/O loop. See the module docstring.
     """
 
     def may_send(self, sender: str, epoch: int) -> bool:
@@ -302,12 +303,25 @@ class HuddleActor(PooledActor):
     """
 
     mailbox_capacity: ClassVar[int | None] = DEFAULT_MAILBOX_CAPACITY
+    #: True for an actor whose handlers may block (wait on a future, sleep,
+    #: do blocking I/O): it runs on the thread pool. Others run their slices
+    #: on the node's I/O loop, where a blocking wait raises
+    #: :class:`~actors.runtime.BlockingOnLoop`.
+    blocking: ClassVar[bool] = False
 
     def __init__(self, ctx: ActorContext) -> None:
-        super().__init__()
+        # Before the mailbox is made: it runs on the node's loop or the pool.
         self.ctx = ctx
         self.address = ctx.address
         self.node = ctx.node
+        super().__init__()
+
+    @classmethod
+    def _create_actor_inbox_for(cls, actor: PooledActor) -> Mailbox:
+        assert isinstance(actor, HuddleActor)
+        if cls.dispatcher is not None or cls.blocking:
+            return super()._create_actor_inbox_for(actor)
+        return Mailbox(actor, actor.node.dispatcher, cls.mailbox_capacity)
 
     # -- receiving ----------------------------------------------------------
 
@@ -428,18 +442,24 @@ class Node:
         self.address = node_address(self.node_id)
         self.transport = transport
         self.codec = codec or Codec()
-        self.clock: Clock = clock or SystemClock()
+        #: The node's one asyncio loop (its thread starts on first use): the
+        #: transport's connections, the actors' I/O and the system clock's
+        #: timers run on it.
+        self.io = io or IoLoop(f"huddle-io-{self.node_id}")
+        #: Runs the slices of the actors here that never block, on ``io``.
+        self.dispatcher = LoopDispatcher(self.io)
+        self.clock: Clock = clock or SystemClock(self.io)
         self.namespace = namespace
         self.ask_timeout = ask_timeout
         self.checkpoints: CheckpointStore = checkpoints or MemoryCheckpoints()
-        #: The node's asyncio loop for actors' I/O (its thread starts on first use).
-        self.io = io or IoLoop(f"huddle-io-{self.node_id}")
         self.counters: collections.Counter[str] = collections.Counter()
         #: Gauges other parts add (``node.metrics.add_source``); see actors.metrics.
         self.metrics = MetricsRegistry()
         self.metrics.add_source(BUS_RECONNECTS, lambda: self.counters["bus:resubscribed"])
-        #: Called with every envelope put into a hosted actor's mailbox, when
-        #: set (taps mirror them); must be quick and must not raise.
+        #: Called with every envelope handed to a hosted actor's mailbox, when
+        #: set (taps mirror them), just before the actor can see it (a put
+        #: that then finds the mailbox full, a rare race, is refused after it
+        #: as a mailbox-full dead letter); must be quick and must not raise.
         self.delivery_hook: Callable[[Envelope], None] | None = None
         self._system_handlers: dict[str, Callable[[Envelope], None]] = {}
         self._actors: dict[str, HuddleActor] = {}
@@ -469,7 +489,7 @@ class Node:
         self.transport.on_unrouted(self._on_unrouted)
         self.transport.on_state(self._on_bus_state)
         self.transport.subscribe(channel_for(self.address, self.namespace))
-        self.transport.start()
+        self.transport.start(self.io.loop)
         return self
 
     def __enter__(self) -> Node:
@@ -500,12 +520,14 @@ class Node:
             # No reply can come any more: fail the ask now, not never.
             _corr, to, _timeout = timer.args
             fut.set_exception(exc_info=(AskTimeout, AskTimeout(to, "node shut down before a reply"), None))
-        # Actors' last I/O (a socket's close) gets a moment, then is cancelled.
+        # Actors' last I/O (a socket's close) gets a moment; the transport
+        # flushes and disconnects on the loop; then what is left on the loop
+        # is cancelled and its thread ends.
         self.io.wait_idle(min(timeout, 1.0))
-        self.io.close(timeout)
         self.transport.flush(timeout)
         self.transport.close()
         self.clock.close()
+        self.io.close(timeout)
 
     # -- hosting ------------------------------------------------------------
 
@@ -936,14 +958,20 @@ class Node:
                 self._reply(env, Reply(stopping))
             return
         reply_future: PooledFuture[Any] | None = None if env.reply_to is None else PooledFuture()
+        mailbox: Mailbox = actor.actor_inbox  # type: ignore[assignment]
+        hook = self.delivery_hook
+        if hook is not None:
+            # Before the put: once queued, the actor may handle the message
+            # (and report what that caused) on another thread at once.
+            if mailbox.capacity is not None and len(mailbox) >= mailbox.capacity:
+                self._refuse(env, "mailbox-full")
+                return
+            hook(env)
         try:
-            actor.actor_inbox.put(_PykkaEnvelope(Delivery(env), reply_to=reply_future))
+            mailbox.put(_PykkaEnvelope(Delivery(env), reply_to=reply_future))
         except MailboxFull:
             self._refuse(env, "mailbox-full")
             return
-        hook = self.delivery_hook
-        if hook is not None:
-            hook(env)
         if reply_future is not None:
             # Runs at once if the actor already answered.
             reply_future.add_done_callback(lambda f: self._answer(env, f, actor))
@@ -1037,22 +1065,34 @@ class Node:
     # -- test support -------------------------------------------------------
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
-        """True once no actor slice is queued or running on the dispatcher and
-        no I/O request is in flight (an I/O outcome becomes a message, which
-        makes the dispatcher busy again, so both are checked until both hold)."""
-        dispatcher = default_dispatcher()
-        wait = getattr(dispatcher, "wait_idle", None)
-        deadline = time.monotonic() + timeout
+        """True once no actor slice is queued or running (on the node's loop
+        or the pool) and no I/O request is in flight (an I/O outcome becomes
+        a message, which makes a dispatcher busy again, so all are checked
+        until all hold at once)."""
+        return self._wait_quiet(timeout, io=True)
 
-        def dispatcher_idle(seconds: float) -> bool:
-            return bool(wait(max(0.0, seconds))) if wait is not None else True
+    def wait_actors_idle(self, timeout: float = 5.0) -> bool:
+        """True once no actor slice is queued or running, on the node's loop
+        or the pool (I/O may be in flight)."""
+        return self._wait_quiet(timeout, io=False)
+
+    def _wait_quiet(self, timeout: float, *, io: bool) -> bool:
+        deadline = time.monotonic() + timeout
+        waits = [w for w in (getattr(default_dispatcher(), "wait_idle", None), self.dispatcher.wait_idle)
+                 if w is not None]
+        if io:
+            waits.append(self.io.wait_idle)
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
 
         while True:
-            if not dispatcher_idle(deadline - time.monotonic()):
-                return False
-            if not self.io.wait_idle(max(0.0, deadline - time.monotonic())):
-                return False
-            if dispatcher_idle(0) and self.io.inflight == 0:
+            for wait in waits:
+                if not wait(left()):
+                    return False
+            # Idle one after the other is not idle at once: one may have
+            # made another busy meanwhile. Look again without waiting.
+            if all(wait(0) for wait in waits):
                 return True
 
 

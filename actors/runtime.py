@@ -21,11 +21,19 @@ re-queued (messages left) or parked (none left). Only pykka's three
 documented hooks are overridden: ``_create_actor_inbox``,
 ``_create_future`` and ``_start_actor_loop``.
 
-Blocking: a handler may still block on a future (``ask(...).get()``). A
-pool thread that blocks on a :class:`PooledFuture` tells the dispatcher,
-which starts a compensating thread so the pool never starves (the idea of
-"managed blocking" in fork/join pools). The extra thread retires when it is
-no longer needed.
+Two dispatchers: :class:`ThreadPoolDispatcher` runs slices on a pool of
+threads (the default, and where every actor that may block runs);
+:class:`LoopDispatcher` runs them as callbacks on an asyncio loop (a node's
+I/O loop, for its actors that never block), so what a socket delivers is
+handled on the thread that read it.
+
+Blocking: a handler on the pool may still block on a future
+(``ask(...).get()``). A pool thread that blocks on a :class:`PooledFuture`
+tells the dispatcher, which starts a compensating thread so the pool never
+starves (the idea of "managed blocking" in fork/join pools). The extra
+thread retires when it is no longer needed. On a loop thread the same wait
+raises :class:`BlockingOnLoop` at once: it would stop the loop, and with it
+the reply it waits for.
 
 Exits are reported by the runtime: when an actor stops, the slice that saw
 it stop calls ``actor._exit_hook(actor, error)`` (``error`` is ``None`` for a
@@ -40,6 +48,7 @@ import logging
 import queue
 import random
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
@@ -49,14 +58,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from pykka import ActorDeadError, ActorRef, ActorRegistry, ThreadingFuture
 from pykka import Actor as _PykkaActor
 
-from bus.errors import MailboxFull
+from bus.errors import HuddleError, MailboxFull
+from bus.loop import LoopThread, current_loop_thread
 
 if TYPE_CHECKING:
     from pykka import Future
     from pykka._envelope import Envelope
 
 __all__ = [
+    "BlockingOnLoop",
     "Dispatcher",
+    "LoopDispatcher",
     "Mailbox",
     "PooledActor",
     "PooledFuture",
@@ -72,6 +84,11 @@ T = TypeVar("T")
 
 #: Messages one actor may handle before yielding its pool thread to others.
 SLICE_BUDGET = 128
+
+#: Seconds of slices a :class:`LoopDispatcher` runs before it hands the loop
+#: back for a turn (writes go out, sockets are read, timers fire), even if
+#: more actors were ready when the round began.
+ROUND_BUDGET_S = 0.002
 
 
 # --------------------------------------------------------------------------
@@ -179,6 +196,89 @@ class ThreadPoolDispatcher:
         return self._threads
 
 
+class BlockingOnLoop(HuddleError):
+    """A blocking wait (``future.get()``, ``StopFlag.wait``) was attempted on
+    a thread that runs an asyncio loop: it would stop the loop, and with it
+    the reply it waits for."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} would block the node's I/O loop thread (the reply could never arrive): "
+            "await the future, or ask and handle the reply as a message"
+        )
+
+
+class LoopDispatcher:
+    """Runs actor slices on an asyncio loop (the node's I/O loop), so bytes
+    read from a socket are decoded, queued and handled without a thread hop.
+
+    Ready actors wait in a run queue; one loop callback (scheduled with
+    ``loop.call_soon`` on the loop thread, ``call_soon_threadsafe`` from
+    others, and only when the queue was idle) runs the slices of the actors
+    that were ready when it started, each within its ``SLICE_BUDGET``, for
+    at most ``ROUND_BUDGET_S``, and then hands the loop back: the rest, and
+    actors made ready meanwhile (a busy actor
+    re-queued after its budget included) wait for the next round, after the
+    loop has read its sockets and run its other callbacks. For actors that
+    never block: a blocking wait on this thread raises :class:`BlockingOnLoop`
+    instead of stopping the loop.
+    """
+
+    def __init__(self, io: LoopThread) -> None:
+        self.io = io
+        self._ready: deque[Runnable] = deque()
+        self._scheduled = False  # a round is scheduled or running
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+
+    def submit(self, actor: Runnable) -> None:
+        with self._lock:
+            self._ready.append(actor)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.io.call_soon(self._run_ready)
+        except HuddleError:  # the loop is closed: the node is gone, and its slices with it
+            with self._lock:
+                self._ready.clear()
+                self._scheduled = False
+                self._idle.notify_all()
+            log.debug("slice of %r dropped: the loop is closed", actor)
+
+    def _run_ready(self) -> None:
+        ready = self._ready
+        count = len(ready)
+        ends = time.perf_counter() + ROUND_BUDGET_S
+        for _ in range(count):
+            actor = ready.popleft()
+            try:
+                actor._run_slice()
+            except BaseException:  # noqa: BLE001 - a slice must never stop the loop
+                log.exception("actor slice escaped its handler: %r", actor)
+            if time.perf_counter() >= ends:
+                break  # the rest after the loop has written and read its sockets
+        with self._lock:
+            if ready:
+                asyncio.get_running_loop().call_soon(self._run_ready)  # the next round, after the loop's other work
+            else:
+                self._scheduled = False
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no slice is queued or running (True), or timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._scheduled, timeout)
+
+    def is_worker_thread(self) -> bool:
+        return bool(self.io.on_loop_thread())
+
+    @contextmanager
+    def blocking(self) -> Iterator[None]:
+        raise BlockingOnLoop("a blocking wait")
+        yield  # pragma: no cover
+
+
 _default_dispatcher: Dispatcher | None = None
 _default_lock = threading.Lock()
 
@@ -205,7 +305,9 @@ def set_default_dispatcher(dispatcher: Dispatcher) -> None:
 _current = threading.local()
 
 
-def _blocking_section() -> AbstractContextManager[None]:
+def _blocking_section(what: str) -> AbstractContextManager[None]:
+    if current_loop_thread() is not None:
+        raise BlockingOnLoop(what)
     d = getattr(_current, "dispatcher", None) or _default_dispatcher
     if d is not None and d.is_worker_thread():
         return d.blocking()
@@ -235,8 +337,8 @@ class PooledFuture(ThreadingFuture[T]):
         return self._result is not None
 
     def get(self, *, timeout: float | None = None) -> Any:
-        if self._result is None and self._get_hook is None:
-            with _blocking_section():
+        if self._result is None and self._get_hook is None and timeout != 0:
+            with _blocking_section("future.get()"):
                 return super().get(timeout=timeout)
         return super().get(timeout=timeout)
 
@@ -337,7 +439,14 @@ class StopFlag:
             if self._waiters is None:
                 self._waiters = []
             self._waiters.append(ev)
-        with _blocking_section():
+        try:
+            section = _blocking_section("StopFlag.wait()")
+        except BlockingOnLoop:
+            with _flag_lock:
+                if self._waiters is not None and ev in self._waiters:
+                    self._waiters.remove(ev)
+            raise
+        with section:
             got = ev.wait(timeout)
         if not got:
             with _flag_lock:

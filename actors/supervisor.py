@@ -95,6 +95,12 @@ class Backoff:
 class Supervisor(HuddleActor):
     """Starts, watches and restarts children (see the module docstring)."""
 
+    #: A supervisor stops its children one by one, newest first, waiting
+    #: for each exit (``Node.stop_actor``), so that its own exit (and an
+    #: escalation) is reported only once they are gone: it blocks, so it
+    #: runs on the thread pool. (Its children run on the node's loop.)
+    blocking = True
+
     def __init__(
         self,
         ctx: ActorContext,

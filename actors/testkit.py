@@ -57,7 +57,7 @@ from typing import Any, TypeVar
 
 from actors.clock import ManualClock
 from actors.node import ActorContext, HuddleActor, Node
-from actors.runtime import PooledFuture, default_dispatcher
+from actors.runtime import PooledFuture
 from actors.supervisor import ChildSpec, Supervisor
 from bus.envelope import Codec, Envelope
 from bus.messages import Event, Message
@@ -403,8 +403,7 @@ class TestKit:
         message then, so this is the wait for windows where an outcome is
         held back on purpose (a request held at a fake's gate); with I/O
         that answers by itself, :meth:`settle` is the deterministic one."""
-        wait = getattr(default_dispatcher(), "wait_idle", None)
-        if wait is not None and not wait(timeout):
+        if not self.node.wait_actors_idle(timeout):
             raise Timeout(f"actors still busy after {timeout:g}s")
 
     def _inflight_note(self) -> str:

@@ -1,16 +1,18 @@
-"""Redis pub/sub transport: one I/O thread, two lean connections.
+"""Redis pub/sub transport: two lean connections on an asyncio loop.
 
 Shape
 -----
-A :class:`RedisTransport` owns one background thread running an asyncio
-event loop (the node's I/O loop; ``.loop``, :meth:`RedisTransport.call_soon`
-and :meth:`RedisTransport.run_coroutine` let the node run other I/O there)
-and two connections to Redis, each an ``asyncio.Protocol`` that speaks RESP2
+A :class:`RedisTransport` runs on the asyncio loop it is started on (a
+node passes its I/O loop, so the transport, the actors' sockets and the
+clock's timers share one loop on one thread), or, started without one,
+on a loop thread of its own (``huddle inject``, monitor, tap). It keeps two
+connections to Redis, each an ``asyncio.Protocol`` that speaks RESP2
 directly (hand-encoded commands, ``hiredis.Reader`` for replies):
 
 - the **publisher** connection. ``publish()`` appends ``(channel, data)`` to a
   pending deque under a lock and, if no flush is scheduled, schedules one
-  with ``loop.call_soon_threadsafe``. A flush encodes everything pending as
+  (``loop.call_soon`` on the loop's thread, ``call_soon_threadsafe`` from
+  any other). A flush encodes everything pending as
   pipelined ``PUBLISH`` commands and writes them in one ``write()``; replies
   are read as they come (so the connection never backs up) and each one
   settles the oldest in-flight message. Publishes are not awaited one by
@@ -69,22 +71,21 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
 from bus.errors import TransportError
+from bus.loop import LoopThread, on_loop
 from bus.resp import PublishEncoder, encode_command
 from bus.transport import Receiver, TransportCallbacks, TransportStats, call_quietly
 
 __all__ = ["RedisEndpoint", "RedisTransport", "backoff_delay", "mask_url"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 BACKOFF_START = 0.05
 BACKOFF_CAP = 2.0
@@ -414,7 +415,7 @@ class RedisTransport(TransportCallbacks):
         self._closing = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._own_loop: LoopThread | None = None  # when started without a loop
         self._tasks: list[asyncio.Task[None]] = []
         self._first_attempts: list[concurrent.futures.Future[BaseException | None]] = []
 
@@ -460,48 +461,47 @@ class RedisTransport(TransportCallbacks):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The node's I/O loop (running on the transport's thread after ``start``)."""
+        """The loop the connections run on (after ``start``)."""
         if self._loop is None:
             raise TransportError(f"{self!r} is not started")
         return self._loop
 
-    def call_soon(self, fn: Callable[..., object], *args: object) -> asyncio.Handle:
-        """Run ``fn(*args)`` on the I/O loop, from any thread."""
-        return self.loop.call_soon_threadsafe(fn, *args)
-
-    def run_coroutine(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run ``coro`` on the I/O loop, from any thread (not from the loop itself
-        if you mean to block on the result)."""
-        if self._loop is None or self._closed:
-            coro.close()
-            raise TransportError(f"{self!r} is not running")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
-
     def _on_loop_thread(self) -> bool:
-        return self._thread is not None and threading.current_thread() is self._thread
+        return on_loop(self._loop)
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        """Schedule ``fn`` on the loop: directly from the loop's own thread
+        (no wake-up needed), thread-safely from any other."""
+        loop = self._loop
+        assert loop is not None
+        if on_loop(loop):
+            loop.call_soon(fn)
+        else:
+            loop.call_soon_threadsafe(fn)
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the I/O thread and connect. Idempotent.
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Connect on ``loop`` (a node passes its I/O loop), or on a loop
+        thread of the transport's own if None. Idempotent.
 
         Waits for the first connection attempt of both connections (bounded
-        by the connect timeout). Unreachable Redis is not an error: the
-        transport keeps retrying in the background and queues publishes. A
-        server that refuses the handshake (bad password, unknown user) is:
+        by the connect timeout), so it must not be called on ``loop``'s own
+        thread. Unreachable Redis is not an error: the transport keeps
+        retrying in the background and queues publishes. A server that
+        refuses the handshake (bad password, unknown user) is:
         ``TransportError``.
         """
+        if loop is not None and on_loop(loop):
+            raise TransportError("start() would block the loop it is asked to run on")
         with self._lock:
             if self._started or self._closed:
                 return
             self._started = True
-        loop = asyncio.new_event_loop()
+        if loop is None:
+            self._own_loop = LoopThread(f"huddle-io-{self.name}" if self.name else "huddle-io")
+            loop = self._own_loop.loop
         self._loop = loop
-        ready = threading.Event()
-        thread_name = f"huddle-io-{self.name}" if self.name else "huddle-io"
-        self._thread = threading.Thread(target=self._run_loop, args=(loop, ready), name=thread_name, daemon=True)
-        self._thread.start()
-        ready.wait()
         self._first_attempts = [
             asyncio.run_coroutine_threadsafe(self._start_connection(role), loop)
             for role in ("publisher", "subscriber")
@@ -518,23 +518,13 @@ class RedisTransport(TransportCallbacks):
             self.close(flush_timeout=0)
             raise refusal
 
-    def _run_loop(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        try:
-            loop.run_forever()
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-
     def close(self, flush_timeout: float = 5.0) -> None:
-        """Flush (waiting at most ``flush_timeout``), disconnect, join the I/O
-        thread. Whatever is still unwritten is dropped with reason
+        """Flush (waiting at most ``flush_timeout``), disconnect, and stop the
+        loop thread if the transport owns it (a loop it was given keeps
+        running). Whatever is still unwritten is dropped with reason
         ``"closed"``. Idempotent."""
         if self._on_loop_thread():
-            raise TransportError("close() called on the transport's own I/O thread")
+            raise TransportError("close() called on the loop the transport runs on (its own I/O thread)")
         with self._lock:
             if self._closed or self._closing:
                 return
@@ -546,13 +536,16 @@ class RedisTransport(TransportCallbacks):
             self._closed = True
             self._sub_cond.notify_all()  # wake wait_subscribed()
         loop = self._loop
-        if started and loop is not None and self._thread is not None:
+        if started and loop is not None and not loop.is_closed():  # a closed loop took the sockets with it
+            shutdown = self._shutdown()
             try:
-                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10.0)
-            except (concurrent.futures.TimeoutError, RuntimeError):
+                asyncio.run_coroutine_threadsafe(shutdown, loop).result(timeout=10.0)
+            except RuntimeError:  # the loop closed meanwhile
+                shutdown.close()
+            except concurrent.futures.TimeoutError:
                 log.warning("%r: I/O loop did not shut down cleanly", self)
-            loop.call_soon_threadsafe(loop.stop)
-            self._thread.join(timeout=10.0)
+        if self._own_loop is not None:
+            self._own_loop.close(timeout=10.0)
         # Give up on whatever did not make it: unacknowledged, then unsent.
         with self._lock:
             lost = [item for batch in self._inflight for item in batch]
@@ -748,7 +741,7 @@ class RedisTransport(TransportCallbacks):
                 overflow = None
                 if not self._flush_scheduled and self._can_write:
                     self._flush_scheduled = True
-                    self._loop.call_soon_threadsafe(self._write_pending)  # type: ignore[union-attr]
+                    self._call_soon(self._write_pending)
         if overflow:
             self._drop(overflow, "overflow")
 
@@ -852,7 +845,7 @@ class RedisTransport(TransportCallbacks):
             if self._settled >= target:
                 return True
             if self._on_loop_thread():
-                raise TransportError("flush() would block the transport's own I/O thread")
+                raise TransportError("flush() would block the loop the transport runs on (its own I/O thread)")
             event = threading.Event()
             waiter = (target, event)
             self._flush_waiters.append(waiter)
@@ -889,7 +882,7 @@ class RedisTransport(TransportCallbacks):
         self._sub_dirty = True
         if self._sub_ready and not self._sync_scheduled:
             self._sync_scheduled = True
-            self._loop.call_soon_threadsafe(self._sync_subscriptions)  # type: ignore[union-attr]
+            self._call_soon(self._sync_subscriptions)
 
     def _sync_subscriptions(self) -> None:
         """Loop thread: tell the server about channels wanted / no longer wanted."""
@@ -968,7 +961,7 @@ class RedisTransport(TransportCallbacks):
             if self._closed:
                 return False
             if self._on_loop_thread():
-                raise TransportError("wait_subscribed() would block the transport's own I/O thread")
+                raise TransportError("wait_subscribed() would block the loop the transport runs on (its own I/O thread)")
             self._sub_cond.wait_for(lambda: self._closed or self._subscribed_locked(), timeout)
             return self._subscribed_locked()
 

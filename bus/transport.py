@@ -9,8 +9,8 @@ against both):
   several nodes inside one test process. ``publish`` delivers synchronously,
   on the publisher's thread, to every transport on the hub subscribed to
   exactly that channel.
-- ``bus.redis_transport.RedisTransport``: Redis pub/sub, one asyncio I/O
-  thread per node, batched pipelined publishes.
+- ``bus.redis_transport.RedisTransport``: Redis pub/sub on the node's asyncio
+  loop (or a loop thread of its own), batched pipelined publishes.
 
 Contract shared by both:
 
@@ -33,6 +33,7 @@ Contract shared by both:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -56,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Receiver = Callable[[str, bytes], None]
-"""``receiver(channel, data)``; called on the transport's I/O thread (for the
+"""``receiver(channel, data)``; called on the transport's loop thread (for the
 in-process transport: on the publisher's thread)."""
 
 StateCallback = Callable[[str], None]
@@ -93,8 +94,10 @@ class Transport(Protocol):
 
     stats: TransportStats
 
-    def start(self) -> None:
-        """Connect (or begin connecting). Idempotent."""
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Connect (or begin connecting). Idempotent. A transport that does
+        I/O runs it on ``loop`` (the node's I/O loop), or on a loop of its
+        own if None; the in-process one has no I/O and ignores it."""
 
     def close(self) -> None:
         """Flush what is pending (bounded wait), disconnect, join threads. Idempotent."""
@@ -209,7 +212,7 @@ class InProcessTransport(TransportCallbacks):
     def __repr__(self) -> str:
         return f"InProcessTransport(name={self.name!r})"
 
-    def start(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:  # noqa: ARG002 - no I/O here
         with self._lock:
             if self._started or self._closed:
                 return

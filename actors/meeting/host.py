@@ -159,6 +159,8 @@ class MeetingHost(HuddleActor):
     ``MeetingHost(ctx, meetings=NodeMeetings(...))`` to share the node's
     meetings with the cluster's factory."""
 
+    blocking = True  # waits for a tree's placement and for trees to stop
+
     def __init__(self, ctx: ActorContext, device_url: str = "", *, meetings: NodeMeetings | None = None,
                  **tree_options: Any) -> None:
         super().__init__(ctx)

@@ -205,3 +205,46 @@ def test_system_clock_wall_is_unix_time(system_clock: SystemClock) -> None:
 
     before = time.time()
     assert before <= system_clock.wall() <= time.time()
+
+
+def test_system_clock_on_a_given_loop_calls_back_on_that_loops_thread_from_any_thread() -> None:
+    from bus.loop import LoopThread
+
+    io = LoopThread("test-clock-loop")
+    clock = SystemClock(io)
+    try:
+        seen: list[tuple[str, str]] = []
+        done = threading.Event()
+
+        def record(name: str) -> None:
+            seen.append((name, threading.current_thread().name))
+            if len(seen) == 3:
+                done.set()
+
+        # From this thread, and from the loop itself (as a timer set by a
+        # timer, or by a socket's handler, is).
+        clock.call_later(0.02, record, "late")
+        clock.call_later(0.0, record, "soon")
+        io.call_soon(lambda: clock.call_later(0.0, record, "from the loop"))
+        assert done.wait(DEADLINE)
+        assert {thread for _, thread in seen} == {"test-clock-loop"}
+        assert sorted(name for name, _ in seen) == ["from the loop", "late", "soon"]
+        clock.close()
+        assert not io.closed  # the loop belongs to whoever gave it
+    finally:
+        clock.close()
+        io.close()
+
+
+def test_system_clock_close_ends_its_own_loop_and_later_timers_never_run() -> None:
+    clock = SystemClock()
+    fired = threading.Event()
+    clock.call_later(0.0, fired.set)  # starts the clock's own loop
+    assert fired.wait(DEADLINE)
+    thread = clock._io._thread
+    assert thread is not None and thread.is_alive()
+
+    clock.close()
+
+    assert clock._io.closed and not thread.is_alive()
+    clock.call_later(0.0, lambda: None)  # after close: accepted without raising (nothing runs it)

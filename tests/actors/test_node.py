@@ -181,10 +181,12 @@ def test_an_ask_across_nodes_returns_the_value(pair: tuple[Node, Node]) -> None:
     assert alpha._pending == {}
 
 
-def test_an_actor_can_block_on_an_ask_inside_its_handler(pair: tuple[Node, Node]) -> None:
+def test_an_actor_that_declares_it_blocks_can_block_on_an_ask_inside_its_handler(pair: tuple[Node, Node]) -> None:
     alpha, beta = pair
 
     class Asker(HuddleActor):
+        blocking = True  # runs on the thread pool
+
         def on_message(self, message: Message, envelope: Envelope) -> Any:
             assert isinstance(message, Ping)
             return self.ask("svc:echo", message).get(timeout=DEADLINE)
@@ -193,6 +195,34 @@ def test_an_actor_can_block_on_an_ask_inside_its_handler(pair: tuple[Node, Node]
     alpha.spawn("svc:asker", Asker)
     alpha.spawn("svc:local-echo", Echo)
     assert alpha.ask("svc:asker", Ping(n=1)).get(timeout=DEADLINE) == Pong(n=2)
+
+
+def test_blocking_on_an_ask_in_a_handler_on_the_loop_fails_at_once_and_names_the_fix(
+        pair: tuple[Node, Node]) -> None:
+    alpha, beta = pair
+    gate = threading.Event()
+
+    class Held(HuddleActor):
+        blocking = True  # answers once the test opens the gate
+
+        def on_message(self, message: Message, envelope: Envelope) -> Any:
+            gate.wait(DEADLINE)
+            return "late"
+
+    class Asker(HuddleActor):  # not blocking: its slices run on the node's loop
+        def on_message(self, message: Message, envelope: Envelope) -> Any:
+            return self.ask("svc:held", message).get(timeout=DEADLINE)
+
+    beta.spawn("svc:held", Held)
+    alpha.spawn("svc:asker", Asker)
+    try:
+        with pytest.raises(RemoteError) as info:
+            # Refused at once: no deadlock, and no waiting for the inner ask's deadline.
+            alpha.ask("svc:asker", Ping(n=1), timeout=DEADLINE).get(timeout=DEADLINE)
+        assert info.value.error_type == "BlockingOnLoop"
+        assert "await the future, or ask and handle the reply as a message" in info.value.remote_message
+    finally:
+        gate.set()
 
 
 def test_an_ask_to_a_handler_that_raises_fails_with_remote_error(pair: tuple[Node, Node]) -> None:

@@ -18,6 +18,8 @@ from pykka import ActorDeadError, ActorRegistry
 
 from actors.runtime import (
     SLICE_BUDGET,
+    BlockingOnLoop,
+    LoopDispatcher,
     Mailbox,
     PooledActor,
     PooledFuture,
@@ -27,7 +29,8 @@ from actors.runtime import (
     default_dispatcher,
     install_indexed_registry,
 )
-from bus.errors import MailboxFull
+from bus.errors import HuddleError, MailboxFull
+from bus.loop import LoopThread
 from tests.actors.conftest import DEADLINE, Pools, Recorder
 
 
@@ -666,3 +669,137 @@ def test_slices_do_not_accumulate_tracebacks() -> None:
     gc.collect()
     ref.stop()
     assert probe() is None
+
+
+# --------------------------------------------------------------------------
+# Slices on an asyncio loop (LoopDispatcher)
+
+
+@pytest.fixture
+def loop_dispatcher() -> Iterator[LoopDispatcher]:
+    io = LoopThread("test-slices-loop")
+    try:
+        yield LoopDispatcher(io)
+    finally:
+        ActorRegistry.stop_all(timeout=DEADLINE)
+        io.close()
+
+
+def test_slices_on_a_loop_run_on_its_thread_and_yield_to_the_loop_between_slices(
+    loop_dispatcher: LoopDispatcher,
+) -> None:
+    io = loop_dispatcher.io
+    handled: list[tuple[int, str]] = []
+    marker_saw: list[int] = []
+    done = threading.Event()
+    total = 3 * SLICE_BUDGET
+
+    class Busy(PooledActor):
+        dispatcher = loop_dispatcher
+
+        def on_receive(self, message: Any) -> Any:
+            handled.append((message, threading.current_thread().name))
+            if message == total - 1:
+                done.set()
+
+    ref = Busy.start()
+    assert ref.ask("warm-up", block=False).get(timeout=DEADLINE) is None
+    handled.clear()
+    held, go = threading.Event(), threading.Event()
+    io.call_soon(lambda: (held.set(), go.wait(DEADLINE)))  # the loop is busy: what follows queues up
+    assert held.wait(DEADLINE)
+    for n in range(total):
+        ref.tell(n)
+    # Another callback on the loop (a socket's reader, a lease renewal),
+    # scheduled after the actor's first slice.
+    io.call_soon(lambda: marker_saw.append(len(handled)))
+    go.set()
+
+    assert done.wait(DEADLINE)
+    assert [n for n, _ in handled] == list(range(total))
+    assert {thread for _, thread in handled} == {"test-slices-loop"}
+    # The busy actor handled one budget, then the loop ran the other callback.
+    assert marker_saw == [SLICE_BUDGET]
+    assert loop_dispatcher.wait_idle(DEADLINE)
+
+
+def test_a_blocking_wait_on_the_loop_raises_a_typed_error_naming_the_fix(
+    loop_dispatcher: LoopDispatcher,
+) -> None:
+    never: PooledFuture[int] = PooledFuture()
+    flag = StopFlag()
+
+    class Blocks(PooledActor):
+        dispatcher = loop_dispatcher
+
+        def on_receive(self, message: Any) -> Any:
+            if message == "future":
+                return never.get(timeout=DEADLINE)
+            return flag.wait(timeout=DEADLINE)
+
+    ref = Blocks.start()
+    for what in ("future", "flag"):
+        with pytest.raises(BlockingOnLoop, match="await the future, or ask and handle the reply as a message"):
+            ref.ask(what, block=False).get(timeout=DEADLINE)
+    # A done future is no wait at all, and get(timeout=0) keeps pykka's meaning.
+    never.set(7)
+    assert ref.ask("future", block=False).get(timeout=DEADLINE) == 7
+    assert isinstance(BlockingOnLoop("x"), HuddleError)
+
+
+def test_huddle_actors_run_on_the_nodes_loop_unless_they_declare_they_block() -> None:
+    from actors.node import HuddleActor, Node
+    from bus.envelope import Envelope
+    from bus.messages import Message, Ping
+    from bus.transport import InProcessHub, InProcessTransport
+
+    class Where(HuddleActor):
+        def on_message(self, message: Message, envelope: Envelope) -> Any:
+            return threading.current_thread().name
+
+    class WhereBlocking(Where):
+        blocking = True
+
+    node = Node(InProcessTransport(InProcessHub()), node_id="where").start()
+    try:
+        node.spawn("where:loop", Where)
+        node.spawn("where:pool", WhereBlocking)
+        assert node.ask("where:loop", Ping(n=1)).get(timeout=DEADLINE) == node.io.name
+        assert node.ask("where:pool", Ping(n=1)).get(timeout=DEADLINE) != node.io.name
+        plain = Log.start(Recorder())  # a plain PooledActor: the pool, as before
+        assert plain.actor_inbox._dispatcher is default_dispatcher()  # type: ignore[attr-defined]
+    finally:
+        node.shutdown()
+
+
+def test_a_round_of_slices_on_the_loop_ends_when_its_time_is_spent(
+    loop_dispatcher: LoopDispatcher, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import actors.runtime
+
+    monkeypatch.setattr(actors.runtime, "ROUND_BUDGET_S", 0.0)  # every round is spent after one slice
+    io = loop_dispatcher.io
+    handled: list[str] = []
+    marker_saw: list[list[str]] = []
+
+    class Named(PooledActor):
+        dispatcher = loop_dispatcher
+
+        def on_receive(self, message: Any) -> Any:
+            handled.append(message)
+
+    first, second = Named.start(), Named.start()
+    first.ask("warm-up", block=False).get(timeout=DEADLINE)
+    second.ask("warm-up", block=False).get(timeout=DEADLINE)
+    handled.clear()
+    held, go = threading.Event(), threading.Event()
+    io.call_soon(lambda: (held.set(), go.wait(DEADLINE)))
+    assert held.wait(DEADLINE)
+    first.tell("first")
+    second.tell("second")  # both ready when the round begins
+    io.call_soon(lambda: marker_saw.append(list(handled)))
+    go.set()
+    assert second.ask("last", block=False).get(timeout=DEADLINE) is None
+
+    assert marker_saw == [["first"]]  # the loop got its turn between the two slices
+    assert handled == ["first", "second", "last"]

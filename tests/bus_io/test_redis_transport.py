@@ -15,6 +15,7 @@ import redis
 
 from bus.embedded import EmbeddedRedis
 from bus.errors import TransportError
+from bus.loop import LoopThread
 from bus.redis_transport import BACKOFF_CAP, BACKOFF_START, MAX_BATCH, RedisEndpoint, RedisTransport, backoff_delay, mask_url
 
 from .conftest import DEADLINE, Collector, StateRecorder
@@ -182,7 +183,7 @@ def test_publishes_queued_while_the_loop_is_busy_go_out_as_one_batch(
             return real_encoder.encode(batch)
 
     busy, release = threading.Event(), threading.Event()
-    sender.call_soon(lambda: (busy.set(), release.wait(DEADLINE)))
+    sender.loop.call_soon_threadsafe(lambda: (busy.set(), release.wait(DEADLINE)))
     assert busy.wait(DEADLINE)  # the I/O loop is stuck until release
     sender._encoder = CountingEncoder()  # type: ignore[assignment]
     count = MAX_BATCH + 10
@@ -197,19 +198,82 @@ def test_publishes_queued_while_the_loop_is_busy_go_out_as_one_batch(
     assert got.on(channel) == [b"%d" % i for i in range(count)]
 
 
-def test_receiver_runs_on_the_io_thread_and_run_coroutine_uses_the_loop(
+def test_receiver_runs_on_the_transports_own_loop_thread_when_started_without_a_loop(
     redis_url: str, make_redis_transport: MakeRedisTransport, channel_prefix: str
 ) -> None:
     got = Collector()
     sender, receiver = _pair(make_redis_transport, redis_url, got, channel_prefix + "t")
     sender.publish(channel_prefix + "t", b"x")
     assert got.wait_count(1)
-    assert got.threads == {receiver._thread.name}  # type: ignore[union-attr]
+    assert receiver._own_loop is not None
+    assert got.threads == {receiver._own_loop.name}
 
     async def which_loop() -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
 
-    assert receiver.run_coroutine(which_loop()).result(DEADLINE) is receiver.loop
+    assert asyncio.run_coroutine_threadsafe(which_loop(), receiver.loop).result(DEADLINE) is receiver.loop
+
+
+def test_a_transport_started_on_a_given_loop_runs_there_and_leaves_it_running(
+    redis_url: str, make_redis_transport: MakeRedisTransport, channel_prefix: str
+) -> None:
+    shared = LoopThread("test-shared-loop")
+    try:
+        got = Collector()
+        channel = channel_prefix + "shared"
+        receiver = make_redis_transport(redis_url, start=False, name="on-shared")
+        receiver.set_receiver(got)
+        receiver.subscribe(channel)
+        receiver.start(shared.loop)
+        assert receiver.loop is shared.loop and receiver._own_loop is None
+        assert receiver.wait_subscribed(DEADLINE)
+        sender = make_redis_transport(redis_url, start=False, name="also-on-shared")
+        sender.start(shared.loop)
+
+        sender.publish(channel, b"one loop")
+
+        assert got.wait_count(1)
+        assert got.threads == {"test-shared-loop"}
+        sender.close()
+        receiver.close()
+        # The loop belongs to whoever gave it: it still runs.
+        assert asyncio.run_coroutine_threadsafe(asyncio.sleep(0, "alive"), shared.loop).result(DEADLINE) == "alive"
+    finally:
+        shared.close()
+
+
+def test_blocking_calls_on_the_transports_loop_are_refused(
+    redis_url: str, make_redis_transport: MakeRedisTransport
+) -> None:
+    shared = LoopThread("test-refusing-loop")
+    try:
+        transport = make_redis_transport(redis_url, start=False)
+        transport.start(shared.loop)
+
+        async def block_on_the_loop() -> list[str]:
+            # Asked for on the loop, so neither can be done before the calls below.
+            transport.subscribe("not-confirmed-yet")  # wait_subscribed() would have to wait
+            transport.publish("not-acknowledged-yet", b"x")  # flush() would have to wait
+            refused = []
+            for call in (transport.flush, transport.wait_subscribed, transport.close):
+                try:
+                    call()
+                except TransportError as exc:
+                    refused.append(str(exc))
+            return refused
+
+        refused = asyncio.run_coroutine_threadsafe(block_on_the_loop(), shared.loop).result(DEADLINE)
+        assert len(refused) == 3 and all("loop the transport runs on" in text for text in refused)
+        other = make_redis_transport(redis_url, start=False)
+
+        async def start_on_the_loop() -> None:
+            other.start(shared.loop)
+
+        with pytest.raises(TransportError, match="would block the loop"):
+            asyncio.run_coroutine_threadsafe(start_on_the_loop(), shared.loop).result(DEADLINE)
+        transport.close()
+    finally:
+        shared.close()
 
 
 def test_wait_subscribed_covers_unsubscribe_on_the_server(
@@ -361,7 +425,8 @@ def test_close_while_redis_is_down_drops_and_reports(
     node.close(flush_timeout=0)
 
     assert drops == [("c", "closed")]
-    assert node._thread is not None and not node._thread.is_alive()
+    assert node._own_loop is not None and node._own_loop.closed
+    assert node._own_loop._thread is not None and not node._own_loop._thread.is_alive()
 
 
 def test_a_paused_redis_is_detected_and_left(

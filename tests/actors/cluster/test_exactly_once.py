@@ -328,6 +328,8 @@ class Gated(Recorder):
     """Checkpoints each Ping it handles; the handler of ``n == 1`` then
     waits for ``gate`` (so that later messages queue up behind it)."""
 
+    blocking = True  # waits on the gate: on the pool, not on the node's loop
+
     def __init__(self, ctx: ActorContext, handled: list[tuple[str, int]], changed: threading.Condition,
                  gate: threading.Event) -> None:
         super().__init__(ctx, handled, changed)

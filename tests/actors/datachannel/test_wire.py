@@ -174,6 +174,8 @@ def test_s12_a_pong_with_another_id_closes_pong_mismatch_and_reconnects(
     dataserver_session.fault(pong_mismatch=True)
     s = Session(kit, wire)
     go_online(kit, s, dataserver_session)  # the first ping goes out at once; its pong does not match
+    # Lifted only once that pong did its work (not before the ping got there).
+    dataserver_session.wait_for(lambda st: st["sockets"][0].get("close") is not None, DEADLINE)
     dataserver_session.fault(pong_mismatch=False)
     wait_state(kit, s, ONLINE)  # a new socket
     state = dataserver_session.state()

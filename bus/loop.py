@@ -1,0 +1,138 @@
+"""An asyncio event loop on its own daemon thread.
+
+A node process runs one of these: the node's I/O loop
+(:class:`actors.io.IoLoop` builds on it) carries the Redis transport's
+connections, the actors' sockets and HTTP requests, and the system clock's
+timers. Something used alone (a transport for ``huddle inject``, a clock in
+a test) owns one of its own.
+
+The loop is the seam: everything that runs on it reaches it through
+:attr:`LoopThread.loop`, so other code never creates a loop or a thread of
+its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from bus.errors import HuddleError
+
+__all__ = ["IoClosed", "LoopThread", "current_loop_thread", "on_loop"]
+
+log = logging.getLogger("huddle.loop")
+
+_this_thread = threading.local()
+
+
+def current_loop_thread() -> LoopThread | None:
+    """The :class:`LoopThread` whose thread the caller runs on, if any
+    (nothing there may block: it would stop that loop)."""
+    return getattr(_this_thread, "loop_thread", None)
+
+
+class IoClosed(HuddleError):
+    """The I/O loop is closed (its owner is shutting down)."""
+
+
+def on_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """True if the caller runs on ``loop`` (in a task or a callback of it)."""
+    if loop is None:
+        return False
+    return asyncio._get_running_loop() is loop  # noqa: SLF001 - public in asyncio.events, no raise
+
+
+class LoopThread:
+    """An asyncio event loop, running on a daemon thread started on first use.
+
+    After :meth:`close`, every task still running is cancelled, the loop is
+    closed and its thread ends; asking for the loop then raises
+    :class:`IoClosed`.
+    """
+
+    def __init__(self, name: str = "huddle-io") -> None:
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop (started on first use)."""
+        return self.start()._loop  # type: ignore[return-value]
+
+    def start(self) -> LoopThread:
+        with self._lock:
+            if self._closed:
+                raise IoClosed(f"{self._name} is closed")
+            if self._loop is None:
+                ready = threading.Event()
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._run, args=(ready,), name=self._name, daemon=True)
+                self._thread.start()
+                ready.wait()
+        return self
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        _this_thread.loop_thread = self
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def on_loop_thread(self) -> bool:
+        """True if the caller runs on this loop's thread."""
+        thread = self._thread
+        return thread is not None and threading.current_thread() is thread
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread (thread-safe); at once in
+        order with the loop's other callbacks when called on it."""
+        loop = self._loop
+        if loop is None:
+            loop = self.loop  # starts it
+        if self.on_loop_thread():
+            loop.call_soon(fn, *args)
+        else:
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError as exc:  # closed between the check and here
+                raise IoClosed(f"{self._name} is closed") from exc
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel everything still running and stop the loop thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if threading.current_thread() is thread:
+            raise HuddleError(f"{self._name}: close() called on the loop's own thread")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("%s did not stop within %.1fs", self._name, timeout)
