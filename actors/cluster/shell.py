@@ -947,7 +947,11 @@ class Cluster:
                 self.feed(ClaimFailed(address))
             return
         self.node.counters["cluster:claim-batches"] += 1
-        for address, result in zip(addresses, results, strict=True):
+        for i, (address, result) in enumerate(zip(addresses, results, strict=True)):
+            if i:
+                # One activation per loop step: a batch's actors start
+                # between ticks and renewal replies, not ahead of them.
+                await asyncio.sleep(0)
             if result.won:
                 if result.seen:
                     self._seen.restore(address, result.seen)  # before anything is delivered
