@@ -25,6 +25,10 @@ Rules, each a method below:
   or misses heartbeats for its ttl; a dead node's placed addresses are
   adopted (made unowned), and each survivor claims those it now ranks
   first for.
+- **claims in flight**: at most ``claims_in_flight`` claims wait for an
+  answer; the rest queue, in order, and go as answers come back (the shell
+  sends the claims of one loop turn together, in batches). Renewals never
+  queue behind them: the shell runs them on a connection of their own.
 - **placement**: an unowned placed address is claimed by the live,
   non-draining node that ranks first for it (rendezvous hashing over the
   nodes whose factories start its kind).
@@ -103,7 +107,11 @@ class ClusterConfig:
     ``backlog_cap``: envelopes one address's backlog holds; ``fencing_log``:
     record accepted checkpoint writes (for checkers); ``handoff_on_join``:
     move addresses to a node that joins and ranks first for them, once it
-    has been live for ``handoff_grace`` seconds (default: one lease ttl).
+    has been live for ``handoff_grace`` seconds (default: one lease ttl);
+    ``claims_in_flight``: claims sent and not answered yet, at most (the
+    rest wait their turn, in order: a survivor taking over a dead node's
+    addresses keeps Redis, its connections and its loop for everything
+    else, its renewals first).
 
     Why the grace: a node that was paused past its lease and wakes up
     forwards the messages that waited in its socket, some of which the new
@@ -121,6 +129,7 @@ class ClusterConfig:
     fencing_log: bool = False
     handoff_on_join: bool = True
     handoff_grace: float | None = None
+    claims_in_flight: int = 256
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0 or self.lease_ttl <= 0:
@@ -131,6 +140,8 @@ class ClusterConfig:
             raise ValueError("validity_margin is a fraction of the ttl, in (0, 1)")
         if self.capacity < 0:
             raise ValueError("capacity must not be negative")
+        if self.claims_in_flight < 1:
+            raise ValueError("claims_in_flight must be at least 1")
 
     @property
     def validity(self) -> float:
@@ -184,6 +195,8 @@ class ClusterState:
     claiming: dict[str, float] = field(default_factory=dict)
     #: address -> when to (re)send its claim
     pending_claims: dict[str, float] = field(default_factory=dict)
+    #: addresses to claim as soon as fewer than ``claims_in_flight`` are (in order)
+    queued_claims: dict[str, None] = field(default_factory=dict)
     #: address -> until when it is not claimed again (it crashed here)
     cooldown: dict[str, float] = field(default_factory=dict)
     #: placed addresses heard to be unowned and not claimed since: looked at
@@ -274,9 +287,15 @@ class WantLease(Event):
 
 @dataclass(frozen=True, slots=True)
 class Claimed(Event):
+    """The claim won ``address`` under ``epoch``. ``sent_at``: when the
+    shell sent the script (after the claim waited its turn and its channel
+    was subscribed); ``None``: when the core said to claim it. The lease is
+    valid from then, never from later (Redis set its TTL after it)."""
+
     address: str
     epoch: int
     placed: bool
+    sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +473,7 @@ def step(state: ClusterState, event: Event, now: float) -> tuple[ClusterState, l
     out: list[Effect] = []
     handler = _HANDLERS[type(event)]
     handler(state, event, now, out)
+    _send_queued_claims(state, now, out)
     if state.draining and not state.left and not state.leases and not state.claiming:
         state.left = True
         out.append(Leave())
@@ -597,7 +617,7 @@ def _lease_seen(s: ClusterState, e: LeaseSeen, now: float, out: list[Effect]) ->
 
 def _want_lease(s: ClusterState, e: WantLease, now: float, out: list[Effect]) -> None:
     address = e.address
-    if address in s.claiming or address in s.pending_claims:
+    if address in s.claiming or address in s.pending_claims or address in s.queued_claims:
         return
     lease = s.leases.get(address)
     if lease is not None:
@@ -611,7 +631,8 @@ def _want_lease(s: ClusterState, e: WantLease, now: float, out: list[Effect]) ->
 
 
 def _claimed(s: ClusterState, e: Claimed, now: float, out: list[Effect]) -> None:
-    sent_at = s.claiming.pop(e.address, now)
+    decided_at = s.claiming.pop(e.address, now)
+    sent_at = decided_at if e.sent_at is None else max(decided_at, e.sent_at)
     s.unowned_seen.discard(e.address)
     lease = HeldLease(epoch=e.epoch, placed=e.placed, valid_until=sent_at + s.config.validity)
     s.leases[e.address] = lease
@@ -709,6 +730,9 @@ def _drain(s: ClusterState, e: Drain, _now: float, out: list[Effect]) -> None:
     s.draining = True
     s.pending_claims.clear()
     s.reclaim.clear()
+    for address in s.queued_claims:
+        out.append(SpawnRefused(address, "", 0))
+    s.queued_claims.clear()
     out.append(Emit("draining", node_address(s.me), detail={"leases": len(s.leases)}))
     for address, lease in s.leases.items():
         if lease.phase is not Phase.ACTIVE:
@@ -727,13 +751,25 @@ def _claim(s: ClusterState, address: str, now: float, out: list[Effect]) -> None
     if not s.joined:
         s.pending_claims[address] = now
         return
+    if s.queued_claims or len(s.claiming) >= s.config.claims_in_flight:
+        s.queued_claims[address] = None  # after those before it, once fewer are in flight
+        return
     s.claiming[address] = now
     out.append(Claim(address))
 
 
+def _send_queued_claims(s: ClusterState, now: float, out: list[Effect]) -> None:
+    """Claims that waited for room: as many as may be in flight now."""
+    while s.queued_claims and len(s.claiming) < s.config.claims_in_flight:
+        address = next(iter(s.queued_claims))
+        del s.queued_claims[address]
+        s.claiming[address] = now
+        out.append(Claim(address))
+
+
 def _maybe_claim_placed(s: ClusterState, address: str, now: float, out: list[Effect]) -> None:
     if (s.draining or s.left or address in s.leases or address in s.claiming or address in s.pending_claims
-            or s.owner(address) != s.me):
+            or address in s.queued_claims or s.owner(address) != s.me):
         return
     until = s.cooldown.get(address)
     if until is not None:

@@ -3,7 +3,16 @@
 :class:`Cluster` plugs into a :class:`~actors.node.Node` as its
 :class:`~actors.node.Ownership` and runs the cluster core on the node's I/O
 loop, carrying out its effects with the Redis scripts of :mod:`bus.cluster`
-(one redis-py asyncio client, next to the node's pub/sub transport).
+(redis-py asyncio clients, next to the node's pub/sub transport).
+
+Two lanes to Redis. Renewals (which carry the heartbeat) run on a
+connection of their own that nothing else uses, so a renewal never waits
+behind claims, checkpoint writes, epoch look-ups or backlog drains; all of
+those share the main lane. Claims are batched: the claims the core emits in
+one loop turn go out ``CLAIM_BATCH`` addresses per script call, each won
+lease bringing its checkpoint, spec, backlog and handled msg ids in the
+same reply, and the core keeps at most ``claims_in_flight`` claims
+unanswered (a survivor taking over hundreds of addresses queues the rest).
 
 Threads. The core's state is only changed on the I/O loop (``_feed``).
 Other threads (actors' pool threads, the transport's thread) call the
@@ -120,6 +129,12 @@ SEEN_IDS = 100_000
 SEEN_PER_ADDRESS = 256
 #: Kinds of address that never take a lease (node endpoints, system channels).
 _UNLEASED = ("node:", "sys:")
+#: Addresses claimed (and their checkpoints, handled msg ids and backlogs
+#: loaded) per round trip; how many claims are in flight at once is the
+#: core's ``claims_in_flight``.
+CLAIM_BATCH = 64
+#: Connections of the lane everything but renewals shares.
+MAIN_LANE_CONNECTIONS = 32
 
 
 class ActorFactories:
@@ -529,6 +544,11 @@ class Cluster:
         self.backlog: Backlog
         self.checkpoints = RedisCheckpoints(self)
         self._client: aioredis.Redis | None = None
+        #: the renewal lane: a connection nothing but renewals uses
+        self._renew_client: aioredis.Redis | None = None
+        self._renewals: LeaseStore
+        #: addresses the core said to claim, sent together at the end of the loop turn
+        self._to_claim: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._owners: dict[str, tuple[str, int]] = {}
@@ -579,17 +599,14 @@ class Cluster:
 
     async def _boot(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # A command that loses its connection (Redis restarted) is sent again
-        # on a new one: every script here is safe to repeat (a repeated
-        # ROUTE appends a copy that the owner drops by its msg_id).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.redis_url, max_connections=32, timeout=None,
-            socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        self._client = aioredis.Redis(connection_pool=pool)
+        # Two lanes: renewals (which carry the heartbeat) on a connection of
+        # their own, so a renewal never waits for a connection behind a
+        # burst of claims, checkpoint writes or backlog drains; everything
+        # else on the main lane.
+        self._client = aioredis.Redis(connection_pool=self._pool("main", MAIN_LANE_CONNECTIONS))
+        self._renew_client = aioredis.Redis(connection_pool=self._pool("renew", 1))
         self.leases = LeaseStore(self._client, namespace=self.node.namespace, codec=self.node.codec)
+        self._renewals = LeaseStore(self._renew_client, namespace=self.node.namespace, codec=self.node.codec)
         self.backlog = Backlog(self._client, namespace=self.node.namespace, cap=self.config.backlog_cap)
         try:
             async with asyncio.timeout(self.config.lease_ttl):
@@ -605,6 +622,18 @@ class Cluster:
             assert isinstance(hb, NodeHeartbeat)
             self.feed(HeartbeatSeen(hb))
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    def _pool(self, lane: str, max_connections: int) -> aioredis.ConnectionPool:
+        """The connections of one lane (``"main"`` or ``"renew"``). A
+        command that loses its connection (Redis restarted) is sent again on
+        a new one: every script here is safe to repeat (a repeated ROUTE
+        appends a copy that the owner drops by its msg_id)."""
+        return aioredis.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=max_connections, timeout=None,
+            socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
 
     async def _tick_forever(self) -> None:
         while not self._closed:
@@ -645,8 +674,9 @@ class Cluster:
             self._ticker.cancel()
         for task in list(self._tasks):
             task.cancel()
-        if self._client is not None:
-            await self._client.aclose()
+        for client in (self._client, self._renew_client):
+            if client is not None:
+                await client.aclose()
 
     @property
     def joined(self) -> bool:
@@ -830,7 +860,7 @@ class Cluster:
             case Renew():
                 self._spawn_task(self._renew(effect))
             case Claim(address=address):
-                self._spawn_task(self._claim(address))
+                self._queue_claim(address)
             case Start(address=address, epoch=epoch):
                 self._start(address, epoch)
             case SpawnRefused():
@@ -869,7 +899,7 @@ class Cluster:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.config.lease_ttl):
-                result = await self.leases.renew(self.me, ttl=self.config.lease_ttl, node_body=body,
+                result = await self._renewals.renew(self.me, ttl=self.config.lease_ttl, node_body=body,
                                                  heartbeat=announcement, new_era=uuid.uuid4().hex,
                                                  leases=effect.leases)
         except Exception as exc:  # noqa: BLE001 - the leases run out by themselves
@@ -883,27 +913,52 @@ class Cluster:
         if not self._joined.is_set():
             self._joined.set()
 
-    async def _claim(self, address: str) -> None:
+    def _queue_claim(self, address: str) -> None:
+        """Loop thread: the core said claim ``address``; the claims of this
+        loop turn go out together (:meth:`_send_claims`)."""
         with self._lock:
             self._lingering.pop(address, None)
         self.node.reserve(address)
-        # Listen on the address's channel before the claim makes it ours.
+        first = not self._to_claim
+        self._to_claim.append(address)
+        if first:
+            asyncio.get_running_loop().call_soon(self._send_claims)
+
+    def _send_claims(self) -> None:
+        addresses, self._to_claim = self._to_claim, []
+        for i in range(0, len(addresses), CLAIM_BATCH):
+            self._spawn_task(self._claim(addresses[i:i + CLAIM_BATCH]))
+
+    async def _claim(self, addresses: list[str]) -> None:
+        """Claim ``addresses`` in one round trip; each won lease brings its
+        checkpoint, spec, backlog and the msg ids its last owner's actor
+        handled (restored here before anything is delivered)."""
+        # Listen on the addresses' channels before the claim makes them ours.
         await asyncio.get_running_loop().run_in_executor(None, self.node.transport.wait_subscribed,
                                                          self.config.lease_ttl)
+        sent_at = time.monotonic()
         try:
             async with asyncio.timeout(self.config.lease_ttl):
-                result = await self.leases.claim(address, self.me, ttl=self.config.lease_ttl,
-                                                 floor=self.node.newest_epoch(address))
+                results = await self.leases.claim_many(
+                    [(a, self.node.newest_epoch(a), None) for a in addresses], self.me, ttl=self.config.lease_ttl)
         except Exception as exc:  # noqa: BLE001
-            log.warning("cluster: %s could not claim %s (%r)", self.me, address, exc)
-            self.feed(ClaimFailed(address))
+            log.warning("cluster: %s could not claim %d addresses (%r)", self.me, len(addresses), exc)
+            for address in addresses:
+                self.feed(ClaimFailed(address))
             return
-        if result.won:
-            await self._restore_seen(address)  # before anything is delivered
-            self._claims[address] = result
-            self.feed(Claimed(address, result.epoch, placed=result.spec is not None))
-        else:
-            self.feed(ClaimRefused(address, result.holder, result.epoch))
+        self.node.counters["cluster:claim-batches"] += 1
+        for i, (address, result) in enumerate(zip(addresses, results, strict=True)):
+            if i:
+                # One activation per loop step: a batch's actors start
+                # between ticks and renewal replies, not ahead of them.
+                await asyncio.sleep(0)
+            if result.won:
+                if result.seen:
+                    self._seen.restore(address, result.seen)  # before anything is delivered
+                self._claims[address] = result
+                self.feed(Claimed(address, result.epoch, placed=result.spec is not None, sent_at=sent_at))
+            else:
+                self.feed(ClaimRefused(address, result.holder, result.epoch))
 
     def _start(self, address: str, epoch: int) -> None:
         claim = self._claims.pop(address, None)
@@ -1132,21 +1187,6 @@ class Cluster:
         self.node._refuse(env, reason)
 
     # -- handled msg ids ----------------------------------------------------------------
-
-    async def _restore_seen(self, address: str) -> None:
-        """A claim of ``address`` was won: the ids its last owner's actor
-        handled, before anything is delivered here. Read after the claim,
-        so no former owner can write them any more (its writes are
-        epoch-checked)."""
-        try:
-            async with asyncio.timeout(self.config.lease_ttl):
-                ids = await self.leases.load_seen(address)
-        except Exception as exc:  # noqa: BLE001 - the activation goes on; copies may be handled again
-            log.warning("cluster: %s could not read the handled msg ids of %s (%r)", self.me, address, exc)
-            self.node.counters["cluster:seen-unread"] += 1
-            return
-        if ids:
-            self._seen.restore(address, ids)
 
     def _persist_seen(self) -> None:
         """Loop thread, each tick (at most once a heartbeat interval): queue

@@ -73,34 +73,47 @@ stopped for good: its spec and checkpoint are deleted)."""
 RELEASE_MODES = ("plain", "unowned", "retire")
 _ANNOUNCED_AS = {"plain": "released", "unowned": "unowned", "retire": "retired"}
 
-# ARGV: prefix, address, me, ttl_ms, floor, channel, announcement, spec
+# ARGV: prefix, me, ttl_ms, channel, then per address: address, floor, announcement, spec
+# One reply per address, in order: {won, holder, epoch} when refused;
+# {1, me, epoch, checkpoint, spec, seen, backlog...} when won.
 CLAIM = script(r"""
-local a, me, ttl = ARGV[2], ARGV[3], ARGV[4]
-if not alive(me) then return {0, '', '0'} end
-local cur = redis.call('GET', lease_key(a))
-if cur then
-  local ce, holder = parse_lease(cur)
-  if holder ~= me and alive(holder) then return {0, holder, estr(ce)} end
-  redis.call('SREM', held_key(holder), a)
+local me, ttl, channel = ARGV[2], ARGV[3], ARGV[4]
+local replies = {}
+if not alive(me) then
+  for i = 5, #ARGV, 4 do replies[#replies + 1] = {0, '', '0'} end
+  return replies
 end
-local e = next_epoch(ARGV[5])
-redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
-record_issued(a, e, me)
-redis.call('SADD', held_key(me), a)
 redis.call('SADD', MEMBERS, me)
-redis.call('SREM', UNOWNED, a)
-if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8]) end
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or ''}
-local bk = backlog_key(a)
-for _, item in ipairs(redis.call('XRANGE', bk, '-', '+')) do
-  local fields = item[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'e' then out[#out + 1] = fields[i + 1] end
+for i = 5, #ARGV, 4 do
+  local a, floor, announcement, spec = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local cur = redis.call('GET', lease_key(a))
+  local ce, holder = parse_lease(cur)
+  if cur and holder ~= me and alive(holder) then
+    replies[#replies + 1] = {0, holder, estr(ce)}
+  else
+    if cur then redis.call('SREM', held_key(holder), a) end
+    local e = next_epoch(floor)
+    redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
+    record_issued(a, e, me)
+    redis.call('SADD', held_key(me), a)
+    redis.call('SREM', UNOWNED, a)
+    if spec ~= '' then redis.call('SET', spec_key(a), spec) end
+    redis.call('PUBLISH', channel, announcement)
+    -- Read under the new lease: no former owner can write them any more.
+    local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or '',
+                 redis.call('GET', P .. 'seen:' .. a) or ''}
+    local bk = backlog_key(a)
+    for _, item in ipairs(redis.call('XRANGE', bk, '-', '+')) do
+      local fields = item[2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 'e' then out[#out + 1] = fields[j + 1] end
+      end
+    end
+    redis.call('DEL', bk)
+    replies[#replies + 1] = out
   end
 end
-redis.call('DEL', bk)
-return out
+return replies
 """)
 
 # ARGV: prefix, me, ttl_ms, node_body, channel, heartbeat, new_era, (address, epoch)...
@@ -243,9 +256,10 @@ return 1
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     """``won``: the lease is ours under ``epoch``; then ``checkpoint`` and
-    ``spec`` are what Redis held for the address (``None``: nothing) and
+    ``spec`` are what Redis held for the address (``None``: nothing),
     ``backlog`` the envelopes that waited for an owner (oldest first, now
-    removed from Redis). Otherwise ``holder`` is the live node that holds
+    removed from Redis) and ``seen`` the msg ids its actor handled last
+    (``seen:<address>``, read under the new lease). Otherwise ``holder`` is the live node that holds
     it (``""``: we are not a live member yet)."""
 
     won: bool
@@ -254,6 +268,7 @@ class ClaimResult:
     checkpoint: bytes | None = None
     spec: bytes | None = None
     backlog: tuple[bytes, ...] = ()
+    seen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,14 +320,21 @@ class LeaseStore:
     async def claim(self, address: str, node: str, *, ttl: float, floor: int = 0, spec: bytes | None = None) -> ClaimResult:
         """Take the lease of ``address`` unless a live node holds it.
         ``spec`` (start arguments) makes the address placed."""
-        announcement = self._announcement(LeaseChange(address=address, node=node, change="acquired"))
-        reply = await self._claim(args=[self.keys.prefix, address, node, _ms(ttl), floor, self.channel,
-                                        announcement, spec or b""])
-        won, holder, epoch = int(reply[0]), _text(reply[1]), int(reply[2])
-        if not won:
-            return ClaimResult(won=False, holder=holder, epoch=epoch)
-        return ClaimResult(won=True, holder=holder, epoch=epoch, checkpoint=reply[3] or None, spec=reply[4] or None,
-                           backlog=tuple(reply[5:]))
+        return (await self.claim_many([(address, floor, spec)], node, ttl=ttl))[0]
+
+    async def claim_many(self, claims: Sequence[tuple[str, int, bytes | None]], node: str, *,
+                         ttl: float) -> list[ClaimResult]:
+        """Claim each ``(address, floor, spec)`` as :meth:`claim` does, and
+        load what each won lease brings (checkpoint, spec, handled msg ids,
+        backlog), all in one script: one round trip for the lot."""
+        if not claims:
+            return []
+        args: list[Any] = [self.keys.prefix, node, _ms(ttl), self.channel]
+        for address, floor, spec in claims:
+            announcement = self._announcement(LeaseChange(address=address, node=node, change="acquired"))
+            args += [address, floor, announcement, spec or b""]
+        replies = await self._claim(args=args)
+        return [_claim_result(reply) for reply in replies]
 
     async def renew(self, node: str, *, ttl: float, node_body: bytes, heartbeat: bytes, new_era: str,
                     leases: Mapping[str, int]) -> RenewResult:
@@ -426,6 +448,14 @@ class LeaseStore:
         """The accepted checkpoint writes, in the order Redis accepted them."""
         entries = await self.client.xrange(self.keys.fencing, count=count)
         return [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in entries]
+
+
+def _claim_result(reply: list[Any]) -> ClaimResult:
+    won, holder, epoch = int(reply[0]), _text(reply[1]), int(reply[2])
+    if not won:
+        return ClaimResult(won=False, holder=holder, epoch=epoch)
+    return ClaimResult(won=True, holder=holder, epoch=epoch, checkpoint=reply[3] or None, spec=reply[4] or None,
+                       seen=tuple(decode_seen(reply[5])), backlog=tuple(reply[6:]))
 
 
 def _ms(seconds: float) -> int:

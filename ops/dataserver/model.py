@@ -194,6 +194,8 @@ class SocketRecord:
     tracking_id: str | None = None
     subscription_requests: int = 0
     subscriptions: list[str] = field(default_factory=list)
+    #: when the last subscription request on this socket was handled
+    subscribed_at: float | None = None
     unacked: dict[str | int, None] = field(default_factory=dict)
     close: dict[str, Any] | None = None
 
@@ -240,6 +242,7 @@ class SocketRecord:
             "replaced_by": self.replaced_by,
             "query": dict(self.query),
             "opened_at": self.opened_at,
+            "subscribed_at": self.subscribed_at,
             "close": dict(self.close) if self.close is not None else None,
         }
 
@@ -598,7 +601,7 @@ class DataService:
         if kind == "ping":
             return self._ping(record, frame)
         if kind == "subchannelSubscriptionRequest":
-            return self._subscribe(record, frame)
+            return self._subscribe(record, frame, now)
         if kind == "authorization":
             self.counters["repeated_authorizations"] += 1
             return []
@@ -668,7 +671,7 @@ class DataService:
         # receives) would otherwise count each pong as a lost message.
         return [SendFrame(record.id, record.number({"id": ping_id, "type": "pong"}, self._new_id))]
 
-    def _subscribe(self, record: SocketRecord, frame: Mapping[str, Any]) -> list[Action]:
+    def _subscribe(self, record: SocketRecord, frame: Mapping[str, Any], now: float) -> list[Action]:
         data = frame.get("data")
         subscribe = data.get("subscribe", []) if isinstance(data, dict) else None
         unsubscribe = data.get("unsubscribe", []) if isinstance(data, dict) else None
@@ -677,6 +680,7 @@ class DataService:
             return []
         self.counters["subscription_requests"] += 1
         record.subscription_requests += 1
+        record.subscribed_at = now
         session_key = f"{record.meeting}/{record.session}"
         binding = self.bindings.get(record.binding or "")
         for target in (record.subscriptions, self.subscriptions.setdefault(session_key, []),

@@ -116,8 +116,8 @@ ACCESS_TOKEN = "demo-user-access-token"
 AGENT_OUTPUT = "voice"
 POLL_S = 0.2
 #: Cluster timings of every node: a worker silent for LEASE_TTL_S is dead.
-HEARTBEAT_S = 0.5
-LEASE_TTL_S = 4.0
+HEARTBEAT_S = 0.25
+LEASE_TTL_S = 1.5
 STARTS_IN_FLIGHT = 64
 CAPTION_GRACE_S = 0.5
 """After a caption round is complete, how long to keep listening for

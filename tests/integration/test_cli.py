@@ -162,6 +162,17 @@ def test_bench_quick_prints_figures_baseline_goal(name: str, figures: set[str], 
     _check_bench_output(out.stdout, written, figures)
 
 
+def test_bench_failover_meetings_quick_loses_no_survivor_lease_and_no_caption(tmp_path: Path) -> None:
+    written = tmp_path / "failover-meetings.json"
+    out = run("bench", "failover-meetings", "--quick", "--json-out", str(written), timeout=BENCH_TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check_bench_output(out.stdout, written, {"p50_s", "p99_s", "max_s", "moved", "survivor_leases_lost", "lost"})
+    result = json.loads(out.stdout)
+    assert result["figures"]["moved"] > 0 and result["figures"]["captions_expected"] > 0
+    assert result["figures"]["survivor_leases_lost"] == 0 and result["figures"]["lost"] == 0
+    assert "detection_s" in result["baseline"]
+
+
 def test_bench_chaos_runs_a_short_soak_and_reports_its_invariants(tmp_path: Path) -> None:
     written = tmp_path / "chaos.json"
     out = run("bench", "chaos", "--quick", "--minutes", "0.2", "--json-out", str(written), timeout=BENCH_TIMEOUT)

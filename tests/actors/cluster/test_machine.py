@@ -137,6 +137,10 @@ def test_a_won_claim_starts_the_actor_valid_until_the_claim_was_sent_plus_validi
     assert of(effects, Start) == [Start("counter:1", 42)]
     assert ("lease-acquired", "counter:1", "") in events(effects)
     assert d.state.leases["counter:1"].valid_until == sent + CFG.validity
+    # A claim that waited its turn before it was sent is valid from when it was sent.
+    d.feed(WantLease("counter:2"))
+    d.feed(Claimed("counter:2", 43, placed=True, sent_at=d.now + 0.3), at=d.now + 0.4)
+    assert d.state.leases["counter:2"].valid_until == pytest.approx(d.now - 0.1 + CFG.validity)
 
 
 def test_a_lease_past_its_validity_is_fenced_at_once() -> None:
@@ -322,6 +326,44 @@ def test_a_refused_checkpoint_fences() -> None:
     d.join()
     d.hold("counter:1")
     assert of(d.feed(LeaseTroubled("counter:1")), Stop) == [Stop("counter:1", "lease-checkpoint-refused", final=False)]
+
+
+def test_a_survivor_keeps_at_most_claims_in_flight_and_sends_the_rest_in_order_as_answers_come() -> None:
+    d = Driver(config=ClusterConfig(heartbeat_interval=1.0, lease_ttl=4.0, claims_in_flight=3))
+    d.join()
+    d.peer("n2")
+    dead = d.feed(Tick(), at=d.now + CFG.lease_ttl + 0.1)  # n2 is dead: every address ranks us first
+    for renew in of(dead, Renew):
+        d.feed(Renewed(renew.sent_at, "era-1"))
+    addresses = [f"counter:{i}" for i in range(8)]
+    effects = d.feed(Adopted("n2", alive=False, addresses=tuple(addresses)))
+    assert of(effects, Claim) == [Claim(a) for a in addresses[:3]]
+    assert of(d.feed(Orphans(tuple(addresses))), Claim) == []  # queued, not claimed twice
+    assert of(d.feed(WantLease(addresses[5])), Claim) == []
+    # Each answer, whatever it says, makes room for the next in line.
+    assert of(d.feed(Claimed(addresses[0], 11, placed=True)), Claim) == [Claim(addresses[3])]
+    assert of(d.feed(ClaimRefused(addresses[1], "n3", 12)), Claim) == [Claim(addresses[4])]
+    assert of(d.feed(ClaimFailed(addresses[2])), Claim) == [Claim(addresses[5])]
+    assert len(d.state.claiming) == 3
+    renew = of(d.feed(Tick(), at=d.now + CFG.heartbeat_interval), Renew)
+    assert renew and renew[0].leases == {addresses[0]: 11}  # renewals never wait for the queue
+    sent = [c.address for c in of(d.feed(Claimed(addresses[3], 13, placed=True)), Claim)]
+    sent += [c.address for c in of(d.feed(Claimed(addresses[4], 14, placed=True)), Claim)]
+    assert sent == addresses[6:8]
+    # The failed claim was retried a heartbeat later: behind the queue.
+    assert of(d.feed(Claimed(addresses[5], 15, placed=True)), Claim) == [Claim(addresses[2])]
+    assert not d.state.queued_claims
+
+
+def test_claims_still_queued_when_draining_are_refused_and_the_node_leaves() -> None:
+    d = Driver(config=ClusterConfig(heartbeat_interval=1.0, lease_ttl=4.0, claims_in_flight=1))
+    d.join()
+    assert d.feed(WantLease("echo:1")) == [Claim("echo:1")]
+    assert d.feed(WantLease("echo:2")) == []
+    effects = d.feed(Drain())
+    assert of(effects, SpawnRefused) == [SpawnRefused("echo:2", "", 0)]
+    effects = d.feed(ClaimRefused("echo:1", "n2", 5))
+    assert of(effects, Claim) == [] and of(effects, Leave) == [Leave()]
 
 
 # -- claims refused, actors gone, releases ---------------------------------------------------

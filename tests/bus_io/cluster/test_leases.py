@@ -269,3 +269,62 @@ def test_two_nodes_racing_for_one_address_exactly_one_wins(cr: ClusterRedis) -> 
         t.join(60)
     for i in range(rounds):
         assert sum(results[n][i] for n in racers) == 1, f"round {i}: {[results[n][i] for n in racers]}"
+
+
+class _CountingConnection(aioredis.Connection):
+    """A connection that counts what it sends to the server (round trips)."""
+
+    sent = 0
+
+    async def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        type(self).sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+def test_claiming_many_addresses_is_one_round_trip_and_brings_what_each_needs(cr: ClusterRedis) -> None:
+    from bus.cluster.leases import encode_seen
+
+    async def connect() -> aioredis.Redis:
+        return aioredis.Redis(connection_pool=aioredis.ConnectionPool.from_url(
+            cr.url, connection_class=_CountingConnection))
+
+    client = cr.run(connect())
+    try:
+        store = LeaseStore(client, namespace=cr.namespace, codec=cr.codec)
+        for node in ("n1", "n2", "n3"):
+            cr.heartbeat(node)
+        assert cr.run(store.claim("a:warm", "n1", ttl=5)).won  # connected, script loaded
+        held = cr.run(store.claim("a:1", "n2", ttl=5))  # a live holder keeps it
+        cr.run(store.claim("a:2", "n3", ttl=5))
+        cr.kill("n3")  # a dead holder's lease is taken
+        cr.sync.set(cr.keys.checkpoint("a:3"), b"state-3")
+        cr.sync.set(cr.keys.seen("a:3"), encode_seen(["m1", "m2"]))
+        cr.sync.set(cr.keys.spec("a:3"), b"args-3")
+        cr.sync.xadd(cr.keys.backlog("a:4"), {"e": b"waiting"})
+        addresses = [f"a:{i}" for i in range(1, 301)]
+        _CountingConnection.sent = 0
+        results = cr.run(store.claim_many([(a, 0, b"new" if a == "a:5" else None) for a in addresses], "n1",
+                                          ttl=5))
+        assert _CountingConnection.sent == 1
+    finally:
+        cr.run(client.aclose())
+    by = dict(zip(addresses, results, strict=True))
+    assert not by["a:1"].won and (by["a:1"].holder, by["a:1"].epoch) == ("n2", held.epoch)
+    won = [a for a in addresses if a != "a:1"]
+    assert all(by[a].won and by[a].holder == "n1" for a in won)
+    assert len({by[a].epoch for a in won}) == len(won)  # a new epoch each
+    assert (by["a:3"].checkpoint, by["a:3"].spec, by["a:3"].seen) == (b"state-3", b"args-3", ("m1", "m2"))
+    assert by["a:4"].backlog == (b"waiting",) and not cr.sync.exists(cr.keys.backlog("a:4"))
+    assert by["a:5"].spec == b"new" and cr.sync.get(cr.keys.spec("a:5")) == b"new"
+    assert (by["a:6"].checkpoint, by["a:6"].spec, by["a:6"].seen, by["a:6"].backlog) == (None, None, (), ())
+    # Fencing as for one claim: each lease and its issued epoch are recorded.
+    issued = cr.run(cr.leases.issued(won))
+    assert all(issued[a] == (by[a].epoch, "n1", True) for a in won)
+    assert cr.sync.smembers(cr.keys.held("n1")) == {b"a:warm", *(a.encode() for a in won)}
+    assert cr.sync.smembers(cr.keys.held("n3")) == set()
+
+
+def test_a_node_that_is_no_member_claims_nothing_of_a_batch(cr: ClusterRedis) -> None:
+    results = cr.run(cr.leases.claim_many([("a:1", 0, None), ("a:2", 0, None)], "ghost", ttl=5))
+    assert [(r.won, r.holder) for r in results] == [(False, ""), (False, "")]
+    assert not cr.sync.exists(cr.keys.lease("a:1"))
