@@ -50,7 +50,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -1032,22 +1032,32 @@ class Cluster:
         self.feed(Released(address))
 
     def _hand_back(self, address: str) -> None:
+        # The address stays held until everything held back is queued for
+        # routing: a message that strays meanwhile (from another thread) is
+        # held back too, and queued after the older ones, in the same step
+        # that lets later strays route by themselves (order per address).
         with self._lock:
-            self._hold.discard(address)
             held = self._held_back.pop(address, [])
         # Keep listening until the next owner's claim is announced: what is
         # already on its way to us is forwarded, not dropped.
         waiting = self.node.hand_back(address, keep_listening=True)
-        with self._lock:
-            self._lingering[address] = time.monotonic() + self.config.lease_ttl
         self._specs.pop(address, None)
         self.checkpoints.delete(address)
         self._seen.drop(address)
         owner = self._owners.get(address)
         if owner is not None and owner[0] == self.me:
             self._forget_owner(address)
-        for env in (*held, *waiting):
-            self._submit_route(env.to, self.node.codec.encode(env))
+        encode = self.node.codec.encode
+        older = [encode(env) for env in (*held, *waiting)]
+        with self._lock:
+            later = [encode(env) for env in self._held_back.pop(address, [])]
+            self._lingering[address] = time.monotonic() + self.config.lease_ttl
+            self._hold.discard(address)
+            start, refused = self._queue_routes_locked(address, (*older, *later))
+        for data in refused:
+            self._refuse_bytes(data, "restart-buffer-full")
+        if start:
+            self.call_soon(self._spawn_task, self._route_worker(address))
 
     async def _adopt(self, dead: str) -> None:
         try:
@@ -1119,20 +1129,28 @@ class Cluster:
         """Queue ``data`` for ``to`` through the ROUTE script, after any
         routed send to ``to`` still in flight (order per address)."""
         with self._lock:
-            queue = self._routing.get(to)
-            start = queue is None
-            if start:
-                queue = self._routing[to] = collections.deque()
-            if len(queue) >= RESTART_BUFFER:
-                full = True
-            else:
-                queue.append(data)
-                full = False
-        if full:
-            self._refuse_bytes(data, "restart-buffer-full")
-            return
+            start, refused = self._queue_routes_locked(to, (data,))
+        for item in refused:
+            self._refuse_bytes(item, "restart-buffer-full")
         if start:
             self.call_soon(self._spawn_task, self._route_worker(to))
+
+    def _queue_routes_locked(self, to: str, items: Sequence[bytes]) -> tuple[bool, list[bytes]]:
+        """Append ``items`` to ``to``'s routing queue (caller holds the
+        lock). Returns whether a worker must start, and what did not fit."""
+        refused: list[bytes] = []
+        queue = self._routing.get(to)
+        start = queue is None and bool(items)
+        if queue is None:
+            if not items:
+                return False, refused
+            queue = self._routing[to] = collections.deque()
+        for data in items:
+            if len(queue) >= RESTART_BUFFER:
+                refused.append(data)
+            else:
+                queue.append(data)
+        return start, refused
 
     async def _route_worker(self, to: str) -> None:
         delay = 0.05
