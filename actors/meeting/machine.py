@@ -63,9 +63,17 @@ disconnected, with exactly which subchannels):
   status carries it; a restored session announces itself with reason
   ``restored``).
 
+The token actor's wanted state is re-asserted at every start too: a
+configure under the current generation while joined, a forget while gone.
+
 A restored meeting's generation starts :data:`GENERATION_STRIDE` above
 its checkpoint's, so even after a lost checkpoint write no generation is
-used twice. When one of its sessions refuses a command because it lost the
+used twice. Every start, a fresh one too, writes its checkpoint before
+anything else, so there is always one to stride from: a meeting that
+restarted without any (its first write after the start lost) would start
+at generation 1 again, reusing a generation the token actor already took
+(a configure or forget of that generation is then dropped, and the token
+actor stays forgotten or configured from older facts). When one of its sessions refuses a command because it lost the
 meeting's claim (``no-owner``, ``unclaimed-epoch``: restored without it),
 the meeting claims it again and re-asserts; it never fights another owner.
 
@@ -230,10 +238,13 @@ class MeetingCore:
         watches both sessions and asks where they stand, then re-asserts the
         complete wanted state of each (including "disconnected")."""
         core = cls(meeting_id=meeting_id, address=address, claim_epoch=claim_epoch, token_auth=token_auth)
-        effects: list[Effect] = []
         if isinstance(checkpoint, dict):
             core = core._restored(checkpoint)
-            effects.append(SaveCheckpoint(core.checkpoint()))  # the grown generation, before anything uses it
+        # Always written first, a fresh start's too: a later incarnation then
+        # restores a generation (and strides above it) even when every write
+        # after this one was lost; without any checkpoint it would start at
+        # 1 again and reuse generations this incarnation already sent.
+        effects: list[Effect] = [SaveCheckpoint(core.checkpoint())]
         for session in SESSIONS:
             to = dc.session_address(meeting_id, session)
             # Claim, watch, then ask where it stands: a session that is
@@ -241,7 +252,12 @@ class MeetingCore:
             effects += core._reassert_effects(session)
             effects.append(Send(to, dc.GetStatus()))
         core = core._asserted()
-        if core.facts.joined and not core.facts.left:
+        # The token actor's wanted state too: it may have taken a configure
+        # or a forget this meeting's checkpoint does not know of (a lost
+        # write); the restored generation is above either.
+        if core.facts.phase in ("left", "ended"):
+            effects.append(Send(tk.token_address(meeting_id), tk.TokenForget(generation=core.generation)))
+        elif core.facts.joined:
             effects.append(core._configure_tokens())
         core, more = core._reconcile()
         return core, effects + more
