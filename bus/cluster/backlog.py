@@ -104,16 +104,7 @@ return {'backlogged', '', '0'}
 DRAIN = script(r"""
 local a, me, e = ARGV[2], ARGV[3], ARGV[4]
 if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then return {0} end
-local out = {1}
-local bk = backlog_key(a)
-for _, item in ipairs(redis.call('XRANGE', bk, '-', '+')) do
-  local fields = item[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'e' then out[#out + 1] = fields[i + 1] end
-  end
-end
-redis.call('DEL', bk)
-return out
+return take_backlog(a, {1})
 """)
 
 # ARGV: prefix, address, spec

@@ -101,16 +101,8 @@ for i = 5, #ARGV, 4 do
     redis.call('PUBLISH', channel, announcement)
     -- Read under the new lease: no former owner can write them any more.
     local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or '',
-                 redis.call('GET', P .. 'seen:' .. a) or ''}
-    local bk = backlog_key(a)
-    for _, item in ipairs(redis.call('XRANGE', bk, '-', '+')) do
-      local fields = item[2]
-      for j = 1, #fields, 2 do
-        if fields[j] == 'e' then out[#out + 1] = fields[j + 1] end
-      end
-    end
-    redis.call('DEL', bk)
-    replies[#replies + 1] = out
+                 redis.call('GET', seen_key(a)) or ''}
+    replies[#replies + 1] = take_backlog(a, out)
   end
 end
 return replies
@@ -198,7 +190,7 @@ if ARGV[10] ~= '0' then
 end
 -- The msg ids the actor has handled, under the same epoch compare and in
 -- the same step as the state they led to.
-if ARGV[8] and ARGV[8] ~= '' then redis.call('SET', P .. 'seen:' .. a, ARGV[8], 'PX', ARGV[9]) end
+if ARGV[8] and ARGV[8] ~= '' then redis.call('SET', seen_key(a), ARGV[8], 'PX', ARGV[9]) end
 return 1
 """)
 

@@ -19,6 +19,7 @@ local function held_key(n) return P .. 'held:' .. n end
 local function spec_key(a) return P .. 'spec:' .. a end
 local function ckpt_key(a) return P .. 'ckpt:' .. a end
 local function issued_key(a) return P .. 'issued:' .. a end
+local function seen_key(a) return P .. 'seen:' .. a end
 local function backlog_key(a) return P .. 'backlog:' .. a end
 local function backlogged_key(n) return P .. 'backlogged:' .. n end
 local UNOWNED = P .. 'unowned'
@@ -58,6 +59,19 @@ local function record_issued(a, e, me)
 end
 
 local function alive(n) return redis.call('EXISTS', node_key(n)) == 1 end
+-- Append the envelopes waiting in a's backlog to out, oldest first, and
+-- empty it (its owner delivers them now).
+local function take_backlog(a, out)
+  local bk = backlog_key(a)
+  for _, item in ipairs(redis.call('XRANGE', bk, '-', '+')) do
+    local fields = item[2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'e' then out[#out + 1] = fields[j + 1] end
+    end
+  end
+  redis.call('DEL', bk)
+  return out
+end
 """
 
 
