@@ -327,7 +327,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ops.demo.webinar import DemoOptions, default_attendees, run
 
     attendees = args.attendees if args.attendees is not None else default_attendees()
-    return run(DemoOptions(attendees=attendees, live=False if args.plain else None, fault=args.fault or ""))
+    return run(DemoOptions(attendees=attendees, live=False if args.plain else None, fault=args.fault or "",
+                           deadline=args.deadline))
 
 
 def _attendees(text: str) -> int:
@@ -478,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     demo.add_argument("--fault", choices=sorted(FAULTS), metavar="NAME",
                       help="inject a fault the demo's checks must catch (exit code 1); see below")
+    demo.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                      help="stop past this many seconds, writing every thread's stack to stderr (exit code 130)")
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser(

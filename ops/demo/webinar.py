@@ -58,11 +58,14 @@ SIGTERM (held off while the processes are being stopped).
 
 from __future__ import annotations
 
+import _thread
+import faulthandler
 import importlib.util
 import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -119,6 +122,9 @@ POLL_S = 0.2
 HEARTBEAT_S = 0.25
 LEASE_TTL_S = 1.5
 STARTS_IN_FLIGHT = 64
+#: The longest one part of the run may take to stop (each worker already
+#: SIGKILLs itself past its own stop deadline, which is shorter).
+CLOSE_STEP_DEADLINE_S = 20.0
 CAPTION_GRACE_S = 0.5
 """After a caption round is complete, how long to keep listening for
 duplicates before counting."""
@@ -159,10 +165,16 @@ class DemoOptions:
     live: bool | None = None
     #: One of :data:`FAULTS`, or empty.
     fault: str = ""
+    #: Seconds the phases may take in all (None: no limit). Past it the demo
+    #: writes every thread's stack to stderr, says which phase it was in and
+    #: stops as after SIGTERM (exit code 130, every process stopped).
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.fault and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r} (known: {', '.join(FAULTS)})")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError(f"deadline must be positive, not {self.deadline!r}")
 
 
 class PhaseAborted(HuddleError):
@@ -235,6 +247,11 @@ class Webinar:
             row.state = OK if len(self.summary.failed) == failed_before else FAILED
             self.view.phase_ended(row)
         return self.summary
+
+    @property
+    def phase(self) -> str:
+        """The phase running now (empty before the first)."""
+        return self._phase
 
     def check(self, claim: str, ok: bool, detail: str = "") -> bool:
         check = Check(self._phase, claim, ok, detail)
@@ -804,10 +821,29 @@ class Webinar:
         if self.redis is not None:
             steps.append(self.redis.stop)
         for step in steps:
+            name = getattr(step, "__qualname__", repr(step))
             t0 = time.monotonic()
-            with suppress(Exception):
-                step()
-            log.debug("closing: %s took %.2f s", getattr(step, "__qualname__", step), time.monotonic() - t0)
+            if not _bounded(step, CLOSE_STEP_DEADLINE_S):
+                self.view.note(f"closing: {name} did not return within {CLOSE_STEP_DEADLINE_S:g} s; going on")
+            log.debug("closing: %s took %.2f s", name, time.monotonic() - t0)
+
+
+def _bounded(step: Callable[[], Any], seconds: float) -> bool:
+    """Run ``step`` (its exceptions ignored), waiting at most ``seconds``:
+    one part that hangs while stopping never keeps the next from being
+    stopped by its PID. False if it did not return in time."""
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - closing goes on whatever one part raises
+            log.debug("closing: %r raised", step, exc_info=True)
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="demo-close-step", daemon=True).start()
+    return done.wait(seconds)
 
 
 def agent_address(meeting: str) -> str:
@@ -844,8 +880,10 @@ def run(options: DemoOptions) -> int:
     interrupted = False
     view = make_view(status, live=options.live)
     webinar = Webinar(options, view, workdir)
+    watchdog = _Watchdog(options.deadline, webinar, view)
     try:
         interrupts.install()
+        watchdog.start()
         webinar.run()
     except KeyboardInterrupt:
         interrupted = True
@@ -854,6 +892,7 @@ def run(options: DemoOptions) -> int:
                 row.state = NOT_RUN
                 webinar.summary.not_run.append(row.name)
     finally:
+        watchdog.cancel()
         interrupts.hold()  # the stop itself is never cut short
         try:
             stopping = time.monotonic()
@@ -866,7 +905,8 @@ def run(options: DemoOptions) -> int:
     summary = webinar.summary
     print("\n".join(summary.lines()), flush=True)
     if interrupted:
-        print("interrupted: every process was stopped", flush=True)
+        why = f" (the {options.deadline:g} s deadline passed)" if watchdog.fired else ""
+        print(f"interrupted{why}: every process was stopped", flush=True)
         return 130
     return summary.exit_code
 
@@ -895,6 +935,36 @@ class _Interrupts:
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
         self._saved.clear()
+
+
+class _Watchdog:
+    """The ``--deadline``: past it, every thread's stack goes to stderr (what
+    the run was waiting for is the whole point) and the main thread is
+    interrupted as by SIGTERM, so every process is still stopped."""
+
+    def __init__(self, deadline: float | None, webinar: Webinar, view: View) -> None:
+        self._deadline = deadline
+        self._webinar = webinar
+        self._view = view
+        self._timer: threading.Timer | None = None
+        self.fired = False
+
+    def start(self) -> None:
+        if self._deadline is not None:
+            self._timer = threading.Timer(self._deadline, self._fire)
+            self._timer.name, self._timer.daemon = "demo-deadline", True
+            self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._view.note(f"deadline of {self._deadline:g} s passed in phase {self._webinar.phase or '-'}; "
+                        "every thread's stack follows on stderr")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        _thread.interrupt_main(signal.SIGTERM)  # our SIGTERM handler, on the main thread
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:

@@ -28,10 +28,14 @@ ATTENDEES = 12
 #: (a0000, a0010) also holds a practice session; one more attendee of the
 #: killed worker is promoted while its meeting is down (when it hosts one).
 SESSIONS = (13 + 2, 13 + 3)
+#: The demo's own deadline (it then writes every thread's stack and stops
+#: everything it started), well inside the subprocess timeout below.
+DEMO_DEADLINE_S = 80
 
 
 def run_demo(*options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "actors.cli", "demo", "--attendees", str(ATTENDEES), *options],
+    return subprocess.run([sys.executable, "-m", "actors.cli", "demo", "--attendees", str(ATTENDEES),
+                           "--deadline", str(DEMO_DEADLINE_S), *options],
                           check=False, capture_output=True, text=True, timeout=110)
 
 
