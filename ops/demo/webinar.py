@@ -125,6 +125,8 @@ STARTS_IN_FLIGHT = 64
 #: The longest one part of the run may take to stop (each worker already
 #: SIGKILLs itself past its own stop deadline, which is shorter).
 CLOSE_STEP_DEADLINE_S = 20.0
+#: How long a wait's count may stand still before the demo says what it waits for.
+STUCK_NOTE_S = 10.0
 CAPTION_GRACE_S = 0.5
 """After a caption round is complete, how long to keep listening for
 duplicates before counting."""
@@ -529,10 +531,15 @@ class Webinar:
                     subscribed_at[key] = now
             return sum(1 for k in keys if online_at[k] is not None and subscribed_at[k] is not None)
 
+        def not_back() -> list[str]:
+            owner = self._cluster().owner
+            return [f"{m}/{s} (tree on {owner(tree_address(m)) or 'nobody'}): {self._describe((m, s), fault_at)}"
+                    for m, s in sorted(k for k in keys if online_at[k] is None or subscribed_at[k] is None)]
+
         recovered = self.until(f"sessions of {victim.node_id}'s meetings back on {survivor}", back, len(keys),
-                               timeout=60 + self.settle_timeout, hopeless=self._failed(keys))
-        for key in sorted(k for k in keys if online_at[k] is None or subscribed_at[k] is None)[:5]:
-            self.view.note(f"not back: {key[0]}/{key[1]}: {self._describe(key, fault_at)}")
+                               timeout=60 + self.settle_timeout, hopeless=self._failed(keys), missing=not_back)
+        for line in not_back()[:5]:
+            self.view.note(f"not back: {line}")
         self.view.note("cluster since the kill: " + self._cluster_events(since=events_before))
         per_session = recovery_times(fault_at, online_at, subscribed_at)
         per_meeting: list[float | None] = []
@@ -573,8 +580,12 @@ class Webinar:
                     subscribed_at[key] = now
             return sum(1 for k in keys if subscribed_at[k] is not None and self.ledger.online_again(k, fault_at))
 
+        def not_back() -> list[str]:
+            return [f"{m}/{s}: {self._describe((m, s), fault_at)}" for m, s in sorted(keys)
+                    if subscribed_at[(m, s)] is None or not self.ledger.online_again((m, s), fault_at)]
+
         recovered = self.until("sessions back and resubscribed", back, len(keys), timeout=60 + self.settle_timeout,
-                               hopeless=self._failed(keys))
+                               hopeless=self._failed(keys), missing=not_back)
         times = recovery_times(fault_at, {k: self.ledger.online_again(k, fault_at) for k in keys}, subscribed_at)
         recovery = Recovery("reference service restart", list(times.values()))
         self.summary.recoveries.append(recovery)
@@ -640,16 +651,26 @@ class Webinar:
     # -- waiting and observing --------------------------------------------------------
 
     def until(self, label: str, done: Callable[[], int], total: int, *, timeout: float | None = None,
-              service: bool = True, hopeless: Callable[[], set[SessionKey]] | None = None) -> bool:
+              service: bool = True, hopeless: Callable[[], set[SessionKey]] | None = None,
+              missing: Callable[[], list[str]] | None = None) -> bool:
         """Poll (the service every :data:`POLL_S`, when ``service``) until
         ``done() >= total``. False past ``timeout``, or as soon as the rest
         can never come: the sessions ``hopeless()`` names (given up for
-        good) make up everything still missing."""
+        good) make up everything still missing. Once the count has not
+        moved for :data:`STUCK_NOTE_S`, what ``missing()`` says is noted
+        (what the run is waiting for, while it still waits)."""
         deadline = time.monotonic() + (self.settle_timeout if timeout is None else timeout)
+        last_count, moved_at, noted = -1, time.monotonic(), False
         while True:
             if service:
                 self._poll_service()
             count = done()
+            if count != last_count:
+                last_count, moved_at, noted = count, time.monotonic(), False
+            elif missing is not None and not noted and time.monotonic() - moved_at > STUCK_NOTE_S:
+                noted = True
+                for line in missing()[:5]:
+                    self.view.note(f"still waiting for {line}")
             self.view.progress(label, count, total)
             self._figures()
             if count >= total:
