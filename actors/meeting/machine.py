@@ -114,10 +114,11 @@ from typing import Any
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts import token as tk
-from actors.machine import Effect, Emit, SaveCheckpoint, Send
-from bus.messages import Message
+from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
+from bus.messages import Message, message_kind
 
-__all__ = ["Facts", "MeetingCore", "SessionWant", "Sessions", "practice_possible", "token_view", "wanted"]
+__all__ = ["Facts", "MeetingCore", "PracticeTokenRetry", "SessionWant", "Sessions", "practice_possible",
+           "token_view", "wanted"]
 
 SESSIONS = (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)
 #: A restored meeting's generation starts this far above its checkpoint's,
@@ -125,6 +126,22 @@ SESSIONS = (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)
 #: (the token actor drops a configure that is not newer than its own).
 GENERATION_STRIDE = 1 << 10
 TRANSCRIPTION = "transcription"
+#: After a practice token was unavailable, the meeting asks again after
+#: FIRST, then twice as long each time, at most CAP seconds (a fetch that
+#: failed during a failover or an endpoint outage is retried: the wanted
+#: practice session is never given up while the facts still want it).
+PRACTICE_TOKEN_RETRY_FIRST_S = 0.5
+PRACTICE_TOKEN_RETRY_CAP_S = 30.0
+_PRACTICE_TOKEN_TIMER = "practice-token-retry"
+
+
+@message_kind("meeting.practice-token-retry")
+@dataclass(frozen=True, slots=True)
+class PracticeTokenRetry(Message):
+    """The meeting's own timer: ask for the practice token again (accepted
+    only from the meeting itself, and only under ``generation``)."""
+
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +242,8 @@ class MeetingCore:
     #: The practice session was told to connect under the current facts.
     practice_started: bool = False
     practice_token: str = "none"  # none | ensuring | held
+    #: Practice-token answers in a row that said unavailable (0 once held).
+    practice_token_failures: int = 0
     #: The generation join tokens were last handed on under (0: never).
     seeded_generation: int = 0
     counters: Mapping[str, int] = field(default_factory=dict)
@@ -345,6 +364,8 @@ class MeetingCore:
                                                                   event_type=message.event_type, data=message.data))
             case tk.TokenHeld() | tk.TokenUnavailable():
                 return self._token_answer(message, sender)
+            case PracticeTokenRetry():
+                return self._practice_token_retry(message, sender)
             case dc.SessionStatus():
                 if sender != dc.session_address(self.meeting_id, message.session_id) \
                         or message.session_id not in SESSIONS:
@@ -515,10 +536,21 @@ class MeetingCore:
         if message.request_id != f"g{self.generation}" or self.practice_token != "ensuring":
             return self._count("stale-token-answer"), []  # started under an older generation
         if isinstance(message, tk.TokenUnavailable):
-            core = replace(self, practice_token="none")
-            return core, [Emit("practice-token-unavailable", reason=message.reason)]
-        core, effects = replace(self, practice_token="held")._reconcile()
-        return core, effects
+            failures = self.practice_token_failures + 1
+            delay = min(PRACTICE_TOKEN_RETRY_CAP_S, PRACTICE_TOKEN_RETRY_FIRST_S * 2 ** (failures - 1))
+            core = replace(self, practice_token="none", practice_token_failures=failures)
+            return core, [Emit("practice-token-unavailable", reason=message.reason,
+                               detail={"failures": failures, "retry_in_s": delay}),
+                          StartTimer(_PRACTICE_TOKEN_TIMER, delay, PracticeTokenRetry(generation=self.generation))]
+        core, effects = replace(self, practice_token="held", practice_token_failures=0)._reconcile()
+        return core, [CancelTimer(_PRACTICE_TOKEN_TIMER), *effects]
+
+    def _practice_token_retry(self, message: PracticeTokenRetry, sender: str | None) -> tuple[MeetingCore, list[Effect]]:
+        if sender != self.address:
+            return self._refuse_input(message, sender, "not-my-timer")
+        if message.generation != self.generation or self.practice_token != "none":
+            return self._count("stale-token-retry"), []  # a newer generation asked already
+        return self._reconcile()
 
     # -- outputs ----------------------------------------------------------------
 

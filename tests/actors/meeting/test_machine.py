@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts import token as tk
-from actors.machine import Effect, Emit, SaveCheckpoint, Send
-from actors.meeting.machine import MeetingCore
+from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.meeting.machine import PRACTICE_TOKEN_RETRY_CAP_S, MeetingCore
 
 M = "m-1"
 ME = "meeting:m-1"
@@ -140,6 +140,50 @@ def test_s27_promoted_panelist_ensures_the_practice_token_then_connects_once_def
     core, effects = core.step(tk.TokenHeld(session_type=tk.PRACTICE_SESSION, request_id=ensure[0].request_id,
                                            expires_at=1e10), TOKEN)
     assert sends(effects, PRACTICE, dc.Connect) == [dc.Connect(epoch=7, datachannel_url=PS_URL, token_auth=True)]
+
+
+def test_an_unavailable_practice_token_is_asked_for_again_on_a_timer_with_backoff() -> None:
+    """A failed fetch (an endpoint outage, a failover) never gives the
+    wanted practice session up: the meeting's own timer asks again, each
+    time later, until the token is held; then it connects."""
+    core, _ = start()
+    core, _ = core.step(joined(practice_datachannel_url=PS_URL, practice_session_on=True, panelist=True), "app:1")
+    core, effects = online(core)
+    delays = []
+    for _ in range(8):
+        ensure = sends(effects, TOKEN, tk.TokenEnsure)
+        assert len(ensure) == 1
+        core, effects = core.step(tk.TokenUnavailable(session_type=tk.PRACTICE_SESSION,
+                                                      request_id=ensure[0].request_id,
+                                                      reason="fetch-failed:timeout"), TOKEN)
+        assert sends(effects, PRACTICE) == [] and sends(effects, TOKEN) == []
+        [timer] = [e for e in effects if isinstance(e, StartTimer)]
+        delays.append(timer.delay)
+        core, effects = core.step(timer.message, ME)
+    assert delays == sorted(delays) and delays[0] < 1 and delays[-1] == PRACTICE_TOKEN_RETRY_CAP_S
+    ensure = sends(effects, TOKEN, tk.TokenEnsure)
+    core, effects = core.step(tk.TokenHeld(session_type=tk.PRACTICE_SESSION, request_id=ensure[0].request_id,
+                                           expires_at=1e10), TOKEN)
+    assert sends(effects, PRACTICE, dc.Connect) == [dc.Connect(epoch=7, datachannel_url=PS_URL, token_auth=True)]
+    assert core.practice_token_failures == 0 and CancelTimer("practice-token-retry") in effects
+
+
+def test_a_practice_token_retry_is_the_meetings_own_and_of_its_generation() -> None:
+    core, _ = start()
+    core, _ = core.step(joined(practice_datachannel_url=PS_URL, practice_session_on=True, panelist=True), "app:1")
+    core, effects = online(core)
+    ensure = sends(effects, TOKEN, tk.TokenEnsure)[0]
+    core, effects = core.step(tk.TokenUnavailable(session_type=tk.PRACTICE_SESSION, request_id=ensure.request_id,
+                                                  reason="fetch-failed:http-500"), TOKEN)
+    [timer] = [e for e in effects if isinstance(e, StartTimer)]
+    # Injected by someone else: refused, nothing asked.
+    after, effects = core.step(timer.message, "app:1")
+    assert sends(effects, TOKEN) == [] and after.counters["refused-input"] == 1
+    # A newer generation asked already: the old timer is stale.
+    core, effects = core.step(mt.LocusUrlReplaced(locus_url="http://svc/locus/m-1b"), "app:1")
+    assert sends(effects, TOKEN, tk.TokenEnsure)
+    core, effects = core.step(timer.message, ME)
+    assert sends(effects, TOKEN) == [] and core.counters["stale-token-retry"] == 1
 
 
 def test_a_token_answer_of_an_older_generation_is_dropped() -> None:
