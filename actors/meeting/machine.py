@@ -83,8 +83,10 @@ meeting, a session, both), the tree converges to what the facts want.
 
 The other rules
 ---------------
-* ``datachannelUrl`` cleared by a delta: the last URL stays wanted, so the
-  connection is kept (S17); changed to a new value: connect to it (the
+* a data-channel URL (default or practice) reported empty, by any source
+  (a delta, a snapshot, a join): the known URL stays, so the connection is
+  kept; an empty URL never disconnects (S17). Changed to a new value:
+  connect to it (the
   session moves make-before-break and resubscribes; the meeting stays its
   only watcher, so events are bound once: S18);
 * lobby, leave or end: the meeting's own sessions disconnect for good; after
@@ -332,12 +334,8 @@ class MeetingCore:
                 # The sessions keep their sockets: ownership is not by URL.
                 return self._with_facts(replace(self.facts, locus_url=url))
             case mt.DatachannelUrlChanged(url=url):
-                if not url:  # cleared by a delta: keep the connection (S17)
-                    return self._count("datachannel-url-cleared"), []
                 return self._with_facts(replace(self.facts, datachannel_url=url))
             case mt.PracticeDatachannelUrlChanged(url=url):
-                if not url:
-                    return self._count("practice-url-cleared"), []
                 return self._with_facts(replace(self.facts, practice_datachannel_url=url))
             case mt.RolesChanged(panelist=panelist):
                 return self._with_facts(replace(self.facts, panelist=panelist))
@@ -393,8 +391,7 @@ class MeetingCore:
 
     def _joined(self, message: mt.Joined) -> tuple[MeetingCore, list[Effect]]:
         facts = Facts(joined=True, in_lobby=message.in_lobby, locus_url=message.locus_url, self_id=message.self_id,
-                      datachannel_url=message.datachannel_url or self.facts.datachannel_url,
-                      practice_datachannel_url=message.practice_datachannel_url or self.facts.practice_datachannel_url,
+                      datachannel_url=message.datachannel_url, practice_datachannel_url=message.practice_datachannel_url,
                       panelist=message.panelist, practice_session_on=message.practice_session_on,
                       captions_on=message.captions_on)
         core, effects = self._with_facts(facts)
@@ -411,10 +408,29 @@ class MeetingCore:
         return core, effects
 
     def _with_facts(self, facts: Facts) -> tuple[MeetingCore, list[Effect]]:
-        """Take the new facts; an equal fact changes nothing at all."""
+        """Take the new facts; an equal fact changes nothing at all. Every
+        input's facts come through here, so the URL rule holds whatever
+        reported them (snapshot, delta, join)."""
         before = self.facts
+        core, facts = self._keep_known_urls(facts)
         if facts == before:
-            return self._count("unchanged-fact"), []
+            return core._count("unchanged-fact"), []
+        return core._take_facts(facts)
+
+    def _keep_known_urls(self, facts: Facts) -> tuple[MeetingCore, Facts]:
+        """S17: an empty data-channel URL never replaces a known one, so it
+        never disconnects; only a new non-empty URL moves a session."""
+        core = self
+        for name, counter in (("datachannel_url", "datachannel-url-cleared"),
+                              ("practice_datachannel_url", "practice-url-cleared")):
+            known = getattr(self.facts, name)
+            if known and not getattr(facts, name):
+                facts = replace(facts, **{name: known})
+                core = core._count(counter)
+        return core, facts
+
+    def _take_facts(self, facts: Facts) -> tuple[MeetingCore, list[Effect]]:
+        before = self.facts
         new_generation = token_view(facts) != token_view(before)
         core = replace(self, facts=facts, generation=self.generation + (1 if new_generation else 0))
         effects: list[Effect] = []

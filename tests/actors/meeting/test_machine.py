@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,8 @@ from actors.contracts import meeting as mt
 from actors.contracts import token as tk
 from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
 from actors.meeting.machine import PRACTICE_TOKEN_RETRY_CAP_S, MeetingCore
+
+from .world import World
 
 M = "m-1"
 ME = "meeting:m-1"
@@ -89,6 +92,87 @@ def test_s17_cleared_datachannel_url_keeps_the_connection() -> None:
     core, effects = core.step(mt.DatachannelUrlChanged(url=""), "app:1")
     assert sends(effects, DEFAULT) == []
     assert core.commanded[tk.DEFAULT_SESSION].url == DC_URL
+
+
+def panelist_both_online() -> MeetingCore:
+    """Admitted panelist with captions, both sessions commanded and online."""
+    core, _ = start(token_auth=False)
+    core, _ = core.step(joined(practice_datachannel_url=PS_URL, practice_session_on=True, panelist=True,
+                               captions_on=True), "app:1")
+    core, _ = online(core)
+    core, _ = online(core, tk.PRACTICE_SESSION)
+    assert core.commanded[tk.PRACTICE_SESSION].url == PS_URL
+    return core
+
+
+def snapshot(**kw: Any) -> mt.LocusSnapshot:
+    base: dict[str, Any] = dict(joined=True, locus_url="http://svc/locus/m-1", self_id="me", datachannel_url=DC_URL,
+                                practice_datachannel_url=PS_URL, panelist=True, practice_session_on=True,
+                                captions_on=True)
+    base.update(kw)
+    return mt.LocusSnapshot(**base)
+
+
+# Every source of a URL fact that can arrive without one (S17).
+CLEARED = [
+    pytest.param(snapshot(datachannel_url=""), id="snapshot-default"),
+    pytest.param(snapshot(practice_datachannel_url=""), id="snapshot-practice"),
+    pytest.param(snapshot(datachannel_url="", practice_datachannel_url=""), id="snapshot-both"),
+    pytest.param(mt.DatachannelUrlChanged(url=""), id="delta-default"),
+    pytest.param(mt.PracticeDatachannelUrlChanged(url=""), id="delta-practice"),
+    pytest.param(joined(datachannel_url="", practice_datachannel_url="", practice_session_on=True, panelist=True,
+                        captions_on=True), id="join"),
+]
+
+
+@pytest.mark.parametrize("fact", CLEARED)
+def test_s17_an_empty_url_from_any_source_keeps_the_known_url_and_the_connection(fact: Any) -> None:
+    core = panelist_both_online()
+    before = core.facts
+    core, effects = core.step(fact, "app:1")
+    assert sends(effects, DEFAULT) == [] and sends(effects, PRACTICE) == []
+    assert core.facts.datachannel_url == DC_URL and core.facts.practice_datachannel_url == PS_URL
+    assert core.facts == before
+    assert core.commanded[tk.DEFAULT_SESSION].url == DC_URL
+    assert core.commanded[tk.PRACTICE_SESSION].url == PS_URL
+
+
+def test_s17_a_snapshot_without_urls_still_takes_its_other_facts() -> None:
+    core = panelist_both_online()
+    core, effects = core.step(snapshot(datachannel_url="", practice_datachannel_url="", captions_on=False), "app:1")
+    assert not sends(effects, DEFAULT, dc.Disconnect) and not sends(effects, DEFAULT, dc.Connect)
+    assert sends(effects, DEFAULT, dc.Unsubscribe) == [dc.Unsubscribe(epoch=7, subchannels=["transcription"])]
+    assert sends(effects, PRACTICE, dc.Unsubscribe) == [dc.Unsubscribe(epoch=7, subchannels=["transcription"])]
+    assert core.facts.datachannel_url == DC_URL and not core.facts.captions_on
+    # A demotion in the same snapshot still ends the practice session, and
+    # only it: the empty URL is not what disconnects.
+    core, effects = core.step(snapshot(datachannel_url="", practice_datachannel_url="", captions_on=False,
+                                       panelist=False), "app:1")
+    assert sends(effects, DEFAULT) == []
+    assert [d.permanent for d in sends(effects, PRACTICE, dc.Disconnect)] == [True]
+
+
+def test_s17_a_snapshot_with_a_new_url_still_moves_the_session() -> None:
+    core = panelist_both_online()
+    core, effects = core.step(snapshot(datachannel_url=DC_URL + "-new", practice_datachannel_url=""), "app:1")
+    assert sends(effects, DEFAULT, dc.Connect) == [dc.Connect(epoch=7, datachannel_url=DC_URL + "-new",
+                                                              token_auth=False)]
+    assert sends(effects, PRACTICE) == []
+
+
+def test_s17_in_the_tree_a_snapshot_without_urls_keeps_both_sockets() -> None:
+    world = World()
+    world.fact(joined(practice_datachannel_url=PS_URL, practice_session_on=True, panelist=True))
+    world.finish_fetches()
+    world.finish_fetches()
+    links = [world.state(s).link for s in (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)]
+    assert all(link is not None for link in links)
+    registers = list(world.registers)
+    world.fact(snapshot(datachannel_url="", practice_datachannel_url=""))
+    world.finish_fetches()
+    assert [world.state(s).link for s in (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)] == links
+    assert [world.state(s).state for s in (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)] == [dc.ONLINE, dc.ONLINE]
+    assert world.registers == registers
 
 
 def test_s18_changed_datachannel_url_reconnects_to_the_new_one_without_rebinding() -> None:

@@ -151,6 +151,9 @@ _FACTS = st.sampled_from([
     mt.Left(), mt.RolesChanged(panelist=True), mt.RolesChanged(panelist=False), mt.PracticeSessionChanged(on=True),
     mt.PracticeSessionChanged(on=False), mt.CaptionsChanged(on=True), mt.CaptionsChanged(on=False),
     mt.DatachannelUrlChanged(url=DC_URL + "-2"), mt.LocusUrlReplaced(locus_url=LOCUS + "-b"),
+    # A snapshot without URLs: the known ones stay (S17).
+    mt.LocusSnapshot(joined=True, locus_url=LOCUS, self_id="me", panelist=True, practice_session_on=True,
+                     captions_on=True),
 ])
 _CRASH = st.one_of(st.none(), st.tuples(st.sampled_from([ME, DEFAULT, PRACTICE]), st.integers(0, 6), st.booleans()))
 _BETWEEN = st.sampled_from(["", "fetch", "drop"])
