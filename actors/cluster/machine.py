@@ -18,9 +18,11 @@ Lease phases (a lease this node holds)::
 Rules, each a method below:
 
 - **heartbeat and renewal**: every ``heartbeat_interval`` one ``Renew``
-  (heartbeat + every lease still wanted). A lease counts as valid until
-  ``sent + ttl * (1 - margin)`` of the renewal that last covered it; past
-  that, or reported lost, it is FENCED: its actor is stopped at once.
+  (heartbeat + every lease still wanted: the plan the shell's renewal lane
+  renews from, on a loop of its own). A lease counts as valid until
+  ``sent + ttl * (1 - margin)`` of the newest renewal answer that covered
+  it (older answers are dropped); past that, or reported lost, it is
+  FENCED: its actor is stopped at once.
 - **membership**: a node is live from its first heartbeat until it leaves
   or misses heartbeats for its ttl; a dead node's placed addresses are
   adopted (made unowned), and each survivor claims those it now ranks
@@ -28,7 +30,8 @@ Rules, each a method below:
 - **claims in flight**: at most ``claims_in_flight`` claims wait for an
   answer; the rest queue, in order, and go as answers come back (the shell
   sends the claims of one loop turn together, in batches). Renewals never
-  queue behind them: the shell runs them on a connection of their own.
+  queue behind them: the shell runs them on a thread, loop and connection
+  of their own.
 - **placement**: an unowned placed address is claimed by the live,
   non-draining node that ranks first for it (rendezvous hashing over the
   nodes whose factories start its kind).
@@ -42,6 +45,7 @@ Rules, each a method below:
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +134,10 @@ class ClusterConfig:
     handoff_on_join: bool = True
     handoff_grace: float | None = None
     claims_in_flight: int = 256
+    #: Seconds the node's loop may show no sign of running before its
+    #: renewals stop (its leases then expire and its actors move); None:
+    #: four lease ttls, at least 5 s (see :mod:`actors.cluster.renewals`).
+    loop_stall_limit: float | None = None
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0 or self.lease_ttl <= 0:
@@ -147,6 +155,11 @@ class ClusterConfig:
     def validity(self) -> float:
         """Seconds a renewal keeps a lease valid by the local clock."""
         return self.lease_ttl * (1 - self.validity_margin)
+
+    @property
+    def stall_limit(self) -> float:
+        """Seconds of a stuck node loop after which renewals stop."""
+        return max(5.0, 4 * self.lease_ttl) if self.loop_stall_limit is None else self.loop_stall_limit
 
     @property
     def grace(self) -> float:
@@ -213,7 +226,8 @@ class ClusterState:
     adopt_retries: dict[str, tuple[float, float]] = field(default_factory=dict)
     era: str | None = None
     joined: bool = False
-    renewing: float | None = None
+    #: send time of the newest renewal answer applied (older ones are dropped)
+    last_renewal: float = -math.inf
     renew_set: dict[str, int] = field(default_factory=dict)
     next_renew: float = 0.0
     next_sweep: float = 0.0
@@ -267,10 +281,15 @@ class LeaseSeen(Event):
 
 @dataclass(frozen=True, slots=True)
 class Renewed(Event):
+    """A renewal's answer: sent at ``sent_at`` (the local clock, before it
+    was sent), it extended ``leases`` (address -> epoch; None: the leases
+    of the last :class:`Renew`) but those in ``lost``."""
+
     sent_at: float
     era: str
     lost: Mapping[str, tuple[str, int] | None] = field(default_factory=dict)
     backlogged: tuple[str, ...] = ()
+    leases: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,8 +501,7 @@ def step(state: ClusterState, event: Event, now: float) -> tuple[ClusterState, l
 
 def _tick(s: ClusterState, _e: Tick, now: float, out: list[Effect]) -> None:
     cfg = s.config
-    if not s.left and s.renewing is None and now >= s.next_renew:
-        s.renewing = now
+    if not s.left and now >= s.next_renew:
         s.renew_set = s.held()
         s.next_renew = now + cfg.heartbeat_interval
         out.append(Renew(leases=dict(s.renew_set), sent_at=now))
@@ -521,9 +539,9 @@ def _tick(s: ClusterState, _e: Tick, now: float, out: list[Effect]) -> None:
 
 
 def _renewed(s: ClusterState, e: Renewed, now: float, out: list[Effect]) -> None:
-    if s.renewing != e.sent_at:
-        return  # an answer to an older renewal
-    s.renewing = None
+    if e.sent_at <= s.last_renewal:
+        return  # older than an answer already applied
+    s.last_renewal = e.sent_at
     first = not s.joined
     s.joined = True
     reset = s.era is not None and e.era != s.era
@@ -531,7 +549,7 @@ def _renewed(s: ClusterState, e: Renewed, now: float, out: list[Effect]) -> None
     if reset:
         out.append(Emit("redis-reset", node_address(s.me), detail={"era": e.era}))
     valid_until = e.sent_at + s.config.validity
-    for address, epoch in s.renew_set.items():
+    for address, epoch in (s.renew_set if e.leases is None else e.leases).items():
         lease = s.leases.get(address)
         if lease is None or lease.epoch != epoch or lease.phase not in _RENEWED:
             continue
@@ -555,9 +573,9 @@ def _renewed(s: ClusterState, e: Renewed, now: float, out: list[Effect]) -> None
             _claim(s, address, now, out)
 
 
-def _renew_failed(s: ClusterState, e: RenewFailed, _now: float, _out: list[Effect]) -> None:
-    if s.renewing == e.sent_at:
-        s.renewing = None
+def _renew_failed(_s: ClusterState, _e: RenewFailed, _now: float, _out: list[Effect]) -> None:
+    """Nothing to undo: the leases stay valid until the last answer's
+    validity runs out, and the next renewal is due anyway."""
 
 
 def _reasserted(s: ClusterState, e: Reasserted, _now: float, out: list[Effect]) -> None:

@@ -62,6 +62,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.cluster.machine import (
+    HeldLease,
     ActorGone,
     Adopt,
     Adopted,
@@ -101,6 +102,7 @@ from actors.cluster.machine import (
     new_state,
     step,
 )
+from actors.cluster.renewals import RenewalLane, RenewalPlan
 from actors.fencing import UNKNOWN as UNKNOWN_ISSUE
 from actors.fencing import Issued
 from actors.messages import ChildExit
@@ -544,9 +546,10 @@ class Cluster:
         self.backlog: Backlog
         self.checkpoints = RedisCheckpoints(self)
         self._client: aioredis.Redis | None = None
-        #: the renewal lane: a connection nothing but renewals uses
-        self._renew_client: aioredis.Redis | None = None
-        self._renewals: LeaseStore
+        #: the renewal lane: a thread, loop and connection nothing but renewals uses
+        self._lane = RenewalLane(redis_url, self.me, self.config, namespace=node.namespace, codec=node.codec,
+                                 wake=lambda: self.call_soon(self._take_renewals),
+                                 new_era=lambda: uuid.uuid4().hex)
         #: addresses the core said to claim, sent together at the end of the loop turn
         self._to_claim: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -568,8 +571,6 @@ class Cluster:
         self._joined = threading.Event()
         self._left = threading.Event()
         self._nodes_channel = channel_for(SYS_NODES, node.namespace)
-        #: Seconds the last renewal of every lease took (a gauge on sys:metrics).
-        self.renew_latency_s: float | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -591,7 +592,7 @@ class Cluster:
         if self._started:
             return self._joined.is_set()
         self._started = True
-        self.node.metrics.add_source(LEASE_RENEW_LATENCY, lambda: self.renew_latency_s)
+        self.node.metrics.add_source(LEASE_RENEW_LATENCY, lambda: self._lane.latency_s)
         self.node.handle_system_channel(SYS_NODES, self._on_nodes)
         self.node.spawn(f"{self.node.address}/cluster", ClusterControl, self)
         self.node.io.submit(self._boot(), tracked=False).result(timeout=timeout)
@@ -599,14 +600,13 @@ class Cluster:
 
     async def _boot(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # Two lanes: renewals (which carry the heartbeat) on a connection of
-        # their own, so a renewal never waits for a connection behind a
-        # burst of claims, checkpoint writes or backlog drains; everything
-        # else on the main lane.
-        self._client = aioredis.Redis(connection_pool=self._pool("main", MAIN_LANE_CONNECTIONS))
-        self._renew_client = aioredis.Redis(connection_pool=self._pool("renew", 1))
+        # Two lanes: renewals (which carry the heartbeat) on a thread, loop
+        # and connection of their own, so a renewal never waits behind a
+        # burst of claims, checkpoint writes or backlog drains, nor behind
+        # this loop's other work; everything else on the main lane.
+        self._client = aioredis.Redis(connection_pool=self._pool(MAIN_LANE_CONNECTIONS))
         self.leases = LeaseStore(self._client, namespace=self.node.namespace, codec=self.node.codec)
-        self._renewals = LeaseStore(self._renew_client, namespace=self.node.namespace, codec=self.node.codec)
+        self._lane.start()
         self.backlog = Backlog(self._client, namespace=self.node.namespace, cap=self.config.backlog_cap)
         try:
             async with asyncio.timeout(self.config.lease_ttl):
@@ -623,8 +623,8 @@ class Cluster:
             self.feed(HeartbeatSeen(hb))
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
-    def _pool(self, lane: str, max_connections: int) -> aioredis.ConnectionPool:
-        """The connections of one lane (``"main"`` or ``"renew"``). A
+    def _pool(self, max_connections: int) -> aioredis.ConnectionPool:
+        """The connections of the main lane. A
         command that loses its connection (Redis restarted) is sent again on
         a new one: every script here is safe to repeat (a repeated ROUTE
         appends a copy that the owner drops by its msg_id)."""
@@ -637,6 +637,8 @@ class Cluster:
 
     async def _tick_forever(self) -> None:
         while not self._closed:
+            self._lane.loop_alive()
+            self._take_renewals()  # a tick never fences what a waiting answer renewed
             self.feed(Tick())
             self._stop_lingering(expired_by=time.monotonic())
             self._persist_seen()
@@ -668,15 +670,16 @@ class Cluster:
             self.node.io.submit(self._shutdown(), tracked=False).result(timeout=timeout)
         except Exception:  # noqa: BLE001
             log.warning("cluster: %s did not close its Redis client cleanly", self.me)
+        self._lane.close(timeout)
 
     async def _shutdown(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
         for task in list(self._tasks):
             task.cancel()
-        for client in (self._client, self._renew_client):
-            if client is not None:
-                await client.aclose()
+        await self._lane.stop()
+        if self._client is not None:
+            await self._client.aclose()
 
     @property
     def joined(self) -> bool:
@@ -751,14 +754,14 @@ class Cluster:
         if lease is None:
             return True
         return (lease.epoch == epoch and lease.phase is not Phase.FENCED and lease.phase is not Phase.RELEASING
-                and time.monotonic() < lease.valid_until)
+                and self._valid(sender, lease, time.monotonic()))
 
     def may_deliver(self, address: str) -> bool:
         # Asked once before each message the node hands the actor: the one
         # before it is handled (see _SeenIds).
         self._seen.handling(address)
         lease = self.state.leases.get(address)
-        return lease is None or (lease.phase is not Phase.FENCED and time.monotonic() < lease.valid_until)
+        return lease is None or (lease.phase is not Phase.FENCED and self._valid(address, lease, time.monotonic()))
 
     def first_delivery(self, env: Envelope) -> bool:
         to = env.to
@@ -810,7 +813,7 @@ class Cluster:
         if address.startswith(_UNLEASED):
             return 0
         lease = self.state.leases.get(address)
-        if lease is not None and lease.phase is Phase.ACTIVE and time.monotonic() < lease.valid_until:
+        if lease is not None and lease.phase is Phase.ACTIVE and self._valid(address, lease, time.monotonic()):
             return lease.epoch  # a restart under the lease we hold
         if self._closed:
             raise HuddleError(f"node {self.me} is leaving the cluster")
@@ -858,7 +861,7 @@ class Cluster:
     def _perform(self, effect: Effect) -> None:
         match effect:
             case Renew():
-                self._spawn_task(self._renew(effect))
+                self._plan_renewals(effect)
             case Claim(address=address):
                 self._queue_claim(address)
             case Start(address=address, epoch=epoch):
@@ -888,7 +891,9 @@ class Cluster:
 
     # -- effects -----------------------------------------------------------------------
 
-    async def _renew(self, effect: Renew) -> None:
+    def _plan_renewals(self, effect: Renew) -> None:
+        """The core's plan for the renewal lane: these leases, with the
+        heartbeat this node announces."""
         s = self.state
         hb = NodeHeartbeat(node=self.me, capacity=self.config.capacity, kinds=sorted(s.kinds), draining=s.draining,
                            actors=len(self.node.addresses()), leases=len(effect.leases),
@@ -896,22 +901,25 @@ class Cluster:
                            ts=self.node.clock.wall())
         body = msgpack.packb(REGISTRY.to_body(hb), use_bin_type=True)
         announcement = self.node.codec.encode(Envelope(to=SYS_NODES, message=hb, sender=self.node.address))
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.config.lease_ttl):
-                result = await self._renewals.renew(self.me, ttl=self.config.lease_ttl, node_body=body,
-                                                 heartbeat=announcement, new_era=uuid.uuid4().hex,
-                                                 leases=effect.leases)
-        except Exception as exc:  # noqa: BLE001 - the leases run out by themselves
-            log.warning("cluster: %s could not renew (%r)", self.me, exc)
-            self.node.counters["cluster:renew-failed"] += 1
-            self.feed(RenewFailed(effect.sent_at))
-            return
-        self.node.counters["cluster:renewed"] += 1
-        self.renew_latency_s = time.monotonic() - started
-        self.feed(Renewed(effect.sent_at, result.era, result.lost, result.backlogged))
-        if not self._joined.is_set():
-            self._joined.set()
+        self._lane.plan(RenewalPlan(dict(effect.leases), body, announcement))
+
+    def _take_renewals(self) -> None:
+        """Loop thread: the renewal lane's answers waiting, through the core."""
+        for event in self._lane.take():
+            if self._closed:
+                return
+            if isinstance(event, RenewFailed):
+                self.node.counters["cluster:renew-failed"] += 1
+            else:
+                self.node.counters["cluster:renewed"] += 1
+            self.feed(event)
+            if isinstance(event, Renewed) and not self._joined.is_set():
+                self._joined.set()
+
+    def _valid(self, address: str, lease: HeldLease, now: float) -> bool:
+        """``lease`` is valid by the core, or by a renewal answer the core
+        has not applied yet (its loop was busy)."""
+        return now < lease.valid_until or self._lane.confirms(address, lease.epoch, now)
 
     def _queue_claim(self, address: str) -> None:
         """Loop thread: the core said claim ``address``; the claims of this
@@ -953,6 +961,7 @@ class Cluster:
                 # between ticks and renewal replies, not ahead of them.
                 await asyncio.sleep(0)
             if result.won:
+                self._lane.add(address, result.epoch)  # renewed from the next renewal, whatever the loop does
                 if result.seen:
                     self._seen.restore(address, result.seen)  # before anything is delivered
                 self._claims[address] = result
@@ -1110,6 +1119,7 @@ class Cluster:
         self.feed(Reasserted(effect.address, ok, effect.sent_at))
 
     async def _leave(self) -> None:
+        await self._lane.stop()  # no renewal may write the heartbeat again after the leave
         try:
             async with asyncio.timeout(self.config.lease_ttl):
                 await self.leases.leave(self.me)

@@ -110,15 +110,33 @@ def address_ranking(first: str, others: list[str], n: int = 200) -> str:
 # -- heartbeat and renewal ------------------------------------------------------------
 
 
-def test_one_renewal_at_a_time_every_interval() -> None:
+def test_one_renewal_plan_every_interval() -> None:
+    """The core says what to renew once per interval, answered or not (the
+    renewal lane renews on its own schedule from the latest plan)."""
     d = Driver()
     first = of(d.feed(Tick()), Renew)
     assert len(first) == 1 and first[0].leases == {}
-    assert of(d.feed(Tick(), at=d.now + 5), Renew) == []  # still in flight
+    assert of(d.feed(Tick(), at=first[0].sent_at + 0.1), Renew) == []
+    second = of(d.feed(Tick(), at=first[0].sent_at + 5), Renew)
+    assert len(second) == 1
     d.feed(Renewed(first[0].sent_at, "era-1"))
     assert d.state.joined
-    assert of(d.feed(Tick(), at=first[0].sent_at + 0.5), Renew) == []
-    assert len(of(d.feed(Tick(), at=first[0].sent_at + 6), Renew)) == 1
+    assert of(d.feed(Tick(), at=second[0].sent_at + 0.1), Renew) == []
+
+
+def test_only_the_newest_renewal_answer_counts() -> None:
+    """An answer sent before one already applied changes nothing: a lease
+    it did not cover is not fenced by it, nor extended."""
+    d = Driver()
+    d.join()
+    d.hold("counter:1", epoch=3)
+    late, early = d.now + 0.4, d.now + 0.2
+    d.feed(Renewed(late, d.state.era or "era-1", leases={"counter:1": 3}), at=late + 0.01)
+    valid = d.state.leases["counter:1"].valid_until
+    effects = d.feed(Renewed(early, d.state.era or "era-1", lost={"counter:1": ("other", 9)},
+                             leases={"counter:1": 3}), at=late + 0.02)
+    assert effects == [] and d.state.leases["counter:1"].valid_until == valid
+    assert d.state.leases["counter:1"].phase.value == "active"
 
 
 def test_spawns_wait_for_the_first_heartbeat() -> None:

@@ -1,0 +1,224 @@
+"""The renewal lane: lease renewals on a thread, an event loop and a Redis
+connection of their own.
+
+Why its own loop. Renewals carry a node's heartbeat and keep its leases;
+a renewal that comes late loses them, and every actor behind them moves.
+On the node's loop a renewal waits its turn behind whatever else is ready
+to run there: a survivor activating hundreds of actors, their sockets and
+checkpoint loads can keep that loop busy for longer than a lease lives.
+Here nothing but renewals waits on this loop, so a renewal is late only by
+what the interpreter lock costs (milliseconds), never by the node's work.
+
+What it renews is the core's decision, not the lane's. The cluster core
+says, every heartbeat, which leases it holds (:meth:`RenewalLane.plan`,
+called on the node's loop with the heartbeat it announces); a lease won by
+a claim is added at once (:meth:`RenewalLane.add`), so one claimed during a
+busy stretch is renewed before the core's next plan. Each answer goes back
+to the node's loop as a :class:`~actors.cluster.machine.Renewed` event
+carrying the leases it renewed and when it was sent; the core applies the
+newest answer only and counts a lease valid from that send time, exactly
+as before. The shell takes the answers that are waiting before every tick
+(:meth:`RenewalLane.take`), so a tick that comes after a busy stretch never
+fences a lease that a waiting answer renewed; and until the core has
+applied an answer, :meth:`RenewalLane.confirms` says what it renewed (the
+same rule: valid until its send time plus the validity), for the checks
+made before a message is delivered or sent.
+
+A loop that is stuck is not a loop that is busy. The lane renews only
+while the node's loop has shown it runs (the shell stamps
+:meth:`RenewalLane.loop_alive` every tick) within ``stall_limit`` seconds:
+a node whose loop hangs (a deadlock, an endless handler) stops renewing and
+its leases expire, so the fleet moves its actors instead of waiting for a
+node that serves nothing. A process that is paused (SIGSTOP, a long GC)
+pauses this thread too: its leases expire and it is fenced as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from actors.cluster.machine import ClusterConfig, Event, RenewFailed, Renewed
+from bus.cluster.leases import LeaseStore
+from bus.envelope import Codec
+from bus.loop import IoClosed, LoopThread
+
+__all__ = ["RenewalLane", "RenewalPlan"]
+
+log = logging.getLogger("huddle.cluster.renewals")
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalPlan:
+    """What one renewal writes: the leases (address -> epoch), this node's
+    membership body and the heartbeat announcement on ``sys:nodes``."""
+
+    leases: Mapping[str, int]
+    node_body: bytes
+    heartbeat: bytes
+
+
+class RenewalLane:
+    """Renew every ``config.heartbeat_interval`` from a thread of its own
+    (see the module's docstring). Each answer (:class:`Renewed` or
+    :class:`RenewFailed`) waits for :meth:`take`; ``wake`` is called on the
+    lane's thread after each and must only schedule a :meth:`take` on the
+    node's loop."""
+
+    def __init__(self, redis_url: str, me: str, config: ClusterConfig, *, namespace: str, codec: Codec,
+                 wake: Callable[[], None], new_era: Callable[[], str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.me = me
+        self.config = config
+        self._redis_url = redis_url
+        self._namespace = namespace
+        self._codec = codec
+        self._wake_node = wake
+        self._answers: collections.deque[Event] = collections.deque()
+        #: the newest answer's send time and the (address, epoch) it renewed
+        self._confirmed: tuple[float, frozenset[tuple[str, int]]] = (-math.inf, frozenset())
+        self._new_era = new_era
+        self._clock = clock
+        self._thread = LoopThread(name=f"huddle-renew-{me}")
+        self._lock = threading.Lock()
+        self._plan: RenewalPlan | None = None
+        self._added: dict[str, int] = {}
+        self._alive_at = clock()
+        self._stopped = False
+        self._task: concurrent.futures.Future[None] | None = None
+        self._planned: asyncio.Event | None = None
+        #: Seconds the last renewal took (a gauge), renewals skipped because
+        #: the node's loop was stuck, renewals that failed.
+        self.latency_s: float | None = None
+        self.skipped = 0
+        self.failed = 0
+
+    # -- from the node's loop -------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._thread.loop)
+
+    def plan(self, plan: RenewalPlan) -> None:
+        """The leases to renew from now on (replaces what :meth:`add` added)."""
+        with self._lock:
+            self._plan, self._added = plan, {}
+        self._wake()
+
+    def add(self, address: str, epoch: int) -> None:
+        """A lease just won: renewed from the next renewal on."""
+        with self._lock:
+            self._added[address] = epoch
+
+    def take(self) -> list[Event]:
+        """The answers that arrived since the last call, oldest first."""
+        answers = []
+        while self._answers:
+            answers.append(self._answers.popleft())
+        return answers
+
+    def confirms(self, address: str, epoch: int, now: float) -> bool:
+        """The newest answer renewed ``address`` under ``epoch`` and is
+        recent enough that the lease is still valid by it (any thread)."""
+        sent_at, renewed = self._confirmed
+        return now < sent_at + self.config.validity and (address, epoch) in renewed
+
+    def loop_alive(self) -> None:
+        """The node's loop runs (called from it, every tick)."""
+        self._alive_at = self._clock()
+
+    async def stop(self) -> None:
+        """Stop renewing; returns once no renewal is in flight any more
+        (so a leave is never followed by a renewal that writes the
+        heartbeat again). Awaited on the node's loop."""
+        self._stopped = True
+        task = self._task
+        if task is None or self._thread.closed:
+            return
+        try:
+            self._thread.loop.call_soon_threadsafe(task.cancel)
+        except (IoClosed, RuntimeError):
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(task), self.config.lease_ttl)
+        except (asyncio.CancelledError, concurrent.futures.CancelledError, TimeoutError):
+            pass
+        except Exception:  # noqa: BLE001 - stopping goes on
+            log.debug("renewals: %s ended with an error", self.me, exc_info=True)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the lane's thread (from any thread but its own)."""
+        self._stopped = True
+        self._thread.close(timeout)
+
+    # -- on the lane's own loop ------------------------------------------------------
+
+    def _wake(self) -> None:
+        planned = self._planned
+        if planned is not None:
+            try:
+                self._thread.loop.call_soon_threadsafe(planned.set)
+            except (IoClosed, RuntimeError):
+                pass
+
+    async def _run(self) -> None:
+        self._planned = asyncio.Event()
+        client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            self._redis_url, max_connections=1, timeout=None,
+            socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError]))
+        store = LeaseStore(client, namespace=self._namespace, codec=self._codec)
+        try:
+            while self._plan is None and not self._stopped:
+                await self._planned.wait()
+            next_at = self._clock()
+            while not self._stopped:
+                await self._renew_once(store)
+                next_at = max(next_at + self.config.heartbeat_interval, self._clock())
+                await asyncio.sleep(max(0.0, next_at - self._clock()))
+        finally:
+            await client.aclose()
+
+    async def _renew_once(self, store: LeaseStore) -> None:
+        sent_at = self._clock()
+        if sent_at - self._alive_at > self.config.stall_limit:
+            self.skipped += 1
+            log.warning("renewals: %s skipped: the node's loop has not run for %.1fs", self.me,
+                        sent_at - self._alive_at)
+            return
+        with self._lock:
+            plan = self._plan
+            assert plan is not None
+            leases = {**plan.leases, **self._added} if self._added else plan.leases
+        try:
+            async with asyncio.timeout(self.config.lease_ttl):
+                result = await store.renew(self.me, ttl=self.config.lease_ttl, node_body=plan.node_body,
+                                           heartbeat=plan.heartbeat, new_era=self._new_era(), leases=leases)
+        except Exception as exc:  # noqa: BLE001 - the leases run out by themselves
+            self.failed += 1
+            log.warning("renewals: %s could not renew (%r)", self.me, exc)
+            self._answer(RenewFailed(sent_at))
+            return
+        self.latency_s = self._clock() - sent_at
+        renewed = frozenset((a, e) for a, e in leases.items() if a not in result.lost)
+        self._confirmed = (sent_at, renewed)
+        self._answer(Renewed(sent_at, result.era, result.lost, result.backlogged, leases=dict(leases)))
+
+    def _answer(self, event: Event) -> None:
+        self._answers.append(event)
+        try:
+            self._wake_node()
+        except Exception:  # noqa: BLE001 - the node's loop is closed: the node is gone
+            log.debug("renewals: %s could not wake the node's loop", self.me)
