@@ -11,9 +11,13 @@ what the interpreter lock costs (milliseconds), never by the node's work.
 
 What it renews is the core's decision, not the lane's. The cluster core
 says, every heartbeat, which leases it holds (:meth:`RenewalLane.plan`,
-called on the node's loop with the heartbeat it announces); a lease won by
-a claim is added at once (:meth:`RenewalLane.add`), so one claimed during a
-busy stretch is renewed before the core's next plan. Each answer goes back
+called on the node's loop with the heartbeat it announces). Claims run on
+this loop too, on a connection of their own (:meth:`RenewalLane.claim`):
+a lease won is renewed from the next renewal on, before the node's loop has
+even read the answer, so a lease claimed during a busy stretch does not
+run out while the answer waits. Until a plan includes it, such a lease is
+renewed for at most ``stall_limit`` seconds (a claim whose answer the core
+never takes is not kept alive for ever). Each answer goes back
 to the node's loop as a :class:`~actors.cluster.machine.Renewed` event
 carrying the leases it renewed and when it was sent; the core applies the
 newest answer only and counts a lease valid from that send time, exactly
@@ -51,7 +55,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.cluster.machine import ClusterConfig, Event, RenewFailed, Renewed
-from bus.cluster.leases import LeaseStore
+from bus.cluster.leases import ClaimResult, LeaseStore
 from bus.envelope import Codec
 from bus.loop import IoClosed, LoopThread
 
@@ -87,23 +91,26 @@ class RenewalLane:
         self._codec = codec
         self._wake_node = wake
         self._answers: collections.deque[Event] = collections.deque()
-        #: the newest answer's send time and the (address, epoch) it renewed
-        self._confirmed: tuple[float, frozenset[tuple[str, int]]] = (-math.inf, frozenset())
         self._new_era = new_era
         self._clock = clock
         self._thread = LoopThread(name=f"huddle-renew-{me}")
         self._lock = threading.Lock()
         self._plan: RenewalPlan | None = None
-        self._added: dict[str, int] = {}
+        #: leases won by a claim that no plan includes yet: address -> (epoch, won at)
+        self._added: dict[str, tuple[int, float]] = {}
+        #: address -> (epoch, send time) of the newest answer that renewed it
+        self._renewed: dict[str, tuple[int, float]] = {}
         self._alive_at = clock()
         self._stopped = False
         self._task: concurrent.futures.Future[None] | None = None
         self._planned: asyncio.Event | None = None
+        self._claims: LeaseStore | None = None
         #: Seconds the last renewal took (a gauge), renewals skipped because
         #: the node's loop was stuck, renewals that failed.
         self.latency_s: float | None = None
         self.skipped = 0
         self.failed = 0
+        self.renewals = 0
 
     # -- from the node's loop -------------------------------------------------------
 
@@ -111,15 +118,21 @@ class RenewalLane:
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._thread.loop)
 
     def plan(self, plan: RenewalPlan) -> None:
-        """The leases to renew from now on (replaces what :meth:`add` added)."""
+        """The leases to renew from now on (and those won by a claim that
+        the core has not taken yet)."""
         with self._lock:
-            self._plan, self._added = plan, {}
+            self._plan = plan
+            for address in [a for a in self._added if a in plan.leases]:
+                del self._added[address]
         self._wake()
 
-    def add(self, address: str, epoch: int) -> None:
-        """A lease just won: renewed from the next renewal on."""
-        with self._lock:
-            self._added[address] = epoch
+    async def claim(self, claims: list[tuple[str, int, bytes | None]]) -> list[ClaimResult]:
+        """Run :meth:`~bus.cluster.leases.LeaseStore.claim_many` on the
+        lane's loop (awaited on the node's loop); every lease won is renewed
+        from the next renewal on. Raises as the claim did, or
+        :class:`TimeoutError` past a lease's ttl."""
+        future = asyncio.run_coroutine_threadsafe(self._claim(claims), self._thread.loop)
+        return await asyncio.wrap_future(future)
 
     def take(self) -> list[Event]:
         """The answers that arrived since the last call, oldest first."""
@@ -128,11 +141,16 @@ class RenewalLane:
             answers.append(self._answers.popleft())
         return answers
 
+    def renewed_at(self, address: str, epoch: int) -> float:
+        """When the newest renewal that extended ``address`` under
+        ``epoch`` was sent (-inf: none did). Any thread."""
+        entry = self._renewed.get(address)
+        return entry[1] if entry is not None and entry[0] == epoch else -math.inf
+
     def confirms(self, address: str, epoch: int, now: float) -> bool:
-        """The newest answer renewed ``address`` under ``epoch`` and is
-        recent enough that the lease is still valid by it (any thread)."""
-        sent_at, renewed = self._confirmed
-        return now < sent_at + self.config.validity and (address, epoch) in renewed
+        """A renewal extended ``address`` under ``epoch`` recently enough
+        that the lease is still valid by it (any thread)."""
+        return now < self.renewed_at(address, epoch) + self.config.validity
 
     def loop_alive(self) -> None:
         """The node's loop runs (called from it, every tick)."""
@@ -174,11 +192,9 @@ class RenewalLane:
 
     async def _run(self) -> None:
         self._planned = asyncio.Event()
-        client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            self._redis_url, max_connections=1, timeout=None,
-            socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError]))
+        client = aioredis.Redis(connection_pool=self._pool())
+        self._claims = LeaseStore(aioredis.Redis(connection_pool=self._pool()), namespace=self._namespace,
+                                  codec=self._codec)
         store = LeaseStore(client, namespace=self._namespace, codec=self._codec)
         try:
             while self._plan is None and not self._stopped:
@@ -190,6 +206,26 @@ class RenewalLane:
                 await asyncio.sleep(max(0.0, next_at - self._clock()))
         finally:
             await client.aclose()
+            await self._claims.client.aclose()
+
+    def _pool(self) -> aioredis.ConnectionPool:
+        return aioredis.BlockingConnectionPool.from_url(
+            self._redis_url, max_connections=1, timeout=None,
+            socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError])
+
+    async def _claim(self, claims: list[tuple[str, int, bytes | None]]) -> list[ClaimResult]:
+        while self._claims is None:
+            await asyncio.sleep(0)  # the lane's loop has not set up its connections yet
+        async with asyncio.timeout(self.config.lease_ttl):
+            results = await self._claims.claim_many(claims, self.me, ttl=self.config.lease_ttl)
+        now = self._clock()
+        with self._lock:
+            for (address, _floor, _spec), result in zip(claims, results, strict=True):
+                if result.won:
+                    self._added[address] = (result.epoch, now)
+        return results
 
     async def _renew_once(self, store: LeaseStore) -> None:
         sent_at = self._clock()
@@ -201,7 +237,9 @@ class RenewalLane:
         with self._lock:
             plan = self._plan
             assert plan is not None
-            leases = {**plan.leases, **self._added} if self._added else plan.leases
+            for address in [a for a, (_e, at) in self._added.items() if sent_at - at > self.config.stall_limit]:
+                del self._added[address]  # won, but never taken by the core
+            leases = {**plan.leases, **{a: e for a, (e, _at) in self._added.items()}} if self._added else plan.leases
         try:
             async with asyncio.timeout(self.config.lease_ttl):
                 result = await store.renew(self.me, ttl=self.config.lease_ttl, node_body=plan.node_body,
@@ -212,8 +250,18 @@ class RenewalLane:
             self._answer(RenewFailed(sent_at))
             return
         self.latency_s = self._clock() - sent_at
-        renewed = frozenset((a, e) for a, e in leases.items() if a not in result.lost)
-        self._confirmed = (sent_at, renewed)
+        self.renewals += 1
+        renewed = dict(self._renewed)
+        for address, epoch in leases.items():
+            if address in result.lost:
+                renewed.pop(address, None)
+            else:
+                renewed[address] = (epoch, sent_at)
+        self._renewed = renewed  # one assignment: readers on other threads see the old or the new map
+        if result.lost:
+            with self._lock:
+                for address in result.lost:
+                    self._added.pop(address, None)
         self._answer(Renewed(sent_at, result.era, result.lost, result.backlogged, leases=dict(leases)))
 
     def _answer(self, event: Event) -> None:

@@ -946,9 +946,9 @@ class Cluster:
                                                          self.config.lease_ttl)
         sent_at = time.monotonic()
         try:
-            async with asyncio.timeout(self.config.lease_ttl):
-                results = await self.leases.claim_many(
-                    [(a, self.node.newest_epoch(a), None) for a in addresses], self.me, ttl=self.config.lease_ttl)
+            # On the renewal lane's loop: a lease won is renewed from then on,
+            # however long this loop takes to read the answer.
+            results = await self._lane.claim([(a, self.node.newest_epoch(a), None) for a in addresses])
         except Exception as exc:  # noqa: BLE001
             log.warning("cluster: %s could not claim %d addresses (%r)", self.me, len(addresses), exc)
             for address in addresses:
@@ -961,11 +961,13 @@ class Cluster:
                 # between ticks and renewal replies, not ahead of them.
                 await asyncio.sleep(0)
             if result.won:
-                self._lane.add(address, result.epoch)  # renewed from the next renewal, whatever the loop does
                 if result.seen:
                     self._seen.restore(address, result.seen)  # before anything is delivered
                 self._claims[address] = result
-                self.feed(Claimed(address, result.epoch, placed=result.spec is not None, sent_at=sent_at))
+                # Valid from the claim, or from a renewal of it since (this
+                # loop may have been busy while the lane renewed it).
+                valid_from = max(sent_at, self._lane.renewed_at(address, result.epoch))
+                self.feed(Claimed(address, result.epoch, placed=result.spec is not None, sent_at=valid_from))
             else:
                 self.feed(ClaimRefused(address, result.holder, result.epoch))
 
