@@ -136,7 +136,8 @@ class ClusterConfig:
     claims_in_flight: int = 256
     #: Seconds the node's loop may show no sign of running before its
     #: renewals stop (its leases then expire and its actors move); None:
-    #: four lease ttls, at least 5 s (see :mod:`actors.cluster.renewals`).
+    #: ten lease ttls, at least 30 s: long enough that a loop busy with a
+    #: flood is never taken for a stuck one (see :mod:`actors.cluster.renewals`).
     loop_stall_limit: float | None = None
 
     def __post_init__(self) -> None:
@@ -159,7 +160,7 @@ class ClusterConfig:
     @property
     def stall_limit(self) -> float:
         """Seconds of a stuck node loop after which renewals stop."""
-        return max(5.0, 4 * self.lease_ttl) if self.loop_stall_limit is None else self.loop_stall_limit
+        return max(30.0, 10 * self.lease_ttl) if self.loop_stall_limit is None else self.loop_stall_limit
 
     @property
     def grace(self) -> float:

@@ -75,7 +75,7 @@ from ops.demo.observed import AppLedger, ServiceView, caption_frame
 from ops.demo.plan import SessionKey
 from ops.demo.processes import WorkerNode
 
-DEFAULT_MEETINGS = 300
+DEFAULT_MEETINGS = 1000
 QUICK_MEETINGS = 60
 HEARTBEAT_S = 0.25
 LEASE_TTL_S = 1.0
