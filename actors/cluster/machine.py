@@ -187,8 +187,9 @@ _RENEWED = (Phase.ACTIVE, Phase.HANDOFF, Phase.STOPPING)
 
 @dataclass
 class HeldLease:
-    """A lease this node holds. ``valid_until`` is on the shell's monotonic
-    clock; ``placed``: the address has a spec (the cluster restarts it)."""
+    """A lease this node holds. ``valid_until`` is on the node's clock (the
+    one the shell and its renewal lane read); ``placed``: the address has a
+    spec (the cluster restarts it)."""
 
     epoch: int
     placed: bool

@@ -48,7 +48,6 @@ import asyncio
 import collections
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -541,7 +540,7 @@ class Cluster:
         self.redis_url = redis_url
         self.config = config or ClusterConfig()
         self.factories = factories or ActorFactories()
-        self.state: ClusterState = new_state(self.me, self.config, self.factories.kinds, time.monotonic())
+        self.state: ClusterState = new_state(self.me, self.config, self.factories.kinds, node.clock.now())
         self.leases: LeaseStore
         self.backlog: Backlog
         self.checkpoints = RedisCheckpoints(self)
@@ -549,7 +548,7 @@ class Cluster:
         #: the renewal lane: a thread, loop and connection nothing but renewals uses
         self._lane = RenewalLane(redis_url, self.me, self.config, namespace=node.namespace, codec=node.codec,
                                  wake=lambda: self.call_soon(self._take_renewals),
-                                 new_era=lambda: uuid.uuid4().hex)
+                                 new_era=lambda: uuid.uuid4().hex, clock=node.clock.now)
         #: addresses the core said to claim, sent together at the end of the loop turn
         self._to_claim: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -640,7 +639,7 @@ class Cluster:
             self._lane.loop_alive()
             self._take_renewals()  # a tick never fences what a waiting answer renewed
             self.feed(Tick())
-            self._stop_lingering(expired_by=time.monotonic())
+            self._stop_lingering(expired_by=self.node.clock.now())
             self._persist_seen()
             await asyncio.sleep(self.config.tick)
 
@@ -754,14 +753,14 @@ class Cluster:
         if lease is None:
             return True
         return (lease.epoch == epoch and lease.phase is not Phase.FENCED and lease.phase is not Phase.RELEASING
-                and self._valid(sender, lease, time.monotonic()))
+                and self._valid(sender, lease, self.node.clock.now()))
 
     def may_deliver(self, address: str) -> bool:
         # Asked once before each message the node hands the actor: the one
         # before it is handled (see _SeenIds).
         self._seen.handling(address)
         lease = self.state.leases.get(address)
-        return lease is None or (lease.phase is not Phase.FENCED and self._valid(address, lease, time.monotonic()))
+        return lease is None or (lease.phase is not Phase.FENCED and self._valid(address, lease, self.node.clock.now()))
 
     def first_delivery(self, env: Envelope) -> bool:
         to = env.to
@@ -813,7 +812,7 @@ class Cluster:
         if address.startswith(_UNLEASED):
             return 0
         lease = self.state.leases.get(address)
-        if lease is not None and lease.phase is Phase.ACTIVE and self._valid(address, lease, time.monotonic()):
+        if lease is not None and lease.phase is Phase.ACTIVE and self._valid(address, lease, self.node.clock.now()):
             return lease.epoch  # a restart under the lease we hold
         if self._closed:
             raise HuddleError(f"node {self.me} is leaving the cluster")
@@ -840,7 +839,7 @@ class Cluster:
 
     def feed(self, event: Event) -> None:
         """Loop thread: one event through the core, then its effects."""
-        _, effects = step(self.state, event, time.monotonic())
+        _, effects = step(self.state, event, self.node.clock.now())
         self._live = self.state.view.live
         for effect in effects:
             try:
@@ -944,7 +943,7 @@ class Cluster:
         # Listen on the addresses' channels before the claim makes them ours.
         await asyncio.get_running_loop().run_in_executor(None, self.node.transport.wait_subscribed,
                                                          self.config.lease_ttl)
-        sent_at = time.monotonic()
+        sent_at = self.node.clock.now()
         try:
             # On the renewal lane's loop: a lease won is renewed from then on,
             # however long this loop takes to read the answer.
@@ -1062,7 +1061,7 @@ class Cluster:
         older = [encode(env) for env in (*held, *waiting)]
         with self._lock:
             later = [encode(env) for env in self._held_back.pop(address, [])]
-            self._lingering[address] = time.monotonic() + self.config.lease_ttl
+            self._lingering[address] = self.node.clock.now() + self.config.lease_ttl
             self._hold.discard(address)
             start, refused = self._queue_routes_locked(address, (*older, *later))
         for data in refused:
@@ -1225,7 +1224,7 @@ class Cluster:
         message being handled is included only once its actor is parked;
         an address with a write under way waits for the next round (the
         ids of a message are never written before the state it led to)."""
-        now = time.monotonic()
+        now = self.node.clock.now()
         if now < self._seen_due:
             return
         self._seen_due = now + self.config.heartbeat_interval
@@ -1273,7 +1272,7 @@ class Cluster:
             addresses, self._questions = sorted(self._questions), set()
         if not addresses:
             return
-        deadline = time.monotonic() + self.config.lease_ttl
+        deadline = self.node.clock.now() + self.config.lease_ttl
         delay = 0.02
         while True:
             try:
@@ -1283,7 +1282,7 @@ class Cluster:
                     found = await self.leases.issued(addresses)
                 break
             except Exception as exc:  # noqa: BLE001 - Redis away: ask again until the deadline
-                if time.monotonic() + delay > deadline or self._closed:
+                if self.node.clock.now() + delay > deadline or self._closed:
                     log.warning("cluster: %s could not verify epochs of %d addresses (%r)", self.me,
                                 len(addresses), exc)
                     for address in addresses:
