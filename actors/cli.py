@@ -135,8 +135,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     from bus.errors import HuddleError
 
     _load_contracts()
-    from bus.redis_transport import RedisTransport, mask_url
-
+    from bus.endpoint import mask_url
+    from bus.redis_transport import RedisTransport
     from bus.signing import write_new_cluster_key
 
     codec = cluster_codec(args)

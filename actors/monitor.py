@@ -269,7 +269,7 @@ class MonitorFeed:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from actors.cli import bus_of
-    from bus.redis_transport import mask_url
+    from bus.endpoint import mask_url
 
     bus = bus_of(args, "monitor")
     if bus is None:

@@ -412,7 +412,7 @@ def record_json(record: TapRecord) -> dict[str, Any]:
 
 def cmd_tap(args: argparse.Namespace) -> int:
     from actors.cli import bus_of
-    from bus.redis_transport import mask_url
+    from bus.endpoint import mask_url
 
     bus = bus_of(args, "tap")
     if bus is None:

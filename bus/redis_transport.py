@@ -67,23 +67,22 @@ import concurrent.futures
 import logging
 import random
 import re
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from bus.endpoint import RedisEndpoint, mask_url
 from bus.errors import TransportError
 from bus.loop import LoopThread, on_loop
 from bus.resp import PublishEncoder, encode_command
+from bus.resp_connection import ConnectionLost, PublisherConnection, SubscriberConnection
 from bus.transport import Receiver, TransportCallbacks, TransportStats, call_quietly
 
-__all__ = ["RedisEndpoint", "RedisTransport", "backoff_delay", "mask_url"]
+__all__ = ["RedisTransport", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
@@ -103,269 +102,6 @@ def backoff_delay(attempt: int) -> float:
     """Exponential backoff with full jitter: uniform in
     [0, min(cap, start * 2**attempt)] for the ``attempt``-th retry (from 0)."""
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_START * 2 ** min(attempt, 16)))
-
-
-# ---------------------------------------------------------------------------
-# URLs
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to log)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            user, sep, _password = userinfo.partition(":")
-            netloc = f"{user}:***@{hostinfo}" if sep else f"{user}@{hostinfo}"
-        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-        # Not urlunsplit: it turns "unix:///path" into "unix:/path".
-        masked = f"{parts.scheme}://{netloc}{parts.path}"
-        if query:
-            masked += f"?{query}"
-        if parts.fragment:
-            masked += f"#{parts.fragment}"
-        return masked
-    except ValueError:
-        # Unparseable: mask everything between "://" and "@" to be safe.
-        return re.sub(r"//[^/@]*@", "//***@", url)
-
-
-@dataclass(frozen=True)
-class RedisEndpoint:
-    """Where and how to connect, parsed from a URL.
-
-    ``redis://[user[:password]@]host[:port][/db]``,
-    ``rediss://...`` (TLS; query ``ssl_cert_reqs=none|optional|required``,
-    ``ssl_ca_certs=PATH``, ``ssl_check_hostname=false``),
-    ``unix:///path/to/sock[?db=N&password=...]``.
-    """
-
-    host: str | None = None
-    port: int = 6379
-    path: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    ssl_cert_reqs: str = "required"
-    ssl_ca_certs: str | None = None
-    ssl_check_hostname: bool = True
-
-    @classmethod
-    def parse(cls, url: str) -> RedisEndpoint:
-        try:
-            parts = urlsplit(url)
-            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            username = unquote(parts.username) if parts.username else None
-            password = unquote(parts.password) if parts.password is not None else None
-            password = query.get("password", password)
-            username = query.get("username", username)
-            if parts.scheme == "unix":
-                if not parts.path:
-                    raise ValueError("no socket path")
-                return cls(
-                    path=unquote(parts.path),
-                    db=int(query.get("db", 0)),
-                    username=username,
-                    password=password,
-                )
-            if parts.scheme not in ("redis", "rediss"):
-                raise ValueError(f"unsupported scheme {parts.scheme!r}")
-            db_text = parts.path.lstrip("/") or query.get("db", "0")
-            return cls(
-                host=parts.hostname or "localhost",
-                port=parts.port or 6379,
-                db=int(db_text),
-                username=username,
-                password=password,
-                tls=parts.scheme == "rediss",
-                ssl_cert_reqs=query.get("ssl_cert_reqs", "required").lower(),
-                ssl_ca_certs=query.get("ssl_ca_certs"),
-                ssl_check_hostname=query.get("ssl_check_hostname", "true").lower()
-                not in ("false", "0", "no"),
-            )
-        except ValueError as exc:
-            raise TransportError(f"bad redis URL {mask_url(url)}: {exc}") from exc
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.tls:
-            return None
-        context = ssl.create_default_context(cafile=self.ssl_ca_certs)
-        reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-        if self.ssl_cert_reqs not in reqs:
-            raise TransportError(f"bad ssl_cert_reqs {self.ssl_cert_reqs!r}")
-        context.check_hostname = self.ssl_check_hostname and self.ssl_cert_reqs != "none"
-        context.verify_mode = reqs[self.ssl_cert_reqs]
-        return context
-
-
-# ---------------------------------------------------------------------------
-# Connections
-
-
-class _ConnectionLost(Exception):
-    """Internal: the connection went away while a command waited."""
-
-
-class _RespConnection(asyncio.Protocol):
-    """RESP over one socket.
-
-    While ``handshaking``, every reply answers the oldest :meth:`command`.
-    After that the subclass's mode owns the replies, except the ``PONG`` of
-    a health :meth:`ping`. ``chunks_in`` counts reads: traffic proves the
-    server is alive without a PING.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.reader = hiredis.Reader()
-        self.transport: asyncio.Transport | None = None
-        self.handshaking = True
-        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self.ping_waiter: asyncio.Future[None] | None = None
-        self.chunks_in = 0
-        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        waiters = list(self.waiters)
-        self.waiters.clear()
-        if self.ping_waiter is not None:
-            waiters.append(self.ping_waiter)
-            self.ping_waiter = None
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(_ConnectionLost("connection lost"))
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-    async def command(self, *args: bytes | str | int) -> Any:
-        """Send one command and wait for its reply (while handshaking only)."""
-        assert self.transport is not None and self.handshaking
-        waiter = self.loop.create_future()
-        self.waiters.append(waiter)
-        self.transport.write(encode_command(*args))
-        return await waiter
-
-    async def ping(self) -> None:
-        """Send PING; return when its PONG arrives."""
-        assert self.transport is not None
-        waiter: asyncio.Future[None] = self.loop.create_future()
-        self.ping_waiter = waiter
-        self.transport.write(b"*1\r\n$4\r\nPING\r\n")
-        await waiter
-
-    def _handshake_reply(self, reply: object) -> None:
-        if self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(reply)
-
-    def _pong(self) -> None:
-        waiter, self.ping_waiter = self.ping_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _protocol_error(self, exc: Exception) -> None:
-        log.error("RESP protocol error, dropping connection: %s", exc)
-        self.abort()
-
-
-class _PublisherConnection(_RespConnection):
-    def __init__(self, loop: asyncio.AbstractEventLoop, owner: RedisTransport) -> None:
-        super().__init__(loop)
-        self.owner = owner
-
-    def data_received(self, data: bytes) -> None:
-        self.chunks_in += 1
-        reader = self.reader
-        reader.feed(data)
-        gets = reader.gets
-        acked = 0
-        try:
-            while (reply := gets()) is not False:
-                if reply.__class__ is int:  # PUBLISH -> receiver count
-                    if reply == 0 and self.owner._on_unrouted is not None:
-                        if acked:
-                            self.owner._acknowledged(acked)
-                            acked = 0
-                        self.owner._unrouted()
-                    else:
-                        acked += 1
-                elif self.handshaking:
-                    self._handshake_reply(reply)
-                elif reply == b"PONG":
-                    self._pong()
-                else:
-                    # An error reply to a PUBLISH (e.g. NOPERM): settle what
-                    # came before it, then report the refused message.
-                    if acked:
-                        self.owner._acknowledged(acked)
-                        acked = 0
-                    self.owner._refused(reply)
-        except hiredis.ProtocolError as exc:
-            self._protocol_error(exc)
-        finally:
-            if acked:
-                self.owner._acknowledged(acked)
-
-    def pause_writing(self) -> None:
-        self.owner._pause_publishing(True)
-
-    def resume_writing(self) -> None:
-        self.owner._pause_publishing(False)
-
-
-class _SubscriberConnection(_RespConnection):
-    def __init__(self, loop: asyncio.AbstractEventLoop, owner: RedisTransport) -> None:
-        super().__init__(loop)
-        self.owner = owner
-
-    def data_received(self, data: bytes) -> None:
-        self.chunks_in += 1
-        owner = self.owner
-        reader = self.reader
-        reader.feed(data)
-        gets = reader.gets
-        names = owner._channel_names  # bytes -> str of channels still wanted
-        receiver = owner._receiver
-        stats = owner.stats
-        try:
-            while (reply := gets()) is not False:
-                if reply.__class__ is list:
-                    kind = reply[0]
-                    if kind == b"message":
-                        channel = names.get(reply[1])
-                        if channel is None:  # unsubscribed; the server has not caught up
-                            continue
-                        stats.received += 1  # counted before the receiver sees it
-                        try:
-                            receiver(channel, reply[2])
-                        except Exception:
-                            owner._receiver_failed(channel)
-                    elif kind == b"pong":  # PING while subscribed
-                        self._pong()
-                    else:
-                        owner._subscription_reply(reply)
-                elif self.handshaking:
-                    self._handshake_reply(reply)
-                elif reply == b"PONG":  # PING with no subscriptions
-                    self._pong()
-                else:
-                    owner._subscription_reply(reply)  # an error reply
-        except hiredis.ProtocolError as exc:
-            self._protocol_error(exc)
 
 
 # ---------------------------------------------------------------------------
@@ -431,7 +167,7 @@ class RedisTransport(TransportCallbacks):
         self._flush_waiters: list[tuple[int, threading.Event]] = []
         self._inflight: collections.deque[collections.deque[tuple[str, bytes]]] = collections.deque()
         self._inflight_pos = 0
-        self._publisher: _PublisherConnection | None = None
+        self._publisher: PublisherConnection | None = None
 
         # Subscribing. Guarded by _lock (and _sub_cond, which uses it):
         # _wanted, _channel_names, _requested, _confirmed, _sub_commands,
@@ -445,7 +181,7 @@ class RedisTransport(TransportCallbacks):
         self._sub_dirty = False
         self._sub_ready = False
         self._sync_scheduled = False
-        self._subscriber: _SubscriberConnection | None = None
+        self._subscriber: SubscriberConnection | None = None
 
         # Connection state (loop thread only).
         self._up = {"publisher": False, "subscriber": False}
@@ -575,16 +311,16 @@ class RedisTransport(TransportCallbacks):
         loop = asyncio.get_running_loop()
         attempt = 0
         while not self._closed:
-            factory: Callable[[], _RespConnection]
+            factory: Callable[[], RespConnection]
             if role == "publisher":
-                factory = lambda: _PublisherConnection(loop, self)  # noqa: E731
+                factory = lambda: PublisherConnection(loop, self)  # noqa: E731
             else:
-                factory = lambda: _SubscriberConnection(loop, self)  # noqa: E731
+                factory = lambda: SubscriberConnection(loop, self)  # noqa: E731
             try:
                 connection = await self._open(factory, role)
             except asyncio.CancelledError:
                 raise
-            except (OSError, TransportError, _ConnectionLost, TimeoutError) as exc:
+            except (OSError, TransportError, ConnectionLost, TimeoutError) as exc:
                 if not first.done():
                     first.set_result(exc)
                 delay = backoff_delay(attempt)
@@ -607,7 +343,7 @@ class RedisTransport(TransportCallbacks):
             if not self._closed:
                 log.warning("%r %s lost its connection (%r)", self, role, reason or "closed by server")
 
-    async def _watch(self, connection: _RespConnection, role: str) -> BaseException | None:
+    async def _watch(self, connection: RespConnection, role: str) -> BaseException | None:
         """Wait until ``connection`` is lost. A connection silent for a whole
         health interval must answer PING within another one, or it is dropped
         (a paused or half-open server never closes the socket itself)."""
@@ -626,14 +362,14 @@ class RedisTransport(TransportCallbacks):
                 log.warning("%r %s: no answer to PING within %.1fs; reconnecting", self, role, interval)
                 connection.abort()
                 await connection.lost
-            except _ConnectionLost:
+            except ConnectionLost:
                 pass
         return connection.lost.result()
 
-    async def _open(self, factory: Callable[[], _RespConnection], role: str) -> _RespConnection:
+    async def _open(self, factory: Callable[[], RespConnection], role: str) -> RespConnection:
         loop = asyncio.get_running_loop()
         ep = self._endpoint
-        connection: _RespConnection
+        connection: RespConnection
         async with asyncio.timeout(self._connect_timeout):
             if ep.path is not None:
                 _, connection = await loop.create_unix_connection(factory, ep.path)
@@ -653,7 +389,7 @@ class RedisTransport(TransportCallbacks):
         connection.handshaking = False
         return connection
 
-    async def _handshake(self, connection: _RespConnection, role: str) -> None:
+    async def _handshake(self, connection: RespConnection, role: str) -> None:
         ep = self._endpoint
         commands: list[tuple[bytes | str | int, ...]] = []
         if ep.password is not None:
@@ -671,9 +407,9 @@ class RedisTransport(TransportCallbacks):
                 # Never echo the AUTH arguments; the server's text is safe.
                 raise TransportError(f"redis refused {command[0]!r} on {self._safe_url}: {reply}")
 
-    def _connection_up(self, role: str, connection: _RespConnection) -> None:
+    def _connection_up(self, role: str, connection: RespConnection) -> None:
         if role == "publisher":
-            assert isinstance(connection, _PublisherConnection)
+            assert isinstance(connection, PublisherConnection)
             assert connection.transport is not None
             connection.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER)
             self._publisher = connection
@@ -683,7 +419,7 @@ class RedisTransport(TransportCallbacks):
                 self._flush_scheduled = True
             self._write_pending()
         else:
-            assert isinstance(connection, _SubscriberConnection)
+            assert isinstance(connection, SubscriberConnection)
             self._subscriber = connection
             with self._lock:
                 self._sub_ready = True

@@ -16,7 +16,8 @@ import redis
 from bus.embedded import EmbeddedRedis
 from bus.errors import TransportError
 from bus.loop import LoopThread
-from bus.redis_transport import BACKOFF_CAP, BACKOFF_START, MAX_BATCH, RedisEndpoint, RedisTransport, backoff_delay, mask_url
+from bus.endpoint import RedisEndpoint, mask_url
+from bus.redis_transport import BACKOFF_CAP, BACKOFF_START, MAX_BATCH, RedisTransport, backoff_delay
 
 from .conftest import DEADLINE, Collector, StateRecorder
 

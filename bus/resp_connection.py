@@ -1,0 +1,218 @@
+"""RESP over one socket: the two lean connections of
+:class:`~bus.redis_transport.RedisTransport`, as ``asyncio.Protocol``s.
+
+Commands are hand-encoded (:mod:`bus.resp`), replies parsed by
+``hiredis.Reader``. A connection only parses and hands over: what a reply
+means for the transport (a publish acknowledged, a message received, a
+subscription confirmed) is its owner's business, reached through the
+:class:`PublisherOwner` and :class:`SubscriberOwner` seams, so this module
+knows nothing of the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+from typing import Any, Protocol
+
+import hiredis
+
+from bus.resp import encode_command
+from bus.transport import Receiver, TransportStats
+
+__all__ = ["ConnectionLost", "PublisherConnection", "PublisherOwner", "RespConnection", "SubscriberConnection",
+           "SubscriberOwner"]
+
+log = logging.getLogger("bus.redis_transport")
+
+
+class PublisherOwner(Protocol):
+    """What the publisher connection reports, in reply order."""
+
+    _on_unrouted: Any
+
+    def _acknowledged(self, count: int) -> None: ...
+
+    def _unrouted(self) -> None: ...
+
+    def _refused(self, reply: object) -> None: ...
+
+    def _pause_publishing(self, paused: bool) -> None: ...
+
+
+class SubscriberOwner(Protocol):
+    """What the subscriber connection reads from and reports to."""
+
+    _channel_names: dict[bytes, str]
+    _receiver: Receiver
+    stats: TransportStats
+
+    def _receiver_failed(self, channel: str) -> None: ...
+
+    def _subscription_reply(self, reply: object) -> None: ...
+
+
+class ConnectionLost(Exception):
+    """Internal: the connection went away while a command waited."""
+
+
+class RespConnection(asyncio.Protocol):
+    """RESP over one socket.
+
+    While ``handshaking``, every reply answers the oldest :meth:`command`.
+    After that the subclass's mode owns the replies, except the ``PONG`` of
+    a health :meth:`ping`. ``chunks_in`` counts reads: traffic proves the
+    server is alive without a PING.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.handshaking = True
+        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.ping_waiter: asyncio.Future[None] | None = None
+        self.chunks_in = 0
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        waiters = list(self.waiters)
+        self.waiters.clear()
+        if self.ping_waiter is not None:
+            waiters.append(self.ping_waiter)
+            self.ping_waiter = None
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionLost("connection lost"))
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    async def command(self, *args: bytes | str | int) -> Any:
+        """Send one command and wait for its reply (while handshaking only)."""
+        assert self.transport is not None and self.handshaking
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        self.transport.write(encode_command(*args))
+        return await waiter
+
+    async def ping(self) -> None:
+        """Send PING; return when its PONG arrives."""
+        assert self.transport is not None
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self.ping_waiter = waiter
+        self.transport.write(b"*1\r\n$4\r\nPING\r\n")
+        await waiter
+
+    def _handshake_reply(self, reply: object) -> None:
+        if self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(reply)
+
+    def _pong(self) -> None:
+        waiter, self.ping_waiter = self.ping_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _protocol_error(self, exc: Exception) -> None:
+        log.error("RESP protocol error, dropping connection: %s", exc)
+        self.abort()
+
+
+class PublisherConnection(RespConnection):
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: PublisherOwner) -> None:
+        super().__init__(loop)
+        self.owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks_in += 1
+        reader = self.reader
+        reader.feed(data)
+        gets = reader.gets
+        acked = 0
+        try:
+            while (reply := gets()) is not False:
+                if reply.__class__ is int:  # PUBLISH -> receiver count
+                    if reply == 0 and self.owner._on_unrouted is not None:
+                        if acked:
+                            self.owner._acknowledged(acked)
+                            acked = 0
+                        self.owner._unrouted()
+                    else:
+                        acked += 1
+                elif self.handshaking:
+                    self._handshake_reply(reply)
+                elif reply == b"PONG":
+                    self._pong()
+                else:
+                    # An error reply to a PUBLISH (e.g. NOPERM): settle what
+                    # came before it, then report the refused message.
+                    if acked:
+                        self.owner._acknowledged(acked)
+                        acked = 0
+                    self.owner._refused(reply)
+        except hiredis.ProtocolError as exc:
+            self._protocol_error(exc)
+        finally:
+            if acked:
+                self.owner._acknowledged(acked)
+
+    def pause_writing(self) -> None:
+        self.owner._pause_publishing(True)
+
+    def resume_writing(self) -> None:
+        self.owner._pause_publishing(False)
+
+
+class SubscriberConnection(RespConnection):
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: SubscriberOwner) -> None:
+        super().__init__(loop)
+        self.owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks_in += 1
+        owner = self.owner
+        reader = self.reader
+        reader.feed(data)
+        gets = reader.gets
+        names = owner._channel_names  # bytes -> str of channels still wanted
+        receiver = owner._receiver
+        stats = owner.stats
+        try:
+            while (reply := gets()) is not False:
+                if reply.__class__ is list:
+                    kind = reply[0]
+                    if kind == b"message":
+                        channel = names.get(reply[1])
+                        if channel is None:  # unsubscribed; the server has not caught up
+                            continue
+                        stats.received += 1  # counted before the receiver sees it
+                        try:
+                            receiver(channel, reply[2])
+                        except Exception:
+                            owner._receiver_failed(channel)
+                    elif kind == b"pong":  # PING while subscribed
+                        self._pong()
+                    else:
+                        owner._subscription_reply(reply)
+                elif self.handshaking:
+                    self._handshake_reply(reply)
+                elif reply == b"PONG":  # PING with no subscriptions
+                    self._pong()
+                else:
+                    owner._subscription_reply(reply)  # an error reply
+        except hiredis.ProtocolError as exc:
+            self._protocol_error(exc)
