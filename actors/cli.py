@@ -43,7 +43,7 @@ BENCHMARKS = {
     "sessions": "5,000 data-channel session actors online on one node against the reference service: time, RSS per session, idle CPU with keepalives (baseline: bare websockets clients).",
     "storm": "restart the reference service under 5,000 online sessions with transcription subscriptions: time until all resubscribed, lost subscriptions (baseline: bare clients, upstream backoff without jitter).",
     "failover": "3 cluster node processes, 1,000 stateful actors; kill -9 one: seconds until each of its actors is live elsewhere (baseline: the detection delay).",
-    "failover-meetings": "3 node processes hosting N meetings (default 300, what a 2-core host carries; HUDDLE_BENCH_MEETINGS) against the reference service, 1 s leases; kill -9 one: seconds until each of its meetings holds its lease on a survivor with every session online on a new socket and subscribed, survivor leases lost, captions lost (baseline: the detection delay).",
+    "failover-meetings": "3 node processes hosting N meetings (default 1,000; HUDDLE_BENCH_MEETINGS) against the reference service, 1 s leases; kill -9 one: seconds until each of its meetings holds its lease on a survivor with every session online on a new socket and subscribed, survivor leases lost, captions lost (baseline: the detection delay).",
     "chaos": "a bounded soak (--minutes) that kills, pauses and restarts nodes and Redis; invariants from sys:events, sys:nodes and the fencing log (baseline: the same load without chaos).",
 }
 
