@@ -51,6 +51,13 @@ class Outcome(Generic[T]):
         return self.error is None
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a task's exception as seen, as a handed-over request's future
+    would (whoever cares reads it from the returned future)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class IoLoop(LoopThread):
     """The node's asyncio loop, on its own daemon thread (started on first
     use): the actors' I/O, the Redis transport's connections and the system
@@ -61,9 +68,17 @@ class IoLoop(LoopThread):
         self._idle = threading.Condition(threading.Lock())
         self._inflight = 0
 
-    def submit(self, coro: Coroutine[Any, Any, T], *, tracked: bool = True) -> concurrent.futures.Future[T]:
+    def submit(self, coro: Coroutine[Any, Any, T], *,
+               tracked: bool = True) -> concurrent.futures.Future[T] | asyncio.Future[T]:
         """Run ``coro`` on the loop; thread-safe. ``tracked`` work counts
-        towards :meth:`wait_idle` until it finishes."""
+        towards :meth:`wait_idle` until it finishes.
+
+        Called on the loop's own thread (an actor's slice, a socket's
+        reader), the coroutine becomes a task at once and that task is
+        returned: no thread hop, no wake-up of the loop's selector. From
+        another thread it is handed over and a
+        :class:`concurrent.futures.Future` is returned (the only kind a
+        caller may block on)."""
         try:
             loop = self.loop
         except IoClosed:
@@ -75,8 +90,13 @@ class IoLoop(LoopThread):
                 raise IoClosed(f"{self.name} is closed")
             if tracked:
                 self._inflight += 1
+        future: concurrent.futures.Future[T] | asyncio.Future[T]
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, loop)
+            if self.on_loop_thread():
+                future = loop.create_task(coro)
+                future.add_done_callback(_retrieve)
+            else:
+                future = asyncio.run_coroutine_threadsafe(coro, loop)
         except RuntimeError as exc:  # loop stopped between the check and here
             coro.close()
             if tracked:

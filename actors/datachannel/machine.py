@@ -74,7 +74,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -114,6 +114,7 @@ from actors.machine import (
     SaveCheckpoint,
     Send,
     StartTimer,
+    evolve,
 )
 from bus.address import is_valid_address
 from bus.messages import ErrorReply, Message, message_kind
@@ -490,12 +491,12 @@ def restore(config: SessionConfig, checkpoint: Any, *, seed: int, first_gen: int
             raise TypeError("checkpoint fields have wrong types")
     except (KeyError, IndexError, TypeError) as exc:
         fx.append(Emit("bad-input", reason="bad-checkpoint", detail={"error": type(exc).__name__}))
-        return replace(s, bad_input=1), fx
-    s = replace(s, owner=owner, owner_epoch=epoch, target=target, subscriptions=subs, watchers=watchers)
+        return evolve(s, bad_input=1), fx
+    s = evolve(s, owner=owner, owner_epoch=epoch, target=target, subscriptions=subs, watchers=watchers)
     if target is not None:
         if owner and config.await_owner > 0:
             s, gen = _new_gen(s)
-            s = replace(s, awaiting_owner=gen, reason="awaiting owner")
+            s = evolve(s, awaiting_owner=gen, reason="awaiting owner")
             fx.append(StartTimer(_OWNER_TIMER, config.await_owner, SessionTimer("owner-silent", gen)))
         else:
             s = _begin_attempt(s, fx)
@@ -594,7 +595,7 @@ def _after(before: SessionState, s: SessionState, st: _Step) -> SessionState:
             fx.append(Send(to, ConnectOutcome(meeting_id=c.meeting_id, session_id=c.session_id,
                                               request_id=request_id, online=online, state=s.state,
                                               reason="" if online else s.reason)))
-        s = replace(s, pending=())
+        s = evolve(s, pending=())
     if _persisted(s) != _persisted(before):
         fx.insert(0, SaveCheckpoint(_checkpoint(s)))
     if st.answer_status and st.asked:
@@ -609,12 +610,12 @@ def _recipients(s: SessionState) -> list[str]:
 
 
 def _stale(s: SessionState) -> SessionState:
-    return replace(s, stale_dropped=s.stale_dropped + 1)
+    return evolve(s, stale_dropped=s.stale_dropped + 1)
 
 
 def _bad_input(s: SessionState, st: _Step, reason: str, **detail: Any) -> SessionState:
     st.fx.append(Emit("bad-input", reason=reason, detail=detail))
-    return replace(s, bad_input=s.bad_input + 1)
+    return evolve(s, bad_input=s.bad_input + 1)
 
 
 def _draw(s: SessionState) -> tuple[SessionState, int]:
@@ -623,7 +624,7 @@ def _draw(s: SessionState) -> tuple[SessionState, int]:
     z = x
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return replace(s, rng=x), z ^ (z >> 31)
+    return evolve(s, rng=x), z ^ (z >> 31)
 
 
 def _new_id(s: SessionState) -> tuple[SessionState, str]:
@@ -633,7 +634,7 @@ def _new_id(s: SessionState) -> tuple[SessionState, str]:
 
 
 def _new_gen(s: SessionState) -> tuple[SessionState, int]:
-    return replace(s, next_gen=s.next_gen + 1), s.next_gen
+    return evolve(s, next_gen=s.next_gen + 1), s.next_gen
 
 
 # -- control messages -----------------------------------------------------------------------
@@ -694,11 +695,11 @@ def _on_control(s: SessionState, message: Message, st: _Step) -> SessionState:
 
 
 def _claim(s: SessionState, m: ClaimSession, st: _Step) -> SessionState:
-    return replace(s, owner=st.sender, owner_epoch=m.epoch)
+    return evolve(s, owner=st.sender, owner_epoch=m.epoch)
 
 
 def _release(s: SessionState, m: ReleaseSession, st: _Step) -> SessionState:
-    return replace(s, owner="", owner_epoch=0)
+    return evolve(s, owner="", owner_epoch=0)
 
 
 def _owner_decides(s: SessionState, st: _Step) -> SessionState:
@@ -706,7 +707,7 @@ def _owner_decides(s: SessionState, st: _Step) -> SessionState:
     if not s.awaiting_owner:
         return s
     st.fx.append(CancelTimer(_OWNER_TIMER))
-    return replace(s, awaiting_owner=0, reason="")
+    return evolve(s, awaiting_owner=0, reason="")
 
 
 def _connect(s: SessionState, m: Connect, st: _Step) -> SessionState:
@@ -718,20 +719,20 @@ def _connect(s: SessionState, m: Connect, st: _Step) -> SessionState:
     s = _owner_decides(s, st)
     target = Target(m.datachannel_url, device_url, m.token_auth)
     if m.request_id:
-        s = replace(s, pending=(*s.pending, (st.sender, m.request_id))[-MAX_PENDING_CONNECTS:])
+        s = evolve(s, pending=(*s.pending, (st.sender, m.request_id))[-MAX_PENDING_CONNECTS:])
     busy = s.state in (CONNECTING, BACKOFF, ONLINE) or (s.closing is not None and s.closing.reconnect)
     if target == s.target and busy:
         return s  # S1/S2: the same connection is already there or on its way
-    s = replace(s, target=target)
+    s = evolve(s, target=target)
     if s.link is not None:
         s = _abort_attempt(s, st)
         if s.link.target == target:
             return s  # back to the socket we have: drop the switch
         return _begin_attempt(s, st.fx)  # make-before-break to the new target
     if s.closing is not None:
-        return replace(s, closing=replace(s.closing, reconnect=True), failures=0)
+        return evolve(s, closing=evolve(s.closing, reconnect=True), failures=0)
     s = _abort_attempt(s, st)
-    return _begin_attempt(replace(s, failures=0), st.fx)
+    return _begin_attempt(evolve(s, failures=0), st.fx)
 
 
 def _disconnect(s: SessionState, m: Disconnect, st: _Step) -> SessionState:
@@ -739,17 +740,17 @@ def _disconnect(s: SessionState, m: Disconnect, st: _Step) -> SessionState:
     permanent = m.permanent or s.target is None
     reason = m.reason or ("disconnected" if permanent else "reconnect requested")
     if permanent:
-        s = replace(s, target=None)
+        s = evolve(s, target=None)
         if s.link is not None:
             return _close_link(s, st, 1000, "done (permanent)", reconnect=False, final_reason=reason)
         if s.closing is not None:
-            return replace(s, closing=replace(s.closing, reconnect=False, final_state=OFFLINE, reason=reason))
-        return s if s.state == IDLE else replace(s, state=OFFLINE, reason=reason)
+            return evolve(s, closing=evolve(s.closing, reconnect=False, final_state=OFFLINE, reason=reason))
+        return s if s.state == IDLE else evolve(s, state=OFFLINE, reason=reason)
     if s.link is not None:
         return _close_link(s, st, 1000, "done (forced)", reconnect=True, final_reason=reason)
     if s.closing is not None:
-        return replace(s, closing=replace(s.closing, reconnect=True))
-    return _begin_attempt(replace(s, failures=0), st.fx)
+        return evolve(s, closing=evolve(s.closing, reconnect=True))
+    return _begin_attempt(evolve(s, failures=0), st.fx)
 
 
 def _assert(s: SessionState, m: Assert, st: _Step) -> SessionState:
@@ -770,7 +771,7 @@ def _assert(s: SessionState, m: Assert, st: _Step) -> SessionState:
     gone = tuple(x for x in s.subscriptions if x not in wanted)
     if not (new or gone):
         return s
-    s = replace(s, subscriptions=tuple(x for x in s.subscriptions if x not in gone) + new)
+    s = evolve(s, subscriptions=tuple(x for x in s.subscriptions if x not in gone) + new)
     return _send_subscriptions(s, st, subscribe=new, unsubscribe=gone)
 
 
@@ -781,7 +782,7 @@ def _subscribe(s: SessionState, m: Subscribe, st: _Step) -> SessionState:
         raise _Rejected("too-many-subscriptions")
     if not new:
         return s
-    s = replace(s, subscriptions=s.subscriptions + new)
+    s = evolve(s, subscriptions=s.subscriptions + new)
     return _send_subscriptions(s, st, subscribe=new, unsubscribe=())
 
 
@@ -789,7 +790,7 @@ def _unsubscribe(s: SessionState, m: Unsubscribe, st: _Step) -> SessionState:
     gone = tuple(x for x in _subchannels(m.subchannels) if x in s.subscriptions)
     if not gone:
         return s
-    s = replace(s, subscriptions=tuple(x for x in s.subscriptions if x not in gone))
+    s = evolve(s, subscriptions=tuple(x for x in s.subscriptions if x not in gone))
     return _send_subscriptions(s, st, subscribe=(), unsubscribe=gone)
 
 
@@ -816,11 +817,11 @@ def _watch(s: SessionState, m: Watch, st: _Step) -> SessionState:
         return s
     if len(s.watchers) >= MAX_WATCHERS:
         raise _Rejected("too-many-watchers")
-    return replace(s, watchers=(*s.watchers, m.watcher))
+    return evolve(s, watchers=(*s.watchers, m.watcher))
 
 
 def _unwatch(s: SessionState, m: Unwatch, st: _Step) -> SessionState:
-    return replace(s, watchers=tuple(w for w in s.watchers if w != m.watcher))
+    return evolve(s, watchers=tuple(w for w in s.watchers if w != m.watcher))
 
 
 _COMMANDS: dict[type[Message], Callable[[SessionState, Any, _Step], SessionState]] = {
@@ -852,9 +853,9 @@ def _begin_attempt(s: SessionState, fx: list[Effect]) -> SessionState:
     """Start an attempt for ``s.target`` now (a switchover when a link is up)."""
     assert s.target is not None
     s, gen = _new_gen(s)
-    s = replace(s, attempt=Attempt(gen=gen, phase=_TOKEN, refresh=s.refresh_next), refresh_next=False, backoff_gen=0)
+    s = evolve(s, attempt=Attempt(gen=gen, phase=_TOKEN, refresh=s.refresh_next), refresh_next=False, backoff_gen=0)
     if s.link is None:
-        s = replace(s, state=CONNECTING, reason="")
+        s = evolve(s, state=CONNECTING, reason="")
     if s.target.token_auth:
         return _request_token(s, fx)
     return _register(s, fx, token=None)
@@ -866,7 +867,7 @@ def _request_token(s: SessionState, fx: list[Effect]) -> SessionState:
     c = s.config
     fx.append(Send(c.token_address, TokenRequest(session_type=c.session_id, request_id=str(a.gen), refresh=a.refresh)))
     fx.append(StartTimer(_ATTEMPT_TIMER, c.token_timeout, SessionTimer("token-deadline", a.gen)))
-    return replace(s, attempt=replace(a, phase=_TOKEN))
+    return evolve(s, attempt=evolve(a, phase=_TOKEN))
 
 
 def _register(s: SessionState, fx: list[Effect], token: str | None) -> SessionState:
@@ -874,7 +875,7 @@ def _register(s: SessionState, fx: list[Effect], token: str | None) -> SessionSt
     t = s.target
     assert a is not None and t is not None
     fx.append(Register(a.gen, t.datachannel_url, t.device_url, token))
-    return replace(s, attempt=replace(a, phase=_REGISTER, had_token=token is not None))
+    return evolve(s, attempt=evolve(a, phase=_REGISTER, had_token=token is not None))
 
 
 def _abort_attempt(s: SessionState, st: _Step) -> SessionState:
@@ -886,9 +887,9 @@ def _abort_attempt(s: SessionState, st: _Step) -> SessionState:
     st.fx.append(CancelTimer(_ATTEMPT_TIMER))
     if a is not None and a.phase in _SOCKET_PHASES:
         st.fx.append(CloseSocket(a.gen, 1000, "done (forced)"))
-    s = replace(s, attempt=None, backoff_gen=0)
+    s = evolve(s, attempt=None, backoff_gen=0)
     if s.link is None and s.closing is None and s.state in (CONNECTING, BACKOFF):
-        s = replace(s, state=OFFLINE)
+        s = evolve(s, state=OFFLINE)
     return s
 
 
@@ -897,7 +898,7 @@ def _attempt_failed(s: SessionState, st: _Step, reason: str, *, refresh: bool = 
     switchover retries while the link stays up)."""
     st.fx.append(CancelTimer(_ATTEMPT_TIMER))
     failures = s.failures + 1
-    s = replace(s, attempt=None, failures=failures, refresh_next=refresh)
+    s = evolve(s, attempt=None, failures=failures, refresh_next=refresh)
     limit = s.config.max_attempts
     if limit is not None and failures >= limit:
         if s.link is not None:
@@ -918,16 +919,16 @@ def _schedule_retry(s: SessionState, st: _Step, reason: str) -> SessionState:
         delay = bound
     s, gen = _new_gen(s)
     st.fx.append(StartTimer(_ATTEMPT_TIMER, delay, SessionTimer("retry", gen)))
-    s = replace(s, backoff_gen=gen)
+    s = evolve(s, backoff_gen=gen)
     if s.link is None:
-        s = replace(s, state=BACKOFF, reason=reason)
+        s = evolve(s, state=BACKOFF, reason=reason)
     return s
 
 
 def _stop(s: SessionState, st: _Step, state: str, reason: str) -> SessionState:
     """Stop trying: no attempt, no retry, no wanted connection."""
     s = _abort_attempt(s, st)
-    return replace(s, target=None, state=state, reason=reason)
+    return evolve(s, target=None, state=state, reason=reason)
 
 
 def _on_token(s: SessionState, m: TokenGranted | TokenUnavailable, st: _Step) -> SessionState:
@@ -952,7 +953,7 @@ def _on_registered(s: SessionState, m: Registered, st: _Step) -> SessionState:
         return _attempt_failed(s, st, "register response without webSocketUrl")
     assert s.target is not None
     st.fx.append(OpenSocket(a.gen, socket_url(m.websocket_url, s.target.token_auth, st.now)))
-    return replace(s, attempt=replace(a, phase=_OPEN, websocket_url=m.websocket_url, binding=m.binding))
+    return evolve(s, attempt=evolve(a, phase=_OPEN, websocket_url=m.websocket_url, binding=m.binding))
 
 
 def _on_register_failed(s: SessionState, m: RegisterFailed, st: _Step) -> SessionState:
@@ -963,11 +964,11 @@ def _on_register_failed(s: SessionState, m: RegisterFailed, st: _Step) -> Sessio
     if m.status in (401, 403) and a.had_token and not a.token_retried:
         # Once, after a pause, with a fresh token (docs/protocol.md §1.8).
         st.fx.append(StartTimer(_ATTEMPT_TIMER, s.config.token_retry_delay, SessionTimer("token-retry", a.gen)))
-        return replace(s, attempt=replace(a, phase=_TOKEN_RETRY, token_retried=True, refresh=True))
+        return evolve(s, attempt=evolve(a, phase=_TOKEN_RETRY, token_retried=True, refresh=True))
     if m.status == 400:
         if s.link is not None:
             st.fx.append(Emit("switchover-failed", reason=reason))
-            return replace(s, attempt=None)
+            return evolve(s, attempt=None)
         return _stop(s, st, FAILED, reason)
     return _attempt_failed(s, st, reason)
 
@@ -980,7 +981,7 @@ def _on_socket_opened(s: SessionState, m: SocketOpened, st: _Step) -> SessionSta
     s, message_id = _new_id(s)
     tracking_id = f"{s.config.session_id}_{int(st.now * 1000)}"
     st.fx.append(Authorize(a.gen, message_id, tracking_id))
-    return replace(s, attempt=replace(a, phase=_AUTHORIZE))
+    return evolve(s, attempt=evolve(a, phase=_AUTHORIZE))
 
 
 def _online(s: SessionState, st: _Step) -> SessionState:
@@ -992,7 +993,7 @@ def _online(s: SessionState, st: _Step) -> SessionState:
     st.fx.append(CancelTimer(_ATTEMPT_TIMER))
     if old is not None:
         st.fx.append(CloseSocket(old.gen, 1000, "done (switched)"))
-    s = replace(s, attempt=None, link=link, state=ONLINE, reason="connected", failures=0, connects=s.connects + 1)
+    s = evolve(s, attempt=None, link=link, state=ONLINE, reason="connected", failures=0, connects=s.connects + 1)
     if s.subscriptions:
         s = _send_subscriptions(s, st, subscribe=s.subscriptions, unsubscribe=())
     return _ping(s, st)
@@ -1003,7 +1004,7 @@ def _send_subscriptions(s: SessionState, st: _Step, *, subscribe: tuple[str, ...
     link = s.link
     if link is None:
         return s  # sent when a socket comes online
-    s = replace(s, frame_seq=s.frame_seq + 1)
+    s = evolve(s, frame_seq=s.frame_seq + 1)
     s, tracking = _new_id(s)
     st.fx.append(Transmit(link.gen, {
         "id": str(s.frame_seq), "type": "subchannelSubscriptionRequest",
@@ -1018,7 +1019,7 @@ def _send_subscriptions(s: SessionState, st: _Step, *, subscribe: tuple[str, ...
 
 
 def _on_frame(s: SessionState, m: SocketFrame, st: _Step) -> SessionState:
-    s = replace(s, frames_in=s.frames_in + 1)
+    s = evolve(s, frames_in=s.frames_in + 1)
     try:
         frame = json.loads(m.text)
     except ValueError:
@@ -1065,12 +1066,12 @@ def _check_sequence(s: SessionState, st: _Step, gen: int, seq: int, on_link: boo
     if expected is not None and seq != expected:
         st.fx.append(Emit("sequence-mismatch", reason=f"{seq} != {expected}",
                           detail={"actual": seq, "expected": expected, "gen": gen}))
-        s = replace(s, sequence_mismatches=s.sequence_mismatches + 1)
+        s = evolve(s, sequence_mismatches=s.sequence_mismatches + 1)
     if on_link:
         assert s.link is not None
-        return replace(s, link=replace(s.link, expected_seq=seq + 1))
+        return evolve(s, link=evolve(s.link, expected_seq=seq + 1))
     assert s.attempt is not None
-    return replace(s, attempt=replace(s.attempt, expected_seq=seq + 1))
+    return evolve(s, attempt=evolve(s.attempt, expected_seq=seq + 1))
 
 
 def _ping(s: SessionState, st: _Step) -> SessionState:
@@ -1079,7 +1080,7 @@ def _ping(s: SessionState, st: _Step) -> SessionState:
     s, ping_id = _new_id(s)
     st.fx.append(Transmit(link.gen, {"id": ping_id, "type": "ping"}))
     st.fx.append(StartTimer(_KEEPALIVE_TIMER, s.config.pong_timeout, SessionTimer("pong-deadline", link.gen, ping_id)))
-    return replace(s, link=replace(link, ping_id=ping_id))
+    return evolve(s, link=evolve(link, ping_id=ping_id))
 
 
 def _on_pong(s: SessionState, st: _Step, pong_id: object) -> SessionState:
@@ -1090,7 +1091,7 @@ def _on_pong(s: SessionState, st: _Step, pong_id: object) -> SessionState:
     if pong_id != link.ping_id:
         return _close_link(s, st, 1000, "Pong mismatch", reconnect=True)
     st.fx.append(StartTimer(_KEEPALIVE_TIMER, s.config.ping_interval, SessionTimer("ping", link.gen)))
-    return replace(s, link=replace(link, ping_id=""))
+    return evolve(s, link=evolve(link, ping_id=""))
 
 
 def _on_shutdown(s: SessionState, st: _Step, on_link: bool) -> SessionState:
@@ -1098,9 +1099,9 @@ def _on_shutdown(s: SessionState, st: _Step, on_link: bool) -> SessionState:
         # Told to move before this socket was even online: start over.
         assert s.attempt is not None
         st.fx.append(CloseSocket(s.attempt.gen, 1000, "done (forced)"))
-        return _begin_attempt(replace(s, attempt=None), st.fx)
+        return _begin_attempt(evolve(s, attempt=None), st.fx)
     assert s.link is not None
-    s = replace(s, link=replace(s.link, moving=True))
+    s = evolve(s, link=evolve(s.link, moving=True))
     if s.attempt is not None or s.backoff_gen:
         return s  # a switchover is already under way
     return _begin_attempt(s, st.fx)
@@ -1115,20 +1116,20 @@ def _close_link(s: SessionState, st: _Step, code: int, reason: str, *, reconnect
     st.fx.append(CloseSocket(link.gen, code, reason))
     st.fx.append(StartTimer(_CLOSE_TIMER, s.config.close_grace, SessionTimer("force-close", link.gen)))
     closing = PendingClose(gen=link.gen, reconnect=reconnect, final_state=final_state, reason=final_reason or reason)
-    return replace(s, link=None, closing=closing, state=CLOSING, reason=reason)
+    return evolve(s, link=None, closing=closing, state=CLOSING, reason=reason)
 
 
 def _finish_close(s: SessionState, st: _Step) -> SessionState:
     closing = s.closing
     assert closing is not None
-    s = replace(s, closing=None)
+    s = evolve(s, closing=None)
     if s.link is not None:
         return s  # a switchover already brought the session back online
     if closing.reconnect and s.target is not None:
         if s.attempt is not None or s.backoff_gen:
-            return replace(s, state=CONNECTING if s.attempt is not None else BACKOFF)
+            return evolve(s, state=CONNECTING if s.attempt is not None else BACKOFF)
         return _schedule_retry(s, st, closing.reason)
-    return replace(s, state=closing.final_state, reason=closing.reason)
+    return evolve(s, state=closing.final_state, reason=closing.reason)
 
 
 def _on_socket_closed(s: SessionState, m: SocketClosed, st: _Step) -> SessionState:
@@ -1147,18 +1148,18 @@ def _link_lost(s: SessionState, st: _Step, code: int, reason: str) -> SessionSta
     link = s.link
     assert link is not None
     st.fx.append(CancelTimer(_KEEPALIVE_TIMER))
-    s = replace(s, link=None)
+    s = evolve(s, link=None)
     why = f"closed {code} {reason}".strip()[:200]
     kind = classify_close(code, reason)
     if kind == PERMANENT and code == 4001 and link.moving:
         kind = TRANSIENT  # the service asked us to move; its old socket went first
     if kind in (TRANSIENT, REFRESH):
-        s = replace(s, refresh_next=s.refresh_next or kind == REFRESH)
+        s = evolve(s, refresh_next=s.refresh_next or kind == REFRESH)
         if s.attempt is not None:
-            return replace(s, state=CONNECTING, reason=why)  # the switchover carries on as the reconnect
+            return evolve(s, state=CONNECTING, reason=why)  # the switchover carries on as the reconnect
         if s.backoff_gen:
-            return replace(s, state=BACKOFF, reason=why)
-        return _schedule_retry(replace(s, failures=0), st, why)
+            return evolve(s, state=BACKOFF, reason=why)
+        return _schedule_retry(evolve(s, failures=0), st, why)
     if kind == REPLACED:
         return _stop(s, st, OFFLINE, f"replaced: {why}")
     return _stop(s, st, FAILED if kind == REFUSED else OFFLINE, why)
@@ -1173,7 +1174,7 @@ def _attempt_socket_closed(s: SessionState, st: _Step, code: int, reason: str) -
     if s.link is not None:
         st.fx.append(CancelTimer(_ATTEMPT_TIMER))
         st.fx.append(Emit("switchover-failed", reason=why))
-        return replace(s, attempt=None)
+        return evolve(s, attempt=None)
     return _stop(s, st, FAILED if kind == REFUSED else OFFLINE, why)
 
 
@@ -1224,7 +1225,7 @@ def _timer_owner_silent(s: SessionState, m: SessionTimer, st: _Step) -> SessionS
     """A restored session's owner said nothing in time: act on the checkpoint."""
     if not s.awaiting_owner or m.gen != s.awaiting_owner:
         return _stale(s)
-    s = replace(s, awaiting_owner=0, reason="")
+    s = evolve(s, awaiting_owner=0, reason="")
     st.fx.append(Emit("owner-silent", reason="acting on the checkpoint"))
     if s.target is None or s.attempt is not None or s.link is not None:
         return s

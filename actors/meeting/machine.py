@@ -110,13 +110,13 @@ The other rules
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts import token as tk
-from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.messages import Message, message_kind
 
 __all__ = ["Facts", "MeetingCore", "PracticeTokenRetry", "SessionWant", "Sessions", "practice_possible",
@@ -290,7 +290,7 @@ class MeetingCore:
         # A checkpoint from before ``practice_started`` was kept: assume a
         # wanted practice session was started (never close a healthy one).
         started = bool(data.get("practice_started", facts.wants_practice))
-        return replace(self, facts=facts, generation=int(data.get("generation", 1)) + GENERATION_STRIDE,
+        return evolve(self, facts=facts, generation=int(data.get("generation", 1)) + GENERATION_STRIDE,
                        subscribers=tuple(data.get("subscribers", ())), announcement=data.get("announcement"),
                        practice_started=started)
 
@@ -325,33 +325,33 @@ class MeetingCore:
                 return self._with_facts(facts)
             case mt.Left() | mt.MeetingEnded():
                 ended = isinstance(message, mt.MeetingEnded)
-                return self._with_facts(replace(self.facts, left=True, ended=self.facts.ended or ended))
+                return self._with_facts(evolve(self.facts, left=True, ended=self.facts.ended or ended))
             case mt.Lobby():
-                return self._with_facts(replace(self.facts, in_lobby=True))
+                return self._with_facts(evolve(self.facts, in_lobby=True))
             case mt.Admitted():
-                return self._with_facts(replace(self.facts, in_lobby=False))
+                return self._with_facts(evolve(self.facts, in_lobby=False))
             case mt.LocusUrlReplaced(locus_url=url):
                 # The sessions keep their sockets: ownership is not by URL.
-                return self._with_facts(replace(self.facts, locus_url=url))
+                return self._with_facts(evolve(self.facts, locus_url=url))
             case mt.DatachannelUrlChanged(url=url):
-                return self._with_facts(replace(self.facts, datachannel_url=url))
+                return self._with_facts(evolve(self.facts, datachannel_url=url))
             case mt.PracticeDatachannelUrlChanged(url=url):
-                return self._with_facts(replace(self.facts, practice_datachannel_url=url))
+                return self._with_facts(evolve(self.facts, practice_datachannel_url=url))
             case mt.RolesChanged(panelist=panelist):
-                return self._with_facts(replace(self.facts, panelist=panelist))
+                return self._with_facts(evolve(self.facts, panelist=panelist))
             case mt.PracticeSessionChanged(on=on):
-                return self._with_facts(replace(self.facts, practice_session_on=on))
+                return self._with_facts(evolve(self.facts, practice_session_on=on))
             case mt.CaptionsChanged(on=on):
-                return self._with_facts(replace(self.facts, captions_on=on))
+                return self._with_facts(evolve(self.facts, captions_on=on))
             case mt.Subscribe(address=address):
                 if address in self.subscribers:
                     return self, []
-                core = replace(self, subscribers=(*self.subscribers, address))
+                core = evolve(self, subscribers=(*self.subscribers, address))
                 return core, [Send(address, core._meeting_state())]
             case mt.Unsubscribe(address=address):
-                return replace(self, subscribers=tuple(s for s in self.subscribers if s != address)), []
+                return evolve(self, subscribers=tuple(s for s in self.subscribers if s != address)), []
             case mt.Announce(frame=frame):
-                core = replace(self, announcement=dict(frame))
+                core = evolve(self, announcement=dict(frame))
                 return core, [core._announce(s) for s in SESSIONS if core.session_states.get(s) == dc.ONLINE]
             case dc.SessionStateChanged():
                 return self._session_changed(message, sender)
@@ -368,7 +368,7 @@ class MeetingCore:
                 if sender != dc.session_address(self.meeting_id, message.session_id) \
                         or message.session_id not in SESSIONS:
                     return self._refuse_input(message, sender, "not-my-session")
-                core = replace(self, session_states={**self.session_states, message.session_id: message.state})
+                core = evolve(self, session_states={**self.session_states, message.session_id: message.state})
                 core, effects = core._seen_incarnation(message.session_id, message.incarnation, restored=False)
                 core, more = core._reconcile()
                 return core, effects + more
@@ -404,7 +404,7 @@ class MeetingCore:
             at = next((i + 1 for i, e in enumerate(effects)
                        if isinstance(e, Send) and isinstance(e.message, tk.TokenConfigure)), 0)
             effects.insert(at, Send(tk.token_address(self.meeting_id), seed))
-            core = replace(core, seeded_generation=core.generation)
+            core = evolve(core, seeded_generation=core.generation)
         return core, effects
 
     def _with_facts(self, facts: Facts) -> tuple[MeetingCore, list[Effect]]:
@@ -425,26 +425,26 @@ class MeetingCore:
                               ("practice_datachannel_url", "practice-url-cleared")):
             known = getattr(self.facts, name)
             if known and not getattr(facts, name):
-                facts = replace(facts, **{name: known})
+                facts = evolve(facts, **{name: known})
                 core = core._count(counter)
         return core, facts
 
     def _take_facts(self, facts: Facts) -> tuple[MeetingCore, list[Effect]]:
         before = self.facts
         new_generation = token_view(facts) != token_view(before)
-        core = replace(self, facts=facts, generation=self.generation + (1 if new_generation else 0))
+        core = evolve(self, facts=facts, generation=self.generation + (1 if new_generation else 0))
         effects: list[Effect] = []
         if new_generation:
             if facts.phase in ("left", "ended"):
                 if before.phase not in ("left", "ended"):
                     effects.append(Send(tk.token_address(self.meeting_id), tk.TokenForget(generation=core.generation)))
-                core = replace(core, practice_token="none")
+                core = evolve(core, practice_token="none")
             elif facts.joined:
                 effects.append(core._configure_tokens())
             if not facts.wants_practice or core.practice_token == "ensuring":
                 # An ensure in flight belongs to the old generation: its answer
                 # will be dropped, so ask again under the new one.
-                core = replace(core, practice_token="none")
+                core = evolve(core, practice_token="none")
         if before.phase != facts.phase or before.panelist != facts.panelist:
             effects += core._to_subscribers(core._meeting_state())
         core, more = core._reconcile()
@@ -462,7 +462,7 @@ class MeetingCore:
                 or sender != dc.session_address(self.meeting_id, message.session_id):
             return self._refuse_input(message, sender, "not-my-session")
         states = {**self.session_states, message.session_id: message.state}
-        core = replace(self, session_states=states)
+        core = evolve(self, session_states=states)
         effects = core._to_subscribers(mt.SessionState(meeting=self.meeting_id, session=message.session_id,
                                                        state=message.state, reason=message.reason))
         if message.state == dc.ONLINE and core.announcement is not None:
@@ -481,7 +481,7 @@ class MeetingCore:
         if incarnation <= 0:
             return self, []
         known = self.session_incarnations.get(session)
-        core = replace(self, session_incarnations={**self.session_incarnations, session: incarnation})
+        core = evolve(self, session_incarnations={**self.session_incarnations, session: incarnation})
         if not restored and (known is None or known == incarnation):
             return core, []
         core = core._count("session-restarted")
@@ -511,17 +511,17 @@ class MeetingCore:
         commanded = dict(self.commanded)
         for session in sessions or SESSIONS:
             commanded[session] = want[session]
-        return replace(self, commanded=commanded)
+        return evolve(self, commanded=commanded)
 
     def _reconcile(self) -> tuple[MeetingCore, list[Effect]]:
         core: MeetingCore = self
         default = wanted(self.facts, {}, False, self.token_auth)[tk.DEFAULT_SESSION]
         if not practice_possible(self.facts, default) and core.practice_started:
-            core = replace(core, practice_started=False)
+            core = evolve(core, practice_started=False)
         effects: list[Effect] = []
         if (practice_possible(core.facts, default) and core.token_auth and not core.practice_started
                 and core.practice_token == "none" and core.session_states.get(tk.DEFAULT_SESSION) == dc.ONLINE):
-            core = replace(core, practice_token="ensuring")
+            core = evolve(core, practice_token="ensuring")
             effects.append(Send(tk.token_address(self.meeting_id),
                                 tk.TokenEnsure(session_type=tk.PRACTICE_SESSION, request_id=f"g{core.generation}")))
         want = core._wanted()
@@ -544,7 +544,7 @@ class MeetingCore:
                 effects.append(Send(to, dc.Unsubscribe(epoch=epoch, subchannels=removed)))
             commanded[session] = target
         started = core.practice_started or bool(want[tk.PRACTICE_SESSION].url)
-        return replace(core, commanded=commanded, practice_started=started), effects
+        return evolve(core, commanded=commanded, practice_started=started), effects
 
     def _token_answer(self, message: tk.TokenHeld | tk.TokenUnavailable, sender: str | None) -> tuple[MeetingCore, list[Effect]]:
         if sender != tk.token_address(self.meeting_id):
@@ -554,11 +554,11 @@ class MeetingCore:
         if isinstance(message, tk.TokenUnavailable):
             failures = self.practice_token_failures + 1
             delay = min(PRACTICE_TOKEN_RETRY_CAP_S, PRACTICE_TOKEN_RETRY_FIRST_S * 2 ** (failures - 1))
-            core = replace(self, practice_token="none", practice_token_failures=failures)
+            core = evolve(self, practice_token="none", practice_token_failures=failures)
             return core, [Emit("practice-token-unavailable", reason=message.reason,
                                detail={"failures": failures, "retry_in_s": delay}),
                           StartTimer(_PRACTICE_TOKEN_TIMER, delay, PracticeTokenRetry(generation=self.generation))]
-        core, effects = replace(self, practice_token="held", practice_token_failures=0)._reconcile()
+        core, effects = evolve(self, practice_token="held", practice_token_failures=0)._reconcile()
         return core, [CancelTimer(_PRACTICE_TOKEN_TIMER), *effects]
 
     def _practice_token_retry(self, message: PracticeTokenRetry, sender: str | None) -> tuple[MeetingCore, list[Effect]]:
@@ -581,7 +581,7 @@ class MeetingCore:
                     dc.SendFrame(epoch=self.claim_epoch, frame=dict(self.announcement or {})))
 
     def _count(self, name: str) -> MeetingCore:
-        return replace(self, counters={**self.counters, name: self.counters.get(name, 0) + 1})
+        return evolve(self, counters={**self.counters, name: self.counters.get(name, 0) + 1})
 
     def _refuse_input(self, message: Message, sender: str | None, reason: str) -> tuple[MeetingCore, list[Effect]]:
         return self._count("refused-input"), [Emit("bad-input", reason=reason,

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -60,7 +59,7 @@ from actors.contracts.token import (
     TokenUnavailable,
     UnavailableReason,
 )
-from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.messages import Message, message_kind
 
 __all__ = [
@@ -275,7 +274,7 @@ class TokenState:
         return self.slots[session_type]
 
     def with_slot(self, session_type: str, slot: Slot) -> TokenState:
-        return dataclasses.replace(self, slots={**self.slots, session_type: slot})
+        return evolve(self, slots={**self.slots, session_type: slot})
 
     def checkpoint(self) -> dict[str, Any]:
         """msgpack primitives, and never a token."""
@@ -374,8 +373,8 @@ def _configure(state: TokenState, message: TokenConfigure, now: float) -> Step:
         if held is not None and not (same_participant and config.wants(session_type)):
             held = None
             effects.append(CancelTimer(refresh_timer(session_type)))
-        slots[session_type] = dataclasses.replace(slot, held=held, fetching=0, retry_of=0, retried=False)
-    state = dataclasses.replace(state, generation=message.generation, config=config, left=False, slots=slots)
+        slots[session_type] = evolve(slot, held=held, fetching=0, retry_of=0, retried=False)
+    state = evolve(state, generation=message.generation, config=config, left=False, slots=slots)
     effects.append(SaveCheckpoint(state.checkpoint()))
     effects.append(Emit("configured", detail={"generation": state.generation, "practice": config.practice,
                                               "same_participant": same_participant}))
@@ -436,14 +435,14 @@ def _request(state: TokenState, session_type: str, request_id: str, now: float, 
         return state, [_answer(session_type, waiter, held)]
     if held is not None:
         # Refused by the server, or past the margin: never handed out again.
-        slot = dataclasses.replace(slot, held=None)
+        slot = evolve(slot, held=None)
         effects += [CancelTimer(refresh_timer(session_type)),
                     Emit("token-dropped", reason="refresh-requested" if refresh else "expired",
                          detail={"session_type": session_type})]
     if len(slot.waiting) >= MAX_WAITING:
         state = state.with_slot(session_type, slot)
         return state, [*effects, unavailable(UnavailableReason.TOO_MANY_WAITING)]
-    slot = dataclasses.replace(slot, waiting=(*slot.waiting, waiter))
+    slot = evolve(slot, waiting=(*slot.waiting, waiter))
     state = state.with_slot(session_type, slot)
     if not slot.busy:
         state, fetch = _start_fetch(state, session_type)
@@ -459,12 +458,12 @@ def _fetched(state: TokenState, message: TokenFetched, now: float) -> Step:
     if (message.incarnation != state.incarnation or message.generation != state.generation
             or state.config is None or message.fetch_id != slot.fetching):
         return state, [_stale("fetch", message.generation, state, session_type=session_type)]
-    slot = dataclasses.replace(slot, fetching=0)
+    slot = evolve(slot, fetching=0)
     if not message.failure:
-        state = state.with_slot(session_type, dataclasses.replace(slot, retried=False))
+        state = state.with_slot(session_type, evolve(slot, retried=False))
         return _store(state, session_type, message.token, now, source="fetch")
     if message.failure == FetchFailure.REFUSED and not slot.retried:
-        slot = dataclasses.replace(slot, retry_of=message.fetch_id, retried=True)
+        slot = evolve(slot, retry_of=message.fetch_id, retried=True)
         retry = RetryDue(session_type=session_type, generation=state.generation, fetch_id=message.fetch_id)
         return state.with_slot(session_type, slot), [
             Emit("token-fetch-refused", reason=FetchFailure.REFUSED,
@@ -478,7 +477,7 @@ def _fetched(state: TokenState, message: TokenFetched, now: float) -> Step:
     effects: list[Effect] = [Emit("token-fetch-failed", reason=message.failure,
                                   detail={"session_type": session_type, "status": message.status})]
     effects += _fail_waiting(session_type, slot, reason)
-    state = state.with_slot(session_type, dataclasses.replace(slot, retried=False, waiting=()))
+    state = state.with_slot(session_type, evolve(slot, retried=False, waiting=()))
     return state, effects
 
 
@@ -496,7 +495,7 @@ def _retry_due(state: TokenState, message: RetryDue) -> Step:
     if (slot is None or message.generation != state.generation or state.config is None
             or slot.retry_of != message.fetch_id or slot.retry_of == 0):
         return state, []
-    state = state.with_slot(message.session_type, dataclasses.replace(slot, retry_of=0))
+    state = state.with_slot(message.session_type, evolve(slot, retry_of=0))
     return _start_fetch(state, message.session_type)
 
 
@@ -507,8 +506,8 @@ def _start_fetch(state: TokenState, session_type: str) -> Step:
     config = state.config
     assert config is not None
     fetch_id = state.next_fetch_id
-    slot = dataclasses.replace(state.slot(session_type), fetching=fetch_id)
-    state = dataclasses.replace(state.with_slot(session_type, slot), next_fetch_id=fetch_id + 1)
+    slot = evolve(state.slot(session_type), fetching=fetch_id)
+    state = evolve(state.with_slot(session_type, slot), next_fetch_id=fetch_id + 1)
     fetch = FetchToken(session_type=session_type, url=token_url(config.locus_url, config.self_id, session_type),
                        self_id=config.self_id, generation=state.generation, incarnation=state.incarnation,
                        fetch_id=fetch_id)
@@ -524,7 +523,7 @@ def _store(state: TokenState, session_type: str, token: str, now: float, *, sour
         effects: list[Effect] = [Emit("token-rejected", reason="undecodable" if expires_at is None else "expired",
                                       detail={"session_type": session_type, "source": source})]
         effects += _fail_waiting(session_type, slot, UnavailableReason.TOKEN_EXPIRED_ON_ARRIVAL)
-        return state.with_slot(session_type, dataclasses.replace(slot, waiting=())), effects
+        return state.with_slot(session_type, evolve(slot, waiting=())), effects
     assert expires_at is not None
     held = HeldToken(token, expires_at)
     if slot.held is not None and slot.held.expires_at > expires_at and not counts_as_expired(slot.held.expires_at, now):
@@ -532,7 +531,7 @@ def _store(state: TokenState, session_type: str, token: str, now: float, *, sour
     effects = [Emit("token-stored", detail={"session_type": session_type, "source": source,
                                             "expires_in_s": round(held.expires_at - now)})]
     effects += [_answer(session_type, waiter, held) for waiter in slot.waiting]
-    state = state.with_slot(session_type, dataclasses.replace(slot, held=held, waiting=()))
+    state = state.with_slot(session_type, evolve(slot, held=held, waiting=()))
     effects += _schedule_refresh(state, session_type, held, now)
     return state, effects
 

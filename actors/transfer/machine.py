@@ -20,7 +20,6 @@ Phases::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from actors.contracts.transfer import (
     TransferFinished,
     TransferMerged,
 )
-from actors.machine import Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.machine import Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.messages import Message, message_kind
 
 __all__ = [
@@ -132,7 +131,7 @@ def resume(state: TransferState) -> Step:
     """What a new incarnation does first: a deletion in progress starts over
     (its previous attempt's outcome went to the old incarnation)."""
     if state.phase == DELETING:
-        return _attempt(dataclasses.replace(state, attempt=0, in_flight=False))
+        return _attempt(evolve(state, attempt=0, in_flight=False))
     return state, []
 
 
@@ -141,7 +140,7 @@ def _merged(state: TransferState, message: TransferMerged, sender: str | None) -
         return state, [Emit("bad-input", reason="merged-twice", detail={"phase": state.phase})]
     if not message.caller_id or not message.agent_id:
         return state, [Emit("bad-input", reason="merge-without-parties")]
-    state = dataclasses.replace(state, phase=MERGED, caller_id=message.caller_id, agent_id=message.agent_id,
+    state = evolve(state, phase=MERGED, caller_id=message.caller_id, agent_id=message.agent_id,
                                 notify=sender or "")
     return state, [SaveCheckpoint(state.checkpoint()),
                    Emit("transfer-merged", detail={"room_id": state.room_id})]
@@ -155,21 +154,21 @@ def _hung_up(state: TransferState, message: PartyHungUp) -> Step:
         return state, []  # the call is already ending
     if who not in (state.caller_id, state.agent_id):
         return state, [Emit("hangup-of-bystander", detail={"participant_id": who[:100]})]
-    state = dataclasses.replace(state, phase=DELETING, ended_by=who)
+    state = evolve(state, phase=DELETING, ended_by=who)
     state, effects = _attempt(state)
     return state, [SaveCheckpoint(state.checkpoint()),
                    Emit("call-ended", detail={"ended_by": "caller" if who == state.caller_id else "agent"}), *effects]
 
 
 def _attempt(state: TransferState) -> Step:
-    state = dataclasses.replace(state, attempt=state.attempt + 1, in_flight=True)
+    state = evolve(state, attempt=state.attempt + 1, in_flight=True)
     return state, [DeleteRoom(state.room_id, state.attempt)]
 
 
 def _delete_done(state: TransferState, message: RoomDeleteDone) -> Step:
     if state.phase != DELETING or message.attempt != state.attempt or not state.in_flight:
         return state, [Emit("stale-dropped", reason="room-delete", detail={"attempt": message.attempt})]
-    state = dataclasses.replace(state, in_flight=False)
+    state = evolve(state, in_flight=False)
     detail = {"room_id": state.room_id, "attempt": state.attempt, "status": message.status}
     if not message.failure:
         return _finish(state, CleanupOutcome.ROOM_DELETED, Emit("room-deleted", detail=detail))
@@ -185,7 +184,7 @@ def _delete_done(state: TransferState, message: RoomDeleteDone) -> Step:
 
 
 def _finish(state: TransferState, outcome: str, event: Emit) -> Step:
-    state = dataclasses.replace(state, phase=DONE, outcome=outcome)
+    state = evolve(state, phase=DONE, outcome=outcome)
     effects: list[Effect] = [SaveCheckpoint(state.checkpoint()), event]
     if state.notify:
         effects.append(Send(state.notify, TransferFinished(state.transfer_id, state.room_id, outcome)))

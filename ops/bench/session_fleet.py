@@ -86,6 +86,7 @@ class HuddleFleet:
         self.node.spawn(OWNER, _Sink)
         self._states: dict[str, str] = {}
         self._transitions: Counter[str] = Counter()
+        self._online = 0
         self._cond = threading.Condition()
         self.node.add_event_listener(self._on_event)
         self.addresses: list[str] = []
@@ -94,9 +95,13 @@ class HuddleFleet:
         if event.event != "session-state":
             return
         with self._cond:
+            was = self._states.get(event.address)
             self._states[event.address] = event.reason
             self._transitions[event.reason] += 1
-            self._cond.notify_all()
+            if (was == "online") != (event.reason == "online"):
+                # the waiter only counts sessions online: wake it only when that count moves
+                self._online += 1 if event.reason == "online" else -1
+                self._cond.notify_all()
 
     def start(self, n: int, *, prefix: str = "m", subscribe: bool = False) -> list[str]:
         """Spawn, claim (and subscribe) and connect ``n`` sessions."""
@@ -125,7 +130,7 @@ class HuddleFleet:
 
     def wait_online(self, n: int, timeout: float) -> None:
         def done() -> bool:
-            return sum(1 for s in self._states.values() if s == "online") >= n
+            return self._online >= n
 
         with self._cond:
             if not self._cond.wait_for(done, timeout):
