@@ -170,13 +170,18 @@ class RedisTransport(TransportCallbacks):
         self._publisher: PublisherConnection | None = None
 
         # Subscribing. Guarded by _lock (and _sub_cond, which uses it):
-        # _wanted, _channel_names, _requested, _confirmed, _sub_commands,
-        # _sub_dirty, _sub_ready, _sync_scheduled.
+        # _wanted, _channel_names, _to_add, _to_remove, _confirmed, _missing,
+        # _sub_commands, _sub_dirty, _sub_ready, _sync_scheduled. Kept as
+        # deltas, so one (un)subscription costs O(1) however many channels
+        # a node holds: _to_add / _to_remove are what the server has not
+        # been asked yet, _missing is _wanted minus _confirmed.
         self._sub_cond = threading.Condition(self._lock)
         self._wanted: set[str] = set()
         self._channel_names: dict[bytes, str] = {}
-        self._requested: set[str] = set()
+        self._to_add: set[str] = set()
+        self._to_remove: set[str] = set()
         self._confirmed: set[str] = set()
+        self._missing: set[str] = set()
         self._sub_commands: collections.deque[list[Any]] = collections.deque()
         self._sub_dirty = False
         self._sub_ready = False
@@ -456,9 +461,11 @@ class RedisTransport(TransportCallbacks):
             self._subscriber = None
             with self._sub_cond:
                 self._sub_ready = False
-                self._requested.clear()
                 self._confirmed.clear()
                 self._sub_commands.clear()
+                self._to_add = set(self._wanted)
+                self._to_remove.clear()
+                self._missing = set(self._wanted)
                 self._sub_dirty = bool(self._wanted)
         if was_up:
             call_quietly(self._on_state, "disconnected")
@@ -602,6 +609,12 @@ class RedisTransport(TransportCallbacks):
             for channel in fresh:
                 self._wanted.add(channel)
                 self._channel_names[channel.encode()] = channel
+                if channel in self._to_remove:
+                    self._to_remove.discard(channel)  # still subscribed on the server
+                else:
+                    self._to_add.add(channel)
+                if channel not in self._confirmed:
+                    self._missing.add(channel)
             self._request_sync_locked()
 
     def unsubscribe(self, *channels: str) -> None:
@@ -612,6 +625,11 @@ class RedisTransport(TransportCallbacks):
             for channel in gone:
                 self._wanted.discard(channel)
                 self._channel_names.pop(channel.encode(), None)
+                if channel in self._to_add:
+                    self._to_add.discard(channel)  # never asked for
+                else:
+                    self._to_remove.add(channel)
+                self._missing.discard(channel)
             self._request_sync_locked()
 
     def _request_sync_locked(self) -> None:
@@ -627,9 +645,10 @@ class RedisTransport(TransportCallbacks):
             self._sync_scheduled = False
             if not self._sub_ready or subscriber is None or subscriber.transport is None:
                 return
-            to_add = sorted(self._wanted - self._requested)
-            to_remove = sorted(self._requested - self._wanted)
-            self._requested = set(self._wanted)
+            to_add = sorted(self._to_add)
+            to_remove = sorted(self._to_remove)
+            self._to_add.clear()
+            self._to_remove.clear()
             self._sub_dirty = False
             chunks: list[bytes] = []
             for verb, names in ((b"SUBSCRIBE", to_add), (b"UNSUBSCRIBE", to_remove)):
@@ -651,8 +670,11 @@ class RedisTransport(TransportCallbacks):
                 channel = raw_channel.decode()
                 if kind == b"subscribe":
                     self._confirmed.add(channel)
+                    self._missing.discard(channel)
                 else:
                     self._confirmed.discard(channel)
+                    if channel in self._wanted:  # wanted again since: its SUBSCRIBE follows
+                        self._missing.add(channel)
                 if self._sub_commands and self._sub_commands[0][0] == kind:
                     self._sub_commands[0][1] -= 1
                     if self._sub_commands[0][1] <= 0:
@@ -677,7 +699,7 @@ class RedisTransport(TransportCallbacks):
                 and all(self._up.values())
                 and not self._sub_dirty
                 and not self._sub_commands
-                and self._wanted <= self._confirmed
+                and not self._missing
             )
             if done:
                 self._await_resubscribe = False
@@ -686,7 +708,7 @@ class RedisTransport(TransportCallbacks):
             call_quietly(self._on_state, "resubscribed")
 
     def _subscribed_locked(self) -> bool:
-        return self._sub_ready and not self._sub_dirty and not self._sub_commands and self._wanted <= self._confirmed
+        return self._sub_ready and not self._sub_dirty and not self._sub_commands and not self._missing
 
     def wait_subscribed(self, timeout: float = 5.0) -> bool:
         """True once every subscribe/unsubscribe asked for so far is confirmed

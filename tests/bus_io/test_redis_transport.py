@@ -298,6 +298,37 @@ def test_wait_subscribed_covers_unsubscribe_on_the_server(
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_interleaved_subscribes_and_unsubscribes_end_as_wanted_on_the_server(
+    seed: int, redis_url: str, redis_client: redis.Redis, make_redis_transport: MakeRedisTransport,
+    channel_prefix: str,
+) -> None:
+    """The transport keeps (un)subscriptions as deltas; whatever the order of
+    changes, syncs and confirmations, the server ends with exactly the
+    channels wanted."""
+    import random
+
+    rng = random.Random(seed)
+    node = make_redis_transport(redis_url)
+    channels = [channel_prefix + f"i{i}" for i in range(12)]
+    wanted: set[str] = set()
+    for _ in range(300):
+        picked = rng.sample(channels, rng.randint(1, 3))
+        if rng.random() < 0.5:
+            node.subscribe(*picked)
+            wanted.update(picked)
+        else:
+            node.unsubscribe(*picked)
+            wanted.difference_update(picked)
+        if rng.random() < 0.1:
+            assert node.wait_subscribed(DEADLINE)
+            assert node.subscribed_channels == frozenset(wanted)
+    assert node.wait_subscribed(DEADLINE)
+    assert node.subscribed_channels == frozenset(wanted)
+    on_server = dict(redis_client.pubsub_numsub(*channels))
+    assert {c for c in channels if on_server[c.encode()] == 1} == wanted
+
+
 def test_receiver_errors_are_logged_and_counted(
     redis_url: str, make_redis_transport: MakeRedisTransport, caplog: pytest.LogCaptureFixture, channel_prefix: str
 ) -> None:
