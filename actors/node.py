@@ -297,7 +297,10 @@ class HuddleActor(PooledActor):
 
     Subclasses implement :meth:`on_message`, which gets the typed message and
     its envelope (sender, epoch, deadline...). Its return value answers an
-    ask. A kind it does not handle: call ``super().on_message`` (raises
+    ask; a :class:`~actors.runtime.PooledFuture` returned is an answer to
+    come (the ask is answered when it is set, and the actor goes on with
+    its next message meanwhile), so a handler never has to block to answer
+    late. A kind it does not handle: call ``super().on_message`` (raises
     :class:`UnhandledMessage`); the runtime turns that into a dead letter
     and the actor keeps running.
     """
@@ -992,6 +995,10 @@ class Node:
         else:
             if value is FORWARDED:
                 return  # the next owner answers it
+            if type(value) is PooledFuture:
+                # An answer to come: the handler went on with other messages.
+                value.add_done_callback(lambda f: self._answer(env, f, actor))
+                return
             message = value if isinstance(value, Message) else Reply(value)
         try:
             self._reply(env, message, epoch=actor.epoch)

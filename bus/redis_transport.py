@@ -70,7 +70,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import hiredis
@@ -80,7 +80,7 @@ from bus.errors import TransportError
 from bus.loop import LoopThread, on_loop
 from bus.resp import PublishEncoder, encode_command
 from bus.resp_connection import ConnectionLost, PublisherConnection, SubscriberConnection
-from bus.transport import Receiver, TransportCallbacks, TransportStats, call_quietly
+from bus.transport import Receiver, SubscribedCallback, TransportCallbacks, TransportStats, call_quietly
 
 __all__ = ["RedisTransport", "backoff_delay"]
 
@@ -110,6 +110,22 @@ def backoff_delay(attempt: int) -> float:
 
 def _ignore(channel: str, data: bytes) -> None:
     """Receiver used until ``set_receiver``: messages are counted, then dropped."""
+
+
+class _SubscribedWaiter:
+    """One :meth:`RedisTransport.when_subscribed` call: how many of its
+    channels are still unconfirmed."""
+
+    __slots__ = ("callback", "left")
+
+    def __init__(self, left: int, callback: SubscribedCallback) -> None:
+        self.left = left
+        self.callback = callback
+
+    def confirmed_one(self) -> bool:
+        """One more channel confirmed; True when it was the last."""
+        self.left -= 1
+        return self.left == 0
 
 
 class RedisTransport(TransportCallbacks):
@@ -182,6 +198,7 @@ class RedisTransport(TransportCallbacks):
         self._to_remove: set[str] = set()
         self._confirmed: set[str] = set()
         self._missing: set[str] = set()
+        self._sub_waiters: dict[str, list[_SubscribedWaiter]] = {}
         self._sub_commands: collections.deque[list[Any]] = collections.deque()
         self._sub_dirty = False
         self._sub_ready = False
@@ -276,6 +293,10 @@ class RedisTransport(TransportCallbacks):
         with self._sub_cond:
             self._closed = True
             self._sub_cond.notify_all()  # wake wait_subscribed()
+            waiting = {id(w): w for ws in self._sub_waiters.values() for w in ws}
+            self._sub_waiters.clear()
+        for waiter in waiting.values():
+            call_quietly(waiter.callback, False)
         loop = self._loop
         if started and loop is not None and not loop.is_closed():  # a closed loop took the sockets with it
             shutdown = self._shutdown()
@@ -664,6 +685,7 @@ class RedisTransport(TransportCallbacks):
     def _subscription_reply(self, reply: object) -> None:
         """Loop thread: a (un)subscribe confirmation or an error."""
         check_resubscribed = False
+        ready: list[SubscribedCallback] = []
         with self._sub_cond:
             if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"subscribe", b"unsubscribe"):
                 kind, raw_channel, _count = reply
@@ -671,6 +693,9 @@ class RedisTransport(TransportCallbacks):
                 if kind == b"subscribe":
                     self._confirmed.add(channel)
                     self._missing.discard(channel)
+                    for waiter in self._sub_waiters.pop(channel, ()):
+                        if waiter.confirmed_one():
+                            ready.append(waiter.callback)
                 else:
                     self._confirmed.discard(channel)
                     if channel in self._wanted:  # wanted again since: its SUBSCRIBE follows
@@ -689,6 +714,8 @@ class RedisTransport(TransportCallbacks):
             if not self._sub_commands:
                 self._sub_cond.notify_all()
                 check_resubscribed = self._await_resubscribe
+        for callback in ready:
+            call_quietly(callback, True)
         if check_resubscribed:
             self._maybe_resubscribed()
 
@@ -722,6 +749,18 @@ class RedisTransport(TransportCallbacks):
                 raise TransportError("wait_subscribed() would block the loop the transport runs on (its own I/O thread)")
             self._sub_cond.wait_for(lambda: self._closed or self._subscribed_locked(), timeout)
             return self._subscribed_locked()
+
+    def when_subscribed(self, channels: Iterable[str], callback: SubscribedCallback) -> None:
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                missing = {c for c in channels if c not in self._confirmed}
+                if missing:
+                    waiter = _SubscribedWaiter(len(missing), callback)
+                    for channel in missing:
+                        self._sub_waiters.setdefault(channel, []).append(waiter)
+                    return
+        call_quietly(callback, not closed)
 
     @property
     def subscribed_channels(self) -> frozenset[str]:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +48,7 @@ __all__ = [
     "InProcessTransport",
     "Receiver",
     "StateCallback",
+    "SubscribedCallback",
     "Transport",
     "TransportCallbacks",
     "TransportStats",
@@ -70,6 +71,9 @@ UnroutedCallback = Callable[[str, bytes], None]
 
 DropCallback = Callable[[str, str], None]
 """``callback(channel, reason)`` for a message the transport gave up on."""
+
+SubscribedCallback = Callable[[bool], None]
+"""``callback(confirmed)`` for :meth:`Transport.when_subscribed`."""
 
 
 @dataclass
@@ -120,6 +124,14 @@ class Transport(Protocol):
 
     def wait_subscribed(self, timeout: float = 5.0) -> bool:
         """True once every subscribe/unsubscribe asked for so far is confirmed."""
+
+    def when_subscribed(self, channels: Iterable[str], callback: SubscribedCallback) -> None:
+        """Call ``callback(True)`` once each of ``channels`` (asked for with
+        :meth:`subscribe`) is confirmed by the server, at once if it already
+        is; ``callback(False)`` if the transport closes first. The waiting
+        form of :meth:`wait_subscribed` for code that must not block (an
+        actor on the node's loop): it waits for these channels only, so a
+        node that keeps subscribing new ones cannot starve it."""
 
     def on_state(self, callback: StateCallback | None) -> None:
         """Be told about connection state changes."""
@@ -206,6 +218,7 @@ class InProcessTransport(TransportCallbacks):
         self._lock = threading.Lock()
         self._channels: set[str] = set()
         self._pending: list[tuple[str, bytes]] = []
+        self._subscribed_waiters: list[SubscribedCallback] = []
         self._started = False
         self._closed = False
 
@@ -219,8 +232,11 @@ class InProcessTransport(TransportCallbacks):
             self._started = True
             channels = tuple(self._channels)
             pending, self._pending = self._pending, []
+            waiters, self._subscribed_waiters = self._subscribed_waiters, []
         self._hub._add(self, channels)
         call_quietly(self._on_state, "connected")
+        for callback in waiters:
+            call_quietly(callback, True)
         for channel, data in pending:
             self._send(channel, data)
 
@@ -232,7 +248,10 @@ class InProcessTransport(TransportCallbacks):
             was_started = self._started
             channels = tuple(self._channels)
             pending, self._pending = self._pending, []
+            waiters, self._subscribed_waiters = self._subscribed_waiters, []
         self._hub._remove(self, channels)
+        for callback in waiters:
+            call_quietly(callback, False)
         for channel, _ in pending:
             self.stats.dropped += 1
             call_quietly(self._on_drop, channel, "closed")
@@ -267,6 +286,15 @@ class InProcessTransport(TransportCallbacks):
 
     def wait_subscribed(self, timeout: float = 5.0) -> bool:
         return self._started and not self._closed
+
+    def when_subscribed(self, channels: Iterable[str], callback: SubscribedCallback) -> None:
+        # Subscriptions take effect at once once started; before, at start().
+        with self._lock:
+            if not self._started and not self._closed:
+                self._subscribed_waiters.append(callback)
+                return
+            live = not self._closed
+        call_quietly(callback, live)
 
     def _send(self, channel: str, data: bytes) -> None:
         with self._lock:

@@ -41,16 +41,17 @@ from actors.datachannel.connector import DataChannelConnector
 from actors.machine import Effect, MachineActor
 from actors.meeting.machine import MeetingCore
 from actors.node import ActorContext, Node
+from actors.runtime import PooledFuture
 from actors.supervisor import ChildSpec, Supervisor
 from actors.token.actor import TokenActor
 from actors.token.http import TokenEndpoint
-from bus.address import parse_address
+from bus.address import channel_for, parse_address
 from bus.envelope import Envelope
-from bus.errors import TransportError
+from bus.errors import HuddleError, TransportError
 from bus.messages import Message
 
-__all__ = ["AWAIT_OWNER", "TREE_KIND", "AgentAudio", "MeetingActor", "MeetingServices", "meeting_address", "meeting_tree",
-           "start_meeting", "tree_address"]
+__all__ = ["AWAIT_OWNER", "TREE_KIND", "AgentAudio", "MeetingActor", "MeetingServices", "begin_meeting",
+           "meeting_address", "meeting_tree", "start_meeting", "tree_address"]
 
 
 def claim_epoch(lease_epoch: int, incarnation: int) -> int:
@@ -163,16 +164,52 @@ def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secre
     ]
 
 
-def start_meeting(node: Node, meeting_id: str, services: MeetingServices, access_token: Secret, *,
+def begin_meeting(node: Node, meeting_id: str, services: MeetingServices, access_token: Secret, *,
                   intensity: int = TREE_INTENSITY, period: float = TREE_PERIOD, timeout: float = 10.0,
-                  **tree_options: Any) -> str:
-    """Start one meeting's supervision tree on ``node`` and return the
-    meeting's address (where locus events go) once every child is up and
-    its channel is subscribed, so the first locus event, sent from any
-    node, finds the meeting there."""
+                  **tree_options: Any) -> PooledFuture[str]:
+    """Start one meeting's supervision tree on ``node``. The future is set
+    to the meeting's address (where locus events go) once every child is up
+    and the node's transport confirms it listens on each child's channel,
+    so the first locus event, sent from any node, finds the meeting there;
+    it fails with :class:`~bus.errors.TransportError` if that takes longer
+    than ``timeout`` seconds of the node's clock. Nothing blocks: a caller
+    on the node's loop (or a host answering many starts) goes on meanwhile."""
     children: Sequence[ChildSpec] = meeting_tree(meeting_id, services, access_token, **tree_options)
-    ref = node.spawn(tree_address(meeting_id), Supervisor, children, intensity=intensity, period=period)
-    ref.proxy().which_children().get(timeout=timeout)  # answered after the supervisor's on_start
-    if not node.transport.wait_subscribed(timeout):
-        raise TransportError(f"meeting {meeting_id}: its channels were not subscribed within {timeout:g}s")
-    return meeting_address(meeting_id)
+    tree = tree_address(meeting_id)
+    channels = [channel_for(address, node.namespace) for address in (tree, *(c.address for c in children))]
+    started: PooledFuture[str] = PooledFuture()
+
+    def fail(error: HuddleError) -> None:
+        if not started.done():
+            started.set_exception(exc_info=(type(error), error, None))
+
+    def listening(confirmed: bool) -> None:
+        expiry.cancel()
+        if not confirmed:
+            fail(TransportError(f"meeting {meeting_id}: the transport closed before its channels were subscribed"))
+        elif not started.done():
+            started.set(meeting_address(meeting_id))
+
+    def children_up(answer: PooledFuture[Any]) -> None:
+        try:
+            answer.get(timeout=0)
+        except Exception as exc:  # noqa: BLE001 - the supervisor did not start: the caller is told
+            expiry.cancel()
+            fail(TransportError(f"meeting {meeting_id}: its tree did not start ({type(exc).__name__}: {exc})"))
+            return
+        node.transport.when_subscribed(channels, listening)
+
+    expiry = node.clock.call_later(timeout, fail, TransportError(
+        f"meeting {meeting_id}: its channels were not subscribed within {timeout:g}s"))
+    ref = node.spawn(tree, Supervisor, children, intensity=intensity, period=period)
+    # Answered after the supervisor's on_start, which started every child.
+    ref.proxy().which_children().add_done_callback(children_up)
+    return started
+
+
+def start_meeting(node: Node, meeting_id: str, services: MeetingServices, access_token: Secret, *,
+                  timeout: float = 10.0, **options: Any) -> str:
+    """:func:`begin_meeting`, waiting for it: the meeting's address once its
+    tree is up and subscribed (from a thread that may block)."""
+    return begin_meeting(node, meeting_id, services, access_token, timeout=timeout,
+                         **options).get(timeout=timeout + 1.0)

@@ -48,12 +48,13 @@ from actors.meeting.actor import (
     TREE_PERIOD,
     AgentAudio,
     MeetingServices,
+    begin_meeting,
     meeting_address,
     meeting_tree,
-    start_meeting,
     tree_address,
 )
 from actors.node import ActorContext, HuddleActor, Node
+from actors.runtime import PooledFuture
 from actors.supervisor import Supervisor
 from actors.token.http import HttpTokenEndpoint
 from bus.envelope import Envelope
@@ -177,16 +178,17 @@ class MeetingHost(HuddleActor):
             return self._stop_meeting(message)
         return super().on_message(message, envelope)
 
-    def _start_meeting(self, message: mt.StartMeeting) -> str:
+    def _start_meeting(self, message: mt.StartMeeting) -> str | PooledFuture[str]:
         ensure = getattr(self.node.ownership, "ensure", None)
         if ensure is None:
-            # Waits (briefly, on a compensated pool thread) for the tree's
-            # children, so the caller's next locus event finds the meeting.
+            # Answered once the tree's children are up and subscribed, so the
+            # caller's next locus event finds the meeting; the host goes on
+            # with the next start meanwhile.
             audio = None
             if message.audio_output:
                 audio = AgentAudio(output=message.audio_output, report_to=message.audio_report_to,
                                    media_url=message.media_url)
-            return start_meeting(self.node, message.meeting_id, self.services, Secret(message.access_token),
+            return begin_meeting(self.node, message.meeting_id, self.services, Secret(message.access_token),
                                  token_auth=message.token_auth, audio=audio, **self.meetings.tree_options)
         args = tree_start_args(message)
         if message.audio_output:

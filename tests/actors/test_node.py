@@ -20,6 +20,7 @@ import pytest
 from actors import node as node_module
 from actors.messages import ChildExit
 from actors.node import ActorContext, AddressInUse, HuddleActor, Node, RemoteError
+from actors.runtime import PooledFuture
 from bus.address import channel_for
 from bus.envelope import Codec, Envelope
 from bus.errors import (
@@ -223,6 +224,41 @@ def test_blocking_on_an_ask_in_a_handler_on_the_loop_fails_at_once_and_names_the
         assert "await the future, or ask and handle the reply as a message" in info.value.remote_message
     finally:
         gate.set()
+
+
+def test_a_handler_may_answer_later_with_a_future_and_goes_on_meanwhile(pair: tuple[Node, Node]) -> None:
+    """A returned PooledFuture is an answer to come: the actor handles its
+    next messages at once, and the ask is answered (a value or an error)
+    when the future is set."""
+    alpha, beta = pair
+    later: dict[str, PooledFuture[Any]] = {}
+
+    class Deferring(HuddleActor):
+        def on_message(self, message: Message, envelope: Envelope) -> Any:
+            if isinstance(message, Anything):
+                later[message.value] = PooledFuture()
+                return later[message.value]
+            if isinstance(message, Ping):
+                return Pong(n=message.n + 1)
+            return super().on_message(message, envelope)
+
+    beta.spawn("svc:deferring", Deferring)
+    first = alpha.ask("svc:deferring", Anything(value="first"))
+    failing = alpha.ask("svc:deferring", Anything(value="failing"))
+    assert alpha.ask("svc:deferring", Ping(n=1)).get(timeout=DEADLINE) == Pong(n=2)  # not held up
+    assert not first.done() and not failing.done()
+
+    later["first"].set(42)
+    try:
+        raise LookupError("gone")
+    except LookupError:
+        later["failing"].set_exception()
+
+    assert first.get(timeout=DEADLINE) == 42
+    with pytest.raises(RemoteError) as info:
+        failing.get(timeout=DEADLINE)
+    assert info.value.error_type == "LookupError"
+    assert alpha._pending == {}
 
 
 def test_an_ask_to_a_handler_that_raises_fails_with_remote_error(pair: tuple[Node, Node]) -> None:

@@ -191,6 +191,47 @@ class TestTransportConformance:
         assert sender.flush(DEADLINE)
         assert got.wait_message(channel, b"queued")
 
+    def test_when_subscribed_calls_back_once_the_channels_are_live(
+        self, make_transport: MakeTransport, collector: type[Collector], channel_prefix: str
+    ) -> None:
+        got = collector()
+        channels = [channel_prefix + f"w{i}" for i in range(3)]
+        receiver = make_transport("receiver", start=False)
+        receiver.set_receiver(got)
+        receiver.subscribe(*channels)
+        answers: list[bool] = []
+        called = threading.Event()
+
+        def callback(confirmed: bool) -> None:
+            answers.append(confirmed)
+            called.set()
+
+        receiver.when_subscribed(channels, callback)
+        assert answers == []  # not started: nothing is live yet
+        receiver.start()
+        assert called.wait(DEADLINE)
+        assert answers == [True]
+        sender = make_transport("sender")
+        for channel in channels:  # live: every publish now reaches the receiver
+            sender.publish(channel, b"x")
+        assert got.wait_count(3)
+
+        again: list[bool] = []
+        receiver.when_subscribed(channels[:1], again.append)
+        assert again == [True]  # already confirmed: at once, on the caller's thread
+
+    def test_when_subscribed_answers_false_when_closed_first(
+        self, make_transport: MakeTransport, channel_prefix: str
+    ) -> None:
+        node = make_transport("node", start=False)
+        node.subscribe(channel_prefix + "never")
+        answers: list[bool] = []
+        node.when_subscribed([channel_prefix + "never"], answers.append)
+        node.close()
+        assert answers == [False]
+        node.when_subscribed([channel_prefix + "never"], answers.append)
+        assert answers == [False, False]
+
     def test_start_is_idempotent(self, make_transport: MakeTransport) -> None:
         node = make_transport()
         node.start()
