@@ -201,9 +201,13 @@ def begin_meeting(node: Node, meeting_id: str, services: MeetingServices, access
 
     expiry = node.clock.call_later(timeout, fail, TransportError(
         f"meeting {meeting_id}: its channels were not subscribed within {timeout:g}s"))
-    ref = node.spawn(tree, Supervisor, children, intensity=intensity, period=period)
-    # Answered after the supervisor's on_start, which started every child.
-    ref.proxy().which_children().add_done_callback(children_up)
+    node.spawn(tree, Supervisor, children, intensity=intensity, period=period)
+    supervisor = node.lookup(tree)
+    if not isinstance(supervisor, Supervisor):  # already gone again
+        expiry.cancel()
+        fail(TransportError(f"meeting {meeting_id}: its tree stopped as it started"))
+        return started
+    supervisor.started.add_done_callback(children_up)
     return started
 
 

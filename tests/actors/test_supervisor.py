@@ -235,3 +235,27 @@ def test_stopping_the_supervisor_stops_its_children_for_good(kit: TestKit) -> No
     kit.advance(10)
     assert kit.node.addresses() == []
     assert not kit.events_named("dead-letter")
+
+
+class FailsToStart(HuddleActor):
+    def __init__(self, ctx: ActorContext) -> None:
+        raise RuntimeError("cannot start")
+
+
+def test_started_is_set_once_every_child_is_started_without_blocking_anyone(kit: TestKit) -> None:
+    kit.node.spawn("sup:s", Supervisor, [spec("w:a"), spec("w:b")])
+    supervisor = kit.node.lookup("sup:s")
+    assert isinstance(supervisor, Supervisor)
+    seen: list[tuple[bool, bool]] = []
+    supervisor.started.add_done_callback(
+        lambda _f: seen.append((kit.node.lookup("w:a") is not None, kit.node.lookup("w:b") is not None)))
+    supervisor.started.get(timeout=5)
+    assert seen == [(True, True)]  # when it fired, both children were there
+
+
+def test_started_fails_when_a_child_cannot_be_started(kit: TestKit) -> None:
+    kit.node.spawn("sup:s", Supervisor, [spec("w:a"), ChildSpec("w:broken", FailsToStart)])
+    supervisor = kit.node.lookup("sup:s")
+    assert isinstance(supervisor, Supervisor)
+    with pytest.raises(RuntimeError, match="cannot start"):
+        supervisor.started.get(timeout=5)
