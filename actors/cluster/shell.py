@@ -940,9 +940,10 @@ class Cluster:
         """Claim ``addresses`` in one round trip; each won lease brings its
         checkpoint, spec, backlog and the msg ids its last owner's actor
         handled (restored here before anything is delivered)."""
-        # Listen on the addresses' channels before the claim makes them ours.
-        await asyncio.get_running_loop().run_in_executor(None, self.node.transport.wait_subscribed,
-                                                         self.config.lease_ttl)
+        # Listen on the addresses' channels before the claim makes them ours
+        # (these channels only: a survivor starting hundreds of actors keeps
+        # subscribing others, and waiting for all of them could take a ttl).
+        await self._listening([channel_for(a, self.node.namespace) for a in addresses], self.config.lease_ttl)
         sent_at = self.node.clock.now()
         try:
             # On the renewal lane's loop: a lease won is renewed from then on,
@@ -969,6 +970,21 @@ class Cluster:
                 self.feed(Claimed(address, result.epoch, placed=result.spec is not None, sent_at=valid_from))
             else:
                 self.feed(ClaimRefused(address, result.holder, result.epoch))
+
+    async def _listening(self, channels: list[str], timeout: float) -> bool:
+        """True once the node's transport confirms ``channels`` are
+        subscribed; False if it closed, or after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        confirmed: asyncio.Future[bool] = loop.create_future()
+
+        def answer(ok: bool) -> None:
+            loop.call_soon_threadsafe(lambda: confirmed.done() or confirmed.set_result(ok))
+
+        self.node.transport.when_subscribed(channels, answer)
+        try:
+            return await asyncio.wait_for(confirmed, timeout)
+        except TimeoutError:
+            return False
 
     def _start(self, address: str, epoch: int) -> None:
         claim = self._claims.pop(address, None)
