@@ -651,6 +651,7 @@ class RedisTransport(TransportCallbacks):
                 else:
                     self._to_remove.add(channel)
                 self._missing.discard(channel)
+                self._sub_waiters.pop(channel, None)  # not coming: its waiters time out
             self._request_sync_locked()
 
     def _request_sync_locked(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from common import parse_args, report
+from common import parse_args, ratio, report
 from nodeproc import NodeProcess
 from raw_redis import baseline_ping_pong
 
@@ -67,9 +67,10 @@ def main() -> None:
     report(
         args,
         figures={"p50_us": huddle["p50_us"], "p99_us": huddle["p99_us"], "mean_us": huddle["mean_us"],
-                 "max_us": huddle["max_us"], "asks": n, "errors": huddle["errors"]},
+                 "max_us": huddle["max_us"], "asks": n, "errors": huddle["errors"],
+                 "p50_ratio": ratio(huddle["p50_us"], base["p50_us"])},
         baseline={"p50_us": base["p50_us"], "p99_us": base["p99_us"], "max_us": base["max_us"], "round_trips": n},
-        goal={"p50_us": 250, "p99_us": 1000},
+        goal={"p50_ratio": 1.0, "p99_us": 1000},
         notes={"warmup": WARMUP, "loadavg_1m_before": load,
                "asker_cpu_us_per_ask": round(huddle["asker_cpu_us_per_ask"], 1),
                "echo_cpu_us_per_ask": round(huddle["echo_cpu_us_per_ask"], 1)},

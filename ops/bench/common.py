@@ -37,6 +37,12 @@ def parse_args(name: str, description: str,
     return args
 
 
+def ratio(huddle: float, baseline: float) -> float:
+    """huddle / baseline (the form every goal against a baseline takes);
+    infinite when the baseline is 0."""
+    return huddle / baseline if baseline else float("inf")
+
+
 def report(args: argparse.Namespace, figures: dict[str, float], baseline: dict[str, float],
            goal: dict[str, float], notes: dict[str, Any] | None = None) -> None:
     result = {

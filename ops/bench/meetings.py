@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from common import parse_args, report
+from common import parse_args, ratio, report
 from websockets.asyncio.client import ClientConnection, connect
 
 import actors.contracts.meeting as mt
@@ -211,7 +211,8 @@ def main() -> None:
     n = 100 if args.quick else int(os.environ.get("HUDDLE_BENCH_MEETINGS", "1000"))
     figures = run_huddle(n)
     baseline = asyncio.run(_baseline(n))
-    report(args, figures, baseline, {"settle_s": 30.0})
+    figures["settle_ratio"] = ratio(figures["settle_s"], baseline["settle_s"])
+    report(args, figures, baseline, {"settle_ratio": 2.0})
 
 
 if __name__ == "__main__":
