@@ -32,16 +32,6 @@ receiving node turns the handler's return value (or exception) into a
 ``sys.reply`` (or ``sys.error``) back to it. Every ask has a deadline
 (default 5 s); past it the future fails with :class:`~bus.errors.AskTimeout`.
 
-Ownership (cluster mode): a node may be given an :class:`Ownership`
-(``actors.cluster`` provides the one that keeps leases in Redis). It is
-consulted where ownership matters and nowhere else: whether an actor may
-still send (its lease is valid) and receive, where a send to another node
-goes (a live owner's channel, or the durable backlog), what happens to a
-send that reached no subscriber or a message for an address not hosted
-here (forwarded, not dead-lettered), whether a spawn must first claim a
-lease, and what an exit releases. Without one, the node behaves as a
-single process with no leases.
-
 Exits: the runtime calls :meth:`Node._on_exit` when an actor stops. The node
 publishes ``stopped``/``crashed`` and, for a supervised actor, keeps the
 address reserved (messages wait in a bounded buffer) and tells the
@@ -62,17 +52,19 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import msgpack
 from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope as _PykkaEnvelope
 
+from actors.checkpoints import CheckpointStore, MemoryCheckpoints
 from actors.clock import Clock, SystemClock, TimerHandle
 from actors.fencing import Fencing, Verdict
 from actors.io import IoLoop, Outcome
 from actors.messages import ChildExit
 from actors.metrics import BUS_RECONNECTS, MetricsRegistry
+from actors.ownership import FORWARDED, Ownership
 from actors.runtime import LoopDispatcher, Mailbox, PooledActor, PooledFuture, default_dispatcher
 from bus.address import (
     SYS_EVENTS,
@@ -103,15 +95,11 @@ if TYPE_CHECKING:
     from bus.transport import Transport
 
 __all__ = [
-    "FORWARDED",
     "ActorContext",
     "AddressInUse",
-    "CheckpointStore",
     "Delivery",
     "HuddleActor",
-    "MemoryCheckpoints",
     "Node",
-    "Ownership",
     "RemoteError",
     "UnhandledMessage",
 ]
@@ -153,113 +141,6 @@ class RemoteError(HuddleError):
         self.error_type = error_type
         self.remote_message = message
         super().__init__(f"{error_type}: {message}")
-
-
-# --------------------------------------------------------------------------
-# Checkpoints
-
-
-class CheckpointStore(Protocol):
-    """Where an actor's last checkpoint lives between incarnations."""
-
-    def save(self, address: str, epoch: int, data: bytes) -> bool:
-        """Store ``data`` (msgpack) for ``address``; False if refused."""
-
-    def load(self, address: str) -> bytes | None: ...
-
-    def delete(self, address: str) -> None: ...
-
-
-class MemoryCheckpoints:
-    """Checkpoints kept by the node itself (one process). Stored as msgpack
-    bytes, so a restored state is always a fresh copy."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[int, bytes]] = {}
-        self._lock = threading.Lock()
-
-    def save(self, address: str, epoch: int, data: bytes) -> bool:
-        with self._lock:
-            current = self._data.get(address)
-            if current is not None and epoch < current[0]:
-                return False
-            self._data[address] = (epoch, data)
-            return True
-
-    def load(self, address: str) -> bytes | None:
-        with self._lock:
-            current = self._data.get(address)
-        return None if current is None else current[1]
-
-    def delete(self, address: str) -> None:
-        with self._lock:
-            self._data.pop(address, None)
-
-
-# --------------------------------------------------------------------------
-# Ownership: the seam a cluster plugs into
-
-
-class _Forwarded:
-    """What a handler run "returns" for a message that was forwarded to the
-    address's new owner instead of handled: nobody answers it here."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "FORWARDED"
-
-
-FORWARDED = _Forwarded()
-
-
-class Ownership(Protocol):
-    """Who owns which address, for a node in a cluster.
-
-    Every method is called on the thread that hit the situation (an actor's
-    pool thread, the node's I/O loop thread for bytes read from Redis and
-    timers) and must return at once; the slow work (Redis) happens on the
-    node's I/O loop. See the module docstring.
-    """
-
-    def may_send(self, sender: str, epoch: int) -> bool:
-        """False if ``sender`` is hosted here under a lease that is lost or
-        has expired by the local clock (its sends are refused)."""
-
-    def may_deliver(self, address: str) -> bool:
-        """False if the actor at ``address`` must not handle another
-        message (its lease is lost): messages are forwarded instead."""
-
-    def first_delivery(self, env: Envelope) -> bool:
-        """False if an envelope with this ``msg_id`` was already delivered
-        here (a retried or forwarded copy)."""
-
-    def route(self, to: str, data: bytes) -> bool:
-        """A send to ``to``, not hosted here. True if the ownership took
-        care of it (routed through Redis); False: publish it on ``to``'s
-        channel as usual."""
-
-    def unrouted(self, env: Envelope, data: bytes) -> bool:
-        """A publish reached no subscriber. True if it was taken care of;
-        False: it is a ``no-subscriber`` dead letter."""
-
-    def stray(self, env: Envelope) -> bool:
-        """A message for an address this node does not host (or hosts under
-        a lost lease). True if forwarded; False: a dead letter."""
-
-    def spawn(self, address: str, actor_class: type[HuddleActor], args: tuple[Any, ...],
-              kwargs: dict[str, Any], parent: str | None) -> int | None:
-        """A spawn at ``address``: the epoch to start it under now, or None
-        if the ownership starts it later (after claiming the lease, with
-        :meth:`Node.start_actor`)."""
-
-    def exited(self, address: str, crashed: bool, supervised: bool) -> bool:
-        """The actor at ``address`` stopped. True if the ownership releases
-        the address: the node keeps buffering its messages until
-        :meth:`Node.hand_back` (the ownership then forwards them)."""
-
-    def close(self, timeout: float) -> None:
-        """The node shuts down: hand off or release everything, leave."""
 
 
 # --------------------------------------------------------------------------
