@@ -2,7 +2,7 @@
 
 A restarted actor (a crash under a supervisor, an owner change in a
 cluster) starts empty unless something kept its state. An actor saves a
-checkpoint (:meth:`~actors.node.HuddleActor.checkpoint`, msgpack
+checkpoint (:meth:`~actors.actor.HuddleActor.checkpoint`, msgpack
 primitives only); the next incarnation at the same address gets it as
 ``ctx.checkpoint``. Where checkpoints live is a seam, a
 :class:`CheckpointStore` given to the node: :class:`MemoryCheckpoints` keeps

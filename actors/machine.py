@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.actor import HuddleActor
 from actors.clock import TimerHandle
-from actors.node import HuddleActor
 from bus.envelope import Envelope
 from bus.messages import Message
 

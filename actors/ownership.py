@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from actors.node import HuddleActor
+    from actors.actor import HuddleActor
     from bus.envelope import Envelope
 
 __all__ = ["FORWARDED", "Ownership"]

@@ -60,6 +60,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from actors.actor import HuddleActor
 from actors.cluster.machine import (
     HeldLease,
     ActorGone,
@@ -106,7 +107,7 @@ from actors.fencing import UNKNOWN as UNKNOWN_ISSUE
 from actors.fencing import Issued
 from actors.messages import ChildExit
 from actors.metrics import LEASE_RENEW_LATENCY
-from actors.node import RESTART_BUFFER, HuddleActor, Node
+from actors.node import RESTART_BUFFER, Node
 from actors.runtime import PooledFuture
 from bus.address import SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog

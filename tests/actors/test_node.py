@@ -18,8 +18,9 @@ import msgpack
 import pytest
 
 from actors import node as node_module
+from actors.actor import ActorContext, HuddleActor
 from actors.messages import ChildExit
-from actors.node import ActorContext, AddressInUse, HuddleActor, Node, RemoteError
+from actors.node import AddressInUse, Node, RemoteError
 from bus.address import channel_for
 from bus.envelope import Codec, Envelope
 from bus.errors import (
