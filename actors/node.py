@@ -59,6 +59,7 @@ from pykka._envelope import Envelope as _PykkaEnvelope
 from actors.actor import ActorContext, Delivery, HuddleActor
 from actors.checkpoints import CheckpointStore, MemoryCheckpoints
 from actors.clock import Clock, SystemClock, TimerHandle
+from actors.events import Events
 from actors.fencing import Fencing, Verdict
 from actors.io import IoLoop
 from actors.messages import ChildExit
@@ -82,7 +83,6 @@ from bus.errors import (
     HuddleError,
     MailboxFull,
     StaleEpoch,
-    TransportError,
     UnissuedEpoch,
     UnknownAddress,
 )
@@ -139,7 +139,7 @@ def default_node_id() -> str:
     return f"{socket.gethostname().split('.')[0][:20]}-{os.getpid()}-{next(_node_counter)}".replace("_", "-")
 
 
-class Node:
+class Node(Events):
     """Hosts actors by address on one process and connects them to the bus."""
 
     def __init__(
@@ -562,16 +562,6 @@ class Node:
     def _on_wire(self, channel: str, data: bytes) -> None:
         self.receive_bytes(data, channel)
 
-    def _on_bus_state(self, state: str) -> None:
-        """Connection changes are events: while disconnected, messages on
-        the bus may not reach this node (pub/sub keeps nothing)."""
-        if self._closing:
-            return  # our own shutdown closing the connection
-        self.counters[f"bus:{state}"] += 1
-        if state == "disconnected":
-            log.warning("node %s lost its bus connection; reconnecting", self.node_id)
-        self.emit(f"bus-{state}", self.address)
-
     def _on_unrouted(self, channel: str, data: bytes) -> None:
         """The bus delivered one of our sends to nobody: no node hosts that
         address right now. A dead letter; an ask fails at once."""
@@ -738,45 +728,6 @@ class Node:
         self.dead_letter(reason, env.to, env.kind, sender=env.sender)
         if env.reply_to is not None and env.correlation_id is not None and env.to != self.address:
             self._reply(env, ErrorReply(error_type=_REFUSAL_TYPES.get(reason, DeliveryError).__name__, message=reason))
-
-    # -- events -------------------------------------------------------------
-
-    def add_event_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
-        """Call ``listener(event)`` for every event this node emits (on the
-        emitting thread). Returns a function that removes it."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
-
-    def emit(self, event: str, address: str = "", *, reason: str = "", detail: dict[str, Any] | None = None) -> None:
-        """Publish an event on ``sys:events`` (never put secrets in it)."""
-        ev = Event(event=event, node=self.node_id, address=address, reason=reason, detail=detail or {},
-                   ts=self.clock.wall())
-        self.counters[f"event:{event}"] += 1
-        for listener in list(self._listeners):
-            try:
-                listener(ev)
-            except Exception:
-                log.exception("event listener failed")
-        try:
-            data = self.codec.encode(Envelope(to=SYS_EVENTS, message=ev, sender=self.address))
-        except EncodeError:
-            log.exception("event %s could not be encoded", event)
-            return
-        try:
-            self.transport.publish(self._events_channel, data)
-        except TransportError:
-            log.warning("event %s for %s not published: transport closed", event, address)
-
-    def dead_letter(self, reason: str, address: str, kind: str, *, sender: str | None = None, detail: str = "") -> None:
-        self.counters["dead-letter"] += 1
-        self.counters[f"dead-letter:{reason}"] += 1
-        log.debug("dead letter %s to %s (%s)", reason, address, kind)
-        info: dict[str, Any] = {"kind": kind}
-        if sender:
-            info["sender"] = sender
-        if detail:
-            info["detail"] = detail[:200]
-        self.emit("dead-letter", address, reason=reason, detail=info)
 
     # -- test support -------------------------------------------------------
 
