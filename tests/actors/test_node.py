@@ -20,7 +20,8 @@ import pytest
 from actors import node as node_module
 from actors.actor import ActorContext, HuddleActor
 from actors.messages import ChildExit
-from actors.node import AddressInUse, Node, RemoteError
+from actors.node import AddressInUse, Node
+from actors.sending import DEFAULT_ASK_TIMEOUT, RemoteError
 from bus.address import channel_for
 from bus.envelope import Codec, Envelope
 from bus.errors import (
@@ -246,8 +247,8 @@ def test_an_unanswered_ask_times_out_when_the_clock_passes_its_deadline(cluster:
     assert kept.wait_count(1)
     ask = kept.snapshot()[0]
     assert ask.reply_to == alpha.address
-    assert ask.deadline == cluster.clock.wall() + node_module.DEFAULT_ASK_TIMEOUT
-    cluster.clock.advance(node_module.DEFAULT_ASK_TIMEOUT - 0.01)
+    assert ask.deadline == cluster.clock.wall() + DEFAULT_ASK_TIMEOUT
+    cluster.clock.advance(DEFAULT_ASK_TIMEOUT - 0.01)
     assert not future.done()
     cluster.clock.advance(0.02)
     with pytest.raises(AskTimeout) as info:

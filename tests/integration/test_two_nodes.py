@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from actors.actor import ActorContext, HuddleActor
-from actors.node import Node, RemoteError
+from actors.node import Node
+from actors.sending import RemoteError
 from bus.envelope import Envelope
 from bus.errors import AskTimeout, UnknownAddress
 from bus.messages import Message, Ping, Pong, Stop
