@@ -103,11 +103,12 @@ from actors.cluster.machine import (
     step,
 )
 from actors.cluster.renewals import RenewalLane, RenewalPlan
+from actors.dispatch import RESTART_BUFFER
 from actors.fencing import UNKNOWN as UNKNOWN_ISSUE
 from actors.fencing import Issued
 from actors.messages import ChildExit
 from actors.metrics import LEASE_RENEW_LATENCY
-from actors.node import RESTART_BUFFER, Node
+from actors.node import Node
 from actors.runtime import PooledFuture
 from bus.address import SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog

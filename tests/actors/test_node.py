@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from actors import node as node_module
+from actors import dispatch as dispatch_module
 from actors.actor import ActorContext, HuddleActor
 from actors.messages import ChildExit
 from actors.node import AddressInUse, Node
@@ -705,7 +705,7 @@ def test_releasing_a_reservation_turns_waiting_messages_into_dead_letters(
 def test_a_full_restart_buffer_refuses_with_a_dead_letter(
     cluster: Cluster, recorder: type[Recorder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(node_module, "RESTART_BUFFER", 2)
+    monkeypatch.setattr(dispatch_module, "RESTART_BUFFER", 2)
     node, _ = crashed_child(cluster)
     node.tell("svc:child", Ping(n=1))
     node.tell("svc:child", Ping(n=2))
