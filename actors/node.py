@@ -1,11 +1,32 @@
-"""A node: hosts actors by address and bridges them to the bus.
+"""A node: hosts actors by address on one process and bridges them to the bus.
 
-Exits: the runtime calls :meth:`Node._on_exit` when an actor stops. The node
-publishes ``stopped``/``crashed`` and, for a supervised actor, keeps the
-address reserved (messages wait in a bounded buffer) and tells the
-supervisor with a ``sys.child-exit``. The supervisor either starts a new
-incarnation at the same address (the buffer is delivered to it first) or
-releases the address (the buffer becomes dead letters).
+A node is one process's share of the system: the actors at the addresses it
+hosts, one connection to the bus (a :class:`~bus.transport.Transport`), one
+I/O loop and one clock. Its actors never touch the bus; they send and
+receive through the node.
+
+:class:`Node` is made of parts, one idea each, that share the state
+``Node.__init__`` sets up (mixins: a message that arrives goes through plain
+method calls on one object, with no layer in between):
+
+* :class:`~actors.hosting.Hosting`: actors started, stopped and restarted
+  at addresses; reservations;
+* :class:`~actors.sending.Sending`: tell, ask, timers, replies, refusals;
+* :class:`~actors.dispatch.Dispatch`: the one path everything that arrives
+  takes, fencing included;
+* :class:`~actors.events.Events`: events and dead letters on ``sys:events``.
+
+What it hosts are :class:`~actors.actor.HuddleActor` s. What a cluster plugs
+in is an :class:`~actors.ownership.Ownership` (:meth:`Node.set_ownership`,
+before the first spawn; without one, the node behaves as a single process
+with no leases) and a :class:`~actors.checkpoints.CheckpointStore`.
+
+This module holds the assembly and the lifecycle: :meth:`Node.start`
+subscribes the node's own channel and starts the transport on the node's
+loop; :meth:`Node.shutdown` lets the ownership hand off or release what it
+owns, stops every actor (newest first, no restarts), fails the asks still
+waiting and closes the transport, the clock and the loop;
+:meth:`Node.wait_idle` tells when nothing runs any more.
 """
 
 from __future__ import annotations
@@ -18,61 +39,31 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import msgpack
-from pykka import ActorDeadError, ActorRegistry
-
-from actors.actor import ActorContext, HuddleActor
+from actors.actor import HuddleActor
 from actors.checkpoints import CheckpointStore, MemoryCheckpoints
 from actors.clock import Clock, SystemClock, TimerHandle
 from actors.dispatch import Dispatch
 from actors.events import Events
 from actors.fencing import Fencing
+from actors.hosting import Hosting
 from actors.io import IoLoop
-from actors.messages import ChildExit
 from actors.metrics import BUS_RECONNECTS, MetricsRegistry
 from actors.ownership import Ownership
-from actors.runtime import LoopDispatcher, PooledActor, PooledFuture, default_dispatcher
+from actors.runtime import LoopDispatcher, PooledFuture, default_dispatcher
 from actors.sending import DEFAULT_ASK_TIMEOUT, Sending
-from bus.address import (
-    SYS_EVENTS,
-    InvalidAddress,
-    channel_for,
-    node_address,
-    parse_address,
-)
+from bus.address import SYS_EVENTS, channel_for, node_address
 from bus.envelope import Codec, Envelope
-from bus.errors import AskTimeout, EncodeError, HuddleError
+from bus.errors import AskTimeout, HuddleError
 from bus.messages import Event
 
 if TYPE_CHECKING:
-    from pykka import ActorRef
-
     from bus.transport import Transport
 
-__all__ = ["AddressInUse", "Node"]
+__all__ = ["Node"]
 
 log = logging.getLogger("huddle.node")
-
-A = TypeVar("A", bound="HuddleActor")
-
-
-
-class _Unset:
-    """No value given (``None`` is a value)."""
-
-
-_UNSET = _Unset()
-
-
-class AddressInUse(HuddleError):
-    """An actor already lives at that address on this node."""
-
-
-# --------------------------------------------------------------------------
-# The node
-
 
 _node_counter = itertools.count(1)
 
@@ -81,7 +72,7 @@ def default_node_id() -> str:
     return f"{socket.gethostname().split('.')[0][:20]}-{os.getpid()}-{next(_node_counter)}".replace("_", "-")
 
 
-class Node(Dispatch, Sending, Events):
+class Node(Hosting, Dispatch, Sending, Events):
     """Hosts actors by address on one process and connects them to the bus."""
 
     def __init__(
@@ -187,7 +178,7 @@ class Node(Dispatch, Sending, Events):
         self.clock.close()
         self.io.close(timeout)
 
-    # -- hosting ------------------------------------------------------------
+    # -- ownership ----------------------------------------------------------
 
     def set_ownership(self, ownership: Ownership) -> None:
         """Put this node in a cluster (before it hosts anything)."""
@@ -198,218 +189,6 @@ class Node(Dispatch, Sending, Events):
     @property
     def ownership(self) -> Ownership | None:
         return self._ownership
-
-    def spawn(self, address: str, actor_class: type[A], *args: Any, parent: str | None = None,
-              **kwargs: Any) -> ActorRef[A] | None:
-        """Start ``actor_class(ctx, *args, **kwargs)`` at ``address``.
-
-        If the address is reserved for a restart, messages that waited for it
-        are delivered to the new incarnation before any newer message.
-
-        In a cluster, an address whose lease this node does not hold yet is
-        started once the lease is claimed (the messages meanwhile wait):
-        then this returns None.
-        """
-        if parse_address(address).kind == "sys":
-            raise InvalidAddress(f"{address!r}: the sys kind is reserved for system channels")
-        if self._closing:
-            raise HuddleError(f"node {self.node_id} is shutting down")
-        epoch = 0
-        if self._ownership is not None:
-            if address in self._actors:
-                raise AddressInUse(address)
-            granted = self._ownership.spawn(address, actor_class, args, kwargs, parent)
-            if granted is None:
-                return None
-            epoch = granted
-        return self.start_actor(address, actor_class, args, kwargs, parent=parent, epoch=epoch)
-
-    def start_actor(self, address: str, actor_class: type[A], args: tuple[Any, ...] = (),
-                    kwargs: dict[str, Any] | None = None, *, parent: str | None = None, epoch: int = 0,
-                    checkpoint: bytes | None | _Unset = _UNSET, preload: tuple[Envelope, ...] = ()) -> ActorRef[A]:
-        """Start the actor now (what :meth:`spawn` does once it may): under
-        ``epoch``, with ``checkpoint`` (msgpack bytes, or None) if given
-        instead of the store's, and with ``preload`` (envelopes that waited
-        in the backlog) delivered before anything else."""
-        if isinstance(checkpoint, _Unset):
-            checkpoint = self.checkpoints.load(address)
-        state = msgpack.unpackb(checkpoint, raw=False) if checkpoint is not None else None
-        with self._lock:
-            if address in self._actors:
-                raise AddressInUse(address)
-            self._incarnations[address] += 1
-            incarnation = self._incarnations[address]
-        ctx = ActorContext(address=address, node=self, checkpoint=state, incarnation=incarnation, parent=parent,
-                           epoch=epoch)
-        actor = actor_class(ctx, *args, **(kwargs or {}))
-        actor._exit_hook = self._on_exit
-        # Messages may reach the mailbox as soon as the address is visible;
-        # none runs until the actor is registered and announced.
-        actor.actor_inbox.hold()  # type: ignore[attr-defined]
-        with self._lock:
-            if address in self._actors:
-                raise AddressInUse(address)
-            waiting = self._reserved.pop(address, None)
-            now = self.clock.wall()
-            ownership = self._ownership
-            for env in (*preload, *(waiting or ())):
-                # Deadlines passed while waiting count as they would have on
-                # arrival (see dispatch).
-                if env.deadline is not None and env.deadline < now:
-                    self._refuse(env, "expired")
-                elif ownership is None or ownership.first_delivery(env):
-                    self._put(actor, env)
-                else:
-                    self._duplicate(env)
-            self._actors[address] = actor
-        if waiting is None:
-            self.transport.subscribe(channel_for(address, self.namespace))
-        ActorRegistry.register(actor.actor_ref)
-        detail: dict[str, Any] = {"incarnation": incarnation, "class": actor_class.__name__}
-        if epoch:
-            detail["epoch"] = epoch
-        self.emit("started", address, detail=detail)
-        actor._start_actor_loop()
-        return actor.actor_ref
-
-    def lookup(self, address: str) -> HuddleActor | None:
-        return self._actors.get(address)
-
-    def addresses(self) -> list[str]:
-        return list(self._actors)
-
-    def handle_system_channel(self, address: str, handler: Callable[[Envelope], None]) -> None:
-        """Subscribe to the system channel ``address`` (``sys:<name>``) and
-        give ``handler`` every envelope sent to it, decoded (and verified)
-        like any other, on the receiving thread; it must not block."""
-        if parse_address(address).kind != "sys":
-            raise InvalidAddress(f"{address!r} is not a system channel (sys:<name>)")
-        self._system_handlers[address] = handler
-        self.transport.subscribe(channel_for(address, self.namespace))
-
-    def stop_actor(self, address: str, *, timeout: float = 5.0, release: bool = False) -> bool:
-        """Stop the actor at ``address`` and wait until the runtime has seen
-        it exit (its exit event is out, its supervisor told). With
-        ``release``, the stop is final: the address is not kept for a
-        restart and the supervisor is not told. False if no actor lives
-        there; raises pykka's ``Timeout`` past ``timeout``."""
-        waiter = self.request_stop(address, release=release)
-        if waiter is None:
-            return False
-        waiter.get(timeout=timeout)
-        return True
-
-    def request_stop(self, address: str, *, release: bool = False) -> PooledFuture[None] | None:
-        """Ask the actor at ``address`` to stop, without waiting: the future
-        is set once its exit was handled (``await`` it, or ``get`` it).
-        None if no actor lives there."""
-        with self._lock:
-            actor = self._actors.get(address)
-            if actor is None:
-                return None
-            if release:
-                self._release_on_exit.add(address)
-            waiter = self._exit_waiters.setdefault(address, PooledFuture())
-        try:
-            actor.actor_ref.stop(block=False)
-        except ActorDeadError:
-            pass
-        return waiter
-
-    def reserve(self, address: str) -> None:
-        """Make messages for ``address`` wait here (nothing hosts it yet),
-        and listen on its channel."""
-        with self._lock:
-            if address in self._actors or address in self._reserved:
-                return
-            self._reserved[address] = collections.deque()
-        self.transport.subscribe(channel_for(address, self.namespace))
-
-    def hand_back(self, address: str, *, keep_listening: bool = False) -> list[Envelope]:
-        """Stop holding ``address`` (if no actor lives there) and return the
-        messages that waited. Its channel is unsubscribed unless
-        ``keep_listening`` (then :meth:`stop_listening` does it later:
-        messages already on their way would otherwise be lost, since a
-        transport drops what arrives for a channel it left)."""
-        with self._lock:
-            if address in self._actors:
-                return []
-            waiting = self._reserved.pop(address, None)
-        if waiting is None:
-            return []
-        if not keep_listening:
-            self.transport.unsubscribe(channel_for(address, self.namespace))
-        return list(waiting)
-
-    def stop_listening(self, address: str) -> None:
-        """Unsubscribe the channel of ``address`` if nothing is hosted or
-        held for it here."""
-        with self._lock:
-            if address in self._actors or address in self._reserved:
-                return
-        self.transport.unsubscribe(channel_for(address, self.namespace))
-
-    def hosts(self, address: str) -> bool:
-        """Whether an actor lives at ``address`` here, or messages for it
-        wait here (a restart, an activation)."""
-        return address in self._actors or address in self._reserved
-
-    def release(self, address: str) -> None:
-        """Give up a restart reservation: waiting messages become dead letters
-        (in a cluster: the lease is released and they are forwarded)."""
-        with self._lock:
-            if address not in self._reserved or address in self._actors:
-                return
-        if self._ownership is not None and self._ownership.exited(address, False, False):
-            return
-        with self._lock:
-            waiting = self._reserved.pop(address, None)
-            if waiting is None or address in self._actors:
-                return
-        self.transport.unsubscribe(channel_for(address, self.namespace))
-        for env in waiting:
-            self._refuse(env, "actor-stopped")
-
-    def _on_exit(self, actor: PooledActor, error: BaseException | None) -> None:
-        assert isinstance(actor, HuddleActor)
-        address = actor.address
-        parent = actor.ctx.parent
-        with self._lock:
-            if self._actors.get(address) is not actor:
-                return
-            del self._actors[address]
-            final = address in self._release_on_exit
-            self._release_on_exit.discard(address)
-            supervised = parent is not None and not self._closing and not final
-            if supervised:
-                self._reserved[address] = collections.deque()
-            waiter = self._exit_waiters.pop(address, None)
-        try:
-            ownership = self._ownership
-            if ownership is not None and ownership.exited(address, error is not None, supervised):
-                with self._lock:  # messages wait until the ownership hands them on
-                    self._reserved.setdefault(address, collections.deque())
-            elif not supervised:
-                self.transport.unsubscribe(channel_for(address, self.namespace))
-            reason = type(error).__name__ if error is not None else ""
-            self.emit("crashed" if error is not None else "stopped", address, reason=reason,
-                      detail={"incarnation": actor.ctx.incarnation})
-            if supervised:
-                assert parent is not None
-                self.tell(parent, ChildExit(address=address, crashed=error is not None, reason=reason,
-                                            incarnation=actor.ctx.incarnation), sender=address)
-        finally:
-            if waiter is not None:
-                waiter.set(None)
-
-    # -- checkpoints ----------------------------------------------------------
-
-    def save_checkpoint(self, address: str, epoch: int, state: Any) -> bool:
-        try:
-            data = msgpack.packb(state, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise EncodeError(f"checkpoint of {address} is not msgpack primitives: {exc}") from exc
-        return self.checkpoints.save(address, epoch, data)
 
     # -- test support -------------------------------------------------------
 

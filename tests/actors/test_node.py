@@ -19,8 +19,9 @@ import pytest
 
 from actors import dispatch as dispatch_module
 from actors.actor import ActorContext, HuddleActor
+from actors.hosting import AddressInUse
 from actors.messages import ChildExit
-from actors.node import AddressInUse, Node
+from actors.node import Node
 from actors.sending import DEFAULT_ASK_TIMEOUT, RemoteError
 from bus.address import channel_for
 from bus.envelope import Codec, Envelope
