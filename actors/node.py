@@ -16,8 +16,8 @@ method calls on one object, with no layer in between):
   takes, fencing included;
 * :class:`~actors.events.Events`: events and dead letters on ``sys:events``.
 
-What it hosts are :class:`~actors.actor.HuddleActor` s. What a cluster plugs
-in is an :class:`~actors.ownership.Ownership` (:meth:`Node.set_ownership`,
+The actors it hosts are :class:`~actors.actor.HuddleActor` s. A cluster
+plugs in an :class:`~actors.ownership.Ownership` (:meth:`Node.set_ownership`,
 before the first spawn; without one, the node behaves as a single process
 with no leases) and a :class:`~actors.checkpoints.CheckpointStore`.
 
