@@ -1,8 +1,8 @@
 """huddle's actor runtime: pooled pykka actors, supervision, nodes, test kit.
 
 ``from actors import PooledActor, PooledFuture`` gives the pykka runtime;
-the rest lives in submodules (``actors.node``, ``actors.supervisor``,
-``actors.testkit``).
+the rest lives in submodules (``actors.node``, ``actors.actor``,
+``actors.supervisor``, ``actors.testkit``).
 """
 
 from actors.runtime import (

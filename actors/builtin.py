@@ -7,8 +7,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from actors.actor import ActorContext, HuddleActor
 from actors.io import Outcome
-from actors.node import ActorContext, HuddleActor
 from bus.envelope import Envelope
 from bus.messages import Message, Ping, Pong, message_kind
 

@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from actors.actor import HuddleActor
 from actors.clock import TimerHandle
-from actors.node import HuddleActor
 from bus.envelope import Envelope
 from bus.messages import Message
 

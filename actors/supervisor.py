@@ -39,8 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.actor import ActorContext, HuddleActor
 from actors.messages import ChildExit, RestartChild
-from actors.node import ActorContext, HuddleActor
 from actors.runtime import PooledFuture
 from bus.envelope import Envelope
 from bus.errors import HuddleError

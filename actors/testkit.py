@@ -55,8 +55,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from actors.actor import ActorContext, HuddleActor
 from actors.clock import ManualClock
-from actors.node import ActorContext, HuddleActor, Node
+from actors.node import Node
 from actors.runtime import PooledFuture
 from actors.supervisor import ChildSpec, Supervisor
 from bus.envelope import Codec, Envelope

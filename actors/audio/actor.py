@@ -34,6 +34,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from actors.actor import ActorContext
 from actors.audio import machine
 from actors.audio.machine import (
     OutputConfig,
@@ -52,7 +53,6 @@ from actors.contracts.audio import (
     ResumePlayback,
 )
 from actors.machine import Effect, MachineActor
-from actors.node import ActorContext
 from bus.envelope import Envelope
 from bus.errors import HuddleError
 from bus.messages import Message

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from actors.actor import ActorContext, HuddleActor
 from actors.contracts.audio import (
     FrameFeed,
     FrameRefused,
@@ -21,7 +22,6 @@ from actors.contracts.audio import (
     PlaybackFinished,
     PlaybackStarted,
 )
-from actors.node import ActorContext, HuddleActor
 from bus.envelope import Envelope
 from bus.messages import Message
 

@@ -1,7 +1,7 @@
 """A node in a cluster: the shell around :mod:`actors.cluster.machine`.
 
 :class:`Cluster` plugs into a :class:`~actors.node.Node` as its
-:class:`~actors.node.Ownership` and runs the cluster core on the node's I/O
+:class:`~actors.ownership.Ownership` and runs the cluster core on the node's I/O
 loop, carrying out its effects with the Redis scripts of :mod:`bus.cluster`
 (redis-py asyncio clients, next to the node's pub/sub transport).
 
@@ -16,7 +16,7 @@ unanswered (a survivor taking over hundreds of addresses queues the rest).
 
 Threads. The core's state is only changed on the I/O loop (``_feed``).
 Other threads (actors' pool threads, the transport's thread) call the
-:class:`~actors.node.Ownership` methods, which only read that state or
+:class:`~actors.ownership.Ownership` methods, which only read that state or
 queue work for the loop. Two things happen on the transport's thread on
 purpose: a lease announcement from ``sys:nodes`` makes the node's fencing
 hold the address's envelopes *before* the next message off the same
@@ -60,6 +60,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from actors.actor import HuddleActor
 from actors.cluster.machine import (
     HeldLease,
     ActorGone,
@@ -102,11 +103,12 @@ from actors.cluster.machine import (
     step,
 )
 from actors.cluster.renewals import RenewalLane, RenewalPlan
+from actors.dispatch import RESTART_BUFFER
 from actors.fencing import UNKNOWN as UNKNOWN_ISSUE
 from actors.fencing import Issued
 from actors.messages import ChildExit
 from actors.metrics import LEASE_RENEW_LATENCY
-from actors.node import RESTART_BUFFER, HuddleActor, Node
+from actors.node import Node
 from actors.runtime import PooledFuture
 from bus.address import SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog
@@ -387,7 +389,7 @@ def _parked(actor: HuddleActor) -> bool:
 
 
 class RedisCheckpoints:
-    """The node's :class:`~actors.node.CheckpointStore` in a cluster.
+    """The node's :class:`~actors.checkpoints.CheckpointStore` in a cluster.
 
     ``save`` never blocks: it checks the lease locally, keeps the state in
     memory (a restart on this node gets it at once) and queues the write;

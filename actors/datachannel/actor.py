@@ -45,6 +45,7 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+from actors.actor import ActorContext
 from actors.datachannel import machine
 from actors.datachannel.connector import (
     DataChannelConnector,
@@ -70,7 +71,7 @@ from actors.datachannel.machine import (
 )
 from actors.io import Outcome
 from actors.machine import Effect, Emit, MachineActor
-from actors.node import ActorContext, Node
+from actors.node import Node
 from bus.envelope import Envelope
 from bus.messages import Message
 

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.actor import ActorContext
 from actors.audio.actor import AudioOutput
 from actors.audio.sinks import WebSocketMedia, paced
 from actors.context import JobContext, Secret
@@ -40,7 +41,7 @@ from actors.datachannel.actor import DataChannelSession
 from actors.datachannel.connector import DataChannelConnector
 from actors.machine import Effect, MachineActor
 from actors.meeting.machine import MeetingCore
-from actors.node import ActorContext, Node
+from actors.node import Node
 from actors.runtime import PooledFuture
 from actors.supervisor import ChildSpec, Supervisor
 from actors.token.actor import TokenActor

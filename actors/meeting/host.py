@@ -39,6 +39,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from actors.actor import ActorContext, HuddleActor
 from actors.context import Secret
 from actors.contracts import meeting as mt
 from actors.datachannel.connector import WebSocketConnector
@@ -53,7 +54,7 @@ from actors.meeting.actor import (
     meeting_tree,
     tree_address,
 )
-from actors.node import ActorContext, HuddleActor, Node
+from actors.node import Node
 from actors.runtime import PooledFuture
 from actors.supervisor import Supervisor
 from actors.token.http import HttpTokenEndpoint

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from actors.actor import ActorContext
 from actors.context import JobContext, Secret, attribution_headers
 from actors.contracts.token import (
     TokenConfigure,
@@ -38,7 +39,6 @@ from actors.contracts.token import (
 )
 from actors.io import Outcome
 from actors.machine import Effect, Emit, MachineActor
-from actors.node import ActorContext
 from actors.token import machine
 from actors.token.http import TokenEndpoint, TokenFetchError
 from actors.token.machine import (

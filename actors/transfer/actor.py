@@ -14,11 +14,11 @@ import functools
 import logging
 from collections.abc import Iterable
 
+from actors.actor import ActorContext
 from actors.context import JobContext
 from actors.contracts.transfer import PartyHungUp, TransferMerged
 from actors.io import Outcome
 from actors.machine import Effect, Emit, MachineActor
-from actors.node import ActorContext
 from actors.transfer import machine
 from actors.transfer.machine import (
     DeleteFailure,

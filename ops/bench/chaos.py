@@ -46,8 +46,8 @@ from typing import Any
 from clusterproc import BenchMember, ClusterNodeProcess, EventTap, Timing, workdir
 from common import parse_args, report
 
+from actors.actor import ActorContext, HuddleActor
 from actors.builtin import CounterAck, CounterAdd, CounterGet
-from actors.node import ActorContext, HuddleActor
 from bus.address import SYS_NODES, channel_for
 from bus.cluster.messages import LeaseChange
 from bus.embedded import EmbeddedRedis

@@ -36,7 +36,8 @@ def _measure(kind: str, n: int) -> dict[str, float]:
 
         make = IdlePooled.start
     else:
-        from actors.node import HuddleActor, Node
+        from actors.actor import HuddleActor
+        from actors.node import Node
         from bus.transport import InProcessHub, InProcessTransport
 
         class IdleHuddle(HuddleActor):

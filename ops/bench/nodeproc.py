@@ -48,8 +48,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from actors.actor import ActorContext, HuddleActor
 from actors.builtin import Echo
-from actors.node import ActorContext, HuddleActor, Node
+from actors.node import Node
 from bus.envelope import Codec, Envelope
 from bus.messages import Message, Ping, Pong, message_kind
 from bus.redis_transport import RedisTransport

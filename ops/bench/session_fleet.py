@@ -35,6 +35,7 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from actors.actor import HuddleActor
 from actors.contracts.datachannel import (
     DEFAULT_SESSION,
     ClaimSession,
@@ -44,7 +45,7 @@ from actors.contracts.datachannel import (
 )
 from actors.datachannel.actor import DataChannelSession
 from actors.datachannel.connector import WebSocketConnector
-from actors.node import HuddleActor, Node
+from actors.node import Node
 from bus.envelope import Envelope
 from bus.messages import Event, Message
 from bus.transport import InProcessHub, InProcessTransport

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 from common import parse_args, report
 
+from actors.actor import HuddleActor
 from actors.context import Secret
 from actors.contracts.token import (
     DEFAULT_SESSION,
@@ -31,7 +32,7 @@ from actors.contracts.token import (
     TokenRequest,
     token_address,
 )
-from actors.node import HuddleActor, Node
+from actors.node import Node
 from actors.token.actor import TokenActor
 from actors.token.http import HttpTokenEndpoint
 from bus.transport import InProcessHub, InProcessTransport

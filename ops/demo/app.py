@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors.actor import ActorContext, HuddleActor
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts.audio import PlaybackFinished, PlaybackStarted
-from actors.node import ActorContext, HuddleActor
 from bus.envelope import Envelope
 from bus.messages import Message
 from ops.demo.observed import AppLedger

@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.actor import HuddleActor
 from actors.audio.feeder import FrameFeeder
 from actors.audio.machine import OutputConfig
 from actors.cluster import Cluster, ClusterConfig
@@ -91,7 +92,7 @@ from actors.contracts.audio import (
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from actors.meeting.actor import meeting_address, tree_address
 from actors.meeting.host import host_address
-from actors.node import HuddleActor, Node
+from actors.node import Node
 from bus.address import SYS_EVENTS, channel_for
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Codec, Envelope

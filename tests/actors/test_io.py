@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from actors.actor import HuddleActor
 from actors.io import IoClosed, IoLoop, Outcome
-from actors.node import HuddleActor
 from actors.testkit import TestKit
 from bus.messages import Message, message_kind
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.actor import HuddleActor
 from actors.metrics import (
     BUS_RECONNECTS,
     LEASE_RENEW_LATENCY,
@@ -23,7 +24,6 @@ from actors.metrics import (
     percentile,
     summarize,
 )
-from actors.node import HuddleActor
 from actors.supervisor import Backoff, ChildSpec
 from actors.testkit import TestKit
 from bus.address import SYS_METRICS

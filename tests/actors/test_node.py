@@ -17,10 +17,13 @@ from typing import Any
 import msgpack
 import pytest
 
-from actors import node as node_module
+from actors import dispatch as dispatch_module
+from actors.actor import ActorContext, HuddleActor
+from actors.hosting import AddressInUse
 from actors.messages import ChildExit
-from actors.node import ActorContext, AddressInUse, HuddleActor, Node, RemoteError
+from actors.node import Node
 from actors.runtime import PooledFuture
+from actors.sending import DEFAULT_ASK_TIMEOUT, RemoteError
 from bus.address import channel_for
 from bus.envelope import Codec, Envelope
 from bus.errors import (
@@ -281,8 +284,8 @@ def test_an_unanswered_ask_times_out_when_the_clock_passes_its_deadline(cluster:
     assert kept.wait_count(1)
     ask = kept.snapshot()[0]
     assert ask.reply_to == alpha.address
-    assert ask.deadline == cluster.clock.wall() + node_module.DEFAULT_ASK_TIMEOUT
-    cluster.clock.advance(node_module.DEFAULT_ASK_TIMEOUT - 0.01)
+    assert ask.deadline == cluster.clock.wall() + DEFAULT_ASK_TIMEOUT
+    cluster.clock.advance(DEFAULT_ASK_TIMEOUT - 0.01)
     assert not future.done()
     cluster.clock.advance(0.02)
     with pytest.raises(AskTimeout) as info:
@@ -739,7 +742,7 @@ def test_releasing_a_reservation_turns_waiting_messages_into_dead_letters(
 def test_a_full_restart_buffer_refuses_with_a_dead_letter(
     cluster: Cluster, recorder: type[Recorder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(node_module, "RESTART_BUFFER", 2)
+    monkeypatch.setattr(dispatch_module, "RESTART_BUFFER", 2)
     node, _ = crashed_child(cluster)
     node.tell("svc:child", Ping(n=1))
     node.tell("svc:child", Ping(n=2))

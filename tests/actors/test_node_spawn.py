@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pykka import ActorRegistry
 
-from actors.node import ActorContext, HuddleActor
+from actors.actor import ActorContext, HuddleActor
 from actors.testkit import TestKit
 from bus.address import InvalidAddress
 from bus.messages import Ping

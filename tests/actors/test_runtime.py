@@ -748,7 +748,8 @@ def test_a_blocking_wait_on_the_loop_raises_a_typed_error_naming_the_fix(
 
 
 def test_huddle_actors_run_on_the_nodes_loop_unless_they_declare_they_block() -> None:
-    from actors.node import HuddleActor, Node
+    from actors.actor import HuddleActor
+    from actors.node import Node
     from bus.envelope import Envelope
     from bus.messages import Message, Ping
     from bus.transport import InProcessHub, InProcessTransport

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors.node import ActorContext, HuddleActor
+from actors.actor import ActorContext, HuddleActor
 from actors.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
 from actors.testkit import TestKit
 from bus.envelope import Envelope

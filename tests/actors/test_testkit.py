@@ -13,8 +13,9 @@ import pytest
 
 from bus.transport import InProcessTransport
 
+from actors.actor import ActorContext, HuddleActor
 from actors.io import Outcome
-from actors.node import ActorContext, HuddleActor, RemoteError
+from actors.sending import RemoteError
 from actors.testkit import Gate, Gates, TestKit, Timeout
 from bus.envelope import Envelope, new_traceparent
 from bus.messages import Event, Message, Ping, Pong, Reply, message_kind

@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from actors.actor import ActorContext, HuddleActor
 from actors.cluster import Cluster, ClusterConfig
 from actors.contracts import meeting as mt
 from actors.contracts.token import DEFAULT_SESSION
 from actors.meeting.host import host_address
-from actors.node import ActorContext, HuddleActor, Node
+from actors.node import Node
 from bus.envelope import Envelope
 from bus.messages import Message
 from bus.redis_transport import RedisTransport

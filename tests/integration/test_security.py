@@ -17,7 +17,8 @@ import redis
 
 from actors.contracts.token import TokenGranted
 from actors.metrics import NodeMetrics
-from actors.node import Node, RemoteError
+from actors.node import Node
+from actors.sending import RemoteError
 from actors.tap import REDACTED
 from bus.address import SYS_EVENTS
 from bus.embedded import EmbeddedRedis

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-from actors.node import ActorContext, HuddleActor, Node, RemoteError
+from actors.actor import ActorContext, HuddleActor
+from actors.node import Node
+from actors.sending import RemoteError
 from bus.envelope import Envelope
 from bus.errors import AskTimeout, UnknownAddress
 from bus.messages import Message, Ping, Pong, Stop

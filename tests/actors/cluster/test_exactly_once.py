@@ -21,9 +21,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from actors.actor import ActorContext, HuddleActor
 from actors.builtin import CounterAdd, CounterGet
 from actors.cluster.shell import _SeenIds
-from actors.node import ActorContext, HuddleActor
 from bus.cluster.leases import LeaseStore
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Envelope

@@ -12,10 +12,11 @@ import msgpack
 import pytest
 import redis
 
+from actors.actor import HuddleActor
 from actors.builtin import CounterAdd, CounterGet, Echo
 from actors.cluster import ClusterConfig, encode_start_args
 from actors.messages import ChildExit
-from actors.node import HuddleActor, Node
+from actors.node import Node
 from actors.supervisor import ChildSpec, Supervisor
 from bus.address import channel_for
 from bus.cluster.placement import owner_of

@@ -34,7 +34,7 @@ from actors.contracts.token import TokenRequest
 from actors.datachannel.connector import RegisterError, Registration, SocketOpenError
 from actors.datachannel.machine import Registered, SocketFrame
 from actors.datachannel.testing import FakeConnector
-from actors.node import RemoteError
+from actors.sending import RemoteError
 from actors.testkit import TestKit
 from .session_driver import (
     DC_TOKEN,

@@ -10,7 +10,7 @@ from actors.contracts import meeting as mt
 from actors.contracts.audio import PlaybackFinished, frame_bytes, output_address
 from actors.contracts.token import DEFAULT_SESSION
 from actors.meeting.host import MeetingHost, host_address
-from actors.node import RemoteError
+from actors.sending import RemoteError
 from ops.mediareceiver import ReceiverHarness
 from tests.actors.conftest import Recorder
 from tests.actors.meeting.conftest import sockets

@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.actor import ActorContext
 from actors.cluster import encode_start_args
 from actors.context import Secret
 from actors.contracts import meeting as mt
 from actors.meeting.actor import claim_epoch
 from actors.meeting.host import MissingAccessToken, NodeMeetings, read_access_token, tree_start_args
-from actors.node import ActorContext, Node
+from actors.node import Node
 from bus.transport import InProcessHub, InProcessTransport
 
 

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
+from actors.actor import HuddleActor
 from actors.context import Secret
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
 from actors.meeting.actor import meeting_address, start_meeting
-from actors.node import HuddleActor, Node
+from actors.node import Node
 from bus.envelope import Envelope
 from bus.messages import Message
 from ops.dataserver.harness import DataServerProcess

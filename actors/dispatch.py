@@ -1,0 +1,189 @@
+"""Dispatch: the one path for everything that arrives at a node, fencing
+included.
+
+Bytes reach a node from the transport, from a local send, or injected by
+the test kit; each must be checked the same way (strict decoding, epochs,
+deadlines, duplicates) before an actor sees it, and a failure anywhere is
+a dead letter, never a lost message. So everything takes one path,
+:meth:`~actors.node.Node.receive_bytes`:
+
+1. decode strictly; a :class:`~bus.errors.DecodeError` becomes a dead letter
+   with the decoder's reason;
+2. fencing (below);
+3. a reply to one of this node's asks completes its future;
+4. otherwise the addressed actor's bounded mailbox gets it; an unknown
+   address, a full mailbox, an expired deadline or a stopped actor is a dead
+   letter. Every dead letter is counted and published on ``sys:events``; an
+   ask that is dead-lettered is answered with an error at once, so the
+   asker does not wait for its deadline.
+
+A message for an address reserved for a restart waits in a bounded buffer
+(:data:`RESTART_BUFFER`) until the next incarnation starts.
+
+Fencing (:mod:`actors.fencing`): an envelope whose ``epoch`` is older than
+the floor this node keeps for its sender address comes from a former owner
+of that address and is refused as a ``stale-epoch`` dead letter. The floor
+only rises to epochs the node's epoch authority (in a cluster, the lease
+store) confirms were issued for that address; an envelope with an epoch
+above anything issued is an ``unissued-epoch`` dead letter and moves
+nothing. Epoch 0 means "no epoch" and is never refused.
+
+This is the hot path (bytes in, dispatch, mailbox put): plain method calls
+on the node, no layer in between.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pykka import ActorDeadError
+from pykka._envelope import Envelope as _PykkaEnvelope
+
+from actors.actor import Delivery
+from actors.fencing import Verdict
+from actors.runtime import Mailbox, PooledFuture
+from bus.envelope import Envelope
+from bus.errors import DecodeError, MailboxFull
+from bus.messages import Reply, Stop
+
+if TYPE_CHECKING:
+    from actors.actor import HuddleActor
+
+__all__ = ["RESTART_BUFFER", "Dispatch"]
+
+#: Messages held for an address whose actor is being restarted.
+RESTART_BUFFER = 10_000
+
+
+class Dispatch:
+    """The receive path and fencing (a part of :class:`~actors.node.Node`,
+    whose ``__init__`` sets up the state used here)."""
+
+    def _on_wire(self, channel: str, data: bytes) -> None:
+        self.receive_bytes(data, channel)
+
+    def _on_unrouted(self, channel: str, data: bytes) -> None:
+        """The bus delivered one of our sends to nobody: no node hosts that
+        address right now. A dead letter; an ask fails at once."""
+        if _address_of(channel, self.namespace).startswith("sys:"):
+            return  # nobody monitoring is fine
+        try:
+            env = self.codec.decode(data)
+        except DecodeError:
+            return
+        if self._ownership is not None and self._ownership.unrouted(env, data):
+            return
+        self._refuse(env, "no-subscriber")
+
+    def receive_bytes(self, data: bytes, channel: str | None = None) -> None:
+        """The one entry point for bytes addressed to this node's actors
+        (transport, local sends, test-kit injection)."""
+        try:
+            env = self.codec.decode(data)
+        except DecodeError as exc:
+            self.dead_letter(exc.reason, _address_of(channel, self.namespace), "", detail=exc.detail)
+            return
+        self.counters["received"] += 1
+        self.dispatch(env)
+
+    def observe_epoch(self, address: str, epoch: int) -> None:
+        """A trusted statement (from the epoch authority itself, e.g. a
+        claim's result): ``address`` is held under ``epoch`` now. From here
+        on, envelopes from it with an older epoch are refused."""
+        self.fencing.confirm(address, epoch)
+
+    def newest_epoch(self, address: str) -> int:
+        """The newest epoch known here to have been issued for ``address``
+        (0: none). Never more than was issued: what envelopes merely claim
+        does not count."""
+        return self.fencing.issued(address)
+
+    def dispatch(self, env: Envelope) -> None:
+        if env.epoch and env.sender is not None:
+            verdict = self.fencing.check(env)
+            if verdict is not Verdict.DELIVER:
+                if verdict is not Verdict.PARKED:
+                    self._refuse_fenced(env, verdict)
+                return
+        self._dispatch_fenced(env)
+
+    def _refuse_fenced(self, env: Envelope, verdict: Verdict) -> None:
+        self._refuse(env, verdict.value)
+
+    def _dispatch_fenced(self, env: Envelope) -> None:
+        """Dispatch past fencing."""
+        to = env.to
+        if to == self.address:
+            self._on_reply(env)
+            return
+        actor = self._actors.get(to)
+        if actor is None:
+            system = self._system_handlers.get(to)
+            if system is not None:
+                system(env)
+                return
+            with self._lock:
+                actor = self._actors.get(to)
+                if actor is None:
+                    waiting = self._reserved.get(to)
+                    if waiting is not None and len(waiting) < RESTART_BUFFER:
+                        waiting.append(env)
+                        return
+            if actor is None:
+                if to in self._reserved:
+                    self._refuse(env, "restart-buffer-full")
+                elif self._ownership is None or not self._ownership.stray(env):
+                    self._refuse(env, "unknown-address")
+                return
+        if env.deadline is not None and env.deadline < self.clock.wall():
+            self._refuse(env, "expired")
+            return
+        ownership = self._ownership
+        if ownership is not None and not ownership.first_delivery(env):
+            self._duplicate(env)
+            return
+        self._put(actor, env)
+
+    def _duplicate(self, env: Envelope) -> None:
+        """A copy of an envelope already delivered here: dropped, counted,
+        reported (never answered: the first copy is)."""
+        self.dead_letter("duplicate", env.to, env.kind, sender=env.sender, detail=env.msg_id)
+
+    def _put(self, actor: HuddleActor, env: Envelope) -> None:
+        if type(env.message) is Stop:
+            try:
+                actor.stop()
+                stopping = True
+            except ActorDeadError:
+                # Already stopping (its exit not reported yet): nothing to
+                # do, and no error for the sender. Answered as pykka does.
+                stopping = False
+            if self.delivery_hook is not None:
+                self.delivery_hook(env)
+            if env.reply_to is not None:
+                self._reply(env, Reply(stopping))
+            return
+        reply_future: PooledFuture[Any] | None = None if env.reply_to is None else PooledFuture()
+        mailbox: Mailbox = actor.actor_inbox  # type: ignore[assignment]
+        hook = self.delivery_hook
+        if hook is not None:
+            # Before the put: once queued, the actor may handle the message
+            # (and report what that caused) on another thread at once.
+            if mailbox.capacity is not None and len(mailbox) >= mailbox.capacity:
+                self._refuse(env, "mailbox-full")
+                return
+            hook(env)
+        try:
+            mailbox.put(_PykkaEnvelope(Delivery(env), reply_to=reply_future))
+        except MailboxFull:
+            self._refuse(env, "mailbox-full")
+            return
+        if reply_future is not None:
+            # Runs at once if the actor already answered.
+            reply_future.add_done_callback(lambda f: self._answer(env, f, actor))
+
+
+def _address_of(channel: str | None, namespace: str) -> str:
+    if channel is None:
+        return ""
+    return channel[len(namespace):] if namespace and channel.startswith(namespace) else channel
