@@ -162,8 +162,13 @@ def percentile(histogram: Mapping[int, int], q: float) -> int:
     return max(histogram)  # pragma: no cover - rank <= total always stops above
 
 
+MIN_RATE_INTERVAL_S = 1e-6
+"""Samples closer together than this give no rate (a division by a
+vanishing interval would say infinity)."""
+
+
 def _rate(delta: int, seconds: float) -> float:
-    return delta / seconds if seconds > 0 and delta > 0 else 0.0
+    return delta / seconds if seconds >= MIN_RATE_INTERVAL_S and delta > 0 else 0.0
 
 
 def summarize(node_id: str, previous: NodeSample | None, current: NodeSample) -> NodeMetrics:

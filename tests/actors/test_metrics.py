@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from actors.actor import HuddleActor
@@ -77,6 +77,7 @@ def test_rates_are_counter_deltas_over_the_time_between_samples() -> None:
     assert (metrics.received_per_s, metrics.sent_per_s, metrics.dead_letters_per_s) == (100.0, 50.0, 2.0)
 
 
+@example(a=0, b=1, t0=0.0, t1=5e-324)  # a subnormal interval: 1 / 5e-324 is infinite
 @given(st.integers(0, 10**9), st.integers(0, 10**9), st.floats(0.0, 100.0), st.floats(0.0, 100.0))
 def test_rates_are_never_negative_nor_infinite(a: int, b: int, t0: float, t1: float) -> None:
     """A counter that went back (a restarted node) or a clock that did not
