@@ -260,6 +260,7 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
     back_at: dict[SessionKey, float] = {}  # wall clock
     held_at: dict[str, float] = {}
     captions: list[tuple[str, frozenset[SessionKey]]] = []
+    holders: dict[str, str] = {}  # meeting -> node holding its lease, as last read
     try:
         deadline = fault_at + RECOVERY_DEADLINE_S
         while len(back_at) < len(keys):
