@@ -72,6 +72,7 @@ __all__ = [
     "Mailbox",
     "PooledActor",
     "PooledFuture",
+    "all_done",
     "StopFlag",
     "ThreadPoolDispatcher",
     "default_dispatcher",
@@ -363,6 +364,23 @@ class PooledFuture(ThreadingFuture[T]):
                 return
         fn(self)
 
+    def then(self, fn: Callable[[Any], Any]) -> PooledFuture[Any]:
+        """A future set to ``fn(value)`` once this one is set (or to this
+        one's exception, or to what ``fn`` raised), without anyone
+        blocking: ``fn`` runs on the thread that sets this future."""
+        out: PooledFuture[Any] = PooledFuture()
+
+        def done(f: PooledFuture[T]) -> None:
+            try:
+                value = fn(f.get(timeout=0))
+            except BaseException:  # noqa: BLE001 - the exception is the outcome
+                out.set_exception()
+            else:
+                out.set(value)
+
+        self.add_done_callback(done)
+        return out
+
     def _run_callbacks(self) -> None:
         with self._condition:
             callbacks, self._callbacks = self._callbacks, None
@@ -390,6 +408,27 @@ class PooledFuture(ThreadingFuture[T]):
         return self.get(timeout=0)
 
     __iter__ = __await__  # type: ignore[assignment]
+
+
+def all_done(futures: list[PooledFuture[Any]]) -> PooledFuture[None]:
+    """A future set (to None) once every one of ``futures`` is done, set or
+    failed; at once if there are none."""
+    out: PooledFuture[None] = PooledFuture()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_f: PooledFuture[Any]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            out.set(None)
+
+    if not futures:
+        out.set(None)
+    for future in futures:
+        future.add_done_callback(one_done)
+    return out
 
 
 def _set_if_pending(waiter: asyncio.Future[None]) -> None:
@@ -642,6 +681,7 @@ class PooledActor(_PykkaActor):
 
     # Per-instance, but declared here so idle actors carry no dict entry.
     _exit_hook: ExitHook | None = None
+    _exit_after: PooledFuture[Any] | None = None
     _crash: BaseException | None = None
     _started: bool = False
     _exited: bool = False
@@ -700,6 +740,21 @@ class PooledActor(_PykkaActor):
         # silently; refuse them all instead (tells become dead letters).
         mailbox.drain_refused()
         self._actor_loop_teardown()
+        after = self._exit_after
+        if after is not None and not after.done():
+            after.add_done_callback(lambda _f: self._report_exit())
+            return
+        self._report_exit()
+
+    def exit_after(self, future: PooledFuture[Any]) -> None:
+        """Report this actor's exit (to the exit hook: its supervisor, the
+        node's waiters and events) only once ``future`` is done. For an
+        actor whose stop waits for something without blocking (a
+        supervisor waits for its children's exits); call it from
+        ``on_stop`` or before a handler raises."""
+        self._exit_after = future
+
+    def _report_exit(self) -> None:
         hook = self._exit_hook
         if hook is not None:
             try:

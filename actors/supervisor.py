@@ -28,18 +28,27 @@ The supervisor never learns of a crash from the crashed child: the node
 sends it a ``sys.child-exit`` when the runtime sees the child stop. While a
 child is down its address stays reserved on the node, so messages sent to
 it wait for the next incarnation (which also gets the last checkpoint).
+
+A supervisor never blocks, so it runs on the node's loop like its
+children. It stops children one at a time, newest first, each given its
+``shutdown_timeout`` (on the node's clock) before the next is asked; a
+restart of a child that is still stopping waits for its exit; and its own
+exit (and an escalation) is reported only once the children it stopped
+are gone (:meth:`~actors.runtime.PooledActor.exit_after`).
 """
 
 from __future__ import annotations
 
 import enum
 import random
+import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.actor import ActorContext, HuddleActor
+from actors.clock import TimerHandle
 from actors.messages import ChildExit, RestartChild
 from actors.runtime import PooledFuture
 from bus.envelope import Envelope
@@ -96,12 +105,6 @@ class Backoff:
 class Supervisor(HuddleActor):
     """Starts, watches and restarts children (see the module docstring)."""
 
-    #: A supervisor stops its children one by one, newest first, waiting
-    #: for each exit (``Node.stop_actor``), so that its own exit (and an
-    #: escalation) is reported only once they are gone: it blocks, so it
-    #: runs on the thread pool. (Its children run on the node's loop.)
-    blocking = True
-
     def __init__(
         self,
         ctx: ActorContext,
@@ -133,6 +136,9 @@ class Supervisor(HuddleActor):
         self._child_restarts: dict[str, deque[float]] = {}
         self._awaiting: dict[str, int] = {}  # address -> generation of its pending restart
         self._generation = 0
+        #: restarts that are due, in start order; each waits while its
+        #: address is still stopping (in ``_terminating``)
+        self._due: deque[str] = deque()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -146,9 +152,7 @@ class Supervisor(HuddleActor):
         self.started.set(None)
 
     def on_stop(self) -> None:
-        self._stop_children(list(self._specs), final=True)
-        for spec in self._specs:
-            self.node.release(spec.address)
+        self._wind_up(list(self._specs))
 
     # -- messages -----------------------------------------------------------
 
@@ -172,6 +176,7 @@ class Supervisor(HuddleActor):
         self._running.discard(address)
         if address in self._terminating:
             self._terminating.discard(address)  # we stopped it; a restart is already planned
+            self._start_due()
             return
         if spec is None:
             self.node.release(address)
@@ -207,12 +212,20 @@ class Supervisor(HuddleActor):
         if self._awaiting.get(msg.address) != msg.generation:
             return
         del self._awaiting[msg.address]
-        spec = self._spec(msg.address)
-        if spec is None:
-            self.node.release(msg.address)
-            return
-        self._start_child(spec)
-        self.node.emit("restarted", spec.address, detail={"supervisor": self.address})
+        self._due.append(msg.address)
+        self._start_due()
+
+    def _start_due(self) -> None:
+        """Start the restarts that are due, in order; one whose address is
+        still stopping waits for its exit (and the later ones with it)."""
+        while self._due and self._due[0] not in self._terminating:
+            address = self._due.popleft()
+            spec = self._spec(address)
+            if spec is None:
+                self.node.release(address)
+                continue
+            self._start_child(spec)
+            self.node.emit("restarted", spec.address, detail={"supervisor": self.address})
 
     # -- helpers ------------------------------------------------------------
 
@@ -242,33 +255,107 @@ class Supervisor(HuddleActor):
         self.node.spawn(spec.address, spec.actor_class, *spec.args, parent=self.address, **dict(spec.kwargs))
         self._running.add(spec.address)
 
-    def _stop_children(self, specs: list[ChildSpec], *, final: bool = False) -> None:
-        """Stop children newest first; their exits are ours, not crashes.
-        ``final``: they will not be restarted (the supervisor is going)."""
+    def _stop_children(self, specs: list[ChildSpec], *, final: bool = False) -> PooledFuture[None]:
+        """Stop children newest first, one at a time, without blocking;
+        their exits are ours, not crashes. ``final``: they will not be
+        restarted (the supervisor is going). The future is set once the
+        last one is gone (or given up on past its ``shutdown_timeout``)."""
+        mine = []
         for spec in reversed(specs):
             actor = self.node.lookup(spec.address)
             if actor is None or actor.ctx.parent != self.address:
                 continue
             if not final:
                 self._terminating.add(spec.address)
-            try:
-                self.node.stop_actor(spec.address, timeout=spec.shutdown_timeout, release=final)
-            except Exception:  # noqa: BLE001 - a child that will not stop is left to the node
-                self.node.emit("stop-timeout", spec.address, detail={"supervisor": self.address})
             self._running.discard(spec.address)
+            mine.append(spec)
+        return _StopInOrder(self, mine, final).done
+
+    def _wind_up(self, specs: list[ChildSpec], then: Callable[[], None] | None = None) -> None:
+        """Stop ``specs`` for good; once they are gone, give up every
+        child's address, run ``then``, and let this supervisor's exit be
+        reported."""
+        self._awaiting.clear()
+        self._due.clear()
+        stopped = self._stop_children(specs, final=True)
+        finished: PooledFuture[None] = PooledFuture()
+
+        def wound_up(_f: PooledFuture[None]) -> None:
+            try:
+                for spec in self._specs:
+                    self.node.release(spec.address)
+                if then is not None:
+                    then()
+            finally:
+                finished.set(None)
+
+        stopped.add_done_callback(wound_up)
+        self.exit_after(finished)
 
     def _escalate(self, address: str, reason: str) -> None:
-        self._awaiting.clear()
-        self._stop_children([s for s in self._specs if s.address in self._running], final=True)
-        for spec in self._specs:
-            self.node.release(spec.address)
-        self.node.emit(
-            "escalated",
-            self.address,
-            reason=reason,
-            detail={"child": address, "intensity": self.intensity, "period": self.period,
-                    "to": self.ctx.parent or "node"},
-        )
+        detail = {"child": address, "intensity": self.intensity, "period": self.period,
+                  "to": self.ctx.parent or "node"}
+        self._wind_up([s for s in self._specs if s.address in self._running or s.address in self._terminating],
+                      then=lambda: self.node.emit("escalated", self.address, reason=reason, detail=detail))
         raise SupervisorEscalated(
             f"{self.address}: more than {self.intensity} restart(s) in {self.period:g}s (last: {address})"
         )
+
+
+class _StopInOrder:
+    """Stops a supervisor's children one at a time, in the order given:
+    the next is asked once the one before has exited, or once its
+    ``shutdown_timeout`` ran out on the node's clock (a ``stop-timeout``
+    event; the child is left to the node). Exits arrive on whichever thread
+    the child ran on; nothing here touches the supervisor's own state."""
+
+    def __init__(self, supervisor: Supervisor, specs: list[ChildSpec], final: bool) -> None:
+        self._supervisor = supervisor
+        self._specs = deque(specs)
+        self._final = final
+        self.done: PooledFuture[None] = PooledFuture()
+        self._next()
+
+    def _next(self) -> None:
+        node = self._supervisor.node
+        while self._specs:
+            spec = self._specs.popleft()
+            try:
+                waiter = node.request_stop(spec.address, release=self._final)
+            except Exception:  # noqa: BLE001 - a child that cannot be asked is left to the node
+                waiter = None
+            if waiter is None:
+                continue
+            step = _Step()
+            timer = node.clock.call_later(spec.shutdown_timeout, self._timed_out, spec, step)
+            waiter.add_done_callback(lambda _f, s=step, t=timer: self._exited(s, t))
+            return
+        self.done.set(None)
+
+    def _exited(self, step: _Step, timer: TimerHandle) -> None:
+        timer.cancel()
+        if step.take():
+            self._next()
+
+    def _timed_out(self, spec: ChildSpec, step: _Step) -> None:
+        if step.take():
+            self._supervisor.node.emit("stop-timeout", spec.address,
+                                       detail={"supervisor": self._supervisor.address})
+            self._next()
+
+
+class _Step:
+    """One child's stop: ended once, by its exit or by its timeout."""
+
+    __slots__ = ("_lock", "_over")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._over = False
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._over:
+                return False
+            self._over = True
+            return True

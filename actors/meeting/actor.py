@@ -121,7 +121,9 @@ class MeetingServices:
         self.connector.close()
         close = getattr(self.token_endpoint, "close", None)
         if close is not None:
-            node.io.submit(close()).result(timeout)
+            closing = node.io.submit(close())
+            if not node.io.on_loop_thread():
+                closing.result(timeout)  # type: ignore[call-arg]
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from actors.meeting.actor import (
     tree_address,
 )
 from actors.node import Node
-from actors.runtime import PooledFuture
+from actors.runtime import PooledFuture, all_done
 from actors.supervisor import Supervisor
 from actors.token.http import HttpTokenEndpoint
 from bus.envelope import Envelope
@@ -161,7 +161,8 @@ class MeetingHost(HuddleActor):
     ``MeetingHost(ctx, meetings=NodeMeetings(...))`` to share the node's
     meetings with the cluster's factory."""
 
-    blocking = True  # waits for a tree's placement and for trees to stop
+    # Never blocks: a placement, a tree's stop and a stop asked of another
+    # host are answers to come (futures), so the host runs on the node's loop.
 
     def __init__(self, ctx: ActorContext, device_url: str = "", *, meetings: NodeMeetings | None = None,
                  **tree_options: Any) -> None:
@@ -195,19 +196,42 @@ class MeetingHost(HuddleActor):
         if message.audio_output:
             AgentAudio(message.audio_output, message.audio_report_to, message.media_url)  # refuse bad ones here
         self.meetings.remember(message.meeting_id, Secret(message.access_token))
-        ensure(tree_address(message.meeting_id), **args).get(timeout=PLACE_TIMEOUT_S)
-        return meeting_address(message.meeting_id)
+        placed = ensure(tree_address(message.meeting_id), **args)
+        answer = placed.then(lambda _holder: meeting_address(message.meeting_id))
+        self.node.clock.call_later(PLACE_TIMEOUT_S, _give_up, answer, message.meeting_id)
+        return answer
 
-    def _stop_meeting(self, message: mt.StopMeeting) -> bool:
+    def _stop_meeting(self, message: mt.StopMeeting) -> bool | PooledFuture[bool]:
         address = tree_address(message.meeting_id)
-        if self.node.lookup(address) is not None:
-            return self.node.stop_actor(address, release=True)
+        stopped = self.node.request_stop(address, release=True)
+        if stopped is not None:
+            return stopped.then(lambda _none: True)
         owner = getattr(self.node.ownership, "owner", lambda _a: None)(address)
         if owner is None or owner == self.node.node_id:
             return False
-        return bool(self.ask(host_address(owner), message, timeout=PLACE_TIMEOUT_S).get(timeout=PLACE_TIMEOUT_S))
+        return self.ask(host_address(owner), message, timeout=PLACE_TIMEOUT_S)
 
     def on_stop(self) -> None:
-        for address in [a for a in self.node.addresses() if a.startswith(f"{TREE_KIND}:")]:
-            self.node.stop_actor(address, release=True)
-        self.meetings.close()
+        trees = [a for a in self.node.addresses() if a.startswith(f"{TREE_KIND}:")]
+        stopped = all_done([w for a in trees if (w := self.node.request_stop(a, release=True)) is not None])
+        closed: PooledFuture[None] = PooledFuture()
+
+        def close(_f: PooledFuture[None]) -> None:
+            try:
+                self.meetings.close()
+            finally:
+                closed.set(None)
+
+        stopped.add_done_callback(close)
+        self.exit_after(closed)  # the host's exit is reported once its trees are gone
+
+
+def _give_up(answer: PooledFuture[str], meeting_id: str) -> None:
+    """The cluster did not place ``meeting_id``'s tree in time."""
+    if answer.done():
+        return
+    error = HuddleError(f"meeting {meeting_id} was not placed within {PLACE_TIMEOUT_S:g}s")
+    try:
+        answer.set_exception(exc_info=(HuddleError, error, None))
+    except Exception:  # noqa: BLE001 - placed meanwhile, on another thread: that answer stands
+        pass

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from actors.actor import ActorContext, HuddleActor
+from actors.runtime import PooledFuture
 from actors.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
 from actors.testkit import TestKit
 from bus.envelope import Envelope
@@ -259,3 +260,62 @@ def test_started_fails_when_a_child_cannot_be_started(kit: TestKit) -> None:
     assert isinstance(supervisor, Supervisor)
     with pytest.raises(RuntimeError, match="cannot start"):
         supervisor.started.get(timeout=5)
+
+
+# -- a supervisor never blocks --------------------------------------------------------
+
+#: What a ``SlowToStop`` child's exit waits for (set by the test).
+GATES: dict[str, PooledFuture[None]] = {}
+
+
+class SlowToStop(Worker):
+    """Its exit is reported only once the test opens its gate (a child
+    whose stop takes time: it closes a socket, flushes a file)."""
+
+    def on_stop(self) -> None:
+        self.exit_after(GATES[self.address])
+
+
+def slow(address: str) -> ChildSpec:
+    return ChildSpec(address, SlowToStop, args=(address.split(":")[1],), shutdown_timeout=2.0)
+
+
+def test_a_supervisor_runs_on_the_nodes_loop(kit: TestKit) -> None:
+    kit.supervise("sup:s", [spec("w:a")], backoff=NO_JITTER)
+    supervisor = kit.node.lookup("sup:s")
+    assert supervisor is not None and not Supervisor.blocking
+    assert supervisor.actor_inbox._dispatcher is kit.node.dispatcher
+
+
+def test_a_child_that_does_not_stop_in_time_is_left_and_the_next_is_stopped(kit: TestKit) -> None:
+    GATES["w:slow"] = gate = PooledFuture()
+    kit.supervise("sup:s", [spec("w:a"), slow("w:slow")], backoff=NO_JITTER)
+    kit.node.request_stop("sup:s")
+    kit.advance(1.9)  # newest first: w:slow is asked, w:a waits its turn
+    assert kit.node.lookup("w:a") is not None and kit.node.lookup("sup:s") is not None
+    assert not kit.events_named("stop-timeout")
+    kit.advance(0.1)  # w:slow's shutdown_timeout runs out on the node's clock
+    kit.expect_event("stop-timeout", "w:slow")
+    kit.expect_event("stopped", "sup:s")
+    names = [(e.event, e.address) for e in kit.events if e.event in ("stop-timeout", "stopped")]
+    assert names.index(("stop-timeout", "w:slow")) < names.index(("stopped", "w:a")) < names.index(("stopped", "sup:s"))
+    assert kit.node.lookup("w:slow") is not None  # left to the node
+    gate.set(None)
+    kit.expect_event("stopped", "w:slow")
+
+
+def test_a_restart_waits_for_the_exit_of_a_child_that_is_still_stopping(kit: TestKit) -> None:
+    GATES["w:slow"] = gate = PooledFuture()
+    kit.supervise("sup:s", [spec("w:a"), slow("w:slow")], strategy=Strategy.ONE_FOR_ALL, intensity=3,
+                  backoff=NO_JITTER)
+    crash(kit, "w:a")  # one_for_all: w:slow is stopped too, and takes its time
+    kit.advance(0.1)  # both restarts are due
+    assert who(kit, "w:a")["incarnation"] == 2
+    old = kit.node.lookup("w:slow")
+    assert old is not None and old.ctx.incarnation == 1  # still stopping: its restart waits
+    GATES["w:slow"] = PooledFuture()
+    gate.set(None)
+    kit.expect_event("restarted", "w:slow")
+    kit.settle()
+    assert who(kit, "w:slow")["incarnation"] == 2
+    assert not kit.events_named("crashed", "sup:s")

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.integration
 
 def test_start_by_message_then_stop_closes_the_sessions(node, dataserver) -> None:
     node.spawn(host_address(node.node_id), MeetingHost, "https://devices.example/d-9")
+    host = node.lookup(host_address(node.node_id))
+    assert host is not None and host.actor_inbox._dispatcher is node.dispatcher  # it never blocks: on the loop
     address = node.ask(host_address(node.node_id), mt.StartMeeting(meeting_id="h-1", access_token="tok-h")).get(timeout=10)
     assert address == "meeting:h-1"
     node.tell(address, mt.Joined(locus_url=dataserver.locus_url("h-1"), self_id="s",
