@@ -30,6 +30,7 @@ forwards them to the address's owner.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -84,6 +85,11 @@ class Hosting:
             raise HuddleError(f"node {self.node_id} is shutting down")
         epoch = 0
         if self._ownership is not None:
+            if not self.io.on_loop_thread():
+                # A cluster's bookkeeping lives on the node's loop (it takes
+                # no locks): the spawn, and the start it may lead to, run there.
+                return self.io.call(functools.partial(self.spawn, address, actor_class, *args, parent=parent,
+                                                      **kwargs))
             if address in self._actors:
                 raise AddressInUse(address)
             granted = self._ownership.spawn(address, actor_class, args, kwargs, parent)

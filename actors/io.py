@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
+from actors.runtime import blocking_section
 from bus.loop import IoClosed, LoopThread
 
-__all__ = ["IoClosed", "IoLoop", "Outcome"]
+__all__ = ["IoClosed", "IoLoop", "LoopConfined", "Outcome", "confined"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +123,61 @@ class IoLoop(LoopThread):
         """True once no tracked request is in flight (within ``timeout``)."""
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` run on the loop, and its answer (or exception):
+        directly on the loop's own thread; from another thread the call is
+        handed to the loop and this thread waits for it (a pool thread
+        counts as blocked, so the pool grows meanwhile). Once the loop is
+        closed nothing else runs there, and ``fn`` runs on the caller's
+        thread."""
+        if self.on_loop_thread():
+            return fn(*args)
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not done.set_running_or_notify_cancel():
+                return
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.set_exception(exc)
+
+        try:
+            self.call_soon(run)
+        except IoClosed:
+            return fn(*args)
+        with blocking_section("a call handed to the node's loop"):
+            while True:
+                try:
+                    return done.result(timeout=0.5)
+                except concurrent.futures.TimeoutError:
+                    if self.closed and done.cancel():
+                        return fn(*args)  # the loop stopped before it ran
+
+
+class LoopConfined(Protocol):
+    """An object whose state only its node's loop touches (see :func:`confined`)."""
+
+    @property
+    def io(self) -> IoLoop: ...
+
+
+S = TypeVar("S", bound=LoopConfined)
+
+
+def confined(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
+    """Run ``method`` on its object's loop (``self.io``): an entry point of
+    an object whose state only that loop touches, so it needs no lock.
+    Called on the loop, it runs at once; from another thread (a blocking
+    actor on the pool, a test or a CLI on its main thread) it is handed to
+    the loop and the caller waits for its answer (:meth:`IoLoop.call`)."""
+
+    @functools.wraps(method)
+    def on_loop(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        io = self.io
+        if io.on_loop_thread():
+            return method(self, *args, **kwargs)
+        return io.call(functools.partial(method, self, *args, **kwargs))
+
+    return on_loop

@@ -306,7 +306,7 @@ def set_default_dispatcher(dispatcher: Dispatcher) -> None:
 _current = threading.local()
 
 
-def _blocking_section(what: str) -> AbstractContextManager[None]:
+def blocking_section(what: str) -> AbstractContextManager[None]:
     if current_loop_thread() is not None:
         raise BlockingOnLoop(what)
     d = getattr(_current, "dispatcher", None) or _default_dispatcher
@@ -339,7 +339,7 @@ class PooledFuture(ThreadingFuture[T]):
 
     def get(self, *, timeout: float | None = None) -> Any:
         if self._result is None and self._get_hook is None and timeout != 0:
-            with _blocking_section("future.get()"):
+            with blocking_section("future.get()"):
                 return super().get(timeout=timeout)
         return super().get(timeout=timeout)
 
@@ -479,7 +479,7 @@ class StopFlag:
                 self._waiters = []
             self._waiters.append(ev)
         try:
-            section = _blocking_section("StopFlag.wait()")
+            section = blocking_section("StopFlag.wait()")
         except BlockingOnLoop:
             with _flag_lock:
                 if self._waiters is not None and ev in self._waiters:

@@ -14,15 +14,22 @@ lease bringing its checkpoint, spec, backlog and handled msg ids in the
 same reply, and the core keeps at most ``claims_in_flight`` claims
 unanswered (a survivor taking over hundreds of addresses queues the rest).
 
-Threads. The core's state is only changed on the I/O loop (``_feed``).
-Other threads (actors' pool threads, the transport's thread) call the
-:class:`~actors.ownership.Ownership` methods, which only read that state or
-queue work for the loop. Two things happen on the transport's thread on
-purpose: a lease announcement from ``sys:nodes`` makes the node's fencing
-hold the address's envelopes *before* the next message off the same
-connection is dispatched, until the lease store said which epoch was issued
-(that is what makes the announcement fence a former owner, see
-:mod:`bus.cluster.leases` and :mod:`actors.fencing`).
+Threads. Everything here lives on the node's loop, with no lock: the
+core's state (changed only in ``_feed``), the owner directory, routing
+queues, held messages, handled msg ids, checkpoints. Every entry point
+another part of the node calls (the :class:`~actors.ownership.Ownership`
+methods, the checkpoint store, ``ensure``, ``drain``, fencing's questions)
+is :func:`~actors.io.confined`: on the loop it runs at once, as it does
+for every actor that never blocks; from another thread (an actor that
+blocks, on the pool; a test or CLI on its main thread) it is handed to the
+loop and that thread waits for the answer. ``sys:nodes`` is read on the
+loop too: a lease announcement makes the node's fencing hold the address's
+envelopes *before* the next message off the same connection is
+dispatched, until the lease store said which epoch was issued (that is
+what makes the announcement fence a former owner, see
+:mod:`bus.cluster.leases` and :mod:`actors.fencing`). The one other thread
+is the renewal lane's (:mod:`actors.cluster.renewals`): it hands its
+answers over through a queue the loop takes from.
 
 Fencing's authority. The cluster answers the node's question "which epoch
 was issued for this address?" from Redis (``issued:<address>``), batching
@@ -61,6 +68,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.actor import HuddleActor
+from actors.cluster.directory import Directory
 from actors.cluster.machine import (
     HeldLease,
     ActorGone,
@@ -106,6 +114,7 @@ from actors.cluster.renewals import RenewalLane, RenewalPlan
 from actors.dispatch import RESTART_BUFFER
 from actors.fencing import UNKNOWN as UNKNOWN_ISSUE
 from actors.fencing import Issued
+from actors.io import IoLoop, confined
 from actors.messages import ChildExit
 from actors.metrics import LEASE_RENEW_LATENCY
 from actors.node import Node
@@ -228,8 +237,8 @@ class _AddressIds:
 
 
 class _SeenIds:
-    """Msg ids delivered here, to drop a second copy of an envelope
-    (thread-safe).
+    """Msg ids delivered here, to drop a second copy of an envelope (the
+    node's loop only, like the rest of the shell).
 
     Node-wide: the last ``capacity`` ids delivered to any address, for a
     copy that comes back to this node. Per leased address: the ids its
@@ -261,39 +270,36 @@ class _SeenIds:
         self._order: collections.deque[str] = collections.deque()
         self._capacity = capacity
         self._keep = keep
-        self._lock = threading.Lock()
         self._addresses: dict[str, _AddressIds] = {}
 
     def first(self, msg_id: str, address: str | None = None, track: bool = False) -> bool:
         """True the first time ``msg_id`` is delivered here and it is not
         among the ids handled at ``address``; with ``track``, it is on its
         way to the actor at ``address``."""
-        with self._lock:
-            if msg_id in self._ids:
-                return False
-            entry = self._addresses.get(address) if address is not None else None
-            if entry is not None and msg_id in entry.known:
-                return False
-            self._ids[msg_id] = None
-            self._order.append(msg_id)
-            if len(self._order) > self._capacity:
-                self._ids.pop(self._order.popleft(), None)
-            if track and address is not None:
-                if entry is None:
-                    entry = self._addresses[address] = _AddressIds()
-                entry.queued.append(msg_id)
-            return True
+        if msg_id in self._ids:
+            return False
+        entry = self._addresses.get(address) if address is not None else None
+        if entry is not None and msg_id in entry.known:
+            return False
+        self._ids[msg_id] = None
+        self._order.append(msg_id)
+        if len(self._order) > self._capacity:
+            self._ids.pop(self._order.popleft(), None)
+        if track and address is not None:
+            if entry is None:
+                entry = self._addresses[address] = _AddressIds()
+            entry.queued.append(msg_id)
+        return True
 
     def handling(self, address: str) -> None:
         """The actor at ``address`` is about to handle its next message: the
         one before is handled."""
-        with self._lock:
-            entry = self._addresses.get(address)
-            if entry is None:
-                return
-            self._complete(entry)
-            entry.current = entry.queued.popleft() if entry.queued else None
-            entry.current_written = False
+        entry = self._addresses.get(address)
+        if entry is None:
+            return
+        self._complete(entry)
+        entry.current = entry.queued.popleft() if entry.queued else None
+        entry.current_written = False
 
     def _complete(self, entry: _AddressIds) -> None:
         msg_id = entry.current
@@ -318,68 +324,62 @@ class _SeenIds:
     def forget(self, msg_id: str, address: str | None = None) -> None:
         """It was not handled here after all (forwarded): a copy that comes
         back is a first delivery."""
-        with self._lock:
-            self._ids.pop(msg_id, None)
-            entry = self._addresses.get(address) if address is not None else None
-            if entry is None:
-                return
-            if entry.current == msg_id:
-                entry.current = None
-                return
-            try:
-                entry.queued.remove(msg_id)
-            except ValueError:
-                pass
+        self._ids.pop(msg_id, None)
+        entry = self._addresses.get(address) if address is not None else None
+        if entry is None:
+            return
+        if entry.current == msg_id:
+            entry.current = None
+            return
+        try:
+            entry.queued.remove(msg_id)
+        except ValueError:
+            pass
 
     def handled(self, address: str) -> list[str] | None:
         """The ids to write for ``address`` now, with the message being (or
         last) handled: from a handler saving a checkpoint, or once the actor
         stopped. They count as written from here. None: not tracked."""
-        with self._lock:
-            entry = self._addresses.get(address)
-            if entry is None:
-                return None
-            ids = list(entry.handled)
-            if entry.current is not None:
-                ids.append(entry.current)
-                entry.current_written = True
-            entry.unwritten = False
-            return ids[-self._keep:]
+        entry = self._addresses.get(address)
+        if entry is None:
+            return None
+        ids = list(entry.handled)
+        if entry.current is not None:
+            ids.append(entry.current)
+            entry.current_written = True
+        entry.unwritten = False
+        return ids[-self._keep:]
 
     def unwritten(self) -> list[tuple[str, list[str], str | None, int, bool]]:
         """For each address whose ids are not all in Redis: ``(address,
         handled ids, the id being or last handled if unwritten, version,
         whether handled ids are unwritten)``; :meth:`written` once queued."""
-        with self._lock:
-            return [(a, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten)
-                    for a, e in self._addresses.items()
-                    if e.unwritten or (e.current is not None and not e.current_written)]
+        return [(a, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten)
+                for a, e in self._addresses.items()
+                if e.unwritten or (e.current is not None and not e.current_written)]
 
     def written(self, address: str, version: int, current: str | None) -> None:
         """A snapshot from :meth:`unwritten` (with ``current``, if it was
         included) is on its way to Redis."""
-        with self._lock:
-            entry = self._addresses.get(address)
-            if entry is None:
-                return
-            if entry.version == version:
-                entry.unwritten = False
-            if current is not None and entry.current == current:
-                entry.current_written = True
+        entry = self._addresses.get(address)
+        if entry is None:
+            return
+        if entry.version == version:
+            entry.unwritten = False
+        if current is not None and entry.current == current:
+            entry.current_written = True
 
     def restore(self, address: str, ids: Iterable[str]) -> None:
         """The ids ``address``'s actor handled under its previous owner (older
         than anything handled here since): copies of them are dropped."""
-        with self._lock:
-            entry = self._addresses.get(address)
-            if entry is None:
-                entry = self._addresses[address] = _AddressIds()
-            self._add_handled(entry, ids, at_end=False)
+        entry = self._addresses.get(address)
+        if entry is None:
+            entry = self._addresses[address] = _AddressIds()
+        self._add_handled(entry, ids, at_end=False)
 
     def drop(self, address: str) -> None:
         """``address`` is no longer held here (its ids went with it)."""
-        with self._lock:
-            self._addresses.pop(address, None)
+        self._addresses.pop(address, None)
 
 
 def _parked(actor: HuddleActor) -> bool:
@@ -408,29 +408,30 @@ class RedisCheckpoints:
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
-        self._lock = threading.Lock()
+        self.io: IoLoop = cluster.node.io
         self._cache: dict[str, bytes] = {}
         #: address -> (epoch, state or None: the ids alone, handled ids)
         self._pending: dict[str, tuple[int, bytes | None, list[str] | None]] = {}
         self._writing: dict[str, asyncio.Event] = {}
         self._accepted: dict[str, bool] = {}
 
+    @confined
     def save(self, address: str, epoch: int, data: bytes) -> bool:
         cluster = self._cluster
         if address not in cluster.state.leases or not cluster.may_send(address, epoch):
             cluster.node.emit("checkpoint-refused", address, reason="lease-lost", detail={"epoch": epoch})
             return False
         seen = cluster._seen.handled(address)
-        with self._lock:
-            self._cache[address] = data
-            self._pending[address] = (epoch, data, seen)
-            start = address not in self._writing
-            if start:
-                self._writing[address] = asyncio.Event()
+        self._cache[address] = data
+        self._pending[address] = (epoch, data, seen)
+        start = address not in self._writing
+        if start:
+            self._writing[address] = asyncio.Event()
         if start:
             cluster.call_soon(self._start_writer, address)
         return True
 
+    @confined
     def save_seen(self, address: str, epoch: int, seen: list[str] | None = None) -> None:
         """Queue a write of the msg ids handled at ``address`` (default: all
         of them, the last one too: its actor stopped) behind any write
@@ -440,40 +441,39 @@ class RedisCheckpoints:
             seen = self._cluster._seen.handled(address)
             if seen is None:
                 return
-        with self._lock:
-            pending = self._pending.get(address)
-            data = None
-            if pending is not None and pending[0] == epoch:
-                data = pending[1]
-                seen = list(dict.fromkeys([*(pending[2] or ()), *seen]))[-SEEN_PER_ADDRESS:]
-            self._pending[address] = (epoch, data, seen)
-            start = address not in self._writing
-            if start:
-                self._writing[address] = asyncio.Event()
+        pending = self._pending.get(address)
+        data = None
+        if pending is not None and pending[0] == epoch:
+            data = pending[1]
+            seen = list(dict.fromkeys([*(pending[2] or ()), *seen]))[-SEEN_PER_ADDRESS:]
+        self._pending[address] = (epoch, data, seen)
+        start = address not in self._writing
+        if start:
+            self._writing[address] = asyncio.Event()
         if start:
             self._cluster.call_soon(self._start_writer, address)
 
+    @confined
     def writing(self, address: str) -> bool:
         """Whether a write for ``address`` is queued or under way."""
-        with self._lock:
-            return address in self._writing
+        return address in self._writing
 
+    @confined
     def load(self, address: str) -> bytes | None:
-        with self._lock:
-            return self._cache.get(address)
+        return self._cache.get(address)
 
+    @confined
     def delete(self, address: str) -> None:
-        with self._lock:
-            self._cache.pop(address, None)
-            self._accepted.pop(address, None)
+        self._cache.pop(address, None)
+        self._accepted.pop(address, None)
 
+    @confined
     def remember(self, address: str, data: bytes | None) -> None:
         """The stored checkpoint an activation brought."""
-        with self._lock:
-            if data is None:
-                self._cache.pop(address, None)
-            else:
-                self._cache[address] = data
+        if data is None:
+            self._cache.pop(address, None)
+        else:
+            self._cache[address] = data
 
     def _start_writer(self, address: str) -> None:
         asyncio.get_running_loop().create_task(self._write(address))
@@ -481,12 +481,11 @@ class RedisCheckpoints:
     async def _write(self, address: str) -> None:
         cluster = self._cluster
         while True:
-            with self._lock:
-                item = self._pending.pop(address, None)
-                if item is None:
-                    done = self._writing.pop(address)
-                    done.set()
-                    return
+            item = self._pending.pop(address, None)
+            if item is None:
+                done = self._writing.pop(address)
+                done.set()
+                return
             epoch, data, seen = item
             while True:
                 try:
@@ -504,8 +503,7 @@ class RedisCheckpoints:
                     break
                 if data is None:
                     break  # the ids alone: a refusal only says the lease moved
-                with self._lock:
-                    self._accepted[address] = ok
+                self._accepted[address] = ok
                 if not ok:
                     cluster.node.emit("checkpoint-refused", address, reason="stale-epoch", detail={"epoch": epoch})
                     cluster.feed(LeaseTroubled(address))
@@ -513,8 +511,7 @@ class RedisCheckpoints:
 
     async def flush(self, address: str) -> None:
         """Until every write queued for ``address`` is done (or given up)."""
-        with self._lock:
-            done = self._writing.get(address)
+        done = self._writing.get(address)
         if done is not None:
             await done.wait()
 
@@ -523,8 +520,7 @@ class RedisCheckpoints:
         for ``address`` is in Redis, under its lease; False if the last
         write was refused or given up."""
         await self.flush(address)
-        with self._lock:
-            return self._accepted.get(address, False)
+        return self._accepted.get(address, False)
 
 
 class Cluster:
@@ -538,6 +534,7 @@ class Cluster:
     def __init__(self, node: Node, redis_url: str, *, config: ClusterConfig | None = None,
                  factories: ActorFactories | None = None) -> None:
         self.node = node
+        self.io: IoLoop = node.io
         self.me = node.node_id
         self.redis_url = redis_url
         self.config = config or ClusterConfig()
@@ -554,9 +551,8 @@ class Cluster:
         #: addresses the core said to claim, sent together at the end of the loop turn
         self._to_claim: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._owners: dict[str, tuple[str, int]] = {}
-        self._live: frozenset[str] = frozenset({self.me})
+        #: where addresses live, as last heard (fencing is the node's, apart)
+        self.directory = Directory(self.me)
         self._routing: dict[str, collections.deque[bytes]] = {}
         self._pending_spawns: dict[str, tuple[type[HuddleActor], tuple[Any, ...], dict[str, Any], str | None]] = {}
         self._claims: dict[str, ClaimResult] = {}
@@ -645,15 +641,15 @@ class Cluster:
             self._persist_seen()
             await asyncio.sleep(self.config.tick)
 
+    @confined
     def drain(self) -> PooledFuture[None]:
         """Hand every actor off and leave the cluster; the future is set
         once this node has left."""
         future: PooledFuture[None] = PooledFuture()
-        with self._lock:
-            if self._left.is_set():
-                future.set(None)
-                return future
-            self._drained.append(future)
+        if self._left.is_set():
+            future.set(None)
+            return future
+        self._drained.append(future)
         self.call_soon(self.feed, Drain())
         return future
 
@@ -695,6 +691,7 @@ class Cluster:
 
     # -- placing actors -----------------------------------------------------------
 
+    @confined
     def ensure(self, address: str, **start_args: Any) -> PooledFuture[str]:
         """Make sure an actor lives at ``address``, on the node that ranks
         first for it (whichever node calls this). ``start_args`` (msgpack
@@ -706,12 +703,11 @@ class Cluster:
             raise HuddleError(f"{address}: the {kind} kind is not placed")
         spec = encode_start_args(start_args)
         future: PooledFuture[str] = PooledFuture()
-        with self._lock:
-            owner = self._owners.get(address)
-            if owner is not None and owner[0] in self._live:
-                future.set(owner[0])
-                return future
-            self._ensure_waiters.setdefault(address, []).append(future)
+        owner = self.directory.owner(address)
+        if owner is not None:
+            future.set(owner)
+            return future
+        self._ensure_waiters.setdefault(address, []).append(future)
         self.call_soon(self._spawn_task, self._ensure(address, spec))
         return future
 
@@ -724,16 +720,18 @@ class Cluster:
         self._announce(LeaseChange(address=address, node="", change="unowned"))
         self.feed(Orphans((address,)))
 
+    @confined
     def spawning(self, address: str) -> bool:
         """Whether a spawn at ``address`` waits for its lease."""
-        with self._lock:
-            return address in self._pending_spawns
+        return address in self._pending_spawns
 
+    @confined
     def owner(self, address: str) -> str | None:
         """The node this node believes holds ``address`` (None: unknown)."""
-        owner = self._owners.get(address)
-        return None if owner is None else owner[0]
+        entry = self.directory.entry(address)
+        return None if entry is None else entry[0]
 
+    @confined
     def status(self) -> dict[str, Any]:
         """A snapshot of this node's view (msgpack primitives)."""
         s = self.state
@@ -748,8 +746,9 @@ class Cluster:
             "claiming": sorted(s.claiming),
         }
 
-    # -- Ownership (called from any thread) -------------------------------------
+    # -- Ownership (on the loop; from another thread, handed to it) -------------
 
+    @confined
     def may_send(self, sender: str, epoch: int) -> bool:
         lease = self.state.leases.get(sender)
         if lease is None:
@@ -757,6 +756,7 @@ class Cluster:
         return (lease.epoch == epoch and lease.phase is not Phase.FENCED and lease.phase is not Phase.RELEASING
                 and self._valid(sender, lease, self.node.clock.now()))
 
+    @confined
     def may_deliver(self, address: str) -> bool:
         # Asked once before each message the node hands the actor: the one
         # before it is handled (see _SeenIds).
@@ -764,51 +764,54 @@ class Cluster:
         lease = self.state.leases.get(address)
         return lease is None or (lease.phase is not Phase.FENCED and self._valid(address, lease, self.node.clock.now()))
 
+    @confined
     def first_delivery(self, env: Envelope) -> bool:
         to = env.to
         return self._seen.first(env.msg_id, to, to in self.state.leases and type(env.message) is not StopMessage)
 
+    @confined
     def route(self, to: str, data: bytes) -> bool:
         if to.startswith(_UNLEASED):
             return False
         if to not in self._routing:
-            owner = self._owners.get(to)
-            if owner is not None and owner[0] in self._live:
+            if self.directory.owner(to) is not None:
                 return False
         self._submit_route(to, data)
         return True
 
+    @confined
     def unrouted(self, env: Envelope, data: bytes) -> bool:
         to = env.to
         if to.startswith(_UNLEASED) or self._closed:
             return False
-        self._forget_owner(to)
+        self.directory.forget(to)
         self._submit_route(to, data)
         return True
 
+    @confined
     def stray(self, env: Envelope) -> bool:
         to = env.to
         if to.startswith(_UNLEASED) or self._closed:
             return False
         self._seen.forget(env.msg_id, to)
         log.debug("cluster: %s forwards %s for %s", self.me, env.msg_id, to)
-        with self._lock:
-            if to in self._hold or to in self.state.leases:
-                # Ours until released: forwarded then (to the next owner).
-                held = self._held_back.setdefault(to, [])
-                self._hold.add(to)
-                if len(held) < RESTART_BUFFER:
-                    held.append(env)
-                    return True
-                full = True
-            else:
-                full = False
+        if to in self._hold or to in self.state.leases:
+            # Ours until released: forwarded then (to the next owner).
+            held = self._held_back.setdefault(to, [])
+            self._hold.add(to)
+            if len(held) < RESTART_BUFFER:
+                held.append(env)
+                return True
+            full = True
+        else:
+            full = False
         if full:
             self.node._refuse(env, "restart-buffer-full")
             return True
         self._submit_route(to, self.node.codec.encode(env))
         return True
 
+    @confined
     def spawn(self, address: str, actor_class: type[HuddleActor], args: tuple[Any, ...],
               kwargs: dict[str, Any], parent: str | None) -> int | None:
         if address.startswith(_UNLEASED):
@@ -818,12 +821,12 @@ class Cluster:
             return lease.epoch  # a restart under the lease we hold
         if self._closed:
             raise HuddleError(f"node {self.me} is leaving the cluster")
-        with self._lock:
-            self._pending_spawns[address] = (actor_class, args, dict(kwargs), parent)
+        self._pending_spawns[address] = (actor_class, args, dict(kwargs), parent)
         self.node.reserve(address)
         self.call_soon(self.feed, WantLease(address))
         return None
 
+    @confined
     def exited(self, address: str, crashed: bool, supervised: bool) -> bool:
         if address.startswith(_UNLEASED) or address not in self.state.leases:
             return False
@@ -842,7 +845,7 @@ class Cluster:
     def feed(self, event: Event) -> None:
         """Loop thread: one event through the core, then its effects."""
         _, effects = step(self.state, event, self.node.clock.now())
-        self._live = self.state.view.live
+        self.directory.live = self.state.view.live
         for effect in effects:
             try:
                 self._perform(effect)
@@ -925,8 +928,7 @@ class Cluster:
     def _queue_claim(self, address: str) -> None:
         """Loop thread: the core said claim ``address``; the claims of this
         loop turn go out together (:meth:`_send_claims`)."""
-        with self._lock:
-            self._lingering.pop(address, None)
+        self._lingering.pop(address, None)
         self.node.reserve(address)
         first = not self._to_claim
         self._to_claim.append(address)
@@ -990,8 +992,7 @@ class Cluster:
 
     def _start(self, address: str, epoch: int) -> None:
         claim = self._claims.pop(address, None)
-        with self._lock:
-            pending = self._pending_spawns.pop(address, None)
+        pending = self._pending_spawns.pop(address, None)
         checkpoint = claim.checkpoint if claim is not None else None
         if claim is not None and claim.spec is not None:
             self._specs[address] = claim.spec
@@ -1016,8 +1017,7 @@ class Cluster:
 
     def _spawn_refused(self, effect: SpawnRefused) -> None:
         address = effect.address
-        with self._lock:
-            pending = self._pending_spawns.pop(address, None)
+        pending = self._pending_spawns.pop(address, None)
         if effect.holder:
             self._set_owner(address, effect.holder, effect.epoch)
         self._claims.pop(address, None)
@@ -1030,8 +1030,7 @@ class Cluster:
 
     def _stop(self, effect: Stop) -> None:
         address = effect.address
-        with self._lock:
-            self._hold.add(address)
+        self._hold.add(address)
         actor = self.node.lookup(address)
         if actor is None:
             self.feed(ActorGone(address, crashed=False, final=effect.final))
@@ -1043,8 +1042,7 @@ class Cluster:
 
     async def _release(self, effect: Release) -> None:
         address = effect.address
-        with self._lock:
-            self._hold.add(address)
+        self._hold.add(address)
         self.checkpoints.save_seen(address, effect.epoch)
         await self.checkpoints.flush(address)
         spec = self._specs.get(address) if effect.mode == "unowned" else None
@@ -1064,24 +1062,22 @@ class Cluster:
         # routing: a message that strays meanwhile (from another thread) is
         # held back too, and queued after the older ones, in the same step
         # that lets later strays route by themselves (order per address).
-        with self._lock:
-            held = self._held_back.pop(address, [])
+        held = self._held_back.pop(address, [])
         # Keep listening until the next owner's claim is announced: what is
         # already on its way to us is forwarded, not dropped.
         waiting = self.node.hand_back(address, keep_listening=True)
         self._specs.pop(address, None)
         self.checkpoints.delete(address)
         self._seen.drop(address)
-        owner = self._owners.get(address)
-        if owner is not None and owner[0] == self.me:
-            self._forget_owner(address)
+        entry = self.directory.entry(address)
+        if entry is not None and entry[0] == self.me:
+            self.directory.forget(address)
         encode = self.node.codec.encode
         older = [encode(env) for env in (*held, *waiting)]
-        with self._lock:
-            later = [encode(env) for env in self._held_back.pop(address, [])]
-            self._lingering[address] = self.node.clock.now() + self.config.lease_ttl
-            self._hold.discard(address)
-            start, refused = self._queue_routes_locked(address, (*older, *later))
+        later = [encode(env) for env in self._held_back.pop(address, [])]
+        self._lingering[address] = self.node.clock.now() + self.config.lease_ttl
+        self._hold.discard(address)
+        start, refused = self._queue_routes(address, (*older, *later))
         for data in refused:
             self._refuse_bytes(data, "restart-buffer-full")
         if start:
@@ -1147,8 +1143,7 @@ class Cluster:
         self._announce(NodeLeft(node=self.me))
         self.node.emit("left", self.node.address)
         self._left.set()
-        with self._lock:
-            drained, self._drained = self._drained, []
+        drained, self._drained = self._drained, []
         for future in drained:
             future.set(None)
 
@@ -1157,16 +1152,14 @@ class Cluster:
     def _submit_route(self, to: str, data: bytes) -> None:
         """Queue ``data`` for ``to`` through the ROUTE script, after any
         routed send to ``to`` still in flight (order per address)."""
-        with self._lock:
-            start, refused = self._queue_routes_locked(to, (data,))
+        start, refused = self._queue_routes(to, (data,))
         for item in refused:
             self._refuse_bytes(item, "restart-buffer-full")
         if start:
             self.call_soon(self._spawn_task, self._route_worker(to))
 
-    def _queue_routes_locked(self, to: str, items: Sequence[bytes]) -> tuple[bool, list[bytes]]:
-        """Append ``items`` to ``to``'s routing queue (caller holds the
-        lock). Returns whether a worker must start, and what did not fit."""
+    def _queue_routes(self, to: str, items: Sequence[bytes]) -> tuple[bool, list[bytes]]:
+        """Append ``items`` to ``to``'s routing queue. Returns whether a worker must start, and what did not fit."""
         refused: list[bytes] = []
         queue = self._routing.get(to)
         start = queue is None and bool(items)
@@ -1184,17 +1177,15 @@ class Cluster:
     async def _route_worker(self, to: str) -> None:
         delay = 0.05
         while True:
-            with self._lock:
-                queue = self._routing[to]
-                if not queue:
-                    del self._routing[to]
-                    return
-                data = queue[0]
+            queue = self._routing[to]
+            if not queue:
+                del self._routing[to]
+                return
+            data = queue[0]
             try:
                 env = self.node.codec.decode(data)
             except DecodeError:
-                with self._lock:
-                    queue.popleft()
+                queue.popleft()
                 continue
             try:
                 result = await self.backlog.route(to, data, env.msg_id, me=self.me)
@@ -1204,8 +1195,7 @@ class Cluster:
                 delay = min(delay * 2, 1.0)
                 continue
             delay = 0.05
-            with self._lock:
-                queue.popleft()
+            queue.popleft()
             self._routed(env, result.outcome, result.holder, result.epoch)
 
     def _routed(self, env: Envelope, outcome: str, holder: str, epoch: int) -> None:
@@ -1216,7 +1206,7 @@ class Cluster:
         elif outcome == "backlogged":
             self.node.counters["cluster:backlogged"] += 1
             if not holder:
-                self._forget_owner(to)
+                self.directory.forget(to)
             self.node.emit("backlogged", to, detail={"kind": env.kind, "holder": holder})
         elif outcome == "full":
             self.node._refuse(env, "backlog-full")
@@ -1272,12 +1262,12 @@ class Cluster:
 
     # -- fencing's authority ------------------------------------------------------------
 
+    @confined
     def look_up(self, address: str) -> None:
-        """Any thread: fencing asks which epoch was issued for ``address``
+        """Fencing asks which epoch was issued for ``address``
         (:class:`actors.fencing.EpochAuthority`); answered in a batch."""
-        with self._lock:
-            first = not self._questions
-            self._questions.add(address)
+        first = not self._questions
+        self._questions.add(address)
         if first:
             self.call_soon(self._start_answering)
 
@@ -1286,8 +1276,7 @@ class Cluster:
 
     async def _answer_questions(self) -> None:
         await asyncio.sleep(0)  # let this turn's other questions join the batch
-        with self._lock:
-            addresses, self._questions = sorted(self._questions), set()
+        addresses, self._questions = sorted(self._questions), set()
         if not addresses:
             return
         deadline = self.node.clock.now() + self.config.lease_ttl
@@ -1314,11 +1303,11 @@ class Cluster:
             self.node.fencing.resolve(address, Issued(epoch=epoch, holder=holder, live=live))
 
     def _on_issued(self, address: str, issued: Issued) -> None:
-        """What the store said about ``address`` (any thread): the owner
+        """What the store said about ``address`` (on the loop): the owner
         table and the core learn the truth, whoever asked."""
         if not (issued.known and issued.live and issued.holder):
             return
-        self._set_owner(address, issued.holder, issued.epoch, fence=False)
+        self.directory.learn(address, issued.holder, issued.epoch)
         self._resolve_ensure(address, issued.holder)
         if issued.holder != self.me and address in self._lingering:
             self.call_soon(self._stop_lingering, None, address)
@@ -1328,7 +1317,7 @@ class Cluster:
     # -- sys:nodes --------------------------------------------------------------------------
 
     def _on_nodes(self, env: Envelope) -> None:
-        """Transport thread: everything said on ``sys:nodes``, in order."""
+        """On the loop: everything said on ``sys:nodes``, in order."""
         message = env.message
         if isinstance(message, LeaseChange):
             if message.change in ("acquired", "restored"):
@@ -1336,7 +1325,7 @@ class Cluster:
                 # from here and asks the store (answered in _on_issued).
                 self.node.fencing.announced(message.address, message.epoch)
                 return
-            self._forget_owner(message.address, up_to=message.epoch)
+            self.directory.forget(message.address, up_to=message.epoch)
             self.call_soon(self.feed, LeaseSeen(message))
         elif isinstance(message, NodeHeartbeat):
             self.call_soon(self.feed, HeartbeatSeen(message))
@@ -1346,13 +1335,12 @@ class Cluster:
     def _stop_lingering(self, expired_by: float | None = None, address: str | None = None) -> None:
         """Loop thread: stop listening on released channels whose next owner
         is known (``address``) or whose grace ran out (``expired_by``)."""
-        with self._lock:
-            if address is not None:
-                done = [address] if self._lingering.pop(address, None) is not None else []
-            else:
-                done = [a for a, until in self._lingering.items() if expired_by is not None and until <= expired_by]
-                for a in done:
-                    del self._lingering[a]
+        if address is not None:
+            done = [address] if self._lingering.pop(address, None) is not None else []
+        else:
+            done = [a for a, until in self._lingering.items() if expired_by is not None and until <= expired_by]
+            for a in done:
+                del self._lingering[a]
         for a in done:
             if a not in self.state.claiming and a not in self.state.leases:
                 self.node.stop_listening(a)
@@ -1364,26 +1352,18 @@ class Cluster:
         except HuddleError as exc:
             log.warning("cluster: %s could not announce %s (%r)", self.me, message.KIND, exc)
 
-    def _set_owner(self, address: str, node: str, epoch: int, *, fence: bool = True) -> None:
-        """``node`` holds ``address`` under ``epoch``, as a script's answer
-        says. With ``fence``, the node's floor rises to it too (a script's
-        answer is the authority's word)."""
-        if epoch and fence:
+    def _set_owner(self, address: str, node: str, epoch: int) -> None:
+        """``node`` holds ``address`` under ``epoch``, as a Lua script's
+        answer says: the directory learns it, and (separately) fencing's
+        floor rises to it, since a script's answer is the authority's word.
+        What only an announcement or a cached guess says goes to the
+        directory alone."""
+        if epoch:
             self.node.observe_epoch(address, epoch)
-        with self._lock:
-            current = self._owners.get(address)
-            if current is None or epoch >= current[1]:
-                self._owners[address] = (node, epoch)
-
-    def _forget_owner(self, address: str, up_to: int | None = None) -> None:
-        with self._lock:
-            current = self._owners.get(address)
-            if current is not None and (up_to is None or current[1] <= up_to):
-                del self._owners[address]
+        self.directory.learn(address, node, epoch)
 
     def _resolve_ensure(self, address: str, node: str) -> None:
-        with self._lock:
-            waiters = self._ensure_waiters.pop(address, [])
+        waiters = self._ensure_waiters.pop(address, [])
         for future in waiters:
             future.set(node)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from actors.actor import HuddleActor
-from actors.io import IoClosed, IoLoop, Outcome
+from actors.io import IoClosed, IoLoop, Outcome, confined
 from actors.testkit import TestKit
 from bus.messages import Message, message_kind
 
@@ -100,3 +102,75 @@ def test_closed_loop_refuses_new_work_and_cancels_running_tasks() -> None:
     with pytest.raises(IoClosed):
         io.submit(coro)
     assert coro.cr_frame is None  # closed, not left un-awaited
+
+
+# -- state confined to the loop ---------------------------------------------------------
+
+
+class Confined:
+    """An object whose state only its loop touches."""
+
+    def __init__(self, io: IoLoop) -> None:
+        self.io = io
+        self.threads: list[threading.Thread] = []
+
+    @confined
+    def touch(self, value: int) -> int:
+        self.threads.append(threading.current_thread())
+        if value < 0:
+            raise ValueError("negative")
+        return value * 2
+
+
+def test_a_confined_method_runs_on_the_loop_whoever_calls_it() -> None:
+    io = IoLoop("test-confined")
+    try:
+        obj = Confined(io)
+        loop_thread = io.call(threading.current_thread)
+        assert loop_thread is not threading.current_thread()
+        assert obj.touch(21) == 42  # from this thread: handed to the loop, answered here
+        with pytest.raises(ValueError, match="negative"):
+            obj.touch(-1)  # its exception comes back too
+        pool = threading.Thread(target=obj.touch, args=(1,))
+        pool.start()
+        pool.join(5)
+
+        async def on_loop() -> int:
+            return obj.touch(3)  # on the loop: runs at once, no hand-over
+
+        assert io.submit(on_loop()).result(5) == 6
+        assert obj.threads == [loop_thread] * 4
+    finally:
+        io.close()
+    # The loop is gone: nothing else touches the state, the caller runs it.
+    assert obj.touch(5) == 10 and obj.threads[-1] is threading.current_thread()
+
+
+def test_a_call_handed_to_the_loop_from_a_pool_thread_lets_the_pool_grow() -> None:
+    # A blocking actor on the pool waits for the loop: counted as blocked,
+    # so the pool compensates instead of starving.
+    from actors.runtime import ThreadPoolDispatcher
+
+    pool = ThreadPoolDispatcher(size=1, name="test-confined-pool")
+    io = IoLoop("test-confined-pool-loop")
+    gate = threading.Event()
+    ran: list[str] = []
+
+    class Runner:
+        def __init__(self, name: str, fn: Any) -> None:
+            self.name, self.fn = name, fn
+
+        def _run_slice(self) -> None:
+            self.fn()
+            ran.append(self.name)
+
+    try:
+        obj = Confined(io)
+        io.call_soon(gate.wait, 5)  # the loop is busy until the second runner opens the gate
+        pool.submit(Runner("waits-for-the-loop", lambda: obj.touch(1)))
+        pool.submit(Runner("opens-the-gate", gate.set))
+        assert pool.wait_idle(10)
+        assert ran == ["opens-the-gate", "waits-for-the-loop"]
+    finally:
+        gate.set()
+        io.close()

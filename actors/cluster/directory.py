@@ -1,0 +1,58 @@
+"""The directory: which node holds which address, as this node last heard.
+
+Two questions a cluster answers are kept apart, as Orleans keeps its
+grain directory apart from activation: *where does an address live?*
+(this module: a cache, used to send a message straight to the owner's
+channel instead of through the routing script) and *which epochs may
+act?* (fencing, :mod:`actors.fencing`: epoch floors raised only to epochs
+the lease store issued). The directory may be wrong (a stale entry costs a
+send that reaches nobody, which is then routed through the script and
+corrects the entry); fencing may not. So nothing written here raises a
+floor, and the shell raises floors itself, only from a script's answer.
+
+Entries keep the newest epoch heard: an answer about an older epoch never
+replaces a newer one, and a "lost" announcement forgets an entry only up
+to the epoch it names. An owner whose node is not live counts as unknown.
+The node's loop only, like the rest of the shell.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Directory"]
+
+
+class Directory:
+    """Owner of each address this node heard of, with its epoch."""
+
+    __slots__ = ("_owners", "live")
+
+    def __init__(self, me: str) -> None:
+        self._owners: dict[str, tuple[str, int]] = {}
+        #: the nodes the cluster core counts as live
+        self.live: frozenset[str] = frozenset({me})
+
+    def entry(self, address: str) -> tuple[str, int] | None:
+        """``(node, epoch)`` last heard for ``address``, live or not."""
+        return self._owners.get(address)
+
+    def owner(self, address: str) -> str | None:
+        """The node that holds ``address``, if known and live."""
+        entry = self._owners.get(address)
+        return entry[0] if entry is not None and entry[0] in self.live else None
+
+    def learn(self, address: str, node: str, epoch: int) -> None:
+        """``node`` holds ``address`` under ``epoch`` (kept unless a newer
+        epoch is known)."""
+        current = self._owners.get(address)
+        if current is None or epoch >= current[1]:
+            self._owners[address] = (node, epoch)
+
+    def forget(self, address: str, up_to: int | None = None) -> None:
+        """Drop the entry for ``address`` (only if its epoch is at most
+        ``up_to``, when given)."""
+        current = self._owners.get(address)
+        if current is not None and (up_to is None or current[1] <= up_to):
+            del self._owners[address]
+
+    def __len__(self) -> int:
+        return len(self._owners)

@@ -1,0 +1,77 @@
+"""The directory (where addresses live) is apart from fencing (which epochs
+may act), and the shell's entry points are confined to the node's loop."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.cluster.directory import Directory
+from actors.cluster.shell import Cluster, RedisCheckpoints
+from actors.ownership import Ownership
+
+
+def test_an_older_epoch_never_replaces_a_newer_owner() -> None:
+    d = Directory("n1")
+    d.live = frozenset({"n1", "n2", "n3"})
+    d.learn("a:1", "n2", 5)
+    d.learn("a:1", "n3", 4)  # a late answer about an older epoch
+    assert d.entry("a:1") == ("n2", 5)
+    d.learn("a:1", "n3", 6)
+    assert d.owner("a:1") == "n3"
+
+
+def test_a_lost_announcement_forgets_only_up_to_its_epoch() -> None:
+    d = Directory("n1")
+    d.live = frozenset({"n1", "n2"})
+    d.learn("a:1", "n2", 7)
+    d.forget("a:1", up_to=6)  # about an older lease: the newer owner stays
+    assert d.owner("a:1") == "n2"
+    d.forget("a:1", up_to=7)
+    assert d.entry("a:1") is None
+
+
+def test_an_owner_on_a_node_that_is_not_live_counts_as_unknown() -> None:
+    d = Directory("n1")
+    d.live = frozenset({"n1"})
+    d.learn("a:1", "gone", 3)
+    assert d.owner("a:1") is None and d.entry("a:1") == ("gone", 3)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a:1", "a:2"]), st.sampled_from(["n1", "n2", "n3"]),
+                          st.integers(1, 20)), max_size=40))
+def test_each_entry_holds_the_newest_epoch_heard(answers: list[tuple[str, str, int]]) -> None:
+    d = Directory("n1")
+    d.live = frozenset({"n1", "n2", "n3"})
+    newest: dict[str, int] = {}
+    for address, node, epoch in answers:
+        d.learn(address, node, epoch)
+        newest[address] = max(newest.get(address, 0), epoch)
+    for address, epoch in newest.items():
+        entry = d.entry(address)
+        assert entry is not None and entry[1] == epoch
+
+
+OWNERSHIP = [name for name, _ in inspect.getmembers(Ownership, inspect.isfunction) if not name.startswith("_")
+             and name != "close"]  # close waits for the leave, off the loop (Node.shutdown)
+CHECKPOINTS = ["save", "save_seen", "writing", "load", "delete", "remember"]
+
+
+@pytest.mark.parametrize("name", OWNERSHIP + ["ensure", "drain", "owner", "spawning", "status", "look_up"])
+def test_every_entry_point_of_the_cluster_runs_on_the_nodes_loop(name: str) -> None:
+    assert hasattr(getattr(Cluster, name), "__wrapped__"), f"Cluster.{name} is not confined to the loop"
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_every_entry_point_of_the_checkpoint_store_runs_on_the_nodes_loop(name: str) -> None:
+    assert hasattr(getattr(RedisCheckpoints, name), "__wrapped__")
+
+
+def test_the_shell_takes_no_lock() -> None:
+    import actors.cluster.shell as shell
+
+    source = inspect.getsource(shell)
+    assert "Lock(" not in source and "_lock" not in source
