@@ -121,7 +121,7 @@ from actors.node import Node
 from actors.runtime import PooledFuture
 from bus.address import SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog
-from bus.cluster.leases import ClaimResult, LeaseStore
+from bus.cluster.leases import CheckpointWrite, ClaimResult, LeaseStore
 from bus.cluster.messages import DrainNode, LeaseChange, NodeHeartbeat, NodeLeft
 from bus.envelope import Envelope
 from bus.errors import DecodeError, EncodeError, HuddleError
@@ -145,6 +145,8 @@ _UNLEASED = ("node:", "sys:")
 #: loaded) per round trip; how many claims are in flight at once is the
 #: core's ``claims_in_flight``.
 CLAIM_BATCH = 64
+#: Checkpoint writes per script call (each is a compare and one or two SETs).
+CHECKPOINT_BATCH = 256
 #: Connections of the lane everything but renewals shares.
 MAIN_LANE_CONNECTIONS = 32
 
@@ -393,8 +395,9 @@ class RedisCheckpoints:
 
     ``save`` never blocks: it checks the lease locally, keeps the state in
     memory (a restart on this node gets it at once) and queues the write;
-    the write runs on the I/O loop through the epoch-checked script, the
-    newest state per address only, in order. A write Redis refuses (the
+    the writes queued run on the I/O loop through the epoch-checked script,
+    many addresses per round trip, the newest state per address only, in
+    order (one write under way per address). A write Redis refuses (the
     lease moved) is a ``checkpoint-refused`` event and fences the actor.
     ``load`` only reads memory: an activation brings the stored checkpoint
     with its claim.
@@ -410,10 +413,12 @@ class RedisCheckpoints:
         self._cluster = cluster
         self.io: IoLoop = cluster.node.io
         self._cache: dict[str, bytes] = {}
-        #: address -> (epoch, state or None: the ids alone, handled ids)
+        #: address -> (epoch, state or None: the ids alone, handled ids), not sent yet
         self._pending: dict[str, tuple[int, bytes | None, list[str] | None]] = {}
+        #: address -> set once nothing is queued or under way for it
         self._writing: dict[str, asyncio.Event] = {}
         self._accepted: dict[str, bool] = {}
+        self._writer_due = False
 
     @confined
     def save(self, address: str, epoch: int, data: bytes) -> bool:
@@ -421,14 +426,8 @@ class RedisCheckpoints:
         if address not in cluster.state.leases or not cluster.may_send(address, epoch):
             cluster.node.emit("checkpoint-refused", address, reason="lease-lost", detail={"epoch": epoch})
             return False
-        seen = cluster._seen.handled(address)
         self._cache[address] = data
-        self._pending[address] = (epoch, data, seen)
-        start = address not in self._writing
-        if start:
-            self._writing[address] = asyncio.Event()
-        if start:
-            cluster.call_soon(self._start_writer, address)
+        self._queue(address, epoch, data, cluster._seen.handled(address))
         return True
 
     @confined
@@ -441,17 +440,30 @@ class RedisCheckpoints:
             seen = self._cluster._seen.handled(address)
             if seen is None:
                 return
+        self._queue(address, epoch, None, seen)
+
+    def _queue(self, address: str, epoch: int, data: bytes | None, seen: list[str] | None, *,
+               older: bool = False) -> None:
+        """Queue a write for ``address``, merged with the one queued under the
+        same epoch (the newest state; the ids of both, oldest first).
+        ``older``: this write was sent before the queued one (a retry)."""
         pending = self._pending.get(address)
-        data = None
         if pending is not None and pending[0] == epoch:
-            data = pending[1]
-            seen = list(dict.fromkeys([*(pending[2] or ()), *seen]))[-SEEN_PER_ADDRESS:]
+            p_data, p_seen = pending[1], pending[2]
+            if older:
+                data, p_data, seen, p_seen = p_data, data, p_seen, seen
+            if data is None:
+                data = p_data
+            if p_seen is not None:
+                seen = list(dict.fromkeys([*p_seen, *(seen or ())]))[-SEEN_PER_ADDRESS:]
+        elif pending is not None and older:
+            return  # a newer lease's write is queued: this one would be refused anyway
         self._pending[address] = (epoch, data, seen)
-        start = address not in self._writing
-        if start:
+        if address not in self._writing:
             self._writing[address] = asyncio.Event()
-        if start:
-            self._cluster.call_soon(self._start_writer, address)
+        if not self._writer_due:
+            self._writer_due = True
+            self._cluster.call_soon(self._start_writer)
 
     @confined
     def writing(self, address: str) -> bool:
@@ -475,39 +487,57 @@ class RedisCheckpoints:
         else:
             self._cache[address] = data
 
-    def _start_writer(self, address: str) -> None:
-        asyncio.get_running_loop().create_task(self._write(address))
+    def _start_writer(self) -> None:
+        asyncio.get_running_loop().create_task(self._write_all())
 
-    async def _write(self, address: str) -> None:
+    async def _write_all(self) -> None:
+        """The one writer: everything queued goes out together, up to
+        ``CHECKPOINT_BATCH`` writes per script call (one round trip), and
+        what is saved meanwhile goes in the next batch, so an address has
+        at most one write under way and its writes land in order. A write
+        that Redis could not take is sent again while the lease may still
+        be ours; given up past it."""
         cluster = self._cluster
-        while True:
-            item = self._pending.pop(address, None)
-            if item is None:
-                done = self._writing.pop(address)
-                done.set()
-                return
-            epoch, data, seen = item
-            while True:
-                try:
-                    ok = await cluster.leases.save_checkpoint(address, cluster.me, epoch, data,
-                                                              log=cluster.config.fencing_log, seen=seen)
-                except Exception as exc:  # noqa: BLE001 - Redis away: retry while the lease may still be ours
-                    if cluster.may_send(address, epoch):
-                        log.debug("checkpoint of %s not written yet: %r", address, exc)
-                        await asyncio.sleep(cluster.config.heartbeat_interval / 2)
-                        continue
-                    if data is not None:
-                        cluster.node.emit("checkpoint-refused", address, reason="unreachable",
-                                          detail={"epoch": epoch})
-                    ok = False
-                    break
-                if data is None:
-                    break  # the ids alone: a refusal only says the lease moved
-                self._accepted[address] = ok
-                if not ok:
-                    cluster.node.emit("checkpoint-refused", address, reason="stale-epoch", detail={"epoch": epoch})
-                    cluster.feed(LeaseTroubled(address))
-                break
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                items = list(batch.items())
+                retry = False
+                for i in range(0, len(items), CHECKPOINT_BATCH):
+                    chunk = items[i:i + CHECKPOINT_BATCH]
+                    writes = [CheckpointWrite(a, epoch, data, seen) for a, (epoch, data, seen) in chunk]
+                    try:
+                        oks = await cluster.leases.save_checkpoints(writes, cluster.me,
+                                                                    log=cluster.config.fencing_log)
+                    except Exception as exc:  # noqa: BLE001 - Redis away: retry while the leases may still be ours
+                        log.debug("cluster: %d checkpoints not written yet: %r", len(chunk), exc)
+                        for address, (epoch, data, seen) in chunk:
+                            if cluster.may_send(address, epoch):
+                                self._queue(address, epoch, data, seen, older=True)
+                                retry = True
+                            elif data is not None:
+                                cluster.node.emit("checkpoint-refused", address, reason="unreachable",
+                                                  detail={"epoch": epoch})
+                                self._accepted[address] = False
+                    else:
+                        cluster.node.counters["cluster:checkpoint-batches"] += 1
+                        for (address, (epoch, data, _seen)), ok in zip(chunk, oks, strict=True):
+                            if data is None:
+                                continue  # the ids alone: a refusal only says the lease moved
+                            self._accepted[address] = ok
+                            if not ok:
+                                cluster.node.emit("checkpoint-refused", address, reason="stale-epoch",
+                                                  detail={"epoch": epoch})
+                                cluster.feed(LeaseTroubled(address))
+                    for address, _item in chunk:
+                        if address not in self._pending:
+                            done = self._writing.pop(address, None)
+                            if done is not None:
+                                done.set()
+                if retry:
+                    await asyncio.sleep(cluster.config.heartbeat_interval / 2)
+        finally:
+            self._writer_due = False
 
     async def flush(self, address: str) -> None:
         """Until every write queued for ``address`` is done (or given up)."""

@@ -12,7 +12,7 @@ The epoch is the fencing token:
 
 - an actor's envelopes carry it; a receiver refuses an envelope whose epoch
   is older than the newest it has seen from that address (``stale-epoch``);
-- its checkpoints are written by :data:`SAVE_CHECKPOINT`, which compares
+- its checkpoints are written by :data:`SAVE_CHECKPOINTS`, which compares
   the epoch with the lease in the same atomic step, so a write from a
   former owner is refused once the lease moved (or lapsed);
 - the claim script records the epoch as the newest **issued** for the
@@ -59,6 +59,7 @@ from bus.cluster.messages import LeaseChange
 from bus.envelope import Codec, Envelope
 
 __all__ = [
+    "CheckpointWrite",
     "ClaimResult",
     "LeaseStore",
     "ReleaseMode",
@@ -177,21 +178,29 @@ redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """)
 
-# ARGV: prefix, address, me, epoch, data, log (1/0), note, seen, seen_ttl_ms, has_data (1/0)
-# (the last three are optional: without them, a plain checkpoint write)
-SAVE_CHECKPOINT = script(r"""
-local a, me, e = ARGV[2], ARGV[3], ARGV[4]
-if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then return 0 end
-if ARGV[10] ~= '0' then
-  redis.call('SET', ckpt_key(a), ARGV[5])
-  if ARGV[6] == '1' then
-    redis.call('XADD', FENCING, 'MAXLEN', '~', '1000000', '*', 'a', a, 'e', e, 'n', me, 'note', ARGV[7])
+# ARGV: prefix, me, log (1/0), seen_ttl_ms, then per write: address, epoch,
+# has_data (1/0), data, seen ('' for none), note. Returns 1/0 per write.
+SAVE_CHECKPOINTS = script(r"""
+local me, log, seen_ttl = ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i = 5, #ARGV, 6 do
+  local a, e = ARGV[i], ARGV[i + 1]
+  if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then
+    out[#out + 1] = 0
+  else
+    if ARGV[i + 2] ~= '0' then
+      redis.call('SET', ckpt_key(a), ARGV[i + 3])
+      if log == '1' then
+        redis.call('XADD', FENCING, 'MAXLEN', '~', '1000000', '*', 'a', a, 'e', e, 'n', me, 'note', ARGV[i + 5])
+      end
+    end
+    -- The msg ids the actor has handled, under the same epoch compare and
+    -- in the same step as the state they led to.
+    if ARGV[i + 4] ~= '' then redis.call('SET', seen_key(a), ARGV[i + 4], 'PX', seen_ttl) end
+    out[#out + 1] = 1
   end
 end
--- The msg ids the actor has handled, under the same epoch compare and in
--- the same step as the state they led to.
-if ARGV[8] and ARGV[8] ~= '' then redis.call('SET', seen_key(a), ARGV[8], 'PX', ARGV[9]) end
-return 1
+return out
 """)
 
 #: Seconds the handled msg ids of an address stay in Redis after their last
@@ -243,6 +252,19 @@ redis.call('DEL', node_key(me))
 if redis.call('SCARD', held_key(me)) == 0 then redis.call('SREM', MEMBERS, me) end
 return 1
 """)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointWrite:
+    """One checkpoint write for :meth:`LeaseStore.save_checkpoints`: ``data``
+    (None: only ``seen``, the msg ids handled) under ``epoch``; ``note`` goes
+    to the fencing log with it."""
+
+    address: str
+    epoch: int
+    data: bytes | None
+    seen: Sequence[str] | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +324,7 @@ class LeaseStore:
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._restore = client.register_script(RESTORE)
-        self._save = client.register_script(SAVE_CHECKPOINT)
+        self._save = client.register_script(SAVE_CHECKPOINTS)
         self._adopt = client.register_script(ADOPT)
         self._leave = client.register_script(LEAVE)
 
@@ -369,13 +391,21 @@ class LeaseStore:
         accepted write to the fencing log. ``seen`` (the msg ids the actor
         has handled) is written in the same atomic step, to
         ``seen:<address>``; with ``data`` None, only ``seen`` is."""
-        reply = await self._save(args=self._save_args(address, node, epoch, data, log, note, seen, seen_ttl))
-        return bool(reply)
+        write = CheckpointWrite(address, epoch, data, seen, note)
+        return (await self.save_checkpoints([write], node, log=log, seen_ttl=seen_ttl))[0]
 
-    def _save_args(self, address: str, node: str, epoch: int, data: bytes | None, log: bool, note: str,
-                   seen: Sequence[str] | None, seen_ttl: float) -> list[Any]:
-        return [self.keys.prefix, address, node, str(epoch), data or b"", "1" if log else "0", note,
-                b"" if seen is None else encode_seen(seen), _ms(seen_ttl), "0" if data is None else "1"]
+    async def save_checkpoints(self, writes: Sequence[CheckpointWrite], node: str, *, log: bool = False,
+                               seen_ttl: float = SEEN_TTL) -> list[bool]:
+        """Each write as :meth:`save_checkpoint` does, all in one script (one
+        round trip); whether each was accepted, in order. Each is judged
+        alone: one refused (its lease moved) does not stop the others."""
+        if not writes:
+            return []
+        args: list[Any] = [self.keys.prefix, node, "1" if log else "0", _ms(seen_ttl)]
+        for w in writes:
+            args += [w.address, str(w.epoch), "0" if w.data is None else "1", w.data or b"",
+                     b"" if w.seen is None else encode_seen(w.seen), w.note]
+        return [bool(x) for x in await self._save(args=args)]
 
     async def load_seen(self, address: str) -> list[str]:
         """The msg ids the actor at ``address`` handled last, as its last

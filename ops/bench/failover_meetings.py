@@ -57,7 +57,7 @@ from common import parse_args, report
 from actors.cluster import Cluster, ClusterConfig
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
 from actors.meeting.actor import meeting_address, tree_address
 from actors.meeting.host import host_address
 from actors.node import Node
@@ -148,7 +148,7 @@ class Fleet:
 
     def _on_event(self, envelope: Envelope) -> None:
         if isinstance(envelope.message, Event) and envelope.message.event in ("node-dead", "lease-lost",
-                                                                              "lease-acquired"):
+                                                                              "lease-acquired", "started"):
             with self._events_lock:
                 self.events.append(envelope.message)
 
@@ -309,6 +309,7 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
         lost = missing()
     finally:
         probe.close()
+    stages = _stages(fleet, moved, keys, survivors, killed_wall, fleet.service()[1])
     dead = [e for e in fleet.events_of("node-dead") if e.address == f"node:{victim.node_id}" and e.node in survivors]
     detection = min(e.ts for e in dead) - killed_wall if dead else float("nan")
     figures = {"p50_s": percentile(per_meeting, 0.5), "p99_s": percentile(per_meeting, 0.99),
@@ -316,9 +317,56 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
                "lease_p99_s": percentile(lease_times, 0.99), "meetings": n, "moved": len(moved),
                "sessions_moved": len(keys), "survivor_leases_lost": len(leases_lost), "lost": lost,
                "captions_expected": expected_total, "settle_s": settle_s,
-               "recovery_wall_s": recovered_at - fault_at}
+               "recovery_wall_s": recovered_at - fault_at, **stages}
     baseline = {"detection_s": detection, "lease_ttl_s": LEASE_TTL_S}
     return figures, baseline, dict(Counter(f"{e.node}:{e.reason}" for e in leases_lost))
+
+
+def _stages(fleet: Fleet, moved: list[str], keys: set[SessionKey], survivors: set[str], since: float,
+            state: dict[str, Any]) -> dict[str, float]:
+    """Where the failover's time goes: p50 from the kill to each stage, over
+    the moved meetings' trees and sessions (events from survivors; socket
+    times are the service's, same host)."""
+    def first(name: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for e in fleet.events_of(name):
+            if e.node in survivors and e.ts >= since:
+                out.setdefault(e.address, e.ts)
+        return out
+
+    acquired, started = first("lease-acquired"), first("started")
+    trees = [tree_address(m) for m in moved]
+    sessions = [dc.session_address(m, s) for m, s in keys]
+    meetings = [meeting_address(m) for m in moved]
+    tokens = [token_address(m) for m in moved]
+    opened: dict[SessionKey, float] = {}
+    for sock in state.get("sockets", ()):
+        at = float(sock.get("opened_at") or 0.0)
+        key = (sock["meeting"], sock["session"])
+        if key in keys and at >= since:
+            opened[key] = min(opened.get(key, at), at)
+    subscribed = _subscribed_at(state)
+
+    def p50(times: list[float]) -> float:
+        return round(percentile([t - since for t in times], 0.5), 3)
+
+    told: dict[str, list[float]] = {}
+    for key in keys:
+        seen: set[str] = set()
+        for _seq, at, session_state in fleet.ledger.history.get(key, ()):
+            if at >= since and session_state not in seen:
+                seen.add(session_state)
+                told.setdefault(session_state, []).append(at)
+    return {"stage_tree_lease_p50_s": p50([acquired[a] for a in trees if a in acquired]),
+            **{f"stage_told_{name}_p50_s": p50(times) for name, times in sorted(told.items())},
+            "stage_tree_started_p50_s": p50([started[a] for a in trees if a in started]),
+            "stage_session_lease_p50_s": p50([acquired[a] for a in sessions if a in acquired]),
+            "stage_session_started_p50_s": p50([started[a] for a in sessions if a in started]),
+            "stage_token_started_p50_s": p50([started[a] for a in tokens if a in started]),
+            "stage_meeting_lease_p50_s": p50([acquired[a] for a in meetings if a in acquired]),
+            "stage_meeting_started_p50_s": p50([started[a] for a in meetings if a in started]),
+            "stage_socket_opened_p50_s": p50(list(opened.values())),
+            "stage_subscribed_p50_s": p50([t for k, t in subscribed.items() if k in keys])}
 
 
 def _subscribed_at(state: dict[str, Any]) -> dict[SessionKey, float]:

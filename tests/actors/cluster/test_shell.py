@@ -384,3 +384,30 @@ def test_after_an_outage_longer_than_the_lease_actors_come_back_from_what_nodes_
     for address in addresses:
         got = wait_value(rig, rig.nodes["client"], address, lambda v: v["count"] == 7, "back with its state")
         assert got["tags"] == ["kept"]
+
+
+def test_checkpoints_saved_together_go_to_redis_in_one_round_trip_each_under_its_lease(rig: Rig) -> None:
+    a = rig.add("a")
+    node = rig.nodes["a"]
+    addresses = [f"echo:ck{i}" for i in range(40)]
+    for address in addresses:
+        node.spawn(address, Echo)
+    for address in addresses:
+        rig.events.wait(event="started", node="a", address=address)
+    epochs = {address: a.state.leases[address].epoch for address in addresses}
+    before = node.counters["cluster:checkpoint-batches"]
+
+    def save_all() -> list[bool]:  # one loop turn: the writer runs after it
+        return [a.checkpoints.save(address, epochs[address], msgpack.packb({"n": i}))
+                for i, address in enumerate(addresses)] + [a.checkpoints.save("echo:ck0", epochs["echo:ck0"] + 1, b"")]
+
+    results = node.io.call(save_all)
+    assert results == [True] * 40 + [False]  # a write under an epoch that is not the lease's is refused here
+    assert all(node.io.submit(a.checkpoints.confirm(address)).result(DEADLINE) for address in addresses)
+    assert node.counters["cluster:checkpoint-batches"] == before + 1
+    raw = redis.Redis.from_url(rig.url)
+    try:
+        stored = raw.mget([a.leases.keys.checkpoint(address) for address in addresses])
+    finally:
+        raw.close()
+    assert [msgpack.unpackb(v)["n"] for v in stored] == list(range(40))

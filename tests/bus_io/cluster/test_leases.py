@@ -7,7 +7,7 @@ import threading
 
 import redis.asyncio as aioredis
 
-from bus.cluster.leases import LeaseStore
+from bus.cluster.leases import CheckpointWrite, LeaseStore
 from bus.cluster.messages import LeaseChange
 
 from .conftest import ChannelLog, ClusterRedis
@@ -220,6 +220,26 @@ def test_checkpoints_are_written_only_under_the_current_lease(cr: ClusterRedis) 
     log = cr.run(cr.leases.fencing_log())
     assert [(e["a"], int(e["e"]), e["n"], e["note"]) for e in log] == [
         ("a:1", old.epoch, "n1", "1"), ("a:1", new.epoch, "n2", "3")]
+
+
+def test_a_batch_of_checkpoint_writes_judges_each_write_alone_in_one_script(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    mine = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    also_mine = cr.run(cr.leases.claim("a:2", "n1", ttl=5))
+    theirs = cr.run(cr.leases.claim("a:3", "n2", ttl=5))
+    writes = [CheckpointWrite("a:1", mine.epoch, b"one", seen=["m1", "m2"], note="x"),
+              CheckpointWrite("a:3", theirs.epoch, b"not mine"),  # n2's lease: refused
+              CheckpointWrite("a:2", also_mine.epoch, None, seen=["m9"]),  # the ids alone
+              CheckpointWrite("a:2", also_mine.epoch + 1, b"unissued")]  # not the lease's epoch
+    assert cr.run(cr.leases.save_checkpoints(writes, "n1", log=True)) == [True, False, True, False]
+    assert cr.run(cr.leases.load_checkpoint("a:1")) == b"one"
+    assert cr.run(cr.leases.load_checkpoint("a:3")) is None
+    assert cr.run(cr.leases.load_checkpoint("a:2")) is None  # the ids alone write no state
+    assert cr.run(cr.leases.load_seen("a:1")) == ["m1", "m2"] and cr.run(cr.leases.load_seen("a:2")) == ["m9"]
+    log = cr.run(cr.leases.fencing_log())
+    assert [(e["a"], e["n"], e["note"]) for e in log] == [("a:1", "n1", "x")]  # accepted state writes only
+    assert cr.run(cr.leases.save_checkpoints([], "n1")) == []
 
 
 def test_adopting_a_dead_node_frees_its_placed_addresses_once(cr: ClusterRedis) -> None:
