@@ -40,6 +40,9 @@ Rules, each a method below:
   A draining node hands off everything, then leaves.
 - **Redis lost its data** (a new era): every lease still valid is written
   back under the same epoch.
+- **lingering**: a released address's channel is still listened to for a
+  lease ttl, or until the next owner's claim is heard, so what was already
+  on its way here is forwarded instead of dropped.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ __all__ = [
     "SpawnRefused",
     "Start",
     "Stop",
+    "StopListening",
     "Sweep",
     "Tick",
     "WantLease",
@@ -226,6 +230,10 @@ class ClusterState:
     reclaim: set[str] = field(default_factory=set)
     #: dead node -> (next attempt, give up at) while its key still exists
     adopt_retries: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: released address -> until when its channel is still listened to (what
+    #: is already on its way here is forwarded, not dropped), unless the next
+    #: owner's claim is heard first
+    lingering: dict[str, float] = field(default_factory=dict)
     era: str | None = None
     joined: bool = False
     #: send time of the newest renewal answer applied (older ones are dropped)
@@ -450,6 +458,14 @@ class HandBack(Effect):
 
 
 @dataclass(frozen=True, slots=True)
+class StopListening(Effect):
+    """A released address's channel is no longer listened to (its next
+    owner is known, or the grace ran out) unless it is held here again."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class Adopt(Effect):
     node: str
 
@@ -503,6 +519,10 @@ def step(state: ClusterState, event: Event, now: float) -> tuple[ClusterState, l
 
 def _tick(s: ClusterState, _e: Tick, now: float, out: list[Effect]) -> None:
     cfg = s.config
+    if s.lingering:
+        for address in [a for a, until in s.lingering.items() if until <= now]:
+            del s.lingering[address]
+            _stop_listening(s, address, out)
     if not s.left and now >= s.next_renew:
         s.renew_set = s.held()
         s.next_renew = now + cfg.heartbeat_interval
@@ -630,6 +650,8 @@ def _lease_seen(s: ClusterState, e: LeaseSeen, now: float, out: list[Effect]) ->
         _maybe_claim_placed(s, change.address, now, out)
     elif change.change in ("acquired", "restored"):
         s.unowned_seen.discard(change.address)
+        if s.lingering.pop(change.address, None) is not None:
+            _stop_listening(s, change.address, out)  # the next owner's claim is heard: nothing more comes here
         lease = s.leases.get(change.address)
         if lease is not None and lease.phase in _RENEWED and change.epoch > lease.epoch:
             _fence(s, change.address, lease, "taken", out)
@@ -706,6 +728,7 @@ def _released(s: ClusterState, e: Released, now: float, out: list[Effect]) -> No
         return
     out.append(Emit("lease-released", e.address, detail={"epoch": lease.epoch, "mode": lease.release_mode}))
     out.append(HandBack(e.address))
+    s.lingering[e.address] = now + s.config.lease_ttl
     if e.address in s.reclaim:
         s.reclaim.discard(e.address)
         if not s.draining:
@@ -768,6 +791,7 @@ def _drain(s: ClusterState, e: Drain, _now: float, out: list[Effect]) -> None:
 
 
 def _claim(s: ClusterState, address: str, now: float, out: list[Effect]) -> None:
+    s.lingering.pop(address, None)  # ours again: its channel stays
     if not s.joined:
         s.pending_claims[address] = now
         return
@@ -776,6 +800,12 @@ def _claim(s: ClusterState, address: str, now: float, out: list[Effect]) -> None
         return
     s.claiming[address] = now
     out.append(Claim(address))
+
+
+def _stop_listening(s: ClusterState, address: str, out: list[Effect]) -> None:
+    if (address not in s.leases and address not in s.claiming and address not in s.queued_claims
+            and address not in s.pending_claims):
+        out.append(StopListening(address))
 
 
 def _send_queued_claims(s: ClusterState, now: float, out: list[Effect]) -> None:

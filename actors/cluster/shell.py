@@ -104,6 +104,7 @@ from actors.cluster.machine import (
     SpawnRefused,
     Start,
     Stop,
+    StopListening,
     Sweep,
     Tick,
     WantLease,
@@ -588,8 +589,6 @@ class Cluster:
         self._claims: dict[str, ClaimResult] = {}
         self._specs: dict[str, bytes] = {}
         self._hold: set[str] = set()
-        #: released addresses whose channel we still listen on -> until when
-        self._lingering: dict[str, float] = {}
         self._held_back: dict[str, list[Envelope]] = {}
         self._seen = _SeenIds(SEEN_IDS, SEEN_PER_ADDRESS)
         self._seen_due = 0.0
@@ -667,7 +666,6 @@ class Cluster:
             self._lane.loop_alive()
             self._take_renewals()  # a tick never fences what a waiting answer renewed
             self.feed(Tick())
-            self._stop_lingering(expired_by=self.node.clock.now())
             self._persist_seen()
             await asyncio.sleep(self.config.tick)
 
@@ -908,6 +906,8 @@ class Cluster:
                 self._spawn_task(self._release(effect))
             case HandBack(address=address):
                 self._hand_back(address)
+            case StopListening(address=address):
+                self.node.stop_listening(address)
             case Adopt(node=dead):
                 self._spawn_task(self._adopt(dead))
             case Sweep():
@@ -958,7 +958,6 @@ class Cluster:
     def _queue_claim(self, address: str) -> None:
         """Loop thread: the core said claim ``address``; the claims of this
         loop turn go out together (:meth:`_send_claims`)."""
-        self._lingering.pop(address, None)
         self.node.reserve(address)
         first = not self._to_claim
         self._to_claim.append(address)
@@ -1105,7 +1104,6 @@ class Cluster:
         encode = self.node.codec.encode
         older = [encode(env) for env in (*held, *waiting)]
         later = [encode(env) for env in self._held_back.pop(address, [])]
-        self._lingering[address] = self.node.clock.now() + self.config.lease_ttl
         self._hold.discard(address)
         start, refused = self._queue_routes(address, (*older, *later))
         for data in refused:
@@ -1339,8 +1337,6 @@ class Cluster:
             return
         self.directory.learn(address, issued.holder, issued.epoch)
         self._resolve_ensure(address, issued.holder)
-        if issued.holder != self.me and address in self._lingering:
-            self.call_soon(self._stop_lingering, None, address)
         self.call_soon(self.feed, LeaseSeen(LeaseChange(address=address, node=issued.holder, change="acquired",
                                                         epoch=issued.epoch)))
 
@@ -1361,19 +1357,6 @@ class Cluster:
             self.call_soon(self.feed, HeartbeatSeen(message))
         elif isinstance(message, NodeLeft):
             self.call_soon(self.feed, NodeLeftSeen(message.node))
-
-    def _stop_lingering(self, expired_by: float | None = None, address: str | None = None) -> None:
-        """Loop thread: stop listening on released channels whose next owner
-        is known (``address``) or whose grace ran out (``expired_by``)."""
-        if address is not None:
-            done = [address] if self._lingering.pop(address, None) is not None else []
-        else:
-            done = [a for a, until in self._lingering.items() if expired_by is not None and until <= expired_by]
-            for a in done:
-                del self._lingering[a]
-        for a in done:
-            if a not in self.state.claiming and a not in self.state.leases:
-                self.node.stop_listening(a)
 
     def _announce(self, message: Message) -> None:
         try:

@@ -36,6 +36,7 @@ from actors.cluster.machine import (
     SpawnRefused,
     Start,
     Stop,
+    StopListening,
     Sweep,
     Tick,
     WantLease,
@@ -484,3 +485,40 @@ def test_a_draining_node_refuses_new_spawns_and_leaves_at_once_when_empty() -> N
     d.join()
     assert of(d.feed(Drain()), Leave) == [Leave()]
     assert d.feed(WantLease("echo:1")) == [SpawnRefused("echo:1", "", 0)]
+
+
+# -- lingering: a released address's channel ------------------------------------------------
+
+
+def released(d: Driver, address: str = "echo:1", epoch: int = 8) -> None:
+    d.hold(address, placed=False, epoch=epoch)
+    d.feed(ActorGone(address, crashed=False, final=True))
+    d.feed(Released(address))
+
+
+def test_a_released_channel_is_listened_to_for_a_lease_ttl_then_left() -> None:
+    d = Driver()
+    d.join()
+    released(d)
+    assert of(d.feed(Tick(), at=d.now + CFG.lease_ttl - 0.01), StopListening) == []
+    assert of(d.feed(Tick(), at=d.now + 0.01), StopListening) == [StopListening("echo:1")]
+    assert of(d.feed(Tick(), at=d.now + 10), StopListening) == []  # once
+
+
+def test_a_released_channel_is_left_as_soon_as_the_next_owners_claim_is_heard() -> None:
+    d = Driver()
+    d.join()
+    released(d)
+    change = LeaseChange(address="echo:1", node="other", change="acquired", epoch=9)
+    assert of(d.feed(LeaseSeen(change)), StopListening) == [StopListening("echo:1")]
+    assert of(d.feed(Tick(), at=d.now + CFG.lease_ttl), StopListening) == []
+
+
+def test_a_released_address_claimed_here_again_keeps_its_channel() -> None:
+    d = Driver()
+    d.join()
+    released(d)
+    assert of(d.feed(WantLease("echo:1")), Claim) == [Claim("echo:1")]
+    assert of(d.feed(Tick(), at=d.now + CFG.lease_ttl), StopListening) == []
+    change = LeaseChange(address="echo:1", node="other", change="acquired", epoch=9)
+    assert of(d.feed(LeaseSeen(change)), StopListening) == []
