@@ -97,6 +97,7 @@ __all__ = [
     "Sweep",
     "Tick",
     "WantLease",
+    "holds",
     "new_state",
     "step",
 ]
@@ -253,6 +254,14 @@ class ClusterState:
     def held(self) -> dict[str, int]:
         """Leases still ours in Redis: address -> epoch."""
         return {a: lease.epoch for a, lease in self.leases.items() if lease.phase in _RENEWED}
+
+
+def holds(s: ClusterState, address: str) -> bool:
+    """Whether a message for ``address`` that its actor here will not handle
+    (it is stopping, or gone) is held back until the lease is released and
+    then forwarded to the next owner (True), or routed at once (False): the
+    lease is still this node's, so nobody else can take it yet."""
+    return address in s.leases
 
 
 def new_state(me: str, config: ClusterConfig, kinds: frozenset[str], now: float) -> ClusterState:

@@ -56,7 +56,7 @@ import collections
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.actor import HuddleActor
+from actors.cluster.dedupe import SEEN_PER_ADDRESS, SeenIds
 from actors.cluster.directory import Directory
 from actors.cluster.machine import (
     HeldLease,
@@ -108,6 +109,7 @@ from actors.cluster.machine import (
     Sweep,
     Tick,
     WantLease,
+    holds,
     new_state,
     step,
 )
@@ -137,9 +139,6 @@ log = logging.getLogger("huddle.cluster")
 SECRET_WORDS = ("token", "password", "passwd", "secret", "credential", "apikey", "api_key")
 #: Msg ids remembered to drop a second copy of an envelope.
 SEEN_IDS = 100_000
-#: Msg ids of the messages an address's actor handled last that travel with
-#: its checkpoints to its next owner (a copy of an older one is handled again).
-SEEN_PER_ADDRESS = 256
 #: Kinds of address that never take a lease (node endpoints, system channels).
 _UNLEASED = ("node:", "sys:")
 #: Addresses claimed (and their checkpoints, handled msg ids and backlogs
@@ -217,172 +216,6 @@ class ClusterControl(HuddleActor):
         if isinstance(message, ClusterStatus):
             return self.cluster.status()
         return super().on_message(message, envelope)
-
-
-class _AddressIds:
-    """The msg ids one leased address's actor was given (``queued``), is
-    handling (``current``) and has handled (the last ``keep``, oldest first;
-    ``known`` is their set)."""
-
-    __slots__ = ("current", "current_written", "handled", "known", "queued", "unwritten", "version")
-
-    def __init__(self) -> None:
-        self.queued: collections.deque[str] = collections.deque()
-        self.current: str | None = None
-        self.current_written = False
-        self.handled: collections.deque[str] = collections.deque()
-        self.known: set[str] = set()
-        #: handled ids that no write to Redis carried yet
-        self.unwritten = False
-        #: counts the ids that became handled (a snapshot's write clears
-        #: ``unwritten`` only if none did since)
-        self.version = 0
-
-
-class _SeenIds:
-    """Msg ids delivered here, to drop a second copy of an envelope (the
-    node's loop only, like the rest of the shell).
-
-    Node-wide: the last ``capacity`` ids delivered to any address, for a
-    copy that comes back to this node. Per leased address: the ids its
-    actor handled (the last ``keep``). Those go to Redis with its
-    checkpoints (the ids of messages no checkpoint carried are written by
-    themselves: :meth:`Cluster._persist_seen`, and when the lease is
-    released) and come back, before anything is delivered, with the
-    address's next activation on this node or another (:meth:`restore`): a
-    copy that reaches the next owner, or this node after a restart, is
-    dropped too.
-
-    Which ids count as handled. The node puts an actor's messages in its
-    mailbox in the order they passed :meth:`first`, and asks
-    :meth:`Cluster.may_deliver` once before it hands the actor each of them
-    (:meth:`handling`); an id forwarded instead (the lease moved) is
-    forgotten (:meth:`forget`). A checkpoint saved by a handler carries the
-    id of the message being handled (its state includes that message); an
-    id still queued is never written, so a message that nobody handled is
-    handled by whoever gets it first. Known gaps: two threads putting
-    messages for one address at the same instant may put them in the other
-    order than they passed :meth:`first`; a message refused for a full
-    mailbox after it passed makes each later one count one message late (a
-    copy of an actor's last message may then be handled again after an
-    owner change; never one message early).
-    """
-
-    def __init__(self, capacity: int, keep: int = SEEN_PER_ADDRESS) -> None:
-        self._ids: dict[str, None] = {}
-        self._order: collections.deque[str] = collections.deque()
-        self._capacity = capacity
-        self._keep = keep
-        self._addresses: dict[str, _AddressIds] = {}
-
-    def first(self, msg_id: str, address: str | None = None, track: bool = False) -> bool:
-        """True the first time ``msg_id`` is delivered here and it is not
-        among the ids handled at ``address``; with ``track``, it is on its
-        way to the actor at ``address``."""
-        if msg_id in self._ids:
-            return False
-        entry = self._addresses.get(address) if address is not None else None
-        if entry is not None and msg_id in entry.known:
-            return False
-        self._ids[msg_id] = None
-        self._order.append(msg_id)
-        if len(self._order) > self._capacity:
-            self._ids.pop(self._order.popleft(), None)
-        if track and address is not None:
-            if entry is None:
-                entry = self._addresses[address] = _AddressIds()
-            entry.queued.append(msg_id)
-        return True
-
-    def handling(self, address: str) -> None:
-        """The actor at ``address`` is about to handle its next message: the
-        one before is handled."""
-        entry = self._addresses.get(address)
-        if entry is None:
-            return
-        self._complete(entry)
-        entry.current = entry.queued.popleft() if entry.queued else None
-        entry.current_written = False
-
-    def _complete(self, entry: _AddressIds) -> None:
-        msg_id = entry.current
-        if msg_id is None:
-            return
-        entry.current = None
-        self._add_handled(entry, (msg_id,), at_end=True)
-        entry.version += 1
-        if not entry.current_written:
-            entry.unwritten = True
-
-    def _add_handled(self, entry: _AddressIds, ids: Iterable[str], *, at_end: bool) -> None:
-        new = [i for i in dict.fromkeys(ids) if i not in entry.known]
-        entry.known.update(new)
-        if at_end:
-            entry.handled.extend(new)
-        else:
-            entry.handled.extendleft(reversed(new))
-        while len(entry.handled) > self._keep:
-            entry.known.discard(entry.handled.popleft())
-
-    def forget(self, msg_id: str, address: str | None = None) -> None:
-        """It was not handled here after all (forwarded): a copy that comes
-        back is a first delivery."""
-        self._ids.pop(msg_id, None)
-        entry = self._addresses.get(address) if address is not None else None
-        if entry is None:
-            return
-        if entry.current == msg_id:
-            entry.current = None
-            return
-        try:
-            entry.queued.remove(msg_id)
-        except ValueError:
-            pass
-
-    def handled(self, address: str) -> list[str] | None:
-        """The ids to write for ``address`` now, with the message being (or
-        last) handled: from a handler saving a checkpoint, or once the actor
-        stopped. They count as written from here. None: not tracked."""
-        entry = self._addresses.get(address)
-        if entry is None:
-            return None
-        ids = list(entry.handled)
-        if entry.current is not None:
-            ids.append(entry.current)
-            entry.current_written = True
-        entry.unwritten = False
-        return ids[-self._keep:]
-
-    def unwritten(self) -> list[tuple[str, list[str], str | None, int, bool]]:
-        """For each address whose ids are not all in Redis: ``(address,
-        handled ids, the id being or last handled if unwritten, version,
-        whether handled ids are unwritten)``; :meth:`written` once queued."""
-        return [(a, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten)
-                for a, e in self._addresses.items()
-                if e.unwritten or (e.current is not None and not e.current_written)]
-
-    def written(self, address: str, version: int, current: str | None) -> None:
-        """A snapshot from :meth:`unwritten` (with ``current``, if it was
-        included) is on its way to Redis."""
-        entry = self._addresses.get(address)
-        if entry is None:
-            return
-        if entry.version == version:
-            entry.unwritten = False
-        if current is not None and entry.current == current:
-            entry.current_written = True
-
-    def restore(self, address: str, ids: Iterable[str]) -> None:
-        """The ids ``address``'s actor handled under its previous owner (older
-        than anything handled here since): copies of them are dropped."""
-        entry = self._addresses.get(address)
-        if entry is None:
-            entry = self._addresses[address] = _AddressIds()
-        self._add_handled(entry, ids, at_end=False)
-
-    def drop(self, address: str) -> None:
-        """``address`` is no longer held here (its ids went with it)."""
-        self._addresses.pop(address, None)
 
 
 def _parked(actor: HuddleActor) -> bool:
@@ -588,9 +421,8 @@ class Cluster:
         self._pending_spawns: dict[str, tuple[type[HuddleActor], tuple[Any, ...], dict[str, Any], str | None]] = {}
         self._claims: dict[str, ClaimResult] = {}
         self._specs: dict[str, bytes] = {}
-        self._hold: set[str] = set()
         self._held_back: dict[str, list[Envelope]] = {}
-        self._seen = _SeenIds(SEEN_IDS, SEEN_PER_ADDRESS)
+        self._seen = SeenIds(SEEN_IDS, SEEN_PER_ADDRESS)
         self._seen_due = 0.0
         self._ensure_waiters: dict[str, list[PooledFuture[str]]] = {}
         self._drained: list[PooledFuture[None]] = []
@@ -787,7 +619,7 @@ class Cluster:
     @confined
     def may_deliver(self, address: str) -> bool:
         # Asked once before each message the node hands the actor: the one
-        # before it is handled (see _SeenIds).
+        # before it is handled (see actors.cluster.dedupe).
         self._seen.handling(address)
         lease = self.state.leases.get(address)
         return lease is None or (lease.phase is not Phase.FENCED and self._valid(address, lease, self.node.clock.now()))
@@ -823,10 +655,9 @@ class Cluster:
             return False
         self._seen.forget(env.msg_id, to)
         log.debug("cluster: %s forwards %s for %s", self.me, env.msg_id, to)
-        if to in self._hold or to in self.state.leases:
+        if holds(self.state, to):
             # Ours until released: forwarded then (to the next owner).
             held = self._held_back.setdefault(to, [])
-            self._hold.add(to)
             if len(held) < RESTART_BUFFER:
                 held.append(env)
                 return True
@@ -1059,7 +890,6 @@ class Cluster:
 
     def _stop(self, effect: Stop) -> None:
         address = effect.address
-        self._hold.add(address)
         actor = self.node.lookup(address)
         if actor is None:
             self.feed(ActorGone(address, crashed=False, final=effect.final))
@@ -1071,7 +901,6 @@ class Cluster:
 
     async def _release(self, effect: Release) -> None:
         address = effect.address
-        self._hold.add(address)
         self.checkpoints.save_seen(address, effect.epoch)
         await self.checkpoints.flush(address)
         spec = self._specs.get(address) if effect.mode == "unowned" else None
@@ -1087,10 +916,9 @@ class Cluster:
         self.feed(Released(address))
 
     def _hand_back(self, address: str) -> None:
-        # The address stays held until everything held back is queued for
-        # routing: a message that strays meanwhile (from another thread) is
-        # held back too, and queued after the older ones, in the same step
-        # that lets later strays route by themselves (order per address).
+        # The core no longer holds the address: what was held back, then
+        # what waited on the node, goes to routing in this one step, ahead of
+        # any later stray (order per address).
         held = self._held_back.pop(address, [])
         # Keep listening until the next owner's claim is announced: what is
         # already on its way to us is forwarded, not dropped.
@@ -1102,10 +930,7 @@ class Cluster:
         if entry is not None and entry[0] == self.me:
             self.directory.forget(address)
         encode = self.node.codec.encode
-        older = [encode(env) for env in (*held, *waiting)]
-        later = [encode(env) for env in self._held_back.pop(address, [])]
-        self._hold.discard(address)
-        start, refused = self._queue_routes(address, (*older, *later))
+        start, refused = self._queue_routes(address, [encode(env) for env in (*held, *waiting)])
         for data in refused:
             self._refuse_bytes(data, "restart-buffer-full")
         if start:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bus.envelope import Codec, Envelope
 from bus.messages import Message, message_kind
 
 __all__ = [

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from actors.actor import ActorContext, HuddleActor
 from actors.builtin import CounterAdd, CounterGet
-from actors.cluster.shell import _SeenIds
+from actors.cluster.dedupe import SeenIds
 from bus.cluster.leases import LeaseStore
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Envelope
@@ -35,13 +35,13 @@ from .conftest import DEADLINE, Rig
 # -- the bookkeeping -----------------------------------------------------------------
 
 
-def given(seen: _SeenIds, address: str, *ids: str) -> None:
+def given(seen: SeenIds, address: str, *ids: str) -> None:
     for msg_id in ids:
         assert seen.first(msg_id, address, track=True)
 
 
 def test_an_id_counts_as_handled_once_its_actor_is_handed_it_and_never_while_queued() -> None:
-    seen = _SeenIds(100, keep=10)
+    seen = SeenIds(100, keep=10)
     given(seen, "counter:1", "m1", "m2", "m3")
     seen.handling("counter:1")  # m1 is being handled
     assert seen.handled("counter:1") == ["m1"]  # a checkpoint its handler saves carries it
@@ -54,7 +54,7 @@ def test_an_id_counts_as_handled_once_its_actor_is_handed_it_and_never_while_que
 
 
 def test_a_forwarded_id_is_never_written_and_a_copy_of_it_is_a_first_delivery() -> None:
-    seen = _SeenIds(100, keep=10)
+    seen = SeenIds(100, keep=10)
     given(seen, "counter:1", "m1", "m2", "m3")
     seen.handling("counter:1")  # m1
     seen.forget("m1", "counter:1")  # the lease was lost before the handler ran: forwarded
@@ -65,7 +65,7 @@ def test_a_forwarded_id_is_never_written_and_a_copy_of_it_is_a_first_delivery() 
 
 
 def test_restored_ids_drop_copies_and_travel_on_with_the_next_checkpoint() -> None:
-    seen = _SeenIds(100, keep=4)
+    seen = SeenIds(100, keep=4)
     seen.restore("counter:1", ["old1", "old2"])
     assert not seen.first("old2", "counter:1")
     given(seen, "counter:1", "m1", "m2")
@@ -80,7 +80,7 @@ def test_restored_ids_drop_copies_and_travel_on_with_the_next_checkpoint() -> No
 
 
 def test_ids_no_checkpoint_carried_are_reported_until_written() -> None:
-    seen = _SeenIds(100, keep=10)
+    seen = SeenIds(100, keep=10)
     given(seen, "echo:1", "m1", "m2")
     seen.handling("echo:1")  # m1, no checkpoint
     (address, ids, current, version, unwritten), = seen.unwritten()
@@ -94,7 +94,7 @@ def test_ids_no_checkpoint_carried_are_reported_until_written() -> None:
 
 
 def test_a_write_overtaken_by_a_newly_handled_message_leaves_it_unwritten() -> None:
-    seen = _SeenIds(100, keep=10)
+    seen = SeenIds(100, keep=10)
     given(seen, "echo:1", "m1", "m2", "m3")
     seen.handling("echo:1")
     seen.handling("echo:1")  # m1 handled, m2 running
@@ -106,7 +106,7 @@ def test_a_write_overtaken_by_a_newly_handled_message_leaves_it_unwritten() -> N
 
 
 def test_untracked_addresses_are_deduplicated_on_this_node_only() -> None:
-    seen = _SeenIds(2)
+    seen = SeenIds(2)
     assert seen.first("a") and not seen.first("a")
     assert seen.first("b") and seen.first("c")
     assert seen.first("a")  # beyond the node-wide bound
