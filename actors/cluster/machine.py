@@ -40,6 +40,9 @@ Rules, each a method below:
   A draining node hands off everything, then leaves.
 - **Redis lost its data** (a new era): every lease still valid is written
   back under the same epoch.
+- **routing**: envelopes for an address whose owner is not known to be
+  live go through the ROUTE script one at a time per address, in order; a
+  ROUTE Redis did not answer is sent again after a backoff (ticks).
 - **lingering**: a released address's channel is still listened to for a
   lease ttl, or until the next owner's claim is heard, so what was already
   on its way here is forwarded instead of dropped.
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +87,7 @@ __all__ = [
     "Orphans",
     "Phase",
     "Reassert",
+    "RefuseRoute",
     "Reasserted",
     "Release",
     "ReleaseFailed",
@@ -90,6 +95,10 @@ __all__ = [
     "Renew",
     "RenewFailed",
     "Renewed",
+    "RouteFailed",
+    "RouteQueued",
+    "Routed",
+    "SendRoute",
     "SpawnRefused",
     "Start",
     "Stop",
@@ -178,6 +187,15 @@ class ClusterConfig:
         return min(self.heartbeat_interval / 2, 0.25)
 
 
+#: Envelopes waiting to go through the ROUTE script for one address, at
+#: most (past it they are refused: ``restart-buffer-full``).
+ROUTE_BUFFER = 10_000
+#: Seconds before a ROUTE that Redis did not answer is sent again: the first
+#: retry, doubled per failure up to the cap (sent on the next tick after).
+ROUTE_RETRY_FIRST_S = 0.05
+ROUTE_RETRY_CAP_S = 1.0
+
+
 class Phase(enum.StrEnum):
     ACTIVE = "active"
     FENCED = "fenced"
@@ -235,6 +253,12 @@ class ClusterState:
     #: is already on its way here is forwarded, not dropped), unless the next
     #: owner's claim is heard first
     lingering: dict[str, float] = field(default_factory=dict)
+    #: address -> encoded envelopes for the ROUTE script, in order; the
+    #: first is under way (or waits for its retry)
+    routes: dict[str, deque[bytes]] = field(default_factory=dict)
+    #: address -> (when its first goes again: inf while under way, the
+    #: delay after the next failure), for addresses whose ROUTE failed
+    route_retry: dict[str, tuple[float, float]] = field(default_factory=dict)
     era: str | None = None
     joined: bool = False
     #: send time of the newest renewal answer applied (older ones are dropped)
@@ -399,6 +423,31 @@ class Orphans(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RouteQueued(Event):
+    """Envelopes (encoded) for ``address`` that must go through the ROUTE
+    script (to the owner's node channel, or its backlog), after those
+    queued before them."""
+
+    address: str
+    items: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Routed(Event):
+    """The first envelope queued for ``address`` went through ROUTE (its
+    outcome is handled by the shell)."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFailed(Event):
+    """Redis did not answer the ROUTE of the first envelope for ``address``."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseTroubled(Event):
     """Redis refused a checkpoint of ``address`` under our lease."""
 
@@ -467,6 +516,23 @@ class HandBack(Effect):
 
 
 @dataclass(frozen=True, slots=True)
+class SendRoute(Effect):
+    """Run the ROUTE script for ``data``, the first envelope queued for
+    ``address``; answer with :class:`Routed` or :class:`RouteFailed`."""
+
+    address: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseRoute(Effect):
+    """An envelope that did not fit in its address's route queue."""
+
+    data: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class StopListening(Effect):
     """A released address's channel is no longer listened to (its next
     owner is known, or the grace ran out) unless it is held here again."""
@@ -528,6 +594,8 @@ def step(state: ClusterState, event: Event, now: float) -> tuple[ClusterState, l
 
 def _tick(s: ClusterState, _e: Tick, now: float, out: list[Effect]) -> None:
     cfg = s.config
+    if s.route_retry:
+        _retry_routes(s, now, out)
     if s.lingering:
         for address in [a for a, until in s.lingering.items() if until <= now]:
             del s.lingering[address]
@@ -874,7 +942,54 @@ def _release(s: ClusterState, address: str, lease: HeldLease, mode: str, out: li
     out.append(Release(address, lease.epoch, mode))
 
 
+def _route_queued(s: ClusterState, e: RouteQueued, _now: float, out: list[Effect]) -> None:
+    queue = s.routes.get(e.address)
+    fresh = queue is None
+    if queue is None:
+        queue = deque()
+    for data in e.items:
+        if len(queue) >= ROUTE_BUFFER:
+            out.append(RefuseRoute(data, "restart-buffer-full"))
+        else:
+            queue.append(data)
+    if fresh and queue:
+        s.routes[e.address] = queue
+        out.append(SendRoute(e.address, queue[0]))  # one under way per address: order holds
+
+
+def _routed(s: ClusterState, e: Routed, _now: float, out: list[Effect]) -> None:
+    queue = s.routes.get(e.address)
+    if not queue:
+        return
+    queue.popleft()
+    s.route_retry.pop(e.address, None)
+    if queue:
+        out.append(SendRoute(e.address, queue[0]))
+    else:
+        del s.routes[e.address]
+
+
+def _route_failed(s: ClusterState, e: RouteFailed, now: float, _out: list[Effect]) -> None:
+    if e.address not in s.routes:
+        return
+    _at, delay = s.route_retry.get(e.address, (0.0, ROUTE_RETRY_FIRST_S))
+    s.route_retry[e.address] = (now + delay, min(delay * 2, ROUTE_RETRY_CAP_S))
+
+
+def _retry_routes(s: ClusterState, now: float, out: list[Effect]) -> None:
+    for address, (at, delay) in list(s.route_retry.items()):
+        queue = s.routes.get(address)
+        if not queue:
+            del s.route_retry[address]
+        elif at <= now:
+            s.route_retry[address] = (math.inf, delay)
+            out.append(SendRoute(address, queue[0]))
+
+
 _HANDLERS: dict[type[Event], Any] = {
+    RouteQueued: _route_queued,
+    Routed: _routed,
+    RouteFailed: _route_failed,
     Tick: _tick,
     HeartbeatSeen: _heartbeat,
     NodeLeftSeen: _node_left,

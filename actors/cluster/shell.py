@@ -52,11 +52,10 @@ that owns them), and names that look like secrets are refused.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,12 +95,17 @@ from actors.cluster.machine import (
     Phase,
     Reassert,
     Reasserted,
+    RefuseRoute,
     Release,
     Released,
     ReleaseFailed,
     Renew,
     Renewed,
     RenewFailed,
+    RouteFailed,
+    RouteQueued,
+    Routed,
+    SendRoute,
     SpawnRefused,
     Start,
     Stop,
@@ -417,7 +421,6 @@ class Cluster:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: where addresses live, as last heard (fencing is the node's, apart)
         self.directory = Directory(self.me)
-        self._routing: dict[str, collections.deque[bytes]] = {}
         self._pending_spawns: dict[str, tuple[type[HuddleActor], tuple[Any, ...], dict[str, Any], str | None]] = {}
         self._claims: dict[str, ClaimResult] = {}
         self._specs: dict[str, bytes] = {}
@@ -633,9 +636,8 @@ class Cluster:
     def route(self, to: str, data: bytes) -> bool:
         if to.startswith(_UNLEASED):
             return False
-        if to not in self._routing:
-            if self.directory.owner(to) is not None:
-                return False
+        if to not in self.state.routes and self.directory.owner(to) is not None:
+            return False  # a plain PUBLISH to its owner's channel
         self._submit_route(to, data)
         return True
 
@@ -739,6 +741,10 @@ class Cluster:
                 self._hand_back(address)
             case StopListening(address=address):
                 self.node.stop_listening(address)
+            case SendRoute(address=address, data=data):
+                self._spawn_task(self._send_route(address, data))
+            case RefuseRoute(data=data, reason=reason):
+                self._refuse_bytes(data, reason)
             case Adopt(node=dead):
                 self._spawn_task(self._adopt(dead))
             case Sweep():
@@ -930,11 +936,9 @@ class Cluster:
         if entry is not None and entry[0] == self.me:
             self.directory.forget(address)
         encode = self.node.codec.encode
-        start, refused = self._queue_routes(address, [encode(env) for env in (*held, *waiting)])
-        for data in refused:
-            self._refuse_bytes(data, "restart-buffer-full")
-        if start:
-            self.call_soon(self._spawn_task, self._route_worker(address))
+        items = tuple(encode(env) for env in (*held, *waiting))
+        if items:
+            self.feed(RouteQueued(address, items))
 
     async def _adopt(self, dead: str) -> None:
         try:
@@ -1004,52 +1008,25 @@ class Cluster:
 
     def _submit_route(self, to: str, data: bytes) -> None:
         """Queue ``data`` for ``to`` through the ROUTE script, after any
-        routed send to ``to`` still in flight (order per address)."""
-        start, refused = self._queue_routes(to, (data,))
-        for item in refused:
-            self._refuse_bytes(item, "restart-buffer-full")
-        if start:
-            self.call_soon(self._spawn_task, self._route_worker(to))
+        routed send to ``to`` still queued (the core keeps the order)."""
+        self.feed(RouteQueued(to, (data,)))
 
-    def _queue_routes(self, to: str, items: Sequence[bytes]) -> tuple[bool, list[bytes]]:
-        """Append ``items`` to ``to``'s routing queue. Returns whether a worker must start, and what did not fit."""
-        refused: list[bytes] = []
-        queue = self._routing.get(to)
-        start = queue is None and bool(items)
-        if queue is None:
-            if not items:
-                return False, refused
-            queue = self._routing[to] = collections.deque()
-        for data in items:
-            if len(queue) >= RESTART_BUFFER:
-                refused.append(data)
-            else:
-                queue.append(data)
-        return start, refused
-
-    async def _route_worker(self, to: str) -> None:
-        delay = 0.05
-        while True:
-            queue = self._routing[to]
-            if not queue:
-                del self._routing[to]
-                return
-            data = queue[0]
-            try:
-                env = self.node.codec.decode(data)
-            except DecodeError:
-                queue.popleft()
-                continue
-            try:
-                result = await self.backlog.route(to, data, env.msg_id, me=self.me)
-            except Exception as exc:  # noqa: BLE001 - Redis away: keep the order, try again
-                log.debug("cluster: route to %s failed (%r); retrying", to, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            delay = 0.05
-            queue.popleft()
-            self._routed(env, result.outcome, result.holder, result.epoch)
+    async def _send_route(self, to: str, data: bytes) -> None:
+        """The core's :class:`SendRoute`: one ROUTE, its outcome, then the
+        answer the core waits for before the next one for ``to``."""
+        try:
+            env = self.node.codec.decode(data)
+        except DecodeError:
+            self.feed(Routed(to))
+            return
+        try:
+            result = await self.backlog.route(to, data, env.msg_id, me=self.me)
+        except Exception as exc:  # noqa: BLE001 - Redis away: the core keeps the order and sends it again
+            log.debug("cluster: route to %s failed (%r); retrying", to, exc)
+            self.feed(RouteFailed(to))
+            return
+        self._routed(env, result.outcome, result.holder, result.epoch)
+        self.feed(Routed(to))
 
     def _routed(self, env: Envelope, outcome: str, holder: str, epoch: int) -> None:
         to = env.to

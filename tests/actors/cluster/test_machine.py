@@ -29,10 +29,15 @@ from actors.cluster.machine import (
     Phase,
     Reassert,
     Reasserted,
+    RefuseRoute,
     Release,
     Released,
     Renew,
     Renewed,
+    RouteFailed,
+    RouteQueued,
+    Routed,
+    SendRoute,
     SpawnRefused,
     Start,
     Stop,
@@ -43,6 +48,7 @@ from actors.cluster.machine import (
     new_state,
     step,
 )
+from actors.cluster.machine import ROUTE_RETRY_FIRST_S
 from bus.cluster.messages import LeaseChange, NodeHeartbeat
 from bus.cluster.placement import owner_of
 
@@ -522,3 +528,43 @@ def test_a_released_address_claimed_here_again_keeps_its_channel() -> None:
     assert of(d.feed(Tick(), at=d.now + CFG.lease_ttl), StopListening) == []
     change = LeaseChange(address="echo:1", node="other", change="acquired", epoch=9)
     assert of(d.feed(LeaseSeen(change)), StopListening) == []
+
+
+# -- routing: through the ROUTE script, in order per address ------------------------------
+
+
+def test_routes_go_one_at_a_time_per_address_in_order() -> None:
+    d = Driver()
+    assert of(d.feed(RouteQueued("a:1", (b"1", b"2"))), SendRoute) == [SendRoute("a:1", b"1")]
+    assert of(d.feed(RouteQueued("a:1", (b"3",))), SendRoute) == []  # the first is under way
+    assert of(d.feed(RouteQueued("a:2", (b"x",))), SendRoute) == [SendRoute("a:2", b"x")]  # another address: apart
+    assert of(d.feed(Routed("a:1")), SendRoute) == [SendRoute("a:1", b"2")]
+    assert of(d.feed(Routed("a:1")), SendRoute) == [SendRoute("a:1", b"3")]
+    assert of(d.feed(Routed("a:1")), SendRoute) == []
+    assert "a:1" not in d.state.routes and "a:2" in d.state.routes
+
+
+def test_a_route_redis_did_not_answer_is_sent_again_after_a_growing_backoff_and_keeps_its_place() -> None:
+    d = Driver()
+    d.feed(RouteQueued("a:1", (b"1", b"2")))
+    start = d.now
+    d.feed(RouteFailed("a:1"))
+    assert of(d.feed(Tick(), at=start + ROUTE_RETRY_FIRST_S / 2), SendRoute) == []
+    assert of(d.feed(Tick(), at=start + ROUTE_RETRY_FIRST_S), SendRoute) == [SendRoute("a:1", b"1")]
+    assert of(d.feed(Tick(), at=start + 10), SendRoute) == []  # under way again: not twice
+    failed_at = d.now
+    d.feed(RouteFailed("a:1"))
+    assert of(d.feed(Tick(), at=failed_at + ROUTE_RETRY_FIRST_S), SendRoute) == []  # twice as long now
+    assert of(d.feed(Tick(), at=failed_at + 2 * ROUTE_RETRY_FIRST_S), SendRoute) == [SendRoute("a:1", b"1")]
+    assert of(d.feed(Routed("a:1")), SendRoute) == [SendRoute("a:1", b"2")]
+    assert "a:1" not in d.state.route_retry
+
+
+def test_a_full_route_queue_refuses_what_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import actors.cluster.machine as machine
+
+    monkeypatch.setattr(machine, "ROUTE_BUFFER", 2)
+    d = Driver()
+    effects = d.feed(RouteQueued("a:1", (b"1", b"2", b"3")))
+    assert of(effects, RefuseRoute) == [RefuseRoute(b"3", "restart-buffer-full")]
+    assert list(d.state.routes["a:1"]) == [b"1", b"2"]
