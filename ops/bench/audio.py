@@ -10,8 +10,9 @@ figures (huddle): 200 ``AudioOutput`` actors, each fed one long segment by a
                                  the output fell behind the queue), per output;
   timer_paced_*                  the same run with the other place pacing could
                                  run: each frame a timer on the node's clock
-                                 (its timer thread delivers it), instead of
-                                 ``call_at`` on the node's asyncio loop.
+                                 (a timer handle per frame in the clock's heap),
+                                 instead of the sink's own ``call_at`` on the
+                                 node's asyncio loop.
 baseline: the same 200 streams paced by a plain asyncio loop (one task per
 stream, ``asyncio.sleep`` to each slot, the same /dev/null writes), no actors.
 
@@ -55,7 +56,7 @@ class _CpuWindow:
 
 class TimerPacedSink:
     """The alternative under test: pacing by the node clock's timers. Each
-    frame is a ``call_later`` at its slot; the clock's timer thread delivers it."""
+    frame is a ``call_later`` at its slot; the clock fires it on the node's loop."""
 
     def __init__(self, ctx, stream, on_release) -> None:  # type: ignore[no-untyped-def]
         from collections import deque
@@ -92,7 +93,6 @@ def run_huddle(seconds: float, pacing: str) -> dict[str, float]:
     from actors.audio.feeder import FrameFeeder
     from actors.audio.machine import OutputConfig
     from actors.audio.sinks import RawPcm, paced
-    from actors.clock import SystemClock
     from actors.contracts.audio import PlaybackFinished, output_address
     from actors.node import Node
     from bus.transport import InProcessHub, InProcessTransport
@@ -122,7 +122,8 @@ def run_huddle(seconds: float, pacing: str) -> dict[str, float]:
                 if finished[0] == OUTPUTS:
                     done.set()
 
-    node = Node(InProcessTransport(InProcessHub()), node_id="bench-audio", clock=SystemClock()).start()
+    # The node's own clock: its timers fire on the node's loop, with the actors.
+    node = Node(InProcessTransport(InProcessHub()), node_id="bench-audio").start()
     window = _CpuWindow()
     for i in range(OUTPUTS):
         address = output_address("bench", f"out{i}")
