@@ -17,9 +17,11 @@ The mailbox's ``get()`` never blocks: when the mailbox is empty, or the
 slice has used its budget (fairness between actors), it raises
 :class:`_SliceEnd`, which pykka's loop does not catch because ``get()`` is
 called outside its ``try``. The slice then ends and the actor is either
-re-queued (messages left) or parked (none left). Only pykka's three
-documented hooks are overridden: ``_create_actor_inbox``,
-``_create_future`` and ``_start_actor_loop``.
+re-queued (messages left) or parked (none left). What is overridden:
+pykka's documented hooks ``_create_actor_inbox``, ``_create_future`` and
+``_start_actor_loop``; ``__init__`` (the same fields, a lighter stop flag,
+and a mailbox made per actor, since it schedules that actor); and
+``_handle_failure`` (the crash is remembered for the exit report).
 
 Two dispatchers: :class:`ThreadPoolDispatcher` runs slices on a pool of
 threads (the default, and where every actor that may block runs);
