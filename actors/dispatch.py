@@ -62,6 +62,12 @@ class Dispatch:
     def _on_wire(self, channel: str, data: bytes) -> None:
         self.receive_bytes(data, channel)
 
+    def _after_wire(self) -> None:
+        """The transport handed over everything one read brought: run the
+        actors it made ready now, in this turn of the loop (what they send
+        is written when this returns)."""
+        self.dispatcher.run_pending()
+
     def _on_unrouted(self, channel: str, data: bytes) -> None:
         """The bus delivered one of our sends to nobody: no node hosts that
         address right now. A dead letter; an ask fails at once."""

@@ -222,12 +222,22 @@ class LoopDispatcher:
     loop has read its sockets and run its other callbacks. For actors that
     never block: a blocking wait on this thread raises :class:`BlockingOnLoop`
     instead of stopping the loop.
+
+    :meth:`run_pending` runs the waiting round at once, from a callback
+    already running on the loop (the transport's, once a read's messages
+    are all queued): what a read made ready is handled in the same turn of
+    the loop, and what the handlers send is written in it too, instead of
+    each step waiting for a turn (a system call and a pass of the loop) of
+    its own. The scheduled callback then finds nothing left, or runs what
+    became ready since.
     """
 
     def __init__(self, io: LoopThread) -> None:
         self.io = io
         self._ready: deque[Runnable] = deque()
         self._scheduled = False  # a round is scheduled or running
+        self._callback_pending = False  # a loop callback for a round is queued
+        self._running = False  # a round is running (loop thread only)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
@@ -237,30 +247,51 @@ class LoopDispatcher:
             if self._scheduled:
                 return
             self._scheduled = True
+            self._callback_pending = True
         try:
-            self.io.call_soon(self._run_ready)
+            self.io.call_soon(self._run_scheduled)
         except HuddleError:  # the loop is closed: the node is gone, and its slices with it
             with self._lock:
                 self._ready.clear()
                 self._scheduled = False
+                self._callback_pending = False
                 self._idle.notify_all()
             log.debug("slice of %r dropped: the loop is closed", actor)
+
+    def run_pending(self) -> None:
+        """Loop thread, from a callback (never from a slice): run the round
+        that waits, now."""
+        if self._ready and not self._running:
+            self._run_ready()
+
+    def _run_scheduled(self) -> None:
+        with self._lock:
+            self._callback_pending = False
+        if not self._running:
+            self._run_ready()
 
     def _run_ready(self) -> None:
         ready = self._ready
         count = len(ready)
         ends = time.perf_counter() + ROUND_BUDGET_S
-        for _ in range(count):
-            actor = ready.popleft()
-            try:
-                actor._run_slice()
-            except BaseException:  # noqa: BLE001 - a slice must never stop the loop
-                log.exception("actor slice escaped its handler: %r", actor)
-            if time.perf_counter() >= ends:
-                break  # the rest after the loop has written and read its sockets
+        self._running = True
+        try:
+            for _ in range(count):
+                actor = ready.popleft()
+                try:
+                    actor._run_slice()
+                except BaseException:  # noqa: BLE001 - a slice must never stop the loop
+                    log.exception("actor slice escaped its handler: %r", actor)
+                if time.perf_counter() >= ends:
+                    break  # the rest after the loop has written and read its sockets
+        finally:
+            self._running = False
         with self._lock:
             if ready:
-                asyncio.get_running_loop().call_soon(self._run_ready)  # the next round, after the loop's other work
+                if not self._callback_pending:
+                    # The next round, after the loop's other work.
+                    self._callback_pending = True
+                    asyncio.get_running_loop().call_soon(self._run_scheduled)
             else:
                 self._scheduled = False
                 self._idle.notify_all()

@@ -771,6 +771,16 @@ class RedisTransport(TransportCallbacks):
 
     # -- receiving -----------------------------------------------------------
 
+    def _received_batch(self) -> None:
+        """Loop thread: the messages of one read were all handed over. Tell
+        ``on_received`` (the node runs the actors they made ready), then
+        write what that published now, not a loop turn later."""
+        callback = self._on_received
+        if callback is not None:
+            call_quietly(callback)
+        if self._flush_scheduled:
+            self._write_pending()
+
     def _receiver_failed(self, channel: str) -> None:
         """Loop thread, inside ``except``: count, log (rate-limited), go on."""
         self.stats.receiver_errors += 1
