@@ -40,7 +40,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from pykka import ActorDeadError
-from pykka._envelope import Envelope as _PykkaEnvelope
 
 from actors.actor import Delivery
 from actors.fencing import Verdict
@@ -185,7 +184,7 @@ class Dispatch:
                 return
             hook(env)
         try:
-            mailbox.put(_PykkaEnvelope(Delivery(env), reply_to=answer))
+            mailbox.put(Delivery(env, answer))  # type: ignore[arg-type]
         except MailboxFull:
             self._refuse(env, "mailbox-full")
 
