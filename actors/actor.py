@@ -153,7 +153,10 @@ class HuddleActor(PooledActor):
         return self.ctx.epoch
 
     def tell(self, to: str, message: Message, **header: Any) -> None:
-        self.node.tell(to, message, sender=self.address, epoch=self.epoch, **header)
+        if header:
+            self.node.tell(to, message, sender=self.address, epoch=self.epoch, **header)
+        else:  # the usual case, without merging an empty dict into the call
+            self.node.tell(to, message, sender=self.address, epoch=self.epoch)
 
     def ask(self, to: str, message: Message, *, timeout: float | None = None) -> PooledFuture[Any]:
         return self.node.ask(to, message, timeout=timeout, sender=self.address, epoch=self.epoch)

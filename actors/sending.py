@@ -37,7 +37,7 @@ from actors.clock import TimerHandle
 from actors.ownership import FORWARDED
 from actors.runtime import PooledFuture
 from bus.address import channel_for
-from bus.envelope import Envelope, new_message_id
+from bus.envelope import Envelope, new_envelope, new_message_id
 from bus.errors import (
     ActorStopped,
     AskTimeout,
@@ -88,9 +88,7 @@ class Sending:
         """Send ``message`` to ``to``, wherever it lives. Raises
         :class:`EncodeError` if it cannot be encoded; delivery problems are
         dead letters, not exceptions."""
-        env = Envelope(to=to, message=message, sender=sender, reply_to=reply_to, correlation_id=correlation_id,
-                       epoch=epoch, deadline=deadline, traceparent=traceparent)
-        self.send_envelope(env)
+        self.send_envelope(new_envelope(to, message, sender, reply_to, correlation_id, epoch, deadline, traceparent))
 
     def send_envelope(self, env: Envelope) -> None:
         ownership = self._ownership

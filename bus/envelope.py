@@ -58,6 +58,7 @@ __all__ = [
     "Envelope",
     "EnvelopeSigner",
     "is_valid_traceparent",
+    "new_envelope",
     "new_message_id",
     "new_traceparent",
 ]
@@ -204,6 +205,34 @@ del _slot
 if len(dataclasses.fields(Envelope)) != 10:  # pragma: no cover - a programming error
     raise RuntimeError("Envelope gained a field: update the decode fast path")
 _new_object = object.__new__
+
+
+def new_envelope(
+    to: str,
+    message: Message,
+    sender: str | None,
+    reply_to: str | None,
+    correlation_id: str | None,
+    epoch: int,
+    deadline: float | None,
+    traceparent: str | None,
+    /,
+) -> Envelope:
+    """A new envelope with a fresh ``msg_id``: ``Envelope(to, message,
+    sender=..., ...)`` for the send path, where a class call with keyword
+    arguments (a kwargs dict, then ``__init__``) is a good part of a tell."""
+    env = _new_object(Envelope)
+    _set_to(env, to)
+    _set_message(env, message)
+    _set_sender(env, sender)
+    _set_msg_id(env, new_message_id())
+    _set_reply_to(env, reply_to)
+    _set_correlation_id(env, correlation_id)
+    _set_epoch(env, epoch)
+    _set_deadline(env, deadline)
+    _set_traceparent(env, traceparent)
+    _set_version(env, SCHEMA_VERSION)
+    return env
 
 
 # -- the codec -------------------------------------------------------------------------

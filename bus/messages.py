@@ -226,7 +226,7 @@ class _KindSpec:
     the one place that decides what is refused and says why.
     """
 
-    __slots__ = ("build", "checks", "cls", "kind", "name_set", "names", "required")
+    __slots__ = ("body", "build", "checks", "cls", "kind", "name_set", "names", "required")
 
     def __init__(self, cls: type[Message], kind: str) -> None:
         self.cls = cls
@@ -272,6 +272,17 @@ class _KindSpec:
         self.required = tuple(required)
         self.checks = tuple(checks)
         self.build = self._generate_build(fast)
+        self.body = self._generate_body()
+
+    def _generate_body(self) -> Callable[[Message], dict[str, Any]]:
+        """``body(msg)``: the dict of every field by name, as one dict
+        display (a comprehension of ``getattr`` calls costs twice as much)."""
+        items = ", ".join(f"{name!r}: msg.{name}" for name in self.names)
+        namespace: dict[str, object] = {}
+        exec(f"def body(msg):\n    return {{{items}}}", namespace)  # noqa: S102 - field names are identifiers
+        body: Callable[[Message], dict[str, Any]] = namespace["body"]  # type: ignore[assignment]
+        body.__qualname__ = f"{self.cls.__qualname__}.<body>"
+        return body
 
     def _generate_build(
         self, fields: list[tuple[str, _Check, str | None, bool]]
@@ -452,7 +463,7 @@ class MessageRegistry:
             raise EncodeError(
                 f"{type(msg).__qualname__} is not a registered message kind"
             )
-        return {name: getattr(msg, name) for name in spec.names}
+        return spec.body(msg)
 
     def from_body(self, kind: str, body: object) -> Message:
         """Build the message of ``kind`` from an untrusted decoded ``body``.

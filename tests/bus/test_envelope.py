@@ -205,6 +205,18 @@ def test_envelope_init_takes_exactly_the_fields_in_order() -> None:
     assert dataclasses.replace(by_name, to="x:y").to == "x:y"
 
 
+def test_new_envelope_is_the_envelope_with_a_fresh_id() -> None:
+    args = ("a:b", Ping(3), "c:d", "node:n1", "corr", 7, 12.5, TRACEPARENT)
+    fast = envelope_module.new_envelope(*args)
+    slow = Envelope("a:b", Ping(3), sender="c:d", reply_to="node:n1", correlation_id="corr", epoch=7,
+                    deadline=12.5, traceparent=TRACEPARENT)
+    assert type(fast) is Envelope
+    assert fast.msg_id and fast.msg_id != slow.msg_id
+    assert dataclasses.replace(fast, msg_id=slow.msg_id) == slow
+    bare = envelope_module.new_envelope("a:b", Ping(), None, None, None, 0, None, None)
+    assert bare == Envelope("a:b", Ping(), msg_id=bare.msg_id)
+
+
 # -- encoding ----------------------------------------------------------------------------
 
 

@@ -284,6 +284,23 @@ def test_to_body_holds_every_field() -> None:
     assert REGISTRY.to_body(Stop()) == {}
 
 
+def test_to_body_is_every_field_in_order_for_every_registered_kind() -> None:
+    # to_body is generated per class; it must agree with the fields.
+    import dataclasses as dc
+
+    for kind in REGISTRY.kinds():
+        cls = REGISTRY.lookup(kind)
+        assert cls is not None
+        names = [f.name for f in dc.fields(cls)]
+        sentinel = {name: object() for name in names}
+        fake = object.__new__(cls)
+        for name, value in sentinel.items():
+            object.__setattr__(fake, name, value)
+        body = REGISTRY.to_body(fake)
+        assert list(body) == names
+        assert all(body[name] is sentinel[name] for name in names)
+
+
 def test_to_body_of_unregistered_class_is_encode_error() -> None:
     with pytest.raises(EncodeError, match="Ping"):
         LOCAL.to_body(Ping())
