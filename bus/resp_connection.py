@@ -22,6 +22,7 @@ import asyncio
 import collections
 import logging
 import socket
+import threading
 from typing import Any, Protocol
 
 import hiredis
@@ -93,6 +94,9 @@ class RespConnection(asyncio.BufferedProtocol):
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.ping_waiter: asyncio.Future[None] | None = None
         self.chunks_in = 0
+        #: Held around every write after the handshake, when set (the owner
+        #: may write on the same socket from other threads).
+        self.write_lock: threading.Lock | None = None
         self.lost: asyncio.Future[BaseException | None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,7 +147,11 @@ class RespConnection(asyncio.BufferedProtocol):
         assert self.transport is not None
         waiter: asyncio.Future[None] = self.loop.create_future()
         self.ping_waiter = waiter
-        self.transport.write(b"*1\r\n$4\r\nPING\r\n")
+        if self.write_lock is None:
+            self.transport.write(b"*1\r\n$4\r\nPING\r\n")
+        else:
+            with self.write_lock:
+                self.transport.write(b"*1\r\n$4\r\nPING\r\n")
         await waiter
 
     def _handshake_reply(self, reply: object) -> None:
