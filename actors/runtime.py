@@ -58,7 +58,8 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from pykka import ActorDeadError, ActorRef, ActorRegistry, ThreadingFuture
+from pykka import ActorDeadError, ActorRef, ActorRegistry, Future, ThreadingFuture, Timeout
+from pykka._threading import ThreadingFutureResult
 from pykka import Actor as _PykkaActor
 
 from bus.errors import HuddleError, MailboxFull
@@ -352,6 +353,8 @@ def _blocking_section(what: str) -> AbstractContextManager[None]:
 # --------------------------------------------------------------------------
 # Futures
 
+_allocate_lock = threading.Lock
+
 
 class PooledFuture(ThreadingFuture[T]):
     """A pykka future that pool threads may block on, and asyncio may await.
@@ -365,47 +368,101 @@ class PooledFuture(ThreadingFuture[T]):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        # Not ThreadingFuture.__init__: its Condition (a Python object over
+        # an RLock, with a new lock per wait) is most of what a future
+        # costs, and an ask makes one. A re-entrant lock and a list of
+        # parked waiter locks do the same job; get/set/set_exception/
+        # set_get_hook below are ThreadingFuture's, on them.
+        Future.__init__(self)
+        self._result: ThreadingFutureResult | None = None
+        self._lock = threading.RLock()
+        self._waiters: list[threading.Lock] | None = None
         self._callbacks: list[Callable[[PooledFuture[T]], None]] | None = None
 
     def done(self) -> bool:
         return self._result is not None
 
     def get(self, *, timeout: float | None = None) -> Any:
-        if self._result is None and self._get_hook is None and timeout != 0:
+        if self._get_hook is not None:
+            with self._lock:  # as pykka: the hook runs once, under the lock
+                return Future.get(self, timeout=timeout)
+        result = self._result
+        if result is None:
+            if timeout is not None and timeout <= 0:
+                raise Timeout(f"{timeout} seconds")
             with _blocking_section("future.get()"):
-                return super().get(timeout=timeout)
-        return super().get(timeout=timeout)
+                result = self._wait(timeout)
+        if result.exc_info is not None:
+            (exc_type, exc_value, exc_traceback) = result.exc_info
+            assert exc_type is not None
+            if exc_value is None:
+                exc_value = exc_type()
+            if exc_value.__traceback__ is not exc_traceback:
+                raise exc_value.with_traceback(exc_traceback)
+            raise exc_value
+        return result.value
+
+    def _wait(self, timeout: float | None) -> ThreadingFutureResult:
+        with self._lock:
+            result = self._result
+            if result is not None:
+                return result
+            waiter = _allocate_lock()
+            waiter.acquire()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+        # Released by set()/set_exception(); a hook set meanwhile does not
+        # release it (pykka's waiter would wait on for the value, too).
+        waiter.acquire(True, -1 if timeout is None else timeout)
+        result = self._result
+        if result is None:
+            with self._lock:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                result = self._result
+            if result is None:
+                raise Timeout(f"{timeout} seconds")
+        return result
 
     def set(self, value: Any | None = None) -> None:
-        super().set(value)
-        self._run_callbacks()
+        self._complete(ThreadingFutureResult(value=value))
 
     def set_exception(self, exc_info: Any = None) -> None:
+        assert exc_info is None or len(exc_info) == 3
         if exc_info is None:
-            import sys
-
             exc_info = sys.exc_info()
-        super().set_exception(exc_info)
-        self._run_callbacks()
+        self._complete(ThreadingFutureResult(exc_info=exc_info))
+
+    def _complete(self, result: ThreadingFutureResult) -> None:
+        with self._lock:
+            if self._result is not None or self._get_hook is not None:
+                raise queue.Full
+            self._result = result
+            waiters, self._waiters = self._waiters, None
+            callbacks, self._callbacks = self._callbacks, None
+        for waiter in waiters or ():
+            waiter.release()
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:  # noqa: BLE001
+                log.exception("future callback failed")
+
+    def set_get_hook(self, func: Any) -> None:
+        with self._lock:
+            if self._result is not None:
+                raise queue.Full
+            Future.set_get_hook(self, func)
 
     def add_done_callback(self, fn: Callable[[PooledFuture[T]], None]) -> None:
-        with self._condition:
+        with self._lock:
             if self._result is None:
                 if self._callbacks is None:
                     self._callbacks = []
                 self._callbacks.append(fn)
                 return
         fn(self)
-
-    def _run_callbacks(self) -> None:
-        with self._condition:
-            callbacks, self._callbacks = self._callbacks, None
-        for fn in callbacks or ():
-            try:
-                fn(self)
-            except Exception:  # noqa: BLE001
-                log.exception("future callback failed")
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._get_hook is not None:

@@ -804,3 +804,48 @@ def test_a_round_of_slices_on_the_loop_ends_when_its_time_is_spent(
 
     assert marker_saw == [["first"]]  # the loop got its turn between the two slices
     assert handled == ["first", "second", "last"]
+
+
+def test_future_wakes_every_waiter_once_set_and_times_out_the_rest() -> None:
+    # PooledFuture parks each waiting thread on a lock of its own: no wait
+    # may be lost whatever the interleaving of waits, timeouts and set.
+    import queue as queue_module
+    import random
+
+    from pykka import Timeout
+
+    rng = random.Random(7)
+    for round_ in range(40):
+        future: PooledFuture[int] = PooledFuture()
+        outcomes: list[object] = []
+        lock = threading.Lock()
+        start = threading.Barrier(6)
+
+        def wait(timeout: float | None, future: PooledFuture[int] = future) -> None:
+            start.wait()
+            try:
+                value: object = future.get(timeout=timeout)
+            except Timeout:
+                value = "timeout"
+            with lock:
+                outcomes.append((timeout, value))
+
+        timeouts = [None, None, 0.0005, 0.001, 5.0]
+        threads = [threading.Thread(target=wait, args=(t,)) for t in timeouts]
+        for t in threads:
+            t.start()
+        start.wait()
+        if rng.random() < 0.5:
+            threading.Event().wait(rng.random() * 0.002)
+        future.set(round_)
+        for t in threads:
+            t.join(DEADLINE)
+            assert not t.is_alive()
+        for timeout, value in outcomes:
+            assert value == round_ or (value == "timeout" and timeout is not None and timeout < 1)
+        assert [v for t, v in outcomes if t is None or t >= 1] == [round_] * 3
+        assert future.get(timeout=0) == round_
+        with pytest.raises(queue_module.Full):
+            future.set(0)
+        with pytest.raises(queue_module.Full):
+            future.set_exception((ValueError, ValueError("x"), None))
