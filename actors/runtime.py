@@ -83,6 +83,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("huddle.runtime")
+get_ident = threading.get_ident
 _pykka_log = logging.getLogger("pykka")  # pykka's receive loop logs here
 
 T = TypeVar("T")
@@ -243,10 +244,20 @@ class LoopDispatcher:
         self._scheduled = False  # a round is scheduled or running
         self._callback_pending = False  # a loop callback for a round is queued
         self._running = False  # a round is running (loop thread only)
+        self._loop_thread = -1  # the loop's thread, once it ran a round
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
     def submit(self, actor: Runnable) -> None:
+        if self._scheduled and get_ident() == self._loop_thread:
+            # On the loop's own thread with a round scheduled or running:
+            # only this thread ends a round (clearing ``_scheduled``, under
+            # the lock, after looking at the queue), so the flag cannot
+            # change under us and the round, or the next, takes the actor.
+            # Most submits are these (each message of a read for an idle
+            # actor): no lock.
+            self._ready.append(actor)
+            return
         with self._lock:
             self._ready.append(actor)
             if self._scheduled:
@@ -276,6 +287,7 @@ class LoopDispatcher:
             self._run_ready()
 
     def _run_ready(self) -> None:
+        self._loop_thread = get_ident()
         ready = self._ready
         count = len(ready)
         ends = time.perf_counter() + ROUND_BUDGET_S
@@ -695,10 +707,11 @@ class Mailbox:
         if self._q and not self._closed:
             self._dispatcher.submit(self._actor)  # still scheduled: keep going
             return
-        with self._lock:
-            self._scheduled = False
-        # A put that read ``_scheduled`` as True before we cleared it has
-        # already appended; pick it up here.
+        # One store, no lock needed: a put either read ``_scheduled`` before
+        # it, as True, after appending (then we see its message just below),
+        # or after it, as False (then it schedules the actor itself, under
+        # the lock, and _schedule_if_parked below finds it scheduled).
+        self._scheduled = False
         if self._q:
             self._schedule_if_parked()
 
