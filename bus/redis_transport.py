@@ -523,7 +523,12 @@ class RedisTransport(TransportCallbacks):
             direct.close()
 
     def publish(self, channel: str, data: bytes) -> None:
-        if self._direct is not None and not on_loop(self._loop) and self._publish_direct(channel, data):
+        if (
+            self._direct is not None
+            and not self._inflight  # (cheap, and usually false under load)
+            and not on_loop(self._loop)
+            and self._publish_direct(channel, data)
+        ):
             return
         with self._lock:
             if self._closed:
