@@ -71,6 +71,13 @@ class ConnectionLost(Exception):
 READ_BUFFER = 256 * 1024
 """Bytes one read may bring (asyncio's own read size)."""
 
+FEED = 4096
+"""Bytes handed to the reader at a time. The reader keeps what it was fed
+in one buffer and, each time a reply leaves it with 1 KiB or more consumed,
+moves the unread rest to the front: fed a whole 256 KiB read of small
+messages, it moved about 128 bytes for every byte it parsed (5 % of a
+subscriber's CPU). Fed 4 KiB at a time, the unread rest stays small."""
+
 
 class RespConnection(asyncio.BufferedProtocol):
     """RESP over one socket.
@@ -111,16 +118,28 @@ class RespConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.chunks_in += 1
-        self.reader.feed(self._buffer, 0, nbytes)
-        self._replies()
+        feed = self.reader.feed
+        buffer = self._buffer
+        replies = self._replies
+        for offset in range(0, nbytes, FEED):
+            feed(buffer, offset, min(FEED, nbytes - offset))
+            replies()
+        self._read_done()
 
     def data_received(self, data: bytes) -> None:
         self.chunks_in += 1
-        self.reader.feed(data)
-        self._replies()
+        view = memoryview(data)
+        for offset in range(0, len(data), FEED):
+            self.reader.feed(view[offset : offset + FEED])
+            self._replies()
+        self._read_done()
 
     def _replies(self) -> None:
+        """Take every complete reply the reader holds."""
         raise NotImplementedError
+
+    def _read_done(self) -> None:
+        """Everything one read brought has been parsed and handed over."""
 
     def connection_lost(self, exc: BaseException | None) -> None:
         waiters = list(self.waiters)
@@ -221,6 +240,7 @@ class SubscriberConnection(RespConnection):
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: SubscriberOwner) -> None:
         super().__init__(loop)
         self.owner = owner
+        self.delivered = 0  # messages handed over since the read began
 
     def _replies(self) -> None:
         owner = self.owner
@@ -228,7 +248,7 @@ class SubscriberConnection(RespConnection):
         names = owner._channel_names  # bytes -> str of channels still wanted
         receiver = owner._receiver
         stats = owner.stats
-        delivered = 0
+        delivered = 0  # counted here, added to the read's count at the end
         try:
             while (reply := gets()) is not False:
                 if reply.__class__ is list:
@@ -255,5 +275,9 @@ class SubscriberConnection(RespConnection):
                     owner._subscription_reply(reply)  # an error reply
         except hiredis.ProtocolError as exc:
             self._protocol_error(exc)
-        if delivered:
-            owner._received_batch()
+        self.delivered += delivered
+
+    def _read_done(self) -> None:
+        if self.delivered:
+            self.delivered = 0
+            self.owner._received_batch()
