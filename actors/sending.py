@@ -37,7 +37,7 @@ from actors.clock import TimerHandle
 from actors.ownership import FORWARDED
 from actors.runtime import PooledFuture
 from bus.address import channel_for
-from bus.envelope import Envelope, new_envelope, new_message_id
+from bus.envelope import SCHEMA_VERSION, Envelope, new_envelope, new_message_id
 from bus.errors import (
     ActorStopped,
     AskTimeout,
@@ -88,7 +88,15 @@ class Sending:
         """Send ``message`` to ``to``, wherever it lives. Raises
         :class:`EncodeError` if it cannot be encoded; delivery problems are
         dead letters, not exceptions."""
-        self.send_envelope(new_envelope(to, message, sender, reply_to, correlation_id, epoch, deadline, traceparent))
+        # send_envelope(Envelope(...)), without the envelope object unless
+        # it is refused: it would only be read field by field by the codec.
+        ownership = self._ownership
+        if ownership is not None and epoch and sender is not None and not ownership.may_send(sender, epoch):
+            env = new_envelope(to, message, sender, reply_to, correlation_id, epoch, deadline, traceparent)
+            self._refuse(env, "lease-lost")  # a former owner must not speak
+            return
+        self._route(to, self.codec.encode_fields(message, SCHEMA_VERSION, new_message_id(), to, sender, reply_to,
+                                                 correlation_id, epoch, deadline, traceparent))
 
     def send_envelope(self, env: Envelope) -> None:
         ownership = self._ownership

@@ -321,7 +321,27 @@ class Codec:
         Raises ``EncodeError`` if the message is not registered, a value is
         not msgpack-packable, or the result is over ``max_size``.
         """
-        msg = env.message
+        return self.encode_fields(
+            env.message, env.version, env.msg_id, env.to, env.sender, env.reply_to,
+            env.correlation_id, env.epoch, env.deadline, env.traceparent,
+        )  # fmt: skip
+
+    def encode_fields(
+        self,
+        msg: Message,
+        version: int,
+        msg_id: str,
+        to: str,
+        sender: str | None,
+        reply_to: str | None,
+        correlation_id: str | None,
+        epoch: int,
+        deadline: float | None,
+        traceparent: str | None,
+        /,
+    ) -> bytes:
+        """``encode`` of the envelope with these fields, without building it
+        (the send path: most sends never need the envelope object)."""
         body = self._to_body(msg)
         try:
             packer = _local.__dict__.get("packer")
@@ -332,16 +352,16 @@ class Codec:
                 packer = _local.packer = msgpack.Packer(use_bin_type=True)
             data: bytes = packer.pack(
                 [
-                    env.version,
-                    env.msg_id,
+                    version,
+                    msg_id,
                     msg.KIND,
-                    env.to,
-                    env.sender,
-                    env.reply_to,
-                    env.correlation_id,
-                    env.epoch,
-                    env.deadline,
-                    env.traceparent,
+                    to,
+                    sender,
+                    reply_to,
+                    correlation_id,
+                    epoch,
+                    deadline,
+                    traceparent,
                     body,
                 ],
             )
