@@ -577,11 +577,14 @@ class Mailbox:
     ``ActorDeadError`` and passes a tell to the actor's dead-letter hook.
     """
 
-    __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_held", "_lock", "_q", "_scheduled")
+    __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_held", "_lock", "_loop", "_q",
+                 "_scheduled")
 
     def __init__(self, actor: PooledActor, dispatcher: Dispatcher, capacity: int | None) -> None:
         self._actor = actor
         self._dispatcher = dispatcher
+        # Slices run on one loop thread: that thread may put without the lock.
+        self._loop = dispatcher if isinstance(dispatcher, LoopDispatcher) else None
         self._capacity = capacity
         self._q: deque[Envelope[Any]] | None = None
         self._scheduled = False
@@ -616,6 +619,21 @@ class Mailbox:
             if self._scheduled:
                 return
             self._schedule_if_parked()
+            return
+        loop = self._loop
+        if q is not None and loop is not None and get_ident() == loop._loop_thread and not self._closed:
+            # An idle actor, on the thread that runs its slices (each message
+            # of a read for an actor that had none waiting): no lock. That
+            # thread alone closes the mailbox and parks the actor, so neither
+            # can happen under us; a put from another thread at the same
+            # moment may also see the actor idle and submit it too, which on
+            # a loop dispatcher only runs one more (sequential) slice.
+            if self._capacity is not None and len(q) >= self._capacity:
+                raise MailboxFull(self._actor._address_or_urn(), f"mailbox holds {len(q)} messages")
+            q.append(envelope)
+            if not self._scheduled:
+                self._scheduled = True
+                loop.submit(self._actor)
             return
         with self._lock:
             if self._closed:
