@@ -68,12 +68,23 @@ class ActorContext:
 
 
 class Delivery:
-    """What a huddle actor's pykka mailbox carries for a bus message."""
+    """What a huddle actor's pykka mailbox carries for a bus message.
 
-    __slots__ = ("envelope",)
+    It is its own mailbox envelope (pykka's loop reads ``message`` and
+    ``reply_to`` from what it takes out of a mailbox): ``message`` is the
+    delivery itself, ``reply_to`` what the answer to an ask goes to
+    (``None`` for a tell). One object per message instead of two.
+    """
 
-    def __init__(self, envelope: Envelope) -> None:
+    __slots__ = ("envelope", "reply_to")
+
+    def __init__(self, envelope: Envelope, reply_to: Any = None) -> None:
         self.envelope = envelope
+        self.reply_to = reply_to
+
+    @property
+    def message(self) -> Delivery:
+        return self
 
 
 class HuddleActor(PooledActor):
@@ -95,6 +106,7 @@ class HuddleActor(PooledActor):
     #: on the node's I/O loop, where a blocking wait raises
     #: :class:`~actors.runtime.BlockingOnLoop`.
     blocking: ClassVar[bool] = False
+    _direct_types: ClassVar[tuple[type, ...]] = (Delivery,)
 
     def __init__(self, ctx: ActorContext) -> None:
         # Before the mailbox is made: it runs on the node's loop or the pool.
@@ -141,7 +153,10 @@ class HuddleActor(PooledActor):
         return self.ctx.epoch
 
     def tell(self, to: str, message: Message, **header: Any) -> None:
-        self.node.tell(to, message, sender=self.address, epoch=self.epoch, **header)
+        if header:
+            self.node.tell(to, message, sender=self.address, epoch=self.epoch, **header)
+        else:  # the usual case, without merging an empty dict into the call
+            self.node.tell(to, message, sender=self.address, epoch=self.epoch)
 
     def ask(self, to: str, message: Message, *, timeout: float | None = None) -> PooledFuture[Any]:
         return self.node.ask(to, message, timeout=timeout, sender=self.address, epoch=self.epoch)

@@ -34,14 +34,16 @@ on the node, no layer in between.
 
 from __future__ import annotations
 
+import logging
+import queue
+import sys
 from typing import TYPE_CHECKING, Any
 
 from pykka import ActorDeadError
-from pykka._envelope import Envelope as _PykkaEnvelope
 
 from actors.actor import Delivery
 from actors.fencing import Verdict
-from actors.runtime import Mailbox, PooledFuture
+from actors.runtime import Mailbox
 from bus.envelope import Envelope
 from bus.errors import DecodeError, MailboxFull
 from bus.messages import Reply, Stop
@@ -54,6 +56,8 @@ __all__ = ["RESTART_BUFFER", "Dispatch"]
 #: Messages held for an address whose actor is being restarted.
 RESTART_BUFFER = 10_000
 
+log = logging.getLogger("huddle.node")
+
 
 class Dispatch:
     """The receive path and fencing (a part of :class:`~actors.node.Node`,
@@ -61,6 +65,12 @@ class Dispatch:
 
     def _on_wire(self, channel: str, data: bytes) -> None:
         self.receive_bytes(data, channel)
+
+    def _after_wire(self) -> None:
+        """The transport handed over everything one read brought: run the
+        actors it made ready now, in this turn of the loop (what they send
+        is written when this returns)."""
+        self.dispatcher.run_pending()
 
     def _on_unrouted(self, channel: str, data: bytes) -> None:
         """The bus delivered one of our sends to nobody: no node hosts that
@@ -163,7 +173,7 @@ class Dispatch:
             if env.reply_to is not None:
                 self._reply(env, Reply(stopping))
             return
-        reply_future: PooledFuture[Any] | None = None if env.reply_to is None else PooledFuture()
+        answer = None if env.reply_to is None else _Answer(self, env, actor)
         mailbox: Mailbox = actor.actor_inbox  # type: ignore[assignment]
         hook = self.delivery_hook
         if hook is not None:
@@ -174,13 +184,54 @@ class Dispatch:
                 return
             hook(env)
         try:
-            mailbox.put(_PykkaEnvelope(Delivery(env), reply_to=reply_future))
+            mailbox.put(Delivery(env, answer))  # type: ignore[arg-type]
         except MailboxFull:
             self._refuse(env, "mailbox-full")
-            return
-        if reply_future is not None:
-            # Runs at once if the actor already answered.
-            reply_future.add_done_callback(lambda f: self._answer(env, f, actor))
+
+
+class _Answer:
+    """Where the answer to an ask goes: the ``reply_to`` of the mailbox
+    envelope, in place of a future. pykka's receive loop (and the runtime,
+    when it refuses a queued message) calls ``set`` or ``set_exception``
+    on it once; that sends the reply at once, on that thread, as a done
+    callback on a future would, without the future (a condition variable,
+    a lock taken three times, a callback list) on every ask.
+
+    Like a future's callbacks, a failure while replying is logged, never
+    raised into the receive loop; a second ``set`` raises ``queue.Full``
+    as a future's does.
+    """
+
+    __slots__ = ("_actor", "_env", "_node", "_set")
+
+    def __init__(self, node: Dispatch, env: Envelope, actor: HuddleActor) -> None:
+        self._node = node
+        self._env = env
+        self._actor = actor
+        self._set = False
+
+    def set(self, value: Any = None) -> None:
+        if self._set:
+            raise queue.Full
+        self._set = True
+        try:
+            self._node._answer_value(self._env, value, self._actor)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001
+            log.exception("answering %s failed", self._env.kind)
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        if exc_info is None:
+            exc_info = sys.exc_info()
+        if self._set:
+            raise queue.Full
+        self._set = True
+        exc_type, exc, _tb = exc_info
+        if exc is None:
+            exc = exc_type()
+        try:
+            self._node._answer_error(self._env, exc, self._actor)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001
+            log.exception("answering %s failed", self._env.kind)
 
 
 def _address_of(channel: str | None, namespace: str) -> str:

@@ -135,6 +135,7 @@ class Node(Hosting, Dispatch, Sending, Events):
             return self
         self._started = True
         self.transport.set_receiver(self._on_wire)
+        self.transport.on_received(self._after_wire)
         self.transport.on_unrouted(self._on_unrouted)
         self.transport.on_state(self._on_bus_state)
         self.transport.subscribe(channel_for(self.address, self.namespace))

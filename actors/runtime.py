@@ -12,16 +12,19 @@ still holds:
   unchanged (pykka's own test suite runs against this runtime).
 
 How a slice works: the dispatcher calls :meth:`PooledActor._run_slice`,
-which runs pykka's unmodified receive loop (``Actor._actor_loop_running``).
-The mailbox's ``get()`` never blocks: when the mailbox is empty, or the
-slice has used its budget (fairness between actors), it raises
-:class:`_SliceEnd`, which pykka's loop does not catch because ``get()`` is
-called outside its ``try``. The slice then ends and the actor is either
-re-queued (messages left) or parked (none left). What is overridden:
-pykka's documented hooks ``_create_actor_inbox``, ``_create_future`` and
-``_start_actor_loop``; ``__init__`` (the same fields, a lighter stop flag,
-and a mailbox made per actor, since it schedules that actor); and
-``_handle_failure`` (the crash is remembered for the exit report).
+which runs the actor's receive loop for one slice. That loop is huddle's
+own (``PooledActor._actor_loop_running``), and handles each message as
+pykka's does (the same answers, failure handling and log records), but it
+returns when the mailbox is empty or the slice has used its budget
+(fairness between actors). The mailbox's ``get()`` never blocks either:
+past the same limits it raises :class:`_SliceEnd`, which pykka's teardown
+(it drains the mailbox with ``get()``) does not catch. The slice then ends
+and the actor is either re-queued (messages left) or parked (none left).
+What is overridden: pykka's documented hooks ``_create_actor_inbox``,
+``_create_future`` and ``_start_actor_loop``; the receive loop (above);
+``__init__`` (the same fields, a lighter stop flag, and a mailbox made per
+actor, since it schedules that actor); and ``_handle_failure`` (the crash
+is remembered for the exit report).
 
 Two dispatchers: :class:`ThreadPoolDispatcher` runs slices on a pool of
 threads (the default, and where every actor that may block runs);
@@ -49,6 +52,7 @@ import asyncio
 import logging
 import queue
 import random
+import sys
 import threading
 import time
 import uuid
@@ -57,14 +61,14 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from pykka import ActorDeadError, ActorRef, ActorRegistry, ThreadingFuture
+from pykka import ActorDeadError, ActorRef, ActorRegistry, Future, ThreadingFuture, Timeout
+from pykka._threading import ThreadingFutureResult
 from pykka import Actor as _PykkaActor
 
 from bus.errors import HuddleError, MailboxFull
 from bus.loop import LoopThread, current_loop_thread
 
 if TYPE_CHECKING:
-    from pykka import Future
     from pykka._envelope import Envelope
 
 __all__ = [
@@ -82,6 +86,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("huddle.runtime")
+get_ident = threading.get_ident
+_pykka_log = logging.getLogger("pykka")  # pykka's receive loop logs here
 
 T = TypeVar("T")
 
@@ -225,45 +231,87 @@ class LoopDispatcher:
     loop has read its sockets and run its other callbacks. For actors that
     never block: a blocking wait on this thread raises :class:`BlockingOnLoop`
     instead of stopping the loop.
+
+    :meth:`run_pending` runs the waiting round at once, from a callback
+    already running on the loop (the transport's, once a read's messages
+    are all queued): what a read made ready is handled in the same turn of
+    the loop, and what the handlers send is written in it too, instead of
+    each step waiting for a turn (a system call and a pass of the loop) of
+    its own. The scheduled callback then finds nothing left, or runs what
+    became ready since.
     """
 
     def __init__(self, io: LoopThread) -> None:
         self.io = io
         self._ready: deque[Runnable] = deque()
         self._scheduled = False  # a round is scheduled or running
+        self._callback_pending = False  # a loop callback for a round is queued
+        self._running = False  # a round is running (loop thread only)
+        self._loop_thread = -1  # the loop's thread, once it ran a round
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
     def submit(self, actor: Runnable) -> None:
+        if self._scheduled and get_ident() == self._loop_thread:
+            # On the loop's own thread with a round scheduled or running:
+            # only this thread ends a round (clearing ``_scheduled``, under
+            # the lock, after looking at the queue), so the flag cannot
+            # change under us and the round, or the next, takes the actor.
+            # Most submits are these (each message of a read for an idle
+            # actor): no lock.
+            self._ready.append(actor)
+            return
         with self._lock:
             self._ready.append(actor)
             if self._scheduled:
                 return
             self._scheduled = True
+            self._callback_pending = True
         try:
-            self.io.call_soon(self._run_ready)
+            self.io.call_soon(self._run_scheduled)
         except HuddleError:  # the loop is closed: the node is gone, and its slices with it
             with self._lock:
                 self._ready.clear()
                 self._scheduled = False
+                self._callback_pending = False
                 self._idle.notify_all()
             log.debug("slice of %r dropped: the loop is closed", actor)
 
+    def run_pending(self) -> None:
+        """Loop thread, from a callback (never from a slice): run the round
+        that waits, now."""
+        if self._ready and not self._running:
+            self._run_ready()
+
+    def _run_scheduled(self) -> None:
+        with self._lock:
+            self._callback_pending = False
+        if not self._running:
+            self._run_ready()
+
     def _run_ready(self) -> None:
+        self._loop_thread = get_ident()
         ready = self._ready
         count = len(ready)
         ends = time.perf_counter() + ROUND_BUDGET_S
-        for _ in range(count):
-            actor = ready.popleft()
-            try:
-                actor._run_slice()
-            except BaseException:  # noqa: BLE001 - a slice must never stop the loop
-                log.exception("actor slice escaped its handler: %r", actor)
-            if time.perf_counter() >= ends:
-                break  # the rest after the loop has written and read its sockets
+        self._running = True
+        try:
+            for _ in range(count):
+                actor = ready.popleft()
+                try:
+                    actor._run_slice()
+                except BaseException:  # noqa: BLE001 - a slice must never stop the loop
+                    log.exception("actor slice escaped its handler: %r", actor)
+                if time.perf_counter() >= ends:
+                    break  # the rest after the loop has written and read its sockets
+        finally:
+            self._running = False
         with self._lock:
             if ready:
-                asyncio.get_running_loop().call_soon(self._run_ready)  # the next round, after the loop's other work
+                if not self._callback_pending:
+                    # The next round, after the loop's other work.
+                    self._callback_pending = True
+                    asyncio.get_running_loop().call_soon(self._run_scheduled)
             else:
                 self._scheduled = False
                 self._idle.notify_all()
@@ -320,6 +368,8 @@ def blocking_section(what: str) -> AbstractContextManager[None]:
 # --------------------------------------------------------------------------
 # Futures
 
+_allocate_lock = threading.Lock
+
 
 class PooledFuture(ThreadingFuture[T]):
     """A pykka future that pool threads may block on, and asyncio may await.
@@ -333,32 +383,95 @@ class PooledFuture(ThreadingFuture[T]):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        # Not ThreadingFuture.__init__: its Condition (a Python object over
+        # an RLock, with a new lock per wait) is most of what a future
+        # costs, and an ask makes one. A re-entrant lock and a list of
+        # parked waiter locks do the same job; get/set/set_exception/
+        # set_get_hook below are ThreadingFuture's, on them.
+        Future.__init__(self)
+        self._result: ThreadingFutureResult | None = None
+        self._lock = threading.RLock()
+        self._waiters: list[threading.Lock] | None = None
         self._callbacks: list[Callable[[PooledFuture[T]], None]] | None = None
 
     def done(self) -> bool:
         return self._result is not None
 
     def get(self, *, timeout: float | None = None) -> Any:
-        if self._result is None and self._get_hook is None and timeout != 0:
+        if self._get_hook is not None:
+            with self._lock:  # as pykka: the hook runs once, under the lock
+                return Future.get(self, timeout=timeout)
+        result = self._result
+        if result is None:
+            if timeout is not None and timeout <= 0:
+                raise Timeout(f"{timeout} seconds")
             with blocking_section("future.get()"):
-                return super().get(timeout=timeout)
-        return super().get(timeout=timeout)
+                result = self._wait(timeout)
+        if result.exc_info is not None:
+            (exc_type, exc_value, exc_traceback) = result.exc_info
+            assert exc_type is not None
+            if exc_value is None:
+                exc_value = exc_type()
+            if exc_value.__traceback__ is not exc_traceback:
+                raise exc_value.with_traceback(exc_traceback)
+            raise exc_value
+        return result.value
+
+    def _wait(self, timeout: float | None) -> ThreadingFutureResult:
+        with self._lock:
+            result = self._result
+            if result is not None:
+                return result
+            waiter = _allocate_lock()
+            waiter.acquire()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+        # Released by set()/set_exception(); a hook set meanwhile does not
+        # release it (pykka's waiter would wait on for the value, too).
+        waiter.acquire(True, -1 if timeout is None else timeout)
+        result = self._result
+        if result is None:
+            with self._lock:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                result = self._result
+            if result is None:
+                raise Timeout(f"{timeout} seconds")
+        return result
 
     def set(self, value: Any | None = None) -> None:
-        super().set(value)
-        self._run_callbacks()
+        self._complete(ThreadingFutureResult(value=value))
 
     def set_exception(self, exc_info: Any = None) -> None:
+        assert exc_info is None or len(exc_info) == 3
         if exc_info is None:
-            import sys
-
             exc_info = sys.exc_info()
-        super().set_exception(exc_info)
-        self._run_callbacks()
+        self._complete(ThreadingFutureResult(exc_info=exc_info))
+
+    def _complete(self, result: ThreadingFutureResult) -> None:
+        with self._lock:
+            if self._result is not None or self._get_hook is not None:
+                raise queue.Full
+            self._result = result
+            waiters, self._waiters = self._waiters, None
+            callbacks, self._callbacks = self._callbacks, None
+        for waiter in waiters or ():
+            waiter.release()
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:  # noqa: BLE001
+                log.exception("future callback failed")
+
+    def set_get_hook(self, func: Any) -> None:
+        with self._lock:
+            if self._result is not None:
+                raise queue.Full
+            Future.set_get_hook(self, func)
 
     def add_done_callback(self, fn: Callable[[PooledFuture[T]], None]) -> None:
-        with self._condition:
+        with self._lock:
             if self._result is None:
                 if self._callbacks is None:
                     self._callbacks = []
@@ -382,15 +495,6 @@ class PooledFuture(ThreadingFuture[T]):
 
         self.add_done_callback(done)
         return out
-
-    def _run_callbacks(self) -> None:
-        with self._condition:
-            callbacks, self._callbacks = self._callbacks, None
-        for fn in callbacks or ():
-            try:
-                fn(self)
-            except Exception:  # noqa: BLE001
-                log.exception("future callback failed")
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._get_hook is not None:
@@ -514,11 +618,14 @@ class Mailbox:
     ``ActorDeadError`` and passes a tell to the actor's dead-letter hook.
     """
 
-    __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_held", "_lock", "_q", "_scheduled")
+    __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_held", "_lock", "_loop", "_q",
+                 "_scheduled")
 
     def __init__(self, actor: PooledActor, dispatcher: Dispatcher, capacity: int | None) -> None:
         self._actor = actor
         self._dispatcher = dispatcher
+        # Slices run on one loop thread: that thread may put without the lock.
+        self._loop = dispatcher if isinstance(dispatcher, LoopDispatcher) else None
         self._capacity = capacity
         self._q: deque[Envelope[Any]] | None = None
         self._scheduled = False
@@ -553,6 +660,21 @@ class Mailbox:
             if self._scheduled:
                 return
             self._schedule_if_parked()
+            return
+        loop = self._loop
+        if q is not None and loop is not None and get_ident() == loop._loop_thread and not self._closed:
+            # An idle actor, on the thread that runs its slices (each message
+            # of a read for an actor that had none waiting): no lock. That
+            # thread alone closes the mailbox and parks the actor, so neither
+            # can happen under us; a put from another thread at the same
+            # moment may also see the actor idle and submit it too, which on
+            # a loop dispatcher only runs one more (sequential) slice.
+            if self._capacity is not None and len(q) >= self._capacity:
+                raise MailboxFull(self._actor._address_or_urn(), f"mailbox holds {len(q)} messages")
+            q.append(envelope)
+            if not self._scheduled:
+                self._scheduled = True
+                loop.submit(self._actor)
             return
         with self._lock:
             if self._closed:
@@ -644,10 +766,11 @@ class Mailbox:
         if self._q and not self._closed:
             self._dispatcher.submit(self._actor)  # still scheduled: keep going
             return
-        with self._lock:
-            self._scheduled = False
-        # A put that read ``_scheduled`` as True before we cleared it has
-        # already appended; pick it up here.
+        # One store, no lock needed: a put either read ``_scheduled`` before
+        # it, as True, after appending (then we see its message just below),
+        # or after it, as False (then it schedules the actor itself, under
+        # the lock, and _schedule_if_parked below finds it scheduled).
+        self._scheduled = False
         if self._q:
             self._schedule_if_parked()
 
@@ -714,7 +837,52 @@ class PooledActor(_PykkaActor):
     def _start_actor_loop(self) -> None:
         self.actor_inbox.kick()  # type: ignore[attr-defined]
 
+    #: Message types handed straight to ``on_receive``: pykka's
+    #: ``_handle_receive`` first tests every message against its own kinds
+    #: (stop, proxy calls), which these never are.
+    _direct_types: ClassVar[tuple[type, ...]] = ()
+
     # -- the slice ---------------------------------------------------------
+
+    def _actor_loop_running(self) -> None:
+        """pykka's receive loop (``Actor._actor_loop_running``), for one
+        slice: each message is handled, answered and its failure reported
+        exactly as pykka does, but the loop ends when the mailbox is empty
+        or the slice's budget is spent, by returning (an exception raised
+        from ``get()`` to end a slice costs about a microsecond, on every
+        slice)."""
+        mailbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
+        stopped = self.actor_stopped
+        direct = self._direct_types
+        while not stopped.is_set():
+            q = mailbox._q
+            if not q or mailbox._budget <= 0:
+                return
+            mailbox._budget -= 1
+            envelope = q.popleft()
+            try:
+                message = envelope.message
+                if type(message) in direct:
+                    response = self.on_receive(message)
+                else:
+                    response = self._handle_receive(message)
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set(response)
+            except Exception:
+                if envelope.reply_to is not None:
+                    _pykka_log.info(f"Exception returned from {self} to caller:", exc_info=sys.exc_info())
+                    envelope.reply_to.set_exception()
+                else:
+                    self._handle_failure(*sys.exc_info())
+                    try:
+                        self.on_failure(*sys.exc_info())
+                    except Exception:  # noqa: BLE001
+                        self._handle_failure(*sys.exc_info())
+            except BaseException:  # noqa: BLE001
+                exception_value = sys.exc_info()[1]
+                _pykka_log.debug(f"{exception_value!r} in {self}. Stopping all actors.")
+                self._stop()
+                ActorRegistry.stop_all()
 
     def _run_slice(self) -> None:
         mailbox: Mailbox = self.actor_inbox  # type: ignore[assignment]

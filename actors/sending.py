@@ -37,7 +37,7 @@ from actors.clock import TimerHandle
 from actors.ownership import FORWARDED
 from actors.runtime import PooledFuture
 from bus.address import channel_for
-from bus.envelope import Envelope, new_message_id
+from bus.envelope import SCHEMA_VERSION, Envelope, new_envelope, new_message_id
 from bus.errors import (
     ActorStopped,
     AskTimeout,
@@ -88,9 +88,15 @@ class Sending:
         """Send ``message`` to ``to``, wherever it lives. Raises
         :class:`EncodeError` if it cannot be encoded; delivery problems are
         dead letters, not exceptions."""
-        env = Envelope(to=to, message=message, sender=sender, reply_to=reply_to, correlation_id=correlation_id,
-                       epoch=epoch, deadline=deadline, traceparent=traceparent)
-        self.send_envelope(env)
+        # send_envelope(Envelope(...)), without the envelope object unless
+        # it is refused: it would only be read field by field by the codec.
+        ownership = self._ownership
+        if ownership is not None and epoch and sender is not None and not ownership.may_send(sender, epoch):
+            env = new_envelope(to, message, sender, reply_to, correlation_id, epoch, deadline, traceparent)
+            self._refuse(env, "lease-lost")  # a former owner must not speak
+            return
+        self._route(to, self.codec.encode_fields(message, SCHEMA_VERSION, new_message_id(), to, sender, reply_to,
+                                                 correlation_id, epoch, deadline, traceparent))
 
     def send_envelope(self, env: Envelope) -> None:
         ownership = self._ownership
@@ -160,26 +166,36 @@ class Sending:
             self._route(to, data)
 
     def _answer(self, env: Envelope, future: PooledFuture[Any], actor: HuddleActor) -> None:
-        message: Message
         try:
             value = future.get(timeout=0)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a reply
-            if isinstance(exc, ActorDeadError) and not actor.actor_ref.is_alive():
-                # Queued behind a stop: refused by the runtime, not answered
-                # by the handler. A dead letter like any other refusal (in a
-                # cluster: forwarded to the next owner).
-                if self._ownership is None or not self._ownership.stray(env):
-                    self._refuse(env, "actor-stopped")
-                return
-            message = ErrorReply(error_type=type(exc).__name__, message=str(exc))
+            self._answer_error(env, exc, actor)
         else:
-            if value is FORWARDED:
-                return  # the next owner answers it
-            if type(value) is PooledFuture:
-                # An answer to come: the handler went on with other messages.
-                value.add_done_callback(lambda f: self._answer(env, f, actor))
-                return
-            message = value if isinstance(value, Message) else Reply(value)
+            self._answer_value(env, value, actor)
+
+    def _answer_value(self, env: Envelope, value: Any, actor: HuddleActor) -> None:
+        """The handler of the ask ``env`` returned ``value``: reply with it."""
+        if value is FORWARDED:
+            return  # the next owner answers it
+        if type(value) is PooledFuture:
+            # An answer to come: the handler went on with other messages.
+            value.add_done_callback(lambda f: self._answer(env, f, actor))
+            return
+        self._answer_with(env, value if isinstance(value, Message) else Reply(value), actor)
+
+    def _answer_error(self, env: Envelope, exc: BaseException, actor: HuddleActor) -> None:
+        """The ask ``env`` failed with ``exc`` (its handler raised, or the
+        runtime refused it): reply with the error."""
+        if isinstance(exc, ActorDeadError) and not actor.actor_ref.is_alive():
+            # Queued behind a stop: refused by the runtime, not answered
+            # by the handler. A dead letter like any other refusal (in a
+            # cluster: forwarded to the next owner).
+            if self._ownership is None or not self._ownership.stray(env):
+                self._refuse(env, "actor-stopped")
+            return
+        self._answer_with(env, ErrorReply(error_type=type(exc).__name__, message=str(exc)), actor)
+
+    def _answer_with(self, env: Envelope, message: Message, actor: HuddleActor) -> None:
         try:
             self._reply(env, message, epoch=actor.epoch)
         except EncodeError as exc:

@@ -58,6 +58,7 @@ __all__ = [
     "Envelope",
     "EnvelopeSigner",
     "is_valid_traceparent",
+    "new_envelope",
     "new_message_id",
     "new_traceparent",
 ]
@@ -151,9 +152,33 @@ class Envelope:
     traceparent: str | None = None
     version: int = SCHEMA_VERSION
 
-    def __post_init__(self) -> None:
-        if not self.msg_id:
-            object.__setattr__(self, "msg_id", new_message_id())
+    # Written by hand (dataclass keeps an __init__ a class defines): the
+    # generated one sets each field with object.__setattr__, twice the cost
+    # of the slot setters, and every send builds an envelope. Same
+    # signature as the generated one (a test holds them together).
+    def __init__(
+        self,
+        to: str,
+        message: Message,
+        sender: str | None = None,
+        msg_id: str = "",
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        epoch: int = 0,
+        deadline: float | None = None,
+        traceparent: str | None = None,
+        version: int = SCHEMA_VERSION,
+    ) -> None:
+        _set_to(self, to)
+        _set_message(self, message)
+        _set_sender(self, sender)
+        _set_msg_id(self, msg_id or new_message_id())
+        _set_reply_to(self, reply_to)
+        _set_correlation_id(self, correlation_id)
+        _set_epoch(self, epoch)
+        _set_deadline(self, deadline)
+        _set_traceparent(self, traceparent)
+        _set_version(self, version)
 
     @property
     def kind(self) -> str:
@@ -161,9 +186,10 @@ class Envelope:
         return self.message.KIND
 
 
-# Decode builds envelopes by setting the slots directly: half the cost of
-# the frozen __init__, and decode has already checked every field. A new
-# Envelope field must be added here too; the check below makes sure of it.
+# Envelopes are built by setting the slots directly (__init__, and decode,
+# which has already checked every field): half the cost of object.__setattr__.
+# A new Envelope field must be added here and to __init__ too; the check
+# below makes sure of it.
 _slot = Envelope.__dict__
 _set_to = _slot["to"].__set__
 _set_message = _slot["message"].__set__
@@ -179,6 +205,34 @@ del _slot
 if len(dataclasses.fields(Envelope)) != 10:  # pragma: no cover - a programming error
     raise RuntimeError("Envelope gained a field: update the decode fast path")
 _new_object = object.__new__
+
+
+def new_envelope(
+    to: str,
+    message: Message,
+    sender: str | None,
+    reply_to: str | None,
+    correlation_id: str | None,
+    epoch: int,
+    deadline: float | None,
+    traceparent: str | None,
+    /,
+) -> Envelope:
+    """A new envelope with a fresh ``msg_id``: ``Envelope(to, message,
+    sender=..., ...)`` for the send path, where a class call with keyword
+    arguments (a kwargs dict, then ``__init__``) is a good part of a tell."""
+    env = _new_object(Envelope)
+    _set_to(env, to)
+    _set_message(env, message)
+    _set_sender(env, sender)
+    _set_msg_id(env, new_message_id())
+    _set_reply_to(env, reply_to)
+    _set_correlation_id(env, correlation_id)
+    _set_epoch(env, epoch)
+    _set_deadline(env, deadline)
+    _set_traceparent(env, traceparent)
+    _set_version(env, SCHEMA_VERSION)
+    return env
 
 
 # -- the codec -------------------------------------------------------------------------
@@ -267,7 +321,27 @@ class Codec:
         Raises ``EncodeError`` if the message is not registered, a value is
         not msgpack-packable, or the result is over ``max_size``.
         """
-        msg = env.message
+        return self.encode_fields(
+            env.message, env.version, env.msg_id, env.to, env.sender, env.reply_to,
+            env.correlation_id, env.epoch, env.deadline, env.traceparent,
+        )  # fmt: skip
+
+    def encode_fields(
+        self,
+        msg: Message,
+        version: int,
+        msg_id: str,
+        to: str,
+        sender: str | None,
+        reply_to: str | None,
+        correlation_id: str | None,
+        epoch: int,
+        deadline: float | None,
+        traceparent: str | None,
+        /,
+    ) -> bytes:
+        """``encode`` of the envelope with these fields, without building it
+        (the send path: most sends never need the envelope object)."""
         body = self._to_body(msg)
         try:
             packer = _local.__dict__.get("packer")
@@ -278,16 +352,16 @@ class Codec:
                 packer = _local.packer = msgpack.Packer(use_bin_type=True)
             data: bytes = packer.pack(
                 [
-                    env.version,
-                    env.msg_id,
+                    version,
+                    msg_id,
                     msg.KIND,
-                    env.to,
-                    env.sender,
-                    env.reply_to,
-                    env.correlation_id,
-                    env.epoch,
-                    env.deadline,
-                    env.traceparent,
+                    to,
+                    sender,
+                    reply_to,
+                    correlation_id,
+                    epoch,
+                    deadline,
+                    traceparent,
                     body,
                 ],
             )

@@ -42,7 +42,16 @@ def on_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
     """True if the caller runs on ``loop`` (in a task or a callback of it)."""
     if loop is None:
         return False
+    # A running asyncio loop records its thread; asking asyncio for the
+    # running loop instead costs a getpid() system call on a loop thread
+    # (its check against a fork), and this is asked for every publish.
+    thread_id = getattr(loop, "_thread_id", _UNKNOWN)
+    if thread_id is not _UNKNOWN:
+        return thread_id == threading.get_ident()
     return asyncio._get_running_loop() is loop  # noqa: SLF001 - public in asyncio.events, no raise
+
+
+_UNKNOWN = object()
 
 
 class LoopThread:

@@ -67,6 +67,7 @@ import concurrent.futures
 import logging
 import random
 import re
+import socket
 import ssl
 import threading
 import time
@@ -79,7 +80,7 @@ from bus.endpoint import RedisEndpoint, mask_url
 from bus.errors import TransportError
 from bus.loop import LoopThread, on_loop
 from bus.resp import PublishEncoder, encode_command
-from bus.resp_connection import ConnectionLost, PublisherConnection, SubscriberConnection
+from bus.resp_connection import ConnectionLost, PublisherConnection, RespConnection, SubscriberConnection
 from bus.transport import Receiver, SubscribedCallback, TransportCallbacks, TransportStats, call_quietly
 
 __all__ = ["RedisTransport", "backoff_delay"]
@@ -172,8 +173,15 @@ class RedisTransport(TransportCallbacks):
         self._first_attempts: list[concurrent.futures.Future[BaseException | None]] = []
 
         # Publishing. Guarded by _lock: _pending, _enqueued, _settled,
-        # _flush_scheduled, _can_write, _flush_waiters. Loop thread only:
-        # _inflight, _inflight_pos, _publisher.
+        # _flush_scheduled, _can_write, _flush_waiters, _rest. Loop thread
+        # only: _inflight_pos, _publisher. _write_lock (taken before _lock)
+        # serialises everything written on the publisher's socket, with
+        # what it adds to _inflight (so _inflight is in wire order): the
+        # loop's batches, its PINGs and direct publishes from other threads.
+        # _inflight is consumed on the loop thread.
+        self._write_lock = threading.Lock()
+        self._direct: socket.socket | None = None
+        self._rest = b""
         self._pending: collections.deque[tuple[str, bytes]] = collections.deque()
         self._enqueued = 0
         self._settled = 0
@@ -308,6 +316,7 @@ class RedisTransport(TransportCallbacks):
                 log.warning("%r: I/O loop did not shut down cleanly", self)
         if self._own_loop is not None:
             self._own_loop.close(timeout=10.0)
+        self._close_direct()  # if the loop went without its connections
         # Give up on whatever did not make it: unacknowledged, then unsent.
         with self._lock:
             lost = [item for batch in self._inflight for item in batch]
@@ -438,7 +447,17 @@ class RedisTransport(TransportCallbacks):
             assert isinstance(connection, PublisherConnection)
             assert connection.transport is not None
             connection.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER)
+            connection.write_lock = self._write_lock
             self._publisher = connection
+            if self._ssl is None:
+                # A second handle on the socket, for direct publishes (never
+                # under TLS: those bytes must go through the TLS layer).
+                sock = connection.transport.get_extra_info("socket")
+                if sock is not None:
+                    try:
+                        self._direct = sock.dup()
+                    except OSError:
+                        self._direct = None
             with self._lock:
                 self._write_paused = False
                 self._can_write = True
@@ -468,6 +487,7 @@ class RedisTransport(TransportCallbacks):
         was_up = all(self._up.values())
         self._up[role] = False
         if role == "publisher":
+            self._close_direct()
             self._publisher = None
             with self._lock:
                 self._can_write = False
@@ -493,7 +513,23 @@ class RedisTransport(TransportCallbacks):
 
     # -- publishing ----------------------------------------------------------
 
+    def _close_direct(self) -> None:
+        with self._write_lock:
+            direct, self._direct = self._direct, None
+            with self._lock:
+                # Unacknowledged, so written again in full after a reconnect.
+                self._rest = b""
+        if direct is not None:
+            direct.close()
+
     def publish(self, channel: str, data: bytes) -> None:
+        if (
+            self._direct is not None
+            and not self._inflight  # (cheap, and usually false under load)
+            and not on_loop(self._loop)
+            and self._publish_direct(channel, data)
+        ):
+            return
         with self._lock:
             if self._closed:
                 raise TransportError(f"{self!r} is closed")
@@ -528,30 +564,89 @@ class RedisTransport(TransportCallbacks):
         with self._lock:  # after the callbacks: a flush() that returns has seen them
             self._settle_locked(len(items))
 
+    def _publish_direct(self, channel: str, data: bytes) -> bool:
+        """Another thread's publish, written by that thread at once when the
+        connection is idle: nothing queued, nothing written and not yet
+        acknowledged, nothing in asyncio's write buffer. Otherwise (False)
+        it joins the queue, and a burst is batched as before: its first
+        message is in flight when the second comes. This saves a request
+        made from a thread other than the loop's (``ask(...).get()``) the
+        wake-up of the loop and a pass of it before its bytes leave.
+
+        A write the socket takes only in part leaves the rest to the loop,
+        which writes it before anything else; a socket error is left to the
+        connection's loss, which puts what was not acknowledged back in the
+        queue."""
+        with self._write_lock:
+            direct = self._direct
+            publisher = self._publisher
+            with self._lock:
+                if self._closed:
+                    raise TransportError(f"{self!r} is closed")
+                if (
+                    direct is None
+                    or not self._can_write
+                    or self._flush_scheduled
+                    or self._pending
+                    or self._inflight
+                    or self._rest
+                    or publisher is None
+                    or publisher.transport is None
+                    or publisher.transport.get_write_buffer_size()
+                ):
+                    return False
+                self._enqueued += 1
+                item = (channel, data)
+                # Before the write: the acknowledgement may be read at once.
+                self._inflight.append(collections.deque((item,)))
+            payload = self._encoder.encode((item,))
+            try:
+                sent = direct.send(payload)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return True  # the connection is going; see above
+            if sent < len(payload):
+                with self._lock:
+                    self._rest = payload[sent:]
+                    self._flush_scheduled = True
+                self._call_soon(self._write_pending)
+        return True
+
     def _write_pending(self) -> None:
-        """Loop thread: write pending publishes as one pipelined batch."""
-        with self._lock:
-            self._flush_scheduled = False
-            if not self._can_write or not self._pending:
+        """Loop thread: write pending publishes as one pipelined batch
+        (after the rest of a direct publish the socket took only in part)."""
+        with self._write_lock:
+            with self._lock:
+                self._flush_scheduled = False
+                if not self._can_write:
+                    return
+                rest, self._rest = self._rest, b""
+                batch: collections.deque[tuple[str, bytes]] | None = None
+                if len(self._pending) <= MAX_BATCH:
+                    if self._pending:
+                        batch = self._pending
+                        self._pending = collections.deque()
+                else:
+                    pending = self._pending
+                    batch = collections.deque(pending.popleft() for _ in range(MAX_BATCH))
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._write_pending)  # type: ignore[union-attr]
+            if not rest and batch is None:
                 return
-            if len(self._pending) <= MAX_BATCH:
-                batch = self._pending
-                self._pending = collections.deque()
-            else:
-                pending = self._pending
-                batch = collections.deque(pending.popleft() for _ in range(MAX_BATCH))
-                self._flush_scheduled = True
-                self._loop.call_soon(self._write_pending)  # type: ignore[union-attr]
-        publisher = self._publisher
-        assert publisher is not None and publisher.transport is not None
-        self._inflight.append(batch)
-        publisher.transport.write(self._encoder.encode(batch))
+            publisher = self._publisher
+            assert publisher is not None and publisher.transport is not None
+            if rest:
+                publisher.transport.write(rest)
+            if batch is not None:
+                self._inflight.append(batch)
+                publisher.transport.write(self._encoder.encode(batch))
 
     def _pause_publishing(self, paused: bool) -> None:
         with self._lock:
             self._write_paused = paused
             self._can_write = not paused and self._publisher is not None
-            if self._can_write and self._pending and not self._flush_scheduled:
+            if self._can_write and (self._pending or self._rest) and not self._flush_scheduled:
                 self._flush_scheduled = True
                 self._loop.call_soon(self._write_pending)  # type: ignore[union-attr]
 
@@ -770,6 +865,16 @@ class RedisTransport(TransportCallbacks):
             return frozenset(self._confirmed)
 
     # -- receiving -----------------------------------------------------------
+
+    def _received_batch(self) -> None:
+        """Loop thread: the messages of one read were all handed over. Tell
+        ``on_received`` (the node runs the actors they made ready), then
+        write what that published now, not a loop turn later."""
+        callback = self._on_received
+        if callback is not None:
+            call_quietly(callback)
+        if self._flush_scheduled:
+            self._write_pending()
 
     def _receiver_failed(self, channel: str) -> None:
         """Loop thread, inside ``except``: count, log (rate-limited), go on."""

@@ -46,6 +46,7 @@ __all__ = [
     "DropCallback",
     "InProcessHub",
     "InProcessTransport",
+    "ReceivedCallback",
     "Receiver",
     "StateCallback",
     "SubscribedCallback",
@@ -74,6 +75,9 @@ DropCallback = Callable[[str, str], None]
 
 SubscribedCallback = Callable[[bool], None]
 """``callback(confirmed)`` for :meth:`Transport.when_subscribed`."""
+
+ReceivedCallback = Callable[[], None]
+"""``callback()`` after the messages of one read were handed to the receiver."""
 
 
 @dataclass
@@ -142,6 +146,13 @@ class Transport(Protocol):
     def on_unrouted(self, callback: UnroutedCallback | None) -> None:
         """Be told about each publish that reached no subscriber."""
 
+    def on_received(self, callback: ReceivedCallback | None) -> None:
+        """Be told, on the loop thread, each time the messages of one read
+        have all been handed to the receiver: the place to run what they
+        made ready without waiting for another turn of the loop. Publishes
+        made in it are written when it returns. A transport without reads
+        (the in-process one delivers on the publisher's thread) never calls it."""
+
 
 def call_quietly(callback: Callable[..., object] | None, *args: object) -> None:
     """Run a user callback; log (never raise) what it raises."""
@@ -161,6 +172,7 @@ class TransportCallbacks:
     _on_state: StateCallback | None = None
     _on_drop: DropCallback | None = None
     _on_unrouted: UnroutedCallback | None = None
+    _on_received: ReceivedCallback | None = None
 
     def set_receiver(self, receiver: Receiver) -> None:
         self._receiver = receiver
@@ -173,6 +185,9 @@ class TransportCallbacks:
 
     def on_unrouted(self, callback: UnroutedCallback | None) -> None:
         self._on_unrouted = callback
+
+    def on_received(self, callback: ReceivedCallback | None) -> None:
+        self._on_received = callback
 
 
 class InProcessHub:

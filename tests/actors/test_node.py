@@ -832,3 +832,39 @@ def test_the_node_address_receives_replies_only(cluster: Cluster) -> None:
     assert cluster.hub.subscribers("node:alpha") == 1
     node.tell("node:alpha", Ping())  # not a reply to anything
     cluster.spy.wait("dead-letter", reason="late-reply", address="node:alpha")
+
+
+def test_tell_sends_what_send_envelope_sends() -> None:
+    # tell() encodes its fields without building an Envelope; the bytes
+    # must be those of send_envelope(Envelope(...)) with the same fields.
+    from bus.transport import InProcessHub, InProcessTransport
+
+    class Capture(InProcessTransport):
+        def __init__(self) -> None:
+            super().__init__(InProcessHub(), name="capture")
+            self.sent: list[tuple[str, bytes]] = []
+
+        def publish(self, channel: str, data: bytes) -> None:
+            self.sent.append((channel, data))
+
+    transport = Capture()
+    node = Node(transport, node_id="n1", namespace="ns:")
+    node.start()
+    try:
+        header = {"sender": "a:b", "epoch": 3, "reply_to": "node:x", "correlation_id": "c1", "deadline": 12.5,
+                  "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+        node.tell("far:away", Ping(7, b"x"), **header)
+        node.send_envelope(Envelope("far:away", Ping(7, b"x"), msg_id="fixed", **header))
+        node.tell("far:away", Pong(1))
+        node.send_envelope(Envelope("far:away", Pong(1), msg_id="fixed"))
+        sent = [(c, d) for c, d in transport.sent if c == "ns:far:away"]
+        assert len(sent) == 4
+        codec = Codec()
+        for (c1, told), (c2, sent_env) in (sent[0:2], sent[2:4]):
+            assert c1 == c2
+            told_env = codec.decode(told)
+            assert told_env.msg_id and told_env.msg_id != "fixed"
+            assert Envelope(**{**{f: getattr(told_env, f) for f in Envelope.__slots__}, "msg_id": "fixed"}) \
+                == codec.decode(sent_env)
+    finally:
+        node.shutdown()

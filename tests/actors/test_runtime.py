@@ -804,3 +804,118 @@ def test_a_round_of_slices_on_the_loop_ends_when_its_time_is_spent(
 
     assert marker_saw == [["first"]]  # the loop got its turn between the two slices
     assert handled == ["first", "second", "last"]
+
+
+def test_future_wakes_every_waiter_once_set_and_times_out_the_rest() -> None:
+    # PooledFuture parks each waiting thread on a lock of its own: no wait
+    # may be lost whatever the interleaving of waits, timeouts and set.
+    import queue as queue_module
+    import random
+
+    from pykka import Timeout
+
+    rng = random.Random(7)
+    for round_ in range(40):
+        future: PooledFuture[int] = PooledFuture()
+        outcomes: list[object] = []
+        lock = threading.Lock()
+        start = threading.Barrier(6)
+
+        def wait(timeout: float | None, future: PooledFuture[int] = future) -> None:
+            start.wait()
+            try:
+                value: object = future.get(timeout=timeout)
+            except Timeout:
+                value = "timeout"
+            with lock:
+                outcomes.append((timeout, value))
+
+        timeouts = [None, None, 0.0005, 0.001, 5.0]
+        threads = [threading.Thread(target=wait, args=(t,)) for t in timeouts]
+        for t in threads:
+            t.start()
+        start.wait()
+        if rng.random() < 0.5:
+            threading.Event().wait(rng.random() * 0.002)
+        future.set(round_)
+        for t in threads:
+            t.join(DEADLINE)
+            assert not t.is_alive()
+        for timeout, value in outcomes:
+            assert value == round_ or (value == "timeout" and timeout is not None and timeout < 1)
+        assert [v for t, v in outcomes if t is None or t >= 1] == [round_] * 3
+        assert future.get(timeout=0) == round_
+        with pytest.raises(queue_module.Full):
+            future.set(0)
+        with pytest.raises(queue_module.Full):
+            future.set_exception((ValueError, ValueError("x"), None))
+
+
+def test_puts_from_the_loop_thread_and_other_threads_at_once_are_each_handled_once_in_order(
+    loop_dispatcher: LoopDispatcher,
+) -> None:
+    # On its loop thread a put to an idle actor takes no lock, and a round
+    # may be run early (run_pending, as the transport does after a read):
+    # under any mix of the two with puts from other threads, every message
+    # is handled exactly once, each producer's in the order it sent them.
+    import random
+
+    io = loop_dispatcher.io
+    producers, per_producer, actors_count = 3, 400, 7
+    seen: list[list[tuple[int, int]]] = [[] for _ in range(actors_count)]
+    done = threading.Event()
+    expected = (producers + 1) * per_producer
+    counter = [0]
+
+    class Sink(PooledActor):
+        dispatcher = loop_dispatcher
+
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+
+        def on_receive(self, message: Any) -> Any:
+            assert threading.current_thread().name == io.name
+            seen[self.index].append(message)
+            counter[0] += 1
+            if counter[0] == expected:
+                done.set()
+
+    refs = [Sink.start(i) for i in range(actors_count)]
+    for ref in refs:
+        ref.ask("warm-up", block=False).get(timeout=DEADLINE)
+    for s in seen:
+        s.clear()
+    start = threading.Barrier(producers + 1)
+
+    def produce(who: int) -> None:
+        rng = random.Random(who)
+        start.wait()
+        for n in range(per_producer):
+            refs[rng.randrange(actors_count)].tell((who, n))
+
+    def produce_on_loop(n: int = 0) -> None:
+        rng = random.Random(99 + n)
+        for k in range(n, min(per_producer, n + rng.randint(1, 20))):
+            refs[rng.randrange(actors_count)].tell((producers, k))
+            if rng.random() < 0.2:
+                loop_dispatcher.run_pending()
+            n = k + 1
+        if n < per_producer:
+            io.call_soon(produce_on_loop, n)
+
+    threads = [threading.Thread(target=produce, args=(w,)) for w in range(producers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    io.call_soon(produce_on_loop)
+    for t in threads:
+        t.join(DEADLINE)
+    assert done.wait(DEADLINE)
+    assert loop_dispatcher.wait_idle(DEADLINE)
+    everything = sorted(m for s in seen for m in s)
+    assert everything == sorted((w, n) for w in range(producers + 1) for n in range(per_producer))
+    for s in seen:
+        for who in range(producers + 1):
+            mine = [n for w, n in s if w == who]
+            assert mine == sorted(mine)

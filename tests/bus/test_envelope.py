@@ -185,6 +185,38 @@ def test_envelope_is_frozen_and_slotted() -> None:
     assert not hasattr(env, "__dict__")
 
 
+def test_envelope_init_takes_exactly_the_fields_in_order() -> None:
+    # Envelope.__init__ is written by hand (faster than the generated one):
+    # it must take every field, in field order, with the field's default,
+    # and set each one to what it was given.
+    import inspect
+
+    params = list(inspect.signature(Envelope.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(Envelope)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for p, f in zip(params, fields, strict=True):
+        assert p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert p.default == (inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+    values = ["a:b", Ping(3), "c:d", "id-1", "node:n1", "corr", 7, 12.5, TRACEPARENT, 1]
+    by_position = Envelope(*values)  # type: ignore[arg-type]
+    by_name = Envelope(**{f.name: v for f, v in zip(fields, values, strict=True)})
+    for env in (by_position, by_name):
+        assert [getattr(env, f.name) for f in fields] == values
+    assert dataclasses.replace(by_name, to="x:y").to == "x:y"
+
+
+def test_new_envelope_is_the_envelope_with_a_fresh_id() -> None:
+    args = ("a:b", Ping(3), "c:d", "node:n1", "corr", 7, 12.5, TRACEPARENT)
+    fast = envelope_module.new_envelope(*args)
+    slow = Envelope("a:b", Ping(3), sender="c:d", reply_to="node:n1", correlation_id="corr", epoch=7,
+                    deadline=12.5, traceparent=TRACEPARENT)
+    assert type(fast) is Envelope
+    assert fast.msg_id and fast.msg_id != slow.msg_id
+    assert dataclasses.replace(fast, msg_id=slow.msg_id) == slow
+    bare = envelope_module.new_envelope("a:b", Ping(), None, None, None, 0, None, None)
+    assert bare == Envelope("a:b", Ping(), msg_id=bare.msg_id)
+
+
 # -- encoding ----------------------------------------------------------------------------
 
 

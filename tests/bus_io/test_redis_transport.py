@@ -195,8 +195,66 @@ def test_publishes_queued_while_the_loop_is_busy_go_out_as_one_batch(
 
     assert sender.flush(DEADLINE)
     assert got.wait_count(count)
-    assert batches == [MAX_BATCH, 10]
+    # The first went out at once, written by this thread (the connection
+    # was idle); the rest queued behind it and left in batches.
+    assert batches == [1, MAX_BATCH, 9]
     assert got.on(channel) == [b"%d" % i for i in range(count)]
+
+
+def test_a_publish_on_an_idle_connection_is_written_by_the_publishing_thread(
+    redis_url: str, make_redis_transport: MakeRedisTransport, channel_prefix: str
+) -> None:
+    got = Collector()
+    channel = channel_prefix + "direct"
+    sender, _ = _pair(make_redis_transport, redis_url, got, channel)
+    busy, release = threading.Event(), threading.Event()
+    sender.loop.call_soon_threadsafe(lambda: (busy.set(), release.wait(DEADLINE)))
+    assert busy.wait(DEADLINE)  # the sender's I/O loop is stuck until release
+    try:
+        sender.publish(channel, b"first")  # idle: written at once
+        assert got.wait_count(1)
+        sender.publish(channel, b"second")  # the first is not acknowledged yet: queued
+        sender.publish(channel, b"third")
+    finally:
+        release.set()
+    assert sender.flush(DEADLINE)
+    assert got.wait_count(3)
+    assert got.on(channel) == [b"first", b"second", b"third"]
+    assert sender.stats.published == 3
+
+
+def test_the_rest_of_a_direct_publish_is_written_by_the_loop_before_anything_else(
+    redis_url: str, make_redis_transport: MakeRedisTransport, channel_prefix: str
+) -> None:
+    got = Collector()
+    channel = channel_prefix + "rest"
+    sender, _ = _pair(make_redis_transport, redis_url, got, channel)
+    assert sender.flush(DEADLINE)
+    real = sender._direct
+    assert real is not None
+
+    class Partial:
+        """The socket takes only 5 bytes of the next write."""
+
+        def send(self, data: bytes) -> int:
+            return real.send(data[:5])
+
+        def close(self) -> None:
+            real.close()
+
+    busy, release = threading.Event(), threading.Event()
+    sender.loop.call_soon_threadsafe(lambda: (busy.set(), release.wait(DEADLINE)))
+    assert busy.wait(DEADLINE)
+    sender._direct = Partial()  # type: ignore[assignment]
+    try:
+        sender.publish(channel, b"cut short")
+        sender.publish(channel, b"after it")  # must not overtake the rest
+    finally:
+        release.set()
+    assert sender.flush(DEADLINE)
+    assert got.wait_count(2)
+    assert got.on(channel) == [b"cut short", b"after it"]
+    sender._direct = real
 
 
 def test_receiver_runs_on_the_transports_own_loop_thread_when_started_without_a_loop(
