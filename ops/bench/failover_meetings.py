@@ -148,7 +148,8 @@ class Fleet:
 
     def _on_event(self, envelope: Envelope) -> None:
         if isinstance(envelope.message, Event) and envelope.message.event in ("node-dead", "lease-lost",
-                                                                              "lease-acquired", "started"):
+                                                                              "lease-acquired", "started",
+                                                                              "session-state", "token-stored"):
             with self._events_lock:
                 self.events.append(envelope.message)
 
@@ -350,6 +351,14 @@ def _stages(fleet: Fleet, moved: list[str], keys: set[SessionKey], survivors: se
     def p50(times: list[float]) -> float:
         return round(percentile([t - since for t in times], 0.5), 3)
 
+    stored = first("token-stored")
+    entered: dict[str, list[float]] = {}  # a session's state, first entered after the kill (the node's clock)
+    for name in ("connecting", "online"):
+        at: dict[str, float] = {}
+        for e in fleet.events_of("session-state"):
+            if e.reason == name and e.node in survivors and e.ts >= since:
+                at.setdefault(e.address, e.ts)
+        entered[name] = [at[a] for a in sessions if a in at]
     told: dict[str, list[float]] = {}
     for key in keys:
         seen: set[str] = set()
@@ -365,7 +374,10 @@ def _stages(fleet: Fleet, moved: list[str], keys: set[SessionKey], survivors: se
             "stage_token_started_p50_s": p50([started[a] for a in tokens if a in started]),
             "stage_meeting_lease_p50_s": p50([acquired[a] for a in meetings if a in acquired]),
             "stage_meeting_started_p50_s": p50([started[a] for a in meetings if a in started]),
+            "stage_token_stored_p50_s": p50([stored[a] for a in tokens if a in stored]),
+            "stage_session_connecting_p50_s": p50(entered["connecting"]),
             "stage_socket_opened_p50_s": p50(list(opened.values())),
+            "stage_session_online_p50_s": p50(entered["online"]),
             "stage_subscribed_p50_s": p50([t for k, t in subscribed.items() if k in keys])}
 
 

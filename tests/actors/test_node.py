@@ -868,3 +868,23 @@ def test_tell_sends_what_send_envelope_sends() -> None:
                 == codec.decode(sent_env)
     finally:
         node.shutdown()
+
+
+def test_a_node_shortens_the_switch_interval_unless_the_process_chose_its_own() -> None:
+    import sys
+
+    from actors.node import PYTHON_SWITCH_INTERVAL_S, SWITCH_INTERVAL_S
+    from bus.transport import InProcessHub, InProcessTransport
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(PYTHON_SWITCH_INTERVAL_S)
+        node = Node(InProcessTransport(InProcessHub()), node_id="switch-1").start()
+        node.shutdown()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        sys.setswitchinterval(0.002)  # the application's own choice stands
+        node = Node(InProcessTransport(InProcessHub()), node_id="switch-2").start()
+        node.shutdown()
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)
