@@ -76,6 +76,9 @@ class SeenIds:
         self._capacity = capacity
         self._keep = keep
         self._addresses: dict[str, _AddressIds] = {}
+        #: addresses that may have ids not in Redis (a superset: what
+        #: :meth:`unwritten` looks at, instead of every address held)
+        self._dirty: set[str] = set()
 
     def first(self, msg_id: str, address: str | None = None, track: bool = False) -> bool:
         """True the first time ``msg_id`` is delivered here and it is not
@@ -105,6 +108,7 @@ class SeenIds:
         self._complete(entry)
         entry.current = entry.queued.popleft() if entry.queued else None
         entry.current_written = False
+        self._dirty.add(address)
 
     def _complete(self, entry: _AddressIds) -> None:
         msg_id = entry.current
@@ -159,9 +163,14 @@ class SeenIds:
         """For each address whose ids are not all in Redis: ``(address,
         handled ids, the id being or last handled if unwritten, version,
         whether handled ids are unwritten)``; :meth:`written` once queued."""
-        return [(a, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten)
-                for a, e in self._addresses.items()
-                if e.unwritten or (e.current is not None and not e.current_written)]
+        out = []
+        for address in list(self._dirty):
+            e = self._addresses.get(address)
+            if e is None or not (e.unwritten or (e.current is not None and not e.current_written)):
+                self._dirty.discard(address)  # all in Redis (or gone): until its next message
+                continue
+            out.append((address, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten))
+        return out
 
     def written(self, address: str, version: int, current: str | None) -> None:
         """A snapshot from :meth:`unwritten` (with ``current``, if it was
@@ -185,3 +194,4 @@ class SeenIds:
     def drop(self, address: str) -> None:
         """``address`` is no longer held here (its ids went with it)."""
         self._addresses.pop(address, None)
+        self._dirty.discard(address)

@@ -18,6 +18,9 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given as hyp_given
+from hypothesis import settings
+from hypothesis import strategies as st
 import redis
 import redis.asyncio as aioredis
 
@@ -380,3 +383,39 @@ def test_messages_queued_behind_a_checkpoint_are_forwarded_and_handled_once_by_t
     sender.send_envelope(envs[0])
     rig.events.wait_until(lambda: envs[0].msg_id in duplicates(rig, "b", "rec:q"), "the copy of the first dropped on b")
     assert handled == [("a", 1), ("b", 2), ("b", 3)]
+
+
+@settings(max_examples=200, deadline=None)
+@hyp_given(st.lists(st.tuples(st.sampled_from(["first", "handling", "handled", "written", "forget", "restore",
+                                                "drop"]),
+                              st.sampled_from(["a:1", "a:2", "a:3"]), st.integers(0, 30)), max_size=80))
+def test_what_is_unwritten_is_found_without_looking_at_every_address(ops: list[tuple[str, str, int]]) -> None:
+    # unwritten() looks only at addresses that handled something since their
+    # ids were last all in Redis; it must find exactly what a scan of every
+    # address finds.
+    seen = SeenIds(1000, keep=8)
+
+    def scan() -> list[tuple[str, list[str], str | None, int, bool]]:
+        return sorted((a, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten)
+                      for a, e in seen._addresses.items()
+                      if e.unwritten or (e.current is not None and not e.current_written))
+
+    for op, address, n in ops:
+        msg_id = f"m{n}"
+        if op == "first":
+            seen.first(msg_id, address, track=True)
+        elif op == "handling":
+            seen.handling(address)
+        elif op == "handled":
+            seen.handled(address)
+        elif op == "written":
+            for a, _ids, current, version, _unwritten in seen.unwritten():
+                if a == address:
+                    seen.written(a, version, current)
+        elif op == "forget":
+            seen.forget(msg_id, address)
+        elif op == "restore":
+            seen.restore(address, [msg_id])
+        else:
+            seen.drop(address)
+        assert sorted(seen.unwritten()) == scan()

@@ -3,6 +3,7 @@ WebSockets, on an I/O loop of its own (no actor involved)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -268,3 +269,65 @@ def test_numbered_pongs_pass_the_sessions_sequence_check_and_every_ack_names_a_s
     assert (state["sockets"][0]["unacked"], state["sockets"][0]["pings"]) == (0, rounds + 1)
     sock.close(1000, "done (permanent)")
     events.wait(lambda: events.closes, "close")
+
+
+# -- the handshake gate ------------------------------------------------------------------
+
+
+def test_the_handshake_gate_lets_at_most_its_limit_in_at_once_in_arrival_order() -> None:
+    from actors.datachannel.connector import HandshakeGate
+
+    async def main() -> tuple[list[int], int]:
+        gate = HandshakeGate(2)
+        inside = 0
+        most = 0
+        order: list[int] = []
+        release = asyncio.Event()
+
+        async def one(i: int) -> None:
+            nonlocal inside, most
+            async with gate:
+                order.append(i)
+                inside += 1
+                most = max(most, inside)
+                await release.wait()
+                inside -= 1
+
+        tasks = [asyncio.create_task(one(i)) for i in range(6)]
+        await asyncio.sleep(0)
+        assert order == [0, 1] and gate.waiting == 4
+        release.set()
+        await asyncio.gather(*tasks)
+        return order, most
+
+    order, most = asyncio.run(main())
+    assert order == [0, 1, 2, 3, 4, 5] and most == 2
+
+
+def test_a_waiter_cancelled_in_line_or_as_its_turn_comes_loses_no_place() -> None:
+    from actors.datachannel.connector import HandshakeGate
+
+    async def main() -> list[str]:
+        gate = HandshakeGate(1)
+        got: list[str] = []
+
+        async def one(name: str) -> None:
+            async with gate:
+                got.append(name)
+
+        await gate.__aenter__()  # the one place is ours
+        in_line = asyncio.create_task(one("cancelled in line"))
+        handed = asyncio.create_task(one("cancelled as its turn came"))
+        last = asyncio.create_task(one("last"))
+        await asyncio.sleep(0)  # all three wait, in this order
+        in_line.cancel()
+        await asyncio.sleep(0)
+        await gate.__aexit__(None, None, None)  # the place goes to `handed` ...
+        handed.cancel()  # ... cancelled before it runs: the place passes on
+        await asyncio.gather(in_line, handed, return_exceptions=True)
+        await asyncio.wait_for(last, 5)
+        async with gate:  # and the gate is free again afterwards
+            got.append("after")
+        return got
+
+    assert asyncio.run(main()) == ["last", "after"]
