@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ from actors.io import IoLoop, confined
 from actors.messages import ChildExit
 from actors.metrics import LEASE_RENEW_LATENCY
 from actors.node import Node
-from actors.runtime import PooledFuture
+from actors.runtime import ROUND_BUDGET_S, PooledFuture
 from bus.address import SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog
 from bus.cluster.leases import CheckpointWrite, ClaimResult, LeaseStore
@@ -825,11 +826,15 @@ class Cluster:
                 self.feed(ClaimFailed(address))
             return
         self.node.counters["cluster:claim-batches"] += 1
-        for i, (address, result) in enumerate(zip(addresses, results, strict=True)):
-            if i:
-                # One activation per loop step: a batch's actors start
-                # between ticks and renewal replies, not ahead of them.
+        yield_at = time.perf_counter() + ROUND_BUDGET_S
+        for address, result in zip(addresses, results, strict=True):
+            if time.perf_counter() >= yield_at:
+                # A batch's activations take turns with the loop's other work
+                # (socket readers, ticks, the actors' slices) a round's budget
+                # at a time. (One per loop turn made the last of a survivor's
+                # hundreds of activations wait a second behind the others'.)
                 await asyncio.sleep(0)
+                yield_at = time.perf_counter() + ROUND_BUDGET_S
             if result.won:
                 if result.seen:
                     self._seen.restore(address, result.seen)  # before anything is delivered

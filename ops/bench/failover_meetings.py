@@ -336,6 +336,14 @@ def _stages(fleet: Fleet, moved: list[str], keys: set[SessionKey], survivors: se
         return out
 
     acquired, started = first("lease-acquired"), first("started")
+    by_node: dict[str, list[float]] = {}
+    dead_seen: dict[str, float] = {}
+    for e in fleet.events_of("node-dead"):
+        if e.node in survivors and e.ts >= since:
+            dead_seen.setdefault(e.node, e.ts)
+    for e in fleet.events_of("lease-acquired"):
+        if e.node in survivors and e.ts >= since and e.address.startswith("meeting-tree:"):
+            by_node.setdefault(e.node, []).append(e.ts)
     trees = [tree_address(m) for m in moved]
     sessions = [dc.session_address(m, s) for m, s in keys]
     meetings = [meeting_address(m) for m in moved]
@@ -366,7 +374,11 @@ def _stages(fleet: Fleet, moved: list[str], keys: set[SessionKey], survivors: se
             if at >= since and session_state not in seen:
                 seen.add(session_state)
                 told.setdefault(session_state, []).append(at)
-    return {"stage_tree_lease_p50_s": p50([acquired[a] for a in trees if a in acquired]),
+    per_node = {f"stage_tree_lease_{node}_{q}_s": round(percentile([t - since for t in times], v), 3)
+                for node, times in by_node.items() for q, v in (("p50", 0.5), ("p99", 0.99))}
+    per_node.update({f"stage_dead_seen_{node}_s": round(t - since, 3) for node, t in dead_seen.items()})
+    per_node.update({f"stage_trees_{node}": len(times) for node, times in by_node.items()})
+    return {**per_node, "stage_tree_lease_p50_s": p50([acquired[a] for a in trees if a in acquired]),
             **{f"stage_told_{name}_p50_s": p50(times) for name, times in sorted(told.items())},
             "stage_tree_started_p50_s": p50([started[a] for a in trees if a in started]),
             "stage_session_lease_p50_s": p50([acquired[a] for a in sessions if a in acquired]),
