@@ -159,18 +159,26 @@ class SeenIds:
         entry.unwritten = False
         return ids[-self._keep:]
 
-    def unwritten(self) -> list[tuple[str, list[str], str | None, int, bool]]:
-        """For each address whose ids are not all in Redis: ``(address,
-        handled ids, the id being or last handled if unwritten, version,
-        whether handled ids are unwritten)``; :meth:`written` once queued."""
+    def unwritten(self) -> list[tuple[str, str | None, int, bool]]:
+        """For each address whose ids are not all in Redis: ``(address, the
+        id being or last handled if unwritten, version, whether handled ids
+        are unwritten)``; :meth:`ids` gives its handled ids, and
+        :meth:`written` says a write of them is queued. Looks only at the
+        addresses that handled something since their last write."""
         out = []
         for address in list(self._dirty):
             e = self._addresses.get(address)
             if e is None or not (e.unwritten or (e.current is not None and not e.current_written)):
                 self._dirty.discard(address)  # all in Redis (or gone): until its next message
                 continue
-            out.append((address, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten))
+            out.append((address, None if e.current_written else e.current, e.version, e.unwritten))
         return out
+
+    def ids(self, address: str) -> list[str]:
+        """The ids handled at ``address`` (oldest first), without the one
+        being handled."""
+        entry = self._addresses.get(address)
+        return [] if entry is None else list(entry.handled)
 
     def written(self, address: str, version: int, current: str | None) -> None:
         """A snapshot from :meth:`unwritten` (with ``current``, if it was

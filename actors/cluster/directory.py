@@ -18,18 +18,20 @@ The node's loop only, like the rest of the shell.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = ["Directory"]
 
 
 class Directory:
     """Owner of each address this node heard of, with its epoch."""
 
-    __slots__ = ("_owners", "live")
+    __slots__ = ("_owners", "is_live")
 
-    def __init__(self, me: str) -> None:
+    def __init__(self, me: str, is_live: Callable[[str], bool] | None = None) -> None:
         self._owners: dict[str, tuple[str, int]] = {}
-        #: the nodes the cluster core counts as live
-        self.live: frozenset[str] = frozenset({me})
+        #: whether the cluster core counts a node as live (its membership view)
+        self.is_live: Callable[[str], bool] = is_live or (lambda node: node == me)
 
     def entry(self, address: str) -> tuple[str, int] | None:
         """``(node, epoch)`` last heard for ``address``, live or not."""
@@ -38,7 +40,7 @@ class Directory:
     def owner(self, address: str) -> str | None:
         """The node that holds ``address``, if known and live."""
         entry = self._owners.get(address)
-        return entry[0] if entry is not None and entry[0] in self.live else None
+        return entry[0] if entry is not None and self.is_live(entry[0]) else None
 
     def learn(self, address: str, node: str, epoch: int) -> None:
         """``node`` holds ``address`` under ``epoch`` (kept unless a newer

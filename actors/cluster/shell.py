@@ -421,7 +421,7 @@ class Cluster:
         self._to_claim: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         #: where addresses live, as last heard (fencing is the node's, apart)
-        self.directory = Directory(self.me)
+        self.directory = Directory(self.me, is_live=self.state.view.is_live)
         self._pending_spawns: dict[str, tuple[type[HuddleActor], tuple[Any, ...], dict[str, Any], str | None]] = {}
         self._claims: dict[str, ClaimResult] = {}
         self._specs: dict[str, bytes] = {}
@@ -707,7 +707,6 @@ class Cluster:
     def feed(self, event: Event) -> None:
         """Loop thread: one event through the core, then its effects."""
         _, effects = step(self.state, event, self.node.clock.now())
-        self.directory.live = self.state.view.live
         for effect in effects:
             try:
                 self._perform(effect)
@@ -1071,7 +1070,7 @@ class Cluster:
         if now < self._seen_due:
             return
         self._seen_due = now + self.config.heartbeat_interval
-        for address, ids, current, version, unwritten in self._seen.unwritten():
+        for address, current, version, unwritten in self._seen.unwritten():
             lease = self.state.leases.get(address)
             if lease is None or lease.phase is not Phase.ACTIVE or self.checkpoints.writing(address):
                 continue
@@ -1081,6 +1080,7 @@ class Cluster:
                     current = None
             if current is None and not unwritten:
                 continue
+            ids = self._seen.ids(address)
             if current is not None:
                 ids.append(current)
             self.checkpoints.save_seen(address, lease.epoch, ids[-SEEN_PER_ADDRESS:])

@@ -16,7 +16,7 @@ from actors.ownership import Ownership
 
 def test_an_older_epoch_never_replaces_a_newer_owner() -> None:
     d = Directory("n1")
-    d.live = frozenset({"n1", "n2", "n3"})
+    d.is_live = {"n1", "n2", "n3"}.__contains__
     d.learn("a:1", "n2", 5)
     d.learn("a:1", "n3", 4)  # a late answer about an older epoch
     assert d.entry("a:1") == ("n2", 5)
@@ -26,7 +26,7 @@ def test_an_older_epoch_never_replaces_a_newer_owner() -> None:
 
 def test_a_lost_announcement_forgets_only_up_to_its_epoch() -> None:
     d = Directory("n1")
-    d.live = frozenset({"n1", "n2"})
+    d.is_live = {"n1", "n2"}.__contains__
     d.learn("a:1", "n2", 7)
     d.forget("a:1", up_to=6)  # about an older lease: the newer owner stays
     assert d.owner("a:1") == "n2"
@@ -36,7 +36,7 @@ def test_a_lost_announcement_forgets_only_up_to_its_epoch() -> None:
 
 def test_an_owner_on_a_node_that_is_not_live_counts_as_unknown() -> None:
     d = Directory("n1")
-    d.live = frozenset({"n1"})
+    d.is_live = {"n1"}.__contains__
     d.learn("a:1", "gone", 3)
     assert d.owner("a:1") is None and d.entry("a:1") == ("gone", 3)
 
@@ -45,7 +45,7 @@ def test_an_owner_on_a_node_that_is_not_live_counts_as_unknown() -> None:
                           st.integers(1, 20)), max_size=40))
 def test_each_entry_holds_the_newest_epoch_heard(answers: list[tuple[str, str, int]]) -> None:
     d = Directory("n1")
-    d.live = frozenset({"n1", "n2", "n3"})
+    d.is_live = {"n1", "n2", "n3"}.__contains__
     newest: dict[str, int] = {}
     for address, node, epoch in answers:
         d.learn(address, node, epoch)

@@ -86,11 +86,11 @@ def test_ids_no_checkpoint_carried_are_reported_until_written() -> None:
     seen = SeenIds(100, keep=10)
     given(seen, "echo:1", "m1", "m2")
     seen.handling("echo:1")  # m1, no checkpoint
-    (address, ids, current, version, unwritten), = seen.unwritten()
-    assert (address, ids, current, unwritten) == ("echo:1", [], "m1", False)  # m1 may still be running
+    (address, current, version, unwritten), = seen.unwritten()
+    assert (address, seen.ids(address), current, unwritten) == ("echo:1", [], "m1", False)  # m1 may still be running
     seen.handling("echo:1")  # m2: m1 is handled now
-    (_, ids, current, version, unwritten), = seen.unwritten()
-    assert (ids, current, unwritten) == (["m1"], "m2", True)
+    (_, current, version, unwritten), = seen.unwritten()
+    assert (seen.ids("echo:1"), current, unwritten) == (["m1"], "m2", True)
     seen.written("echo:1", version, "m2")  # written, with m2 (its actor was parked)
     assert seen.unwritten() == []
     assert seen.handled("echo:1") == ["m1", "m2"]
@@ -101,11 +101,11 @@ def test_a_write_overtaken_by_a_newly_handled_message_leaves_it_unwritten() -> N
     given(seen, "echo:1", "m1", "m2", "m3")
     seen.handling("echo:1")
     seen.handling("echo:1")  # m1 handled, m2 running
-    (_, ids, _, version, _), = seen.unwritten()
+    (_, _, version, _), = seen.unwritten()
     seen.handling("echo:1")  # m2 handled before the snapshot's write was queued
     seen.written("echo:1", version, None)
-    (_, ids, _, _, unwritten), = seen.unwritten()
-    assert ids == ["m1", "m2"] and unwritten
+    (_, _, _, unwritten), = seen.unwritten()
+    assert seen.ids("echo:1") == ["m1", "m2"] and unwritten
 
 
 def test_untracked_addresses_are_deduplicated_on_this_node_only() -> None:
@@ -400,6 +400,10 @@ def test_what_is_unwritten_is_found_without_looking_at_every_address(ops: list[t
                       for a, e in seen._addresses.items()
                       if e.unwritten or (e.current is not None and not e.current_written))
 
+    def found() -> list[tuple[str, list[str], str | None, int, bool]]:
+        return sorted((a, seen.ids(a), current, version, unwritten)
+                      for a, current, version, unwritten in seen.unwritten())
+
     for op, address, n in ops:
         msg_id = f"m{n}"
         if op == "first":
@@ -409,7 +413,7 @@ def test_what_is_unwritten_is_found_without_looking_at_every_address(ops: list[t
         elif op == "handled":
             seen.handled(address)
         elif op == "written":
-            for a, _ids, current, version, _unwritten in seen.unwritten():
+            for a, current, version, _unwritten in seen.unwritten():
                 if a == address:
                     seen.written(a, version, current)
         elif op == "forget":
@@ -418,4 +422,4 @@ def test_what_is_unwritten_is_found_without_looking_at_every_address(ops: list[t
             seen.restore(address, [msg_id])
         else:
             seen.drop(address)
-        assert sorted(seen.unwritten()) == scan()
+        assert found() == scan()
