@@ -54,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -825,15 +824,16 @@ class Cluster:
                 self.feed(ClaimFailed(address))
             return
         self.node.counters["cluster:claim-batches"] += 1
-        yield_at = time.perf_counter() + ROUND_BUDGET_S
+        now = self.node.clock.now
+        yield_at = now() + ROUND_BUDGET_S
         for address, result in zip(addresses, results, strict=True):
-            if time.perf_counter() >= yield_at:
+            if now() >= yield_at:
                 # A batch's activations take turns with the loop's other work
                 # (socket readers, ticks, the actors' slices) a round's budget
                 # at a time. (One per loop turn made the last of a survivor's
                 # hundreds of activations wait a second behind the others'.)
                 await asyncio.sleep(0)
-                yield_at = time.perf_counter() + ROUND_BUDGET_S
+                yield_at = now() + ROUND_BUDGET_S
             if result.won:
                 if result.seen:
                     self._seen.restore(address, result.seen)  # before anything is delivered
