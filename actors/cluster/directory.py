@@ -55,6 +55,3 @@ class Directory:
         current = self._owners.get(address)
         if current is not None and (up_to is None or current[1] <= up_to):
             del self._owners[address]
-
-    def __len__(self) -> int:
-        return len(self._owners)

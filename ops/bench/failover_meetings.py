@@ -326,70 +326,62 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
 def _stages(fleet: Fleet, moved: list[str], keys: set[SessionKey], survivors: set[str], since: float,
             state: dict[str, Any]) -> dict[str, float]:
     """Where the failover's time goes: p50 from the kill to each stage, over
-    the moved meetings' trees and sessions (events from survivors; socket
-    times are the service's, same host)."""
-    def first(name: str) -> dict[str, float]:
-        out: dict[str, float] = {}
+    the moved meetings' trees and sessions (events from survivors, on their
+    clocks; socket times are the service's, same host)."""
+    def earliest(name: str, reason: str | None = None, by_node: bool = False) -> dict[str, Event]:
+        """Per address (or per survivor), its first event ``name`` since the kill."""
+        out: dict[str, Event] = {}
         for e in fleet.events_of(name):
-            if e.node in survivors and e.ts >= since:
-                out.setdefault(e.address, e.ts)
+            if e.node in survivors and e.ts >= since and (reason is None or e.reason == reason):
+                out.setdefault(e.node if by_node else e.address, e)
         return out
 
-    acquired, started = first("lease-acquired"), first("started")
-    by_node: dict[str, list[float]] = {}
-    dead_seen: dict[str, float] = {}
-    for e in fleet.events_of("node-dead"):
-        if e.node in survivors and e.ts >= since:
-            dead_seen.setdefault(e.node, e.ts)
-    for e in fleet.events_of("lease-acquired"):
-        if e.node in survivors and e.ts >= since and e.address.startswith("meeting-tree:"):
-            by_node.setdefault(e.node, []).append(e.ts)
+    def p50(times: list[float]) -> float:
+        return round(percentile([t - since for t in times], 0.5), 3)
+
+    def at(events: dict[str, Event], addresses: list[str]) -> list[float]:
+        return [events[a].ts for a in addresses if a in events]
+
+    acquired, started, stored = earliest("lease-acquired"), earliest("started"), earliest("token-stored")
     trees = [tree_address(m) for m in moved]
     sessions = [dc.session_address(m, s) for m, s in keys]
     meetings = [meeting_address(m) for m in moved]
     tokens = [token_address(m) for m in moved]
     opened: dict[SessionKey, float] = {}
     for sock in state.get("sockets", ()):
-        at = float(sock.get("opened_at") or 0.0)
+        when = float(sock.get("opened_at") or 0.0)
         key = (sock["meeting"], sock["session"])
-        if key in keys and at >= since:
-            opened[key] = min(opened.get(key, at), at)
+        if key in keys and when >= since:
+            opened[key] = min(opened.get(key, when), when)
     subscribed = _subscribed_at(state)
-
-    def p50(times: list[float]) -> float:
-        return round(percentile([t - since for t in times], 0.5), 3)
-
-    stored = first("token-stored")
-    entered: dict[str, list[float]] = {}  # a session's state, first entered after the kill (the node's clock)
-    for name in ("connecting", "online"):
-        at: dict[str, float] = {}
-        for e in fleet.events_of("session-state"):
-            if e.reason == name and e.node in survivors and e.ts >= since:
-                at.setdefault(e.address, e.ts)
-        entered[name] = [at[a] for a in sessions if a in at]
-    told: dict[str, list[float]] = {}
+    told: dict[str, list[float]] = {}  # what the application heard, first time per session and state
     for key in keys:
         seen: set[str] = set()
-        for _seq, at, session_state in fleet.ledger.history.get(key, ()):
-            if at >= since and session_state not in seen:
+        for _seq, when, session_state in fleet.ledger.history.get(key, ()):
+            if when >= since and session_state not in seen:
                 seen.add(session_state)
-                told.setdefault(session_state, []).append(at)
-    per_node = {f"stage_tree_lease_{node}_{q}_s": round(percentile([t - since for t in times], v), 3)
-                for node, times in by_node.items() for q, v in (("p50", 0.5), ("p99", 0.99))}
-    per_node.update({f"stage_dead_seen_{node}_s": round(t - since, 3) for node, t in dead_seen.items()})
-    per_node.update({f"stage_trees_{node}": len(times) for node, times in by_node.items()})
-    return {**per_node, "stage_tree_lease_p50_s": p50([acquired[a] for a in trees if a in acquired]),
+                told.setdefault(session_state, []).append(when)
+    per_node: dict[str, float] = {}
+    for node in sorted(survivors):
+        times = [acquired[a].ts for a in trees if a in acquired and acquired[a].node == node]
+        if times:
+            per_node[f"stage_trees_{node}"] = len(times)
+            for q, v in (("p50", 0.5), ("p99", 0.99)):
+                per_node[f"stage_tree_lease_{node}_{q}_s"] = round(percentile([t - since for t in times], v), 3)
+    per_node.update({f"stage_dead_seen_{node}_s": round(e.ts - since, 3)
+                     for node, e in earliest("node-dead", by_node=True).items()})
+    return {**per_node, "stage_tree_lease_p50_s": p50(at(acquired, trees)),
             **{f"stage_told_{name}_p50_s": p50(times) for name, times in sorted(told.items())},
-            "stage_tree_started_p50_s": p50([started[a] for a in trees if a in started]),
-            "stage_session_lease_p50_s": p50([acquired[a] for a in sessions if a in acquired]),
-            "stage_session_started_p50_s": p50([started[a] for a in sessions if a in started]),
-            "stage_token_started_p50_s": p50([started[a] for a in tokens if a in started]),
-            "stage_meeting_lease_p50_s": p50([acquired[a] for a in meetings if a in acquired]),
-            "stage_meeting_started_p50_s": p50([started[a] for a in meetings if a in started]),
-            "stage_token_stored_p50_s": p50([stored[a] for a in tokens if a in stored]),
-            "stage_session_connecting_p50_s": p50(entered["connecting"]),
+            "stage_tree_started_p50_s": p50(at(started, trees)),
+            "stage_session_lease_p50_s": p50(at(acquired, sessions)),
+            "stage_session_started_p50_s": p50(at(started, sessions)),
+            "stage_token_started_p50_s": p50(at(started, tokens)),
+            "stage_meeting_lease_p50_s": p50(at(acquired, meetings)),
+            "stage_meeting_started_p50_s": p50(at(started, meetings)),
+            "stage_token_stored_p50_s": p50(at(stored, tokens)),
+            "stage_session_connecting_p50_s": p50(at(earliest("session-state", "connecting"), sessions)),
             "stage_socket_opened_p50_s": p50(list(opened.values())),
-            "stage_session_online_p50_s": p50(entered["online"]),
+            "stage_session_online_p50_s": p50(at(earliest("session-state", "online"), sessions)),
             "stage_subscribed_p50_s": p50([t for k, t in subscribed.items() if k in keys])}
 
 
