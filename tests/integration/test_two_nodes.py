@@ -20,6 +20,7 @@ import redis
 from actors.actor import ActorContext, HuddleActor
 from actors.node import Node
 from actors.sending import RemoteError
+from bus.embedded import pause_process
 from bus.envelope import Envelope
 from bus.errors import AskTimeout, UnknownAddress
 from bus.messages import Message, Ping, Pong, Stop
@@ -172,7 +173,7 @@ def test_ask_to_a_paused_node_times_out_and_arrives_expired(nodes, local_node: N
     a, _ = nodes
     # A paused process still holds its subscription, so the ask is delivered
     # to its socket but nobody answers: the ask fails at its deadline.
-    os.kill(a.pid, signal.SIGSTOP)
+    pause_process(a.pid)  # every thread stopped, not just the stop queued
     try:
         future = local_node.ask("echo:1", Ping(n=6), timeout=1.0)
         deadline_at_latest = time.time() + 1.0  # the envelope's deadline is before this
