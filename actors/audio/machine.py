@@ -367,6 +367,10 @@ def _finish(state: PlayoutState, segment: _Segment, *, interrupted: bool, effect
 
 def _on_frame(state: PlayoutState, frame: AudioFrame, now: float, sender: str | None,
               effects: list[Effect]) -> None:
+    """A chunk of one or more whole frames, ``frame.seq`` the first. The
+    checks hold for the chunk as a whole; then as many of its frames as fit
+    are taken, in order, and the rest is refused (queue full) from the first
+    frame not taken, so the producer resends exactly those."""
     config = state.config
     sid = frame.segment
     segment = state.live.get(sid)
@@ -374,8 +378,9 @@ def _on_frame(state: PlayoutState, frame: AudioFrame, now: float, sender: str | 
     if not sid or len(sid) > MAX_SEGMENT_ID:
         _refuse(state, frame, BAD_SEGMENT, 0, sender, effects)
         return
-    if frame.sample_rate != config.sample_rate or frame.channels != config.channels \
-            or len(frame.pcm) != config.frame_bytes:
+    size = config.frame_bytes
+    count, rest = divmod(len(frame.pcm), size)
+    if frame.sample_rate != config.sample_rate or frame.channels != config.channels or rest or not count:
         _refuse(state, frame, BAD_FORMAT, expected, sender, effects,
                 detail={"sample_rate": frame.sample_rate, "channels": frame.channels, "bytes": len(frame.pcm)})
         return
@@ -391,23 +396,30 @@ def _on_frame(state: PlayoutState, frame: AudioFrame, now: float, sender: str | 
     if segment is None and len(state.live) >= config.max_live_segments:
         _refuse(state, frame, TOO_MANY_SEGMENTS, 0, sender, effects)
         return
-    if state.buffered >= config.capacity_frames:
-        retry = None if state.paused or not state.queue else max(0.0, state.queue[0].ends_at - now)
-        _refuse(state, frame, QUEUE_FULL, expected, sender, effects, retry_after=retry, waits=True)
-        return
-    if segment is None:
-        segment = _open_segment(state, sid)
-    segment.next_seq += 1
-    state.waiting.append(_Frame(sid, frame.seq, frame.pcm))
-    state.counters["pushed"] += 1
-    if sender is not None:
-        # The producer will want to hear when its window may grow, so it
-        # never has to be refused to find out.
-        waiter = state.waiter
-        if waiter is not None and waiter.producer == sender and waiter.segment == sid:
-            waiter.next_seq = segment.next_seq
+    taken = min(count, config.capacity_frames - state.buffered)
+    if taken > 0:
+        if segment is None:
+            segment = _open_segment(state, sid)
+        pcm, seq, waiting = frame.pcm, frame.seq, state.waiting
+        if count == 1:
+            waiting.append(_Frame(sid, seq, pcm))
         else:
-            state.waiter = _Waiter(sender, sid, segment.next_seq)
+            for i in range(taken):
+                waiting.append(_Frame(sid, seq + i, pcm[i * size:(i + 1) * size]))
+        segment.next_seq += taken
+        state.counters["pushed"] += taken
+        if sender is not None:
+            # The producer will want to hear when its window may grow, so it
+            # never has to be refused to find out.
+            waiter = state.waiter
+            if waiter is not None and waiter.producer == sender and waiter.segment == sid:
+                waiter.next_seq = segment.next_seq
+            else:
+                state.waiter = _Waiter(sender, sid, segment.next_seq)
+    if taken < count:
+        retry = None if state.paused or not state.queue else max(0.0, state.queue[0].ends_at - now)
+        _refuse(state, frame, QUEUE_FULL, expected + taken, sender, effects, retry_after=retry, waits=True,
+                seq=frame.seq + taken)
 
 
 def _open_segment(state: PlayoutState, sid: str) -> _Segment:
@@ -477,10 +489,12 @@ def _on_sink_failed(state: PlayoutState, reason: str, effects: list[Effect]) -> 
 
 def _refuse(state: PlayoutState, frame: AudioFrame | FlushSegment, reason: str, next_seq: int,
             sender: str | None, effects: list[Effect], *, retry_after: float | None = None,
-            waits: bool = False, detail: dict[str, int] | None = None) -> None:
+            waits: bool = False, detail: dict[str, int] | None = None, seq: int | None = None) -> None:
     """A typed refusal to the sender, a count, and an event (once per
-    segment and reason, so a flood cannot flood ``sys:events``)."""
-    seq = frame.seq if isinstance(frame, AudioFrame) else -1
+    segment and reason, so a flood cannot flood ``sys:events``). ``seq``:
+    the first frame refused, when not the message's first."""
+    if seq is None:
+        seq = frame.seq if isinstance(frame, AudioFrame) else -1
     state.counters[f"refused:{reason}"] += 1
     if sender is not None:
         effects.append(Send(sender, FrameRefused(segment=frame.segment, seq=seq, reason=reason, next_seq=next_seq,

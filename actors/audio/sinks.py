@@ -10,9 +10,12 @@ a fresh sink.
 Pacing. A :class:`PacedSink` is a real-time device in front of a
 :class:`FrameDestination`: it holds the frames it was given and delivers
 each one when its slot starts (``SinkFrame.play_at``, on the node's clock),
-with one ``loop.call_at`` per frame on the node's I/O loop; ``clear`` drops
-every frame not delivered yet. Pacing runs on the loop, not on node
-timers. ``huddle bench audio`` runs the same 200-output pipeline both ways
+called back by the loop's :class:`Pacer` (one timer per 0.5 ms slot for
+all the sinks on the loop, not one per frame); ``clear`` drops every frame
+not delivered yet. An output on the node's loop writes to its sink
+directly; from another thread the write is posted to the loop
+(:class:`LoopPost`). Pacing runs on the loop, not on node timers. ``huddle
+bench audio`` runs the same 200-output pipeline both ways
 (the alternative delivers each frame from a node-clock timer on the
 clock's thread): the loop had the lower median lateness in every run, while
 p99 and underruns went either way on a busy shared 2-core machine. The
@@ -35,8 +38,10 @@ when the output drops what it had queued, and ``{"type": "stop"}`` last.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import math
 import struct
 import threading
 import wave
@@ -56,6 +61,7 @@ __all__ = [
     "FrameDestination",
     "LoopPost",
     "PacedSink",
+    "Pacer",
     "RawPcm",
     "SinkContext",
     "SinkFactory",
@@ -159,6 +165,15 @@ class LoopPost:
                 post = cls._by_loop[id(io)] = cls(io)
             return post
 
+    def run(self, fn: Callable[..., None], *args: Any) -> None:
+        """``fn(*args)`` now if called on the loop with nothing posted ahead
+        of it (an output on the node's loop dispatcher: no hop at all), else
+        :meth:`post` it, so work keeps its order."""
+        if not self._work and self._io.on_loop_thread():
+            fn(*args)
+        else:
+            self.post(fn, *args)
+
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         self._work.append((fn, args))
         if not self._active:
@@ -186,6 +201,54 @@ class LoopPost:
         asyncio.get_running_loop().call_later(self.POLL, self._drain)
 
 
+class Pacer:
+    """The frame clock of one I/O loop, shared by every paced sink on it.
+
+    A sink asks to be called back at a loop time; the pacer rounds that up
+    to its :attr:`GRANULARITY` and keeps one loop timer per slot of that
+    grid, however many sinks are due in it. Hundreds of outputs whose frame
+    slots are spread over 20 ms then cost the loop 2,000 wakeups a second
+    instead of one timer (and one wakeup) per frame of each output, for at
+    most :attr:`GRANULARITY` of added lateness (below what a loop busy with
+    sockets adds anyway). A callback is not cancelled: the sink checks, when
+    called, whether the call is still its current one.
+    """
+
+    GRANULARITY: ClassVar[float] = 0.0005
+    _by_loop: ClassVar[dict[int, Pacer]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[int, list[Callable[[], None]]] = {}
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Pacer:
+        with cls._lock:
+            pacer = cls._by_loop.get(id(loop))
+            if pacer is None or pacer._loop is not loop:
+                pacer = cls._by_loop[id(loop)] = cls(loop)
+            return pacer
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+        """``callback()`` on the loop at the first grid slot at or after
+        ``when`` (loop time). Only on the loop's thread."""
+        slot = math.ceil(when / self.GRANULARITY)
+        due = self._due.get(slot)
+        if due is None:
+            self._due[slot] = [callback]
+            self._loop.call_at(slot * self.GRANULARITY, self._fire, slot)
+        else:
+            due.append(callback)
+
+    def _fire(self, slot: int) -> None:
+        for callback in self._due.pop(slot, ()):
+            try:
+                callback()
+            except Exception:
+                log.exception("a paced release failed on the I/O loop")
+
+
 class PacedSink:
     """Delivers frames to a destination in real time, on the node's loop.
 
@@ -201,9 +264,13 @@ class PacedSink:
         # closed) through here, on the loop, so the output hears once.
         self._destination_ctx = replace(ctx, on_failure=self._fail)
         self._post = LoopPost.of(ctx.io)
+        self._loop = ctx.io.loop
+        self._pacer = Pacer.of(self._loop)
         self._on_release = on_release
         self._pending: deque[SinkFrame] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        #: The pacer's call this sink waits for (None: none); a call that is
+        #: not this one any more (after a clear) is ignored.
+        self._timer: object | None = None
         self._opened = False
         self._failed = False
         self._closed = False
@@ -215,10 +282,10 @@ class PacedSink:
         self._ctx.io.submit(self._open(), tracked=False)
 
     def write(self, frames: Sequence[SinkFrame]) -> None:
-        self._post.post(self._enqueue, frames)
+        self._post.run(self._enqueue, frames)
 
     def clear(self) -> None:
-        self._post.post(self._clear)
+        self._post.run(self._clear)
 
     def close(self) -> None:
         """Ends on the loop; tracked, so a node waiting for idle I/O (its
@@ -251,11 +318,13 @@ class PacedSink:
     def _schedule(self) -> None:
         if self._timer is not None or not self._opened or not self._pending or self._failed:
             return
-        loop = asyncio.get_running_loop()
-        when = loop.time() + (self._pending[0].play_at - self._ctx.clock.now())
-        self._timer = loop.call_at(when, self._release)
+        when = self._loop.time() + (self._pending[0].play_at - self._ctx.clock.now())
+        token = self._timer = object()
+        self._pacer.call_at(when, functools.partial(self._release, token))
 
-    def _release(self) -> None:
+    def _release(self, token: object) -> None:
+        if token is not self._timer:
+            return  # cleared or closed since: a later call is the current one
         self._timer = None
         now = self._ctx.clock.now()
         pending = self._pending
@@ -273,9 +342,7 @@ class PacedSink:
 
     def _clear(self) -> None:
         self._pending.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer = None
         if self._opened and not self._failed and not self._closed:
             try:
                 self.destination.cleared()
@@ -287,9 +354,7 @@ class PacedSink:
             return
         self._closed = True
         self._pending.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer = None
         if self._opened:
             try:
                 await self.destination.close()

@@ -7,8 +7,9 @@ into one sink, through a playout queue of 200 ms (configurable).
 Into the output (tells):
 
 =======================  ==================================================
-:class:`AudioFrame`      one frame of a segment (one utterance / reply),
-                         ``seq`` counting from 0 within the segment
+:class:`AudioFrame`      one or more frames of a segment (one utterance /
+                         reply), ``seq`` counting frames from 0 within the
+                         segment
 :class:`FlushSegment`    no more frames for that segment: it finishes once
                          its audio has played out
 :class:`PausePlayback`   a possible false interruption: stop the sound now,
@@ -27,14 +28,17 @@ actually played and whether it was interrupted.
 Flow control (to the sender of the frames): a frame that does not fit is
 refused with :class:`FrameRefused` (``reason`` is one of
 :data:`REFUSAL_REASONS`; ``next_seq`` is the frame the output expects next
-for that segment, so the producer resends from there). An output tells a
-producer :class:`OutputWritable` when room opens again (at least the
-output's watermark), if the producer was refused for a full queue or out of
-sequence, or its last accepted frame left less room than the watermark. A producer that sends at most ``room_frames`` frames per
-:class:`OutputWritable` is never refused for a full queue; one that ignores
-it only gets refusals, and the output's memory stays bounded (the queue, and
-the node's bounded mailbox, whose overflow is a counted dead letter with an
-event). :class:`FrameFeed` is that producer side, without I/O.
+for that segment, so the producer resends from there). Of a chunk, the
+frames that fit are taken and the rest is refused from the first frame not
+taken. An output tells a producer :class:`OutputWritable` when room opens
+again (at least the output's watermark), if the producer was refused for a
+full queue or out of sequence, or its last accepted frame left less room
+than the watermark. A producer that sends at most ``room_frames`` frames
+per :class:`OutputWritable` is never refused for a full queue; one that
+ignores it only gets refusals, and the output's memory stays bounded (the
+queue, and the node's bounded mailbox, whose overflow is a counted dead
+letter with an event). :class:`FrameFeed` is that producer side, without
+I/O.
 """
 
 from __future__ import annotations
@@ -100,9 +104,13 @@ def frame_bytes(sample_rate: int, channels: int, frame_ms: int) -> int:
 @message_kind("audio.frame")
 @dataclass(frozen=True, slots=True)
 class AudioFrame(Message):
-    """One frame of ``segment``. ``sample_rate`` and ``channels`` must be the
-    output's; ``pcm`` exactly one frame long. ``seq`` is 0 for a segment's
-    first frame and grows by one."""
+    """Frames of ``segment``: ``pcm`` holds one or more whole frames back to
+    back (a chunk, as a TTS stream produces them), ``seq`` is the number of
+    the first of them: 0 for a segment's first frame, growing by one per
+    frame. ``sample_rate`` and ``channels`` must be the output's. One
+    message per chunk instead of per frame is what keeps an output cheap:
+    its step, its sink write and the message itself are paid once per
+    chunk."""
 
     segment: str
     seq: int
@@ -245,21 +253,37 @@ class FrameFeed:
             self._items.append((segment, -1, b""))
 
     def take(self) -> list[Message]:
+        """What may be sent now: consecutive frames of a segment, as far as
+        the credit goes, as one chunk (:class:`AudioFrame` with their PCM
+        back to back), and flushes."""
         out: list[Message] = []
         items = self._items
+        chunk: list[bytes] = []
+        first = (-1, "")
         while self._sent < len(items):
             segment, seq, pcm = items[self._sent]
+            if chunk and (seq < 0 or segment != first[1] or self.credit <= 0):
+                out.append(self._chunk(first, chunk))
+                chunk = []
             if seq < 0:
                 out.append(FlushSegment(segment=segment))
             elif self.credit <= 0:
                 break
             else:
                 self.credit -= 1
-                out.append(AudioFrame(segment=segment, seq=seq, pcm=pcm, sample_rate=self.sample_rate,
-                                      channels=self.channels))
+                if not chunk:
+                    first = (seq, segment)
+                chunk.append(pcm)
             self._sent += 1
+        if chunk:
+            out.append(self._chunk(first, chunk))
         self._forget_flushes_sent()
         return out
+
+    def _chunk(self, first: tuple[int, str], pcms: list[bytes]) -> AudioFrame:
+        seq, segment = first
+        return AudioFrame(segment=segment, seq=seq, pcm=pcms[0] if len(pcms) == 1 else b"".join(pcms),
+                          sample_rate=self.sample_rate, channels=self.channels)
 
     def on_refused(self, refused: FrameRefused) -> None:
         if refused.reason in (QUEUE_FULL, OUT_OF_SEQUENCE):

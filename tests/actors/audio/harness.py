@@ -96,6 +96,12 @@ class Harness:
         return self.send(AudioFrame(segment=segment, seq=seq, pcm=pcm_for(self.config, segment, seq),
                                     sample_rate=self.config.sample_rate, channels=self.config.channels), sender)
 
+    def push_chunk(self, segment: str, first: int, count: int, sender: str | None = PRODUCER) -> list[Effect]:
+        """Frames ``first`` .. ``first + count - 1`` as one message."""
+        pcm = b"".join(pcm_for(self.config, segment, seq) for seq in range(first, first + count))
+        return self.send(AudioFrame(segment=segment, seq=first, pcm=pcm, sample_rate=self.config.sample_rate,
+                                    channels=self.config.channels), sender)
+
     def flush(self, segment: str) -> list[Effect]:
         return self.send(FlushSegment(segment=segment))
 

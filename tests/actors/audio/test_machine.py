@@ -21,7 +21,7 @@ from actors.contracts.audio import (
 )
 from actors.machine import Answer
 
-from .harness import PRODUCER, Harness
+from .harness import PRODUCER, Harness, pcm_for
 
 FRAME = 0.02
 
@@ -30,6 +30,48 @@ def ten_frames_then_100ms_played(h: Harness, segment: str = "A") -> None:
     for seq in range(10):
         h.push(segment, seq)
     h.advance(0.1)  # frames 0-4 have played; 5-9 (100 ms) are still queued
+
+
+# -- chunks: several frames in one message -------------------------------------
+
+
+def test_a_chunk_is_taken_as_its_frames_in_one_sink_write_with_slots_back_to_back() -> None:
+    h = Harness()
+    effects = h.push_chunk("A", 0, 4)
+    writes = [e for e in effects if isinstance(e, SinkWrite)]
+    assert len(writes) == 1 and [f.seq for f in writes[0].frames] == [0, 1, 2, 3]
+    assert [f.pcm for f in writes[0].frames] == [pcm_for(h.config, "A", seq) for seq in range(4)]
+    starts = [f.play_at for f in writes[0].frames]
+    assert [t - starts[0] for t in starts] == pytest.approx([i * FRAME for i in range(4)])
+    assert h.state.counters["pushed"] == 4
+    h.push("A", 4)  # the next frame continues the sequence
+    assert h.written_seqs("A") == [0, 1, 2, 3, 4]
+    assert h.refusals() == []
+
+
+def test_of_a_chunk_longer_than_the_room_the_frames_that_fit_are_taken_and_the_rest_refused() -> None:
+    h = Harness()  # a 10-frame queue
+    h.push_chunk("A", 0, 7)
+    h.push_chunk("A", 7, 6)  # 3 fit: 7, 8, 9; 10-12 refused
+    assert h.written_seqs("A") == list(range(10))
+    [refused] = h.refusals()
+    assert (refused.reason, refused.seq, refused.next_seq) == (QUEUE_FULL, 10, 10)
+    assert h.state.counters["pushed"] == 10 and h.state.counters[f"refused:{QUEUE_FULL}"] == 1
+    # The producer is told when room opens, from the first frame not taken.
+    h.advance(0.1)
+    [writable] = h.writables()
+    assert writable.next_seq == 10 and writable.room_frames >= 5
+    h.push_chunk("A", 10, 3)
+    assert h.written_seqs("A") == list(range(13))
+
+
+@pytest.mark.parametrize("frames", [0.0, 0.5, 1.5], ids=["empty", "half a frame", "a frame and a half"])
+def test_a_chunk_of_no_whole_frames_is_refused_for_its_format_and_nothing_is_taken(frames: float) -> None:
+    h = Harness()
+    pcm = (pcm_for(h.config, "A", 0) * 2)[: int(h.config.frame_bytes * frames)]
+    h.send(AudioFrame(segment="A", seq=0, pcm=pcm, sample_rate=h.config.sample_rate, channels=h.config.channels))
+    assert [r.reason for r in h.refusals()] == [BAD_FORMAT]
+    assert h.written() == [] and h.state.counters["pushed"] == 0
 
 
 # -- S39, S40, S42 -------------------------------------------------------------

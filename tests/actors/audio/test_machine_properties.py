@@ -1,6 +1,6 @@
 """The rules behind S39-S42 as properties over random interleavings of
-push / flush / pause / resume / clear / time passing (and a producer that
-sometimes gets its sequence wrong):
+push (one frame or a chunk of several) / flush / pause / resume / clear /
+time passing (and a producer that sometimes gets its sequence wrong):
 
 (a) whatever pause left behind is gone when a segment ends, interrupted or not;
 (b) audio that was discarded is never counted as played;
@@ -30,7 +30,8 @@ from .harness import EPS, PRODUCER, Harness, pcm_for
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("push"), st.integers(0, 9), st.integers(0, 12)),
+        # (push, right seq unless >= 8, the wrong seq, frames in the message)
+        st.tuples(st.just("push"), st.integers(0, 9), st.integers(0, 12), st.integers(1, 4)),
         st.tuples(st.just("new-segment"), st.integers(0, 9)),
         st.tuples(st.just("flush"), st.integers(0, 3)),
         st.just(("pause",)),
@@ -68,10 +69,14 @@ class Run:
             sid = self.segments[-1]
             live = h.state.live.get(sid)
             expected = live.next_seq if live is not None else 0
-            seq = expected if op[1] < 8 else op[-1]  # mostly right, sometimes not
-            h.push(sid, seq)
-            if h.state.counters["pushed"] > before_pushed:
-                self.accepted.setdefault(sid, set()).add(seq)
+            seq = expected if op[1] < 8 or kind == "new-segment" else op[2]  # mostly right, sometimes not
+            chunk = op[3] if kind == "push" else 1
+            h.push_chunk(sid, seq, chunk)
+            taken = h.state.counters["pushed"] - before_pushed
+            assert taken <= chunk
+            # A chunk is taken from its first frame on, as far as it fits.
+            if taken:
+                self.accepted.setdefault(sid, set()).update(range(seq, seq + taken))
         elif kind == "flush":
             if self.segments:
                 h.flush(self.segments[max(0, len(self.segments) - 1 - op[1])])

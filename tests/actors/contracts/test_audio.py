@@ -18,8 +18,21 @@ from actors.contracts.audio import (
 from bus.address import InvalidAddress
 
 
-def sent(messages: list) -> list[tuple[str, int]]:
-    return [(m.segment, m.seq) if isinstance(m, AudioFrame) else (m.segment, "flush") for m in messages]
+def sent(messages: list) -> list[tuple[str, int | str]]:
+    """Each frame sent, in order (the frames here are one byte long, so a
+    chunk of n bytes is n frames), and each flush."""
+    out: list[tuple[str, int | str]] = []
+    for m in messages:
+        if isinstance(m, AudioFrame):
+            out += [(m.segment, m.seq + i) for i in range(len(m.pcm))]
+        else:
+            out.append((m.segment, "flush"))
+    return out
+
+
+def shapes(messages: list) -> list[tuple[str, int, int] | tuple[str, str]]:
+    """(segment, first seq, frames) per chunk; (segment, "flush") per flush."""
+    return [(m.segment, m.seq, len(m.pcm)) if isinstance(m, AudioFrame) else (m.segment, "flush") for m in messages]
 
 
 def feed_of(*segments: tuple[str, int], credit: int = 3) -> FrameFeed:
@@ -34,6 +47,15 @@ def test_take_sends_no_more_than_the_credit() -> None:
     assert sent(feed.take()) == [("A", 0), ("A", 1), ("A", 2)]
     assert feed.take() == []
     assert feed.pending == 3  # two frames and the flush
+
+
+def test_consecutive_frames_go_as_one_chunk_cut_at_a_segment_a_flush_or_the_credit() -> None:
+    feed = feed_of(("A", 3), ("B", 4), credit=6)
+    chunks = feed.take()
+    assert shapes(chunks) == [("A", 0, 3), ("A", "flush"), ("B", 0, 3)]
+    assert chunks[0].pcm == bytes([0, 1, 2])  # the frames back to back, in order
+    feed.on_writable(OutputWritable(segment="B", next_seq=3, room_frames=5))
+    assert shapes(feed.take()) == [("B", 3, 1), ("B", "flush")]
 
 
 def test_writable_grants_room_and_rewinds_to_what_the_output_expects() -> None:
