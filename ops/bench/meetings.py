@@ -9,7 +9,10 @@ for every meeting, an online default socket subscribed to ``transcription``
 (and a practice socket likewise for each panelist). ``msgs_per_meeting`` is
 the bus messages both nodes received (``received_total`` of their
 ``sys:metrics``, start to settled) per meeting; ``rss_per_meeting_bytes`` the
-growth of both nodes' RSS, all-in (actors, sockets, buffers), per meeting.
+growth of both nodes' RSS, all-in (actors, sockets, buffers), per meeting;
+``cpu_s_*`` the CPU seconds each process group spent from start to settled
+(the nodes, the service, Redis, this driver; the baseline's: its clients
+and the service).
 
 baseline: the same sessions (register, open, authorization, buffer-state,
 subscription request) made by raw ``websockets`` clients in one process,
@@ -122,6 +125,22 @@ class MetricsWatch:
             return sum(self.latest[n].received_total for n in nodes)
 
 
+class CpuShare:
+    """CPU seconds (user + system) each group of processes spent since
+    this was made: where a run's time went, across processes."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = {name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()}
+        self.start = {name: self._used(procs) for name, procs in self.groups.items()}
+
+    @staticmethod
+    def _used(procs: list[psutil.Process]) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    def seconds(self) -> dict[str, float]:
+        return {name: round(self._used(procs) - self.start[name], 3) for name, procs in self.groups.items()}
+
+
 def run_huddle(n: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as redis, DataServerProcess.start() as ds:
         nodes = NodeProcesses(redis.url, Path(tmp))
@@ -134,6 +153,8 @@ def run_huddle(n: int) -> dict[str, float]:
             received0 = watch.received_after(before_ts, nodes.ids)
             rss0 = nodes.rss()
             ids = meeting_ids(n)
+            cpu = CpuShare({"nodes": [p.pid for p in nodes.procs], "dataserver": [ds.pid], "redis": [redis.pid],
+                            "driver": [os.getpid()]})
             start = time.perf_counter()
             pending = []
             for i, meeting in enumerate(ids):
@@ -147,11 +168,12 @@ def run_huddle(n: int) -> dict[str, float]:
             ds.wait_for(lambda s: subscribed(s, "llm-default-session") >= defaults
                         and subscribed(s, "llm-practice-session") >= practices, DEADLINE_S, detail=False)
             settle = time.perf_counter() - start
+            cpu_s = cpu.seconds()
             settled_ts = time.time()
             received = watch.received_after(settled_ts, nodes.ids) - received0
             rss = nodes.rss() - rss0
             return {"meetings": n, "settle_s": settle, "msgs_per_meeting": received / n,
-                    "rss_per_meeting_bytes": rss / n}
+                    "rss_per_meeting_bytes": rss / n, **{f"cpu_s_{k}": v for k, v in cpu_s.items()}}
         finally:
             driver.shutdown()
             nodes.stop()
@@ -192,6 +214,7 @@ async def _baseline(n: int) -> dict[str, float]:
                     await ws.send(json.dumps({"id": "s", "type": "subchannelSubscriptionRequest", "data": {
                         "datachannelUri": url, "subscribe": ["transcription"], "unsubscribe": []}}))
 
+            cpu = CpuShare({"clients": [os.getpid()], "dataserver": [ds.pid]})
             start = time.perf_counter()
             jobs = [session(m, False) for m in meeting_ids(n)]
             jobs += [session(m, True) for i, m in enumerate(meeting_ids(n)) if i % PANELIST_EVERY == 0]
@@ -201,9 +224,10 @@ async def _baseline(n: int) -> dict[str, float]:
                                     and subscribed(s, "llm-practice-session") >= practices, DEADLINE_S, detail=False)
             settle = time.perf_counter() - start
             rss = proc.memory_info().rss - rss0
+            cpu_s = cpu.seconds()
         for ws in sockets:
             ws.transport.abort()
-        return {"settle_s": settle, "rss_per_meeting_bytes": rss / n}
+        return {"settle_s": settle, "rss_per_meeting_bytes": rss / n, **{f"cpu_s_{k}": v for k, v in cpu_s.items()}}
 
 
 def main() -> None:
