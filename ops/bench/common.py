@@ -58,3 +58,27 @@ def report(args: argparse.Namespace, figures: dict[str, float], baseline: dict[s
             "python": platform.python_version(), **(notes or {})}
     out.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
     print(f"(written to {out})", file=sys.stderr)
+
+
+class CpuShare:
+    """CPU seconds (user + system) each group of processes spent since
+    this was made: where a run's time went, across processes."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        import psutil
+
+        self.groups = {name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()}
+        self.start = {name: self._used(procs) for name, procs in self.groups.items()}
+
+    @staticmethod
+    def _used(procs: list[Any]) -> float:
+        total = 0.0
+        for proc in procs:
+            try:
+                total += sum(proc.cpu_times()[:2])
+            except Exception:  # noqa: BLE001 - a process that ended (a killed node) counts no more
+                continue
+        return total
+
+    def seconds(self) -> dict[str, float]:
+        return {name: round(self._used(procs) - self.start[name], 3) for name, procs in self.groups.items()}

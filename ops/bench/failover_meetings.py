@@ -30,6 +30,11 @@ figures:
   lost                   captions pushed during the failover to sessions of
                          the surviving meetings (online and subscribed at the
                          push) that never reached the application
+  cpu_s_*                CPU seconds from the kill until the last meeting
+                         was back: the surviving nodes, the service, Redis
+                         and this process (it polls the service and hears
+                         every caption): where the failover's time went on
+                         a host all of them share
 baseline (same run):
   detection_s            kill -> the first survivor's ``node-dead``: the
                          part of the failover that is waiting out the lease
@@ -52,7 +57,7 @@ from typing import Any
 
 import redis
 from clusterproc import percentile, workdir
-from common import parse_args, report
+from common import CpuShare, parse_args, report
 
 from actors.cluster import Cluster, ClusterConfig
 from actors.contracts import datachannel as dc
@@ -256,6 +261,8 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
     lease_keys = [ClusterKeys().lease(tree_address(m)) for m in moved]
     probe = redis.Redis.from_url(fleet.redis.url)
 
+    cpu = CpuShare({"survivors": [w.pid for w in fleet.workers if w is not victim],
+                    "dataserver": [fleet.ds.pid], "redis": [fleet.redis.pid or 0], "driver": [os.getpid()]})
     killed_wall = time.time()
     fault_at = victim.kill()
     back_at: dict[SessionKey, float] = {}  # wall clock
@@ -292,6 +299,7 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
                     back_at[key] = max(online, subscribed_at.get(key, time.time()))
             _PAUSE.wait(POLL_S)
         recovered_at = time.monotonic()
+        cpu_s = cpu.seconds()
         acquired = {}
         for e in fleet.events_of("lease-acquired"):
             if e.node in survivors and e.ts >= killed_wall:
@@ -318,7 +326,8 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
                "lease_p99_s": percentile(lease_times, 0.99), "meetings": n, "moved": len(moved),
                "sessions_moved": len(keys), "survivor_leases_lost": len(leases_lost), "lost": lost,
                "captions_expected": expected_total, "settle_s": settle_s,
-               "recovery_wall_s": recovered_at - fault_at, **stages}
+               "recovery_wall_s": recovered_at - fault_at, **{f"cpu_s_{k}": v for k, v in cpu_s.items()},
+               **stages}
     baseline = {"detection_s": detection, "lease_ttl_s": LEASE_TTL_S}
     return figures, baseline, dict(Counter(f"{e.node}:{e.reason}" for e in leases_lost))
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from common import parse_args, ratio, report
+from common import CpuShare, parse_args, ratio, report
 from websockets.asyncio.client import ClientConnection, connect
 
 import actors.contracts.meeting as mt
@@ -123,22 +123,6 @@ class MetricsWatch:
             if not ok:
                 raise TimeoutError("no fresh sys:metrics")
             return sum(self.latest[n].received_total for n in nodes)
-
-
-class CpuShare:
-    """CPU seconds (user + system) each group of processes spent since
-    this was made: where a run's time went, across processes."""
-
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = {name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()}
-        self.start = {name: self._used(procs) for name, procs in self.groups.items()}
-
-    @staticmethod
-    def _used(procs: list[psutil.Process]) -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in procs)
-
-    def seconds(self) -> dict[str, float]:
-        return {name: round(self._used(procs) - self.start[name], 3) for name, procs in self.groups.items()}
 
 
 def run_huddle(n: int) -> dict[str, float]:
