@@ -253,8 +253,9 @@ class RedisCheckpoints:
         self._cache: dict[str, bytes] = {}
         #: address -> (epoch, state or None: the ids alone, handled ids), not sent yet
         self._pending: dict[str, tuple[int, bytes | None, list[str] | None]] = {}
-        #: address -> set once nothing is queued or under way for it
-        self._writing: dict[str, asyncio.Event] = {}
+        #: addresses with a write queued or under way -> the event set once
+        #: none is (made only when someone waits: most writes have no waiter)
+        self._writing: dict[str, asyncio.Event | None] = {}
         self._accepted: dict[str, bool] = {}
         self._writer_due = False
 
@@ -297,8 +298,7 @@ class RedisCheckpoints:
         elif pending is not None and older:
             return  # a newer lease's write is queued: this one would be refused anyway
         self._pending[address] = (epoch, data, seen)
-        if address not in self._writing:
-            self._writing[address] = asyncio.Event()
+        self._writing.setdefault(address, None)
         if not self._writer_due:
             self._writer_due = True
             self._cluster.call_soon(self._start_writer)
@@ -379,9 +379,12 @@ class RedisCheckpoints:
 
     async def flush(self, address: str) -> None:
         """Until every write queued for ``address`` is done (or given up)."""
-        done = self._writing.get(address)
-        if done is not None:
-            await done.wait()
+        if address not in self._writing:
+            return
+        done = self._writing[address]
+        if done is None:
+            done = self._writing[address] = asyncio.Event()
+        await done.wait()
 
     async def confirm(self, address: str) -> bool:
         """On the node's I/O loop: True once every checkpoint saved so far
