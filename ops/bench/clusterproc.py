@@ -54,7 +54,7 @@ class ClusterNodeProcess:
         self.node_id = node_id
         self.ready_file = workdir / f"{node_id}.ready"
         self.log_path = workdir / f"{node_id}.log"
-        cmd = [sys.executable, "-m", "actors.cli", "node", "--redis-url", redis_url, "--node-id", node_id,
+        cmd = [sys.executable, "-m", "ops.cli", "node", "--redis-url", redis_url, "--node-id", node_id,
                "--namespace", namespace, "--actors", "counter", "--ready-file", str(self.ready_file),
                *timing.options(), *options]
         if "--cluster-key-file" not in options:

@@ -77,7 +77,7 @@ class NodeProcesses:
         for node_id in self.ids:
             ready = workdir / f"{node_id}.ready"
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "actors.cli", "node", "--meetings", "--node-id", node_id,
+                [sys.executable, "-m", "ops.cli", "node", "--meetings", "--node-id", node_id,
                  "--ready-file", str(ready), "--metrics-interval", "0.5"],
                 env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{node_id}.log", "wb")))
         deadline = time.monotonic() + 60

@@ -87,7 +87,7 @@ class DataServerProcess:
         return server
 
     def _command(self, ready: Path) -> list[str]:
-        cmd = [sys.executable, "-m", "actors.cli", "dataserver", "--host", self.options["host"],
+        cmd = [sys.executable, "-m", "ops.cli", "dataserver", "--host", self.options["host"],
                "--http-port", str(self.http_port), "--ws-port", str(self.ws_port), "--ready-file", str(ready)]
         if self.options.get("token_ttl") is not None:
             cmd += ["--token-ttl", str(self.options["token_ttl"])]

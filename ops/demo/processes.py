@@ -46,7 +46,7 @@ class WorkerNode:
         """Start the process (returns at once; see :meth:`wait_ready`)."""
         ready = workdir / f"{node_id}.ready"
         log = workdir / f"{node_id}.log"
-        cmd = [sys.executable, "-m", "actors.cli", "node", "--meetings", "--node-id", node_id,
+        cmd = [sys.executable, "-m", "ops.cli", "node", "--meetings", "--node-id", node_id,
                "--redis-url", redis_url, "--ready-file", str(ready), *extra]
         env = {**os.environ, "HUDDLE_LOG": os.environ.get("HUDDLE_LOG", "ERROR")}
         with open(log, "wb") as out:

@@ -49,7 +49,7 @@ def unique(prefix: str) -> str:
 
 def huddle_cmd(*args: str) -> list[str]:
     """The ``huddle`` command line, run with this interpreter."""
-    return [sys.executable, "-m", "actors.cli", *args]
+    return [sys.executable, "-m", "ops.cli", *args]
 
 
 # -- Redis --------------------------------------------------------------------

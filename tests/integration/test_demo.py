@@ -34,7 +34,7 @@ DEMO_DEADLINE_S = 80
 
 
 def run_demo(*options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "actors.cli", "demo", "--attendees", str(ATTENDEES),
+    return subprocess.run([sys.executable, "-m", "ops.cli", "demo", "--attendees", str(ATTENDEES),
                            "--deadline", str(DEMO_DEADLINE_S), *options],
                           check=False, capture_output=True, text=True, timeout=110)
 
@@ -101,7 +101,7 @@ def test_a_fault_the_checks_must_catch_gives_a_non_zero_exit() -> None:
 
 
 def test_the_demo_refuses_a_webinar_without_attendees() -> None:
-    proc = subprocess.run([sys.executable, "-m", "actors.cli", "demo", "--attendees", "1"], check=False, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "ops.cli", "demo", "--attendees", "1"], check=False, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2
     assert "at least 2 attendees" in proc.stderr
@@ -109,7 +109,7 @@ def test_the_demo_refuses_a_webinar_without_attendees() -> None:
 
 @pytest.mark.timeout(120)
 def test_sigterm_mid_run_stops_every_process_the_demo_started() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "demo", "--attendees", str(ATTENDEES), "--plain"],
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "demo", "--attendees", str(ATTENDEES), "--plain"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None

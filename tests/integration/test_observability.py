@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors.contracts.token import TokenGranted
 from actors.metrics import NodeMetrics
 from actors.node import Node
-from actors.tap import REDACTED, TapRecord, tap_channel
+from ops.tap import REDACTED, TapRecord, tap_channel
 from bus.address import SYS_METRICS
 from bus.envelope import Codec
 from bus.errors import DecodeError, UnknownAddress

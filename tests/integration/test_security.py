@@ -19,7 +19,7 @@ from actors.contracts.token import TokenGranted
 from actors.metrics import NodeMetrics
 from actors.node import Node
 from actors.sending import RemoteError
-from actors.tap import REDACTED
+from ops.tap import REDACTED
 from bus.address import SYS_EVENTS
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Codec, Envelope

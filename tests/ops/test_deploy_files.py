@@ -60,9 +60,9 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.cli import build_parser
+from ops.cli import build_parser
 from actors.metrics import LEASE_RENEW_LATENCY, NODE_GAUGES, NodeMetrics
-from actors.prometheus import NodeMetricsCollector
+from ops.prometheus import NodeMetricsCollector
 from bus.address import SYS_METRICS, channel_for
 from bus.embedded import find_redis_server
 from bus.envelope import Codec
@@ -823,7 +823,7 @@ def test_a_node_started_with_the_deployment_arguments_joins_signs_and_answers_it
     assert metrics_channel.get_message(timeout=DEADLINE)["type"] == "subscribe"
     log = tmp_path / "node.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "actors.cli", *argv], stdin=subprocess.DEVNULL, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *argv], stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
         # Ready: the file the startup/readiness probes test.

@@ -158,7 +158,7 @@ def test_outcomes_from_anyone_else_are_refused(kit: TestKit, rooms: RoomServiceS
 def roomservice_process(tmp_path: Path) -> Iterator[dict]:
     ready = tmp_path / "ready.json"
     env = {**os.environ, "HUDDLE_ROOMSERVICE_KEY": ROOM_KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "roomservice", "--room", CALLER_ROOM,
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "roomservice", "--room", CALLER_ROOM,
                              "--ready-file", str(ready)], env=env, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + DEADLINE

@@ -43,7 +43,7 @@ async def close_seen(ws: ClientConnection) -> int | None:
 
 def test_cli_prints_one_json_line_and_writes_the_ready_file(tmp_path: Any) -> None:
     ready = tmp_path / "ready.json"
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "dataserver", "--ready-file", str(ready)],
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "dataserver", "--ready-file", str(ready)],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -10,11 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.metrics import LEASE_RENEW_LATENCY, MetricsPublisher
-from actors.prometheus import MetricsEndpoint, serve_metrics
+from ops.prometheus import MetricsEndpoint, serve_metrics
 from actors.testkit import TestKit
 from bus.messages import Ping
 
-from .test_metrics import Quiet
+from tests.actors.test_metrics import Quiet
 
 DEADLINE = 10.0
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from actors.builtin import Echo
 from actors.contracts.token import TokenGranted
-from actors.tap import (
+from ops.tap import (
     MAX_TTL,
     REDACTED,
     SYS_TAPS,
@@ -31,7 +31,7 @@ from bus.envelope import Codec
 from bus.messages import Message, Ping, message_kind
 from bus.transport import InProcessTransport
 
-from .conftest import Recorder
+from tests.actors.conftest import Recorder
 
 SECRET = "eyJhbGciOi.secret-token-value.sig"
 

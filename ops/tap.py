@@ -411,7 +411,7 @@ def record_json(record: TapRecord) -> dict[str, Any]:
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
-    from actors.cli import bus_of
+    from ops.options import bus_of
     from bus.endpoint import mask_url
 
     bus = bus_of(args, "tap")
@@ -455,7 +455,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``huddle tap`` to the command line."""
-    from actors.cli import add_cluster_key_option
+    from ops.options import add_cluster_key_option
 
     tap = subparsers.add_parser(
         "tap",

@@ -268,7 +268,7 @@ class MonitorFeed:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from actors.cli import bus_of
+    from ops.options import bus_of
     from bus.endpoint import mask_url
 
     bus = bus_of(args, "monitor")
@@ -332,7 +332,7 @@ def _live(feed: MonitorFeed, title: str, seconds: float | None) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``huddle monitor`` to the command line."""
-    from actors.cli import add_cluster_key_option
+    from ops.options import add_cluster_key_option
 
     monitor = subparsers.add_parser(
         "monitor",
