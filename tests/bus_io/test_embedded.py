@@ -4,6 +4,7 @@ ended by its own PID."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from bus.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server, redis_url_from_env_or_embedded
+from bus.embedded import (
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    find_redis_server,
+    pause_process,
+    redis_url_from_env_or_embedded,
+)
 
 
 def _pid_exists(pid: int) -> bool:
@@ -119,3 +126,40 @@ def test_url_from_an_embedded_server_otherwise(monkeypatch: pytest.MonkeyPatch) 
     finally:
         if server is not None:
             server.stop()
+
+
+# A child with a second thread that never sleeps: the thread the kernel
+# would stop last if a stop were only queued.
+_BUSY_CHILD = """
+import threading, sys
+def spin():
+    while True:
+        pass
+threading.Thread(target=spin, daemon=True).start()
+sys.stdout.write("up\\n"); sys.stdout.flush()
+spin()
+"""
+
+
+def _states(pid: int) -> list[str]:
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        states.append(stat[stat.rindex(")") + 2])
+    return states
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to read thread states")
+def test_pause_process_returns_with_every_thread_stopped() -> None:
+    child = subprocess.Popen([sys.executable, "-c", _BUSY_CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "up\n"
+        assert len(_states(child.pid)) >= 2
+        pause_process(child.pid)
+        # Read right after return, no wait: each thread already reads stopped.
+        assert set(_states(child.pid)) <= {"T", "t"}
+        os.kill(child.pid, signal.SIGCONT)
+        assert child.poll() is None
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
