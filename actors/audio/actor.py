@@ -52,7 +52,8 @@ from actors.contracts.audio import (
     PausePlayback,
     ResumePlayback,
 )
-from actors.machine import Effect, MachineActor
+from actors.effects import Effect
+from actors.shell import MachineActor
 from bus.envelope import Envelope
 from bus.errors import HuddleError
 from bus.messages import Message

@@ -38,7 +38,7 @@ The rules (docs/protocol.md §4) and where they live:
 
 ``step(state, message, now, sender)`` mutates ``state`` in place (playout
 queues are not worth copying 50 times a second) and returns it with the
-effects: the common ones of :mod:`actors.machine` plus :class:`SinkWrite`
+effects: the common ones of :mod:`actors.effects` plus :class:`SinkWrite`
 and :class:`SinkClear`.
 """
 
@@ -69,7 +69,7 @@ from actors.contracts.audio import (
     ResumePlayback,
     frame_bytes,
 )
-from actors.machine import Answer, CancelTimer, Effect, Emit, Send, StartTimer
+from actors.effects import Answer, CancelTimer, Effect, Emit, Send, StartTimer
 from bus.messages import Message, message_kind
 
 __all__ = [

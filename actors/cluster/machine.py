@@ -57,6 +57,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.effects import Effect, Emit
 from bus.address import node_address
 from bus.cluster.backlog import DEFAULT_BACKLOG_CAP
 from bus.cluster.membership import Member, Membership
@@ -75,8 +76,7 @@ __all__ = [
     "ClusterState",
     "Drain",
     "DrainBacklog",
-    "Emit",
-    "Event",
+    "Input",
     "HandBack",
     "HeartbeatSeen",
     "HeldLease",
@@ -101,7 +101,7 @@ __all__ = [
     "SendRoute",
     "SpawnRefused",
     "Start",
-    "Stop",
+    "StopActor",
     "StopListening",
     "Sweep",
     "Tick",
@@ -298,32 +298,32 @@ def new_state(me: str, config: ClusterConfig, kinds: frozenset[str], now: float)
 # -- events (what the node heard) ------------------------------------------------
 
 
-class Event:
+class Input:
     __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
-class Tick(Event):
+class Tick(Input):
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class HeartbeatSeen(Event):
+class HeartbeatSeen(Input):
     heartbeat: NodeHeartbeat
 
 
 @dataclass(frozen=True, slots=True)
-class NodeLeftSeen(Event):
+class NodeLeftSeen(Input):
     node: str
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseSeen(Event):
+class LeaseSeen(Input):
     change: LeaseChange
 
 
 @dataclass(frozen=True, slots=True)
-class Renewed(Event):
+class Renewed(Input):
     """A renewal's answer: sent at ``sent_at`` (the local clock, before it
     was sent), it extended ``leases`` (address -> epoch; None: the leases
     of the last :class:`Renew`) but those in ``lost``."""
@@ -336,19 +336,19 @@ class Renewed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class RenewFailed(Event):
+class RenewFailed(Input):
     sent_at: float
 
 
 @dataclass(frozen=True, slots=True)
-class WantLease(Event):
+class WantLease(Input):
     """Something here wants to host ``address`` (a spawn)."""
 
     address: str
 
 
 @dataclass(frozen=True, slots=True)
-class Claimed(Event):
+class Claimed(Input):
     """The claim won ``address`` under ``epoch``. ``sent_at``: when the
     shell sent the script (after the claim waited its turn and its channel
     was subscribed); ``None``: when the core said to claim it. The lease is
@@ -361,7 +361,7 @@ class Claimed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimRefused(Event):
+class ClaimRefused(Input):
     """``holder`` ("": we are not a member yet) holds it under ``epoch``."""
 
     address: str
@@ -370,14 +370,14 @@ class ClaimRefused(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimFailed(Event):
+class ClaimFailed(Input):
     """The claim did not get an answer (Redis unreachable)."""
 
     address: str
 
 
 @dataclass(frozen=True, slots=True)
-class ActorGone(Event):
+class ActorGone(Input):
     """The actor at ``address`` stopped; ``final``: no restart follows."""
 
     address: str
@@ -386,17 +386,17 @@ class ActorGone(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Released(Event):
+class Released(Input):
     address: str
 
 
 @dataclass(frozen=True, slots=True)
-class ReleaseFailed(Event):
+class ReleaseFailed(Input):
     address: str
 
 
 @dataclass(frozen=True, slots=True)
-class Reasserted(Event):
+class Reasserted(Input):
     """The write-back of a lease ended: ``ok`` (ours again), not ok (taken
     meanwhile), or ``None`` (no answer: the next renewal decides)."""
 
@@ -406,7 +406,7 @@ class Reasserted(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Adopted(Event):
+class Adopted(Input):
     """The outcome of adopting ``node``: it was still ``alive``, or these
     placed ``addresses`` are unowned now."""
 
@@ -416,14 +416,14 @@ class Adopted(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Orphans(Event):
+class Orphans(Input):
     """Placed addresses found waiting for an owner."""
 
     addresses: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class RouteQueued(Event):
+class RouteQueued(Input):
     """Envelopes (encoded) for ``address`` that must go through the ROUTE
     script (to the owner's node channel, or its backlog), after those
     queued before them."""
@@ -433,7 +433,7 @@ class RouteQueued(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Routed(Event):
+class Routed(Input):
     """The first envelope queued for ``address`` went through ROUTE (its
     outcome is handled by the shell)."""
 
@@ -441,31 +441,27 @@ class Routed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class RouteFailed(Event):
+class RouteFailed(Input):
     """Redis did not answer the ROUTE of the first envelope for ``address``."""
 
     address: str
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseTroubled(Event):
+class LeaseTroubled(Input):
     """Redis refused a checkpoint of ``address`` under our lease."""
 
     address: str
 
 
 @dataclass(frozen=True, slots=True)
-class Drain(Event):
+class Drain(Input):
     """Hand everything off and leave (``closing``: the node is shutting down)."""
 
     closing: bool = False
 
 
 # -- effects (what the node must do) -----------------------------------------------
-
-
-class Effect:
-    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,7 +489,7 @@ class SpawnRefused(Effect):
 
 
 @dataclass(frozen=True, slots=True)
-class Stop(Effect):
+class StopActor(Effect):
     """Stop the actor at once; ``final``: no supervisor restarts it."""
 
     address: str
@@ -565,14 +561,6 @@ class Reassert(Effect):
 
 
 @dataclass(frozen=True, slots=True)
-class Emit(Effect):
-    event: str
-    address: str = ""
-    reason: str = ""
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class Leave(Effect):
     pass
 
@@ -580,7 +568,7 @@ class Leave(Effect):
 # -- the step ------------------------------------------------------------------------
 
 
-def step(state: ClusterState, event: Event, now: float) -> tuple[ClusterState, list[Effect]]:
+def step(state: ClusterState, event: Input, now: float) -> tuple[ClusterState, list[Effect]]:
     """Feed one event; returns the (same, updated) state and the effects."""
     out: list[Effect] = []
     handler = _HANDLERS[type(event)]
@@ -612,7 +600,7 @@ def _tick(s: ClusterState, _e: Tick, now: float, out: list[Effect]) -> None:
             out.append(Release(address, lease.epoch, lease.release_mode))
     dead = s.view.expire(now)
     for node in dead:
-        out.append(Emit("node-dead", node_address(node)))
+        out.append(Emit("node-dead", address=node_address(node)))
         s.adopt_retries[node] = (now, now + cfg.lease_ttl)
     if dead:
         _reconsider_unowned(s, now, out)
@@ -646,7 +634,7 @@ def _renewed(s: ClusterState, e: Renewed, now: float, out: list[Effect]) -> None
     reset = s.era is not None and e.era != s.era
     s.era = e.era
     if reset:
-        out.append(Emit("redis-reset", node_address(s.me), detail={"era": e.era}))
+        out.append(Emit("redis-reset", address=node_address(s.me), detail={"era": e.era}))
     valid_until = e.sent_at + s.config.validity
     for address, epoch in (s.renew_set if e.leases is None else e.leases).items():
         lease = s.leases.get(address)
@@ -687,7 +675,7 @@ def _reasserted(s: ClusterState, e: Reasserted, _now: float, out: list[Effect]) 
         return
     if e.ok:
         lease.valid_until = max(lease.valid_until, e.sent_at + s.config.validity)
-        out.append(Emit("lease-restored", e.address, detail={"epoch": lease.epoch}))
+        out.append(Emit("lease-restored", address=e.address, detail={"epoch": lease.epoch}))
     else:
         _fence(s, e.address, lease, "taken", out)
 
@@ -698,7 +686,7 @@ def _heartbeat(s: ClusterState, e: HeartbeatSeen, now: float, out: list[Effect])
         return
     if not s.view.observe(hb, now):
         return
-    out.append(Emit("node-joined", node_address(hb.node),
+    out.append(Emit("node-joined", address=node_address(hb.node),
                     detail={"capacity": hb.capacity, "kinds": sorted(hb.kinds)}))
     s.adopt_retries.pop(hb.node, None)
     if s.config.handoff_on_join:
@@ -711,7 +699,7 @@ def _heartbeat(s: ClusterState, e: HeartbeatSeen, now: float, out: list[Effect])
 def _node_left(s: ClusterState, e: NodeLeftSeen, now: float, out: list[Effect]) -> None:
     if e.node == s.me or not s.view.left(e.node):
         return
-    out.append(Emit("node-left", node_address(e.node)))
+    out.append(Emit("node-left", address=node_address(e.node)))
     # It released everything it held; adopting catches what it could not.
     s.adopt_retries[e.node] = (now + s.config.heartbeat_interval, now + s.config.lease_ttl)
     out.append(Adopt(e.node))
@@ -755,14 +743,14 @@ def _claimed(s: ClusterState, e: Claimed, now: float, out: list[Effect]) -> None
     s.unowned_seen.discard(e.address)
     lease = HeldLease(epoch=e.epoch, placed=e.placed, valid_until=sent_at + s.config.validity)
     s.leases[e.address] = lease
-    out.append(Emit("lease-acquired", e.address, detail={"epoch": e.epoch, "placed": e.placed}))
+    out.append(Emit("lease-acquired", address=e.address, detail={"epoch": e.epoch, "placed": e.placed}))
     out.append(Start(e.address, e.epoch))
     if s.draining:
         if lease.placed:
             _hand_off(s, e.address, lease, "", out)
         else:
             lease.phase = Phase.STOPPING
-            out.append(Stop(e.address, "drain", final=True))
+            out.append(StopActor(e.address, "drain", final=True))
 
 
 def _claim_refused(s: ClusterState, e: ClaimRefused, now: float, out: list[Effect]) -> None:
@@ -803,7 +791,7 @@ def _released(s: ClusterState, e: Released, now: float, out: list[Effect]) -> No
     lease = s.leases.pop(e.address, None)
     if lease is None:
         return
-    out.append(Emit("lease-released", e.address, detail={"epoch": lease.epoch, "mode": lease.release_mode}))
+    out.append(Emit("lease-released", address=e.address, detail={"epoch": lease.epoch, "mode": lease.release_mode}))
     out.append(HandBack(e.address))
     s.lingering[e.address] = now + s.config.lease_ttl
     if e.address in s.reclaim:
@@ -825,7 +813,7 @@ def _adopted(s: ClusterState, e: Adopted, now: float, out: list[Effect]) -> None
         return  # its key has not expired yet: the retry schedule goes on
     s.adopt_retries.pop(e.node, None)
     if e.addresses:
-        out.append(Emit("adopted", node_address(e.node), detail={"addresses": len(e.addresses)}))
+        out.append(Emit("adopted", address=node_address(e.node), detail={"addresses": len(e.addresses)}))
     for address in e.addresses:
         s.unowned_seen.add(address)
         _maybe_claim_placed(s, address, now, out)
@@ -853,7 +841,7 @@ def _drain(s: ClusterState, e: Drain, _now: float, out: list[Effect]) -> None:
     for address in s.queued_claims:
         out.append(SpawnRefused(address, "", 0))
     s.queued_claims.clear()
-    out.append(Emit("draining", node_address(s.me), detail={"leases": len(s.leases)}))
+    out.append(Emit("draining", address=node_address(s.me), detail={"leases": len(s.leases)}))
     for address, lease in s.leases.items():
         if lease.phase is not Phase.ACTIVE:
             continue
@@ -861,7 +849,7 @@ def _drain(s: ClusterState, e: Drain, _now: float, out: list[Effect]) -> None:
             _hand_off(s, address, lease, "", out)
         else:
             lease.phase = Phase.STOPPING
-            out.append(Stop(address, "drain", final=True))
+            out.append(StopActor(address, "drain", final=True))
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -925,15 +913,15 @@ def _fence(s: ClusterState, address: str, lease: HeldLease, why: str, out: list[
     """The lease is lost (or can no longer be trusted): stop the actor now."""
     stopping = lease.phase in (Phase.HANDOFF, Phase.STOPPING)
     lease.phase = Phase.FENCED
-    out.append(Emit("lease-lost", address, reason=why, detail={"epoch": lease.epoch}))
+    out.append(Emit("lease-lost", address=address, reason=why, detail={"epoch": lease.epoch}))
     if not stopping:
-        out.append(Stop(address, f"lease-{why}", final=False))
+        out.append(StopActor(address, f"lease-{why}", final=False))
 
 
 def _hand_off(s: ClusterState, address: str, lease: HeldLease, to: str, out: list[Effect]) -> None:
     lease.phase = Phase.HANDOFF
-    out.append(Emit("handoff", address, detail={"to": to, "epoch": lease.epoch}))
-    out.append(Stop(address, "handoff", final=True))
+    out.append(Emit("handoff", address=address, detail={"to": to, "epoch": lease.epoch}))
+    out.append(StopActor(address, "handoff", final=True))
 
 
 def _release(s: ClusterState, address: str, lease: HeldLease, mode: str, out: list[Effect]) -> None:
@@ -986,7 +974,7 @@ def _retry_routes(s: ClusterState, now: float, out: list[Effect]) -> None:
             out.append(SendRoute(address, queue[0]))
 
 
-_HANDLERS: dict[type[Event], Any] = {
+_HANDLERS: dict[type[Input], Any] = {
     RouteQueued: _route_queued,
     Routed: _routed,
     RouteFailed: _route_failed,

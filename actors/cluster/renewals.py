@@ -54,7 +54,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.cluster.machine import ClusterConfig, Event, RenewFailed, Renewed
+from actors.cluster.machine import ClusterConfig, Input, RenewFailed, Renewed
 from bus.cluster.leases import ClaimResult, LeaseStore
 from bus.envelope import Codec
 from bus.loop import IoClosed, LoopThread
@@ -90,7 +90,7 @@ class RenewalLane:
         self._namespace = namespace
         self._codec = codec
         self._wake_node = wake
-        self._answers: collections.deque[Event] = collections.deque()
+        self._answers: collections.deque[Input] = collections.deque()
         self._new_era = new_era
         self._clock = clock
         self._thread = LoopThread(name=f"huddle-renew-{me}")
@@ -134,7 +134,7 @@ class RenewalLane:
         future = asyncio.run_coroutine_threadsafe(self._claim(claims), self._thread.loop)
         return await asyncio.wrap_future(future)
 
-    def take(self) -> list[Event]:
+    def take(self) -> list[Input]:
         """The answers that arrived since the last call, oldest first."""
         answers = []
         while self._answers:
@@ -264,7 +264,7 @@ class RenewalLane:
                     self._added.pop(address, None)
         self._answer(Renewed(sent_at, result.era, result.lost, result.backlogged, leases=dict(leases)))
 
-    def _answer(self, event: Event) -> None:
+    def _answer(self, event: Input) -> None:
         self._answers.append(event)
         try:
             self._wake_node()

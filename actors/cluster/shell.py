@@ -82,9 +82,7 @@ from actors.cluster.machine import (
     ClusterState,
     Drain,
     DrainBacklog,
-    Effect,
-    Emit,
-    Event,
+    Input,
     HandBack,
     HeartbeatSeen,
     LeaseSeen,
@@ -108,7 +106,7 @@ from actors.cluster.machine import (
     SendRoute,
     SpawnRefused,
     Start,
-    Stop,
+    StopActor,
     StopListening,
     Sweep,
     Tick,
@@ -119,6 +117,7 @@ from actors.cluster.machine import (
 )
 from actors.cluster.renewals import RenewalLane, RenewalPlan
 from actors.dispatch import RESTART_BUFFER
+from actors.effects import Effect, Emit
 from actors.fencing import UNKNOWN as UNKNOWN_ISSUE
 from actors.fencing import Issued
 from actors.io import IoLoop, confined
@@ -706,7 +705,7 @@ class Cluster:
         except Exception:  # noqa: BLE001 - the loop is closed: the node is gone
             log.debug("cluster: %s dropped %r: the I/O loop is closed", self.me, fn)
 
-    def feed(self, event: Event) -> None:
+    def feed(self, event: Input) -> None:
         """Loop thread: one event through the core, then its effects."""
         _, effects = step(self.state, event, self.node.clock.now())
         for effect in effects:
@@ -735,7 +734,7 @@ class Cluster:
                 self._start(address, epoch)
             case SpawnRefused():
                 self._spawn_refused(effect)
-            case Stop():
+            case StopActor():
                 self._stop(effect)
             case Release():
                 self._spawn_task(self._release(effect))
@@ -901,7 +900,7 @@ class Cluster:
             self.node.tell(pending[3], ChildExit(address=address, crashed=True, reason="LeaseHeld"), sender=address)
         self._hand_back(address)
 
-    def _stop(self, effect: Stop) -> None:
+    def _stop(self, effect: StopActor) -> None:
         address = effect.address
         actor = self.node.lookup(address)
         if actor is None:

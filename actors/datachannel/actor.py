@@ -19,7 +19,7 @@ carries out the effects:
   got from the close, so a deliberate disconnect ends offline and the
   failure never crashes the actor. An abort that raises is only reported;
 * the common effects (send, emit, timers, checkpoint, answer) as every
-  :class:`~actors.machine.MachineActor` does.
+  :class:`~actors.shell.MachineActor` does.
 
 Write-ahead: of the effects of one step, the checkpoint is performed
 **first** (the core also lists it first), so when a later effect raises
@@ -70,7 +70,8 @@ from actors.datachannel.machine import (
     Transmit,
 )
 from actors.io import Outcome
-from actors.machine import Effect, Emit, MachineActor
+from actors.effects import Effect, Emit
+from actors.shell import MachineActor
 from actors.node import Node
 from bus.envelope import Envelope
 from bus.messages import Message

@@ -49,7 +49,7 @@ Checkpoints, restarts and the owner's word
 ------------------------------------------
 The checkpoint (owner, wanted target, subscriptions, watchers) is the
 session's intent, and it is written **ahead** of the effects that act on
-it: whenever a step changes it, :class:`~actors.machine.SaveCheckpoint` is
+it: whenever a step changes it, :class:`~actors.effects.SaveCheckpoint` is
 the step's first effect. An effect that raises (and crashes the actor)
 therefore leaves the checkpoint of the command being carried out: a
 session that crashed while closing for a disconnect restarts disconnected.
@@ -106,16 +106,7 @@ from actors.contracts.datachannel import (
     session_address,
 )
 from actors.contracts.token import TokenGranted, TokenRequest, TokenUnavailable
-from actors.machine import (
-    Answer,
-    CancelTimer,
-    Effect,
-    Emit,
-    SaveCheckpoint,
-    Send,
-    StartTimer,
-    evolve,
-)
+from actors.effects import Answer, CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.address import is_valid_address
 from bus.messages import ErrorReply, Message, message_kind
 
@@ -558,7 +549,7 @@ def step(state: SessionState, message: Message, now: float, *, sender: str | Non
 
     ``sender`` is the envelope's sender (ownership, token and internal
     messages are judged by it); ``asked`` says whether a reply is expected
-    (the effects then hold one :class:`~actors.machine.Answer`). Raises
+    (the effects then hold one :class:`~actors.effects.Answer`). Raises
     ``TypeError`` for a kind the core does not take (see ``HANDLED_KINDS``).
     """
     handler = _HANDLERS.get(type(message))

@@ -39,7 +39,8 @@ from actors.contracts.audio import output_address
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
 from actors.datachannel.actor import DataChannelSession
 from actors.datachannel.connector import DataChannelConnector
-from actors.machine import Effect, MachineActor
+from actors.effects import Effect
+from actors.shell import MachineActor
 from actors.meeting.machine import MeetingCore
 from actors.node import Node
 from actors.runtime import PooledFuture

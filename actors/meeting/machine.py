@@ -46,7 +46,7 @@ deliberate disconnect is permanent.
 Restarts: write-ahead and re-assertion
 --------------------------------------
 What the meeting wants is checkpointed **before** the commands it implies
-(the :class:`~actors.machine.SaveCheckpoint` effect comes first in every
+(the :class:`~actors.effects.SaveCheckpoint` effect comes first in every
 step whose checkpoint changed): the facts, the generation and whether the
 practice session was started. A crash between two sends therefore restarts
 from the facts the sends came from.
@@ -116,7 +116,7 @@ from typing import Any
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts import token as tk
-from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
+from actors.effects import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.messages import Message, message_kind
 
 __all__ = ["Facts", "MeetingCore", "PracticeTokenRetry", "SessionWant", "Sessions", "practice_possible",

@@ -38,7 +38,8 @@ from actors.contracts.token import (
     TokenSeed,
 )
 from actors.io import Outcome
-from actors.machine import Effect, Emit, MachineActor
+from actors.effects import Effect, Emit
+from actors.shell import MachineActor
 from actors.token import machine
 from actors.token.http import TokenEndpoint, TokenFetchError
 from actors.token.machine import (

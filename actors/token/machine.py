@@ -59,7 +59,7 @@ from actors.contracts.token import (
     TokenUnavailable,
     UnavailableReason,
 )
-from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
+from actors.effects import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.messages import Message, message_kind
 
 __all__ = [

@@ -18,7 +18,8 @@ from actors.actor import ActorContext
 from actors.context import JobContext
 from actors.contracts.transfer import PartyHungUp, TransferMerged
 from actors.io import Outcome
-from actors.machine import Effect, Emit, MachineActor
+from actors.effects import Effect, Emit
+from actors.shell import MachineActor
 from actors.transfer import machine
 from actors.transfer.machine import (
     DeleteFailure,

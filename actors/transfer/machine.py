@@ -29,7 +29,7 @@ from actors.contracts.transfer import (
     TransferFinished,
     TransferMerged,
 )
-from actors.machine import Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
+from actors.effects import Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.messages import Message, message_kind
 
 __all__ = [

@@ -23,7 +23,7 @@ from actors.contracts import meeting as mt
 from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from actors.datachannel.connector import DataChannelSocket, SocketEvents, WebSocketConnector
 from actors.datachannel.machine import CloseSocket
-from actors.machine import Send
+from actors.effects import Send
 from actors.meeting.actor import MeetingServices, meeting_address, start_meeting
 from actors.node import Node
 from actors.token.http import HttpTokenEndpoint

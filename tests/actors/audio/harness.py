@@ -32,7 +32,7 @@ from actors.contracts.audio import (
     PlaybackStarted,
     ResumePlayback,
 )
-from actors.machine import Answer, CancelTimer, Effect, Emit, Send, StartTimer
+from actors.effects import Answer, CancelTimer, Effect, Emit, Send, StartTimer
 from bus.messages import Message
 
 REPORT_TO = "agent:job-1"

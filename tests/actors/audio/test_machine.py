@@ -19,7 +19,7 @@ from actors.contracts.audio import (
     OutputStatusRequest,
     PlaybackFinished,
 )
-from actors.machine import Answer
+from actors.effects import Answer
 
 from .harness import PRODUCER, Harness, pcm_for
 

@@ -18,7 +18,6 @@ from actors.cluster.machine import (
     ClusterState,
     Drain,
     DrainBacklog,
-    Emit,
     HandBack,
     HeartbeatSeen,
     LeaseSeen,
@@ -40,7 +39,7 @@ from actors.cluster.machine import (
     SendRoute,
     SpawnRefused,
     Start,
-    Stop,
+    StopActor,
     StopListening,
     Sweep,
     Tick,
@@ -48,6 +47,7 @@ from actors.cluster.machine import (
     new_state,
     step,
 )
+from actors.effects import Emit
 from actors.cluster.machine import ROUTE_RETRY_FIRST_S
 from bus.cluster.messages import LeaseChange, NodeHeartbeat
 from bus.cluster.placement import owner_of
@@ -173,12 +173,12 @@ def test_a_lease_past_its_validity_is_fenced_at_once() -> None:
     d.join()
     d.hold("counter:1")
     valid_until = d.state.leases["counter:1"].valid_until
-    assert of(d.feed(Tick(), at=valid_until - 0.01), Stop) == []
+    assert of(d.feed(Tick(), at=valid_until - 0.01), StopActor) == []
     effects = d.feed(Tick(), at=valid_until)
-    assert of(effects, Stop) == [Stop("counter:1", "lease-expired", final=False)]
+    assert of(effects, StopActor) == [StopActor("counter:1", "lease-expired", final=False)]
     assert ("lease-lost", "counter:1", "expired") in events(effects)
     assert d.state.leases["counter:1"].phase is Phase.FENCED
-    assert of(d.feed(Tick(), at=valid_until + 1), Stop) == []  # once
+    assert of(d.feed(Tick(), at=valid_until + 1), StopActor) == []  # once
 
 
 def test_renewal_extends_what_it_covered_and_fences_what_was_lost() -> None:
@@ -192,7 +192,7 @@ def test_renewal_extends_what_it_covered_and_fences_what_was_lost() -> None:
     d.hold("counter:new", epoch=4)  # claimed while the renewal was in flight: not covered
     new_valid = d.state.leases["counter:new"].valid_until
     effects = d.feed(Renewed(renew.sent_at, "era-1", lost={"counter:taken": ("other", 9), "counter:lapsed": None}))
-    assert sorted(s.address for s in of(effects, Stop)) == ["counter:lapsed", "counter:taken"]
+    assert sorted(s.address for s in of(effects, StopActor)) == ["counter:lapsed", "counter:taken"]
     assert ("lease-lost", "counter:taken", "taken") in events(effects)
     assert ("lease-lost", "counter:lapsed", "lapsed") in events(effects)
     assert d.state.leases["counter:kept"].valid_until == renew.sent_at + CFG.validity
@@ -205,15 +205,15 @@ def test_a_new_era_writes_our_leases_back_instead_of_fencing() -> None:
     d.hold("counter:1", epoch=7)
     renew = of(d.feed(Tick(), at=d.now + 1.5), Renew)[0]
     effects = d.feed(Renewed(renew.sent_at, "era-2", lost={"counter:1": None}))
-    assert of(effects, Stop) == []
+    assert of(effects, StopActor) == []
     assert of(effects, Reassert) == [Reassert("counter:1", 7, True, d.now)]
     assert ("redis-reset", "node:me", "") in events(effects)
     # A renewal that races the write-back may still find it missing.
     renew = of(d.feed(Tick(), at=d.now + 1.1), Renew)[0]
     assert d.feed(Renewed(renew.sent_at, "era-2", lost={"counter:1": None})) == []
-    assert of(d.feed(Reasserted("counter:1", None, d.now)), Stop) == []  # no answer: nothing decided
-    assert of(d.feed(Reasserted("counter:1", True, d.now)), Stop) == []
-    assert of(d.feed(Reasserted("counter:1", False, d.now)), Stop) == [Stop("counter:1", "lease-taken", final=False)]
+    assert of(d.feed(Reasserted("counter:1", None, d.now)), StopActor) == []  # no answer: nothing decided
+    assert of(d.feed(Reasserted("counter:1", True, d.now)), StopActor) == []
+    assert of(d.feed(Reasserted("counter:1", False, d.now)), StopActor) == [StopActor("counter:1", "lease-taken", final=False)]
 
 
 def test_addresses_with_waiting_messages_are_drained_by_their_live_owner() -> None:
@@ -238,13 +238,13 @@ def test_a_joining_node_gets_the_placed_addresses_that_rank_it_first() -> None:
     d.hold("echo:child", placed=False)
     effects = d.peer("newcomer")
     assert ("node-joined", "node:newcomer", "") in events(effects)
-    assert of(effects, Stop) == []  # not before it has been live for the grace
+    assert of(effects, StopActor) == []  # not before it has been live for the grace
     assert d.peer("newcomer") == []  # a second heartbeat is no join
-    assert of(d.advance(CFG.grace / 2, peers=("newcomer",)), Stop) == []
+    assert of(d.advance(CFG.grace / 2, peers=("newcomer",)), StopActor) == []
     effects = d.advance(CFG.grace / 2, peers=("newcomer",))
-    assert of(effects, Stop) == [Stop(moving, "handoff", final=True)]
+    assert of(effects, StopActor) == [StopActor(moving, "handoff", final=True)]
     assert d.state.leases[moving].phase is Phase.HANDOFF
-    assert of(d.advance(CFG.grace, peers=("newcomer",)), Stop) == []  # once
+    assert of(d.advance(CFG.grace, peers=("newcomer",)), StopActor) == []  # once
 
 
 def test_a_newcomer_that_dies_within_its_grace_gets_nothing() -> None:
@@ -252,7 +252,7 @@ def test_a_newcomer_that_dies_within_its_grace_gets_nothing() -> None:
     d.join()
     d.hold(address_ranking("newcomer", ["me"]))
     d.peer("newcomer")
-    assert of(d.advance(CFG.lease_ttl + 0.5), Stop) == []
+    assert of(d.advance(CFG.lease_ttl + 0.5), StopActor) == []
 
 
 def test_a_newcomer_without_the_kind_gets_nothing() -> None:
@@ -260,7 +260,7 @@ def test_a_newcomer_without_the_kind_gets_nothing() -> None:
     d.join()
     d.hold(address_ranking("newcomer", ["me"]))
     d.peer("newcomer", kinds=("meeting",))
-    assert of(d.advance(CFG.grace + 0.5, peers=("newcomer",), kinds=("meeting",)), Stop) == []
+    assert of(d.advance(CFG.grace + 0.5, peers=("newcomer",), kinds=("meeting",)), StopActor) == []
 
 
 def test_no_hand_off_on_join_when_switched_off() -> None:
@@ -268,7 +268,7 @@ def test_no_hand_off_on_join_when_switched_off() -> None:
     d.join()
     d.hold(address_ranking("newcomer", ["me"]))
     d.peer("newcomer")
-    assert of(d.advance(10, peers=("newcomer",)), Stop) == []
+    assert of(d.advance(10, peers=("newcomer",)), StopActor) == []
 
 
 def test_a_silent_node_is_dead_and_adopted_until_its_key_is_gone() -> None:
@@ -341,16 +341,16 @@ def test_another_owner_announced_with_a_newer_epoch_fences_ours() -> None:
     d = Driver()
     d.join()
     d.hold("counter:1", epoch=5)
-    assert of(d.feed(LeaseSeen(LeaseChange(address="counter:1", node="n2", change="acquired", epoch=4))), Stop) == []
+    assert of(d.feed(LeaseSeen(LeaseChange(address="counter:1", node="n2", change="acquired", epoch=4))), StopActor) == []
     effects = d.feed(LeaseSeen(LeaseChange(address="counter:1", node="n2", change="acquired", epoch=6)))
-    assert of(effects, Stop) == [Stop("counter:1", "lease-taken", final=False)]
+    assert of(effects, StopActor) == [StopActor("counter:1", "lease-taken", final=False)]
 
 
 def test_a_refused_checkpoint_fences() -> None:
     d = Driver()
     d.join()
     d.hold("counter:1")
-    assert of(d.feed(LeaseTroubled("counter:1")), Stop) == [Stop("counter:1", "lease-checkpoint-refused", final=False)]
+    assert of(d.feed(LeaseTroubled("counter:1")), StopActor) == [StopActor("counter:1", "lease-checkpoint-refused", final=False)]
 
 
 def test_a_survivor_keeps_at_most_claims_in_flight_and_sends_the_rest_in_order_as_answers_come() -> None:
@@ -475,8 +475,8 @@ def test_drain_hands_off_placed_stops_the_rest_and_leaves_when_empty() -> None:
     d.hold("counter:1", placed=True, epoch=1)
     d.hold("echo:1", placed=False, epoch=2)
     effects = d.feed(Drain())
-    assert sorted(of(effects, Stop), key=lambda s: s.address) == [
-        Stop("counter:1", "handoff", final=True), Stop("echo:1", "drain", final=True)]
+    assert sorted(of(effects, StopActor), key=lambda s: s.address) == [
+        StopActor("counter:1", "handoff", final=True), StopActor("echo:1", "drain", final=True)]
     assert of(d.feed(LeaseSeen(LeaseChange(address=address_ranking("me", []), node="", change="unowned"))),
               Claim) == []  # a draining node takes nothing
     assert d.feed(ActorGone("counter:1", crashed=False, final=True)) == [Release("counter:1", 1, "unowned")]

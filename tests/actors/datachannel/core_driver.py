@@ -32,7 +32,7 @@ from actors.datachannel.machine import (
     status_of,
     step,
 )
-from actors.machine import Effect, Send
+from actors.effects import Effect, Send
 from bus.messages import Message
 
 E = TypeVar("E", bound=Effect)

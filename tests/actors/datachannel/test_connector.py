@@ -217,7 +217,7 @@ def test_numbered_pongs_pass_the_sessions_sequence_check_and_every_ack_names_a_s
     core's sequence check passes every one of them, pongs included, and the
     acks and pings it writes go back over the same socket."""
     from actors.datachannel.machine import Authorize, SocketFrame, Transmit
-    from actors.machine import Emit
+    from actors.effects import Emit
 
     from .core_driver import Core
 

@@ -49,7 +49,7 @@ from actors.datachannel.machine import (
     restore,
     socket_url,
 )
-from actors.machine import Answer, CancelTimer, Emit, SaveCheckpoint, StartTimer
+from actors.effects import Answer, CancelTimer, Emit, SaveCheckpoint, StartTimer
 from bus.messages import ErrorReply
 
 from .core_driver import DC_URL, DEVICE_URL, OWNER, WS_URL, Core

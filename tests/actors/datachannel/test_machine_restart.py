@@ -27,7 +27,7 @@ from actors.datachannel.machine import (
     SessionState,
     restore,
 )
-from actors.machine import Effect, SaveCheckpoint
+from actors.effects import Effect, SaveCheckpoint
 
 from .core_driver import DC_URL, OWNER, Core, timer_message
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts import token as tk
-from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.effects import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
 from actors.meeting.machine import PRACTICE_TOKEN_RETRY_CAP_S, MeetingCore
 
 from .world import World

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from actors.contracts import datachannel as dc
 from actors.contracts import meeting as mt
 from actors.contracts import token as tk
-from actors.machine import Effect, SaveCheckpoint, Send
+from actors.effects import Effect, SaveCheckpoint, Send
 from actors.meeting.machine import MeetingCore
 from actors.token import machine as tkm
 

@@ -16,7 +16,7 @@ from actors.contracts import token as tk
 from actors.datachannel.actor import DataChannelSession
 from actors.datachannel.machine import CloseSocket
 from actors.datachannel.testing import FakeConnector, FakeSocket
-from actors.machine import Send
+from actors.effects import Send
 from actors.meeting.actor import AWAIT_OWNER, MeetingActor, meeting_address
 from actors.supervisor import Backoff, ChildSpec
 from actors.testkit import Probe, TestKit

@@ -30,7 +30,7 @@ from typing import Any
 from actors.contracts import datachannel as dc
 from actors.contracts import token as tk
 from actors.datachannel import machine as dcm
-from actors.machine import Effect, SaveCheckpoint, Send
+from actors.effects import Effect, SaveCheckpoint, Send
 from actors.meeting.machine import MeetingCore
 from actors.token import machine as tkm
 from bus.messages import Message

@@ -24,7 +24,7 @@ from actors.contracts.token import (
     TokenUnavailable,
     UnavailableReason,
 )
-from actors.machine import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.effects import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
 from actors.token.machine import (
     AUTH_RETRY_DELAY_S,
     EXPIRY_MARGIN_S,

@@ -13,7 +13,7 @@ from actors.contracts.transfer import (
     TransferFinished,
     TransferMerged,
 )
-from actors.machine import Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.effects import Effect, Emit, SaveCheckpoint, Send, StartTimer
 from actors.transfer.machine import (
     RETRY_DELAYS_S,
     DeleteFailure,

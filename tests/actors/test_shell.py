@@ -1,22 +1,11 @@
-"""The sans-I/O shell: common effects, timers by key, answers."""
+"""The shell of a sans-I/O core (MachineActor): common effects, timers by key, answers, events about another address."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
 
-import pytest
-
-from actors.machine import (
-    Answer,
-    CancelTimer,
-    Emit,
-    MachineActor,
-    SaveCheckpoint,
-    Send,
-    StartTimer,
-    evolve,
-)
+from actors.effects import Answer, CancelTimer, Emit, SaveCheckpoint, Send, StartTimer
+from actors.shell import MachineActor
 from actors.supervisor import ChildSpec
 from actors.testkit import TestKit
 from bus.messages import Message, Ping, message_kind
@@ -54,6 +43,8 @@ class Counter(MachineActor):
                     return [CancelTimer("t")]
                 case "event":
                     return [Emit("counted", reason="because", detail={"n": message.n})]
+                case "event-about":
+                    return [Emit("seen", detail={"n": message.n}, address="peer:9")]
                 case "save":
                     return [SaveCheckpoint({"n": message.n}), Answer(message.n + 1)]
                 case "send-then-save":
@@ -92,6 +83,9 @@ def test_emit_checkpoint_and_answer() -> None:
         kit.inject_message("counter:3", Cmd(op="event", n=7))
         ev = kit.expect_event("counted", "counter:3", reason="because")
         assert ev.detail == {"n": 7}
+        kit.inject_message("counter:3", Cmd(op="event-about", n=8))
+        about = kit.expect_event("seen", "peer:9")  # the address the core named, not the actor's
+        assert about.detail == {"n": 8}
         assert kit.ask("counter:3", Cmd(op="save", n=4)).get(timeout=5) == 5
         assert kit.node.checkpoints.load("counter:3") is not None
 
@@ -134,38 +128,3 @@ def test_a_steps_checkpoint_is_written_before_its_effects_so_a_crash_midway_rest
         restarted = kit.node.lookup("counter:wa")
         assert restarted is not first
         assert restarted.restored == {"n": 9}  # what the step wanted, not what it had before
-
-
-# -- evolve: the copy every core makes of its frozen state ----------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Point:
-    x: int
-    y: list[int]
-    label: str = "p"
-
-
-@dataclass(frozen=True)
-class _Plain:  # no slots: a __dict__ class
-    a: int
-    b: int = 2
-
-
-@pytest.mark.parametrize("value", [_Point(1, [2]), _Plain(1)], ids=["slots", "dict"])
-def test_evolve_copies_every_field_and_applies_the_changes_like_replace(value: Any) -> None:
-    assert evolve(value) == value and evolve(value) is not value
-    first = fields(value)[0].name
-    changed = evolve(value, **{first: 41})
-    assert changed == replace(value, **{first: 41})
-    assert getattr(value, first) != 41  # the original is untouched
-
-
-def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
-    with pytest.raises(TypeError, match="_Point has no field 'z'"):
-        evolve(_Point(1, []), z=3)
-
-
-def test_evolve_shares_field_values_as_replace_does() -> None:
-    point = _Point(1, [2])
-    assert evolve(point, x=5).y is point.y
