@@ -63,7 +63,7 @@ from actors.datachannel.machine import (
     Registered,
     RegisterFailed,
     SessionConfig,
-    SessionState,
+    ChannelState,
     SocketClosed,
     SocketFrame,
     SocketOpened,
@@ -103,7 +103,7 @@ class DataChannelSession(MachineActor):
         self._sockets: dict[int, DataChannelSocket] = {}
         rng_seed = random.getrandbits(64) if seed is None else seed
         # Generations of incarnation n start at n << 32: never one an older incarnation used.
-        self.state: SessionState
+        self.state: ChannelState
         self.state, self._first_effects = machine.restore(self.config, ctx.checkpoint, seed=rng_seed,
                                                           first_gen=(ctx.incarnation << 32) + 1)
 

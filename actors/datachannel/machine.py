@@ -122,7 +122,7 @@ __all__ = [
     "RegisterFailed",
     "Registered",
     "SessionConfig",
-    "SessionState",
+    "ChannelState",
     "SessionTimer",
     "SocketClosed",
     "SocketFrame",
@@ -420,7 +420,7 @@ class PendingClose:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionState:
+class ChannelState:
     """Everything one session knows (no secrets)."""
 
     config: SessionConfig
@@ -450,13 +450,13 @@ class SessionState:
     awaiting_owner: int = 0
 
 
-def initial_state(config: SessionConfig, *, seed: int, first_gen: int = 1) -> SessionState:
+def initial_state(config: SessionConfig, *, seed: int, first_gen: int = 1) -> ChannelState:
     """A fresh session. ``seed`` drives jitter and frame ids; ``first_gen``
     must exceed every generation an earlier incarnation used."""
-    return SessionState(config=config, rng=seed & _MASK64, next_gen=first_gen)
+    return ChannelState(config=config, rng=seed & _MASK64, next_gen=first_gen)
 
 
-def restore(config: SessionConfig, checkpoint: Any, *, seed: int, first_gen: int = 1) -> tuple[SessionState, list[Effect]]:
+def restore(config: SessionConfig, checkpoint: Any, *, seed: int, first_gen: int = 1) -> tuple[ChannelState, list[Effect]]:
     """A session from its last checkpoint (``None``: a fresh one).
 
     The owner and every watcher are told the session restarted
@@ -498,18 +498,18 @@ def restore(config: SessionConfig, checkpoint: Any, *, seed: int, first_gen: int
     return s, fx
 
 
-def _checkpoint(s: SessionState) -> dict[str, Any]:
+def _checkpoint(s: ChannelState) -> dict[str, Any]:
     t = s.target
     return {"owner": s.owner, "owner_epoch": s.owner_epoch,
             "target": None if t is None else [t.datachannel_url, t.device_url, t.token_auth],
             "subscriptions": list(s.subscriptions), "watchers": list(s.watchers)}
 
 
-def _persisted(s: SessionState) -> tuple[Any, ...]:
+def _persisted(s: ChannelState) -> tuple[Any, ...]:
     return (s.owner, s.owner_epoch, s.target, s.subscriptions, s.watchers)
 
 
-def status_of(s: SessionState) -> SessionStatus:
+def status_of(s: ChannelState) -> SessionStatus:
     """The :class:`SessionStatus` that describes ``s``."""
     c = s.config
     t = s.target
@@ -543,8 +543,8 @@ class _Step:
         self.answer_status = False
 
 
-def step(state: SessionState, message: Message, now: float, *, sender: str | None = None,
-         asked: bool = False) -> tuple[SessionState, list[Effect]]:
+def step(state: ChannelState, message: Message, now: float, *, sender: str | None = None,
+         asked: bool = False) -> tuple[ChannelState, list[Effect]]:
     """Feed one message; return the next state and the effects, in order.
 
     ``sender`` is the envelope's sender (ownership, token and internal
@@ -561,7 +561,7 @@ def step(state: SessionState, message: Message, now: float, *, sender: str | Non
     return s, st.fx
 
 
-def _after(before: SessionState, s: SessionState, st: _Step) -> SessionState:
+def _after(before: ChannelState, s: ChannelState, st: _Step) -> ChannelState:
     """What follows from any change: notifications, connect outcomes, the
     checkpoint and the answer to an accepted ask. The checkpoint goes
     **first** (write-ahead): what the session now wants is saved before any
@@ -594,22 +594,22 @@ def _after(before: SessionState, s: SessionState, st: _Step) -> SessionState:
     return s
 
 
-def _recipients(s: SessionState) -> list[str]:
+def _recipients(s: ChannelState) -> list[str]:
     out = [s.owner] if s.owner else []
     out.extend(w for w in s.watchers if w != s.owner)
     return out
 
 
-def _stale(s: SessionState) -> SessionState:
+def _stale(s: ChannelState) -> ChannelState:
     return evolve(s, stale_dropped=s.stale_dropped + 1)
 
 
-def _bad_input(s: SessionState, st: _Step, reason: str, **detail: Any) -> SessionState:
+def _bad_input(s: ChannelState, st: _Step, reason: str, **detail: Any) -> ChannelState:
     st.fx.append(Emit("bad-input", reason=reason, detail=detail))
     return evolve(s, bad_input=s.bad_input + 1)
 
 
-def _draw(s: SessionState) -> tuple[SessionState, int]:
+def _draw(s: ChannelState) -> tuple[ChannelState, int]:
     """64 random bits from the state's splitmix64 generator."""
     x = (s.rng + 0x9E3779B97F4A7C15) & _MASK64
     z = x
@@ -618,20 +618,20 @@ def _draw(s: SessionState) -> tuple[SessionState, int]:
     return evolve(s, rng=x), z ^ (z >> 31)
 
 
-def _new_id(s: SessionState) -> tuple[SessionState, str]:
+def _new_id(s: ChannelState) -> tuple[ChannelState, str]:
     s, hi = _draw(s)
     s, lo = _draw(s)
     return s, str(uuid.UUID(int=(hi << 64) | lo, version=4))
 
 
-def _new_gen(s: SessionState) -> tuple[SessionState, int]:
+def _new_gen(s: ChannelState) -> tuple[ChannelState, int]:
     return evolve(s, next_gen=s.next_gen + 1), s.next_gen
 
 
 # -- control messages -----------------------------------------------------------------------
 
 
-def _ownership_refusal(s: SessionState, sender: str, message: Message) -> str:
+def _ownership_refusal(s: ChannelState, sender: str, message: Message) -> str:
     epoch: int = message.epoch  # type: ignore[attr-defined]
     if not sender:
         return "anonymous"
@@ -652,7 +652,7 @@ def _ownership_refusal(s: SessionState, sender: str, message: Message) -> str:
     return ""
 
 
-def _refuse(s: SessionState, st: _Step, message: Message, error_type: str, event: str, reason: str) -> None:
+def _refuse(s: ChannelState, st: _Step, message: Message, error_type: str, event: str, reason: str) -> None:
     c = s.config
     st.fx.append(Emit(event, reason=reason, detail={"command": message.KIND, "sender": st.sender, "owner": s.owner}))
     if st.asked:
@@ -670,7 +670,7 @@ class _Rejected(Exception):
         self.reason = reason
 
 
-def _on_control(s: SessionState, message: Message, st: _Step) -> SessionState:
+def _on_control(s: ChannelState, message: Message, st: _Step) -> ChannelState:
     reason = _ownership_refusal(s, st.sender, message)
     if reason:
         _refuse(s, st, message, "NotOwner", "refused-not-owner", reason)
@@ -685,15 +685,15 @@ def _on_control(s: SessionState, message: Message, st: _Step) -> SessionState:
     return s2
 
 
-def _claim(s: SessionState, m: ClaimSession, st: _Step) -> SessionState:
+def _claim(s: ChannelState, m: ClaimSession, st: _Step) -> ChannelState:
     return evolve(s, owner=st.sender, owner_epoch=m.epoch)
 
 
-def _release(s: SessionState, m: ReleaseSession, st: _Step) -> SessionState:
+def _release(s: ChannelState, m: ReleaseSession, st: _Step) -> ChannelState:
     return evolve(s, owner="", owner_epoch=0)
 
 
-def _owner_decides(s: SessionState, st: _Step) -> SessionState:
+def _owner_decides(s: ChannelState, st: _Step) -> ChannelState:
     """The owner said what it wants: a restored session stops waiting."""
     if not s.awaiting_owner:
         return s
@@ -701,7 +701,7 @@ def _owner_decides(s: SessionState, st: _Step) -> SessionState:
     return evolve(s, awaiting_owner=0, reason="")
 
 
-def _connect(s: SessionState, m: Connect, st: _Step) -> SessionState:
+def _connect(s: ChannelState, m: Connect, st: _Step) -> ChannelState:
     if not m.datachannel_url:
         raise _Rejected("no-datachannel-url")
     device_url = m.device_url or s.config.device_url
@@ -726,7 +726,7 @@ def _connect(s: SessionState, m: Connect, st: _Step) -> SessionState:
     return _begin_attempt(evolve(s, failures=0), st.fx)
 
 
-def _disconnect(s: SessionState, m: Disconnect, st: _Step) -> SessionState:
+def _disconnect(s: ChannelState, m: Disconnect, st: _Step) -> ChannelState:
     s = _abort_attempt(_owner_decides(s, st), st)
     permanent = m.permanent or s.target is None
     reason = m.reason or ("disconnected" if permanent else "reconnect requested")
@@ -744,7 +744,7 @@ def _disconnect(s: SessionState, m: Disconnect, st: _Step) -> SessionState:
     return _begin_attempt(evolve(s, failures=0), st.fx)
 
 
-def _assert(s: SessionState, m: Assert, st: _Step) -> SessionState:
+def _assert(s: ChannelState, m: Assert, st: _Step) -> ChannelState:
     """The owner's complete wanted state: the connection (or none) and
     exactly these subchannels. What already holds is left alone."""
     wanted = _subchannels(m.subchannels)
@@ -766,7 +766,7 @@ def _assert(s: SessionState, m: Assert, st: _Step) -> SessionState:
     return _send_subscriptions(s, st, subscribe=new, unsubscribe=gone)
 
 
-def _subscribe(s: SessionState, m: Subscribe, st: _Step) -> SessionState:
+def _subscribe(s: ChannelState, m: Subscribe, st: _Step) -> ChannelState:
     wanted = _subchannels(m.subchannels)
     new = tuple(x for x in wanted if x not in s.subscriptions)
     if len(s.subscriptions) + len(new) > MAX_SUBSCRIPTIONS:
@@ -777,7 +777,7 @@ def _subscribe(s: SessionState, m: Subscribe, st: _Step) -> SessionState:
     return _send_subscriptions(s, st, subscribe=new, unsubscribe=())
 
 
-def _unsubscribe(s: SessionState, m: Unsubscribe, st: _Step) -> SessionState:
+def _unsubscribe(s: ChannelState, m: Unsubscribe, st: _Step) -> ChannelState:
     gone = tuple(x for x in _subchannels(m.subchannels) if x in s.subscriptions)
     if not gone:
         return s
@@ -791,7 +791,7 @@ def _subchannels(names: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _send_frame(s: SessionState, m: SendFrame, st: _Step) -> SessionState:
+def _send_frame(s: ChannelState, m: SendFrame, st: _Step) -> ChannelState:
     if s.link is None:
         raise _Rejected("not-online")
     frame = dict(m.frame)
@@ -801,7 +801,7 @@ def _send_frame(s: SessionState, m: SendFrame, st: _Step) -> SessionState:
     return s
 
 
-def _watch(s: SessionState, m: Watch, st: _Step) -> SessionState:
+def _watch(s: ChannelState, m: Watch, st: _Step) -> ChannelState:
     if not is_valid_address(m.watcher):
         raise _Rejected("bad-watcher")
     if m.watcher in s.watchers:
@@ -811,11 +811,11 @@ def _watch(s: SessionState, m: Watch, st: _Step) -> SessionState:
     return evolve(s, watchers=(*s.watchers, m.watcher))
 
 
-def _unwatch(s: SessionState, m: Unwatch, st: _Step) -> SessionState:
+def _unwatch(s: ChannelState, m: Unwatch, st: _Step) -> ChannelState:
     return evolve(s, watchers=tuple(w for w in s.watchers if w != m.watcher))
 
 
-_COMMANDS: dict[type[Message], Callable[[SessionState, Any, _Step], SessionState]] = {
+_COMMANDS: dict[type[Message], Callable[[ChannelState, Any, _Step], ChannelState]] = {
     ClaimSession: _claim,
     ReleaseSession: _release,
     Connect: _connect,
@@ -829,7 +829,7 @@ _COMMANDS: dict[type[Message], Callable[[SessionState, Any, _Step], SessionState
 }
 
 
-def _on_get_status(s: SessionState, m: GetStatus, st: _Step) -> SessionState:
+def _on_get_status(s: ChannelState, m: GetStatus, st: _Step) -> ChannelState:
     if st.asked:
         st.answer_status = True
     elif st.sender:
@@ -840,7 +840,7 @@ def _on_get_status(s: SessionState, m: GetStatus, st: _Step) -> SessionState:
 # -- connection attempts ------------------------------------------------------------------
 
 
-def _begin_attempt(s: SessionState, fx: list[Effect]) -> SessionState:
+def _begin_attempt(s: ChannelState, fx: list[Effect]) -> ChannelState:
     """Start an attempt for ``s.target`` now (a switchover when a link is up)."""
     assert s.target is not None
     s, gen = _new_gen(s)
@@ -852,7 +852,7 @@ def _begin_attempt(s: SessionState, fx: list[Effect]) -> SessionState:
     return _register(s, fx, token=None)
 
 
-def _request_token(s: SessionState, fx: list[Effect]) -> SessionState:
+def _request_token(s: ChannelState, fx: list[Effect]) -> ChannelState:
     a = s.attempt
     assert a is not None
     c = s.config
@@ -861,7 +861,7 @@ def _request_token(s: SessionState, fx: list[Effect]) -> SessionState:
     return evolve(s, attempt=evolve(a, phase=_TOKEN))
 
 
-def _register(s: SessionState, fx: list[Effect], token: str | None) -> SessionState:
+def _register(s: ChannelState, fx: list[Effect], token: str | None) -> ChannelState:
     a = s.attempt
     t = s.target
     assert a is not None and t is not None
@@ -869,7 +869,7 @@ def _register(s: SessionState, fx: list[Effect], token: str | None) -> SessionSt
     return evolve(s, attempt=evolve(a, phase=_REGISTER, had_token=token is not None))
 
 
-def _abort_attempt(s: SessionState, st: _Step) -> SessionState:
+def _abort_attempt(s: ChannelState, st: _Step) -> ChannelState:
     """Forget the attempt in flight and any pending retry; its late results
     will be stale."""
     a = s.attempt
@@ -884,7 +884,7 @@ def _abort_attempt(s: SessionState, st: _Step) -> SessionState:
     return s
 
 
-def _attempt_failed(s: SessionState, st: _Step, reason: str, *, refresh: bool = False) -> SessionState:
+def _attempt_failed(s: ChannelState, st: _Step, reason: str, *, refresh: bool = False) -> ChannelState:
     """The attempt in flight failed transiently: back off and retry (a
     switchover retries while the link stays up)."""
     st.fx.append(CancelTimer(_ATTEMPT_TIMER))
@@ -899,7 +899,7 @@ def _attempt_failed(s: SessionState, st: _Step, reason: str, *, refresh: bool = 
     return _schedule_retry(s, st, reason)
 
 
-def _schedule_retry(s: SessionState, st: _Step, reason: str) -> SessionState:
+def _schedule_retry(s: ChannelState, st: _Step, reason: str) -> ChannelState:
     bound = backoff_step(s.failures, s.config.backoff_cap)
     if bound == 0.0:
         return _begin_attempt(s, st.fx)
@@ -916,13 +916,13 @@ def _schedule_retry(s: SessionState, st: _Step, reason: str) -> SessionState:
     return s
 
 
-def _stop(s: SessionState, st: _Step, state: str, reason: str) -> SessionState:
+def _stop(s: ChannelState, st: _Step, state: str, reason: str) -> ChannelState:
     """Stop trying: no attempt, no retry, no wanted connection."""
     s = _abort_attempt(s, st)
     return evolve(s, target=None, state=state, reason=reason)
 
 
-def _on_token(s: SessionState, m: TokenGranted | TokenUnavailable, st: _Step) -> SessionState:
+def _on_token(s: ChannelState, m: TokenGranted | TokenUnavailable, st: _Step) -> ChannelState:
     if st.sender != s.config.token_address:
         return _bad_input(s, st, "token-from-stranger", sender=st.sender)
     a = s.attempt
@@ -935,7 +935,7 @@ def _on_token(s: SessionState, m: TokenGranted | TokenUnavailable, st: _Step) ->
     return _register(s, st.fx, token=None)
 
 
-def _on_registered(s: SessionState, m: Registered, st: _Step) -> SessionState:
+def _on_registered(s: ChannelState, m: Registered, st: _Step) -> ChannelState:
     a = s.attempt
     if a is None or a.gen != m.gen or a.phase != _REGISTER:
         return _stale(s)
@@ -947,7 +947,7 @@ def _on_registered(s: SessionState, m: Registered, st: _Step) -> SessionState:
     return evolve(s, attempt=evolve(a, phase=_OPEN, websocket_url=m.websocket_url, binding=m.binding))
 
 
-def _on_register_failed(s: SessionState, m: RegisterFailed, st: _Step) -> SessionState:
+def _on_register_failed(s: ChannelState, m: RegisterFailed, st: _Step) -> ChannelState:
     a = s.attempt
     if a is None or a.gen != m.gen or a.phase != _REGISTER:
         return _stale(s)
@@ -964,7 +964,7 @@ def _on_register_failed(s: SessionState, m: RegisterFailed, st: _Step) -> Sessio
     return _attempt_failed(s, st, reason)
 
 
-def _on_socket_opened(s: SessionState, m: SocketOpened, st: _Step) -> SessionState:
+def _on_socket_opened(s: ChannelState, m: SocketOpened, st: _Step) -> ChannelState:
     a = s.attempt
     if a is None or a.gen != m.gen or a.phase != _OPEN:
         st.fx.append(CloseSocket(m.gen, 1000, "done (forced)"))  # nobody wants it any more
@@ -975,7 +975,7 @@ def _on_socket_opened(s: SessionState, m: SocketOpened, st: _Step) -> SessionSta
     return evolve(s, attempt=evolve(a, phase=_AUTHORIZE))
 
 
-def _online(s: SessionState, st: _Step) -> SessionState:
+def _online(s: ChannelState, st: _Step) -> ChannelState:
     """The attempt's socket is online: it becomes the link."""
     a = s.attempt
     assert a is not None and s.target is not None
@@ -990,8 +990,8 @@ def _online(s: SessionState, st: _Step) -> SessionState:
     return _ping(s, st)
 
 
-def _send_subscriptions(s: SessionState, st: _Step, *, subscribe: tuple[str, ...],
-                        unsubscribe: tuple[str, ...]) -> SessionState:
+def _send_subscriptions(s: ChannelState, st: _Step, *, subscribe: tuple[str, ...],
+                        unsubscribe: tuple[str, ...]) -> ChannelState:
     link = s.link
     if link is None:
         return s  # sent when a socket comes online
@@ -1009,7 +1009,7 @@ def _send_subscriptions(s: SessionState, st: _Step, *, subscribe: tuple[str, ...
 # -- sockets ---------------------------------------------------------------------------------
 
 
-def _on_frame(s: SessionState, m: SocketFrame, st: _Step) -> SessionState:
+def _on_frame(s: ChannelState, m: SocketFrame, st: _Step) -> ChannelState:
     s = evolve(s, frames_in=s.frames_in + 1)
     try:
         frame = json.loads(m.text)
@@ -1050,7 +1050,7 @@ def _on_frame(s: SessionState, m: SocketFrame, st: _Step) -> SessionState:
     return s
 
 
-def _check_sequence(s: SessionState, st: _Step, gen: int, seq: int, on_link: bool) -> SessionState:
+def _check_sequence(s: ChannelState, st: _Step, gen: int, seq: int, on_link: bool) -> ChannelState:
     holder: Attempt | Link | None = s.link if on_link else s.attempt
     assert holder is not None
     expected = holder.expected_seq
@@ -1065,7 +1065,7 @@ def _check_sequence(s: SessionState, st: _Step, gen: int, seq: int, on_link: boo
     return evolve(s, attempt=evolve(s.attempt, expected_seq=seq + 1))
 
 
-def _ping(s: SessionState, st: _Step) -> SessionState:
+def _ping(s: ChannelState, st: _Step) -> ChannelState:
     link = s.link
     assert link is not None
     s, ping_id = _new_id(s)
@@ -1074,7 +1074,7 @@ def _ping(s: SessionState, st: _Step) -> SessionState:
     return evolve(s, link=evolve(link, ping_id=ping_id))
 
 
-def _on_pong(s: SessionState, st: _Step, pong_id: object) -> SessionState:
+def _on_pong(s: ChannelState, st: _Step, pong_id: object) -> ChannelState:
     link = s.link
     assert link is not None
     if not link.ping_id:
@@ -1085,7 +1085,7 @@ def _on_pong(s: SessionState, st: _Step, pong_id: object) -> SessionState:
     return evolve(s, link=evolve(link, ping_id=""))
 
 
-def _on_shutdown(s: SessionState, st: _Step, on_link: bool) -> SessionState:
+def _on_shutdown(s: ChannelState, st: _Step, on_link: bool) -> ChannelState:
     if not on_link:
         # Told to move before this socket was even online: start over.
         assert s.attempt is not None
@@ -1098,8 +1098,8 @@ def _on_shutdown(s: SessionState, st: _Step, on_link: bool) -> SessionState:
     return _begin_attempt(s, st.fx)
 
 
-def _close_link(s: SessionState, st: _Step, code: int, reason: str, *, reconnect: bool,
-                final_state: str = OFFLINE, final_reason: str = "") -> SessionState:
+def _close_link(s: ChannelState, st: _Step, code: int, reason: str, *, reconnect: bool,
+                final_state: str = OFFLINE, final_reason: str = "") -> ChannelState:
     """Ask the link's socket to close; what follows is decided now."""
     link = s.link
     assert link is not None
@@ -1110,7 +1110,7 @@ def _close_link(s: SessionState, st: _Step, code: int, reason: str, *, reconnect
     return evolve(s, link=None, closing=closing, state=CLOSING, reason=reason)
 
 
-def _finish_close(s: SessionState, st: _Step) -> SessionState:
+def _finish_close(s: ChannelState, st: _Step) -> ChannelState:
     closing = s.closing
     assert closing is not None
     s = evolve(s, closing=None)
@@ -1123,7 +1123,7 @@ def _finish_close(s: SessionState, st: _Step) -> SessionState:
     return evolve(s, state=closing.final_state, reason=closing.reason)
 
 
-def _on_socket_closed(s: SessionState, m: SocketClosed, st: _Step) -> SessionState:
+def _on_socket_closed(s: ChannelState, m: SocketClosed, st: _Step) -> ChannelState:
     if s.closing is not None and s.closing.gen == m.gen:
         st.fx.append(CancelTimer(_CLOSE_TIMER))
         return _finish_close(s, st)
@@ -1135,7 +1135,7 @@ def _on_socket_closed(s: SessionState, m: SocketClosed, st: _Step) -> SessionSta
     return _stale(s)  # a socket already replaced or given up: only the current one acts
 
 
-def _link_lost(s: SessionState, st: _Step, code: int, reason: str) -> SessionState:
+def _link_lost(s: ChannelState, st: _Step, code: int, reason: str) -> ChannelState:
     link = s.link
     assert link is not None
     st.fx.append(CancelTimer(_KEEPALIVE_TIMER))
@@ -1156,7 +1156,7 @@ def _link_lost(s: SessionState, st: _Step, code: int, reason: str) -> SessionSta
     return _stop(s, st, FAILED if kind == REFUSED else OFFLINE, why)
 
 
-def _attempt_socket_closed(s: SessionState, st: _Step, code: int, reason: str) -> SessionState:
+def _attempt_socket_closed(s: ChannelState, st: _Step, code: int, reason: str) -> ChannelState:
     """The attempt's socket closed before it was online: the open failed."""
     why = f"open failed: {code} {reason}".strip()[:200]
     kind = classify_close(code, reason)
@@ -1172,20 +1172,20 @@ def _attempt_socket_closed(s: SessionState, st: _Step, code: int, reason: str) -
 # -- timers ------------------------------------------------------------------------------------
 
 
-def _on_timer(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+def _on_timer(s: ChannelState, m: SessionTimer, st: _Step) -> ChannelState:
     handler = _TIMER_HANDLERS.get(m.name)
     if handler is None:
         return _bad_input(s, st, "unknown-timer", name=m.name[:40])
     return handler(s, m, st)
 
 
-def _timer_retry(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+def _timer_retry(s: ChannelState, m: SessionTimer, st: _Step) -> ChannelState:
     if m.gen != s.backoff_gen or s.target is None or s.attempt is not None:
         return _stale(s)
     return _begin_attempt(s, st.fx)
 
 
-def _timer_token_deadline(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+def _timer_token_deadline(s: ChannelState, m: SessionTimer, st: _Step) -> ChannelState:
     a = s.attempt
     if a is None or a.gen != m.gen or a.phase != _TOKEN:
         return _stale(s)
@@ -1193,26 +1193,26 @@ def _timer_token_deadline(s: SessionState, m: SessionTimer, st: _Step) -> Sessio
     return _register(s, st.fx, token=None)
 
 
-def _timer_token_retry(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+def _timer_token_retry(s: ChannelState, m: SessionTimer, st: _Step) -> ChannelState:
     a = s.attempt
     if a is None or a.gen != m.gen or a.phase != _TOKEN_RETRY:
         return _stale(s)
     return _request_token(s, st.fx)
 
 
-def _timer_ping(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+def _timer_ping(s: ChannelState, m: SessionTimer, st: _Step) -> ChannelState:
     if s.link is None or s.link.gen != m.gen or s.link.ping_id:
         return _stale(s)
     return _ping(s, st)
 
 
-def _timer_pong_deadline(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+def _timer_pong_deadline(s: ChannelState, m: SessionTimer, st: _Step) -> ChannelState:
     if s.link is None or s.link.gen != m.gen or s.link.ping_id != m.ping_id or not m.ping_id:
         return _stale(s)
     return _close_link(s, st, 1000, "Pong not received", reconnect=True)
 
 
-def _timer_owner_silent(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+def _timer_owner_silent(s: ChannelState, m: SessionTimer, st: _Step) -> ChannelState:
     """A restored session's owner said nothing in time: act on the checkpoint."""
     if not s.awaiting_owner or m.gen != s.awaiting_owner:
         return _stale(s)
@@ -1223,14 +1223,14 @@ def _timer_owner_silent(s: SessionState, m: SessionTimer, st: _Step) -> SessionS
     return _begin_attempt(s, st.fx)
 
 
-def _timer_force_close(s: SessionState, m: SessionTimer, st: _Step) -> SessionState:
+def _timer_force_close(s: ChannelState, m: SessionTimer, st: _Step) -> ChannelState:
     st.fx.append(AbortSocket(m.gen))
     if s.closing is None or s.closing.gen != m.gen:
         return _stale(s)
     return _finish_close(s, st)
 
 
-_TIMER_HANDLERS: dict[str, Callable[[SessionState, SessionTimer, _Step], SessionState]] = {
+_TIMER_HANDLERS: dict[str, Callable[[ChannelState, SessionTimer, _Step], ChannelState]] = {
     "retry": _timer_retry,
     "token-deadline": _timer_token_deadline,
     "token-retry": _timer_token_retry,
@@ -1241,10 +1241,10 @@ _TIMER_HANDLERS: dict[str, Callable[[SessionState, SessionTimer, _Step], Session
 }
 
 
-def _internal(handler: Callable[[SessionState, Any, _Step], SessionState]) -> Callable[[SessionState, Any, _Step], SessionState]:
+def _internal(handler: Callable[[ChannelState, Any, _Step], ChannelState]) -> Callable[[ChannelState, Any, _Step], ChannelState]:
     """Only the session itself (its I/O outcomes and timers) may send these."""
 
-    def guarded(s: SessionState, m: Message, st: _Step) -> SessionState:
+    def guarded(s: ChannelState, m: Message, st: _Step) -> ChannelState:
         if st.sender != s.config.address:
             return _bad_input(s, st, "internal-from-stranger", kind=m.KIND, sender=st.sender)
         return handler(s, m, st)
@@ -1252,7 +1252,7 @@ def _internal(handler: Callable[[SessionState, Any, _Step], SessionState]) -> Ca
     return guarded
 
 
-_HANDLERS: dict[type[Message], Callable[[SessionState, Any, _Step], SessionState]] = {
+_HANDLERS: dict[type[Message], Callable[[ChannelState, Any, _Step], ChannelState]] = {
     **{kind: _on_control for kind in CONTROL_KINDS},
     GetStatus: _on_get_status,
     TokenGranted: _on_token,

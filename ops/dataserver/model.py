@@ -50,12 +50,12 @@ __all__ = [
     "Action",
     "BadControlRequest",
     "CallLater",
-    "CloseSocket",
+    "StartClose",
     "DataService",
     "DropSocket",
     "Faults",
     "HttpAnswer",
-    "SendFrame",
+    "WriteFrame",
     "SocketFilter",
     "SocketRecord",
     "normalize_session",
@@ -110,7 +110,7 @@ class Action:
 
 
 @dataclass(frozen=True, slots=True)
-class SendFrame(Action):
+class WriteFrame(Action):
     """Write ``frame`` (already numbered) as one JSON text frame."""
 
     socket: str
@@ -118,7 +118,7 @@ class SendFrame(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class CloseSocket(Action):
+class StartClose(Action):
     """Start the closing handshake with ``code`` and ``reason``."""
 
     socket: str
@@ -302,7 +302,7 @@ class SocketFilter:
 
 
 @dataclass(slots=True)
-class Refusal:
+class RefuseRule:
     code: int
     remaining: int
     where: SocketFilter
@@ -331,7 +331,7 @@ class Faults:
     token_delay_s: float = 0.0
     rotate_urls: bool = False
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
-    refusals: list[Refusal] = field(default_factory=list)
+    refusals: list[RefuseRule] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -579,7 +579,7 @@ class DataService:
     def _refuse(self, record: SocketRecord, code: int, reason: str) -> list[Action]:
         record.refused = code
         self.counters["sockets_refused"] += 1
-        return [CloseSocket(record.id, code, reason)]
+        return [StartClose(record.id, code, reason)]
 
     def receive(self, socket_id: str, text: str | bytes, now: float) -> list[Action]:
         """One text frame from the client of ``socket_id``."""
@@ -611,11 +611,11 @@ class DataService:
     def _authorize(self, record: SocketRecord, frame: Mapping[str, Any]) -> list[Action]:
         if frame.get("type") != "authorization":
             self.counters["unauthorized_frames"] += 1
-            return [CloseSocket(record.id, 1008, "authorization expected first")]
+            return [StartClose(record.id, 1008, "authorization expected first")]
         data = frame.get("data")
         if not isinstance(data, dict) or not _is_bearer(data.get("token")):
             self.counters["bad_authorizations"] += 1
-            return [CloseSocket(record.id, 4401, "invalid authorization")]
+            return [StartClose(record.id, 4401, "invalid authorization")]
         record.authorized = True
         tracking_id = frame.get("trackingId")
         record.tracking_id = tracking_id if isinstance(tracking_id, str) else None
@@ -632,7 +632,7 @@ class DataService:
         record.online = True
         self.online_count += 1
         self.counters["frames_sent"] += 1
-        actions: list[Action] = [SendFrame(record.id, frame)]
+        actions: list[Action] = [WriteFrame(record.id, frame)]
         for old_id in list(self._awaiting_replacement):
             old = self.sockets.get(old_id)
             if old is None or not old.open:
@@ -642,7 +642,7 @@ class DataService:
                 old.replaced_by = record.id
                 self._awaiting_replacement.discard(old_id)
                 self.counters["switchovers"] += 1
-                actions.append(CloseSocket(old.id, 4001, "replaced"))
+                actions.append(StartClose(old.id, 4001, "replaced"))
         return actions
 
     def _ack(self, record: SocketRecord, frame: Mapping[str, Any]) -> list[Action]:
@@ -669,7 +669,7 @@ class DataService:
         # Numbered like every other server frame: a client that checks the
         # sequence (as the published Webex socket does on every frame it
         # receives) would otherwise count each pong as a lost message.
-        return [SendFrame(record.id, record.number({"id": ping_id, "type": "pong"}, self._new_id))]
+        return [WriteFrame(record.id, record.number({"id": ping_id, "type": "pong"}, self._new_id))]
 
     def _subscribe(self, record: SocketRecord, frame: Mapping[str, Any], now: float) -> list[Action]:
         data = frame.get("data")
@@ -714,7 +714,7 @@ class DataService:
             return []
         self._awaiting_replacement.discard(socket_id)
         self.counters["shutdown_grace_expired"] += 1
-        return [CloseSocket(record.id, 4001, "shutdown grace expired")]
+        return [StartClose(record.id, 4001, "shutdown grace expired")]
 
     def release_buffer_states(self) -> list[Action]:
         """Authorized sockets still waiting for their buffer-state frame
@@ -758,11 +758,11 @@ class DataService:
                 raise BadControlRequest("close reason must be a string of at most 123 bytes")
             targets = [r for r in self._open(where)]
             affected["close"] = len(targets)
-            actions += [CloseSocket(r.id, code, reason) for r in targets]
+            actions += [StartClose(r.id, code, reason) for r in targets]
         if "refuse_next" in body:
             spec = _object(body["refuse_next"], "refuse_next")
             where = SocketFilter.parse(spec, extra=("code", "count"))
-            refusal = Refusal(_close_code(spec.get("code", 4401)), _count(spec.get("count", 1), "count"), where)
+            refusal = RefuseRule(_close_code(spec.get("code", 4401)), _count(spec.get("count", 1), "count"), where)
             changes.append(lambda: faults.refusals.append(refusal))
         if "withhold" in body:
             spec = _object(body["withhold"], "withhold")
@@ -823,7 +823,7 @@ class DataService:
             record.sequence_skip += skip
             reached += 1
             if frame is not None:
-                actions.append(SendFrame(record.id, record.number(frame, self._new_id)))
+                actions.append(WriteFrame(record.id, record.number(frame, self._new_id)))
                 self.counters["frames_sent"] += 1
                 self.counters["events_pushed"] += 1
         return reached, actions
@@ -845,14 +845,14 @@ class DataService:
             reached += 1
             self.counters["shutdowns_sent"] += 1
             self.counters["frames_sent"] += 1
-            actions.append(SendFrame(record.id, record.number({"type": "shutdown"}, self._new_id)))
+            actions.append(WriteFrame(record.id, record.number({"type": "shutdown"}, self._new_id)))
             actions.append(CallLater(record.id, self.faults.shutdown_grace_s))
         return reached, actions
 
     def reset(self) -> list[Action]:
         """``POST /control/reset``: every open socket is closed (1001) and
         all state and faults are forgotten (start-up options kept)."""
-        actions: list[Action] = [CloseSocket(r.id, 1001, "reset") for r in self.sockets.values() if r.open]
+        actions: list[Action] = [StartClose(r.id, 1001, "reset") for r in self.sockets.values() if r.open]
         resets = self.counters["resets"] + 1
         self._clear()
         self.counters["resets"] = resets

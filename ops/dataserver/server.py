@@ -32,11 +32,11 @@ from ops.dataserver.model import (
     Action,
     BadControlRequest,
     CallLater,
-    CloseSocket,
+    StartClose,
     DataService,
     DropSocket,
     HttpAnswer,
-    SendFrame,
+    WriteFrame,
 )
 from ops.dataserver.tokens import TokenAuthority
 
@@ -163,9 +163,9 @@ class DataServer:
             conn = self._connections.get(action.socket)
             if conn is None:
                 continue
-            if isinstance(action, SendFrame):
+            if isinstance(action, WriteFrame):
                 broadcast([conn], json.dumps(action.frame, separators=(",", ":")))
-            elif isinstance(action, CloseSocket):
+            elif isinstance(action, StartClose):
                 if conn.ended_by is None:
                     conn.ended_by = "server"
                 self._spawn(conn.close(action.code, action.reason))

@@ -21,7 +21,7 @@ from actors.datachannel.machine import (
     Register,
     Registered,
     SessionConfig,
-    SessionState,
+    ChannelState,
     SessionTimer,
     SocketClosed,
     SocketFrame,
@@ -50,7 +50,7 @@ class Core:
 
     def __init__(self, session_id: str = DEFAULT_SESSION, *, seed: int = 7, **config: Any) -> None:
         self.config = SessionConfig(meeting_id=MEETING, session_id=session_id, device_url=DEVICE_URL, **config)
-        self.state: SessionState = initial_state(self.config, seed=seed)
+        self.state: ChannelState = initial_state(self.config, seed=seed)
         self.address = session_address(MEETING, session_id)
         self.now = NOW
         self.last: list[Effect] = []

@@ -24,7 +24,7 @@ from actors.datachannel.machine import (
     CloseSocket,
     OpenSocket,
     Register,
-    SessionState,
+    ChannelState,
     restore,
 )
 from actors.effects import Effect, SaveCheckpoint
@@ -184,7 +184,7 @@ def test_an_assert_repeated_changes_nothing_whatever_came_before(commands: list[
             core.closed(1006)
     url, subs = want
     assert_(core, url=url, subs=subs)
-    state: SessionState = core.state
+    state: ChannelState = core.state
     assert (state.target.datachannel_url if state.target else "") == url
     assert state.subscriptions == subs
     fx = assert_(core, url=url, subs=subs)

@@ -15,10 +15,10 @@ from ops.dataserver.model import (
     UNACKED_TRACKED,
     BadControlRequest,
     CallLater,
-    CloseSocket,
+    StartClose,
     DataService,
     DropSocket,
-    SendFrame,
+    WriteFrame,
 )
 from ops.dataserver.tokens import TokenAuthority
 
@@ -196,7 +196,7 @@ def test_open_records_the_query_and_an_unknown_binding_is_refused_4400() -> None
                                          "subscriptionAwareSubchannels": "transcription"}
     for path in ("/v1/socket/nope", url.removeprefix(WS).replace("/v1/", "/v2/"), "/elsewhere"):
         record, actions = svc.open_socket(path, NOW)
-        assert actions == [CloseSocket(record.id, 4400, "unknown binding")]
+        assert actions == [StartClose(record.id, 4400, "unknown binding")]
         assert record.refused == 4400
 
 
@@ -222,7 +222,7 @@ def test_authorization_first_then_buffer_state_numbered_one() -> None:
     socket = open_socket(svc, register(svc)["webSocketUrl"])
     assert not svc.sockets[socket].online
     actions = send(svc, socket, BEARER)
-    assert actions == [SendFrame(socket, {"data": {"eventType": "mercury.buffer_state"}, "id": "id2",
+    assert actions == [WriteFrame(socket, {"data": {"eventType": "mercury.buffer_state"}, "id": "id2",
                                           "sequenceNumber": 1})]
     record = svc.sockets[socket]
     assert record.authorized and record.online and svc.online_count == 1
@@ -239,7 +239,7 @@ def test_anything_but_a_bearer_authorization_first_closes(frame: dict[str, Any],
     svc = service()
     socket = open_socket(svc, register(svc)["webSocketUrl"])
     (action,) = send(svc, socket, frame)
-    assert isinstance(action, CloseSocket) and action.code == code
+    assert isinstance(action, StartClose) and action.code == code
     assert not svc.sockets[socket].authorized
 
 
@@ -266,7 +266,7 @@ def test_ping_is_answered_with_a_pong_of_the_same_id_unless_withheld_or_mismatch
     svc = service()
     socket = online_socket(svc)
     assert send(svc, socket, {"id": "p-1", "type": "ping"}) == [
-        SendFrame(socket, {"id": "p-1", "type": "pong", "sequenceNumber": 2})]
+        WriteFrame(socket, {"id": "p-1", "type": "pong", "sequenceNumber": 2})]
     svc.apply_faults({"withhold": {"pong": True}})
     assert send(svc, socket, {"id": "p-2", "type": "ping"}) == []
     svc.apply_faults({"withhold": {"pong": False}, "pong_mismatch": True})
@@ -386,7 +386,7 @@ def test_shutdown_then_a_new_socket_online_replaces_the_old_with_4001() -> None:
     assert actions[1] == CallLater(old, 3.0)
     socket = open_socket(svc, register(svc)["webSocketUrl"])
     actions = send(svc, socket, BEARER)
-    assert actions[1:] == [CloseSocket(old, 4001, "replaced")]
+    assert actions[1:] == [StartClose(old, 4001, "replaced")]
     assert svc.sockets[old].replaced_by == socket and svc.counters["switchovers"] == 1
     assert svc.replacement_deadline(old) == []
     assert svc.sockets[other_device].replaced_by is None
@@ -396,7 +396,7 @@ def test_a_shut_down_socket_not_replaced_in_time_is_closed_4001() -> None:
     svc = service()
     old = online_socket(svc)
     svc.shutdown({})
-    assert svc.replacement_deadline(old) == [CloseSocket(old, 4001, "shutdown grace expired")]
+    assert svc.replacement_deadline(old) == [StartClose(old, 4001, "shutdown grace expired")]
     svc.socket_closed(old, 4001, "shutdown grace expired", "server")
     assert svc.replacement_deadline(old) == []
 
@@ -407,7 +407,7 @@ def test_drop_and_close_act_on_matching_open_sockets_only() -> None:
     result, actions = svc.apply_faults({"drop": {"meeting": "m1"},
                                         "close": {"code": 3050, "reason": "done (permanent)",
                                                   "session": "practice"}})
-    assert actions == [DropSocket(a), CloseSocket(b, 3050, "done (permanent)")]
+    assert actions == [DropSocket(a), StartClose(b, 3050, "done (permanent)")]
     assert result["affected"] == {"drop": 1, "close": 1}
 
 
@@ -444,7 +444,7 @@ def test_reset_closes_every_socket_1001_and_forgets_everything_but_start_options
     svc = service(require_token=True, token_ttl_s=60)
     svc.apply_faults({"require_token": False, "withhold": {"pong": True}})
     socket = online_socket(svc)
-    assert svc.reset() == [CloseSocket(socket, 1001, "reset")]
+    assert svc.reset() == [StartClose(socket, 1001, "reset")]
     snapshot = svc.snapshot()
     assert snapshot["sockets"] == [] and snapshot["registers"] == {} and snapshot["open"] == 0
     assert snapshot["faults"]["require_token"] is True and snapshot["faults"]["token_ttl_s"] == 60
