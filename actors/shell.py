@@ -17,7 +17,7 @@ is cancelled.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from actors.actor import HuddleActor
 from actors.clock import TimerHandle
@@ -29,18 +29,47 @@ __all__ = ["MachineActor"]
 
 
 class MachineActor(HuddleActor):
-    """A :class:`HuddleActor` whose behaviour is a sans-I/O core."""
+    """A :class:`HuddleActor` whose behaviour is a sans-I/O core.
+
+    Which messages reach the core is decided here, once, for every shell:
+
+    * a kind in :attr:`public_kinds` goes to :meth:`step`, from anyone;
+    * a kind in :attr:`internal_kinds` (I/O outcomes, timers: what only the
+      actor itself sends) goes to :meth:`step` only from the actor's own
+      address; from anyone else it is refused with a ``bad-input`` event
+      (reason ``not-from-self``) and the actor goes on: nobody plants a
+      token, a socket frame or a timer in another actor;
+    * any other kind is an ``unhandled-kind`` dead letter (an ask fails
+      with ``UnhandledMessage``).
+
+    What :meth:`step` raises (a core that raises) is a crash: the
+    supervisor restarts the actor. It is never taken for an unknown kind.
+    """
+
+    #: Message types the core takes from any sender.
+    public_kinds: ClassVar[frozenset[type[Message]]] = frozenset()
+    #: Message types the core takes only from this actor itself.
+    internal_kinds: ClassVar[frozenset[type[Message]]] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timers: dict[str, TimerHandle] = {}
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
-        """Feed ``message`` to the core; return the effects to perform.
-        Unknown kinds: ``return super().step(...)`` (a dead letter)."""
-        return super().on_message(message, envelope)  # raises UnhandledMessage
+        """Feed ``message`` (one of :attr:`public_kinds` or
+        :attr:`internal_kinds`, already checked) to the core; return the
+        effects to perform."""
+        raise NotImplementedError(f"{type(self).__name__} has no core to step")
 
     def on_message(self, message: Message, envelope: Envelope) -> Any:
+        kind = type(message)
+        if kind in self.internal_kinds:
+            if envelope.sender != self.address:
+                self.node.emit("bad-input", self.address, reason="not-from-self",
+                               detail={"kind": message.KIND, "sender": envelope.sender or ""})
+                return None
+        elif kind not in self.public_kinds:
+            return super().on_message(message, envelope)  # raises UnhandledMessage: a dead letter
         return self.perform_all(self.step(message, envelope, self.node.clock.now()))
 
     def perform_all(self, effects: Iterable[Effect]) -> Any:

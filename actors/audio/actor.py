@@ -52,7 +52,7 @@ from actors.contracts.audio import (
     PausePlayback,
     ResumePlayback,
 )
-from actors.effects import Effect
+from actors.effects import Effect, Emit
 from actors.shell import MachineActor
 from bus.envelope import Envelope
 from bus.errors import HuddleError
@@ -60,8 +60,6 @@ from bus.messages import Message
 
 __all__ = ["REALTIME_SWITCH_INTERVAL", "AudioOutput", "AudioSinkFailed", "tune_interpreter_for_real_time"]
 
-_CORE_KINDS = frozenset({AudioFrame, FlushSegment, PausePlayback, ResumePlayback, ClearBuffer, OutputStatusRequest,
-                         PlayoutTick, SinkFailed})
 
 
 #: Seconds between forced GIL hand-overs on a node hosting audio outputs.
@@ -86,6 +84,11 @@ class AudioOutput(MachineActor):
     #: this bound, not the node's memory.
     mailbox_capacity = 256
 
+    public_kinds = frozenset({AudioFrame, FlushSegment, PausePlayback, ResumePlayback, ClearBuffer,
+                              OutputStatusRequest})
+    #: The playout timer, and this incarnation's sink reporting that it broke.
+    internal_kinds = frozenset({PlayoutTick, SinkFailed})
+
     def __init__(self, ctx: ActorContext, *, report_to: str, sink: SinkFactory,
                  config: OutputConfig | None = None) -> None:
         super().__init__(ctx)
@@ -99,21 +102,16 @@ class AudioOutput(MachineActor):
         self.sink.open()
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
-        if type(message) is SinkFailed and not self._is_own_sink_report(message, envelope):
-            return super().step(message, envelope, now)  # not ours to believe: a dead letter
-        if type(message) in _CORE_KINDS:
-            self.state, effects = machine.step(self.state, message, now, envelope.sender)
-            return effects
-        return super().step(message, envelope, now)
-
-    def _is_own_sink_report(self, message: SinkFailed, envelope: Envelope) -> bool:
-        """Only this incarnation's sink reports a failure (through
-        :meth:`_sink_failed`); a report of an earlier sink is stale."""
-        return envelope.sender == self.address and message.incarnation == self.ctx.incarnation
+        if type(message) is SinkFailed and message.incarnation != self.ctx.incarnation:
+            # An earlier incarnation's sink: it is gone, its report is stale.
+            return [Emit("bad-input", reason="stale-sink-report", detail={"incarnation": message.incarnation})]
+        self.state, effects = machine.step(self.state, message, now, envelope.sender)
+        return effects
 
     def on_message(self, message: Message, envelope: Envelope) -> Any:
         answer = super().on_message(message, envelope)
-        if type(message) is SinkFailed:
+        if type(message) is SinkFailed and envelope.sender == self.address \
+                and message.incarnation == self.ctx.incarnation:
             raise AudioSinkFailed(f"{self.address}: sink failed ({message.reason})")
         return answer
 

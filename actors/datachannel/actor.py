@@ -80,7 +80,6 @@ __all__ = ["DataChannelSession"]
 
 log = logging.getLogger("huddle.datachannel.session")
 
-_HANDLED = frozenset(machine.HANDLED_KINDS)
 _COMPACT = (",", ":")
 
 
@@ -89,6 +88,10 @@ class DataChannelSession(MachineActor):
     access_token, connector, *, seed=None, **options)``; ``options`` are
     :class:`~actors.datachannel.machine.SessionConfig` fields (timeouts,
     ``max_attempts``, ``jitter``...)."""
+
+    public_kinds = frozenset(machine.HANDLED_KINDS) - frozenset(machine.INTERNAL_KINDS)
+    #: Register and socket outcomes, frames and timers: only the session itself sends them.
+    internal_kinds = frozenset(machine.INTERNAL_KINDS)
 
     def __init__(self, ctx: ActorContext, meeting_id: str, session_id: str, device_url: str, access_token: str,
                  connector: DataChannelConnector, *, seed: int | None = None, **options: Any) -> None:
@@ -117,8 +120,6 @@ class DataChannelSession(MachineActor):
     # -- the core --------------------------------------------------------------
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
-        if type(message) not in _HANDLED:
-            return super().step(message, envelope, now)
         if type(message) is SocketClosed and envelope.sender == self.address:
             self._sockets.pop(message.gen, None)
         # The core stamps the wire with wall-clock time; delays are timers.

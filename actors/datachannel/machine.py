@@ -199,7 +199,9 @@ class SessionTimer(Message):
 
 
 INTERNAL_KINDS: Final = (Registered, RegisterFailed, SocketOpened, SocketFrame, SocketClosed, SessionTimer)
-"""Accepted only from the session's own address (I/O outcomes and timers)."""
+"""Accepted only from the session's own address (I/O outcomes and timers): the shell base
+(:class:`~actors.shell.MachineActor`, ``internal_kinds``) refuses them from anyone else before
+the core sees them."""
 
 CONTROL_KINDS: Final = (ClaimSession, ReleaseSession, Connect, Disconnect, Assert, Subscribe, Unsubscribe,
                         SendFrame, Watch, Unwatch)
@@ -1241,28 +1243,17 @@ _TIMER_HANDLERS: dict[str, Callable[[ChannelState, SessionTimer, _Step], Channel
 }
 
 
-def _internal(handler: Callable[[ChannelState, Any, _Step], ChannelState]) -> Callable[[ChannelState, Any, _Step], ChannelState]:
-    """Only the session itself (its I/O outcomes and timers) may send these."""
-
-    def guarded(s: ChannelState, m: Message, st: _Step) -> ChannelState:
-        if st.sender != s.config.address:
-            return _bad_input(s, st, "internal-from-stranger", kind=m.KIND, sender=st.sender)
-        return handler(s, m, st)
-
-    return guarded
-
-
 _HANDLERS: dict[type[Message], Callable[[ChannelState, Any, _Step], ChannelState]] = {
     **{kind: _on_control for kind in CONTROL_KINDS},
     GetStatus: _on_get_status,
     TokenGranted: _on_token,
     TokenUnavailable: _on_token,
-    Registered: _internal(_on_registered),
-    RegisterFailed: _internal(_on_register_failed),
-    SocketOpened: _internal(_on_socket_opened),
-    SocketFrame: _internal(_on_frame),
-    SocketClosed: _internal(_on_socket_closed),
-    SessionTimer: _internal(_on_timer),
+    Registered: _on_registered,
+    RegisterFailed: _on_register_failed,
+    SocketOpened: _on_socket_opened,
+    SocketFrame: _on_frame,
+    SocketClosed: _on_socket_closed,
+    SessionTimer: _on_timer,
 }
 
 HANDLED_KINDS: Final[tuple[type[Message], ...]] = tuple(_HANDLERS)

@@ -41,7 +41,7 @@ from actors.datachannel.actor import DataChannelSession
 from actors.datachannel.connector import DataChannelConnector
 from actors.effects import Effect
 from actors.shell import MachineActor
-from actors.meeting.machine import MeetingCore
+from actors.meeting.machine import INTERNAL_KINDS, PUBLIC_KINDS, MeetingCore
 from actors.node import Node
 from actors.runtime import PooledFuture
 from actors.supervisor import ChildSpec, Supervisor
@@ -88,6 +88,9 @@ def tree_address(meeting_id: str) -> str:
 class MeetingActor(MachineActor):
     """``MeetingActor(ctx, meeting_id, *, token_auth=True)`` at ``meeting:<id>``."""
 
+    public_kinds = frozenset(PUBLIC_KINDS)
+    internal_kinds = frozenset(INTERNAL_KINDS)
+
     def __init__(self, ctx: ActorContext, meeting_id: str, *, token_auth: bool = True) -> None:
         super().__init__(ctx)
         if ctx.address != meeting_address(meeting_id):
@@ -101,10 +104,7 @@ class MeetingActor(MachineActor):
         self.perform_all(first)
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
-        try:
-            self.core, effects = self.core.step(message, envelope.sender)
-        except LookupError:
-            return super().step(message, envelope, now)
+        self.core, effects = self.core.step(message, envelope.sender)
         return effects
 
 

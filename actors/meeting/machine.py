@@ -119,7 +119,7 @@ from actors.contracts import token as tk
 from actors.effects import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.messages import Message, message_kind
 
-__all__ = ["Facts", "MeetingCore", "PracticeTokenRetry", "SessionWant", "Sessions", "practice_possible",
+__all__ = ["INTERNAL_KINDS", "PUBLIC_KINDS", "Facts", "MeetingCore", "PracticeTokenRetry", "SessionWant", "Sessions", "practice_possible",
            "token_view", "wanted"]
 
 SESSIONS = (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)
@@ -144,6 +144,17 @@ class PracticeTokenRetry(Message):
     only from the meeting itself, and only under ``generation``)."""
 
     generation: int
+
+
+PUBLIC_KINDS: tuple[type[Message], ...] = (
+    mt.Joined, mt.LocusSnapshot, mt.Left, mt.MeetingEnded, mt.Lobby, mt.Admitted, mt.LocusUrlReplaced,
+    mt.DatachannelUrlChanged, mt.PracticeDatachannelUrlChanged, mt.RolesChanged, mt.PracticeSessionChanged,
+    mt.CaptionsChanged, mt.Subscribe, mt.Unsubscribe, mt.Announce, dc.SessionStateChanged, dc.RelayedEvent,
+    tk.TokenHeld, tk.TokenUnavailable, dc.SessionStatus, dc.Refusal, dc.ConnectOutcome)
+"""What :meth:`MeetingCore.step` takes from anyone (it checks itself which
+session or token actor may say what)."""
+INTERNAL_KINDS: tuple[type[Message], ...] = (PracticeTokenRetry,)
+"""What it takes from the meeting's own address only (its timer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +396,8 @@ class MeetingCore:
                 return core, []
             case dc.ConnectOutcome():
                 return self._count(f"seen:{message.KIND}"), []
-        raise LookupError(message.KIND)
+        raise TypeError(f"the meeting core does not take {message.KIND!r} (its shell passes only PUBLIC_KINDS "
+                        "and INTERNAL_KINDS)")
 
     # -- facts ----------------------------------------------------------------
 
@@ -562,8 +574,8 @@ class MeetingCore:
         return core, [CancelTimer(_PRACTICE_TOKEN_TIMER), *effects]
 
     def _practice_token_retry(self, message: PracticeTokenRetry, sender: str | None) -> tuple[MeetingCore, list[Effect]]:
-        if sender != self.address:
-            return self._refuse_input(message, sender, "not-my-timer")
+        # Only the meeting's own timer gets here: the shell takes this kind from
+        # the meeting's address alone (MeetingActor.internal_kinds).
         if message.generation != self.generation or self.practice_token != "none":
             return self._count("stale-token-retry"), []  # a newer generation asked already
         return self._reconcile()

@@ -38,7 +38,7 @@ from actors.contracts.token import (
     TokenSeed,
 )
 from actors.io import Outcome
-from actors.effects import Effect, Emit
+from actors.effects import Effect
 from actors.shell import MachineActor
 from actors.token import machine
 from actors.token.http import TokenEndpoint, TokenFetchError
@@ -88,6 +88,10 @@ def fetch_outcome(fetch: FetchToken, outcome: Outcome[str]) -> TokenFetched:
 class TokenActor(MachineActor):
     """Holds one meeting's data-channel tokens (see :mod:`actors.token.machine`)."""
 
+    public_kinds = frozenset(_PUBLIC)
+    #: Fetch outcomes and timers: only this actor sends them (nobody plants a token or a refresh).
+    internal_kinds = frozenset(_OWN)
+
     def __init__(self, ctx: ActorContext, endpoint: TokenEndpoint, credentials: Secret,
                  job: JobContext | None = None) -> None:
         super().__init__(ctx)
@@ -97,15 +101,8 @@ class TokenActor(MachineActor):
         self.state = machine.TokenState.restore(ctx.checkpoint, incarnation=ctx.incarnation)
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
-        if isinstance(message, _OWN) and envelope.sender != self.address:
-            # Outcomes and timers come from this actor only; anyone else
-            # sending one is trying to plant a token or a refresh.
-            return [Emit("bad-input", reason="not-from-self", detail={"kind": message.KIND,
-                                                                      "sender": envelope.sender or ""})]
-        if isinstance(message, _PUBLIC + _OWN):
-            self.state, effects = machine.step(self.state, message, self.node.clock.wall(), envelope.sender)
-            return effects
-        return super().step(message, envelope, now)
+        self.state, effects = machine.step(self.state, message, self.node.clock.wall(), envelope.sender)
+        return effects
 
     def perform(self, effect: Effect) -> None:
         if type(effect) is FetchToken:

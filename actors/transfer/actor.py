@@ -18,7 +18,7 @@ from actors.actor import ActorContext
 from actors.context import JobContext
 from actors.contracts.transfer import PartyHungUp, TransferMerged
 from actors.io import Outcome
-from actors.effects import Effect, Emit
+from actors.effects import Effect
 from actors.shell import MachineActor
 from actors.transfer import machine
 from actors.transfer.machine import (
@@ -51,6 +51,9 @@ def delete_outcome(attempt: int, outcome: Outcome[None]) -> RoomDeleteDone:
 
 
 class TransferActor(MachineActor):
+    public_kinds = frozenset(_PUBLIC)
+    internal_kinds = frozenset(_OWN)  # the room deletion's outcome and its retry timer
+
     def __init__(self, ctx: ActorContext, job: JobContext, rooms: RoomService | None = None) -> None:
         super().__init__(ctx)
         self.job = job
@@ -64,12 +67,8 @@ class TransferActor(MachineActor):
         self.perform_all(effects)
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
-        if isinstance(message, _OWN) and envelope.sender != self.address:
-            return [Emit("bad-input", reason="not-from-self", detail={"kind": message.KIND})]
-        if isinstance(message, _PUBLIC + _OWN):
-            self.state, effects = machine.step(self.state, message, envelope.sender)
-            return effects
-        return super().step(message, envelope, now)
+        self.state, effects = machine.step(self.state, message, envelope.sender)
+        return effects
 
     def perform(self, effect: Effect) -> None:
         if type(effect) is DeleteRoom:

@@ -24,7 +24,17 @@ class Tick(Message):
     n: int
 
 
+@message_kind("test.machine-outcome")
+@dataclass(frozen=True, slots=True)
+class Outcome(Message):
+    """What only the actor itself sends (an I/O outcome)."""
+
+    n: int
+
+
 class Counter(MachineActor):
+    public_kinds = frozenset({Cmd})
+    internal_kinds = frozenset({Tick, Outcome})
     """The core is inline here: the shell is what is under test."""
 
     def __init__(self, ctx) -> None:
@@ -32,6 +42,8 @@ class Counter(MachineActor):
         self.ticks: list[int] = []
 
     def step(self, message, envelope, now):
+        if isinstance(message, Outcome):
+            return [Emit("outcome", detail={"n": message.n})]
         if isinstance(message, Tick):
             self.ticks.append(message.n)
             return [Send("probe:1", Ping(n=message.n))]
@@ -50,7 +62,9 @@ class Counter(MachineActor):
                 case "send-then-save":
                     # The core lists its checkpoint last; the shell writes it first.
                     return [Send("probe:1", Ping(n=message.n)), Emit("boom"), SaveCheckpoint({"n": message.n})]
-        return super().step(message, envelope, now)
+                case "lookup-bug":
+                    return [Emit("never", detail={"n": {}["missing"]})]  # a core with a bug: KeyError
+        raise AssertionError(f"the shell base passed {message!r}")
 
 
 def test_timer_with_the_same_key_replaces_the_old_one() -> None:
@@ -95,9 +109,33 @@ def test_unknown_kind_is_a_dead_letter_and_the_actor_keeps_running() -> None:
         actor = kit.spawn("counter:4", Counter)
         kit.inject_message("counter:4", Ping(n=1))
         kit.expect_event("dead-letter", "counter:4", reason="unhandled-kind")
-        kit.inject_message("counter:4", Tick(n=3))
+        kit.inject_message("counter:4", Tick(n=3), sender="counter:4")
         kit.settle()
         assert actor.ticks == [3]
+
+
+def test_an_internal_kind_reaches_the_core_only_from_the_actor_itself() -> None:
+    with TestKit() as kit:
+        actor = kit.spawn("counter:5", Counter)
+        kit.inject_message("counter:5", Outcome(n=1), sender="mallory:1")
+        refused = kit.expect_event("bad-input", "counter:5", reason="not-from-self")
+        assert refused.detail == {"kind": "test.machine-outcome", "sender": "mallory:1"}
+        kit.inject_message("counter:5", Tick(n=2))  # no sender at all: not the actor either
+        kit.expect_event("bad-input", "counter:5", reason="not-from-self")
+        kit.settle()
+        assert actor.ticks == [] and not kit.events_named("outcome", "counter:5")
+        kit.inject_message("counter:5", Outcome(n=3), sender="counter:5")
+        assert kit.expect_event("outcome", "counter:5").detail == {"n": 3}
+        assert actor.actor_ref.is_alive()
+
+
+def test_a_core_that_raises_a_lookup_error_crashes_the_actor_and_is_never_a_dead_letter() -> None:
+    with TestKit() as kit:
+        kit.supervise("sup:bug", [ChildSpec("counter:bug", Counter)])
+        kit.settle()
+        kit.inject_message("counter:bug", Cmd(op="lookup-bug"))
+        kit.expect_event("crashed", "counter:bug", reason="KeyError")
+        assert not kit.events_named("dead-letter", "counter:bug")
 
 
 class Exploding(Counter):

@@ -174,11 +174,11 @@ def test_a_failed_sink_reports_live_segments_interrupted_and_the_supervisor_rest
     assert sinks.last.ops() == [("B", 0)]
 
 
-def test_a_sink_failure_report_from_anyone_but_its_own_sink_is_a_dead_letter(kit: TestKit) -> None:
+def test_a_sink_failure_report_from_anyone_but_its_own_sink_is_refused(kit: TestKit) -> None:
     out = start(kit, Sinks())
     kit.inject_message(OUTPUT, SinkFailed(reason="forged", incarnation=1), sender="mallory:1")
-    kit.expect_event("dead-letter", OUTPUT, reason="unhandled-kind")
+    kit.expect_event("bad-input", OUTPUT, reason="not-from-self")
     kit.inject_message(OUTPUT, SinkFailed(reason="old sink", incarnation=0), sender=OUTPUT)
-    kit.expect_event("dead-letter", OUTPUT, reason="unhandled-kind")
+    kit.expect_event("bad-input", OUTPUT, reason="stale-sink-report")
     assert out.actor_ref.is_alive()
     assert not kit.events_named("crashed", OUTPUT)

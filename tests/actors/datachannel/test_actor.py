@@ -373,7 +373,7 @@ def test_frames_forged_by_another_actor_are_bad_input(kit, fake, owner) -> None:
     sock = s.bring_online()
     kit.inject_message(s.address, SocketFrame(gen=sock.gen, text='{"type": "shutdown"}'), sender="meeting:evil")
     kit.settle()
-    kit.expect_event("bad-input", s.address, reason="internal-from-stranger")
+    kit.expect_event("bad-input", s.address, reason="not-from-self")  # the shell base refuses it: the core never sees it
     assert len(fake.registers) == 1 and s.status().state == ONLINE
 
 

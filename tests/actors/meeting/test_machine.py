@@ -252,7 +252,7 @@ def test_an_unavailable_practice_token_is_asked_for_again_on_a_timer_with_backof
     assert core.practice_token_failures == 0 and CancelTimer("practice-token-retry") in effects
 
 
-def test_a_practice_token_retry_is_the_meetings_own_and_of_its_generation() -> None:
+def test_a_practice_token_retry_counts_only_under_its_generation() -> None:
     core, _ = start()
     core, _ = core.step(joined(practice_datachannel_url=PS_URL, practice_session_on=True, panelist=True), "app:1")
     core, effects = online(core)
@@ -260,9 +260,8 @@ def test_a_practice_token_retry_is_the_meetings_own_and_of_its_generation() -> N
     core, effects = core.step(tk.TokenUnavailable(session_type=tk.PRACTICE_SESSION, request_id=ensure.request_id,
                                                   reason="fetch-failed:http-500"), TOKEN)
     [timer] = [e for e in effects if isinstance(e, StartTimer)]
-    # Injected by someone else: refused, nothing asked.
-    after, effects = core.step(timer.message, "app:1")
-    assert sends(effects, TOKEN) == [] and after.counters["refused-input"] == 1
+    # (From anyone but the meeting the shell refuses it before the core sees
+    # it: tests/actors/meeting/test_actor.py.)
     # A newer generation asked already: the old timer is stale.
     core, effects = core.step(mt.LocusUrlReplaced(locus_url="http://svc/locus/m-1b"), "app:1")
     assert sends(effects, TOKEN, tk.TokenEnsure)

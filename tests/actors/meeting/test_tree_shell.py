@@ -229,3 +229,21 @@ def test_repeated_facts_reach_no_child(kit, token) -> None:
     kit.settle()
     assert [m for m, _ in token.received if isinstance(m, tk.TokenConfigure)] == configures
     assert len(connector.registers) == registers == 1
+
+
+# -- what reaches the meeting's core ------------------------------------------------------------
+
+
+def test_the_meetings_own_timer_from_anyone_else_is_refused_and_an_unknown_kind_is_a_dead_letter(kit, token) -> None:
+    from actors.meeting.machine import PracticeTokenRetry
+    from bus.messages import Ping
+
+    tree(kit, Connector())
+    kit.settle()
+    kit.inject_message(MEETING, PracticeTokenRetry(generation=1), sender="app:1")
+    refused = kit.expect_event("bad-input", MEETING, reason="not-from-self")
+    assert refused.detail["kind"] == PracticeTokenRetry.KIND
+    kit.inject_message(MEETING, Ping(n=1), sender="app:1")
+    kit.expect_event("dead-letter", MEETING, reason="unhandled-kind")
+    assert not kit.events_named("crashed", MEETING)
+    assert kit.node.lookup(MEETING) is not None
