@@ -1,8 +1,18 @@
 """The one vocabulary of every sans-I/O core, and the helper they share.
 
-A core (meeting, datachannel, token, audio, transfer, the cluster's) is
-``step(state, message, now) -> (state, effects)``: no I/O, no clock of its
-own, and its effects are plain data that its shell carries out. The
+The core contract. A core (meeting, datachannel, token, audio, transfer)
+is a module-level function
+
+    step(state, message, now, sender=None) -> (state, effects)
+
+with no I/O and no clock of its own: ``now`` is the time its shell passes
+in, ``sender`` the envelope's sender (the core decides who may say what),
+and the effects are plain data its shell carries out. Which message kinds
+reach it is decided before, by the shell base (:mod:`actors.shell`); a
+kind it does not take is a ``TypeError`` (a bug of its shell, a crash).
+The cluster's core has the same shape without ``sender``: its inputs come
+from its own shell only. The datachannel core also takes ``asked`` (the
+message is an ask: answer with its status). The
 effects every shell knows are here, defined once:
 
 =====================  ===================================================

@@ -545,7 +545,7 @@ class _Step:
         self.answer_status = False
 
 
-def step(state: ChannelState, message: Message, now: float, *, sender: str | None = None,
+def step(state: ChannelState, message: Message, now: float, sender: str | None = None, *,
          asked: bool = False) -> tuple[ChannelState, list[Effect]]:
     """Feed one message; return the next state and the effects, in order.
 

@@ -42,6 +42,7 @@ from actors.datachannel.connector import DataChannelConnector
 from actors.effects import Effect
 from actors.shell import MachineActor
 from actors.meeting.machine import INTERNAL_KINDS, PUBLIC_KINDS, MeetingCore
+from actors.meeting.machine import step as meeting_step
 from actors.node import Node
 from actors.runtime import PooledFuture
 from actors.supervisor import ChildSpec, Supervisor
@@ -104,7 +105,7 @@ class MeetingActor(MachineActor):
         self.perform_all(first)
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
-        self.core, effects = self.core.step(message, envelope.sender)
+        self.core, effects = meeting_step(self.core, message, now, envelope.sender)
         return effects
 
 

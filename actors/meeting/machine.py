@@ -119,7 +119,7 @@ from actors.contracts import token as tk
 from actors.effects import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer, evolve
 from bus.messages import Message, message_kind
 
-__all__ = ["INTERNAL_KINDS", "PUBLIC_KINDS", "Facts", "MeetingCore", "PracticeTokenRetry", "SessionWant", "Sessions", "practice_possible",
+__all__ = ["INTERNAL_KINDS", "PUBLIC_KINDS", "step", "Facts", "MeetingCore", "PracticeTokenRetry", "SessionWant", "Sessions", "practice_possible",
            "token_view", "wanted"]
 
 SESSIONS = (tk.DEFAULT_SESSION, tk.PRACTICE_SESSION)
@@ -598,3 +598,11 @@ class MeetingCore:
     def _refuse_input(self, message: Message, sender: str | None, reason: str) -> tuple[MeetingCore, list[Effect]]:
         return self._count("refused-input"), [Emit("bad-input", reason=reason,
                                                     detail={"kind": message.KIND, "sender": sender or ""})]
+
+
+def step(state: MeetingCore, message: Message, now: float, sender: str | None = None
+         ) -> tuple[MeetingCore, list[Effect]]:
+    """The core contract (:mod:`actors.effects`): :meth:`MeetingCore.step`.
+    The meeting reads no time (its waits are timers); ``now`` is taken for
+    the common shape."""
+    return state.step(message, sender)

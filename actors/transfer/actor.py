@@ -67,7 +67,7 @@ class TransferActor(MachineActor):
         self.perform_all(effects)
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
-        self.state, effects = machine.step(self.state, message, envelope.sender)
+        self.state, effects = machine.step(self.state, message, now, envelope.sender)
         return effects
 
     def perform(self, effect: Effect) -> None:

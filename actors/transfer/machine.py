@@ -112,7 +112,9 @@ class TransferState:
 Step = tuple[TransferState, list[Effect]]
 
 
-def step(state: TransferState, message: Message, sender: str | None = None) -> Step:
+def step(state: TransferState, message: Message, now: float, sender: str | None = None) -> Step:
+    """The core contract (:mod:`actors.effects`); this core reads no time (its
+    waits are timers), ``now`` is taken for the common shape."""
     match message:
         case TransferMerged():
             return _merged(state, message, sender)

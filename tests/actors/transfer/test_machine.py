@@ -35,7 +35,7 @@ class Core:
         self.effects: list[Effect] = []
 
     def feed(self, message: Message, sender: str | None = "transfer:t-1") -> list[Effect]:
-        self.state, effects = step(self.state, message, sender)
+        self.state, effects = step(self.state, message, 0.0, sender)
         self.effects += effects
         return effects
 
@@ -145,7 +145,7 @@ def test_checkpoint_restores_and_a_deletion_in_progress_starts_over() -> None:
     assert (restored.phase, restored.caller_id, restored.notify) == ("deleting", "PA_caller", MEETING)
     resumed, effects = resume(restored)
     assert effects == [DeleteRoom("room-caller", 1)]
-    assert of(step(resumed, RoomDeleteDone(1))[1], Send)[0].message.outcome == CleanupOutcome.ROOM_DELETED
+    assert of(step(resumed, RoomDeleteDone(1), 0.0)[1], Send)[0].message.outcome == CleanupOutcome.ROOM_DELETED
     assert resume(TransferState("t-1", "room-caller")) == (TransferState("t-1", "room-caller"), [])
 
 
