@@ -41,9 +41,10 @@ from actors.io import Outcome
 from actors.effects import Effect
 from actors.shell import MachineActor
 from actors.token import machine
-from actors.token.http import TokenEndpoint, TokenFetchError
+from actors.service_errors import ServiceError
+from actors.token.http import TokenEndpoint
+from actors.service_errors import Failure
 from actors.token.machine import (
-    FetchFailure,
     FetchToken,
     RefreshDue,
     RetryDue,
@@ -78,11 +79,11 @@ def fetch_outcome(fetch: FetchToken, outcome: Outcome[str]) -> TokenFetched:
     if outcome.ok:
         return TokenFetched(**tag, token=str(outcome.value))
     error = outcome.error
-    if isinstance(error, TokenFetchError):
+    if isinstance(error, ServiceError):
         return TokenFetched(**tag, failure=error.cause, status=error.status)
     # Not a failure the endpoint names: a bug in it. Say what type, never what text.
     log.warning("token fetch for %s failed with %s", fetch.session_type, type(error).__name__)
-    return TokenFetched(**tag, failure=FetchFailure.UNREACHABLE)
+    return TokenFetched(**tag, failure=Failure.UNREACHABLE)
 
 
 class TokenActor(MachineActor):

@@ -2,17 +2,17 @@
 
 The actor never sees a socket: it hands :meth:`TokenEndpoint.fetch` a URL
 and headers (on the node's I/O loop, through ``run_io``) and gets back the
-token or a :class:`TokenFetchError`. Tests plug in a scripted endpoint; the
+token or a :class:`ServiceError`. Tests plug in a scripted endpoint; the
 node plugs in :class:`HttpTokenEndpoint` (aiohttp).
 
-Errors (each carries the :class:`~actors.token.machine.FetchFailure` cause
+Errors (each carries the :class:`~actors.token.machine.Failure` cause
 the core acts on, and the HTTP status when there was one)::
 
-    TokenFetchError
-    ├── TokenRefused              401 / 403: retried once, 2 s later
-    ├── TokenEndpointStatus       any other non-200 status
-    ├── TokenEndpointUnreachable  no answer: connection failed, timed out
-    └── BadTokenResponse          200, but no string ``datachannelToken``
+    ServiceError
+    ├── ServiceRefused              401 / 403: retried once, 2 s later
+    ├── ServiceStatus       any other non-200 status
+    ├── ServiceUnreachable  no answer: connection failed, timed out
+    └── BadServiceResponse          200, but no string ``datachannelToken``
 
 Nothing here logs a header or a body: the request carries the user's
 credentials and the response the token.
@@ -26,49 +26,11 @@ from typing import Protocol
 
 import aiohttp
 
-from actors.token.machine import FetchFailure
-from bus.errors import HuddleError
+from actors.service_errors import BadServiceResponse, ServiceError, ServiceRefused, ServiceStatus, ServiceUnreachable
 
-__all__ = [
-    "BadTokenResponse",
-    "HttpTokenEndpoint",
-    "TokenEndpoint",
-    "TokenEndpointStatus",
-    "TokenEndpointUnreachable",
-    "TokenFetchError",
-    "TokenRefused",
-]
+__all__ = ["HttpTokenEndpoint", "TokenEndpoint"]
 
 DEFAULT_TIMEOUT_S = 10.0
-
-
-class TokenFetchError(HuddleError):
-    """A token fetch failed. ``cause`` is a ``FetchFailure`` value; ``status``
-    the HTTP status (0 when no response came)."""
-
-    cause: str = FetchFailure.UNREACHABLE
-
-    def __init__(self, detail: str, *, status: int = 0) -> None:
-        self.status = status
-        super().__init__(detail)
-
-
-class TokenRefused(TokenFetchError):
-    cause = FetchFailure.REFUSED
-
-
-class TokenEndpointStatus(TokenFetchError):
-    def __init__(self, detail: str, *, status: int) -> None:
-        super().__init__(detail, status=status)
-        self.cause = FetchFailure.http(status)
-
-
-class TokenEndpointUnreachable(TokenFetchError):
-    cause = FetchFailure.UNREACHABLE
-
-
-class BadTokenResponse(TokenFetchError):
-    cause = FetchFailure.BAD_RESPONSE
 
 
 class TokenEndpoint(Protocol):
@@ -76,7 +38,7 @@ class TokenEndpoint(Protocol):
 
     async def fetch(self, url: str, headers: Mapping[str, str]) -> str:
         """GET ``url`` with ``headers``; the ``datachannelToken`` of the
-        response body, or raises :class:`TokenFetchError`."""
+        response body, or raises :class:`ServiceError`."""
         ...
 
 
@@ -106,20 +68,20 @@ class HttpTokenEndpoint:
             async with self._session().get(url, headers=dict(headers), allow_redirects=False) as response:
                 status = response.status
                 if status in (401, 403):
-                    raise TokenRefused(f"token endpoint refused the request ({status})", status=status)
+                    raise ServiceRefused(f"token endpoint refused the request ({status})", status=status)
                 if status != 200:
-                    raise TokenEndpointStatus(f"token endpoint answered {status}", status=status)
+                    raise ServiceStatus(f"token endpoint answered {status}", status=status)
                 try:
                     body = await response.json(content_type=None)
                 except ValueError as exc:
-                    raise BadTokenResponse("token response is not JSON", status=status) from exc
-        except TokenFetchError:
+                    raise BadServiceResponse("token response is not JSON", status=status) from exc
+        except ServiceError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TokenEndpointUnreachable(f"token endpoint unreachable: {type(exc).__name__}") from exc
+            raise ServiceUnreachable(f"token endpoint unreachable: {type(exc).__name__}") from exc
         token = body.get("datachannelToken") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise BadTokenResponse("token response has no datachannelToken", status=status)
+            raise BadServiceResponse("token response has no datachannelToken", status=status)
         return token
 
     async def close(self) -> None:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+from actors.service_errors import Failure
 from actors.contracts.token import (
     DEFAULT_SESSION,
     PRACTICE_SESSION,
@@ -67,7 +68,6 @@ __all__ = [
     "EXPIRY_MARGIN_S",
     "MAX_WAITING",
     "MIN_REFRESH_DELAY_S",
-    "FetchFailure",
     "FetchToken",
     "HeldToken",
     "RefreshDue",
@@ -94,18 +94,6 @@ MIN_REFRESH_DELAY_S = 1.0
 MAX_WAITING = 256
 
 
-class FetchFailure:
-    """Causes in :attr:`TokenFetched.failure` (the shell maps errors to them)."""
-
-    REFUSED = "refused"  # 401/403
-    UNREACHABLE = "unreachable"
-    BAD_RESPONSE = "bad-response"
-
-    @staticmethod
-    def http(status: int) -> str:
-        return f"http-{status}"
-
-
 # -- messages the actor sends itself ---------------------------------------
 
 
@@ -113,7 +101,7 @@ class FetchFailure:
 @dataclass(frozen=True, slots=True)
 class TokenFetched(Message):
     """How a fetch ended: ``token`` on success (``failure`` empty), or a
-    :class:`FetchFailure` cause and the HTTP ``status`` (0 if none)."""
+    :class:`Failure` cause and the HTTP ``status`` (0 if none)."""
 
     SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("token",)
 
@@ -462,15 +450,15 @@ def _fetched(state: TokenState, message: TokenFetched, now: float) -> Step:
     if not message.failure:
         state = state.with_slot(session_type, evolve(slot, retried=False))
         return _store(state, session_type, message.token, now, source="fetch")
-    if message.failure == FetchFailure.REFUSED and not slot.retried:
+    if message.failure == Failure.REFUSED and not slot.retried:
         slot = evolve(slot, retry_of=message.fetch_id, retried=True)
         retry = RetryDue(session_type=session_type, generation=state.generation, fetch_id=message.fetch_id)
         return state.with_slot(session_type, slot), [
-            Emit("token-fetch-refused", reason=FetchFailure.REFUSED,
+            Emit("token-fetch-refused", reason=Failure.REFUSED,
                  detail={"session_type": session_type, "status": message.status, "retry_in_s": AUTH_RETRY_DELAY_S}),
             StartTimer(retry_timer(session_type), AUTH_RETRY_DELAY_S, retry),
         ]
-    if message.failure == FetchFailure.REFUSED:
+    if message.failure == Failure.REFUSED:
         reason = UnavailableReason.REFUSED
     else:
         reason = f"{UnavailableReason.FETCH_FAILED}:{message.failure}"

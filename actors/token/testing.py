@@ -6,12 +6,12 @@ actor (and what depends on it) in the test kit, without a network.
     from actors.token.testing import FakeTokenEndpoint, fake_jwt
 
     endpoint = FakeTokenEndpoint()
-    endpoint.answer(fake_jwt(exp=kit.clock.wall() + 3600), TokenRefused("no", status=401))
+    endpoint.answer(fake_jwt(exp=kit.clock.wall() + 3600), ServiceRefused("no", status=401))
     kit.spawn(token_address("m1"), TokenActor, endpoint, Secret("user-token"))
 
 Each fetch takes the next scripted answer (a token to return, or a
-:class:`~actors.token.http.TokenFetchError` to raise) at the moment it is
-called; with nothing scripted it raises ``TokenEndpointUnreachable``. Every
+:class:`~actors.token.http.ServiceError` to raise) at the moment it is
+called; with nothing scripted it raises ``ServiceUnreachable``. Every
 fetch is recorded in ``calls`` as a :class:`FetchCall`. Fetches answer at
 once, so ``kit.settle()`` covers them, unless the test holds one in flight
 with a gate (see :class:`actors.testkit.Gate`)::
@@ -21,7 +21,7 @@ with a gate (see :class:`actors.testkit.Gate`)::
     call = gate.wait_held(timeout=5)    # the FetchCall
     kit.settle_actors()
     ...                                 # move the actor on meanwhile
-    gate.release()                      # or release(token), fail(TokenRefused(...))
+    gate.release()                      # or release(token), fail(ServiceRefused(...))
     kit.settle()
 """
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.testkit import Gate, Gates, Timeout
-from actors.token.http import TokenEndpointUnreachable, TokenFetchError
+from actors.service_errors import ServiceError, ServiceUnreachable
 
 __all__ = ["FakeTokenEndpoint", "FetchCall", "fake_jwt"]
 
@@ -66,13 +66,13 @@ class FetchCall:
 class FakeTokenEndpoint:
     """A scripted, in-memory token endpoint; one may serve many actors."""
 
-    def __init__(self, *answers: str | TokenFetchError) -> None:
+    def __init__(self, *answers: str | ServiceError) -> None:
         self.calls: list[FetchCall] = []
         self.gates = Gates("fetch")
-        self._script: deque[str | TokenFetchError] = deque(answers)
+        self._script: deque[str | ServiceError] = deque(answers)
         self._cond = threading.Condition()
 
-    def answer(self, *answers: str | TokenFetchError) -> None:
+    def answer(self, *answers: str | ServiceError) -> None:
         """Script the answers of the next fetches, in turn."""
         with self._cond:
             self._script.extend(answers)
@@ -93,7 +93,7 @@ class FakeTokenEndpoint:
         with self._cond:
             self.calls.append(call)
             scripted: str | BaseException = (
-                self._script.popleft() if self._script else TokenEndpointUnreachable("nothing scripted"))
+                self._script.popleft() if self._script else ServiceUnreachable("nothing scripted"))
             self._cond.notify_all()
         answer = await self.gates.answer("fetch", call, scripted)
         if isinstance(answer, BaseException):

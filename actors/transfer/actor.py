@@ -21,13 +21,14 @@ from actors.io import Outcome
 from actors.effects import Effect
 from actors.shell import MachineActor
 from actors.transfer import machine
+from actors.service_errors import Failure
 from actors.transfer.machine import (
-    DeleteFailure,
     DeleteRoom,
     RetryDelete,
     RoomDeleteDone,
 )
-from actors.transfer.rooms import HttpRoomService, RoomService, RoomServiceError
+from actors.service_errors import ServiceError
+from actors.transfer.rooms import HttpRoomService, RoomService
 from bus.address import parse_address
 from bus.envelope import Envelope
 from bus.messages import Message
@@ -44,10 +45,10 @@ def delete_outcome(attempt: int, outcome: Outcome[None]) -> RoomDeleteDone:
     if outcome.ok:
         return RoomDeleteDone(attempt)
     error = outcome.error
-    if isinstance(error, RoomServiceError):
+    if isinstance(error, ServiceError):
         return RoomDeleteDone(attempt, failure=error.cause, status=error.status)
     log.warning("room deletion failed with %s", type(error).__name__)
-    return RoomDeleteDone(attempt, failure=DeleteFailure.UNREACHABLE)
+    return RoomDeleteDone(attempt, failure=Failure.UNREACHABLE)
 
 
 class TransferActor(MachineActor):

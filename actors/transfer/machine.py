@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from actors.service_errors import Failure
 from actors.contracts.transfer import (
     CleanupOutcome,
     PartyHungUp,
@@ -34,7 +35,6 @@ from bus.messages import Message, message_kind
 
 __all__ = [
     "RETRY_DELAYS_S",
-    "DeleteFailure",
     "DeleteRoom",
     "RetryDelete",
     "RoomDeleteDone",
@@ -47,18 +47,6 @@ __all__ = [
 RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 WAITING, MERGED, DELETING, DONE = "waiting", "merged", "deleting", "done"
-
-
-class DeleteFailure:
-    """Causes in :attr:`RoomDeleteDone.failure`."""
-
-    REFUSED = "refused"  # 401 / 403
-    NOT_FOUND = "not-found"  # 404
-    UNREACHABLE = "unreachable"
-
-    @staticmethod
-    def http(status: int) -> str:
-        return f"http-{status}"
 
 
 @message_kind("transfer.room-delete-done")
@@ -174,9 +162,9 @@ def _delete_done(state: TransferState, message: RoomDeleteDone) -> Step:
     detail = {"room_id": state.room_id, "attempt": state.attempt, "status": message.status}
     if not message.failure:
         return _finish(state, CleanupOutcome.ROOM_DELETED, Emit("room-deleted", detail=detail))
-    if message.failure == DeleteFailure.NOT_FOUND:
+    if message.failure == Failure.NOT_FOUND:
         return _finish(state, CleanupOutcome.ROOM_ALREADY_GONE, Emit("room-already-gone", detail=detail))
-    if message.failure == DeleteFailure.REFUSED:
+    if message.failure == Failure.REFUSED:
         return _finish(state, CleanupOutcome.REFUSED, Emit("room-delete-refused", reason=message.failure, detail=detail))
     if state.attempt > len(RETRY_DELAYS_S):
         return _finish(state, CleanupOutcome.GAVE_UP, Emit("room-delete-gave-up", reason=message.failure, detail=detail))

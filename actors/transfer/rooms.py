@@ -5,13 +5,13 @@ and from nothing else: the URL, the credentials and the attribution headers
 are the ones the job captured at start. ``DELETE {url}/rooms/{room}`` with
 ``Authorization: Bearer <credentials>``.
 
-Errors carry the :class:`~actors.transfer.machine.DeleteFailure` cause::
+Errors carry the :class:`~actors.transfer.machine.Failure` cause::
 
-    RoomServiceError
-    ├── RoomServiceRefused      401 / 403
-    ├── RoomNotFound            404 (gone already)
-    ├── RoomServiceStatus       any other non-2xx
-    └── RoomServiceUnreachable  no answer
+    ServiceError
+    ├── ServiceRefused      401 / 403
+    ├── ServiceNotFound            404 (gone already)
+    ├── ServiceStatus       any other non-2xx
+    └── ServiceUnreachable  no answer
 """
 
 from __future__ import annotations
@@ -22,49 +22,14 @@ from urllib.parse import quote
 import aiohttp
 
 from actors.context import JobContext, Secret, attribution_headers
-from actors.transfer.machine import DeleteFailure
-from bus.errors import HuddleError
+from actors.service_errors import ServiceNotFound, ServiceRefused, ServiceStatus, ServiceUnreachable
 
-__all__ = [
-    "HttpRoomService",
-    "RoomNotFound",
-    "RoomService",
-    "RoomServiceError",
-    "RoomServiceRefused",
-    "RoomServiceStatus",
-    "RoomServiceUnreachable",
-]
-
-
-class RoomServiceError(HuddleError):
-    cause: str = DeleteFailure.UNREACHABLE
-
-    def __init__(self, detail: str, *, status: int = 0) -> None:
-        self.status = status
-        super().__init__(detail)
-
-
-class RoomServiceRefused(RoomServiceError):
-    cause = DeleteFailure.REFUSED
-
-
-class RoomNotFound(RoomServiceError):
-    cause = DeleteFailure.NOT_FOUND
-
-
-class RoomServiceStatus(RoomServiceError):
-    def __init__(self, detail: str, *, status: int) -> None:
-        super().__init__(detail, status=status)
-        self.cause = DeleteFailure.http(status)
-
-
-class RoomServiceUnreachable(RoomServiceError):
-    cause = DeleteFailure.UNREACHABLE
+__all__ = ["HttpRoomService", "RoomService"]
 
 
 class RoomService(Protocol):
     async def delete_room(self, room_id: str) -> None:
-        """Delete ``room_id``, or raise :class:`RoomServiceError`."""
+        """Delete ``room_id``, or raise :class:`ServiceError`."""
         ...
 
 
@@ -95,10 +60,10 @@ class HttpRoomService:
                         session.delete(url, headers=headers, allow_redirects=False) as response):
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise RoomServiceUnreachable(f"room service unreachable: {type(exc).__name__}") from exc
+            raise ServiceUnreachable(f"room service unreachable: {type(exc).__name__}") from exc
         if status in (401, 403):
-            raise RoomServiceRefused(f"room service refused the credentials ({status})", status=status)
+            raise ServiceRefused(f"room service refused the credentials ({status})", status=status)
         if status == 404:
-            raise RoomNotFound(f"room {room_id!r} not found", status=status)
+            raise ServiceNotFound(f"room {room_id!r} not found", status=status)
         if not 200 <= status < 300:
-            raise RoomServiceStatus(f"room service answered {status}", status=status)
+            raise ServiceStatus(f"room service answered {status}", status=status)

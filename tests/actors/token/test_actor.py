@@ -32,7 +32,7 @@ from actors.contracts.token import (
 from actors.supervisor import ChildSpec
 from actors.testkit import Probe, TestKit
 from actors.token.actor import TokenActor
-from actors.token.http import TokenEndpointStatus, TokenRefused
+from actors.service_errors import ServiceRefused, ServiceStatus
 from actors.token.machine import EXPIRY_MARGIN_S, TokenFetched
 from actors.token.testing import FakeTokenEndpoint
 from bus.messages import Ping
@@ -136,7 +136,7 @@ def test_s9_a_refused_fetch_is_retried_once_after_2_s(kit: TestKit, endpoint: Fa
     start(kit, endpoint)
     configure(kit)
     token = jwt(kit, 3600)
-    endpoint.answer(TokenRefused("no", status=401), token)
+    endpoint.answer(ServiceRefused("no", status=401), token)
     request(kit, "r1")
     kit.settle()
     assert len(endpoint.calls) == 1
@@ -154,7 +154,7 @@ def test_s9_refused_again_after_the_retry_is_unavailable(kit: TestKit, endpoint:
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit)
-    endpoint.answer(TokenRefused("no", status=403), TokenRefused("still no", status=403))
+    endpoint.answer(ServiceRefused("no", status=403), ServiceRefused("still no", status=403))
     request(kit, "r1")
     kit.advance(2)
     message, _ = dc.expect_message(TokenUnavailable)
@@ -166,7 +166,7 @@ def test_a_server_error_is_answered_at_once_and_not_retried(kit: TestKit, endpoi
     dc = kit.probe(DC)
     start(kit, endpoint)
     configure(kit)
-    endpoint.answer(TokenEndpointStatus("boom", status=500))
+    endpoint.answer(ServiceStatus("boom", status=500))
     request(kit, "r1")
     message, _ = dc.expect_message(TokenUnavailable)
     assert message.reason == "fetch-failed:http-500"
@@ -320,7 +320,7 @@ def test_tokens_never_reach_events_logs_checkpoints_or_reprs(
     tokens = [jwt(kit, 3600, sub="seed"), jwt(kit, 300, sub="fetched"), jwt(kit, 3600, sub="refreshed"),
               jwt(kit, 3600, sub="forced")]
     kit.inject_message(TOKEN, TokenSeed(generation=1, practice_token=tokens[0]), sender=MEETING)
-    endpoint.answer(TokenRefused("no", status=401), tokens[1], tokens[2], tokens[3])
+    endpoint.answer(ServiceRefused("no", status=401), tokens[1], tokens[2], tokens[3])
     request(kit, "r1")
     kit.advance(2)
     dc.expect_message(TokenGranted)

@@ -21,7 +21,7 @@ from actors.contracts.token import (
 )
 from actors.testkit import TestKit, Timeout
 from actors.token.actor import TokenActor
-from actors.token.http import TokenEndpointUnreachable, TokenRefused
+from actors.service_errors import ServiceRefused, ServiceUnreachable
 from actors.token.machine import jwt_expiry
 from actors.token.testing import FakeTokenEndpoint, FetchCall, fake_jwt
 
@@ -70,7 +70,7 @@ def test_scripted_answers_in_turn_then_unreachable(kit: TestKit) -> None:
     assert call.headers["Authorization"] == "Bearer user-bearer"
     with pytest.raises(Timeout):
         endpoint.wait_calls(2, timeout=0.2)
-    with pytest.raises(TokenEndpointUnreachable, match="nothing scripted"):
+    with pytest.raises(ServiceUnreachable, match="nothing scripted"):
         kit.node.io.submit(endpoint.fetch(LOCUS, {})).result(timeout=5.0)
 
 
@@ -98,7 +98,7 @@ def test_a_fetch_held_while_the_meeting_leaves_grants_nothing_when_it_lands(kit:
 
 def test_a_refusal_held_until_a_new_generation_answered_is_not_retried(kit: TestKit) -> None:
     fresh = fake_jwt(kit.clock.wall() + 3600, sub="fresh")
-    endpoint = FakeTokenEndpoint(TokenRefused("no", status=401), fresh)
+    endpoint = FakeTokenEndpoint(ServiceRefused("no", status=401), fresh)
     dc = kit.probe(DC)
     start(kit, endpoint)
     gate = endpoint.hold()

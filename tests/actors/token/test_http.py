@@ -8,15 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.token.http import (
-    BadTokenResponse,
-    HttpTokenEndpoint,
-    TokenEndpointStatus,
-    TokenEndpointUnreachable,
-    TokenFetchError,
-    TokenRefused,
-)
-from actors.token.machine import FetchFailure, jwt_expiry
+from actors.service_errors import BadServiceResponse, ServiceError, ServiceRefused, ServiceStatus, ServiceUnreachable
+from actors.token.http import HttpTokenEndpoint
+from actors.service_errors import Failure
+from actors.token.machine import jwt_expiry
 from tests.actors.token.token_service import TokenService
 
 BEARER = {"Authorization": "Bearer user-token"}
@@ -55,10 +50,10 @@ def test_fetch_returns_the_token_and_sends_the_headers(service: TokenService) ->
 
 
 @pytest.mark.parametrize(("status", "error", "cause"), [
-    (401, TokenRefused, FetchFailure.REFUSED),
-    (403, TokenRefused, FetchFailure.REFUSED),
-    (500, TokenEndpointStatus, "http-500"),
-    (404, TokenEndpointStatus, "http-404"),
+    (401, ServiceRefused, Failure.REFUSED),
+    (403, ServiceRefused, Failure.REFUSED),
+    (500, ServiceStatus, "http-500"),
+    (404, ServiceStatus, "http-404"),
 ])
 def test_statuses_become_typed_errors(service: TokenService, status: int, error: type, cause: str) -> None:
     service.script(status, '{"error": "no"}')
@@ -72,13 +67,13 @@ def test_statuses_become_typed_errors(service: TokenService, status: int, error:
                                   '{"datachannelToken": ""}'])
 def test_a_200_without_a_string_token_is_a_bad_response(service: TokenService, body: str) -> None:
     service.script(200, body)
-    with pytest.raises(BadTokenResponse) as caught:
+    with pytest.raises(BadServiceResponse) as caught:
         fetch(f"{service.locus_url('m-1')}/participant/s/datachannel/token", BEARER)
-    assert caught.value.cause == FetchFailure.BAD_RESPONSE
+    assert caught.value.cause == Failure.BAD_RESPONSE
 
 
 def test_no_bearer_is_refused_by_the_server(service: TokenService) -> None:
-    with pytest.raises(TokenRefused):
+    with pytest.raises(ServiceRefused):
         fetch(f"{service.locus_url('m-1')}/participant/s/datachannel/token", {})
 
 
@@ -86,7 +81,7 @@ def test_nobody_listening_is_unreachable() -> None:
     with socket.socket() as sock:  # a port that was free a moment ago, and is closed now
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(TokenEndpointUnreachable) as caught:
+    with pytest.raises(ServiceUnreachable) as caught:
         fetch(f"http://127.0.0.1:{port}/locus/m/participant/s/datachannel/token", BEARER)
-    assert isinstance(caught.value, TokenFetchError)
-    assert caught.value.cause == FetchFailure.UNREACHABLE
+    assert isinstance(caught.value, ServiceError)
+    assert caught.value.cause == Failure.UNREACHABLE

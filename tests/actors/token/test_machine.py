@@ -25,12 +25,12 @@ from actors.contracts.token import (
     UnavailableReason,
 )
 from actors.effects import CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.service_errors import Failure
 from actors.token.machine import (
     AUTH_RETRY_DELAY_S,
     EXPIRY_MARGIN_S,
     MAX_WAITING,
     MIN_REFRESH_DELAY_S,
-    FetchFailure,
     FetchToken,
     RefreshDue,
     RetryDue,
@@ -194,7 +194,7 @@ def test_s9_refused_fetch_is_retried_once_after_2_s_then_granted() -> None:
     core = Core()
     core.configure()
     first = only_fetch(core.request())
-    effects = core.complete(first, failure=FetchFailure.REFUSED, status=401)
+    effects = core.complete(first, failure=Failure.REFUSED, status=401)
     assert not of(effects, Send)
     [timer] = of(effects, StartTimer)
     assert timer.delay == AUTH_RETRY_DELAY_S
@@ -212,21 +212,21 @@ def test_s9_refused_twice_answers_unavailable_and_the_next_request_starts_over()
     core = Core()
     core.configure()
     first = only_fetch(core.request())
-    [timer] = of(core.complete(first, failure=FetchFailure.REFUSED, status=403), StartTimer)
+    [timer] = of(core.complete(first, failure=Failure.REFUSED, status=403), StartTimer)
     second = only_fetch(core.feed(timer.message, "token:m-1"))
-    effects = core.complete(second, failure=FetchFailure.REFUSED, status=403)
+    effects = core.complete(second, failure=Failure.REFUSED, status=403)
     assert sends(effects) == [(DC, TokenUnavailable(DEFAULT_SESSION, "r1", UnavailableReason.REFUSED))]
     assert not of(effects, StartTimer)
     # A later request gets its own fresh attempt, with its own one retry.
     third = only_fetch(core.request("r3"))
-    assert of(core.complete(third, failure=FetchFailure.REFUSED, status=401), StartTimer)
+    assert of(core.complete(third, failure=Failure.REFUSED, status=401), StartTimer)
 
 
 def test_other_failures_are_not_retried() -> None:
     core = Core()
     core.configure()
     fetch = only_fetch(core.request())
-    effects = core.complete(fetch, failure=FetchFailure.http(500), status=500)
+    effects = core.complete(fetch, failure=Failure.http(500), status=500)
     assert sends(effects) == [(DC, TokenUnavailable(DEFAULT_SESSION, "r1", "fetch-failed:http-500"))]
     assert ("token-fetch-failed", "http-500") in events(effects)
     assert not of(effects, StartTimer)
@@ -299,7 +299,7 @@ def test_a_failed_refresh_keeps_the_held_token() -> None:
     token = token_for(300)
     [timer] = of(core.complete(only_fetch(core.request()), token=token), StartTimer)
     fetch = only_fetch(core.feed(timer.message, "token:m-1"))
-    core.complete(fetch, failure=FetchFailure.UNREACHABLE)
+    core.complete(fetch, failure=Failure.UNREACHABLE)
     assert sends(core.request("r2")) == [(DC, TokenGranted(DEFAULT_SESSION, "r2", token))]
 
 
@@ -400,7 +400,7 @@ def test_a_stale_retry_timer_does_nothing() -> None:
     core = Core()
     core.configure(1)
     first = only_fetch(core.request())
-    [timer] = of(core.complete(first, failure=FetchFailure.REFUSED, status=401), StartTimer)
+    [timer] = of(core.complete(first, failure=Failure.REFUSED, status=401), StartTimer)
     effects = core.configure(2)
     assert CancelTimer(f"retry:{DEFAULT_SESSION}") in effects
     fresh = only_fetch(effects)  # the waiter gets a fetch under generation 2 at once
@@ -553,9 +553,9 @@ def test_only_a_fetch_of_the_current_generation_ever_stores_or_grants(ops: list[
                 if not issued:
                     continue
                 fetch = issued[-1 - index % len(issued)]  # mostly recent ones
-                failure = {"ok": "", "refused": FetchFailure.REFUSED, "http-500": "http-500"}[result]
+                failure = {"ok": "", "refused": Failure.REFUSED, "http-500": "http-500"}[result]
                 effects = core.complete(fetch, token=token_for(3600, now=core.now) if not failure else "",
-                                        failure=failure, status=401 if failure == FetchFailure.REFUSED else 0)
+                                        failure=failure, status=401 if failure == Failure.REFUSED else 0)
                 current = (fetch.generation == before.generation and before.config is not None
                            and before.slot(fetch.session_type).fetching == fetch.fetch_id)
                 event("completed a current fetch" if current else "completed a stale fetch")

@@ -14,9 +14,9 @@ from actors.contracts.transfer import (
     TransferMerged,
 )
 from actors.effects import Effect, Emit, SaveCheckpoint, Send, StartTimer
+from actors.service_errors import Failure
 from actors.transfer.machine import (
     RETRY_DELAYS_S,
-    DeleteFailure,
     DeleteRoom,
     RetryDelete,
     RoomDeleteDone,
@@ -93,7 +93,7 @@ def test_transient_failures_are_retried_with_backoff_then_given_up() -> None:
     [delete] = of(core.feed(PartyHungUp("PA_caller")), DeleteRoom)
     delays = []
     while True:
-        effects = core.feed(RoomDeleteDone(delete.attempt, failure=DeleteFailure.http(503), status=503))
+        effects = core.feed(RoomDeleteDone(delete.attempt, failure=Failure.http(503), status=503))
         timers = of(effects, StartTimer)
         if not timers:
             break
@@ -105,8 +105,8 @@ def test_transient_failures_are_retried_with_backoff_then_given_up() -> None:
 
 
 @pytest.mark.parametrize(("failure", "outcome"), [
-    (DeleteFailure.NOT_FOUND, CleanupOutcome.ROOM_ALREADY_GONE),
-    (DeleteFailure.REFUSED, CleanupOutcome.REFUSED),
+    (Failure.NOT_FOUND, CleanupOutcome.ROOM_ALREADY_GONE),
+    (Failure.REFUSED, CleanupOutcome.REFUSED),
 ])
 def test_gone_or_refused_is_final(failure: str, outcome: str) -> None:
     core = Core()
@@ -121,7 +121,7 @@ def test_a_stale_outcome_or_retry_is_dropped() -> None:
     core = Core()
     core.merge()
     core.feed(PartyHungUp("PA_caller"))
-    [timer] = of(core.feed(RoomDeleteDone(1, failure=DeleteFailure.UNREACHABLE)), StartTimer)
+    [timer] = of(core.feed(RoomDeleteDone(1, failure=Failure.UNREACHABLE)), StartTimer)
     assert events(core.feed(RoomDeleteDone(1))) == ["stale-dropped"]  # attempt 1 again: stale
     core.feed(timer.message)
     assert core.feed(timer.message) == []  # the same retry twice
