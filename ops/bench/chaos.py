@@ -38,12 +38,11 @@ import collections
 import logging
 import os
 import random
-import signal
 import threading
 import time
 from typing import Any
 
-from clusterproc import BenchMember, ClusterNodeProcess, EventTap, Timing, workdir
+from clusterproc import BenchMember, EventTap, Timing, cluster_node, workdir
 from common import parse_args, report
 
 from actors.actor import ActorContext, HuddleActor
@@ -55,6 +54,7 @@ from bus.envelope import Codec, Envelope
 from bus.errors import DecodeError, HuddleError
 from bus.messages import Message
 from bus.redis_transport import RedisTransport
+from ops.processes import NodeProcess
 
 TIMING = Timing(heartbeat=0.25, lease_ttl=1.5)
 NAMESPACE = "chaos:"
@@ -144,19 +144,19 @@ class Chaos:
         self.redis = redis_server
         self.rng = rng
         self.tmp = workdir("chaos")
-        self.nodes: list[ClusterNodeProcess] = []
+        self.nodes: list[NodeProcess] = []
         self.started = 0
         self.actions: collections.Counter[str] = collections.Counter()
 
-    def add_node(self) -> ClusterNodeProcess:
-        node = ClusterNodeProcess(self.redis.url, f"chaos-{self.started}", NAMESPACE, TIMING, self.tmp,
+    def add_node(self) -> NodeProcess:
+        node = cluster_node(self.redis.url, f"chaos-{self.started}", NAMESPACE, TIMING, self.tmp,
                                   options=["--fencing-log"])
         self.started += 1
         node.wait_ready()
         self.nodes.append(node)
         return node
 
-    def live(self) -> list[ClusterNodeProcess]:
+    def live(self) -> list[NodeProcess]:
         return [n for n in self.nodes if n.alive]
 
     def act(self, action: str) -> None:
@@ -169,7 +169,7 @@ class Chaos:
             victim = self.rng.choice(self.live())
             victim.pause()
             time.sleep(TIMING.lease_ttl * 2)  # past its lease (a soak, not a test)
-            victim.signal(signal.SIGCONT)
+            victim.resume()
         elif action == "term":
             victim = self.rng.choice(self.live())
             victim.stop()

@@ -5,9 +5,6 @@ one more cluster member that places actors and talks to them."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,13 +19,12 @@ from actors.cluster import Cluster, ClusterConfig
 from actors.node import Node
 from bus.address import SYS_EVENTS, channel_for
 from bus.cluster.keys import ClusterKeys
-from bus.embedded import pause_process
 from bus.envelope import Codec
 from bus.errors import DecodeError
 from bus.messages import Event
 from bus.redis_transport import RedisTransport
+from ops.processes import NodeProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Timing:
@@ -46,72 +42,16 @@ class Timing:
         return ClusterConfig(heartbeat_interval=self.heartbeat, lease_ttl=self.lease_ttl, sweep_interval=self.sweep)
 
 
-class ClusterNodeProcess:
-    """One ``huddle node`` cluster member, started now; ended by its PID."""
-
-    def __init__(self, redis_url: str, node_id: str, namespace: str, timing: Timing, workdir: Path,
-                 options: Sequence[str] = ()) -> None:
-        self.node_id = node_id
-        self.ready_file = workdir / f"{node_id}.ready"
-        self.log_path = workdir / f"{node_id}.log"
-        cmd = [sys.executable, "-m", "ops.cli", "node", "--redis-url", redis_url, "--node-id", node_id,
-               "--namespace", namespace, "--actors", "counter", "--ready-file", str(self.ready_file),
-               *timing.options(), *options]
-        if "--cluster-key-file" not in options:
-            # The cluster benchmarks measure leases and failover with plain
-            # envelopes (tell-remote measures what signing costs).
-            cmd.append("--insecure-no-signing")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=REPO_ROOT)
-        self.pid = self.proc.pid
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not (self.ready_file.exists() and self.ready_file.read_text().strip() == self.node_id):
-            try:
-                code = self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                code = None
-            if code is not None:
-                raise RuntimeError(f"node {self.node_id} exited with {code}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node {self.node_id} not ready within {timeout:g}s:\n{self.tail()}")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive:
-            os.kill(self.pid, signum)
-
-    def pause(self) -> None:
-        """SIGSTOP, returning once every thread of it is stopped."""
-        if self.alive:
-            pause_process(self.pid)
-
-    def kill(self) -> None:
-        """kill -9, and reap it."""
-        self.signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGCONT (in case it is paused), SIGTERM, SIGKILL past ``timeout``."""
-        if not self.alive:
-            return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
+def cluster_node(redis_url: str, node_id: str, namespace: str, timing: Timing, workdir: Path,
+                 options: Sequence[str] = ()) -> NodeProcess:
+    """One ``huddle node`` cluster member hosting counters, started now
+    (the one node harness, :class:`ops.processes.NodeProcess`)."""
+    opts = ["--namespace", namespace, "--actors", "counter", *timing.options(), *options]
+    if "--cluster-key-file" not in options:
+        # The cluster benchmarks measure leases and failover with plain
+        # envelopes (tell-remote measures what signing costs).
+        opts.append("--insecure-no-signing")
+    return NodeProcess.start(node_id, redis_url, workdir, opts)
 
 
 class EventTap:

@@ -25,11 +25,12 @@ import os
 import signal
 import time
 
-from clusterproc import BenchMember, ClusterNodeProcess, EventTap, Timing, percentile, workdir
+from clusterproc import BenchMember, EventTap, Timing, cluster_node, percentile, workdir
 from common import parse_args, report
 
 from actors.builtin import CounterAdd, CounterGet
 from bus.embedded import EmbeddedRedis
+from ops.processes import NodeProcess
 
 TIMING = Timing(heartbeat=0.25, lease_ttl=1.0)
 NAMESPACE = "failover:"
@@ -41,12 +42,12 @@ def main() -> None:
     load = os.getloadavg()[0]
     tmp = workdir("failover")
     redis_server = EmbeddedRedis()
-    nodes: list[ClusterNodeProcess] = []
+    nodes: list[NodeProcess] = []
     tap = member = None
     try:
         redis_server.start()
         tap = EventTap(redis_server.url, NAMESPACE)
-        nodes = [ClusterNodeProcess(redis_server.url, f"fo-{i}", NAMESPACE, TIMING, tmp) for i in range(3)]
+        nodes = [cluster_node(redis_server.url, f"fo-{i}", NAMESPACE, TIMING, tmp) for i in range(3)]
         for node in nodes:
             node.wait_ready()
         member = BenchMember(redis_server.url, NAMESPACE, TIMING)

@@ -78,7 +78,7 @@ from ops.dataserver.harness import DataServerProcess
 from ops.demo.app import WebinarApp
 from ops.demo.observed import AppLedger, ServiceView, caption_frame
 from ops.demo.plan import SessionKey
-from ops.demo.processes import WorkerNode
+from ops.processes import NodeProcess
 
 DEFAULT_MEETINGS = 1000
 QUICK_MEETINGS = 60
@@ -122,7 +122,7 @@ class Fleet:
         self.ledger = AppLedger(clock=time.time)
         self.redis = EmbeddedRedis().start()
         self.ds: DataServerProcess | None = None
-        self.workers: list[WorkerNode] = []
+        self.workers: list[NodeProcess] = []
         self.driver: Node | None = None
         self.ds = DataServerProcess.start(workdir=tmp / "dataserver")
         token_file = tmp / "access-token"
@@ -131,7 +131,8 @@ class Fleet:
         key_file = write_new_cluster_key(tmp / "cluster.key")
         extra = ("--cluster", "--heartbeat", str(HEARTBEAT_S), "--lease-ttl", str(LEASE_TTL_S), "--sweep", "1",
                  "--meetings-token-file", str(token_file), "--cluster-key-file", str(key_file))
-        self.workers = [WorkerNode.start(w, self.redis.url, tmp, extra=extra) for w in WORKERS]
+        quiet = {"HUDDLE_LOG": os.environ.get("HUDDLE_LOG", "ERROR")}
+        self.workers = [NodeProcess.start(w, self.redis.url, tmp, ["--meetings", *extra], env=quiet) for w in WORKERS]
         for worker in self.workers:
             worker.wait_ready()
         transport = RedisTransport(self.redis.url, name="bench-driver")

@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
+import signal
 import tempfile
 import threading
 import time
@@ -48,6 +47,7 @@ from bus.envelope import Envelope
 from bus.redis_transport import RedisTransport
 from ops.dataserver.cli import raise_open_file_limit
 from ops.dataserver.harness import DataServerProcess
+from ops.processes import NodeProcess
 
 DEADLINE_S = 600.0
 NODES = 2
@@ -70,36 +70,27 @@ def subscribed(state: dict[str, Any], session: str) -> int:
 
 
 class NodeProcesses:
+    """The benchmark's ``huddle node --meetings`` processes, ready."""
+
     def __init__(self, url: str, workdir: Path) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
         self.ids = [f"bench-n{i}" for i in range(NODES)]
-        env = {**os.environ, "REDIS_URL": url, "HUDDLE_LOG": "ERROR"}
-        for node_id in self.ids:
-            ready = workdir / f"{node_id}.ready"
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", "node", "--meetings", "--node-id", node_id,
-                 "--ready-file", str(ready), "--metrics-interval", "0.5"],
-                env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{node_id}.log", "wb")))
-        deadline = time.monotonic() + 60
-        for node_id in self.ids:
-            while not (workdir / f"{node_id}.ready").exists():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{node_id} not ready")
-                threading.Event().wait(0.05)
+        self.nodes = [NodeProcess.start(node_id, url, workdir, ["--meetings", "--metrics-interval", "0.5"],
+                                        env={"HUDDLE_LOG": "ERROR"}) for node_id in self.ids]
+        for node in self.nodes:
+            node.wait_ready()
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self.nodes]
 
     def rss(self) -> int:
-        return sum(psutil.Process(p.pid).memory_info().rss for p in self.procs)
+        return sum(psutil.Process(pid).memory_info().rss for pid in self.pids)
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        for node in self.nodes:  # all asked first: they stop together
+            node.signal(signal.SIGTERM)
+        for node in self.nodes:
+            node.stop(30)
 
 
 class MetricsWatch:
@@ -137,7 +128,7 @@ def run_huddle(n: int) -> dict[str, float]:
             received0 = watch.received_after(before_ts, nodes.ids)
             rss0 = nodes.rss()
             ids = meeting_ids(n)
-            cpu = CpuShare({"nodes": [p.pid for p in nodes.procs], "dataserver": [ds.pid], "redis": [redis.pid],
+            cpu = CpuShare({"nodes": nodes.pids, "dataserver": [ds.pid], "redis": [redis.pid],
                             "driver": [os.getpid()]})
             start = time.perf_counter()
             pending = []

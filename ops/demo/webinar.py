@@ -103,7 +103,7 @@ from ops.dataserver.harness import DataServerError, DataServerProcess
 from ops.demo.app import IncomingCall, WebinarApp
 from ops.demo.observed import AppLedger, CaptionRound, RoundResult, ServiceView, caption_frame, recovery_times
 from ops.demo.plan import SessionKey, WebinarPlan
-from ops.demo.processes import WorkerNode
+from ops.processes import NodeProcess
 from ops.demo.report import Check, Recovery, Summary, replay_pattern
 from ops.demo.view import FAILED, NOT_RUN, OK, PENDING, RUNNING, DemoStatus, PhaseRow, View, make_view
 from ops.mediareceiver import ReceiverHarness
@@ -217,7 +217,7 @@ class Webinar:
         self.redis: EmbeddedRedis | None = None
         self.ds: DataServerProcess | None = None
         self.receiver: ReceiverHarness | None = None
-        self.workers: list[WorkerNode] = []
+        self.workers: list[NodeProcess] = []
         self.driver: Node | None = None
         self.cluster: Cluster | None = None
         #: Attendees promoted to panelist so far (one more while its worker is down).
@@ -276,7 +276,9 @@ class Webinar:
         key_file = write_new_cluster_key(self.workdir / "cluster.key")
         extra = ("--cluster", "--heartbeat", str(HEARTBEAT_S), "--lease-ttl", str(LEASE_TTL_S), "--sweep", "1",
                  "--meetings-token-file", str(token_file), "--cluster-key-file", str(key_file))
-        self.workers = [WorkerNode.start(w, self.redis.url, self.workdir, extra=extra) for w in self.plan.workers]
+        quiet = {"HUDDLE_LOG": os.environ.get("HUDDLE_LOG", "ERROR")}
+        self.workers = [NodeProcess.start(w, self.redis.url, self.workdir, ["--meetings", *extra], env=quiet)
+                        for w in self.plan.workers]
         for worker in self.workers:
             worker.wait_ready()
         # The driver is a cluster member that hosts nothing placed: its sends
@@ -759,7 +761,7 @@ class Webinar:
 
     def _figures(self) -> None:
         ledger, service, summary = self.ledger, self.service, self.summary
-        workers = ", ".join(f"{w.node_id} pid {w.pid}" + ("" if w.alive() else " (killed)") for w in self.workers)
+        workers = ", ".join(f"{w.node_id} pid {w.pid}" + ("" if w.alive else " (killed)") for w in self.workers)
         self.view.figures({
             "processes": f"redis pid {self.redis.pid if self.redis else '-'}, service pid "
                          f"{self.ds.pid if self.ds else '-'} (restarted {self._restarts}x), {workers}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -254,10 +254,21 @@ def test_started_is_set_once_every_child_is_started_without_blocking_anyone(kit:
     assert seen == [(True, True)]  # when it fired, both children were there
 
 
+class KeptSupervisor(Supervisor):
+    """Keeps each instance: one that fails at once may be gone from its
+    address before a lookup could find it."""
+
+    made: ClassVar[list[Supervisor]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        KeptSupervisor.made.append(self)
+
+
 def test_started_fails_when_a_child_cannot_be_started(kit: TestKit) -> None:
-    kit.node.spawn("sup:s", Supervisor, [spec("w:a"), ChildSpec("w:broken", FailsToStart)])
-    supervisor = kit.node.lookup("sup:s")
-    assert isinstance(supervisor, Supervisor)
+    KeptSupervisor.made.clear()
+    kit.node.spawn("sup:s", KeptSupervisor, [spec("w:a"), ChildSpec("w:broken", FailsToStart)])
+    [supervisor] = KeptSupervisor.made
     with pytest.raises(RuntimeError, match="cannot start"):
         supervisor.started.get(timeout=5)
 

@@ -16,9 +16,7 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,22 +32,19 @@ from bus.errors import DecodeError
 from bus.messages import Event
 from bus.redis_transport import RedisTransport
 from bus.signing import CLUSTER_KEY_ENV
+from ops import processes
+from ops.processes import REPO_ROOT
+from ops.processes import huddle_command as huddle_cmd
 from tests.waiting import wait_until
 
 DEADLINE = 15.0
 """Upper bound for any wait; reached only when something is broken."""
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def unique(prefix: str) -> str:
     """A fresh id, so that tests sharing one Redis never see each other."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def huddle_cmd(*args: str) -> list[str]:
-    """The ``huddle`` command line, run with this interpreter."""
-    return [sys.executable, "-m", "ops.cli", *args]
 
 
 # -- Redis --------------------------------------------------------------------
@@ -83,52 +78,12 @@ def subscriber_channels(client: redis.Redis, node_id: str) -> int | None:
 # -- node processes -----------------------------------------------------------
 
 
-class NodeProcess:
-    """A ``huddle node`` process started by a test."""
+class NodeProcess(processes.NodeProcess):
+    """A ``huddle node`` process started by a test (:mod:`ops.processes`,
+    the one node harness), and how many subscriber channels the server
+    must confirm before it counts as up (0: its ready file says enough)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], node_id: str, ready_file: Path, log: Path,
-                 channels: int) -> None:
-        self.proc = proc
-        self.channels = channels
-        self.pid = proc.pid
-        self.node_id = node_id
-        self.ready_file = ready_file
-        self.log = log
-
-    def wait_ready(self, timeout: float = DEADLINE) -> None:
-        """Until the node wrote its ready file; fails at once if it exits."""
-        deadline = time.monotonic() + timeout
-        while not (self.ready_file.exists() and self.ready_file.read_text().strip() == self.node_id):
-            try:
-                # Waiting on the process doubles as the poll interval and
-                # catches a node that dies during start-up.
-                code = self.proc.wait(timeout=0.02)
-            except subprocess.TimeoutExpired:
-                code = None
-            if code is not None:
-                raise AssertionError(f"node {self.node_id} exited with {code} before it was ready:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node {self.node_id} not ready within {timeout:g}s:\n{self.output()}")
-
-    def terminate(self, timeout: float = DEADLINE) -> int:
-        """SIGTERM by PID (a graceful shutdown), SIGKILL past ``timeout``."""
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
-        return self.proc.returncode
-
-    def output(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-40000:]
-        except OSError:
-            return "(no output)"
+    channels: int = 0
 
 
 class NodeProcesses:
@@ -147,8 +102,6 @@ class NodeProcesses:
         ``redis_url`` if given); with ``wait``, return once it is ready (see
         :meth:`wait_ready`)."""
         node_id = node_id or unique("node")
-        ready = self.workdir / f"{node_id}.ready"
-        log = self.workdir / f"{node_id}.log"
         clustered = any(o.startswith(("--cluster", "--actors", "--lease-ttl", "--heartbeat")) for o in options)
         if clustered and "--cluster-key-file" not in options and CLUSTER_KEY_ENV not in (env or {}):
             # Tests that are not about signing talk to the fleet with plain
@@ -156,17 +109,13 @@ class NodeProcesses:
             # without a key otherwise). tests/integration/test_signed_cluster.py
             # runs the signed fleet.
             options = [*options, "--insecure-no-signing"]
-        cmd = huddle_cmd("node", "--redis-url", redis_url or self.redis_url, "--node-id", node_id,
-                         "--ready-file", str(ready), *options)
-        for address in echo:
-            cmd += ["--echo", address]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=REPO_ROOT, env=None if env is None else {**os.environ, **env})
+        options = [*options, *(arg for address in echo for arg in ("--echo", address))]
+        node = NodeProcess.start(node_id, redis_url or self.redis_url, self.workdir, options, env=env)
+        assert isinstance(node, NodeProcess)
         # Its own channel, sys:taps (taps announce themselves there), one per
         # Echo. A cluster node also listens on sys:nodes, node:<id>/cluster
         # and its actors' channels: its ready file is written once those are live.
-        node = NodeProcess(proc, node_id, ready, log, channels=0 if clustered else 2 + len(echo))
+        node.channels = 0 if clustered else 2 + len(echo)
         self.started.append(node)
         if wait:
             self.wait_ready(node)
@@ -186,7 +135,7 @@ class NodeProcesses:
         errors = []
         for node in reversed(self.started):
             try:
-                node.terminate()
+                node.stop(DEADLINE)
             except Exception as exc:  # noqa: BLE001 - stop the others anyway
                 errors.append(f"{node.node_id} (pid {node.pid}): {exc}")
         self.started.clear()

@@ -345,7 +345,7 @@ def test_sigterm_leaves_the_cluster_cleanly(run: ClusterRun) -> None:
     for node in (a, b):
         run.procs.wait_ready(node)
     owners = run.counters(6)
-    assert a.terminate() == 0
+    assert a.stop() == 0
     run.events.wait_for(event="left", node=a.node_id)
     for address in owners:
         assert run.value(address)["node"] == b.node_id

@@ -123,7 +123,7 @@ def test_a_copy_of_an_acknowledged_addition_after_the_owner_changed_is_dropped(r
     assert got.wait(DEADLINE), "the addition was not acknowledged"
 
     if change == "term":
-        assert owner.terminate() == 0, owner.output()
+        assert owner.stop() == 0, owner.output()
     else:
         os.kill(owner.pid, signal.SIGKILL)
         owner.proc.wait(DEADLINE)

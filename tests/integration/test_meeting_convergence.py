@@ -24,7 +24,7 @@ from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from actors.datachannel.connector import DataChannelSocket, SocketEvents, WebSocketConnector
 from actors.datachannel.machine import CloseSocket
 from actors.effects import Send
-from actors.meeting.actor import MeetingServices, meeting_address, start_meeting
+from actors.meeting.actor import MeetingActor, MeetingServices, meeting_address, start_meeting
 from actors.node import Node
 from actors.token.http import HttpTokenEndpoint
 from bus.embedded import EmbeddedRedis
@@ -142,7 +142,9 @@ def crash(node: Node, address: str) -> int:
     actor = node.lookup(address)
     assert actor is not None
     actor.step = lambda *a: (_ for _ in ()).throw(RuntimeError("injected crash"))  # type: ignore[method-assign]
-    node.tell(address, dc.GetStatus(), sender="app:test")
+    # A kind its core takes (the shell base hands nothing else to step).
+    nudge = mt.Unsubscribe(address="app:test") if isinstance(actor, MeetingActor) else dc.GetStatus()
+    node.tell(address, nudge, sender="app:test")
     return before
 
 

@@ -197,7 +197,7 @@ def test_node_processes_publish_started_and_stopped(node_procs: NodeProcesses, e
         assert started.detail == {"incarnation": 1, "class": "Echo"}
         assert started.ts > 0
 
-    assert node.terminate() == 0  # SIGTERM: a graceful shutdown
+    assert node.stop() == 0  # SIGTERM: a graceful shutdown
     for address in ("echo:1", "echo:7"):
         stopped = events.wait_for(event="stopped", node=node.node_id, address=address)
         assert stopped.reason == ""  # a stop, not a crash
