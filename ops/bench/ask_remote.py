@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from common import parse_args, ratio, report
-from nodeproc import NodeProcess
+from nodeproc import ScriptedNode
 from raw_redis import baseline_ping_pong
 
 from bus.embedded import EmbeddedRedis
@@ -29,8 +29,8 @@ WARMUP = 200
 def measure(url: str, n: int) -> dict[str, float]:
     echo = asker = None
     try:
-        echo = NodeProcess("echo", url, "bench-echo", "--echo", "echo:1")
-        asker = NodeProcess("asker", url, "bench-ask")
+        echo = ScriptedNode("echo", url, "bench-echo", "--echo", "echo:1")
+        asker = ScriptedNode("asker", url, "bench-ask")
         echo.ready()
         asker.ready()
         echo.send(cmd="mark")

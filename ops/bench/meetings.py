@@ -69,7 +69,7 @@ def subscribed(state: dict[str, Any], session: str) -> int:
                if key.endswith("/" + session) and "transcription" in subs)
 
 
-class NodeProcesses:
+class MeetingNodes:
     """The benchmark's ``huddle node --meetings`` processes, ready."""
 
     def __init__(self, url: str, workdir: Path) -> None:
@@ -118,7 +118,7 @@ class MetricsWatch:
 
 def run_huddle(n: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as redis, DataServerProcess.start() as ds:
-        nodes = NodeProcesses(redis.url, Path(tmp))
+        nodes = MeetingNodes(redis.url, Path(tmp))
         driver = Node(RedisTransport(redis.url, name="bench-driver"), node_id="bench-driver").start()
         try:
             assert driver.transport.wait_subscribed(10)

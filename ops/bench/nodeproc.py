@@ -257,8 +257,9 @@ def run_asks(node: Node, target: str, n: int, warmup: int, timeout: float) -> di
 # -- the parent's handle on a node process -----------------------------------
 
 
-class NodeProcess:
-    """A node process started by a benchmark: JSON lines both ways, and an
+class ScriptedNode:
+    """A node process running this script (not ``huddle node``: a benchmark
+    role, driven by JSON lines both ways), and an
     end by PID (``stop``) that the parent calls in a ``finally``."""
 
     def __init__(self, role: str, redis_url: str, node_id: str, *options: str,

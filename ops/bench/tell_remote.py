@@ -24,7 +24,7 @@ import os
 import sys
 
 from common import parse_args, ratio, report
-from nodeproc import NodeProcess
+from nodeproc import ScriptedNode
 from raw_redis import baseline_publish_throughput
 
 from bus.embedded import EmbeddedRedis
@@ -47,8 +47,8 @@ BENCH_KEY = "tell-remote-bench-cluster-key-0123456789"
 def measure(url: str, n: int, sinks: int, env: dict[str, str] | None = None) -> dict[str, float]:
     receiver = sender = None
     try:
-        receiver = NodeProcess("sink", url, "bench-recv", "--actors", str(sinks), env=env)
-        sender = NodeProcess("sender", url, "bench-send", "--actors", str(SENDER_ACTORS),
+        receiver = ScriptedNode("sink", url, "bench-recv", "--actors", str(sinks), env=env)
+        sender = ScriptedNode("sender", url, "bench-send", "--actors", str(SENDER_ACTORS),
                              "--targets", str(sinks), "--payload", str(PAYLOAD), env=env)
         receiver.ready()
         sender.ready()
