@@ -1,11 +1,11 @@
 """huddle's actor runtime: pooled pykka actors, supervision, nodes, test kit.
 
 ``from actors import PooledActor, PooledFuture`` gives the pykka runtime;
-the rest lives in submodules (``actors.node``, ``actors.actor``,
-``actors.supervisor``, ``actors.testkit``).
+the rest lives in submodules (``actors.runtime.node``, ``actors.runtime.actor``,
+``actors.runtime.supervisor``, ``actors.runtime.testkit``).
 """
 
-from actors.runtime import (
+from actors.runtime.pooled import (
     BlockingOnLoop,
     Dispatcher,
     LoopDispatcher,

@@ -1,7 +1,7 @@
 """An asyncio event loop on its own daemon thread.
 
 A node process runs one of these: the node's I/O loop
-(:class:`actors.io.IoLoop` builds on it) carries the Redis transport's
+(:class:`actors.runtime.io.IoLoop` builds on it) carries the Redis transport's
 connections, the actors' sockets and HTTP requests, and the system clock's
 timers. Something used alone (a transport for ``huddle inject``, a clock in
 a test) owns one of its own.

@@ -65,17 +65,17 @@ def _load_contracts() -> None:
     (and a tap redacts) any of them."""
     import pkgutil
 
-    import actors.contracts
+    import actors.sessions.contracts
 
-    for module in pkgutil.iter_modules(actors.contracts.__path__, "actors.contracts."):
+    for module in pkgutil.iter_modules(actors.sessions.contracts.__path__, "actors.sessions.contracts."):
         importlib.import_module(module.name)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from actors.builtin import Echo
+    from actors.runtime.builtin import Echo
     from ops import cluster_command as cluster_cli
-    from actors.metrics import MetricsPublisher
-    from actors.node import Node
+    from actors.runtime.metrics import MetricsPublisher
+    from actors.runtime.node import Node
     from ops.prometheus import serve_metrics
     from ops.tap import TapService
     from bus.embedded import EmbeddedRedis
@@ -125,7 +125,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     endpoint = None
     meetings = None
     if args.meetings is not None:
-        from actors.meeting.host import TREE_KIND, MissingAccessToken, NodeMeetings, read_access_token
+        from actors.sessions.meeting.host import TREE_KIND, MissingAccessToken, NodeMeetings, read_access_token
 
         try:
             token = read_access_token(args.meetings_token_file) if args.meetings_token_file else None
@@ -152,7 +152,7 @@ def cmd_node(args: argparse.Namespace) -> int:
             node.spawn(address, Echo)
         hosted = list(args.echo)
         if meetings is not None:
-            from actors.meeting.host import MeetingHost, host_address
+            from actors.sessions.meeting.host import MeetingHost, host_address
 
             node.spawn(host_address(node.node_id), MeetingHost, meetings=meetings)
             hosted.append(host_address(node.node_id))
@@ -207,8 +207,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
-    import actors.messages  # noqa: F401 - registers the runtime's kinds
-    from actors.node import Node
+    import actors.runtime.messages  # noqa: F401 - registers the runtime's kinds
+    from actors.runtime.node import Node
     from bus.errors import HuddleError
     from bus.messages import REGISTRY
     from bus.redis_transport import RedisTransport

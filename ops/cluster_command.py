@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from actors.cluster.shell import Cluster
-    from actors.node import Node
+    from actors.runtime.node import Node
 
 __all__ = ["add_node_options", "cluster_requested", "drain_node", "join_cluster"]
 
@@ -78,7 +78,7 @@ def join_cluster(node: Node, url: str, args: argparse.Namespace, stop: threading
     hosts anything); ``stop`` is set when the node has left (e.g. drained).
     ``factories``: more kinds this node starts by itself (e.g. the meeting
     trees of ``--meetings``), next to the built-in ones ``--actors`` names."""
-    from actors.builtin import BUILTIN_FACTORIES
+    from actors.runtime.builtin import BUILTIN_FACTORIES
     from actors.cluster.shell import ActorFactories, Cluster
 
     unknown = [k for k in args.actors if k not in BUILTIN_FACTORIES]
@@ -123,7 +123,7 @@ def drain_node(url: str, node_id: str, namespace: str, timeout: float, codec: An
     """``huddle node --drain NODE_ID``: ask it to drain (signed with the
     fleet's key when ``codec`` holds it); wait until it left."""
     from actors.cluster.shell import node_control_address
-    from actors.node import Node
+    from actors.runtime.node import Node
     from bus.address import SYS_NODES
     from bus.cluster.messages import DrainNode, NodeLeft
     from bus.envelope import Envelope

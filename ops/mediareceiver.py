@@ -1,7 +1,7 @@
 """A reference media endpoint for ``WebSocketMedia`` sinks: it records.
 
 It accepts any number of WebSocket connections, each one output's stream
-(the wire is described in :mod:`actors.audio.sinks`), and records for each
+(the wire is described in :mod:`actors.sessions.audio.sinks`), and records for each
 the ``start`` message, every frame ``(segment, seq, pcm, arrival time)`` and
 the control messages (``clear``, ``stop``). Malformed messages are counted
 per stream, never fatal.
@@ -33,7 +33,7 @@ from typing import Any, Self
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from actors.audio.sinks import unpack_media_frame
+from actors.sessions.audio.sinks import unpack_media_frame
 
 __all__ = ["MediaReceiver", "ReceivedStream", "ReceiverHarness", "main"]
 

@@ -1,7 +1,7 @@
 """``huddle monitor``: the fleet, live, from the system channels alone.
 
 A monitor is only a subscriber: it listens to ``sys:nodes`` (heartbeats),
-``sys:metrics`` (each node's :class:`~actors.metrics.NodeMetrics`) and
+``sys:metrics`` (each node's :class:`~actors.runtime.metrics.NodeMetrics`) and
 ``sys:events``, and never sends anything, so running one (or ten) changes
 nothing in the fleet.
 
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.metrics import LEASE_RENEW_LATENCY, NodeMetrics
+from actors.runtime.metrics import LEASE_RENEW_LATENCY, NodeMetrics
 from bus.address import SYS_EVENTS, SYS_METRICS, SYS_NODES, channel_for
 from bus.envelope import Codec, Envelope
 from bus.errors import DecodeError

@@ -1,6 +1,6 @@
 """A Prometheus ``/metrics`` endpoint for one node (``huddle node --metrics-port``).
 
-It exports the figures of :class:`~actors.metrics.NodeMetrics`, the same
+It exports the figures of :class:`~actors.runtime.metrics.NodeMetrics`, the same
 ones the node publishes on ``sys:metrics``, so a scrape and ``huddle
 monitor`` never disagree about what a figure means. Every family carries a
 ``node`` label (the node id). Counters are exported as counters (Prometheus
@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from actors.metrics import MetricsPublisher, NodeMetrics
+from actors.runtime.metrics import MetricsPublisher, NodeMetrics
 
 __all__ = ["MetricsEndpoint", "NodeMetricsCollector", "serve_metrics"]
 

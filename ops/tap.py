@@ -45,7 +45,7 @@ from bus.errors import DecodeError, HuddleError
 from bus.messages import Event, Message, message_kind
 
 if TYPE_CHECKING:
-    from actors.node import Node
+    from actors.runtime.node import Node
 
 __all__ = [
     "REDACTED",

@@ -4,7 +4,7 @@ Two questions a cluster answers are kept apart, as Orleans keeps its
 grain directory apart from activation: *where does an address live?*
 (this module: a cache, used to send a message straight to the owner's
 channel instead of through the routing script) and *which epochs may
-act?* (fencing, :mod:`actors.fencing`: epoch floors raised only to epochs
+act?* (fencing, :mod:`actors.runtime.fencing`: epoch floors raised only to epochs
 the lease store issued). The directory may be wrong (a stale entry costs a
 send that reaches nobody, which is then routed through the script and
 corrects the entry); fencing may not. So nothing written here raises a

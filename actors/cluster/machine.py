@@ -57,7 +57,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.effects import Effect, Emit
+from actors.runtime.effects import Effect, Emit
 from bus.address import node_address
 from bus.cluster.backlog import DEFAULT_BACKLOG_CAP
 from bus.cluster.membership import Member, Membership

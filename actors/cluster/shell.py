@@ -1,7 +1,7 @@
 """A node in a cluster: the shell around :mod:`actors.cluster.machine`.
 
-:class:`Cluster` plugs into a :class:`~actors.node.Node` as its
-:class:`~actors.ownership.Ownership` and runs the cluster core on the node's I/O
+:class:`Cluster` plugs into a :class:`~actors.runtime.node.Node` as its
+:class:`~actors.runtime.ownership.Ownership` and runs the cluster core on the node's I/O
 loop, carrying out its effects with the Redis scripts of :mod:`bus.cluster`
 (redis-py asyncio clients, next to the node's pub/sub transport).
 
@@ -17,9 +17,9 @@ unanswered (a survivor taking over hundreds of addresses queues the rest).
 Threads. Everything here lives on the node's loop, with no lock: the
 core's state (changed only in ``_feed``), the owner directory, routing
 queues, held messages, handled msg ids, checkpoints. Every entry point
-another part of the node calls (the :class:`~actors.ownership.Ownership`
+another part of the node calls (the :class:`~actors.runtime.ownership.Ownership`
 methods, the checkpoint store, ``ensure``, ``drain``, fencing's questions)
-is :func:`~actors.io.confined`: on the loop it runs at once, as it does
+is :func:`~actors.runtime.io.confined`: on the loop it runs at once, as it does
 for every actor that never blocks; from another thread (an actor that
 blocks, on the pool; a test or CLI on its main thread) it is handed to the
 loop and that thread waits for the answer. ``sys:nodes`` is read on the
@@ -27,7 +27,7 @@ loop too: a lease announcement makes the node's fencing hold the address's
 envelopes *before* the next message off the same connection is
 dispatched, until the lease store said which epoch was issued (that is
 what makes the announcement fence a former owner, see
-:mod:`bus.cluster.leases` and :mod:`actors.fencing`). The one other thread
+:mod:`bus.cluster.leases` and :mod:`actors.runtime.fencing`). The one other thread
 is the renewal lane's (:mod:`actors.cluster.renewals`): it hands its
 answers over through a queue the loop takes from.
 
@@ -66,7 +66,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.actor import HuddleActor
+from actors.runtime.actor import HuddleActor
 from actors.cluster.dedupe import SEEN_PER_ADDRESS, SeenIds
 from actors.cluster.directory import Directory
 from actors.cluster.machine import (
@@ -116,15 +116,15 @@ from actors.cluster.machine import (
     step,
 )
 from actors.cluster.renewals import RenewalLane, RenewalPlan
-from actors.dispatch import RESTART_BUFFER
-from actors.effects import Effect, Emit
-from actors.fencing import UNKNOWN as UNKNOWN_ISSUE
-from actors.fencing import Issued
-from actors.io import IoLoop, confined
-from actors.messages import ChildExit
-from actors.metrics import LEASE_RENEW_LATENCY
-from actors.node import Node
-from actors.runtime import ROUND_BUDGET_S, PooledFuture
+from actors.runtime.dispatch import RESTART_BUFFER
+from actors.runtime.effects import Effect, Emit
+from actors.runtime.fencing import UNKNOWN as UNKNOWN_ISSUE
+from actors.runtime.fencing import Issued
+from actors.runtime.io import IoLoop, confined
+from actors.runtime.messages import ChildExit
+from actors.runtime.metrics import LEASE_RENEW_LATENCY
+from actors.runtime.node import Node
+from actors.runtime.pooled import ROUND_BUDGET_S, PooledFuture
 from bus.address import SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog
 from bus.cluster.leases import CheckpointWrite, ClaimResult, LeaseStore
@@ -228,7 +228,7 @@ def _parked(actor: HuddleActor) -> bool:
 
 
 class RedisCheckpoints:
-    """The node's :class:`~actors.checkpoints.CheckpointStore` in a cluster.
+    """The node's :class:`~actors.runtime.checkpoints.CheckpointStore` in a cluster.
 
     ``save`` never blocks: it checks the lease locally, keeps the state in
     memory (a restart on this node gets it at once) and queues the write;
@@ -1102,7 +1102,7 @@ class Cluster:
     @confined
     def look_up(self, address: str) -> None:
         """Fencing asks which epoch was issued for ``address``
-        (:class:`actors.fencing.EpochAuthority`); answered in a batch."""
+        (:class:`actors.runtime.fencing.EpochAuthority`); answered in a batch."""
         first = not self._questions
         self._questions.add(address)
         if first:

@@ -17,7 +17,7 @@ The epoch is the fencing token:
   former owner is refused once the lease moved (or lapsed);
 - the claim script records the epoch as the newest **issued** for the
   address (``issued:<address>``, kept past the lease): a receiver raises
-  its floor only to an epoch found there (:mod:`actors.fencing`), so an
+  its floor only to an epoch found there (:mod:`actors.runtime.fencing`), so an
   envelope that merely claims a high epoch moves nothing;
 - the claim script publishes the new owner's :class:`LeaseChange` on
   ``sys:nodes`` *inside the same script*. Redis runs a script atomically

@@ -7,7 +7,7 @@ a new owner's claim before any message Redis handles after that claim (see
 :mod:`bus.cluster.leases`). The node encodes (and, with a cluster key,
 signs) the announcement beforehand and the script publishes those bytes
 unchanged, so a claim's announcement carries no epoch (the script draws it):
-receivers ask the lease store which epoch was issued (:mod:`actors.fencing`).
+receivers ask the lease store which epoch was issued (:mod:`actors.runtime.fencing`).
 An announcement is a cue to look, never proof of an epoch.
 
 Monitors may decode everything here: nothing on this channel is secret.

@@ -1,6 +1,6 @@
 """ask-remote: request/reply latency between two node processes over Redis.
 
-figures: one process hosts an :class:`actors.builtin.Echo` at ``echo:1``;
+figures: one process hosts an :class:`actors.runtime.builtin.Echo` at ``echo:1``;
 the other makes 10,000 sequential ``node.ask("echo:1", Ping(i)).get()``
 (after 200 warm-up asks) and times each one (``time.perf_counter()``):
 ``p50_us``, ``p99_us``, ``mean_us``, ``max_us``. Each round trip is: encode,

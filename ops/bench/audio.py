@@ -89,12 +89,12 @@ class TimerPacedSink:
 
 
 def run_huddle(seconds: float, pacing: str) -> dict[str, float]:
-    from actors.audio.actor import AudioOutput
-    from actors.audio.feeder import FrameFeeder
-    from actors.audio.machine import OutputConfig
-    from actors.audio.sinks import RawPcm, paced
-    from actors.contracts.audio import PlaybackFinished, output_address
-    from actors.node import Node
+    from actors.sessions.audio.actor import AudioOutput
+    from actors.sessions.audio.feeder import FrameFeeder
+    from actors.sessions.audio.machine import OutputConfig
+    from actors.sessions.audio.sinks import RawPcm, paced
+    from actors.sessions.contracts.audio import PlaybackFinished, output_address
+    from actors.runtime.node import Node
     from bus.transport import InProcessHub, InProcessTransport
 
     config = OutputConfig(sample_rate=SAMPLE_RATE, channels=1, frame_ms=FRAME_MS)

@@ -45,8 +45,8 @@ from typing import Any
 from clusterproc import BenchMember, EventTap, Timing, cluster_node, workdir
 from common import parse_args, report
 
-from actors.actor import ActorContext, HuddleActor
-from actors.builtin import CounterAck, CounterAdd, CounterGet
+from actors.runtime.actor import ActorContext, HuddleActor
+from actors.runtime.builtin import CounterAck, CounterAdd, CounterGet
 from bus.address import SYS_NODES, channel_for
 from bus.cluster.messages import LeaseChange
 from bus.embedded import EmbeddedRedis

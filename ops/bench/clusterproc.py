@@ -16,7 +16,7 @@ import msgpack
 import redis
 
 from actors.cluster import Cluster, ClusterConfig
-from actors.node import Node
+from actors.runtime.node import Node
 from bus.address import SYS_EVENTS, channel_for
 from bus.cluster.keys import ClusterKeys
 from bus.envelope import Codec

@@ -36,8 +36,8 @@ def _measure(kind: str, n: int) -> dict[str, float]:
 
         make = IdlePooled.start
     else:
-        from actors.actor import HuddleActor
-        from actors.node import Node
+        from actors.runtime.actor import HuddleActor
+        from actors.runtime.node import Node
         from bus.transport import InProcessHub, InProcessTransport
 
         class IdleHuddle(HuddleActor):

@@ -28,7 +28,7 @@ import time
 from clusterproc import BenchMember, EventTap, Timing, cluster_node, percentile, workdir
 from common import parse_args, report
 
-from actors.builtin import CounterAdd, CounterGet
+from actors.runtime.builtin import CounterAdd, CounterGet
 from bus.embedded import EmbeddedRedis
 from ops.processes import NodeProcess
 

@@ -60,12 +60,12 @@ from clusterproc import percentile, workdir
 from common import CpuShare, parse_args, report
 
 from actors.cluster import Cluster, ClusterConfig
-from actors.contracts import datachannel as dc
-from actors.contracts import meeting as mt
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
-from actors.meeting.actor import meeting_address, tree_address
-from actors.meeting.host import host_address
-from actors.node import Node
+from actors.sessions.contracts import datachannel as dc
+from actors.sessions.contracts import meeting as mt
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION, token_address
+from actors.sessions.meeting.actor import meeting_address, tree_address
+from actors.sessions.meeting.host import host_address
+from actors.runtime.node import Node
 from bus.address import SYS_EVENTS
 from bus.cluster.keys import ClusterKeys
 from bus.embedded import EmbeddedRedis

@@ -38,10 +38,10 @@ import psutil
 from common import CpuShare, parse_args, ratio, report
 from websockets.asyncio.client import ClientConnection, connect
 
-import actors.contracts.meeting as mt
-from actors.meeting.host import host_address
-from actors.metrics import NodeMetrics
-from actors.node import Node
+import actors.sessions.contracts.meeting as mt
+from actors.sessions.meeting.host import host_address
+from actors.runtime.metrics import NodeMetrics
+from actors.runtime.node import Node
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Envelope
 from bus.redis_transport import RedisTransport

@@ -1,4 +1,4 @@
-"""One benchmark node process: a :class:`~actors.node.Node` on a
+"""One benchmark node process: a :class:`~actors.runtime.node.Node` on a
 :class:`~bus.redis_transport.RedisTransport`, driven by its parent.
 
     python ops/bench/nodeproc.py ROLE --redis-url URL --node-id ID [options]
@@ -20,7 +20,7 @@ Roles:
             (``sink:s<i>``), ``chunk`` per handler run, then a message to
             themselves to go on; the process flushes its transport and prints
             ``{"event": "sent", ...}``.
-``echo``    hosts :class:`actors.builtin.Echo` at every ``--echo`` address.
+``echo``    hosts :class:`actors.runtime.builtin.Echo` at every ``--echo`` address.
 ``asker``   ``run`` (``target``, ``n``, ``warmup``): ``n`` sequential
             ``node.ask(target, Ping(i)).get()`` after ``warmup`` of them;
             prints the latency percentiles in microseconds.
@@ -48,9 +48,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from actors.actor import ActorContext, HuddleActor
-from actors.builtin import Echo
-from actors.node import Node
+from actors.runtime.actor import ActorContext, HuddleActor
+from actors.runtime.builtin import Echo
+from actors.runtime.node import Node
 from bus.envelope import Codec, Envelope
 from bus.messages import Message, Ping, Pong, message_kind
 from bus.redis_transport import RedisTransport

@@ -35,17 +35,17 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from actors.actor import HuddleActor
-from actors.contracts.datachannel import (
+from actors.runtime.actor import HuddleActor
+from actors.sessions.contracts.datachannel import (
     DEFAULT_SESSION,
     ClaimSession,
     Connect,
     Subscribe,
     session_address,
 )
-from actors.datachannel.actor import DataChannelSession
-from actors.datachannel.connector import WebSocketConnector
-from actors.node import Node
+from actors.sessions.datachannel.actor import DataChannelSession
+from actors.sessions.datachannel.connector import WebSocketConnector
+from actors.runtime.node import Node
 from bus.envelope import Envelope
 from bus.messages import Event, Message
 from bus.transport import InProcessHub, InProcessTransport

@@ -39,8 +39,8 @@ def _run(kind: str, actors: int, tells: int) -> dict[str, float]:
                 done.set()
 
     if kind in ("node", "node-signed"):
-        from actors.actor import HuddleActor
-        from actors.node import Node
+        from actors.runtime.actor import HuddleActor
+        from actors.runtime.node import Node
         from bus.envelope import Codec
         from bus.messages import Ping
         from bus.signing import HmacSigner

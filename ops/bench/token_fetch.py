@@ -23,18 +23,18 @@ from typing import Any
 import aiohttp
 from common import parse_args, report
 
-from actors.actor import HuddleActor
-from actors.context import Secret
-from actors.contracts.token import (
+from actors.runtime.actor import HuddleActor
+from actors.sessions.context import Secret
+from actors.sessions.contracts.token import (
     DEFAULT_SESSION,
     TokenConfigure,
     TokenGranted,
     TokenRequest,
     token_address,
 )
-from actors.node import Node
-from actors.token.actor import TokenActor
-from actors.token.http import HttpTokenEndpoint
+from actors.runtime.node import Node
+from actors.sessions.token.actor import TokenActor
+from actors.sessions.token.http import HttpTokenEndpoint
 from bus.transport import InProcessHub, InProcessTransport
 from ops.dataserver.harness import DataServerProcess
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from bus.errors import HuddleError
 from ops.dataserver.tokens import TokenAuthority, TokenStatus
 

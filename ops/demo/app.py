@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.actor import ActorContext, HuddleActor
-from actors.contracts import datachannel as dc
-from actors.contracts import meeting as mt
-from actors.contracts.audio import PlaybackFinished, PlaybackStarted
+from actors.runtime.actor import ActorContext, HuddleActor
+from actors.sessions.contracts import datachannel as dc
+from actors.sessions.contracts import meeting as mt
+from actors.sessions.contracts.audio import PlaybackFinished, PlaybackStarted
 from bus.envelope import Envelope
 from bus.messages import Message
 from ops.demo.observed import AppLedger
@@ -22,7 +22,7 @@ __all__ = ["IncomingCall", "WebinarApp"]
 
 class WebinarApp(HuddleActor):
     """``WebinarApp(ctx, ledger)``: the application's address. Records every
-    meeting output (:class:`~actors.contracts.meeting.MeetingState`,
+    meeting output (:class:`~actors.sessions.contracts.meeting.MeetingState`,
     ``SessionState``, ``RelayedEvent``) and what the agent's audio output
     reports (``playback_started`` / ``playback_finished``) in ``ledger``;
     anything else is a dead letter, as for any actor."""

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.contracts import datachannel as dc
-from actors.contracts import meeting as mt
-from actors.contracts.audio import PlaybackFinished, PlaybackStarted
+from actors.sessions.contracts import datachannel as dc
+from actors.sessions.contracts import meeting as mt
+from actors.sessions.contracts.audio import PlaybackFinished, PlaybackStarted
 from bus.messages import Event, Message
 from ops.demo.plan import SessionKey
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 
 __all__ = ["SessionKey", "WebinarPlan"]
 

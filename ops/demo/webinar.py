@@ -74,13 +74,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.actor import HuddleActor
-from actors.audio.feeder import FrameFeeder
-from actors.audio.machine import OutputConfig
+from actors.runtime.actor import HuddleActor
+from actors.sessions.audio.feeder import FrameFeeder
+from actors.sessions.audio.machine import OutputConfig
 from actors.cluster import Cluster, ClusterConfig
-from actors.contracts import datachannel as dc
-from actors.contracts import meeting as mt
-from actors.contracts.audio import (
+from actors.sessions.contracts import datachannel as dc
+from actors.sessions.contracts import meeting as mt
+from actors.sessions.contracts.audio import (
     ClearBuffer,
     PausePlayback,
     PlaybackFinished,
@@ -88,10 +88,10 @@ from actors.contracts.audio import (
     ResumePlayback,
     output_address,
 )
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
-from actors.meeting.actor import meeting_address, tree_address
-from actors.meeting.host import host_address
-from actors.node import Node
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.sessions.meeting.actor import meeting_address, tree_address
+from actors.sessions.meeting.host import host_address
+from actors.runtime.node import Node
 from bus.address import SYS_EVENTS, channel_for
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Codec, Envelope

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from pykka import ActorRegistry
 
-from actors.clock import ManualClock
-from actors.node import Node
-from actors.runtime import ThreadPoolDispatcher, default_dispatcher
+from actors.runtime.clock import ManualClock
+from actors.runtime.node import Node
+from actors.runtime.pooled import ThreadPoolDispatcher, default_dispatcher
 from bus.address import SYS_EVENTS
 from bus.envelope import Codec
 from bus.messages import Event

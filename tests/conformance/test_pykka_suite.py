@@ -24,8 +24,8 @@ CACHE = Path(__file__).resolve().parents[2] / ".cache"
 ANCHOR = '@pytest.fixture(scope="session", params=RUNTIMES.values())'
 RUNTIME_ENTRIES = '''
 from actors import PooledActor, PooledFuture  # added by huddle's conformance run
-from actors.io import IoLoop as _HuddleIoLoop
-from actors.runtime import LoopDispatcher as _HuddleLoopDispatcher
+from actors.runtime.io import IoLoop as _HuddleIoLoop
+from actors.runtime.pooled import LoopDispatcher as _HuddleLoopDispatcher
 
 RUNTIMES["pooled"] = pytest.param(
     Runtime(

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from actors.node import Node
+from actors.runtime.node import Node
 from bus.address import SYS_EVENTS, channel_for
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Codec

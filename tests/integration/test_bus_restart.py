@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 
-from actors.builtin import Echo
-from actors.node import Node
+from actors.runtime.builtin import Echo
+from actors.runtime.node import Node
 from bus.embedded import EmbeddedRedis
 from bus.messages import Event, Ping, Pong
 from bus.redis_transport import RedisTransport

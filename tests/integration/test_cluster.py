@@ -20,9 +20,9 @@ import msgpack
 import pytest
 import redis
 
-from actors.builtin import CounterAdd, CounterGet
+from actors.runtime.builtin import CounterAdd, CounterGet
 from actors.cluster import Cluster, ClusterConfig
-from actors.node import Node
+from actors.runtime.node import Node
 from bus.address import channel_for
 from bus.cluster.keys import ClusterKeys
 from bus.cluster.placement import owner_of

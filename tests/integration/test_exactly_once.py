@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from actors.actor import ActorContext, HuddleActor
-from actors.builtin import CounterAck, CounterAdd, CounterGet
+from actors.runtime.actor import ActorContext, HuddleActor
+from actors.runtime.builtin import CounterAck, CounterAdd, CounterGet
 from actors.cluster import Cluster, ClusterConfig
-from actors.node import Node
+from actors.runtime.node import Node
 from bus.envelope import Envelope
 from bus.messages import Event, Message
 from bus.redis_transport import RedisTransport

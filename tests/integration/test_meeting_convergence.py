@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from actors.context import Secret
-from actors.contracts import datachannel as dc
-from actors.contracts import meeting as mt
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
-from actors.datachannel.connector import DataChannelSocket, SocketEvents, WebSocketConnector
-from actors.datachannel.machine import CloseSocket
-from actors.effects import Send
-from actors.meeting.actor import MeetingActor, MeetingServices, meeting_address, start_meeting
-from actors.node import Node
-from actors.token.http import HttpTokenEndpoint
+from actors.sessions.context import Secret
+from actors.sessions.contracts import datachannel as dc
+from actors.sessions.contracts import meeting as mt
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.sessions.datachannel.connector import DataChannelSocket, SocketEvents, WebSocketConnector
+from actors.sessions.datachannel.machine import CloseSocket
+from actors.runtime.effects import Send
+from actors.sessions.meeting.actor import MeetingActor, MeetingServices, meeting_address, start_meeting
+from actors.runtime.node import Node
+from actors.sessions.token.http import HttpTokenEndpoint
 from bus.embedded import EmbeddedRedis
 from bus.messages import Message
 from bus.redis_transport import RedisTransport

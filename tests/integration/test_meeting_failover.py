@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from actors.actor import ActorContext, HuddleActor
+from actors.runtime.actor import ActorContext, HuddleActor
 from actors.cluster import Cluster, ClusterConfig
-from actors.contracts import meeting as mt
-from actors.contracts.token import DEFAULT_SESSION
-from actors.meeting.host import host_address
-from actors.node import Node
+from actors.sessions.contracts import meeting as mt
+from actors.sessions.contracts.token import DEFAULT_SESSION
+from actors.sessions.meeting.host import host_address
+from actors.runtime.node import Node
 from bus.envelope import Envelope
 from bus.messages import Message
 from bus.redis_transport import RedisTransport

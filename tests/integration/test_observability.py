@@ -14,9 +14,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.contracts.token import TokenGranted
-from actors.metrics import NodeMetrics
-from actors.node import Node
+from actors.sessions.contracts.token import TokenGranted
+from actors.runtime.metrics import NodeMetrics
+from actors.runtime.node import Node
 from ops.tap import REDACTED, TapRecord, tap_channel
 from bus.address import SYS_METRICS
 from bus.envelope import Codec

@@ -9,8 +9,8 @@ import threading
 import pytest
 import redis
 
-from actors.builtin import Echo
-from actors.node import Node
+from actors.runtime.builtin import Echo
+from actors.runtime.node import Node
 from bus.address import channel_for
 from bus.envelope import Envelope
 from bus.messages import Ping

@@ -15,10 +15,10 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from actors.contracts.token import TokenGranted
-from actors.metrics import NodeMetrics
-from actors.node import Node
-from actors.sending import RemoteError
+from actors.sessions.contracts.token import TokenGranted
+from actors.runtime.metrics import NodeMetrics
+from actors.runtime.node import Node
+from actors.runtime.sending import RemoteError
 from ops.tap import REDACTED
 from bus.address import SYS_EVENTS
 from bus.embedded import EmbeddedRedis

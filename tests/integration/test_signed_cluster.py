@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from actors.builtin import CounterAdd
+from actors.runtime.builtin import CounterAdd
 from bus.address import channel_for, node_address
 from bus.cluster.keys import ClusterKeys
 from bus.cluster.placement import owner_of

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-from actors.actor import ActorContext, HuddleActor
-from actors.node import Node
-from actors.sending import RemoteError
+from actors.runtime.actor import ActorContext, HuddleActor
+from actors.runtime.node import Node
+from actors.runtime.sending import RemoteError
 from bus.embedded import pause_process
 from bus.envelope import Envelope
 from bus.errors import AskTimeout, UnknownAddress

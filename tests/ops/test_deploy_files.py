@@ -61,7 +61,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.cli import build_parser
-from actors.metrics import LEASE_RENEW_LATENCY, NODE_GAUGES, NodeMetrics
+from actors.runtime.metrics import LEASE_RENEW_LATENCY, NODE_GAUGES, NodeMetrics
 from ops.prometheus import NodeMetricsCollector
 from bus.address import SYS_METRICS, channel_for
 from bus.embedded import find_redis_server

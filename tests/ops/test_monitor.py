@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from actors.metrics import LEASE_RENEW_LATENCY, NodeMetrics
+from actors.runtime.metrics import LEASE_RENEW_LATENCY, NodeMetrics
 from ops.monitor import MonitorState, render
 from bus.address import SYS_EVENTS, SYS_METRICS, SYS_NODES
 from bus.envelope import Envelope

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.metrics import LEASE_RENEW_LATENCY, MetricsPublisher
+from actors.runtime.metrics import LEASE_RENEW_LATENCY, MetricsPublisher
 from ops.prometheus import MetricsEndpoint, serve_metrics
-from actors.testkit import TestKit
+from actors.runtime.testkit import TestKit
 from bus.messages import Ping
 
-from tests.actors.test_metrics import Quiet
+from tests.actors.runtime.test_metrics import Quiet
 
 DEADLINE = 10.0
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.builtin import Echo
-from actors.contracts.token import TokenGranted
+from actors.runtime.builtin import Echo
+from actors.sessions.contracts.token import TokenGranted
 from ops.tap import (
     MAX_TTL,
     REDACTED,
@@ -26,7 +26,7 @@ from ops.tap import (
     redacted_body,
     tap_channel,
 )
-from actors.testkit import TestKit
+from actors.runtime.testkit import TestKit
 from bus.envelope import Codec
 from bus.messages import Message, Ping, message_kind
 from bus.transport import InProcessTransport

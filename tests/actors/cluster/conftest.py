@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from actors.builtin import BUILTIN_FACTORIES
+from actors.runtime.builtin import BUILTIN_FACTORIES
 from actors.cluster import ActorFactories, Cluster, ClusterConfig
-from actors.node import Node
+from actors.runtime.node import Node
 from bus.embedded import EmbeddedRedis
 from bus.messages import Event
 from bus.redis_transport import RedisTransport

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from actors.cluster.directory import Directory
 from actors.cluster.shell import Cluster, RedisCheckpoints
-from actors.ownership import Ownership
+from actors.runtime.ownership import Ownership
 
 
 def test_an_older_epoch_never_replaces_a_newer_owner() -> None:

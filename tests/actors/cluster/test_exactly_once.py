@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 import redis
 import redis.asyncio as aioredis
 
-from actors.actor import ActorContext, HuddleActor
-from actors.builtin import CounterAdd, CounterGet
+from actors.runtime.actor import ActorContext, HuddleActor
+from actors.runtime.builtin import CounterAdd, CounterGet
 from actors.cluster.dedupe import SeenIds
 from bus.cluster.leases import LeaseStore
 from bus.embedded import EmbeddedRedis

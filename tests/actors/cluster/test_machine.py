@@ -47,7 +47,7 @@ from actors.cluster.machine import (
     new_state,
     step,
 )
-from actors.effects import Emit
+from actors.runtime.effects import Emit
 from actors.cluster.machine import ROUTE_RETRY_FIRST_S
 from bus.cluster.messages import LeaseChange, NodeHeartbeat
 from bus.cluster.placement import owner_of

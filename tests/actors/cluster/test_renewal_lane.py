@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from actors.builtin import CounterAdd, CounterGet
+from actors.runtime.builtin import CounterAdd, CounterGet
 from actors.cluster.shell import CLAIM_BATCH
 
 from tests.waiting import wait_until

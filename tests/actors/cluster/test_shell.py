@@ -12,12 +12,12 @@ import msgpack
 import pytest
 import redis
 
-from actors.actor import HuddleActor
-from actors.builtin import CounterAdd, CounterGet, Echo
+from actors.runtime.actor import HuddleActor
+from actors.runtime.builtin import CounterAdd, CounterGet, Echo
 from actors.cluster import ClusterConfig, encode_start_args
-from actors.messages import ChildExit
-from actors.node import Node
-from actors.supervisor import ChildSpec, Supervisor
+from actors.runtime.messages import ChildExit
+from actors.runtime.node import Node
+from actors.runtime.supervisor import ChildSpec, Supervisor
 from bus.address import channel_for
 from bus.cluster.placement import owner_of
 from bus.envelope import Envelope
@@ -332,7 +332,7 @@ def test_nodes_recover_from_a_redis_restart(private_rig: tuple[Rig, Any]) -> Non
 
 
 def test_a_counter_acknowledges_an_addition_once_its_checkpoint_is_stored(rig: Rig) -> None:
-    from actors.builtin import CounterAck
+    from actors.runtime.builtin import CounterAck
 
     acks: list[CounterAck] = []
     got = threading.Event()

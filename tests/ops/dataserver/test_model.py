@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from ops.dataserver.model import (
     UNACKED_TRACKED,
     BadControlRequest,

@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from ops.dataserver.server import DataServer
 
 DEADLINE = 10.0

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.contracts import datachannel as dc
-from actors.contracts import meeting as mt
-from actors.contracts.audio import PlaybackFinished, PlaybackStarted
-from actors.contracts.token import DEFAULT_SESSION
-from actors.testkit import TestKit
+from actors.sessions.contracts import datachannel as dc
+from actors.sessions.contracts import meeting as mt
+from actors.sessions.contracts.audio import PlaybackFinished, PlaybackStarted
+from actors.sessions.contracts.token import DEFAULT_SESSION
+from actors.runtime.testkit import TestKit
 from bus.messages import Ping
 from ops.demo.app import IncomingCall, WebinarApp
 from ops.demo.observed import AppLedger

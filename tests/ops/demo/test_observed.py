@@ -8,10 +8,10 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.contracts import datachannel as dc
-from actors.contracts import meeting as mt
-from actors.contracts.audio import PlaybackFinished, PlaybackStarted
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.sessions.contracts import datachannel as dc
+from actors.sessions.contracts import meeting as mt
+from actors.sessions.contracts.audio import PlaybackFinished, PlaybackStarted
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from bus.messages import Event
 from ops.demo.observed import (
     AppLedger,

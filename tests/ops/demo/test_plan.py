@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
+from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
 from ops.demo.plan import WebinarPlan
 
 

@@ -1,0 +1,107 @@
+"""The audio contract's producer side (FrameFeed) and helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.sessions.contracts.audio import (
+    OUT_OF_SEQUENCE,
+    QUEUE_FULL,
+    SEGMENT_FINISHED,
+    AudioFrame,
+    FrameFeed,
+    FrameRefused,
+    OutputWritable,
+    frame_bytes,
+    output_address,
+)
+from bus.address import InvalidAddress
+
+
+def sent(messages: list) -> list[tuple[str, int | str]]:
+    """Each frame sent, in order (the frames here are one byte long, so a
+    chunk of n bytes is n frames), and each flush."""
+    out: list[tuple[str, int | str]] = []
+    for m in messages:
+        if isinstance(m, AudioFrame):
+            out += [(m.segment, m.seq + i) for i in range(len(m.pcm))]
+        else:
+            out.append((m.segment, "flush"))
+    return out
+
+
+def shapes(messages: list) -> list[tuple[str, int, int] | tuple[str, str]]:
+    """(segment, first seq, frames) per chunk; (segment, "flush") per flush."""
+    return [(m.segment, m.seq, len(m.pcm)) if isinstance(m, AudioFrame) else (m.segment, "flush") for m in messages]
+
+
+def feed_of(*segments: tuple[str, int], credit: int = 3) -> FrameFeed:
+    feed = FrameFeed(48_000, 1, credit=credit)
+    for sid, n in segments:
+        feed.add(sid, (bytes([i]) for i in range(n)), flush=True)
+    return feed
+
+
+def test_take_sends_no_more_than_the_credit() -> None:
+    feed = feed_of(("A", 5))
+    assert sent(feed.take()) == [("A", 0), ("A", 1), ("A", 2)]
+    assert feed.take() == []
+    assert feed.pending == 3  # two frames and the flush
+
+
+def test_consecutive_frames_go_as_one_chunk_cut_at_a_segment_a_flush_or_the_credit() -> None:
+    feed = feed_of(("A", 3), ("B", 4), credit=6)
+    chunks = feed.take()
+    assert shapes(chunks) == [("A", 0, 3), ("A", "flush"), ("B", 0, 3)]
+    assert chunks[0].pcm == bytes([0, 1, 2])  # the frames back to back, in order
+    feed.on_writable(OutputWritable(segment="B", next_seq=3, room_frames=5))
+    assert shapes(feed.take()) == [("B", 3, 1), ("B", "flush")]
+
+
+def test_writable_grants_room_and_rewinds_to_what_the_output_expects() -> None:
+    feed = feed_of(("A", 5), ("B", 1))
+    feed.take()
+    feed.on_writable(OutputWritable(segment="A", next_seq=3, room_frames=5))
+    assert sent(feed.take()) == [("A", 3), ("A", 4), ("A", "flush"), ("B", 0), ("B", "flush")]
+    assert feed.pending == 0
+
+
+def test_a_refusal_stops_the_feed_and_rewinds_it() -> None:
+    feed = feed_of(("A", 5), credit=5)
+    feed.take()
+    feed.on_refused(FrameRefused(segment="A", seq=2, reason=QUEUE_FULL, next_seq=2, retry_after=0.02))
+    feed.on_refused(FrameRefused(segment="A", seq=3, reason=OUT_OF_SEQUENCE, next_seq=2))
+    assert feed.take() == []
+    feed.on_writable(OutputWritable(segment="A", next_seq=2, room_frames=2))
+    assert sent(feed.take()) == [("A", 2), ("A", 3)]
+
+
+def test_a_segment_the_output_will_not_take_is_dropped() -> None:
+    feed = feed_of(("A", 2), ("B", 1), credit=2)
+    assert sent(feed.take()) == [("A", 0), ("A", 1), ("A", "flush")]
+    feed.on_refused(FrameRefused(segment="A", seq=1, reason=SEGMENT_FINISHED, next_seq=0))
+    feed.on_writable(OutputWritable(segment="B", next_seq=0, room_frames=10))
+    assert sent(feed.take()) == [("B", 0), ("B", "flush")]
+
+
+def test_a_repeated_grant_counts_the_frames_in_flight() -> None:
+    feed = feed_of(("A", 20), credit=4)
+    feed.take()  # 0-3 in flight
+    feed.on_writable(OutputWritable(segment="A", next_seq=1, room_frames=5))  # 1-3 still in flight
+    assert sent(feed.take()) == [("A", 4), ("A", 5)]
+    feed.on_writable(OutputWritable(segment="A", next_seq=1, room_frames=5))  # the same grant again
+    assert feed.take() == []
+
+
+def test_a_writable_for_a_segment_no_longer_held_changes_only_the_credit() -> None:
+    feed = feed_of(("B", 2), credit=0)
+    feed.on_writable(OutputWritable(segment="A", next_seq=9, room_frames=1))
+    assert sent(feed.take()) == [("B", 0)]
+
+
+def test_addresses_and_frame_sizes() -> None:
+    assert output_address("m-42", "agent") == "audio:m-42/agent"
+    with pytest.raises(InvalidAddress):
+        output_address("m 42", "agent")
+    assert frame_bytes(48_000, 1, 20) == 1920
+    assert frame_bytes(16_000, 2, 10) == 640
