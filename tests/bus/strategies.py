@@ -31,3 +31,46 @@ def msgpack_values(
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
         max_leaves=max_leaves,
     )
+
+
+def _for_annotation(annotation: object) -> SearchStrategy[object]:
+    """Values of one field annotation a message kind may declare (see
+    :mod:`bus.messages`: scalars, ``X | None``, ``list[T]``,
+    ``dict[str, T]``, ``Any``)."""
+    import types
+    import typing
+
+    scalars: dict[object, SearchStrategy[object]] = {
+        int: st.integers(min_value=-(2**53), max_value=2**53),
+        float: st.floats(allow_nan=False, allow_infinity=False),
+        str: st.text(max_size=12),
+        bytes: st.binary(max_size=12),
+        bool: st.booleans(),
+        type(None): st.none(),
+        None: st.none(),
+    }
+    if annotation in scalars:
+        return scalars[annotation]
+    if annotation is typing.Any:
+        return msgpack_values(size=6, max_leaves=4)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(*(_for_annotation(a) for a in args))
+    if origin is list:
+        return st.lists(_for_annotation(args[0]), max_size=3)
+    if origin is dict:
+        return st.dictionaries(st.text(max_size=6), _for_annotation(args[1]), max_size=3)
+    raise TypeError(f"no strategy for the annotation {annotation!r}")
+
+
+def messages_of(cls: type) -> SearchStrategy[object]:
+    """Instances of the message kind ``cls`` with any field values its
+    annotations allow (a kind whose constructor validates further may
+    refuse some: filter those with ``hypothesis.assume``)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: _for_annotation(hints[f.name]) for f in dataclasses.fields(cls)}
+    return st.fixed_dictionaries(fields).map(lambda values: (cls, values))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.sessions.contracts.audio import (
     OUT_OF_SEQUENCE,
@@ -15,7 +17,10 @@ from actors.sessions.contracts.audio import (
     frame_bytes,
     output_address,
 )
+from actors.sessions.contracts import audio
 from bus.address import InvalidAddress
+
+from tests.kinds import round_trips, secrets_declared_and_hidden
 
 
 def sent(messages: list) -> list[tuple[str, int | str]]:
@@ -105,3 +110,13 @@ def test_addresses_and_frame_sizes() -> None:
         output_address("m 42", "agent")
     assert frame_bytes(48_000, 1, 20) == 1920
     assert frame_bytes(16_000, 2, 10) == 640
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_every_kind_goes_through_the_codec_unchanged(data: st.DataObject) -> None:
+    round_trips(data, audio)
+
+
+def test_no_audio_message_holds_a_secret() -> None:
+    assert secrets_declared_and_hidden(audio) == []

@@ -1,0 +1,59 @@
+"""bus/cluster/lua.py: the prelude every cluster script starts with, run on
+a real redis-server: its key helpers, epochs as exact decimal strings past
+2^53's float rounding, lease values parsed back, and next_epoch above the
+counter, the caller's floor and the server's clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bus.cluster.keys import ClusterKeys
+from bus.cluster.lua import script
+from bus.embedded import EmbeddedRedis
+
+PREFIX = ClusterKeys("lua-test:").prefix
+
+
+@pytest.fixture
+def client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_server.url)
+    try:
+        c.delete(ClusterKeys("lua-test:").epoch)
+        yield c
+    finally:
+        c.delete(ClusterKeys("lua-test:").epoch)
+        c.close()
+
+
+def run(client: redis.Redis, body: str, *args: object) -> object:
+    return client.eval(script(body), 0, PREFIX, *args)
+
+
+def test_the_key_helpers_build_the_keys_the_node_reads(client: redis.Redis) -> None:
+    keys = ClusterKeys("lua-test:")
+    assert run(client, "return {lease_key(ARGV[2]), ckpt_key(ARGV[2]), node_key(ARGV[3]), EPOCH}",
+               "meeting:m-1", "n1") == [k.encode() for k in (keys.lease("meeting:m-1"), keys.checkpoint("meeting:m-1"),
+                                                             keys.node("n1"), keys.epoch)]
+
+
+def test_an_epoch_is_written_as_its_exact_decimal_digits(client: redis.Redis) -> None:
+    # A microsecond clock epoch is about 2^51: tostring would print 1.7e+15.
+    assert run(client, "return estr(tonumber(ARGV[2]))", "1796532375556286") == b"1796532375556286"
+
+
+def test_a_lease_value_parses_to_its_epoch_and_node(client: redis.Redis) -> None:
+    assert run(client, "local e, n = parse_lease(ARGV[2]); return {estr(e), n}", "42 node-7") == [b"42", b"node-7"]
+    assert run(client, "local e, n = parse_lease(nil); return e == nil and n == nil") == 1
+
+
+def test_next_epoch_is_above_the_counter_the_floor_and_the_clock(client: redis.Redis) -> None:
+    first = int(run(client, "return estr(next_epoch(0))"))  # type: ignore[arg-type]
+    assert first >= int(time.time() * 1_000_000) - 60_000_000  # the server's clock, in microseconds
+    second = int(run(client, "return estr(next_epoch(0))"))  # type: ignore[arg-type]
+    assert second > first
+    floor = second + 10_000_000_000
+    assert int(run(client, "return estr(next_epoch(tonumber(ARGV[2])))", str(floor))) == floor + 1  # type: ignore[arg-type]
