@@ -194,3 +194,20 @@ def test_no_modules_import_each_other_in_a_loop() -> None:
 def test_the_cycle_finder_finds_a_loop_and_only_a_loop(graph: dict[str, frozenset[str]],
                                                        expected: list[list[str]]) -> None:
     assert _cycles(graph) == expected
+
+
+def test_the_readme_tour_names_every_module_of_every_room() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Architecture tour")
+    opening = readme.index("```", start)
+    tour = readme[opening:readme.index("```", opening + 3)]
+    rooms = [REPO / "bus", REPO / "actors", REPO / "actors" / "runtime", REPO / "actors" / "sessions", REPO / "ops"]
+    missing = []
+    for room in rooms:
+        for child in sorted(room.iterdir()):
+            if child.name.startswith(("_", ".")) or child.name == "node_modules":
+                continue
+            if child.is_dir() or child.suffix in (".py", ".md"):
+                if child.name not in tour:
+                    missing.append(str(child.relative_to(REPO)))
+    assert missing == []
