@@ -1,9 +1,21 @@
 """A node: hosts actors by address on one process and bridges them to the bus.
 
-A node is one process's share of the system: the actors at the addresses it
-hosts, one connection to the bus (a :class:`~bus.transport.Transport`), one
-I/O loop and one clock. Its actors never touch the bus; they send and
-receive through the node.
+The problem. Thousands of actors in one process must each send and receive
+by address over Redis pub/sub. One connection per actor would be thousands
+of sockets and subscriptions; one connection shared by the actors
+themselves is exactly the shared mutable object this project exists to
+remove (one party closes it, another writes to it from the wrong thread,
+a third reads it after a reconnect). And a message for an actor that just
+crashed, or that moved to another node, must neither be lost nor be
+handled by the wrong incarnation.
+
+The choice. A node is one process's share of the system: the actors at the
+addresses it hosts, one connection to the bus (a
+:class:`~bus.transport.Transport`), one I/O loop and one clock. Its actors
+never touch the bus; they send and receive through the node, which alone
+owns the connection, runs on its loop, and decides per envelope (fencing,
+the restart buffer, the ownership a cluster plugs in) whether and where it
+is delivered.
 
 :class:`Node` is made of parts, one idea each, that share the state
 ``Node.__init__`` sets up (mixins: a message that arrives goes through plain
