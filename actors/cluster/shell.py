@@ -436,6 +436,7 @@ class Cluster:
         self._nodes_channel = channel_for(SYS_NODES, node.namespace)
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = False
         self._closed = False
         self._started = False
         #: addresses fencing asked about, answered in one batch per loop turn
@@ -535,6 +536,7 @@ class Cluster:
         self._lane.close(timeout)
 
     async def _shutdown(self) -> None:
+        self._stopped = True  # from here on no task of ours starts (the loop is about to close)
         if self._ticker is not None:
             self._ticker.cancel()
         for task in list(self._tasks):
@@ -715,6 +717,12 @@ class Cluster:
                 log.exception("cluster: %s failed to perform %r", self.me, effect)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._stopped:
+            # Shut down: a send the node makes on its way out is dropped
+            # with its transport, not left pending on a loop that closes.
+            coro.close()
+            log.debug("cluster: %s stopped; a late task was not started", self.me)
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)

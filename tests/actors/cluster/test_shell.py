@@ -411,3 +411,19 @@ def test_checkpoints_saved_together_go_to_redis_in_one_round_trip_each_under_its
     finally:
         raw.close()
     assert [msgpack.unpackb(v)["n"] for v in stored] == list(range(40))
+
+
+def test_after_shutdown_no_task_starts_on_a_loop_about_to_close(rig: Rig) -> None:
+    import inspect
+
+    cluster = rig.add("late-1")
+    node = cluster.node
+    rig.crash("late-1")  # the shell's shutdown ran; the node's loop still turns
+
+    async def late_send() -> None:
+        raise AssertionError("never runs")
+
+    coro = late_send()
+    node.io.call(cluster._spawn_task, coro)
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # closed, not left pending
+    assert not cluster._tasks
