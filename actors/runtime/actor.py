@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from actors.runtime.io import Outcome
@@ -134,7 +135,17 @@ class HuddleActor(PooledActor):
                     self.node._refuse(env, "lease-lost")
                 return FORWARDED
             try:
-                return self.on_message(env.message, env)
+                answer = self.on_message(env.message, env)
+                if type(answer) is CoroutineType:
+                    try:
+                        asyncio.get_running_loop()
+                    except RuntimeError:
+                        answer.close()
+                        raise TypeError(f"{self.address}: an async on_message needs an actor on the node's loop "
+                                        "(this one is blocking: make the handler plain, or the actor not blocking)"
+                                        ) from None
+                    return self._handled_async(answer, env)  # awaited by the runtime, the mailbox waiting
+                return answer
             except UnhandledMessage as exc:
                 self.node.dead_letter("unhandled-kind", env.to, env.kind, sender=env.sender)
                 if env.reply_to is not None:
@@ -144,7 +155,24 @@ class HuddleActor(PooledActor):
         return super().on_receive(message)
 
     def on_message(self, message: Message, envelope: Envelope) -> Any:
+        """Handle one message; the return value answers an ask. May be an
+        ``async def`` on an actor that runs on the node's loop (not
+        ``blocking``): it may await asks and I/O, and the actor takes its
+        next message only once it is done (mailbox order holds across its
+        awaits); a stop cancels it; what it raises is a crash, supervised
+        as for a plain handler."""
         raise UnhandledMessage(self.address, message.KIND)
+
+    async def _handled_async(self, handler: Coroutine[Any, Any, Any], env: Envelope) -> Any:
+        """An async handler, with the unknown kind a dead letter as for a plain one."""
+        try:
+            return await handler
+        except UnhandledMessage as exc:
+            self.node.dead_letter("unhandled-kind", env.to, env.kind, sender=env.sender)
+            if env.reply_to is not None:
+                raise
+            log.debug("%s", exc)
+            return None
 
     # -- sending ------------------------------------------------------------
 

@@ -57,13 +57,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pykka import ActorDeadError, ActorRef, ActorRegistry, Future, ThreadingFuture, Timeout
 from pykka._threading import ThreadingFutureResult
 from pykka import Actor as _PykkaActor
+from pykka.messages import _ActorStop
 
 from bus.errors import HuddleError, MailboxFull
 from bus.loop import LoopThread, current_loop_thread
@@ -643,6 +645,8 @@ class Mailbox:
         return self._capacity
 
     def put(self, envelope: Envelope[Any], /) -> None:
+        if self._actor._handler_task is not None and type(envelope.message) is _ActorStop:
+            self._actor._cancel_handler()  # an async handler under way gives way to the stop
         # Fast path without the lock: deque.append is atomic, and the actor
         # is already scheduled. The slice that parks the actor clears
         # ``_scheduled`` *before* it looks at the queue again (``release``),
@@ -810,6 +814,9 @@ class PooledActor(_PykkaActor):
     _crash: BaseException | None = None
     _started: bool = False
     _exited: bool = False
+    #: The task of an async handler under way: the actor takes no other
+    #: message until it is done (mailbox order holds across its awaits).
+    _handler_task: asyncio.Task[None] | None = None
 
     def __init__(self, *_args: Any, **_kwargs: Any) -> None:
         # Same fields as pykka's Actor.__init__, with a light stop flag and a
@@ -866,6 +873,9 @@ class PooledActor(_PykkaActor):
                     response = self.on_receive(message)
                 else:
                     response = self._handle_receive(message)
+                if type(response) is CoroutineType:
+                    self._await_handler(response, envelope)
+                    return  # the rest waits for it: see _finish_handler
                 if envelope.reply_to is not None:
                     envelope.reply_to.set(response)
             except Exception:
@@ -895,10 +905,76 @@ class PooledActor(_PykkaActor):
                 self._actor_loop_running()
             except _SliceEnd:
                 pass
+            if self._handler_task is not None:
+                return  # still scheduled: its task releases the mailbox when done
         if self.actor_stopped.is_set():
             self._finish()
             return
         mailbox.release()
+
+    # -- async handlers ------------------------------------------------------
+
+    def _await_handler(self, coroutine: Coroutine[Any, Any, Any], envelope: Envelope[Any]) -> None:
+        """A handler returned a coroutine (``async def``): run it as a task
+        on the loop that runs this slice. Only an actor on a loop dispatcher
+        may: on a pool thread there is no loop to await on."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coroutine.close()
+            raise TypeError(f"{self}: an async handler needs an actor on a node's loop "
+                            "(this one runs on a thread pool: make the handler plain, or the actor not blocking)"
+                            ) from None
+        self._handler_task = loop.create_task(self._finish_handler(coroutine, envelope))
+
+    async def _finish_handler(self, coroutine: Coroutine[Any, Any, Any], envelope: Envelope[Any]) -> None:
+        """Await the handler, then answer or fail exactly as the slice does
+        for a plain one; then let the actor take its next message (or
+        finish, if the handler's failure stopped it)."""
+        try:
+            try:
+                response = await coroutine
+            except asyncio.CancelledError:
+                # Stopped meanwhile (see Mailbox.put): an ask is refused as
+                # a message queued behind a stop would be.
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set_exception(exc_info=(
+                        ActorDeadError, ActorDeadError(f"{self} stopped while handling the message"), None))
+            except Exception:
+                if envelope.reply_to is not None:
+                    _pykka_log.info(f"Exception returned from {self} to caller:", exc_info=sys.exc_info())
+                    envelope.reply_to.set_exception()
+                else:
+                    self._handle_failure(*sys.exc_info())
+                    try:
+                        self.on_failure(*sys.exc_info())
+                    except Exception:  # noqa: BLE001
+                        self._handle_failure(*sys.exc_info())
+            else:
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set(response)
+        finally:
+            self._handler_task = None
+            if self.actor_stopped.is_set():
+                self._finish()
+            else:
+                self.actor_inbox.release()  # type: ignore[attr-defined]
+
+    def _cancel_handler(self) -> None:
+        """A stop arrived while an async handler is under way: cancel it
+        (from any thread), so the stop is taken next."""
+        task = self._handler_task
+        if task is None:
+            return
+        loop = task.get_loop()
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            task.cancel()
+        else:
+            loop.call_soon_threadsafe(task.cancel)
 
     def _finish(self) -> None:
         if self._exited:
