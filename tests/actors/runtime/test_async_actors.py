@@ -18,7 +18,6 @@ from actors.runtime.sending import RemoteError
 from actors.runtime.supervisor import ChildSpec
 from actors.runtime.testkit import TestKit
 from bus.envelope import Envelope
-from pykka import ActorDeadError
 from bus.messages import Message, Ping, Pong
 
 DEADLINE = 5.0
