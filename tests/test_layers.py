@@ -34,7 +34,9 @@ ROOMS: dict[str, frozenset[str]] = {
     "actors.runtime": frozenset({"bus"}),
     "actors.cluster": frozenset({"bus", "actors.runtime"}),
     "actors.sessions": frozenset({"bus", "actors.runtime"}),
-    "ops": frozenset({"bus", "actors.runtime", "actors.cluster", "actors.sessions"}),
+    # The asyncio client for applications: a node of its own, a cluster member on request.
+    "actors.client": frozenset({"bus", "actors.runtime", "actors.cluster"}),
+    "ops": frozenset({"bus", "actors.runtime", "actors.cluster", "actors.sessions", "actors.client"}),
 }
 
 
