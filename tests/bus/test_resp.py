@@ -20,9 +20,14 @@ def parsed(data: bytes) -> list[object]:
     return out
 
 
+#: Payloads up to and past the cached length prefixes (8,192): the long ones
+#: are built, not drawn byte by byte (a draw that size exhausts hypothesis).
+PAYLOADS = st.binary(max_size=64) | st.tuples(st.integers(8180, 8200), st.binary(min_size=1, max_size=4)).map(
+    lambda n_b: (n_b[1] * n_b[0])[: n_b[0]])
+
+
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.text(min_size=1, max_size=20),
-                          st.binary(max_size=64) | st.binary(min_size=8190, max_size=8200)), max_size=6))
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=20), PAYLOADS), max_size=6))
 def test_a_batch_of_publishes_reads_back_as_the_commands_in_order(batch: list[tuple[str, bytes]]) -> None:
     encoder = PublishEncoder(max_cached_channels=3)  # small: the cache is cleared on the way
     for _ in range(2):  # the second time from the header cache
