@@ -74,10 +74,14 @@ class Events:
             raise HuddleError("the bus did not confirm the subscription in time")
 
     def close(self) -> None:
-        if self._closed:
-            return
+        """Stop listening; the iteration ends."""
+        if not self._closed:
+            self._close()
+            self._end()
+
+    def _end(self) -> None:
+        """End the iteration (the client closed: nothing left to stop)."""
         self._closed = True
-        self._close()
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._queue.put_nowait, self._END)
 
@@ -141,9 +145,7 @@ class Client:
 
     def _close_events(self) -> None:
         for events in self._events:
-            events._closed = True
-            if not events._loop.is_closed():
-                events._loop.call_soon_threadsafe(events._queue.put_nowait, Events._END)
+            events._end()
         self._events.clear()
 
 

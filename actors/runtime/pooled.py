@@ -879,20 +879,26 @@ class PooledActor(_PykkaActor):
                 if envelope.reply_to is not None:
                     envelope.reply_to.set(response)
             except Exception:
-                if envelope.reply_to is not None:
-                    _pykka_log.info(f"Exception returned from {self} to caller:", exc_info=sys.exc_info())
-                    envelope.reply_to.set_exception()
-                else:
-                    self._handle_failure(*sys.exc_info())
-                    try:
-                        self.on_failure(*sys.exc_info())
-                    except Exception:  # noqa: BLE001
-                        self._handle_failure(*sys.exc_info())
+                self._handler_failed(envelope)
             except BaseException:  # noqa: BLE001
                 exception_value = sys.exc_info()[1]
                 _pykka_log.debug(f"{exception_value!r} in {self}. Stopping all actors.")
                 self._stop()
                 ActorRegistry.stop_all()
+
+    def _handler_failed(self, envelope: Envelope[Any]) -> None:
+        """The handler of ``envelope`` raised (call inside the ``except``):
+        an ask gets the error, as pykka answers it; a tell's failure is the
+        actor's crash (``on_failure``, then it stops)."""
+        if envelope.reply_to is not None:
+            _pykka_log.info(f"Exception returned from {self} to caller:", exc_info=sys.exc_info())
+            envelope.reply_to.set_exception()
+            return
+        self._handle_failure(*sys.exc_info())
+        try:
+            self.on_failure(*sys.exc_info())
+        except Exception:  # noqa: BLE001
+            self._handle_failure(*sys.exc_info())
 
     def _run_slice(self) -> None:
         mailbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
@@ -941,15 +947,7 @@ class PooledActor(_PykkaActor):
                     envelope.reply_to.set_exception(exc_info=(
                         ActorDeadError, ActorDeadError(f"{self} stopped while handling the message"), None))
             except Exception:
-                if envelope.reply_to is not None:
-                    _pykka_log.info(f"Exception returned from {self} to caller:", exc_info=sys.exc_info())
-                    envelope.reply_to.set_exception()
-                else:
-                    self._handle_failure(*sys.exc_info())
-                    try:
-                        self.on_failure(*sys.exc_info())
-                    except Exception:  # noqa: BLE001
-                        self._handle_failure(*sys.exc_info())
+                self._handler_failed(envelope)
             else:
                 if envelope.reply_to is not None:
                     envelope.reply_to.set(response)
