@@ -35,7 +35,7 @@ ROOMS: dict[str, frozenset[str]] = {
     "actors.cluster": frozenset({"bus", "actors.runtime"}),
     "actors.sessions": frozenset({"bus", "actors.runtime"}),
     # The asyncio client for applications: a node of its own, a cluster member on request.
-    "actors.client": frozenset({"bus", "actors.runtime", "actors.cluster"}),
+    "actors.client": frozenset({"bus", "actors.runtime", "actors.cluster", "actors.sessions"}),
     "ops": frozenset({"bus", "actors.runtime", "actors.cluster", "actors.sessions", "actors.client"}),
 }
 
