@@ -57,6 +57,7 @@ __all__ = [
     "Codec",
     "Envelope",
     "EnvelopeSigner",
+    "child_traceparent",
     "is_valid_traceparent",
     "new_envelope",
     "new_message_id",
@@ -116,6 +117,19 @@ def new_traceparent() -> str:
     trace_id = random.getrandbits(128) or 1
     span_id = random.getrandbits(64) or 1
     return f"00-{trace_id:032x}-{span_id:016x}-01"
+
+
+def child_traceparent(traceparent: str) -> str:
+    """``traceparent``'s trace under a new span id: what a message sent in
+    that trace carries (version, trace id and flags kept)."""
+    span_id = _randbytes(8).hex()
+    if span_id == _ZERO_SPAN:  # invalid in W3C; one in 2**64
+        span_id = "0000000000000001"
+    return traceparent[:36] + span_id + traceparent[52:]
+
+
+_randbytes = random.randbytes
+_ZERO_SPAN = "0" * 16
 
 
 def is_valid_traceparent(s: object) -> bool:

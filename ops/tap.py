@@ -110,8 +110,8 @@ class TapArmed(Message):
 @dataclass(frozen=True, slots=True)
 class TapRecord(Message):
     """One envelope delivered to ``address`` on ``node`` (``outcome``
-    ``"delivered"``), or one dead letter for it (``"dead-letter"``, with
-    ``reason``). ``body`` is redacted and bounded; ``redacted`` names the
+    ``"delivered"``, with its ``traceparent`` if it is in a trace), or one
+    dead letter for it (``"dead-letter"``, with ``reason``). ``body`` is redacted and bounded; ``redacted`` names the
     fields whose values were withheld. A dead letter that did not decode
     has no body, sender or ids, only its reason."""
 
@@ -128,6 +128,7 @@ class TapRecord(Message):
     correlation_id: str | None = None
     body: dict[str, Any] | None = None
     redacted: list[str] = field(default_factory=list)
+    traceparent: str | None = None
 
 
 # -- redaction ------------------------------------------------------------------------
@@ -292,7 +293,7 @@ class TapService:
         self._publish(env.to, TapRecord(
             address=env.to, node=self.node.node_id, outcome="delivered", ts=self.node.clock.wall(), kind=env.kind,
             sender=env.sender, epoch=env.epoch, msg_id=env.msg_id, reply_to=env.reply_to,
-            correlation_id=env.correlation_id, body=body, redacted=withheld,
+            correlation_id=env.correlation_id, body=body, redacted=withheld, traceparent=env.traceparent,
         ))
 
     def _on_event(self, event: Event) -> None:
@@ -391,7 +392,8 @@ class TapClient:
 
 
 def format_record(record: TapRecord) -> str:
-    """One line for a person: time, address, kind, sender, epoch, msg id, body."""
+    """One line for a person: time, address, kind, sender, epoch, msg id,
+    the trace id (if the message is in a trace), body."""
     stamp = time.strftime("%H:%M:%S", time.localtime(record.ts)) + f".{int(record.ts * 1000) % 1000:03d}"
     sender = record.sender or "-"
     if record.outcome != "delivered":
@@ -399,8 +401,9 @@ def format_record(record: TapRecord) -> str:
         return f"{stamp} {record.address} DEAD LETTER ({record.reason}){kind} from {sender} on {record.node}"
     body = json.dumps(record.body, ensure_ascii=False, separators=(", ", ": "))
     ask = f" ask {record.correlation_id}" if record.correlation_id and record.reply_to else ""
+    trace = f" trace {record.traceparent[3:35]}" if record.traceparent else ""
     return (f"{stamp} {record.address} <- {record.kind} from {sender} epoch {record.epoch} "
-            f"id {record.msg_id}{ask} {body}")
+            f"id {record.msg_id}{ask}{trace} {body}")
 
 
 def record_json(record: TapRecord) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any
 from actors.cluster import Cluster, ClusterConfig
 from actors.runtime.actor import ActorContext, HuddleActor
 from actors.runtime.node import Node
+from actors.runtime.tracing import Tracing, active_trace, default_tracing, in_trace
 from bus.address import parse_address
 from bus.envelope import Codec, Envelope
 from bus.errors import HuddleError
@@ -120,12 +121,18 @@ class Client:
     async def ask(self, address: str, message: Message, timeout: float = 5.0) -> Any:
         """Send ``message`` to ``address`` and return its answer (the reply
         message, or the value a handler returned). Raises what the node's
-        ask does: ``AskTimeout``, ``RemoteError``, a ``DeliveryError``."""
-        return await self.node.ask(address, message, timeout=timeout)
+        ask does: ``AskTimeout``, ``RemoteError``, a ``DeliveryError``.
+        Inside an active OpenTelemetry span, the ask (and what handling it
+        sends, across nodes) is in that span's trace."""
+        with in_trace(active_trace()):
+            future = self.node.ask(address, message, timeout=timeout)
+        return await future
 
     async def tell(self, address: str, message: Message) -> None:
-        """Send ``message`` to ``address``, from :attr:`address`."""
-        self.node.tell(address, message, sender=self.address)
+        """Send ``message`` to ``address``, from :attr:`address` (in the
+        active OpenTelemetry span's trace, if any)."""
+        with in_trace(active_trace()):
+            self.node.tell(address, message, sender=self.address)
 
     def events(self, address: str | None = None) -> Events:
         """What is delivered at ``address`` (default: :attr:`address`): the
@@ -152,18 +159,23 @@ class Client:
 @asynccontextmanager
 async def connect(redis_url: str | None = None, *, address: str | None = None, namespace: str = "",
                   cluster_key_file: str | None = None, cluster: bool = False,
-                  cluster_config: ClusterConfig | None = None) -> AsyncIterator[Client]:
+                  cluster_config: ClusterConfig | None = None,
+                  tracing: Tracing | None = None) -> AsyncIterator[Client]:
     """A :class:`Client` on ``redis_url`` (default ``$REDIS_URL``), closed
     on leaving the block. Envelopes are signed with the cluster key of
     ``cluster_key_file`` (default ``$HUDDLE_CLUSTER_KEY``; neither: not
     signed). With ``cluster``, the client joins the fleet's cluster as a
-    member that hosts nothing placed (``cluster_config``: its timings)."""
+    member that hosts nothing placed (``cluster_config``: its timings).
+    ``tracing``: default, OpenTelemetry spans if the application installed
+    the SDK's tracer provider, else the W3C trace field alone (see
+    :mod:`actors.runtime.tracing`)."""
     url = redis_url or os.environ.get("REDIS_URL")
     if not url:
         raise HuddleError("connect() needs a bus: pass redis_url or set REDIS_URL")
     node_id = f"client-{uuid.uuid4().hex[:8]}"
     codec = Codec(signer=cluster_signer(cluster_key_file))
-    node = Node(RedisTransport(url, name=node_id), node_id=node_id, namespace=namespace, codec=codec)
+    node = Node(RedisTransport(url, name=node_id), node_id=node_id, namespace=namespace, codec=codec,
+                tracing=tracing or default_tracing())
     joined: Cluster | None = None
     if cluster:
         joined = Cluster(node, url, config=cluster_config or ClusterConfig(capacity=0.0))

@@ -18,6 +18,7 @@ comes in an :class:`ActorContext`, explicitly (no ambient context).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -109,6 +110,13 @@ class HuddleActor(PooledActor):
     blocking: ClassVar[bool] = False
     _direct_types: ClassVar[tuple[type, ...]] = (Delivery,)
 
+    #: Whether ``on_message`` is an ``async def`` (set per class).
+    _async_handler: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._async_handler = inspect.iscoroutinefunction(cls.on_message)
+
     def __init__(self, ctx: ActorContext) -> None:
         # Before the mailbox is made: it runs on the node's loop or the pool.
         self.ctx = ctx
@@ -134,25 +142,39 @@ class HuddleActor(PooledActor):
                 if not ownership.stray(env):
                     self.node._refuse(env, "lease-lost")
                 return FORWARDED
+            if self._async_handler:
+                return self._start_async(env)
+            tracing = self.node.tracing
+            scope = tracing.enter(env)  # what the handler sends is in this message's trace
             try:
                 answer = self.on_message(env.message, env)
-                if type(answer) is CoroutineType:
-                    try:
-                        asyncio.get_running_loop()
-                    except RuntimeError:
-                        answer.close()
-                        raise TypeError(f"{self.address}: an async on_message needs an actor on the node's loop "
-                                        "(this one is blocking: make the handler plain, or the actor not blocking)"
-                                        ) from None
-                    return self._handled_async(answer, env)  # awaited by the runtime, the mailbox waiting
-                return answer
             except UnhandledMessage as exc:
+                tracing.exit(scope)
                 self.node.dead_letter("unhandled-kind", env.to, env.kind, sender=env.sender)
                 if env.reply_to is not None:
                     raise
                 log.debug("%s", exc)
                 return None
+            except BaseException as exc:
+                tracing.exit(scope, exc)
+                raise
+            tracing.exit(scope)
+            if type(answer) is CoroutineType:  # a plain def that returned a coroutine: awaited as one
+                return self._start_async(env, answer)
+            return answer
         return super().on_receive(message)
+
+    def _start_async(self, env: Envelope, handler: Coroutine[Any, Any, Any] | None = None) -> Any:
+        """An ``async def on_message``: the coroutine the runtime awaits, the mailbox waiting."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if handler is not None:
+                handler.close()
+            raise TypeError(f"{self.address}: an async on_message needs an actor on the node's loop "
+                            "(this one is blocking: make the handler plain, or the actor not blocking)"
+                            ) from None
+        return self._handled_async(env, handler)
 
     def on_message(self, message: Message, envelope: Envelope) -> Any:
         """Handle one message; the return value answers an ask. May be an
@@ -163,16 +185,26 @@ class HuddleActor(PooledActor):
         as for a plain handler."""
         raise UnhandledMessage(self.address, message.KIND)
 
-    async def _handled_async(self, handler: Coroutine[Any, Any, Any], env: Envelope) -> Any:
-        """An async handler, with the unknown kind a dead letter as for a plain one."""
+    async def _handled_async(self, env: Envelope, handler: Coroutine[Any, Any, Any] | None) -> Any:
+        """An async handler (``handler``, else ``on_message``'s coroutine),
+        in its message's trace (in its own task's context), with the unknown
+        kind a dead letter as for a plain one."""
+        tracing = self.node.tracing
+        scope = tracing.enter(env)
         try:
-            return await handler
+            answer = await (self.on_message(env.message, env) if handler is None else handler)
         except UnhandledMessage as exc:
+            tracing.exit(scope)
             self.node.dead_letter("unhandled-kind", env.to, env.kind, sender=env.sender)
             if env.reply_to is not None:
                 raise
             log.debug("%s", exc)
             return None
+        except BaseException as exc:
+            tracing.exit(scope, exc)
+            raise
+        tracing.exit(scope)
+        return answer
 
     # -- sending ------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from actors.runtime.io import Outcome
 from bus.envelope import Envelope
 from bus.messages import Message, Ping, Pong, message_kind
 
-__all__ = ["BUILTIN_FACTORIES", "Counter", "CounterAck", "CounterAdd", "CounterGet", "Echo"]
+__all__ = ["BUILTIN_FACTORIES", "Counter", "CounterAck", "CounterAdd", "CounterGet", "Echo", "Relay"]
 
 
 class Echo(HuddleActor):
@@ -35,6 +35,26 @@ class Echo(HuddleActor):
             if envelope.sender:
                 self.tell(envelope.sender, pong)
             return None
+        return super().on_message(message, envelope)
+
+
+class Relay(HuddleActor):
+    """Answers ``sys.ping`` with the answer of ``target`` to the same ping:
+    a smoke check that an ask from this node reaches another and comes back
+    (``huddle node --relay relay:1=echo:2``), and that the trace of the
+    first ask follows both. Its handler is ``async``: it awaits the ask,
+    taking its next message once the answer is in.
+
+    Start arguments: ``target`` (the address asked).
+    """
+
+    def __init__(self, ctx: ActorContext, target: str) -> None:
+        super().__init__(ctx)
+        self.target = target
+
+    async def on_message(self, message: Message, envelope: Envelope) -> Any:
+        if isinstance(message, Ping):
+            return await self.ask(self.target, message)
         return super().on_message(message, envelope)
 
 

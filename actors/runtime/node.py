@@ -66,6 +66,7 @@ from actors.runtime.metrics import BUS_RECONNECTS, MetricsRegistry
 from actors.runtime.ownership import Ownership
 from actors.runtime.pooled import LoopDispatcher, PooledFuture, default_dispatcher
 from actors.runtime.sending import DEFAULT_ASK_TIMEOUT, Sending
+from actors.runtime.tracing import W3C, Tracing
 from bus.address import SYS_EVENTS, channel_for, node_address
 from bus.envelope import Codec, Envelope
 from bus.errors import AskTimeout, HuddleError
@@ -121,6 +122,7 @@ class Node(Hosting, Dispatch, Sending, Events):
         ask_timeout: float = DEFAULT_ASK_TIMEOUT,
         checkpoints: CheckpointStore | None = None,
         io: IoLoop | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.node_id = node_id or default_node_id()
         self.address = node_address(self.node_id)
@@ -135,6 +137,8 @@ class Node(Hosting, Dispatch, Sending, Events):
         self.clock: Clock = clock or SystemClock(self.io)
         self.namespace = namespace
         self.ask_timeout = ask_timeout
+        #: Traces (the W3C field alone unless given OpenTelemetry's): see actors.runtime.tracing.
+        self.tracing: Tracing = tracing or W3C
         self.checkpoints: CheckpointStore = checkpoints or MemoryCheckpoints()
         self.counters: collections.Counter[str] = collections.Counter()
         #: Gauges other parts add (``node.metrics.add_source``); see actors.runtime.metrics.

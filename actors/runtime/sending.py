@@ -24,7 +24,10 @@ asker does not wait for its deadline and gets the same error type as if
 the refusal had happened on its own node. An error the handler raised comes
 back as a :class:`RemoteError`.
 
-Timers are delayed messages: encoded when set, sent when the clock says so.
+Timers are delayed messages: encoded when set, sent when the clock says so
+(outside any trace). Everything else sent while a message is handled is in
+that message's trace (see :mod:`actors.runtime.tracing`); an answer is in
+the trace of the ask it answers.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pykka import ActorDeadError
 from actors.runtime.clock import TimerHandle
 from actors.runtime.ownership import FORWARDED
 from actors.runtime.pooled import PooledFuture
+from actors.runtime.tracing import in_trace
 from bus.address import channel_for
 from bus.envelope import SCHEMA_VERSION, Envelope, new_envelope, new_message_id
 from bus.errors import (
@@ -95,7 +99,10 @@ class Sending:
             env = new_envelope(to, message, sender, reply_to, correlation_id, epoch, deadline, traceparent)
             self._refuse(env, "lease-lost")  # a former owner must not speak
             return
-        self._route(to, self.codec.encode_fields(message, SCHEMA_VERSION, new_message_id(), to, sender, reply_to,
+        msg_id = new_message_id()
+        if traceparent is None:  # in the trace of the message being handled, if any
+            traceparent = self.tracing.outgoing(to, message.KIND, msg_id, correlation_id)
+        self._route(to, self.codec.encode_fields(message, SCHEMA_VERSION, msg_id, to, sender, reply_to,
                                                  correlation_id, epoch, deadline, traceparent))
 
     def send_envelope(self, env: Envelope) -> None:
@@ -203,9 +210,11 @@ class Sending:
 
     def _reply(self, env: Envelope, message: Message, *, epoch: int = 0) -> None:
         assert env.reply_to is not None
-        self.tell(env.reply_to, message, sender=env.to, epoch=epoch, correlation_id=env.correlation_id)
+        with in_trace(env.traceparent):  # the answer is in the ask's trace, whenever it is sent
+            self.tell(env.reply_to, message, sender=env.to, epoch=epoch, correlation_id=env.correlation_id)
 
     def _on_reply(self, env: Envelope) -> None:
+        self.tracing.received(env)
         entry = self._pending.pop(env.correlation_id or "", None)
         if entry is None:
             self.dead_letter("late-reply", self.address, env.kind, sender=env.sender)

@@ -60,6 +60,7 @@ from actors.runtime.clock import ManualClock
 from actors.runtime.node import Node
 from actors.runtime.pooled import PooledFuture
 from actors.runtime.supervisor import ChildSpec, Supervisor
+from actors.runtime.tracing import Tracing
 from bus.envelope import Codec, Envelope
 from bus.messages import Event, Message
 from bus.transport import InProcessHub, InProcessTransport
@@ -317,7 +318,8 @@ class _CapturingTransport(InProcessTransport):
 
 
 class TestKit:
-    """A node, an in-process bus and a manual clock, for one test."""
+    """A node, an in-process bus and a manual clock, for one test
+    (``tracing``: the node's, e.g. OpenTelemetry's with an in-memory exporter)."""
 
     __test__ = False  # not a pytest class
 
@@ -325,14 +327,15 @@ class TestKit:
     #: in a row at one instant (handlers re-arming zero-delay timers: a loop).
     max_rounds_at_one_instant = 10_000
 
-    def __init__(self, *, clock: ManualClock | None = None, node_id: str = "testkit") -> None:
+    def __init__(self, *, clock: ManualClock | None = None, node_id: str = "testkit",
+                 tracing: Tracing | None = None) -> None:
         self.clock = clock or ManualClock()
         self.hub = InProcessHub()
         self._sent = _Recorder()
         self._events = _Recorder()
         self.codec = Codec()
         transport = _CapturingTransport(self.hub, self._sent, self.codec.decode)
-        self.node = Node(transport, node_id=node_id, codec=self.codec, clock=self.clock)
+        self.node = Node(transport, node_id=node_id, codec=self.codec, clock=self.clock, tracing=tracing)
         self.node.add_event_listener(self._events.add)
         self.node.start()
 

@@ -17,6 +17,7 @@ from bus.envelope import (
     SCHEMA_VERSION,
     Codec,
     Envelope,
+    child_traceparent,
     is_valid_traceparent,
     new_message_id,
     new_traceparent,
@@ -132,6 +133,16 @@ def test_new_traceparent_is_valid_and_fresh() -> None:
     for value in values:
         assert is_valid_traceparent(value)
         assert value.startswith("00-") and value.endswith("-01")
+
+
+@given(st.sampled_from(["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"]))
+def test_a_child_traceparent_keeps_the_trace_and_flags_under_a_new_span(parent: str) -> None:
+    children = {child_traceparent(parent) for _ in range(50)}
+    assert len(children) == 50
+    for child in children:
+        assert is_valid_traceparent(child)
+        assert child[:36] == parent[:36] and child[52:] == parent[52:] and child[36:52] != parent[36:52]
 
 
 @pytest.mark.parametrize(

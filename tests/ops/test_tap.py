@@ -3,6 +3,7 @@ test kit (requests through the node's receive path, records on the bus)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -34,6 +35,8 @@ from bus.transport import InProcessTransport
 from tests.actors.conftest import Recorder
 
 SECRET = "eyJhbGciOi.secret-token-value.sig"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACE = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
 @message_kind("test.tap-credentials")
@@ -148,13 +151,14 @@ def test_a_tapped_address_has_its_deliveries_mirrored_with_secrets_redacted(kit:
     try:
         request(kit, "echo:a")
         assert got.snapshot() == [TapArmed(address="echo:a", tap_id="t1", node="tapped")]
-        kit.inject_message("echo:a", Ping(n=1), sender="node:x", epoch=4)
+        kit.inject_message("echo:a", Ping(n=1), sender="node:x", epoch=4, traceparent=TRACE)
         kit.inject_message("echo:a", TokenGranted(session_type="s", request_id="r", token=SECRET))
         kit.settle()
         ping, token, unhandled = records(got)  # Echo handles no tokens: a dead letter after the delivery
         assert (ping.outcome, ping.kind, ping.sender, ping.epoch, ping.body) == (
             "delivered", "sys.ping", "node:x", 4, {"n": 1, "payload": "<0 bytes>"})
-        assert ping.msg_id and ping.node == "tapped"
+        assert ping.msg_id and ping.node == "tapped" and ping.traceparent == TRACE
+        assert token.traceparent is None
         assert token.body is not None and token.body["token"] == REDACTED and token.redacted == ["token"]
         assert (unhandled.outcome, unhandled.reason, unhandled.kind) == ("dead-letter", "unhandled-kind",
                                                                           "token.granted")
@@ -231,9 +235,12 @@ def test_requests_for_system_or_malformed_addresses_are_refused(kit: TestKit) ->
 
 def test_format_record_is_one_line_with_kind_sender_epoch_id_and_body() -> None:
     record = TapRecord(address="echo:a", node="n", outcome="delivered", ts=0.5, kind="sys.ping", sender="node:x",
-                       epoch=3, msg_id="abc-1", reply_to="node:x", correlation_id="c-9", body={"n": 1})
+                       epoch=3, msg_id="abc-1", reply_to="node:x", correlation_id="c-9", body={"n": 1},
+                       traceparent=TRACE)
     line = format_record(record)
     assert "\n" not in line
-    for part in ("echo:a <- sys.ping", "from node:x", "epoch 3", "id abc-1", "ask c-9", '{"n": 1}'):
+    for part in ("echo:a <- sys.ping", "from node:x", "epoch 3", "id abc-1", "ask c-9", f"trace {TRACE_ID}",
+                 '{"n": 1}'):
         assert part in line
+    assert "trace" not in format_record(dataclasses.replace(record, traceparent=None))
 
