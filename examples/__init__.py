@@ -1,0 +1,1 @@
+"""Runnable examples of applications on a huddle fleet (see examples/README.md)."""
