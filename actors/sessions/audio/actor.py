@@ -54,6 +54,7 @@ from actors.sessions.contracts.audio import (
 )
 from actors.runtime.effects import Effect, Emit
 from actors.runtime.shell import MachineActor
+from actors.runtime.tracing import in_trace
 from bus.envelope import Envelope
 from bus.errors import HuddleError
 from bus.messages import Message
@@ -125,9 +126,11 @@ class AudioOutput(MachineActor):
                 super().perform(effect)
 
     def _sink_failed(self, error: BaseException) -> None:
-        """From the sink (any thread): becomes a message in our own mailbox."""
+        """From the sink (any thread): becomes a message in our own mailbox,
+        in no trace (the sink's task was started in the trace of its open)."""
         report = SinkFailed(reason=failure_reason(error), incarnation=self.ctx.incarnation)
-        self.node.tell(self.address, report, sender=self.address, epoch=self.epoch)
+        with in_trace(None):
+            self.node.tell(self.address, report, sender=self.address, epoch=self.epoch)
 
     def on_stop(self) -> None:
         self.sink.close()

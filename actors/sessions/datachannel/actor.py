@@ -73,6 +73,7 @@ from actors.runtime.io import Outcome
 from actors.runtime.effects import Effect, Emit
 from actors.runtime.shell import MachineActor
 from actors.runtime.node import Node
+from actors.runtime.tracing import in_trace
 from bus.envelope import Envelope
 from bus.messages import Message
 
@@ -194,7 +195,11 @@ class DataChannelSession(MachineActor):
 
 
 class SessionSocketEvents:
-    """Turns one socket's news into messages to its session (I/O loop side)."""
+    """Turns one socket's news into messages to its session (I/O loop side).
+
+    News from the socket is in no trace: the reader runs in a task started
+    while the connect was handled, and would otherwise put every frame of
+    the socket's life in the trace of that one connect."""
 
     __slots__ = ("address", "gen", "node")
 
@@ -204,10 +209,13 @@ class SessionSocketEvents:
         self.gen = gen
 
     def on_frame(self, text: str) -> None:
-        self.node.tell(self.address, SocketFrame(gen=self.gen, text=text), sender=self.address)
+        with in_trace(None):
+            self.node.tell(self.address, SocketFrame(gen=self.gen, text=text), sender=self.address)
 
     def on_close(self, code: int, reason: str) -> None:
-        self.node.tell(self.address, SocketClosed(gen=self.gen, code=code, reason=reason[:200]), sender=self.address)
+        with in_trace(None):
+            self.node.tell(self.address, SocketClosed(gen=self.gen, code=code, reason=reason[:200]),
+                           sender=self.address)
 
 
 class _RegisterDone:

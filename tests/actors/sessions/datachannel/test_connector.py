@@ -16,7 +16,11 @@ from actors.sessions.datachannel.connector import (
     SocketOpenError,
     WebSocketConnector,
 )
+from actors.runtime.actor import HuddleActor
 from actors.runtime.io import IoLoop
+from actors.runtime.testkit import TestKit
+from actors.runtime.tracing import current_trace, in_trace
+from actors.sessions.datachannel.actor import SessionSocketEvents
 from ops.dataserver.harness import DataServerProcess
 
 pytestmark = pytest.mark.integration
@@ -331,3 +335,39 @@ def test_a_waiter_cancelled_in_line_or_as_its_turn_comes_loses_no_place() -> Non
         return got
 
     assert asyncio.run(main()) == ["last", "after"]
+
+
+def test_frames_from_a_socket_opened_in_a_trace_reach_the_session_in_no_trace(
+        dataserver_session: DataServerProcess, connector: WebSocketConnector, io: IoLoop) -> None:
+    """The socket's callbacks run in the context its open ran in, so each
+    frame would join the trace of the connect that opened it, for the
+    socket's whole life; the session's adapter sends them in none."""
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    got = Recorder()
+
+    class Sink(HuddleActor):
+        def on_message(self, message: Any, envelope: Any) -> None:
+            got.on_frame(json.dumps({"kind": envelope.kind, "trace": envelope.traceparent}))
+
+    class Watched(SessionSocketEvents):
+        seen: list[str | None] = []
+
+        def on_frame(self, text: str) -> None:
+            Watched.seen.append(current_trace())
+            super().on_frame(text)
+
+    with TestKit() as kit:
+        kit.spawn("datachannel:m1/s1", Sink)
+        reg = run(io, connector.register(dataserver_session.datachannel_url("m1"), DEVICE_URL, None))
+        sock = connector.socket(reg.websocket_url, Watched(kit.node, "datachannel:m1/s1", gen=1))
+
+        async def open_in_trace() -> None:
+            with in_trace(trace):
+                await sock.open()
+
+        run(io, open_in_trace())
+        sock.send(json.dumps({"id": "a1", "type": "authorization", "data": {"token": "Bearer user"}}))
+        got.wait(lambda: got.frames, "a frame at the session")
+        sock.close(1000, "done (permanent)")
+        assert Watched.seen[0] == trace  # the hazard: the socket's callback runs in the open's trace
+        assert got.frames[0] == {"kind": "datachannel.io.frame", "trace": None}
