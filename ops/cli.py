@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import json
 import logging
@@ -17,10 +18,10 @@ import signal
 import subprocess
 import tempfile
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
+from ops import signals
 from ops.options import UNSIGNED_CLUSTER_REFUSED, add_cluster_key_option, bus_of, cluster_codec, redis_url_of
 
 __all__ = ["build_parser", "main"]
@@ -124,9 +125,8 @@ def cmd_node(args: argparse.Namespace) -> int:
             print(f"cluster key (made for this bus) in {key_file}: pass --cluster-key-file {key_file} to every "
                   "other node and tool on it", flush=True)
         print(f"  try: REDIS_URL={url} huddle inject echo:1 sys.ping '{{\"n\": 1}}' --ask{key_hint}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: every thread's stack to stderr
+    stop = signals.stop_event()
     transport = RedisTransport(url, name=node_id)
     node = Node(transport, node_id=node_id, namespace=args.namespace, codec=codec,
                 tracing=telemetry.tracing if telemetry is not None else None)
@@ -186,7 +186,7 @@ def cmd_node(args: argparse.Namespace) -> int:
             tmp = Path(args.ready_file + ".tmp")
             tmp.write_text(node.node_id)
             tmp.replace(args.ready_file)
-        stop.wait(args.run_for) if args.run_for else stop.wait()
+        signals.wait(stop, args.run_for or None)
         return 0
     finally:
         if endpoint is not None:

@@ -124,6 +124,11 @@ class NodeProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.signal(signal.SIGUSR1)  # its threads' stacks into its log, to say where it hung
+                try:
+                    self.proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    pass
                 self.signal(signal.SIGKILL)
                 self.proc.wait(timeout)
         return self.proc.returncode

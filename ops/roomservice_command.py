@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
+
+from ops import signals
 
 __all__ = ["register"]
 
@@ -28,9 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     if not credentials:
         print(f"set {CREDENTIALS_ENV} to the credentials clients must present", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = signals.stop_event()
     from ops.roomservice import RoomServiceStandIn  # aiohttp only when it runs
 
     with RoomServiceStandIn(credentials, args.room, host=args.host, port=args.port) as service:
@@ -40,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
             tmp = Path(args.ready_file + ".tmp")
             tmp.write_text(line)
             tmp.replace(args.ready_file)
-        stop.wait()
+        signals.wait(stop)
     return 0
 
 

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from bus.address import channel_for, is_valid_address
 from bus.envelope import Codec, Envelope
 from bus.errors import DecodeError, HuddleError
 from bus.messages import Event, Message, message_kind
+from ops import signals
 
 if TYPE_CHECKING:
     from actors.runtime.node import Node
@@ -421,7 +421,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
     if bus is None:
         return 2
     url, codec = bus
-    done = threading.Event()
+    done = signals.stop_event()  # also set by SIGTERM / SIGINT
     seen = [0]
     out_lock = threading.Lock()
 
@@ -443,14 +443,12 @@ def cmd_tap(args: argparse.Namespace) -> int:
 
     client = TapClient(url, args.address, on_record=on_record, on_armed=on_armed, on_refused=on_refused,
                        namespace=args.namespace, codec=codec, ttl=args.ttl)
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
     try:
         print(f"# tap {client.tap_id} on {args.address} via {mask_url(url)}", file=sys.stderr, flush=True)
         if not client.start(10.0):
             print(f"could not subscribe on {mask_url(url)}", file=sys.stderr)
             return 2
-        done.wait(args.for_seconds)
+        signals.wait(done, args.for_seconds)
         return 0
     finally:
         client.close()

@@ -32,7 +32,7 @@ def test_a_node_is_ready_paused_resumed_and_stopped_gracefully_by_its_pid(redis_
             node.pause()
             assert _state(node.pid) <= {"T", "t"}
             node.resume()
-        assert node.stop() == 0  # SIGTERM: a clean exit
+        assert node.stop() == 0, node.output()  # SIGTERM: a clean exit
         assert not node.alive
     finally:
         node.kill()

@@ -1,0 +1,66 @@
+"""SIGTERM stops a command whose main thread waits while another thread
+takes the signal (ops/signals.py), in a real child process.
+
+The child blocks SIGTERM on its main thread only, so the kernel must deliver
+it to the other thread: what happens by chance when the main thread already
+has a signal pending (a SIGCONT just before the SIGTERM, as a harness
+resuming a paused node sends).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ops.processes import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 30.0
+
+CHILD = textwrap.dedent("""
+    import signal, sys, threading
+    from ops import signals
+    stop = signals.stop_event()
+    other = threading.Thread(target=threading.Event().wait, daemon=True)  # takes SIGTERM: it does not block it
+    other.start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    print("ready", flush=True)
+    if sys.argv[1] == "plain":
+        stop.wait()
+    else:
+        signals.wait(stop)
+    print("stopped", flush=True)
+""")
+
+
+def child(mode: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, mode], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_signal_taken_by_another_thread_stops_the_wait() -> None:
+    proc = child("sliced")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=DEADLINE_S)
+        assert (proc.returncode, out.strip()) == (0, "stopped")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_hazard_a_plain_wait_never_runs_the_handler() -> None:
+    proc = child("plain")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.communicate(timeout=2.0)  # still waiting: the handler never ran
+    finally:
+        proc.kill()
+        proc.wait()
