@@ -40,8 +40,22 @@ def example(name: str, *args: str) -> list[str]:
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
-                          env=env)
+    """Run ``cmd`` to its end. Past :data:`RUN_TIMEOUT_S` it is interrupted
+    as Ctrl-C would (so it still stops what it started) and the test fails
+    with what it printed."""
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=DEADLINE)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        pytest.fail(f"{' '.join(cmd[1:])} did not end within {RUN_TIMEOUT_S} s:\n{out}{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def started_pids(out: str) -> dict[str, int]:
