@@ -17,6 +17,7 @@ import pytest
 import trustme
 
 from bus.embedded import EmbeddedRedis
+from bus.embedded_cluster import INSTALL_HINT, EmbeddedRedisCluster, EmbeddedSentinel, find_redis7
 from ops.dataserver.harness import DataServerProcess
 from tests.tls_proxy import TlsProxy
 
@@ -113,3 +114,49 @@ def tls_proxy(redis_server: EmbeddedRedis, tls_setup: TlsSetup) -> Iterator[TlsP
 def rediss_url(proxy: TlsProxy, ca_file: Path, userinfo: str = "") -> str:
     """The ``rediss://`` URL of ``proxy`` trusting ``ca_file``."""
     return f"rediss://{userinfo}127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca_file}"
+
+
+# -- Redis 7: a real Redis Cluster and a real Sentinel setup -------------------------
+
+
+def redis7_or_skip() -> str:
+    """The Redis 7 ``redis-server`` the cluster and Sentinel tests need; skips
+    the test (saying how to install one) when there is none."""
+    binary = find_redis7()
+    if binary is None:
+        pytest.skip(f"needs redis-server >= 7 (cluster, sharded pub/sub, sentinel): {INSTALL_HINT}")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """One real Redis Cluster (3 primaries, a replica each) for the session.
+    Tests that kill, restart or stop nodes use ``fresh_redis_cluster``."""
+    cluster = EmbeddedRedisCluster(binary=redis7_or_skip())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def fresh_redis_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """A private Redis Cluster for tests that kill, restart or stop its nodes."""
+    cluster = EmbeddedRedisCluster(binary=redis7_or_skip())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[EmbeddedSentinel]:
+    """A private primary, replica and three sentinels watching them as ``huddle``."""
+    setup = EmbeddedSentinel(binary=redis7_or_skip())
+    try:
+        setup.start()
+        yield setup
+    finally:
+        setup.stop()
