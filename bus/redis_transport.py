@@ -72,7 +72,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 
@@ -81,9 +81,10 @@ from bus.errors import TransportError
 from bus.loop import LoopThread, on_loop
 from bus.resp import PublishEncoder, encode_command
 from bus.resp_connection import ConnectionLost, PublisherConnection, RespConnection, SubscriberConnection
+from bus.slots import group_by_slot
 from bus.transport import Receiver, SubscribedCallback, TransportCallbacks, TransportStats, call_quietly
 
-__all__ = ["RedisTransport", "backoff_delay"]
+__all__ = ["RedisTransport", "ShardEvents", "backoff_delay", "is_redirect"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,26 @@ the loop keeps reading while it catches up."""
 SUBSCRIBE_CHUNK = 1_000
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 _WRITE_LOW_WATER = 1024 * 1024
+
+
+_SUBSCRIPTION_KINDS = frozenset((b"subscribe", b"unsubscribe", b"ssubscribe", b"sunsubscribe"))
+
+
+def is_redirect(error: object) -> bool:
+    """A Redis Cluster's "not here" error: MOVED or ASK (the slot is served
+    elsewhere) or TRYAGAIN / CLUSTERDOWN (it is between owners)."""
+    return str(error).startswith(("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"))
+
+
+class ShardEvents(Protocol):
+    """What a shard's transport tells the cluster transport that drives it
+    (on the loop thread)."""
+
+    def redirected(self, shard: RedisTransport, items: list[tuple[str, bytes]]) -> None:
+        """Publishes the shard refused with a redirect: send them again where their slot lives."""
+
+    def subscriptions_lost(self, shard: RedisTransport, channels: list[str]) -> None:
+        """Channels the shard no longer holds (their slot moved): subscribe them where it lives."""
 
 
 def backoff_delay(attempt: int) -> float:
@@ -138,6 +159,8 @@ class RedisTransport(TransportCallbacks):
     from a ``rediss://`` URL. ``connect_timeout`` bounds connect + handshake;
     a connection silent for ``health_interval`` seconds is PINGed and dropped
     if the PONG does not come within another interval (None: never).
+    ``shard``: this transport is one primary of a Redis Cluster, driven by a
+    :class:`bus.sharded.ShardedTransport` (see :class:`ShardEvents`).
     """
 
     def __init__(
@@ -149,6 +172,7 @@ class RedisTransport(TransportCallbacks):
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         health_interval: float | None = HEALTH_INTERVAL,
+        shard: ShardEvents | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
@@ -160,7 +184,12 @@ class RedisTransport(TransportCallbacks):
         self._ssl = ssl_context if ssl_context is not None else self._endpoint.ssl_context()
         self._connect_timeout = connect_timeout
         self._health_interval = health_interval
-        self._encoder = PublishEncoder()
+        #: One shard of a Redis Cluster (see bus.sharded): shard channels
+        #: (SPUBLISH, SSUBSCRIBE), and what the cluster does to them is
+        #: told to ``shard`` instead of being handled here.
+        self._shard = shard
+        self._encoder = PublishEncoder(verb=b"SPUBLISH" if shard is not None else b"PUBLISH")
+        self._sub_verbs = (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if shard is not None else (b"SUBSCRIBE", b"UNSUBSCRIBE")
 
         self._lock = threading.Lock()
         self._receiver: Receiver = _ignore
@@ -212,6 +241,9 @@ class RedisTransport(TransportCallbacks):
         self._sub_ready = False
         self._sync_scheduled = False
         self._subscriber: SubscriberConnection | None = None
+
+        #: Set when a shard leaves the cluster's map: where its publishes go instead.
+        self._retired: Callable[[list[tuple[str, bytes]]], None] | None = None
 
         # Connection state (loop thread only).
         self._up = {"publisher": False, "subscriber": False}
@@ -325,6 +357,21 @@ class RedisTransport(TransportCallbacks):
             self._inflight_pos = 0
             self._pending.clear()
         self._drop(lost, "closed")
+
+    def retire(self, forward: Callable[[list[tuple[str, bytes]]], None]) -> list[tuple[str, bytes]]:
+        """Loop thread: this shard left the cluster's map. Returns what was
+        not acknowledged and what was not sent (to be sent where its slots
+        live now), and from here on hands every publish to ``forward``
+        instead of queueing it; :meth:`close` it next (from another thread)."""
+        with self._lock:
+            self._retired = forward
+            items = [item for batch in self._inflight for item in batch][self._inflight_pos :]
+            items += self._pending
+            self._inflight.clear()
+            self._inflight_pos = 0
+            self._pending.clear()
+            self._settle_locked(len(items))
+        return items
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
@@ -531,18 +578,24 @@ class RedisTransport(TransportCallbacks):
         ):
             return
         with self._lock:
-            if self._closed:
+            if self._retired is not None:  # a shard no longer in the cluster's map (closed or not)
+                retired = self._retired
+            elif self._closed:
                 raise TransportError(f"{self!r} is closed")
-            self._pending.append((channel, data))
-            self._enqueued += 1
-            if len(self._pending) > self.max_pending:
-                overflow = self._trim_locked()
             else:
-                overflow = None
-                if not self._flush_scheduled and self._can_write:
-                    self._flush_scheduled = True
-                    self._call_soon(self._write_pending)
-        if overflow:
+                retired = None
+                self._pending.append((channel, data))
+                self._enqueued += 1
+                if len(self._pending) > self.max_pending:
+                    overflow = self._trim_locked()
+                else:
+                    overflow = None
+                    if not self._flush_scheduled and self._can_write:
+                        self._flush_scheduled = True
+                        self._call_soon(self._write_pending)
+        if retired is not None:
+            retired([(channel, data)])
+        elif overflow:
             self._drop(overflow, "overflow")
 
     def _trim_locked(self) -> list[tuple[str, bytes]]:
@@ -585,6 +638,7 @@ class RedisTransport(TransportCallbacks):
                     raise TransportError(f"{self!r} is closed")
                 if (
                     direct is None
+                    or self._retired is not None
                     or not self._can_write
                     or self._flush_scheduled
                     or self._pending
@@ -672,11 +726,20 @@ class RedisTransport(TransportCallbacks):
             call_quietly(self._on_unrouted, item[0], item[1])
 
     def _refused(self, error: object) -> None:
-        """Loop thread: the server refused the oldest in-flight PUBLISH."""
+        """Loop thread: the server refused the oldest in-flight PUBLISH (a
+        shard's SPUBLISH to a slot it no longer serves: handed back to the
+        cluster, which sends it where the slot lives now)."""
         channel = "?"
+        item = None
         if self._inflight:
-            channel = self._inflight[0][self._inflight_pos][0]
+            item = self._inflight[0][self._inflight_pos]
+            channel = item[0]
         self._advance_inflight(1)
+        if self._shard is not None and item is not None and is_redirect(error):
+            with self._lock:
+                self._settle_locked(1)
+            call_quietly(self._shard.redirected, self, [item])
+            return
         with self._lock:
             self.stats.dropped += 1
         log.error("%r: redis refused PUBLISH to %r: %s", self, channel, error)
@@ -768,10 +831,14 @@ class RedisTransport(TransportCallbacks):
             self._to_remove.clear()
             self._sub_dirty = False
             chunks: list[bytes] = []
-            for verb, names in ((b"SUBSCRIBE", to_add), (b"UNSUBSCRIBE", to_remove)):
-                for start in range(0, len(names), SUBSCRIBE_CHUNK):
-                    chunk = names[start : start + SUBSCRIBE_CHUNK]
-                    self._sub_commands.append([verb.lower(), len(chunk)])
+            subscribe, unsubscribe = self._sub_verbs
+            for verb, names in ((subscribe, to_add), (unsubscribe, to_remove)):
+                if self._shard is not None:  # one slot per shard command
+                    groups = group_by_slot(names)
+                else:
+                    groups = [names[start : start + SUBSCRIBE_CHUNK] for start in range(0, len(names), SUBSCRIBE_CHUNK)]
+                for chunk in groups:
+                    self._sub_commands.append([verb.lower(), len(chunk), chunk])
                     chunks.append(encode_command(verb, *chunk))
             if not self._sub_commands:
                 self._sub_cond.notify_all()
@@ -782,11 +849,12 @@ class RedisTransport(TransportCallbacks):
         """Loop thread: a (un)subscribe confirmation or an error."""
         check_resubscribed = False
         ready: list[SubscribedCallback] = []
+        lost: list[str] | None = None
         with self._sub_cond:
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"subscribe", b"unsubscribe"):
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] in _SUBSCRIPTION_KINDS:
                 kind, raw_channel, _count = reply
                 channel = raw_channel.decode()
-                if kind == b"subscribe":
+                if kind == b"subscribe" or kind == b"ssubscribe":
                     self._confirmed.add(channel)
                     self._missing.discard(channel)
                     for waiter in self._sub_waiters.pop(channel, ()):
@@ -794,7 +862,12 @@ class RedisTransport(TransportCallbacks):
                             ready.append(waiter.callback)
                 else:
                     self._confirmed.discard(channel)
-                    if channel in self._wanted:  # wanted again since: its SUBSCRIBE follows
+                    asked = bool(self._sub_commands) and self._sub_commands[0][0] == kind
+                    if not asked and self._shard is not None and channel in self._wanted:
+                        # The server dropped it: its slot moved to another
+                        # shard. No longer held here; the cluster places it.
+                        lost = self._release_locked([channel])
+                    elif channel in self._wanted:  # wanted again since: its SUBSCRIBE follows
                         self._missing.add(channel)
                 if self._sub_commands and self._sub_commands[0][0] == kind:
                     self._sub_commands[0][1] -= 1
@@ -802,9 +875,13 @@ class RedisTransport(TransportCallbacks):
                         self._sub_commands.popleft()
             elif isinstance(reply, hiredis.ReplyError):
                 # One error answers a whole command (e.g. NOPERM on a channel).
-                if self._sub_commands:
-                    self._sub_commands.popleft()
-                log.error("%r: redis refused a subscription command: %s", self, reply)
+                command = self._sub_commands.popleft() if self._sub_commands else None
+                if self._shard is not None and is_redirect(reply) and command is not None:
+                    # Asked of the wrong shard (the slot moved): the cluster places them.
+                    if command[0] == b"ssubscribe":
+                        lost = self._release_locked([c for c in command[2] if c in self._wanted])
+                else:
+                    log.error("%r: redis refused a subscription command: %s", self, reply)
             else:
                 return  # e.g. a PING's ["pong", ""]
             if not self._sub_commands:
@@ -812,8 +889,22 @@ class RedisTransport(TransportCallbacks):
                 check_resubscribed = self._await_resubscribe
         for callback in ready:
             call_quietly(callback, True)
+        if lost:
+            assert self._shard is not None
+            call_quietly(self._shard.subscriptions_lost, self, lost)
         if check_resubscribed:
             self._maybe_resubscribed()
+
+    def _release_locked(self, channels: list[str]) -> list[str]:
+        """A shard's channels the server no longer holds here: forgotten
+        (their waiters wait on: the cluster subscribes them where they
+        live now). Caller holds _lock."""
+        for channel in channels:
+            self._wanted.discard(channel)
+            self._channel_names.pop(channel.encode(), None)
+            self._missing.discard(channel)
+            self._confirmed.discard(channel)
+        return channels
 
     def _maybe_resubscribed(self) -> None:
         with self._lock:

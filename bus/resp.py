@@ -34,22 +34,24 @@ def encode_command(*args: bytes | str | int) -> bytes:
 
 
 class PublishEncoder:
-    """Encodes batches of ``(channel, data)`` as pipelined ``PUBLISH`` commands.
+    """Encodes batches of ``(channel, data)`` as pipelined ``PUBLISH`` commands
+    (``verb``: ``SPUBLISH`` for shard channels on a Redis Cluster).
 
     Keeps a cache of encoded per-channel headers, bounded by
     ``max_cached_channels`` (cleared when full: channels come and go with
     actors, and a re-encode is cheap).
     """
 
-    __slots__ = ("_headers", "_max_cached")
+    __slots__ = ("_headers", "_max_cached", "_verb")
 
-    def __init__(self, max_cached_channels: int = 100_000) -> None:
+    def __init__(self, max_cached_channels: int = 100_000, *, verb: bytes = b"PUBLISH") -> None:
         self._headers: dict[str, bytes] = {}
         self._max_cached = max_cached_channels
+        self._verb = b"$%d\r\n%s\r\n" % (len(verb), verb)  # PUBLISH, or SPUBLISH for a shard channel
 
     def _header(self, channel: str) -> bytes:
         raw = channel.encode()
-        header = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(raw), raw)
+        header = b"*3\r\n%s$%d\r\n%s\r\n" % (self._verb, len(raw), raw)
         if len(self._headers) >= self._max_cached:
             self._headers.clear()
         self._headers[channel] = header

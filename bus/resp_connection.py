@@ -253,7 +253,7 @@ class SubscriberConnection(RespConnection):
             while (reply := gets()) is not False:
                 if reply.__class__ is list:
                     kind = reply[0]
-                    if kind == b"message":
+                    if kind == b"message" or kind == b"smessage":  # smessage: a shard channel's
                         channel = names.get(reply[1])
                         if channel is None:  # unsubscribed; the server has not caught up
                             continue

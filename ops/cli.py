@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ops import signals
-from ops.options import UNSIGNED_CLUSTER_REFUSED, add_cluster_key_option, bus_of, cluster_codec, redis_url_of
+from ops.options import LEASES_NEED_ONE_SERVER, UNSIGNED_CLUSTER_REFUSED, add_cluster_key_option, bus_of, cluster_codec, redis_url_of
 
 __all__ = ["build_parser", "main"]
 
@@ -86,7 +86,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     _load_contracts()
     from bus.endpoint import mask_url
-    from bus.redis_transport import RedisTransport
+    from bus.sharded import is_cluster_url, transport_for
     from bus.signing import write_new_cluster_key
 
     codec = cluster_codec(args)
@@ -99,6 +99,9 @@ def cmd_node(args: argparse.Namespace) -> int:
             return 2
         return cluster_cli.drain_node(url, args.drain, args.namespace, timeout=args.run_for or 60.0, codec=codec)
     clustered = cluster_cli.cluster_requested(args)
+    if clustered and url is not None and is_cluster_url(url):
+        print(LEASES_NEED_ONE_SERVER, file=sys.stderr)
+        return 2
     key_file = None
     if clustered and not codec.signed and not args.insecure_no_signing:
         if url is not None:
@@ -127,7 +130,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         print(f"  try: REDIS_URL={url} huddle inject echo:1 sys.ping '{{\"n\": 1}}' --ask{key_hint}", flush=True)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: every thread's stack to stderr
     stop = signals.stop_event()
-    transport = RedisTransport(url, name=node_id)
+    transport = transport_for(url, name=node_id)
     node = Node(transport, node_id=node_id, namespace=args.namespace, codec=codec,
                 tracing=telemetry.tracing if telemetry is not None else None)
     publisher = MetricsPublisher(node, interval=args.metrics_interval or None)
@@ -226,7 +229,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from bus.envelope import new_traceparent
     from bus.errors import HuddleError
     from bus.messages import REGISTRY
-    from bus.redis_transport import RedisTransport
+    from bus.sharded import transport_for
 
     _load_contracts()  # so any session actor's message can be sent (and its answer read)
     bus = bus_of(args, "inject")
@@ -243,7 +246,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     except HuddleError as exc:
         print(f"refused: {exc}. Known kinds: {', '.join(sorted(REGISTRY.kinds()))}", file=sys.stderr)
         return 2
-    transport = RedisTransport(url, name="huddle-inject")
+    transport = transport_for(url, name="huddle-inject")
     node = Node(transport, node_id=args.node_id, namespace=args.namespace, codec=codec)
     node.start()
     try:

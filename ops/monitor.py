@@ -223,14 +223,14 @@ class MonitorFeed:
 
     def __init__(self, url: str, *, namespace: str = "", codec: Codec | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        from bus.redis_transport import RedisTransport
+        from bus.sharded import transport_for
 
         self.state = MonitorState()
         self.lock = threading.Condition()
         self._codec = codec or Codec()
         self._clock = clock
         self._names = {channel_for(name, namespace): name for name in MONITORED}
-        self.transport = RedisTransport(url, name="huddle-monitor")
+        self.transport = transport_for(url, name="huddle-monitor")
         self.transport.set_receiver(self._receive)
         self.transport.subscribe(*self._names)
 

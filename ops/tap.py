@@ -328,7 +328,7 @@ class TapClient:
     def __init__(self, url: str, address: str, *, on_record: Callable[[TapRecord], None],
                  on_armed: Callable[[str], None] = lambda node: None, on_refused: Callable[[str], None] = lambda r: None,
                  namespace: str = "", codec: Codec | None = None, ttl: float = DEFAULT_TTL) -> None:
-        from bus.redis_transport import RedisTransport
+        from bus.sharded import transport_for
 
         if not is_valid_address(address):
             raise HuddleError(f"not an address: {address!r} (expected kind:id[/sub])")
@@ -342,7 +342,7 @@ class TapClient:
         self._requests = channel_for(SYS_TAPS, namespace)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        self.transport = RedisTransport(url, name=f"huddle-tap-{self.tap_id}")
+        self.transport = transport_for(url, name=f"huddle-tap-{self.tap_id}")
         self.transport.set_receiver(self._receive)
         self.transport.subscribe(channel_for(tap_channel(address), namespace))
 

@@ -1,0 +1,188 @@
+"""The bus on a real Redis Cluster (3 primaries, 3 replicas, Redis 7):
+shard channels across every shard with nothing lost, a slot moved under
+traffic, a primary killed and its replica promoted, and a huddle node,
+``huddle inject`` and the client on a ``redis+cluster://`` URL."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.client import connect
+from bus.embedded_cluster import EmbeddedRedisCluster
+from bus.errors import HuddleError
+from bus.messages import Ping, Pong
+from bus.sharded import ShardedTransport
+from bus.slots import channel_slot
+from ops.processes import REPO_ROOT, NodeProcess, huddle_command
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 30.0
+
+
+class Inbox:
+    """What a transport received, by channel; waitable."""
+
+    def __init__(self) -> None:
+        self.got: collections.Counter[str] = collections.Counter()
+        self.payloads: dict[str, list[bytes]] = collections.defaultdict(list)
+        self._cond = threading.Condition()
+
+    def __call__(self, channel: str, data: bytes) -> None:
+        with self._cond:
+            self.got[channel] += 1
+            self.payloads[channel].append(data)
+            self._cond.notify_all()
+
+    def wait_total(self, n: int, timeout: float = DEADLINE) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: sum(self.got.values()) >= n, timeout)
+
+
+def sharded(url: str, name: str, inbox: Inbox | None = None) -> ShardedTransport:
+    transport = ShardedTransport(url, name=name)
+    if inbox is not None:
+        transport.set_receiver(inbox)
+    transport.start()
+    return transport
+
+
+@pytest.fixture
+def pair(redis_cluster: EmbeddedRedisCluster) -> Iterator[tuple[ShardedTransport, ShardedTransport, Inbox]]:
+    inbox = Inbox()
+    receiver = sharded(redis_cluster.url, "rx", inbox)
+    sender = sharded(redis_cluster.url, "tx")
+    try:
+        yield sender, receiver, inbox
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_traffic_across_every_shard_arrives_once_each_in_order_per_channel(
+        redis_cluster: EmbeddedRedisCluster, pair: tuple[ShardedTransport, ShardedTransport, Inbox]) -> None:
+    sender, receiver, inbox = pair
+    channels = [f"echo:spread-{i}" for i in range(300)]
+    receiver.subscribe(*channels)
+    assert receiver.wait_subscribed(DEADLINE)
+    assert len(receiver.shards) == 3
+    for round_ in range(5):
+        for channel in channels:
+            sender.publish(channel, b"%d" % round_)
+    assert sender.flush(DEADLINE)
+    assert inbox.wait_total(1500)
+    assert set(inbox.got.values()) == {5}
+    assert all(inbox.payloads[c] == [b"0", b"1", b"2", b"3", b"4"] for c in channels)
+    per_shard = collections.Counter(receiver.slot_map.owners[channel_slot(c)] for c in channels)  # type: ignore[union-attr]
+    assert len(per_shard) == 3  # every shard carried some
+    assert sender.stats.dropped == 0 and sender.stats.published == 1500
+
+
+def test_a_slot_moved_under_traffic_loses_nothing_and_the_subscription_follows(
+        redis_cluster: EmbeddedRedisCluster, pair: tuple[ShardedTransport, ShardedTransport, Inbox]) -> None:
+    sender, receiver, inbox = pair
+    channel = "echo:moving"
+    receiver.subscribe(channel)
+    assert receiver.wait_subscribed(DEADLINE)
+    slot = channel_slot(channel)
+    source = redis_cluster.primary_for_slot(slot).port
+    target = next(p.port for p in redis_cluster.primaries() if p.port != source)
+    sent = 0
+    stop = threading.Event()
+
+    def traffic() -> None:
+        nonlocal sent
+        while not stop.is_set() or sent < 200:
+            sender.publish(channel, b"%d" % sent)
+            sent += 1
+            if sent % 20 == 0:
+                stop.wait(0.005)  # a steady trickle, not a flood
+
+    writer = threading.Thread(target=traffic)
+    writer.start()
+    try:
+        redis_cluster.move_slot(slot, target)
+    finally:
+        stop.set()
+        writer.join(DEADLINE)
+    assert sender.flush(DEADLINE)
+    assert inbox.wait_total(sent), f"{sum(inbox.got.values())} of {sent}"
+    assert inbox.got[channel] == sent  # none lost, none twice
+    # The subscription now lives on the slot's new owner.
+    deadline = time.monotonic() + DEADLINE
+    while receiver.slot_map.owners[slot][1] != target and time.monotonic() < deadline:  # type: ignore[union-attr]
+        receiver.refresh()
+        receiver.wait_subscribed(1)
+    owner = receiver.shards[("127.0.0.1", target)]
+    assert channel in owner.subscribed_channels
+
+
+def test_a_killed_primary_fails_over_and_the_bus_goes_on(fresh_redis_cluster: EmbeddedRedisCluster) -> None:
+    cluster = fresh_redis_cluster
+    inbox = Inbox()
+    states: list[str] = []
+    receiver = sharded(cluster.url, "rx", inbox)
+    receiver.on_state(states.append)
+    sender = sharded(cluster.url, "tx")
+    try:
+        channels = [f"echo:fo-{i}" for i in range(60)]
+        receiver.subscribe(*channels)
+        assert receiver.wait_subscribed(DEADLINE)
+        victim = cluster.primary_for_slot(channel_slot(channels[0])).port
+        cluster.kill(victim)
+        promoted = cluster.wait_failover(victim, timeout=DEADLINE)
+        # Both sides find the new primary by themselves and listen there again.
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and not (
+                ("127.0.0.1", promoted) in receiver.shards and ("127.0.0.1", promoted) in sender.shards
+                and receiver.wait_subscribed(1)):
+            pass
+        assert ("127.0.0.1", victim) not in receiver.shards
+        assert receiver.wait_subscribed(DEADLINE)
+        for channel in channels:
+            sender.publish(channel, b"after")
+        assert sender.flush(DEADLINE)
+        assert inbox.wait_total(len(channels))
+        assert all(inbox.payloads[c][-1] == b"after" for c in channels)
+        assert "disconnected" in states and states[-1] == "resubscribed"
+        assert sender.stats.dropped == 0
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_a_node_inject_and_the_client_on_a_cluster_url(redis_cluster: EmbeddedRedisCluster, tmp_path: Path) -> None:
+    node = NodeProcess.start("sharded-1", redis_cluster.url, tmp_path, ["--echo", "echo:sh-1", "--echo", "echo:sh-2"])
+    try:
+        node.wait_ready()
+        inject = subprocess.run(huddle_command("inject", "echo:sh-1", "sys.ping", '{"n": 4}', "--ask",
+                                               "--redis-url", redis_cluster.url),
+                                capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        assert inject.returncode == 0, inject.stderr
+        assert '"n": 4' in inject.stdout
+
+        async def main() -> tuple[object, object]:
+            async with connect(redis_cluster.url) as client:
+                first = await client.ask("echo:sh-2", Ping(n=9))
+                with pytest.raises(HuddleError):  # nobody there: refused at once, typed
+                    await client.ask("echo:nobody", Ping(n=1), timeout=5)
+                return first, await client.ask("echo:sh-1", Ping(n=10))
+
+        assert asyncio.run(asyncio.wait_for(main(), 60)) == (Pong(n=9), Pong(n=10))
+    finally:
+        assert node.stop() == 0
+
+
+def test_cluster_nodes_are_refused_on_a_cluster_url_with_the_reason(redis_cluster: EmbeddedRedisCluster) -> None:
+    out = subprocess.run(huddle_command("node", "--cluster", "--insecure-no-signing", "--redis-url",
+                                        redis_cluster.url), capture_output=True, text=True, timeout=60,
+                         cwd=REPO_ROOT)
+    assert out.returncode == 2 and "lease store on one Redis server" in out.stderr
