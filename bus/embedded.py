@@ -38,6 +38,7 @@ from types import TracebackType
 import hiredis
 
 from bus.errors import HuddleError
+from bus.interrupts import held
 
 __all__ = [
     "EmbeddedRedis",
@@ -214,7 +215,11 @@ class EmbeddedRedis:
                 self._dir = tempfile.mkdtemp(prefix="huddle-redis-")
             if self._port is None:
                 self._port = self._requested_port or _free_port()
-            self._spawn()
+            try:
+                self._spawn()
+            except BaseException:  # an interrupt while it starts, too: end what was spawned
+                self._terminate()
+                raise
             _live.add(self)
             return self
 
@@ -301,14 +306,15 @@ class EmbeddedRedis:
         log_path = os.path.join(self._dir, "redis.log")
         self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in _close_log
         try:
-            self._proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self._dir,
-                start_new_session=True,  # a Ctrl-C in the terminal is ours to handle
-            )
+            with held():  # an interrupt waits until the handle is ours
+                self._proc = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=self._dir,
+                    start_new_session=True,  # a Ctrl-C in the terminal is ours to handle
+                )
         except OSError as exc:
             self._close_log()
             raise EmbeddedRedisError(f"cannot run {binary}: {exc}") from exc

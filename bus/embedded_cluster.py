@@ -71,6 +71,7 @@ from typing import TypeVar
 import redis
 
 from bus.embedded import EmbeddedRedisError
+from bus.interrupts import held
 
 __all__ = [
     "INSTALL_HINT",
@@ -257,14 +258,15 @@ class _ServerProcess:
             return
         with open(self.log_path, "ab") as log_file:  # the child keeps its own descriptor
             try:
-                self._proc = subprocess.Popen(
-                    self.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.directory,
-                    start_new_session=True,  # a Ctrl-C in the terminal is ours to handle
-                )
+                with held():  # an interrupt waits until the handle is ours
+                    self._proc = subprocess.Popen(
+                        self.argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        cwd=self.directory,
+                        start_new_session=True,  # a Ctrl-C in the terminal is ours to handle
+                    )
             except OSError as exc:
                 raise EmbeddedClusterError(f"cannot run {self.argv[0]}: {exc}") from exc
 

@@ -38,6 +38,7 @@ from typing import Any
 from actors.sessions.contracts import meeting as mt
 from bus.embedded import EmbeddedRedis
 from bus.errors import HuddleError
+from bus.interrupts import held
 from ops.dataserver.harness import DataServerError, DataServerProcess
 from ops.demo.observed import caption_frame
 from ops.mediareceiver import ReceiverHarness
@@ -159,16 +160,21 @@ def _services(args: argparse.Namespace, *, voice: bool) -> Iterator[Services]:
         yield _from_environment(args, voice=voice)
         return
     with ExitStack() as stack:
-        redis = EmbeddedRedis().start()
-        stack.callback(_stopped, "redis-server", redis.pid, redis.stop)
-        print(f"local: redis-server pid {redis.pid} at {redis.url}")
-        ds = DataServerProcess.start()
-        stack.callback(_stopped, "huddle dataserver", ds.pid, ds.stop)
-        print(f"local: huddle dataserver pid {ds.pid} at {ds.http_url}")
+        # Each start, the registration of its stop and its line are one
+        # step: an interrupt comes before it or after it, never between.
+        with held():
+            redis = EmbeddedRedis().start()
+            stack.callback(_stopped, "redis-server", redis.pid, redis.stop)
+            print(f"local: redis-server pid {redis.pid} at {redis.url}")
+        with held():
+            ds = DataServerProcess.start()
+            stack.callback(_stopped, "huddle dataserver", ds.pid, ds.stop)
+            print(f"local: huddle dataserver pid {ds.pid} at {ds.http_url}")
         workdir = Path(tempfile.mkdtemp(prefix="huddle-example-"))
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        node = NodeProcess.start(WORKER, redis.url, workdir, ["--meetings"], env={"HUDDLE_LOG": "ERROR"})
-        stack.callback(_stopped, f"huddle node {WORKER}", node.pid, node.stop)
+        with held():
+            node = NodeProcess.start(WORKER, redis.url, workdir, ["--meetings"], env={"HUDDLE_LOG": "ERROR"})
+            stack.callback(_stopped, f"huddle node {WORKER}", node.pid, node.stop)
         node.wait_ready()
         print(f"local: huddle node {WORKER} pid {node.pid}, hosting meetings:{WORKER}")
         media_url = ""

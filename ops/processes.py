@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bus.embedded import pause_process
+from bus.interrupts import held
 
 __all__ = ["REPO_ROOT", "NodeProcess", "NodeStartError", "huddle_command"]
 
@@ -59,9 +60,16 @@ class NodeProcess:
         log = workdir / f"{node_id}.log"
         cmd = huddle_command("node", "--node-id", node_id, "--redis-url", redis_url, "--ready-file", str(ready),
                              *options)
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=REPO_ROOT, env=None if env is None else {**os.environ, **env})
+        proc = None
+        try:
+            with open(log, "wb") as out, held():  # an interrupt waits until the handle is ours
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        cwd=REPO_ROOT, env=None if env is None else {**os.environ, **env})
+        except BaseException:
+            if proc is not None:  # interrupted while it started: end it before the interrupt goes on
+                proc.kill()
+                proc.wait()
+            raise
         return cls(node_id, proc, ready, log)
 
     def wait_ready(self, timeout: float = READY_DEADLINE_S) -> None:

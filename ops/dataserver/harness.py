@@ -31,6 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from bus.interrupts import held
+
 __all__ = ["DataServerError", "DataServerProcess"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -106,8 +108,9 @@ class DataServerProcess:
             if self.options.get("token_secret"):
                 env["HUDDLE_DATASERVER_TOKEN_SECRET"] = self.options["token_secret"]
             with open(log, "wb") as out:
-                self._proc = subprocess.Popen(self._command(ready), stdin=subprocess.DEVNULL, stdout=out,
-                                              stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+                with held():  # an interrupt waits until the handle is ours (start() then stops it)
+                    self._proc = subprocess.Popen(self._command(ready), stdin=subprocess.DEVNULL, stdout=out,
+                                                  stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
             self.pid = self._proc.pid
             code = self._wait_ready(ready, deadline)
             if code is None:

@@ -96,6 +96,7 @@ from bus.address import SYS_EVENTS, channel_for
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Codec, Envelope
 from bus.errors import DecodeError, HuddleError
+from bus.interrupts import held
 from bus.messages import Event
 from bus.redis_transport import RedisTransport
 from bus.signing import cluster_signer, write_new_cluster_key
@@ -264,9 +265,14 @@ class Webinar:
     # -- phases -------------------------------------------------------------------
 
     def phase_start(self) -> None:
-        self.redis = EmbeddedRedis().start()
-        self.ds = DataServerProcess.start(workdir=self.workdir / "dataserver")
-        self.receiver = ReceiverHarness().__enter__()
+        # Each start and keeping its handle for close() are one step: an
+        # interrupt comes before or after it, never between the two.
+        with held():
+            self.redis = EmbeddedRedis().start()
+        with held():
+            self.ds = DataServerProcess.start(workdir=self.workdir / "dataserver")
+        with held():
+            self.receiver = ReceiverHarness().__enter__()
         # The workers' own access token, for the meetings the cluster starts
         # on them (placement, failover): a file only this user can read.
         token_file = self.workdir / "access-token"
@@ -277,8 +283,10 @@ class Webinar:
         extra = ("--cluster", "--heartbeat", str(HEARTBEAT_S), "--lease-ttl", str(LEASE_TTL_S), "--sweep", "1",
                  "--meetings-token-file", str(token_file), "--cluster-key-file", str(key_file))
         quiet = {"HUDDLE_LOG": os.environ.get("HUDDLE_LOG", "ERROR")}
-        self.workers = [NodeProcess.start(w, self.redis.url, self.workdir, ["--meetings", *extra], env=quiet)
-                        for w in self.plan.workers]
+        for w in self.plan.workers:
+            with held():
+                self.workers.append(NodeProcess.start(w, self.redis.url, self.workdir, ["--meetings", *extra],
+                                                      env=quiet))
         for worker in self.workers:
             worker.wait_ready()
         # The driver is a cluster member that hosts nothing placed: its sends
