@@ -5,7 +5,8 @@ kernel delivers a process-directed signal to any thread that does not block
 it, and picks another thread whenever the main thread already has a signal
 pending (a SIGCONT right before the SIGTERM is enough). The C-level handler
 then only marks the signal; a main thread blocked in ``Event.wait()`` with no
-timeout never returns to run it, and the command hangs until SIGKILL.
+timeout may never return to run it (Linux does not interrupt it; some
+sandboxes do), and the command hangs until SIGKILL.
 :func:`wait` therefore waits in short slices: the main thread runs Python
 code at least every :data:`SLICE_S` and the handler with it.
 """
