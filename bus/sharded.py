@@ -23,7 +23,11 @@ for TLS; user, password and TLS options as for ``redis://``) makes
   across a reconnect on one server: envelope ids let receivers drop a copy).
 
 Delivery contract: what pub/sub carries is at most once, on a cluster as on
-one server. ``SPUBLISH``'s receiver count covers the shard's primary only;
+one server. A slot move is a gap for its subscribers as a reconnect is:
+what is published between the old owner dropping a subscription and the
+new owner confirming it reaches no one (the publisher cannot know when a
+subscriber elsewhere is back), and the subscriber's transport reports it
+with ``"resubscribed"`` once every channel is placed again. ``SPUBLISH``'s receiver count covers the shard's primary only;
 huddle subscribes on primaries, so it counts every huddle subscriber, but
 what a delivery means rests on the lease (``actors.cluster``), never on it.
 """
@@ -395,7 +399,12 @@ class ShardedTransport(TransportCallbacks):
 
     def subscriptions_lost(self, shard: RedisTransport, channels: list[str]) -> None:
         with self._lock:
-            self._placing.update(c for c in channels if c in self._wanted)
+            lost = [c for c in channels if c in self._wanted]
+            self._placing.update(lost)
+            # Until they are confirmed on the new owner, what is published
+            # to them reaches no one here: the gap is reported as after a
+            # reconnect ("resubscribed" once they are placed again).
+            self._await_resubscribe = self._await_resubscribe or bool(lost)
         log.info("%r: %d channel(s) left %s (slot moved); placing them again", self, len(channels), shard.name)
         self.refresh()
 

@@ -42,6 +42,10 @@ class Inbox:
             self.payloads[channel].append(data)
             self._cond.notify_all()
 
+    def wait_for(self, channel: str, data: bytes, timeout: float = DEADLINE) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: data in self.payloads[channel], timeout)
+
     def wait_total(self, n: int, timeout: float = DEADLINE) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: sum(self.got.values()) >= n, timeout)
@@ -86,9 +90,18 @@ def test_traffic_across_every_shard_arrives_once_each_in_order_per_channel(
     assert sender.stats.dropped == 0 and sender.stats.published == 1500
 
 
-def test_a_slot_moved_under_traffic_loses_nothing_and_the_subscription_follows(
+def test_a_slot_moved_under_traffic_the_subscription_follows_and_the_gap_is_reported(
         redis_cluster: EmbeddedRedisCluster, pair: tuple[ShardedTransport, ShardedTransport, Inbox]) -> None:
+    """The delivery contract across a slot move, as across a reconnect:
+    the subscription follows the slot to its new owner, the receiver reports
+    the gap ("resubscribed"), nothing arrives twice, and everything
+    published once it is back arrives. What was published in the gap may be
+    lost (the publisher cannot know when a subscriber elsewhere is back):
+    how much is printed, not asserted."""
     sender, receiver, inbox = pair
+    states: list[str] = []
+    back = threading.Event()
+    receiver.on_state(lambda state: (states.append(state), state == "resubscribed" and back.set()))
     channel = "echo:moving"
     receiver.subscribe(channel)
     assert receiver.wait_subscribed(DEADLINE)
@@ -113,14 +126,23 @@ def test_a_slot_moved_under_traffic_loses_nothing_and_the_subscription_follows(
     finally:
         stop.set()
         writer.join(DEADLINE)
+    assert back.wait(DEADLINE), f"the gap was not reported: {states}"
     assert sender.flush(DEADLINE)
-    assert inbox.wait_total(sent), f"{sum(inbox.got.values())} of {sent}"
-    assert inbox.got[channel] == sent  # none lost, none twice
+    during = sent
+    # Once the receiver is back on the new owner, nothing is lost.
+    after = [b"after-%d" % i for i in range(200)]
+    for data in after:
+        sender.publish(channel, data)
+    assert sender.flush(DEADLINE)
+    assert inbox.wait_for(channel, after[-1]), f"{inbox.got[channel]} received; states {states}"
+    got = inbox.payloads[channel]
+    assert len(got) == len(set(got))  # none twice
+    assert sorted(d for d in got if d.startswith(b"after-")) == sorted(after)  # every one
+    assert all(int(d) < during for d in got if not d.startswith(b"after-"))
+    assert sender.stats.dropped == 0
+    print(f"slot move: {during - (len(got) - len(after))} of {during} published during the move were lost in the gap")
     # The subscription now lives on the slot's new owner.
-    deadline = time.monotonic() + DEADLINE
-    while receiver.slot_map.owners[slot][1] != target and time.monotonic() < deadline:  # type: ignore[union-attr]
-        receiver.refresh()
-        receiver.wait_subscribed(1)
+    assert receiver.slot_map.owners[slot][1] == target  # type: ignore[union-attr]
     owner = receiver.shards[("127.0.0.1", target)]
     assert channel in owner.subscribed_channels
 
