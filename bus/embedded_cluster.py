@@ -962,6 +962,27 @@ class EmbeddedSentinel:
             self._killed_primary = port
             return port
 
+    def switchover(self, timeout: float = 30.0) -> int:
+        """A planned switchover (``SENTINEL FAILOVER``): a replica is
+        promoted and the primary demoted to its replica, nothing killed.
+        Returns once every sentinel names the new primary, it answers
+        ``ROLE`` as master and the old one as a replica (until then the old
+        one takes writes its resync will discard); returns the new port."""
+        with self._lock:
+            old = self.primary_port()
+            reply = _command(self._sentinels[0].port, "SENTINEL", "FAILOVER", self.master_name)
+            if reply not in ("OK", True):
+                raise EmbeddedClusterError(f"SENTINEL FAILOVER refused: {reply!r}")
+            self._killed_primary = old
+            new = self.wait_switchover(timeout)
+
+            def demoted() -> bool:
+                role = _command(old, "ROLE")
+                return isinstance(role, list) and bool(role) and role[0] == "slave"
+
+            _poll("the old primary demoted to a replica", demoted, timeout, self._logs)
+            return new
+
     def wait_switchover(self, timeout: float = 30.0) -> int:
         """Wait until every running sentinel names the same new primary (not the
         killed one) and that server answers ``ROLE`` as master; returns its port."""

@@ -77,6 +77,7 @@ from typing import Any, Protocol
 import hiredis
 
 from bus.endpoint import RedisEndpoint, mask_url
+from bus.sentinel import CHECK_INTERVAL_S, PrimaryResolver, is_sentinel_url
 from bus.errors import TransportError
 from bus.loop import LoopThread, on_loop
 from bus.resp import PublishEncoder, encode_command
@@ -179,7 +180,13 @@ class RedisTransport(TransportCallbacks):
         self.name = name
         self.stats = TransportStats()
         self.max_pending = max_pending
-        self._endpoint = RedisEndpoint.parse(url)
+        #: Behind Sentinel (redis+sentinel://): where the primary is, asked
+        #: before every connection and every CHECK_INTERVAL_S (bus.sentinel).
+        self._resolver = PrimaryResolver(url) if is_sentinel_url(url) else None
+        self._endpoint = (self._resolver.url.endpoint("localhost", 6379) if self._resolver is not None
+                          else RedisEndpoint.parse(url))
+        #: Where each connection is up now (host, port): loop thread only.
+        self._reached: dict[str, tuple[str | None, int]] = {}
         self._safe_url = mask_url(url)
         self._ssl = ssl_context if ssl_context is not None else self._endpoint.ssl_context()
         self._connect_timeout = connect_timeout
@@ -304,6 +311,8 @@ class RedisTransport(TransportCallbacks):
             asyncio.run_coroutine_threadsafe(self._start_connection(role), loop)
             for role in ("publisher", "subscriber")
         ]
+        if self._resolver is not None:
+            asyncio.run_coroutine_threadsafe(self._start_following(), loop)
         refusal: BaseException | None = None
         for attempt in self._first_attempts:
             try:
@@ -380,6 +389,33 @@ class RedisTransport(TransportCallbacks):
             if connection is not None and connection.transport is not None:
                 connection.transport.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._resolver is not None:
+            await self._resolver.aclose()
+
+    # -- behind Sentinel -------------------------------------------------------
+
+    async def _start_following(self) -> None:
+        self._tasks.append(asyncio.create_task(self._follow_primary(), name=f"sentinel:{self.name}"))
+
+    async def _follow_primary(self) -> None:
+        """Every CHECK_INTERVAL_S: if the sentinels name another primary
+        than a connection is on (a switchover: the old one is a replica now,
+        and keeps its clients), drop that connection; it reconnects to the
+        new primary as after any loss."""
+        assert self._resolver is not None
+        while not self._closed:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            try:
+                ep = await self._resolver.endpoint()
+            except ConnectionError as exc:
+                log.debug("%r: %s", self, exc)
+                continue
+            for role, connection in (("publisher", self._publisher), ("subscriber", self._subscriber)):
+                reached = self._reached.get(role)
+                if connection is not None and reached is not None and reached != (ep.host, ep.port):
+                    log.warning("%r %s: the sentinels name %s:%s as the primary now; moving there",
+                                self, role, ep.host, ep.port)
+                    connection.abort()
 
     # -- connections ---------------------------------------------------------
 
@@ -450,7 +486,7 @@ class RedisTransport(TransportCallbacks):
 
     async def _open(self, factory: Callable[[], RespConnection], role: str) -> RespConnection:
         loop = asyncio.get_running_loop()
-        ep = self._endpoint
+        ep = self._endpoint if self._resolver is None else await self._resolver.endpoint()
         connection: RespConnection
         async with asyncio.timeout(self._connect_timeout):
             if ep.path is not None:
@@ -464,15 +500,15 @@ class RedisTransport(TransportCallbacks):
                     server_hostname=ep.host if self._ssl is not None else None,
                 )
             try:
-                await self._handshake(connection, role)
+                await self._handshake(connection, role, ep)
             except BaseException:
                 connection.abort()
                 raise
         connection.handshaking = False
+        self._reached[role] = (ep.host, ep.port) if ep.path is None else (ep.path, 0)
         return connection
 
-    async def _handshake(self, connection: RespConnection, role: str) -> None:
-        ep = self._endpoint
+    async def _handshake(self, connection: RespConnection, role: str, ep: RedisEndpoint) -> None:
         commands: list[tuple[bytes | str | int, ...]] = []
         if ep.password is not None:
             if ep.username:
@@ -488,6 +524,13 @@ class RedisTransport(TransportCallbacks):
             if isinstance(reply, hiredis.ReplyError):
                 # Never echo the AUTH arguments; the server's text is safe.
                 raise TransportError(f"redis refused {command[0]!r} on {self._safe_url}: {reply}")
+        if self._resolver is not None:
+            # The sentinels may name a primary that has just been demoted
+            # (or not yet promoted): only the primary will do.
+            # (INFO, not ROLE: a subscriber connection reads an array as a push.)
+            info = await connection.command("INFO", "replication")
+            if not (isinstance(info, bytes) and b"role:master" in info):
+                raise ConnectionError(f"{ep.host}:{ep.port} is not the primary ({info!r:.40})")
 
     def _connection_up(self, role: str, connection: RespConnection) -> None:
         if role == "publisher":

@@ -31,7 +31,8 @@ def add_cluster_key_option(parser: argparse.ArgumentParser) -> None:
 LEASES_NEED_ONE_SERVER = (
     "refused: huddle's cluster (leases, placement, failover) keeps its lease store on one Redis server; on a "
     "Redis Cluster (redis+cluster://) only the bus runs so far: plain nodes, clients, monitor and tap. Point "
-    "--cluster nodes at one Redis server (with a replica behind it) for now."
+    "--cluster nodes at one Redis server, or at a primary behind Sentinel (redis+sentinel://HOST:PORT,.../NAME), "
+    "for now."
 )
 
 UNSIGNED_CLUSTER_REFUSED = (

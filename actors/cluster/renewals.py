@@ -56,6 +56,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.cluster.machine import ClusterConfig, Input, RenewFailed, Renewed
 from bus.cluster.leases import ClaimResult, LeaseStore
+from bus.sentinel import connection_pool
 from bus.envelope import Codec
 from bus.loop import IoClosed, LoopThread
 
@@ -209,7 +210,7 @@ class RenewalLane:
             await self._claims.client.aclose()
 
     def _pool(self) -> aioredis.ConnectionPool:
-        return aioredis.BlockingConnectionPool.from_url(
+        return connection_pool(
             self._redis_url, max_connections=1, timeout=None,
             socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),

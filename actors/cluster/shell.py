@@ -133,6 +133,7 @@ from bus.envelope import Envelope
 from bus.errors import DecodeError, EncodeError, HuddleError
 from bus.messages import REGISTRY, Message, message_kind
 from bus.messages import Stop as StopMessage
+from bus.sentinel import connection_pool
 
 __all__ = ["ActorFactories", "Cluster", "ClusterControl", "ClusterStatus", "encode_start_args"]
 
@@ -492,7 +493,7 @@ class Cluster:
         command that loses its connection (Redis restarted) is sent again on
         a new one: every script here is safe to repeat (a repeated ROUTE
         appends a copy that the owner drops by its msg_id)."""
-        return aioredis.BlockingConnectionPool.from_url(
+        return connection_pool(
             self.redis_url, max_connections=max_connections, timeout=None,
             socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),

@@ -1,0 +1,136 @@
+"""The bus and the cluster behind Sentinel (redis+sentinel://), on a real
+Redis 7 primary, replica and three sentinels: the primary found by asking
+the sentinels, a planned switchover and a killed primary followed under
+traffic (the cluster of node processes behind Sentinel: tests/integration/test_cluster.py)."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bus.embedded_cluster import EmbeddedSentinel
+from bus.redis_transport import RedisTransport
+from ops.processes import REPO_ROOT, NodeProcess, huddle_command
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 30.0
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, channel: str, data: bytes) -> None:
+        with self._cond:
+            self.got.append(data)
+            self._cond.notify_all()
+
+    def wait_for(self, data: bytes, timeout: float = DEADLINE) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: data in self.got, timeout)
+
+
+class Pair:
+    """A sender and a receiver on the sentinel URL; the receiver's states."""
+
+    def __init__(self, url: str) -> None:
+        self.inbox = Inbox()
+        self.states: list[str] = []
+        self.back = threading.Event()
+        self.receiver = RedisTransport(url, name="sentinel-rx")
+        self.receiver.set_receiver(self.inbox)
+        self.receiver.on_state(self._state)
+        self.sender = RedisTransport(url, name="sentinel-tx")
+
+    def _state(self, state: str) -> None:
+        self.states.append(state)
+        if state == "resubscribed":
+            self.back.set()
+
+    def start(self, channel: str) -> None:
+        self.receiver.subscribe(channel)
+        self.receiver.start()
+        self.sender.start()
+        assert self.receiver.wait_subscribed(DEADLINE)
+
+    def round(self, channel: str, tag: str, n: int = 100) -> None:
+        """``n`` messages, every one received."""
+        sent = [f"{tag}-{i}".encode() for i in range(n)]
+        for data in sent:
+            self.sender.publish(channel, data)
+        assert self.sender.flush(DEADLINE)
+        assert self.inbox.wait_for(sent[-1]), f"{tag}: {len(self.inbox.got)} received; states {self.states}"
+        got = [d for d in self.inbox.got if d.startswith(f"{tag}-".encode())]
+        assert got == sent  # each once, in order
+
+    def close(self) -> None:
+        self.sender.close()
+        self.receiver.close()
+
+
+@pytest.fixture
+def pair(redis_sentinel: EmbeddedSentinel) -> Iterator[Pair]:
+    p = Pair(redis_sentinel.url)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def connected_clients(port: int) -> collections.Counter[str]:
+    with redis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5) as client:
+        return collections.Counter(c["name"] for c in client.client_list())
+
+
+def test_the_bus_finds_the_primary_and_follows_a_planned_switchover(
+        redis_sentinel: EmbeddedSentinel, pair: Pair) -> None:
+    setup = redis_sentinel
+    old = setup.primary_port()
+    pair.start("echo:sentinel")
+    assert {"huddle:sentinel-rx:subscriber", "huddle:sentinel-tx:publisher"} <= set(connected_clients(old))
+    pair.round("echo:sentinel", "before")
+    new = setup.switchover()
+    assert new != old
+    # The demoted primary keeps its clients: the transports leave it themselves.
+    assert pair.back.wait(DEADLINE), f"the receiver did not come back: {pair.states}"
+    wait_until(lambda: {"huddle:sentinel-rx:subscriber", "huddle:sentinel-tx:publisher"}
+               <= set(connected_clients(new)), "both transports on the new primary")
+    wait_until(lambda: not {"huddle:sentinel-rx:subscriber", "huddle:sentinel-tx:publisher"}
+               & set(connected_clients(old)), "nothing left on the demoted one")
+    assert pair.states[:3] == ["connected", "disconnected", "connected"] and "resubscribed" in pair.states
+    pair.round("echo:sentinel", "after")
+
+
+def test_the_bus_follows_a_killed_primary_to_the_promoted_replica(
+        redis_sentinel: EmbeddedSentinel, pair: Pair) -> None:
+    setup = redis_sentinel
+    pair.start("echo:sentinel-kill")
+    pair.round("echo:sentinel-kill", "before")
+    setup.kill_primary()
+    new = setup.wait_switchover()
+    assert pair.back.wait(DEADLINE), f"the receiver did not come back: {pair.states}"
+    assert "huddle:sentinel-rx:subscriber" in connected_clients(new)
+    pair.round("echo:sentinel-kill", "after")
+
+
+
+def test_a_node_and_inject_on_a_sentinel_url(redis_sentinel: EmbeddedSentinel, tmp_path: Path) -> None:
+    node = NodeProcess.start("sentinel-1", redis_sentinel.url, tmp_path, ["--echo", "echo:st-1"])
+    try:
+        node.wait_ready()
+        inject = subprocess.run(huddle_command("inject", "echo:st-1", "sys.ping", '{"n": 4}', "--ask",
+                                               "--redis-url", redis_sentinel.url),
+                                capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        assert inject.returncode == 0, inject.stderr
+        assert '"n": 4' in inject.stdout
+    finally:
+        assert node.stop() == 0
