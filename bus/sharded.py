@@ -132,14 +132,17 @@ class SlotMap:
     @classmethod
     def from_shards(cls, reply: Any, tls: bool = False) -> SlotMap:
         """Parse a RESP2 ``CLUSTER SHARDS`` reply: per shard, its slot
-        ranges and its nodes; a shard's owner is its online primary."""
+        ranges and its nodes; a shard's owner is its online primary.
+
+        A primary marked failed (``fail``; ``failed`` in later versions)
+        owns nothing: its slots have no owner until a replica is promoted."""
         owners: list[tuple[str, int] | None] = [None] * SLOTS
         for shard in reply:
             fields = _pairs(shard)
             primary = None
             for node in fields.get("nodes", []):
                 info = _pairs(node)
-                if _text(info.get("role")) == "master" and _text(info.get("health")) != "fail":
+                if _text(info.get("role")) == "master" and _text(info.get("health")) not in ("fail", "failed"):
                     host = _text(info.get("ip")) or _text(info.get("endpoint"))
                     port = info.get("tls-port") if tls else info.get("port")
                     if host and isinstance(port, int) and port:
@@ -293,8 +296,15 @@ class ShardedTransport(TransportCallbacks):
             self._route = route
             self._map = slot_map
             moves: dict[RedisTransport, list[str]] = {}
+            unplaced: set[str] = set()
             for channel in self._wanted:  # all of them: a map changes rarely
                 slot = channel_slot(channel)
+                if slot_map.owners[slot] is None:
+                    # No primary serves it (one failed, no replica promoted
+                    # yet): placed once one does. Subscribing it on the
+                    # fallback would only be refused.
+                    unplaced.add(channel)
+                    continue
                 new = route[slot]
                 old = old_route[slot] if old_route else None
                 if old is not new or channel in self._placing:
@@ -302,6 +312,7 @@ class ShardedTransport(TransportCallbacks):
                         old.unsubscribe(channel)
                     moves.setdefault(new, []).append(channel)
             self._placing.clear()
+            self._placing.update(unplaced)  # asked again every REFRESH_WHILE_DOWN_S until placed
             early, self._early_waiters = self._early_waiters, []
             gone = [key for key in self._shards if key not in slot_map.primaries]
             retired = [self._shards.pop(key) for key in gone]
@@ -534,11 +545,18 @@ class ShardedTransport(TransportCallbacks):
         """True once every publish made before the call was acknowledged by
         its shard or dropped (redirected ones included)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._closed or not self._rerouting, timeout):
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._closed or not self._rerouting,
+                                           max(0.0, deadline - time.monotonic())):
+                    return False
+                shards = list(self._shards.values())
+            if not all(shard.flush(max(0.0, deadline - time.monotonic())) for shard in shards):
                 return False
-            shards = list(self._shards.values())
-        return all(shard.flush(max(0.0, deadline - time.monotonic())) for shard in shards) and not self._rerouting
+            with self._lock:
+                if self._closed or not self._rerouting:
+                    return not self._rerouting
+            # A shard answered MOVED meanwhile: those go again once the map is fresh.
 
     def subscribe(self, *channels: str) -> None:
         """As on one server; before the map is in, the channels are

@@ -59,6 +59,17 @@ def test_the_slot_map_follows_cluster_shards_and_its_online_primaries() -> None:
     assert None not in slot_map.owners and len(slot_map.owners) == SLOTS
 
 
+@pytest.mark.parametrize("health", ["fail", "failed"])  # Redis 7.0 says "fail", later versions "failed"
+def test_a_shard_whose_only_primary_failed_has_no_owner_until_a_replica_is_promoted(health: str) -> None:
+    reply = [
+        [b"slots", [0, 8191], b"nodes", [_node("a", 7000, "master", health), _node("b", 7003, "replica")]],
+        [b"slots", [8192, 16383], b"nodes", [_node("c", 7001, "master")]],
+    ]
+    slot_map = SlotMap.from_shards(reply)
+    assert slot_map.owners[0] is None and slot_map.owners[8191] is None
+    assert slot_map.primaries == {("127.0.0.1", 7001)}
+
+
 def test_known_slots_and_hash_tags() -> None:
     # Values from the Redis Cluster specification's examples and CLUSTER KEYSLOT.
     assert channel_slot("foo") == 12182
