@@ -45,6 +45,7 @@ BENCHMARKS = {
     "failover": "3 cluster node processes, 1,000 stateful actors; kill -9 one: seconds until each of its actors is live elsewhere (baseline: the detection delay).",
     "failover-meetings": "3 node processes hosting N meetings (default 1,000; HUDDLE_BENCH_MEETINGS) against the reference service, 1 s leases; kill -9 one: seconds until each of its meetings holds its lease on a survivor with every session online on a new socket and subscribed, survivor leases lost, captions lost (baseline: the detection delay).",
     "tracing": "40,000 messages sent and handled on one node in no trace (baseline), in W3C traces (the field alone) and with OpenTelemetry spans: microseconds per message.",
+    "redis-cluster": "the tell-remote load over a Redis Cluster of 3 primaries (shard channels): msgs/s, lost, shard imbalance, each primary's CPU; a primary killed mid-run: lost, time until resubscribed (baseline: the same load on one redis-server).",
     "chaos": "a bounded soak (--minutes) that kills, pauses and restarts nodes and Redis; invariants from sys:events, sys:nodes and the fencing log (baseline: the same load without chaos).",
 }
 

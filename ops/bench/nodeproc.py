@@ -53,7 +53,8 @@ from actors.runtime.builtin import Echo
 from actors.runtime.node import Node
 from bus.envelope import Codec, Envelope
 from bus.messages import Message, Ping, Pong, message_kind
-from bus.redis_transport import RedisTransport
+from bus.sharded import transport_for
+from bus.transport import Transport
 from bus.signing import cluster_signer
 
 READY_TIMEOUT = 30.0
@@ -382,7 +383,7 @@ class ScriptedNode:
 # -- the process --------------------------------------------------------------
 
 
-def _stats(node: Node, transport: RedisTransport) -> dict[str, Any]:
+def _stats(node: Node, transport: Transport) -> dict[str, Any]:
     s = transport.stats
     return {
         "transport": {"published": s.published, "received": s.received, "dropped": s.dropped,
@@ -416,7 +417,7 @@ _cpu_mark = [0.0]  # CPU time of this process when the measured phase began
 
 
 def serve(args: argparse.Namespace) -> int:
-    transport = RedisTransport(args.redis_url, name=args.node_id)
+    transport = transport_for(args.redis_url, name=args.node_id)  # one server, or a Redis Cluster (redis-cluster)
     # Signed envelopes when $HUDDLE_CLUSTER_KEY is set (tell-remote measures both).
     node = Node(transport, node_id=args.node_id, codec=Codec(signer=cluster_signer()))
     node.start()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import redis7_or_skip
+
 from .conftest import DEADLINE, REPO_ROOT, NodeProcesses, huddle_cmd
 
 pytestmark = pytest.mark.integration
@@ -160,6 +162,18 @@ def test_bench_quick_prints_figures_baseline_goal(name: str, figures: set[str], 
     out = run("bench", name, "--quick", "--json-out", str(written), timeout=BENCH_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     _check_bench_output(out.stdout, written, figures)
+
+
+def test_bench_redis_cluster_quick_spreads_the_load_over_three_shards_and_loses_nothing(tmp_path: Path) -> None:
+    redis7_or_skip()
+    written = tmp_path / "redis-cluster.json"
+    out = run("bench", "redis-cluster", "--quick", "--json-out", str(written), timeout=BENCH_TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check_bench_output(out.stdout, written, {"shards", "msgs_per_s", "lost", "shard_imbalance", "resubscribed_s",
+                                              "failover_lost", "primary_cpu_s_max"})
+    figures = json.loads(out.stdout)["figures"]
+    assert figures["shards"] == 3 and figures["lost"] == 0 and figures["shard_imbalance"] <= 1.25
+    assert figures["resubscribed_s"] > 0  # the receiver came back after the kill (NaN if it never did)
 
 
 def test_bench_failover_meetings_quick_loses_no_survivor_lease_and_no_caption(tmp_path: Path) -> None:

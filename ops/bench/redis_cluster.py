@@ -1,0 +1,203 @@
+"""redis-cluster: the tell-remote load on a Redis Cluster of 3 primaries
+(each with a replica), against the same load on one redis-server.
+
+figures:
+  shards             primaries the load spreads over;
+  msgs_per_s         500,000 Pings (100 bytes) told by 10 sender actors on one
+                     node process to 1,000 sinks on another (round-robin),
+                     every channel a shard channel; end to end, as tell-remote;
+  lost               sent - handled in that run;
+  msgs_per_s_ratio   msgs_per_s / the baseline's;
+  shard_imbalance    messages on the most-loaded shard / on the least-loaded
+                     (each sink gets the same share: its shard by the slot of
+                     its channel);
+  primary_cpu_s_max, primary_cpu_s_sum
+                     CPU seconds the busiest primary's redis-server spent in
+                     the run, and all three (the single server's is in the
+                     baseline; each primary's in the result's meta): the work
+                     a core of its own would take per shard;
+  failover_lost, failover_duplicated, resubscribed_s
+                     a second run, two transports in this process on 300
+                     channels at a steady rate: a primary is SIGKILLed and its
+                     replica promoted. resubscribed_s: from the kill until the
+                     receiver reports every channel subscribed again; lost:
+                     what never arrived (published to the dead primary's slots
+                     before the subscriber was back: the bus's at-most-once
+                     gap, reported as "resubscribed");
+  double_owner_accepted is not measured (said so in the meta): cluster mode
+  (leases, fencing) does not run on a Redis Cluster yet (its keys carry no
+  hash tags), so there is no owner to double.
+baseline: the same tell-remote load on one redis-server in the same run
+(``msgs_per_s``, ``lost``, ``redis_cpu_s``); for ``resubscribed_s``,
+``promoted_s``: from the kill until Redis itself has promoted the replica
+and every node agrees (what no client can beat).
+
+Every process (redis-servers, node processes) is started here and ended by
+PID, also on error.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+
+import psutil
+from common import parse_args, ratio, report
+from tell_remote import measure
+
+from bus.address import channel_for
+from bus.embedded import EmbeddedRedis
+from bus.embedded_cluster import EmbeddedRedisCluster, find_redis7
+from bus.sharded import ShardedTransport
+from bus.slots import channel_slot
+
+SINKS = 1_000
+FAILOVER_CHANNELS = 300
+FAILOVER_RATE = 5_000
+"""Messages per second in the failover run (spread over its channels)."""
+DEADLINE = 60.0
+
+
+def _cpu(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[pid] = times.user + times.system
+    return out
+
+
+def _measured(url: str, n: int, pids: list[int]) -> tuple[dict[str, float], list[float]]:
+    """tell-remote on ``url``, and the CPU seconds each of ``pids`` spent in it."""
+    before = _cpu(pids)
+    result = measure(url, n, SINKS)
+    after = _cpu(pids)
+    return result, [round(after.get(pid, 0.0) - before.get(pid, 0.0), 2) for pid in pids]
+
+
+def _imbalance(cluster: EmbeddedRedisCluster) -> tuple[float, dict[int, int]]:
+    per_shard: collections.Counter[int] = collections.Counter()
+    for i in range(SINKS):
+        per_shard[cluster.primary_for_slot(channel_slot(channel_for(f"sink:s{i}"))).port] += 1
+    counts = [per_shard[p.port] for p in cluster.primaries()]
+    return max(counts) / max(1, min(counts)), dict(per_shard)
+
+
+def _failover_run(cluster: EmbeddedRedisCluster, seconds: float) -> dict[str, float]:
+    """Two sharded transports here; a primary killed a third into the run."""
+    got: collections.Counter[bytes] = collections.Counter()
+    back = threading.Event()
+    lock = threading.Lock()
+    killed_at = [0.0]
+    resubscribed_at = [0.0]
+    promoted_at = [0.0]
+
+    def receive(channel: str, data: bytes) -> None:
+        with lock:
+            got[data] += 1
+
+    def state(event: str) -> None:
+        if event == "resubscribed" and killed_at[0] and not back.is_set():
+            resubscribed_at[0] = time.monotonic()
+            back.set()
+
+    channels = [f"echo:failover-{i}" for i in range(FAILOVER_CHANNELS)]
+    receiver = ShardedTransport(cluster.url, name="bench-rx")
+    receiver.set_receiver(receive)
+    receiver.on_state(state)
+    sender = ShardedTransport(cluster.url, name="bench-tx")
+    sent = 0
+    killer: threading.Thread | None = None
+    try:
+        receiver.subscribe(*channels)
+        receiver.start()
+        sender.start()
+        if not receiver.wait_subscribed(DEADLINE):
+            raise RuntimeError("the receiver did not subscribe")
+        victim = cluster.primary_for_slot(channel_slot(channels[0])).port
+
+        def kill() -> None:
+            cluster.kill(victim)
+            cluster.wait_failover(victim)  # Redis's own part: a replica promoted, every node agreeing
+            promoted_at[0] = time.monotonic()
+        start = time.monotonic()
+        end = start + seconds
+        kill_at = start + seconds / 3
+        batch = max(1, FAILOVER_RATE // 100)
+        while time.monotonic() < end or (killed_at[0] and not back.is_set() and time.monotonic() < end + DEADLINE):
+            for _ in range(batch):
+                sender.publish(channels[sent % len(channels)], b"%d" % sent)
+                sent += 1
+            if not killed_at[0] and time.monotonic() >= kill_at:
+                killed_at[0] = time.monotonic()
+                killer = threading.Thread(target=kill, daemon=True)
+                killer.start()
+            time.sleep(0.01)  # the steady rate, not a flood
+        if killer is not None:
+            killer.join(DEADLINE)
+        sender.flush(DEADLINE)
+        final = f"{sent - 1}".encode()
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            with lock:
+                if final in got:
+                    break
+            time.sleep(0.05)  # a poll with a deadline
+    finally:
+        sender.close()
+        receiver.close()
+    with lock:
+        received = len(got)
+        duplicated = sum(c - 1 for c in got.values())
+    return {"sent": sent, "failover_lost": sent - received, "failover_duplicated": duplicated,
+            "resubscribed_s": (resubscribed_at[0] - killed_at[0]) if back.is_set() else float("nan"),
+            "promoted_s": (promoted_at[0] - killed_at[0]) if promoted_at[0] else float("nan")}
+
+
+def main() -> None:
+    args = parse_args("redis-cluster", __doc__ or "")
+    n = 50_000 if args.quick else 500_000
+    failover_seconds = 3.0 if args.quick else 6.0
+    binary = find_redis7()
+    if binary is None:
+        raise SystemExit("redis-cluster needs redis-server 7 or later (Debian: apt-get install redis-server)")
+    load = os.getloadavg()[0]
+    single = EmbeddedRedis(binary=binary)
+    cluster = EmbeddedRedisCluster(primaries=3, replicas_per_primary=1, binary=binary)
+    try:
+        single.start()
+        assert single.pid is not None
+        base, (single_cpu,) = _measured(single.url, n, [single.pid])
+        single.stop()
+        cluster.start()
+        primaries = cluster.primaries()
+        huddle, primary_cpu = _measured(cluster.url, n, [p.pid for p in primaries if p.pid is not None])
+        imbalance, per_shard = _imbalance(cluster)
+        failover = _failover_run(cluster, failover_seconds)
+    finally:
+        single.stop()
+        cluster.stop()
+    report(
+        args,
+        figures={"shards": len(primaries), "msgs_per_s": huddle["msgs_per_s"], "lost": huddle["lost"],
+                 "msgs_per_s_ratio": ratio(huddle["msgs_per_s"], base["msgs_per_s"]),
+                 "shard_imbalance": imbalance, "primary_cpu_s_max": max(primary_cpu),
+                 "primary_cpu_s_sum": sum(primary_cpu),
+                 "failover_lost": failover["failover_lost"], "failover_duplicated": failover["failover_duplicated"],
+                 "resubscribed_s": failover["resubscribed_s"], "tells": n, "sinks": SINKS},
+        baseline={"msgs_per_s": base["msgs_per_s"], "lost": base["lost"], "redis_cpu_s": single_cpu,
+                  "promoted_s": failover["promoted_s"]},
+        goal={"lost": 0, "shard_imbalance": 1.25, "msgs_per_s_ratio": 0.8},
+        notes={"sinks_per_shard": per_shard, "primary_cpu_s": primary_cpu, "failover_sent": failover["sent"],
+               "loadavg_1m_before": load, "replicas_per_primary": 1,
+               "double_owner_accepted": "not measured: cluster mode (leases, fencing) does not run on a Redis "
+                                        "Cluster yet (its keys carry no hash tags), so there is no owner to double"},
+    )
+
+
+if __name__ == "__main__":
+    main()
