@@ -23,11 +23,16 @@ for TLS; user, password and TLS options as for ``redis://``) makes
   across a reconnect on one server: envelope ids let receivers drop a copy).
 
 Delivery contract: what pub/sub carries is at most once, on a cluster as on
-one server. A slot move is a gap for its subscribers as a reconnect is:
-what is published between the old owner dropping a subscription and the
-new owner confirming it reaches no one (the publisher cannot know when a
-subscriber elsewhere is back), and the subscriber's transport reports it
-with ``"resubscribed"`` once every channel is placed again. ``SPUBLISH``'s receiver count covers the shard's primary only;
+one server. A slot move or a failover is a gap for the slot's subscribers,
+as a reconnect is: the subscriber's transport reports it with
+``"resubscribed"`` once every channel is placed again. The publisher
+narrows it: for :data:`HOLD_FOR_SUBSCRIBER_S` after a slot changed primary,
+what it publishes there (and what it sends again: redirected, or never
+acknowledged by a primary that died) waits, in order per channel, until
+``PUBSUB SHARDNUMSUB`` shows the channel has a subscriber on the new owner;
+a subscriber that moves within that time misses nothing. A channel nobody
+listens to gets its messages at the end of the hold, where they reach no
+one, as before. ``SPUBLISH``'s receiver count covers the shard's primary only;
 huddle subscribes on primaries, so it counts every huddle subscriber, but
 what a delivery means rests on the lease (``actors.cluster``), never on it.
 """
@@ -61,6 +66,9 @@ log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_S = 5.0
 REFRESH_WHILE_DOWN_S = 0.25
+#: The longest a publish sent again after a slot move or failover waits for
+#: its channel to have a subscriber on the new owner.
+HOLD_FOR_SUBSCRIBER_S = 2.0
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 def is_cluster_url(url: str) -> bool:
@@ -164,37 +172,44 @@ def _pairs(flat: Any) -> dict[str, Any]:
     return {_text(k): v for k, v in zip(items[::2], items[1::2], strict=False)}
 
 
+async def one_command(url: ClusterUrl, host: str, port: int, timeout: float, *command: str) -> Any:
+    """``command``'s reply from the node at ``host:port``, on a connection
+    of its own (for what is asked rarely: the map, subscriber counts)."""
+    endpoint = url.endpoint(host, port)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=endpoint.ssl_context(), server_hostname=host if endpoint.tls else None)
+        try:
+            commands: list[tuple[Any, ...]] = []
+            if endpoint.password is not None:
+                commands.append(("AUTH", endpoint.username, endpoint.password) if endpoint.username
+                                else ("AUTH", endpoint.password))
+            commands.append(command)
+            writer.write(b"".join(encode_command(*c) for c in commands))
+            parser = hiredis.Reader()
+            replies: list[Any] = []
+            while len(replies) < len(commands):
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    replies.append(reply)
+        finally:
+            writer.close()
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            raise TransportError(f"refused: {reply}")  # never the AUTH arguments
+    return replies[-1]
+
+
 async def fetch_slot_map(url: ClusterUrl, nodes: Iterable[tuple[str, int]], timeout: float) -> SlotMap:
     """Ask ``CLUSTER SHARDS`` of the first of ``nodes`` that answers."""
     errors: list[str] = []
     for host, port in nodes:
-        endpoint = url.endpoint(host, port)
         try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=endpoint.ssl_context(), server_hostname=host if endpoint.tls else None)
-                try:
-                    commands = []
-                    if endpoint.password is not None:
-                        commands.append(("AUTH", endpoint.username, endpoint.password) if endpoint.username
-                                        else ("AUTH", endpoint.password))
-                    commands.append(("CLUSTER", "SHARDS"))
-                    writer.write(b"".join(encode_command(*c) for c in commands))
-                    parser = hiredis.Reader()
-                    replies: list[Any] = []
-                    while len(replies) < len(commands):
-                        data = await reader.read(65536)
-                        if not data:
-                            raise ConnectionError("closed")
-                        parser.feed(data)
-                        while (reply := parser.gets()) is not False:
-                            replies.append(reply)
-                finally:
-                    writer.close()
-            for reply in replies:
-                if isinstance(reply, hiredis.ReplyError):
-                    raise TransportError(f"refused: {reply}")  # never the AUTH arguments
-            slot_map = SlotMap.from_shards(replies[-1], tls=url.tls)
+            slot_map = SlotMap.from_shards(await one_command(url, host, port, timeout, "CLUSTER", "SHARDS"),
+                                           tls=url.tls)
             if slot_map.primaries:
                 return slot_map
             errors.append(f"{host}:{port}: no primary serves any slot")
@@ -230,6 +245,15 @@ class ShardedTransport(TransportCallbacks):
         self._wanted: set[str] = set()
         self._placing: set[str] = set()  # channels lost by a shard, not yet subscribed elsewhere
         self._rerouting: list[tuple[str, bytes]] = []  # publishes waiting for the map (redirected, or early)
+        #: Publishes sent again after a move, waiting (in order, per channel)
+        #: for a subscriber on the new owner; and since when each channel waits.
+        self._held: dict[str, list[bytes]] = {}
+        self._held_since: dict[str, float] = {}
+        #: Slots whose primary changed in the last HOLD_FOR_SUBSCRIBER_S (a
+        #: move, a failover): a publish there waits for a subscriber too,
+        #: until its channel has one (then it is in _cleared).
+        self._moved: dict[int, float] = {}
+        self._cleared: set[str] = set()
         self._early_waiters: list[tuple[list[str], SubscribedCallback]] = []  # when_subscribed before the map
         self._retired_stats = TransportStats()
         self._down: set[tuple[str, int]] = set()
@@ -294,7 +318,12 @@ class ShardedTransport(TransportCallbacks):
             route = [self._shards[o] if o is not None else fallback for o in slot_map.owners]
             old_route = self._route
             self._route = route
-            self._map = slot_map
+            old_map, self._map = self._map, slot_map
+            if old_map is not None:
+                now = time.monotonic()
+                for slot, (before, after) in enumerate(zip(old_map.owners, slot_map.owners, strict=True)):
+                    if after is not None and before != after:
+                        self._moved[slot] = now
             moves: dict[RedisTransport, list[str]] = {}
             unplaced: set[str] = set()
             for channel in self._wanted:  # all of them: a map changes rarely
@@ -330,13 +359,13 @@ class ShardedTransport(TransportCallbacks):
             # What this transport's own subscribers missed while their slot
             # moved is sent again below: after they listen where it lives now.
             await asyncio.wait(confirmed, timeout=self._connect_timeout)
+        again: list[tuple[str, bytes]] = []
         for shard in retired:
             log.warning("%r: %s left the cluster's map; its publishes go to the slots' new owners", self,
                         shard.name)
-            for channel, data in shard.retire(self._forward):
-                self.publish(channel, data)
-        for channel, data in waiting:
-            self.publish(channel, data)
+            again += shard.retire(self._forward)
+        again += waiting
+        await self._send_again(again)
         for channels, callback in early:
             self.when_subscribed(channels, callback)
         for shard in retired:
@@ -374,8 +403,8 @@ class ShardedTransport(TransportCallbacks):
         and every REFRESH_INTERVAL_S."""
         assert self._refresh_wanted is not None
         while not self._closed:
-            interval = REFRESH_WHILE_DOWN_S if (self._down or self._rerouting or self._placing) \
-                else REFRESH_INTERVAL_S
+            busy = self._down or self._rerouting or self._placing or self._held or self._moved
+            interval = REFRESH_WHILE_DOWN_S if busy else REFRESH_INTERVAL_S
             try:
                 await asyncio.wait_for(self._refresh_wanted.wait(), interval)
             except TimeoutError:
@@ -383,6 +412,15 @@ class ShardedTransport(TransportCallbacks):
             self._refresh_wanted.clear()
             if self._closed:
                 return
+            if self._moved:
+                with self._lock:
+                    now = time.monotonic()
+                    for slot in [s for s, at in self._moved.items() if now - at >= HOLD_FOR_SUBSCRIBER_S]:
+                        del self._moved[slot]
+                    if not self._moved:
+                        self._cleared.clear()
+            if self._held:
+                await self._release_held()
             with self._lock:
                 known = list(self._shards) + [s for s in self.url.seeds if s not in self._shards]
                 live = [k for k in known if k not in self._down] + [k for k in known if k in self._down]
@@ -394,6 +432,100 @@ class ShardedTransport(TransportCallbacks):
             self.refreshes += 1
             if slot_map != self._map or self._rerouting or self._placing:
                 await self._apply(slot_map)
+
+    # -- sent again after a move: for a subscriber that moves at the same time ----
+
+    async def _send_again(self, items: list[tuple[str, bytes]]) -> None:
+        """Loop thread: publish what a move made this transport send again
+        (redirected, or unacknowledged by a primary that left). Its
+        subscribers are moving too, and a publish that beats them reaches
+        no one: a channel with no subscriber on its new owner yet waits
+        (its later publishes behind it) until it has one, at most
+        HOLD_FOR_SUBSCRIBER_S; a channel nobody listens to then gets it
+        anyway, where it reaches no one as before."""
+        if not items:
+            return
+        channels = list(dict.fromkeys(channel for channel, _data in items))
+        listened = await self._listened(channels)
+        now = time.monotonic()
+        send: list[tuple[str, bytes]] = []
+        with self._lock:
+            for channel, data in items:
+                if channel in self._held or listened.get(channel) is False:
+                    self._held.setdefault(channel, []).append(data)
+                    self._held_since.setdefault(channel, now)
+                else:
+                    send.append((channel, data))
+        for channel, data in send:
+            self.publish(channel, data)
+        if self._held:
+            log.info("%r: %d channel(s) wait for a subscriber on their new owner", self, len(self._held))
+
+    def _hold(self, channel: str, data: bytes) -> bool:
+        """Keep ``data`` back if ``channel`` waits for a subscriber (its
+        earlier publishes do, or its slot has just moved and it has not been
+        seen listened to since): order per channel holds."""
+        moved = channel_slot(channel) in self._moved
+        if channel not in self._held and (not moved or channel in self._cleared):
+            return False
+        with self._lock:
+            if channel in self._held:
+                self._held[channel].append(data)
+                return True
+            if channel_slot(channel) not in self._moved or channel in self._cleared:
+                return False
+            self._held[channel] = [data]
+            self._held_since[channel] = time.monotonic()
+        self.refresh()  # asked about at once, not at the next tick
+        return True
+
+    async def _release_held(self) -> None:
+        """Loop thread: send what waits, for the channels that have a
+        subscriber now or have waited HOLD_FOR_SUBSCRIBER_S."""
+        with self._lock:
+            channels = list(self._held)
+        listened = await self._listened(channels)
+        now = time.monotonic()
+        released: list[tuple[str, list[bytes]]] = []
+        with self._cond:
+            for channel in channels:
+                if listened.get(channel) is False and now - self._held_since[channel] < HOLD_FOR_SUBSCRIBER_S:
+                    continue
+                released.append((channel, self._held.pop(channel)))
+                del self._held_since[channel]
+                if channel_slot(channel) in self._moved:
+                    self._cleared.add(channel)
+            # Sent under the lock: a publish racing in for a released channel
+            # goes after what waited (order per channel).
+            for channel, datas in released:
+                for data in datas:
+                    self.publish(channel, data)
+            self._cond.notify_all()
+
+    async def _listened(self, channels: list[str]) -> dict[str, bool]:
+        """Whether each of ``channels`` has a subscriber on the primary that
+        serves it (``PUBSUB SHARDNUMSUB``); a channel it could not ask about
+        is left out (sent at once: nothing is held on a guess)."""
+        by_primary: dict[tuple[str, int], list[str]] = {}
+        slot_map = self._map
+        if slot_map is None:
+            return {}
+        for channel in channels:
+            owner = slot_map.owners[channel_slot(channel)]
+            if owner is not None:
+                by_primary.setdefault(owner, []).append(channel)
+        out: dict[str, bool] = {}
+        for (host, port), names in by_primary.items():
+            try:
+                reply = await one_command(self.url, host, port, self._connect_timeout, "PUBSUB", "SHARDNUMSUB",
+                                          *names)
+            except (OSError, TimeoutError, ConnectionError, TransportError) as exc:
+                log.debug("%r: no subscriber counts from %s:%s (%r)", self, host, port, exc)
+                continue
+            flat = list(reply)
+            for name, count in zip(flat[::2], flat[1::2], strict=False):
+                out[_text(name)] = int(count) > 0
+        return out
 
     # -- ShardEvents (loop thread) ------------------------------------------------
 
@@ -513,8 +645,10 @@ class ShardedTransport(TransportCallbacks):
             self._closed = True
             self._cond.notify_all()
             shards = list(self._shards.values())
-            lost = list(self._rerouting)
+            lost = list(self._rerouting) + [(c, d) for c, items in self._held.items() for d in items]
             self._rerouting.clear()
+            self._held.clear()
+            self._held_since.clear()
         task, loop = self._task, self._loop
         if task is not None and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(task.cancel)
@@ -529,6 +663,8 @@ class ShardedTransport(TransportCallbacks):
     def publish(self, channel: str, data: bytes) -> None:
         if self._closed:
             raise TransportError(f"{self!r} is closed")
+        if (self._held or self._moved) and self._hold(channel, data):
+            return
         shard = self._shard_for(channel)
         if shard is not None:
             shard.publish(channel, data)
@@ -547,15 +683,15 @@ class ShardedTransport(TransportCallbacks):
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
-                if not self._cond.wait_for(lambda: self._closed or not self._rerouting,
+                if not self._cond.wait_for(lambda: self._closed or not (self._rerouting or self._held),
                                            max(0.0, deadline - time.monotonic())):
                     return False
                 shards = list(self._shards.values())
             if not all(shard.flush(max(0.0, deadline - time.monotonic())) for shard in shards):
                 return False
             with self._lock:
-                if self._closed or not self._rerouting:
-                    return not self._rerouting
+                if self._closed or not (self._rerouting or self._held):
+                    return not (self._rerouting or self._held)
             # A shard answered MOVED meanwhile: those go again once the map is fresh.
 
     def subscribe(self, *channels: str) -> None:

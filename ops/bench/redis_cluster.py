@@ -21,9 +21,9 @@ figures:
                      channels at a steady rate: a primary is SIGKILLed and its
                      replica promoted. resubscribed_s: from the kill until the
                      receiver reports every channel subscribed again; lost:
-                     what never arrived (published to the dead primary's slots
-                     before the subscriber was back: the bus's at-most-once
-                     gap, reported as "resubscribed");
+                     what never arrived (the bus's at-most-once gap, reported
+                     as "resubscribed", which the publisher's hold for a
+                     subscriber on the new owner narrows);
   double_owner_accepted is not measured (said so in the meta): cluster mode
   (leases, fencing) does not run on a Redis Cluster yet (its keys carry no
   hash tags), so there is no owner to double.

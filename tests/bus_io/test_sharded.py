@@ -90,14 +90,17 @@ def test_traffic_across_every_shard_arrives_once_each_in_order_per_channel(
     assert sender.stats.dropped == 0 and sender.stats.published == 1500
 
 
-def test_a_slot_moved_under_traffic_the_subscription_follows_and_the_gap_is_reported(
-        redis_cluster: EmbeddedRedisCluster, pair: tuple[ShardedTransport, ShardedTransport, Inbox]) -> None:
-    """The delivery contract across a slot move, as across a reconnect:
-    the subscription follows the slot to its new owner, the receiver reports
-    the gap ("resubscribed"), nothing arrives twice, and everything
-    published once it is back arrives. What was published in the gap may be
-    lost (the publisher cannot know when a subscriber elsewhere is back):
-    how much is printed, not asserted."""
+def test_a_slot_moved_under_traffic_the_subscription_follows_and_nothing_is_lost(
+        redis_cluster: EmbeddedRedisCluster, pair: tuple[ShardedTransport, ShardedTransport, Inbox],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across a slot move the subscription follows the slot to its new
+    owner and the receiver reports the gap ("resubscribed"); the sender,
+    told MOVED, holds what it publishes to the moved slot until the channel
+    has a subscriber on the new owner, so nothing is lost and nothing
+    arrives twice. (The hold is widened here so that a slow CI box cannot
+    outrun it: the mechanism is tested, not its bound.)"""
+    import bus.sharded
+    monkeypatch.setattr(bus.sharded, "HOLD_FOR_SUBSCRIBER_S", DEADLINE)
     sender, receiver, inbox = pair
     states: list[str] = []
     back = threading.Event()
@@ -129,7 +132,8 @@ def test_a_slot_moved_under_traffic_the_subscription_follows_and_the_gap_is_repo
     assert back.wait(DEADLINE), f"the gap was not reported: {states}"
     assert sender.flush(DEADLINE)
     during = sent
-    # Once the receiver is back on the new owner, nothing is lost.
+    assert inbox.wait_total(during), f"{len(inbox.payloads[channel])} of {during} arrived"
+    # And once the receiver is back on the new owner, nothing is lost either.
     after = [b"after-%d" % i for i in range(200)]
     for data in after:
         sender.publish(channel, data)
@@ -140,7 +144,7 @@ def test_a_slot_moved_under_traffic_the_subscription_follows_and_the_gap_is_repo
     assert sorted(d for d in got if d.startswith(b"after-")) == sorted(after)  # every one
     assert all(int(d) < during for d in got if not d.startswith(b"after-"))
     assert sender.stats.dropped == 0
-    print(f"slot move: {during - (len(got) - len(after))} of {during} published during the move were lost in the gap")
+    assert len(got) == during + len(after)  # none lost
     # The subscription now lives on the slot's new owner.
     assert receiver.slot_map.owners[slot][1] == target  # type: ignore[union-attr]
     owner = receiver.shards[("127.0.0.1", target)]
@@ -175,6 +179,60 @@ def test_a_killed_primary_fails_over_and_the_bus_goes_on(fresh_redis_cluster: Em
         assert inbox.wait_total(len(channels))
         assert all(inbox.payloads[c][-1] == b"after" for c in channels)
         assert "disconnected" in states and states[-1] == "resubscribed"
+        assert sender.stats.dropped == 0
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_what_a_failover_made_the_sender_send_again_waits_for_the_moving_subscriber(
+        fresh_redis_cluster: EmbeddedRedisCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Traffic on 60 channels while their primary is killed and its
+    replica promoted: the publishes the sender holds for the dead primary
+    are sent to the new one once the channel has a subscriber there (the
+    receiver moving at the same time), so none is lost. The hold is
+    widened here so that a slow CI box cannot outrun it; the mechanism is
+    what is tested, not its bound."""
+    import bus.sharded
+    monkeypatch.setattr(bus.sharded, "HOLD_FOR_SUBSCRIBER_S", DEADLINE)
+    cluster = fresh_redis_cluster
+    inbox = Inbox()
+    receiver = sharded(cluster.url, "rx", inbox)
+    sender = sharded(cluster.url, "tx")
+    try:
+        channels = [f"echo:held-{i}" for i in range(60)]
+        victim = cluster.primary_for_slot(channel_slot(channels[0])).port
+        on_victim = [c for c in channels if cluster.primary_for_slot(channel_slot(c)).port == victim]
+        receiver.subscribe(*on_victim)
+        assert receiver.wait_subscribed(DEADLINE)
+        sent: list[bytes] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                for channel in on_victim:
+                    data = b"%d" % len(sent)
+                    sender.publish(channel, data)
+                    sent.append(data)
+                stop.wait(0.02)  # a steady trickle
+
+        writer = threading.Thread(target=traffic)
+        writer.start()
+        try:
+            cluster.kill(victim)
+            promoted = cluster.wait_failover(victim, timeout=DEADLINE)
+            deadline = time.monotonic() + DEADLINE
+            while ("127.0.0.1", promoted) not in receiver.shards and time.monotonic() < deadline:
+                receiver.wait_subscribed(0.2)
+            assert receiver.wait_subscribed(DEADLINE)
+        finally:
+            stop.set()
+            writer.join(DEADLINE)
+        assert sender.flush(DEADLINE)
+        inbox.wait_total(len(sent))  # each may come twice (at least once across a retire), so: then compare
+        got = {d for c in on_victim for d in inbox.payloads[c]}
+        missing = [int(d) for d in sent if d not in got]
+        assert missing == [], f"{len(missing)} of {len(sent)} lost: {missing[:3]}..{missing[-3:]}"
         assert sender.stats.dropped == 0
     finally:
         sender.close()
