@@ -403,8 +403,10 @@ class RedisTransport(TransportCallbacks):
         and keeps its clients), drop that connection; it reconnects to the
         new primary as after any loss."""
         assert self._resolver is not None
+        self._resolver.watch.start()
         while not self._closed:
-            await asyncio.sleep(CHECK_INTERVAL_S)
+            # Asked at once when a sentinel announces a switchover, else every CHECK_INTERVAL_S.
+            await self._resolver.watch.wait(CHECK_INTERVAL_S)
             try:
                 ep = await self._resolver.endpoint()
             except ConnectionError as exc:
@@ -485,8 +487,16 @@ class RedisTransport(TransportCallbacks):
         return connection.lost.result()
 
     async def _open(self, factory: Callable[[], RespConnection], role: str) -> RespConnection:
-        loop = asyncio.get_running_loop()
         ep = self._endpoint if self._resolver is None else await self._resolver.endpoint()
+        try:
+            return await self._open_at(ep, factory, role)
+        except BaseException:
+            if self._resolver is not None:
+                self._resolver.watch.forget(ep.host, ep.port)  # ask the sentinels next time
+            raise
+
+    async def _open_at(self, ep: RedisEndpoint, factory: Callable[[], RespConnection], role: str) -> RespConnection:
+        loop = asyncio.get_running_loop()
         connection: RespConnection
         async with asyncio.timeout(self._connect_timeout):
             if ep.path is not None:

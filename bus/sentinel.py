@@ -12,16 +12,23 @@ Two users, one discovery (:class:`SentinelUrl` and the sentinels'
 
 * the bus (:class:`~bus.redis_transport.RedisTransport`) asks
   :meth:`PrimaryResolver.endpoint` before every connection, checks with
-  ``ROLE`` that it reached the primary, and asks again every
-  :data:`CHECK_INTERVAL_S`: when the sentinels name another primary (a
-  switchover), it drops both connections and connects to the new one, as
-  after any connection loss (``disconnected``, ``connected``,
+  ``INFO replication`` that it reached the primary, and asks again when a
+  sentinel announces a switchover (``+switch-master``, :class:`SwitchWatch`)
+  and every :data:`CHECK_INTERVAL_S` besides: when another primary is
+  named, it drops both connections and connects to the new one, as after
+  any connection loss (``disconnected``, ``connected``,
   ``resubscribed``). A demoted primary keeps its clients, and a ``PUBLISH``
   on a replica reaches only that replica's subscribers: staying would split
   the bus in two;
 * the cluster's lease store (redis-py) uses :func:`connection_pool`: a
   blocking pool whose connections ask the sentinels for the primary when
-  they connect and are dropped when a demoted one answers ``READONLY``.
+  they connect, move on an announced switchover or the next check, and are
+  dropped when a demoted one answers ``READONLY``.
+
+Until the old primary is told it is a replica (seconds after the
+promotion), it still answers as the primary, and a sentinel that has not
+heard of the switchover still names it: an announced new primary is
+preferred for :data:`ANNOUNCED_TRUST_S` unless it fails to answer as one.
 
 A switchover is a reconnect for the bus (what pub/sub carried meanwhile is
 lost, and reported), and for the leases what the fencing already covers:
@@ -33,6 +40,7 @@ above the old one's and receivers refuse the old owner's envelopes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,11 +61,17 @@ from bus.errors import TransportError
 
 __all__ = ["CHECK_INTERVAL_S", "PrimaryResolver", "SentinelUrl", "connection_pool", "is_sentinel_url"]
 
+log = logging.getLogger(__name__)
+
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 #: How often the bus asks the sentinels whether its primary is still the one.
 CHECK_INTERVAL_S = 1.0
 #: How long one question to the sentinels may take.
 ASK_TIMEOUT_S = 2.0
+#: How long an announced switchover's new primary is preferred to what a
+#: sentinel says (one that has not heard yet still names the old primary,
+#: which, not yet demoted, still answers as one).
+ANNOUNCED_TRUST_S = 30.0
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -127,6 +141,94 @@ class SentinelUrl:
                              ssl_ca_certs=base.ssl_ca_certs, ssl_check_hostname=base.ssl_check_hostname)
 
 
+class SwitchWatch:
+    """The sentinels' ``+switch-master`` for one master, heard as it
+    happens: :meth:`wait` returns as soon as a switchover was announced, so
+    a client moves at once instead of at its next check (until then the
+    old primary, not yet told, keeps taking writes its resync will
+    discard). One subscription to one sentinel at a time, the next one on
+    failure; polling stays the fallback. Start it on the loop that waits."""
+
+    CHANNEL = "+switch-master"
+
+    def __init__(self, url: SentinelUrl) -> None:
+        self.url = url
+        self._switched = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._announced: tuple[str, int] | None = None
+        self._announced_at = 0.0
+
+    def announced(self) -> tuple[str, int] | None:
+        """The new primary of a switchover announced in the last
+        :data:`ANNOUNCED_TRUST_S` (host, port), if any."""
+        if self._announced is not None and time.monotonic() - self._announced_at < ANNOUNCED_TRUST_S:
+            return self._announced
+        return None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._listen(), name=f"sentinel-watch:{self.url.master}")
+
+    async def wait(self, timeout: float) -> bool:
+        """True if a switchover was announced (now or since the last call),
+        False after ``timeout``."""
+        try:
+            await asyncio.wait_for(self._switched.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._switched.clear()
+        return True
+
+    def forget(self, host: str | None, port: int) -> None:
+        """``host:port`` did not turn out to be the primary: ask the sentinels again."""
+        if self._announced == (host, port):
+            self._announced = None
+
+    def switched(self) -> bool:
+        """Whether one was announced since the last call (never waits)."""
+        if self._switched.is_set():
+            self._switched.clear()
+            return True
+        return False
+
+    async def _listen(self) -> None:
+        kwargs: dict[str, Any] = {"socket_connect_timeout": ASK_TIMEOUT_S}
+        if self.url.sentinel_password is not None:
+            kwargs["password"] = self.url.sentinel_password
+        if self.url.sentinel_username is not None:
+            kwargs["username"] = self.url.sentinel_username
+        turn = 0
+        while True:
+            host, port = self.url.sentinels[turn % len(self.url.sentinels)]
+            turn += 1
+            client = aioredis.Redis(host=host, port=port, **kwargs)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(self.CHANNEL)
+                    async for message in pubsub.listen():
+                        data = message.get("data")
+                        if message.get("type") != "message" or not isinstance(data, bytes):
+                            continue
+                        # "<name> <old-ip> <old-port> <new-ip> <new-port>"
+                        fields = data.decode(errors="replace").split()
+                        if len(fields) == 5 and fields[0] == self.url.master and fields[4].isdigit():
+                            self._announced, self._announced_at = (fields[3], int(fields[4])), time.monotonic()
+                            self._switched.set()
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.debug("sentinel %s:%s: %r; trying the next", host, port, exc)
+            finally:
+                await client.aclose()
+            await asyncio.sleep(CHECK_INTERVAL_S)  # a pause before the next sentinel
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 class PrimaryResolver:
     """Where the primary is now, by the sentinels (on the loop that asks)."""
 
@@ -134,12 +236,16 @@ class PrimaryResolver:
         self.url = SentinelUrl.parse(url)
         self._sentinel: Sentinel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.watch = SwitchWatch(self.url)
 
     async def endpoint(self) -> RedisEndpoint:
         """The primary the sentinels name now; ``ConnectionError`` if none does (yet)."""
         loop = asyncio.get_running_loop()
         if self._sentinel is None or self._loop is not loop:
             self._sentinel, self._loop = self.url.sentinel(), loop
+        announced = self.watch.announced()
+        if announced is not None:
+            return self.url.endpoint(*announced)  # the connection checks it is the primary
         try:
             async with asyncio.timeout(ASK_TIMEOUT_S * len(self.url.sentinels)):
                 host, port = await self._sentinel.discover_master(self.url.master)
@@ -149,6 +255,7 @@ class PrimaryResolver:
         return self.url.endpoint(str(host), int(port))
 
     async def aclose(self) -> None:
+        await self.watch.aclose()
         sentinel, self._sentinel = self._sentinel, None
         if sentinel is not None:
             for client in sentinel.sentinels:
@@ -166,16 +273,35 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
     its resync will discard)."""
 
     _checked = 0.0
+    _watch: SwitchWatch | None = None
+    sentinel_url: SentinelUrl
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._watch is None:
+            self._watch = SwitchWatch(self.sentinel_url)
+            self._watch.start()
         now = time.monotonic()
-        if now - self._checked >= CHECK_INTERVAL_S:
+        if self._watch.switched() or now - self._checked >= CHECK_INTERVAL_S:
             self._checked = now
             try:
                 await self.get_master_address()  # on a change: idle connections dropped, busy ones on release
             except (MasterNotFoundError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 pass  # the connection's own connect asks again
-        return await super().get_connection(*args, **kwargs)
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except redis.exceptions.ConnectionError:
+            if self.master_address is not None:
+                self._watch.forget(*self.master_address)
+            raise
+
+    async def get_master_address(self) -> Any:
+        announced = self._watch.announced() if self._watch is not None else None
+        if announced is None:
+            return await super().get_master_address()
+        if self.master_address != announced:
+            self.master_address = announced
+            await self.disconnect(inuse_connections=False)  # idle ones; busy ones on release
+        return announced
 
 
 def connection_pool(url: str, *, max_connections: int, **options: Any) -> aioredis.ConnectionPool:
@@ -198,4 +324,5 @@ def connection_pool(url: str, *, max_connections: int, **options: Any) -> aiored
     pool = _BlockingSentinelPool(
         parsed.master, parsed.sentinel(), max_connections=max_connections, is_master=True, check_connection=False,
         connection_class=SentinelManagedSSLConnection if parsed.tls else SentinelManagedConnection, **options)
+    pool.sentinel_url = parsed
     return pool

@@ -6,6 +6,7 @@ traffic (the cluster of node processes behind Sentinel: tests/integration/test_c
 from __future__ import annotations
 
 import collections
+import logging
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -16,8 +17,8 @@ import redis
 
 from bus.embedded_cluster import EmbeddedSentinel
 from bus.redis_transport import RedisTransport
-from ops.processes import REPO_ROOT, NodeProcess, huddle_command
 from tests.waiting import wait_until
+from ops.processes import REPO_ROOT, NodeProcess, huddle_command
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +109,35 @@ def test_the_bus_finds_the_primary_and_follows_a_planned_switchover(
                & set(connected_clients(old)), "nothing left on the demoted one")
     assert pair.states[:3] == ["connected", "disconnected", "connected"] and "resubscribed" in pair.states
     pair.round("echo:sentinel", "after")
+
+
+def test_the_bus_moves_when_the_sentinels_announce_a_switchover_not_at_its_next_check(
+        redis_sentinel: EmbeddedSentinel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """With the periodic check out of reach (10 minutes), only the
+    sentinels' +switch-master can make the transports leave the old
+    primary themselves, and it does (they say so); without it they would
+    stay until the sentinels demote it and drop its clients, taking writes
+    its resync discards meanwhile."""
+    import bus.redis_transport
+    monkeypatch.setattr(bus.redis_transport, "CHECK_INTERVAL_S", 600.0)
+    caplog.set_level(logging.WARNING, logger="bus.redis_transport")
+    pair = Pair(redis_sentinel.url)
+    try:
+        pair.start("echo:announced")
+        old = redis_sentinel.primary_port()
+        reply = redis.Redis(host="127.0.0.1", port=redis_sentinel.sentinel_ports[0]).execute_command(
+            "SENTINEL", "FAILOVER", redis_sentinel.master_name)
+        assert reply in ("OK", True, b"OK")
+        assert pair.back.wait(DEADLINE), f"the receiver did not move: {pair.states}"
+        new = redis_sentinel.primary_port()
+        assert new != old
+        names = {"huddle:sentinel-rx:subscriber", "huddle:sentinel-tx:publisher"}
+        wait_until(lambda: names <= set(connected_clients(new)), "both transports on the new primary")
+        moved = [r.getMessage() for r in caplog.records if "as the primary now; moving there" in r.getMessage()]
+        assert {"sentinel-rx", "sentinel-tx"} <= {m.split("name='", 1)[1].split("'", 1)[0] for m in moved}, moved
+        pair.round("echo:announced", "after")
+    finally:
+        pair.close()
 
 
 def test_the_bus_follows_a_killed_primary_to_the_promoted_replica(
