@@ -175,8 +175,9 @@ def _services(args: argparse.Namespace, *, voice: bool) -> Iterator[Services]:
         with held():
             node = NodeProcess.start(WORKER, redis.url, workdir, ["--meetings"], env={"HUDDLE_LOG": "ERROR"})
             stack.callback(_stopped, f"huddle node {WORKER}", node.pid, node.stop)
+            print(f"local: huddle node {WORKER} pid {node.pid} starting")
         node.wait_ready()
-        print(f"local: huddle node {WORKER} pid {node.pid}, hosting meetings:{WORKER}")
+        print(f"local: huddle node {WORKER} ready, hosting meetings:{WORKER}")
         media_url = ""
         if voice:
             receiver = stack.enter_context(ReceiverHarness())
