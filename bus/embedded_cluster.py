@@ -70,7 +70,7 @@ from typing import TypeVar
 
 import redis
 
-from bus.embedded import EmbeddedRedisError
+from bus.embedded import EmbeddedRedisError, pause_process
 from bus.interrupts import held
 
 __all__ = [
@@ -949,6 +949,28 @@ class EmbeddedSentinel:
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
                 self._dir = None
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP the data server on ``port`` (a replica that stops taking
+        the primary's stream, say) and return once it is stopped."""
+        with self._lock:
+            pid = self._server(port).pid
+            if pid is None:
+                raise EmbeddedClusterError(f"the server on port {port} is not running")
+            pause_process(pid)
+
+    def resume(self, port: int) -> None:
+        """SIGCONT a paused data server."""
+        with self._lock:
+            pid = self._server(port).pid
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+
+    def _server(self, port: int) -> _ServerProcess:
+        process = next((p for p in self._servers if p.port == port), None)
+        if process is None:
+            raise EmbeddedClusterError(f"no data server of ours on port {port}")
+        return process
 
     def kill_primary(self) -> int:
         """SIGKILL the current primary (as the sentinels name it) and reap it;

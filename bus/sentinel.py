@@ -34,7 +34,10 @@ A switchover is a reconnect for the bus (what pub/sub carried meanwhile is
 lost, and reported), and for the leases what the fencing already covers:
 a write the promoted replica missed can lose a lease, never an epoch (each
 is drawn above the server clock in microseconds), so a new owner's epoch is
-above the old one's and receivers refuse the old owner's envelopes.
+above the old one's and receivers refuse the old owner's envelopes. A
+checkpoint it missed is written again: :func:`connection_pool` tells its
+owner when its connections moved (``on_new_primary``), and the cluster
+writes every live actor's last checkpoint again.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -275,6 +279,8 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
     _checked = 0.0
     _watch: SwitchWatch | None = None
     sentinel_url: SentinelUrl
+    #: Called (on the pool's loop) when its connections move to another primary.
+    on_new_primary: Callable[[], None] | None = None
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         if self._watch is None:
@@ -295,19 +301,27 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
             raise
 
     async def get_master_address(self) -> Any:
+        before = self.master_address
         announced = self._watch.announced() if self._watch is not None else None
         if announced is None:
-            return await super().get_master_address()
-        if self.master_address != announced:
-            self.master_address = announced
-            await self.disconnect(inuse_connections=False)  # idle ones; busy ones on release
-        return announced
+            address = await super().get_master_address()
+        else:
+            address = announced
+            if self.master_address != announced:
+                self.master_address = announced
+                await self.disconnect(inuse_connections=False)  # idle ones; busy ones on release
+        if before is not None and tuple(address) != tuple(before) and self.on_new_primary is not None:
+            self.on_new_primary()
+        return address
 
 
-def connection_pool(url: str, *, max_connections: int, **options: Any) -> aioredis.ConnectionPool:
+def connection_pool(url: str, *, max_connections: int, on_new_primary: Callable[[], None] | None = None,
+                    **options: Any) -> aioredis.ConnectionPool:
     """A blocking redis-py pool for ``url``: one server (``redis://``,
     ``rediss://``, ``unix://``) or the primary behind Sentinel
-    (``redis+sentinel://``); ``options`` as for ``BlockingConnectionPool``."""
+    (``redis+sentinel://``); ``options`` as for ``BlockingConnectionPool``.
+    ``on_new_primary``: called on the pool's loop when, behind Sentinel, its
+    connections move to another primary (never on one server)."""
     if not is_sentinel_url(url):
         return aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, **options)
     parsed = SentinelUrl.parse(url)
@@ -325,4 +339,5 @@ def connection_pool(url: str, *, max_connections: int, **options: Any) -> aiored
         parsed.master, parsed.sentinel(), max_connections=max_connections, is_master=True, check_connection=False,
         connection_class=SentinelManagedSSLConnection if parsed.tls else SentinelManagedConnection, **options)
     pool.sentinel_url = parsed
+    pool.on_new_primary = on_new_primary
     return pool

@@ -304,6 +304,21 @@ class RedisCheckpoints:
             self._cluster.call_soon(self._start_writer)
 
     @confined
+    def write_again_all(self) -> int:
+        """Queue every held address's last state again (behind what is
+        under way, merged with what is queued: newer state wins); returns
+        how many."""
+        cluster = self._cluster
+        count = 0
+        for address, data in list(self._cache.items()):
+            lease = cluster.state.leases.get(address)
+            if lease is None or not cluster.may_send(address, lease.epoch):
+                continue
+            self._queue(address, lease.epoch, data, cluster._seen.handled(address), older=True)
+            count += 1
+        return count
+
+    @confined
     def writing(self, address: str) -> bool:
         """Whether a write for ``address`` is queued or under way."""
         return address in self._writing
@@ -495,6 +510,7 @@ class Cluster:
         appends a copy that the owner drops by its msg_id)."""
         return connection_pool(
             self.redis_url, max_connections=max_connections, timeout=None,
+            on_new_primary=lambda: self.call_soon(self._new_primary),
             socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
@@ -700,6 +716,16 @@ class Cluster:
         return not supervised
 
     # -- the core, on the loop ---------------------------------------------------------
+
+    def _new_primary(self) -> None:
+        """Loop thread: behind Sentinel, the store moved to another primary.
+        What the old one took in the moment before (Redis replicates
+        asynchronously) may be gone: every live actor's last checkpoint and
+        handled ids are written again, in order behind any write under way
+        and under the same lease compare (a lease that was lost with them
+        refuses the write and fences the actor, as any refusal does)."""
+        count = self.checkpoints.write_again_all()
+        self.node.emit("redis-primary-changed", node_address(self.me), detail={"checkpoints_written_again": count})
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the node's I/O loop (from any thread)."""

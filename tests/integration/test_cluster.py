@@ -352,6 +352,59 @@ def test_a_cluster_keeps_its_actors_state_and_one_owner_each_across_a_switchover
         finally:
             raw.close()
 
+
+def test_behind_sentinel_checkpoints_the_promoted_replica_missed_are_written_again(
+        node_procs: NodeProcesses, redis_sentinel: EmbeddedSentinel) -> None:
+    """The replica loses its link to the primary (paused, the link killed)
+    while the counters go from 2 to 3; the primary dies and the replica,
+    which still holds 2, is promoted. The nodes move to it and write every live actor's
+    last checkpoint again, so the store says 3, as the actors do."""
+    for cluster_run in _run(node_procs, redis_sentinel.url, lease_ttl=8.0):
+        nodes = [cluster_run.node(wait=False) for _ in range(2)]
+        for node in nodes:
+            cluster_run.procs.wait_ready(node)
+        owners = cluster_run.counters(4)
+        keys = ClusterKeys(cluster_run.namespace)
+
+        def stored_on(raw: redis.Redis, address: str) -> int | None:
+            data = raw.get(keys.checkpoint(address))
+            return msgpack.unpackb(data, raw=False).get("count") if data else None
+
+        for address in owners:
+            assert cluster_run.add(address, 2, tag="pre") == 2
+        old = redis.Redis(host="127.0.0.1", port=redis_sentinel.primary_port())
+        replica = redis_sentinel.replica_ports()[0]
+        try:
+            wait_until(lambda: all(stored_on(old, a) == 2 for a in owners), "every counter checkpointed at 2")
+            assert old.wait(1, int(DEADLINE * 1000)) >= 1  # the replica has 2
+            redis_sentinel.pause(replica)
+            # Its link dropped while it cannot read: what the primary takes
+            # next never reaches it (a paused replica alone would still read
+            # it from its socket when it wakes).
+            old.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            try:
+                for address in owners:
+                    assert cluster_run.add(address, 1, tag="missed") == 3
+                wait_until(lambda: all(stored_on(old, a) == 3 for a in owners), "3 on the primary only")
+            finally:
+                redis_sentinel.kill_primary()
+                redis_sentinel.resume(replica)
+        finally:
+            old.close()
+        assert redis_sentinel.wait_switchover() == replica
+        new = redis.Redis(host="127.0.0.1", port=replica)
+        try:
+            wait_until(lambda: cluster_run.local_event(event="redis-primary-changed"), "the test node moved")
+            wait_until(lambda: all(stored_on(new, a) == 3 for a in owners), "every checkpoint written again")
+            # A message sent before its receiver listens again is lost, as across any reconnect.
+            names = {f"huddle:{name}:subscriber" for name in [n.node_id for n in nodes] + [cluster_run.client.transport.name]}
+            wait_until(lambda: names <= {c["name"] for c in new.client_list()}, "every node on the new primary")
+        finally:
+            new.close()
+        for address in owners:
+            assert cluster_run.value(address)["count"] == 3
+            assert cluster_run.add(address, 1, tag="after") == 4
+
 def test_drain_hands_a_nodes_actors_over_and_it_exits(run: ClusterRun, redis_url: str, tmp_path: Any) -> None:
     a = run.node(wait=False)
     b = run.node(wait=False)
