@@ -5,18 +5,27 @@ traffic (the cluster of node processes behind Sentinel: tests/integration/test_c
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
+from bus.address import SYS_NODES
+from bus.cluster.keys import ClusterKeys
+from bus.cluster.leases import LeaseStore
+from bus.cluster.messages import NodeHeartbeat
 from bus.embedded_cluster import EmbeddedSentinel
+from bus.envelope import Codec, Envelope
 from bus.redis_transport import RedisTransport
+from bus.sentinel import connection_pool
 from tests.waiting import wait_until
 from ops.processes import REPO_ROOT, NodeProcess, huddle_command
 
@@ -164,3 +173,61 @@ def test_a_node_and_inject_on_a_sentinel_url(redis_sentinel: EmbeddedSentinel, t
         assert '"n": 4' in inject.stdout
     finally:
         assert node.stop() == 0
+
+
+def test_epochs_keep_growing_when_the_promoted_replica_missed_the_last_ones(redis_sentinel: EmbeddedSentinel) -> None:
+    """A claim the replica never received (its link cut) drew an epoch and
+    advanced the epoch counter on the old primary only; after the primary
+    dies and the replica is promoted, its counter is behind. A claim of the
+    same address on the new primary still draws a higher epoch: every epoch
+    is floored by the server clock in microseconds, not only the counter."""
+    namespace = f"t{uuid.uuid4().hex[:8]}:"
+    codec = Codec()
+
+    async def store_on_primary() -> LeaseStore:
+        pool = connection_pool(redis_sentinel.url, max_connections=2, timeout=None)
+        return LeaseStore(aioredis.Redis(connection_pool=pool), namespace=namespace, codec=codec)
+
+    async def claim(store: LeaseStore, node: str, address: str) -> int:
+        hb = NodeHeartbeat(node=node, ttl=30.0)
+        await store.renew(node, ttl=30.0, node_body=b"body", new_era="era-1", leases={},
+                          heartbeat=codec.encode(Envelope(to=SYS_NODES, message=hb)))
+        result = await store.claim(address, node, ttl=30.0)
+        assert result.won, result
+        return result.epoch
+
+    async def before_the_failover() -> tuple[int, int]:
+        store = await store_on_primary()
+        try:
+            first = await claim(store, "n1", "a:1")
+            old = redis.Redis(host="127.0.0.1", port=redis_sentinel.primary_port())
+            try:
+                assert old.wait(1, int(DEADLINE * 1000)) >= 1  # the replica has a:1
+                redis_sentinel.pause(redis_sentinel.replica_ports()[0])
+                old.execute_command("CLIENT", "KILL", "TYPE", "replica")  # what follows never reaches it
+            finally:
+                old.close()
+            return first, await claim(store, "n1", "a:2")
+        finally:
+            await store.client.aclose()
+
+    replica = redis_sentinel.replica_ports()[0]
+    try:
+        first, missed = asyncio.run(before_the_failover())
+    finally:
+        redis_sentinel.kill_primary()
+        redis_sentinel.resume(replica)
+    assert redis_sentinel.wait_switchover() == replica
+    keys = ClusterKeys(namespace)
+    with redis.Redis(host="127.0.0.1", port=replica) as new:
+        assert new.get(keys.lease("a:2")) is None  # the replica never saw that claim
+        assert int(new.get(keys.epoch)) < missed  # nor the counter's advance
+
+    async def after_the_failover() -> int:
+        store = await store_on_primary()
+        try:
+            return await claim(store, "n2", "a:2")
+        finally:
+            await store.client.aclose()
+
+    assert first < missed < asyncio.run(after_the_failover())

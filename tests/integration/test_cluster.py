@@ -357,8 +357,9 @@ def test_behind_sentinel_checkpoints_the_promoted_replica_missed_are_written_aga
         node_procs: NodeProcesses, redis_sentinel: EmbeddedSentinel) -> None:
     """The replica loses its link to the primary (paused, the link killed)
     while the counters go from 2 to 3; the primary dies and the replica,
-    which still holds 2, is promoted. The nodes move to it and write every live actor's
-    last checkpoint again, so the store says 3, as the actors do."""
+    which still holds 2, is promoted. The nodes move to it and write every
+    live actor's last checkpoint again, so the store says 3, as the actors
+    do."""
     for cluster_run in _run(node_procs, redis_sentinel.url, lease_ttl=8.0):
         nodes = [cluster_run.node(wait=False) for _ in range(2)]
         for node in nodes:
@@ -404,6 +405,7 @@ def test_behind_sentinel_checkpoints_the_promoted_replica_missed_are_written_aga
         for address in owners:
             assert cluster_run.value(address)["count"] == 3
             assert cluster_run.add(address, 1, tag="after") == 4
+
 
 def test_drain_hands_a_nodes_actors_over_and_it_exits(run: ClusterRun, redis_url: str, tmp_path: Any) -> None:
     a = run.node(wait=False)
