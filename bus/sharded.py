@@ -316,14 +316,19 @@ class ShardedTransport(TransportCallbacks):
             # publish until the map names the new owner.
             fallback = self._shards[min(slot_map.primaries)]
             route = [self._shards[o] if o is not None else fallback for o in slot_map.owners]
-            old_route = self._route
-            self._route = route
-            old_map, self._map = self._map, slot_map
+            old_map = self._map
             if old_map is not None:
+                # Marked before the route changes: publish() reads both
+                # without the lock, and one that already sees the new
+                # owner must see the slot as moved too, or it would go
+                # there ahead of the moving subscriber.
                 now = time.monotonic()
                 for slot, (before, after) in enumerate(zip(old_map.owners, slot_map.owners, strict=True)):
                     if after is not None and before != after:
                         self._moved[slot] = now
+            old_route = self._route
+            self._route = route
+            self._map = slot_map
             moves: dict[RedisTransport, list[str]] = {}
             unplaced: set[str] = set()
             for channel in self._wanted:  # all of them: a map changes rarely
@@ -461,18 +466,17 @@ class ShardedTransport(TransportCallbacks):
         if self._held:
             log.info("%r: %d channel(s) wait for a subscriber on their new owner", self, len(self._held))
 
-    def _hold(self, channel: str, data: bytes) -> bool:
+    def _hold(self, channel: str, slot: int, data: bytes) -> bool:
         """Keep ``data`` back if ``channel`` waits for a subscriber (its
         earlier publishes do, or its slot has just moved and it has not been
         seen listened to since): order per channel holds."""
-        moved = channel_slot(channel) in self._moved
-        if channel not in self._held and (not moved or channel in self._cleared):
+        if channel not in self._held and (slot not in self._moved or channel in self._cleared):
             return False
         with self._lock:
             if channel in self._held:
                 self._held[channel].append(data)
                 return True
-            if channel_slot(channel) not in self._moved or channel in self._cleared:
+            if slot not in self._moved or channel in self._cleared:
                 return False
             self._held[channel] = [data]
             self._held_since[channel] = time.monotonic()
@@ -486,20 +490,18 @@ class ShardedTransport(TransportCallbacks):
             channels = list(self._held)
         listened = await self._listened(channels)
         now = time.monotonic()
-        released: list[tuple[str, list[bytes]]] = []
         with self._cond:
             for channel in channels:
                 if listened.get(channel) is False and now - self._held_since[channel] < HOLD_FOR_SUBSCRIBER_S:
                     continue
-                released.append((channel, self._held.pop(channel)))
-                del self._held_since[channel]
+                # Sent before the channel stops being held, under the lock:
+                # a publish racing in waits for the lock to add to the list,
+                # or, once released, goes after it (order per channel).
+                for data in self._held[channel]:
+                    self._send(channel, data)
+                del self._held[channel], self._held_since[channel]
                 if channel_slot(channel) in self._moved:
                     self._cleared.add(channel)
-            # Sent under the lock: a publish racing in for a released channel
-            # goes after what waited (order per channel).
-            for channel, datas in released:
-                for data in datas:
-                    self.publish(channel, data)
             self._cond.notify_all()
 
     async def _listened(self, channels: list[str]) -> dict[str, bool]:
@@ -663,8 +665,21 @@ class ShardedTransport(TransportCallbacks):
     def publish(self, channel: str, data: bytes) -> None:
         if self._closed:
             raise TransportError(f"{self!r} is closed")
-        if (self._held or self._moved) and self._hold(channel, data):
+        # The route before the hold check: a slot is marked moved before the
+        # route changes, so a publish that sees the new owner is held; one
+        # that sees the old owner goes there and is redirected (or handed
+        # back, if it died), and held then.
+        route = self._route
+        slot = channel_slot(channel)
+        if (self._held or self._moved) and self._hold(channel, slot, data):
             return
+        if route:
+            route[slot].publish(channel, data)
+            return
+        self._send(channel, data)
+
+    def _send(self, channel: str, data: bytes) -> None:
+        """Publish where the route says now, no hold (or keep it for the map)."""
         shard = self._shard_for(channel)
         if shard is not None:
             shard.publish(channel, data)
