@@ -125,15 +125,18 @@ class SentinelUrl:
         except ValueError as exc:
             raise TransportError(f"bad redis URL {mask_url(url)}: {exc}") from exc
 
-    def sentinel(self, **connection: Any) -> Sentinel:
-        """redis-py's asyncio ``Sentinel`` for these sentinels; ``connection``
-        is for the data nodes' connections."""
-        sentinel_kwargs = {"socket_timeout": ASK_TIMEOUT_S, "socket_connect_timeout": ASK_TIMEOUT_S}
+    def sentinel_options(self) -> dict[str, Any]:
+        """redis-py connection options for a sentinel itself."""
+        options: dict[str, Any] = {"socket_timeout": ASK_TIMEOUT_S, "socket_connect_timeout": ASK_TIMEOUT_S}
         if self.sentinel_password is not None:
-            sentinel_kwargs["password"] = self.sentinel_password
+            options["password"] = self.sentinel_password
         if self.sentinel_username is not None:
-            sentinel_kwargs["username"] = self.sentinel_username
-        return Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kwargs, **connection)
+            options["username"] = self.sentinel_username
+        return options
+
+    def sentinel(self) -> Sentinel:
+        """redis-py's asyncio ``Sentinel`` for these sentinels."""
+        return Sentinel(list(self.sentinels), sentinel_kwargs=self.sentinel_options())
 
     def endpoint(self, host: str, port: int) -> RedisEndpoint:
         """The data node at ``host:port``, reached with this URL's credentials and TLS options."""
@@ -196,11 +199,8 @@ class SwitchWatch:
         return False
 
     async def _listen(self) -> None:
-        kwargs: dict[str, Any] = {"socket_connect_timeout": ASK_TIMEOUT_S}
-        if self.url.sentinel_password is not None:
-            kwargs["password"] = self.url.sentinel_password
-        if self.url.sentinel_username is not None:
-            kwargs["username"] = self.url.sentinel_username
+        # No socket timeout: the subscription waits for announcements.
+        kwargs = {**self.url.sentinel_options(), "socket_timeout": None}
         turn = 0
         while True:
             host, port = self.url.sentinels[turn % len(self.url.sentinels)]

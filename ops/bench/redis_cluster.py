@@ -43,8 +43,7 @@ import os
 import threading
 import time
 
-import psutil
-from common import parse_args, ratio, report
+from common import CpuShare, parse_args, ratio, report
 from tell_remote import measure
 
 from bus.address import channel_for
@@ -60,23 +59,12 @@ FAILOVER_RATE = 5_000
 DEADLINE = 60.0
 
 
-def _cpu(pids: list[int]) -> dict[int, float]:
-    out = {}
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        out[pid] = times.user + times.system
-    return out
-
-
 def _measured(url: str, n: int, pids: list[int]) -> tuple[dict[str, float], list[float]]:
     """tell-remote on ``url``, and the CPU seconds each of ``pids`` spent in it."""
-    before = _cpu(pids)
+    share = CpuShare({str(pid): [pid] for pid in pids})
     result = measure(url, n, SINKS)
-    after = _cpu(pids)
-    return result, [round(after.get(pid, 0.0) - before.get(pid, 0.0), 2) for pid in pids]
+    seconds = share.seconds()
+    return result, [round(seconds[str(pid)], 2) for pid in pids]
 
 
 def _imbalance(cluster: EmbeddedRedisCluster) -> tuple[float, dict[int, int]]:

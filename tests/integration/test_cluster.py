@@ -300,6 +300,17 @@ def test_all_nodes_recover_when_redis_restarts(node_procs: NodeProcesses, fresh_
             assert cluster_run.add(address, 1, tag="post") == 3
 
 
+def wait_listening(primary: redis.Redis, cluster_run: ClusterRun, nodes: list[NodeProcess]) -> None:
+    """Until every node's (and the test node's) subscriber is on ``primary``:
+    a message sent before its receiver listens again is lost, as across
+    any reconnect."""
+    names = {f"huddle:{name}:subscriber" for name in [n.node_id for n in nodes] + [cluster_run.client.transport.name]}
+    try:
+        wait_until(lambda: names <= {c["name"] for c in primary.client_list()}, "every node on the new primary")
+    except AssertionError:
+        raise AssertionError(f"{names} not all in {sorted(c['name'] for c in primary.client_list())}") from None
+
+
 def test_a_cluster_keeps_its_actors_state_and_one_owner_each_across_a_switchover(
         node_procs: NodeProcesses, redis_sentinel: EmbeddedSentinel) -> None:
     """huddle node --cluster processes on the sentinel URL: after a planned
@@ -325,12 +336,7 @@ def test_a_cluster_keeps_its_actors_state_and_one_owner_each_across_a_switchover
         primary = redis_sentinel.switchover()
         raw = redis.Redis(host="127.0.0.1", port=primary)
         try:
-            # A message sent before its receiver listens again is lost, as across any reconnect.
-            names = {f"huddle:{name}:subscriber" for name in [n.node_id for n in nodes] + [cluster_run.client.transport.name]}
-            try:
-                wait_until(lambda: names <= {c["name"] for c in raw.client_list()}, "every node on the new primary")
-            except AssertionError:
-                raise AssertionError(f"{names} not all in {sorted(c['name'] for c in raw.client_list())}") from None
+            wait_listening(raw, cluster_run, nodes)
             for address in owners:
                 got = cluster_run.value(address)
                 assert got["count"] == 2
@@ -397,9 +403,7 @@ def test_behind_sentinel_checkpoints_the_promoted_replica_missed_are_written_aga
         try:
             wait_until(lambda: cluster_run.local_event(event="redis-primary-changed"), "the test node moved")
             wait_until(lambda: all(stored_on(new, a) == 3 for a in owners), "every checkpoint written again")
-            # A message sent before its receiver listens again is lost, as across any reconnect.
-            names = {f"huddle:{name}:subscriber" for name in [n.node_id for n in nodes] + [cluster_run.client.transport.name]}
-            wait_until(lambda: names <= {c["name"] for c in new.client_list()}, "every node on the new primary")
+            wait_listening(new, cluster_run, nodes)
         finally:
             new.close()
         for address in owners:
