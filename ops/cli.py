@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ops import signals
-from ops.options import LEASES_NEED_ONE_SERVER, UNSIGNED_CLUSTER_REFUSED, add_cluster_key_option, bus_of, cluster_codec, redis_url_of
+from ops.options import UNSIGNED_CLUSTER_REFUSED, add_cluster_key_option, bus_of, cluster_codec, redis_url_of
 
 __all__ = ["build_parser", "main"]
 
@@ -87,7 +87,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     _load_contracts()
     from bus.endpoint import mask_url
-    from bus.sharded import is_cluster_url, transport_for
+    from bus.sharded import transport_for
     from bus.signing import write_new_cluster_key
 
     codec = cluster_codec(args)
@@ -100,9 +100,6 @@ def cmd_node(args: argparse.Namespace) -> int:
             return 2
         return cluster_cli.drain_node(url, args.drain, args.namespace, timeout=args.run_for or 60.0, codec=codec)
     clustered = cluster_cli.cluster_requested(args)
-    if clustered and url is not None and is_cluster_url(url):
-        print(LEASES_NEED_ONE_SERVER, file=sys.stderr)
-        return 2
     key_file = None
     if clustered and not codec.signed and not args.insecure_no_signing:
         if url is not None:

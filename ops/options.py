@@ -28,13 +28,6 @@ def add_cluster_key_option(parser: argparse.ArgumentParser) -> None:
                         "signs, any verifies); default $HUDDLE_CLUSTER_KEY; neither: signing off")
 
 
-LEASES_NEED_ONE_SERVER = (
-    "refused: huddle's cluster (leases, placement, failover) keeps its lease store on one Redis server; on a "
-    "Redis Cluster (redis+cluster://) only the bus runs so far: plain nodes, clients, monitor and tap. Point "
-    "--cluster nodes at one Redis server, or at a primary behind Sentinel (redis+sentinel://HOST:PORT,.../NAME), "
-    "for now."
-)
-
 UNSIGNED_CLUSTER_REFUSED = (
     "refused: a cluster node signs its envelopes, and no cluster key was given. Without one, anyone who can "
     "publish on this Redis can speak for any actor of the fleet (forge an owner's messages, claim its leases). "

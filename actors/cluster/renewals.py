@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -56,7 +57,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.cluster.machine import ClusterConfig, Input, RenewFailed, Renewed
 from bus.cluster.leases import ClaimResult, LeaseStore
-from bus.sentinel import connection_pool
+from bus.cluster.sharded_store import lease_store_for
+from bus.store_client import store_client
 from bus.envelope import Codec
 from bus.loop import IoClosed, LoopThread
 
@@ -193,10 +195,9 @@ class RenewalLane:
 
     async def _run(self) -> None:
         self._planned = asyncio.Event()
-        client = aioredis.Redis(connection_pool=self._pool())
-        self._claims = LeaseStore(aioredis.Redis(connection_pool=self._pool()), namespace=self._namespace,
-                                  codec=self._codec)
-        store = LeaseStore(client, namespace=self._namespace, codec=self._codec)
+        client = self._client()
+        self._claims = lease_store_for(self._client(), namespace=self._namespace, codec=self._codec)
+        store = lease_store_for(client, namespace=self._namespace, codec=self._codec)
         try:
             while self._plan is None and not self._stopped:
                 await self._planned.wait()
@@ -209,8 +210,8 @@ class RenewalLane:
             await client.aclose()
             await self._claims.client.aclose()
 
-    def _pool(self) -> aioredis.ConnectionPool:
-        return connection_pool(
+    def _client(self) -> aioredis.Redis | RedisCluster:
+        return store_client(
             self._redis_url, max_connections=1, timeout=None,
             socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),

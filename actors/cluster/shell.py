@@ -61,6 +61,7 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -133,7 +134,8 @@ from bus.envelope import Envelope
 from bus.errors import DecodeError, EncodeError, HuddleError
 from bus.messages import REGISTRY, Message, message_kind
 from bus.messages import Stop as StopMessage
-from bus.sentinel import connection_pool
+from bus.cluster.sharded_store import backlog_for, lease_store_for
+from bus.store_client import store_client
 
 __all__ = ["ActorFactories", "Cluster", "ClusterControl", "ClusterStatus", "encode_start_args"]
 
@@ -429,7 +431,7 @@ class Cluster:
         self.leases: LeaseStore
         self.backlog: Backlog
         self.checkpoints = RedisCheckpoints(self)
-        self._client: aioredis.Redis | None = None
+        self._client: aioredis.Redis | RedisCluster | None = None
         #: the renewal lane: a thread, loop and connection nothing but renewals uses
         self._lane = RenewalLane(redis_url, self.me, self.config, namespace=node.namespace, codec=node.codec,
                                  wake=lambda: self.call_soon(self._take_renewals),
@@ -484,10 +486,10 @@ class Cluster:
         # and connection of their own, so a renewal never waits behind a
         # burst of claims, checkpoint writes or backlog drains, nor behind
         # this loop's other work; everything else on the main lane.
-        self._client = aioredis.Redis(connection_pool=self._pool(MAIN_LANE_CONNECTIONS))
-        self.leases = LeaseStore(self._client, namespace=self.node.namespace, codec=self.node.codec)
+        self._client = self._connect(MAIN_LANE_CONNECTIONS)
+        self.leases = lease_store_for(self._client, namespace=self.node.namespace, codec=self.node.codec)
         self._lane.start()
-        self.backlog = Backlog(self._client, namespace=self.node.namespace, cap=self.config.backlog_cap)
+        self.backlog = backlog_for(self._client, namespace=self.node.namespace, cap=self.config.backlog_cap)
         try:
             async with asyncio.timeout(self.config.lease_ttl):
                 members = await self.leases.members()
@@ -503,12 +505,12 @@ class Cluster:
             self.feed(HeartbeatSeen(hb))
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
-    def _pool(self, max_connections: int) -> aioredis.ConnectionPool:
-        """The connections of the main lane. A
+    def _connect(self, max_connections: int) -> aioredis.Redis | RedisCluster:
+        """The client of the main lane. A
         command that loses its connection (Redis restarted) is sent again on
         a new one: every script here is safe to repeat (a repeated ROUTE
         appends a copy that the owner drops by its msg_id)."""
-        return connection_pool(
+        return store_client(
             self.redis_url, max_connections=max_connections, timeout=None,
             on_new_primary=lambda: self.call_soon(self._new_primary),
             socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,

@@ -7,27 +7,33 @@ and per-node keys themselves, so the names below are the one place both
 sides agree on (``tests/bus_io/cluster`` checks them against the scripts):
 
 ===========================  ================================================
-``lease:<address>``          ``"<epoch> <node>"``, with a TTL (PX)
-``epoch``                    the counter every epoch is drawn from (INCR)
+``lease:{<address>}``        ``"<epoch> <node>"``, with a TTL (PX)
 ``node:<node>``              a live node's heartbeat body, TTL = lease TTL
 ``members``                  set of node ids that ever held a lease
 ``held:<node>``              set of addresses whose lease the node holds
-``spec:<address>``           msgpack start arguments of a *placed* address
+``spec:{<address>}``         msgpack start arguments of a *placed* address
 ``unowned``                  set of placed addresses waiting for an owner
-``ckpt:<address>``           the actor's last checkpoint (msgpack)
-``issued:<address>``         ``"<epoch> <node>"``: the newest epoch ever issued
+``ckpt:{<address>}``         the actor's last checkpoint (msgpack)
+``issued:{<address>}``       ``"<epoch> <node>"``: the newest epoch ever issued
                              for the address (fencing verifies against it)
-``seen:<address>``           msgpack list of the msg ids the address's actor
+``seen:{<address>}``         msgpack list of the msg ids the address's actor
                              handled last, written with its checkpoint
-``backlog:<address>``        stream of envelopes waiting for an owner
+``backlog:{<address>}``      stream of envelopes waiting for an owner
 ``backlogged:<node>``        addresses whose backlog a live owner must drain
 ``era``                      random id; a new one means Redis lost its data
-``fencing``                  stream of accepted checkpoint writes (optional)
+``fencing``                  stream of accepted checkpoint writes (optional;
+                             on a Redis Cluster one per address,
+                             ``fencing:{<address>}``)
 ===========================  ================================================
 
-A single Redis server is assumed (the scripts touch keys they build
-themselves); moving to Redis Cluster means hash-tagging the per-address
-keys and splitting the per-node scripts.
+Every per-address key carries the address as its hash tag (``{...}``): on
+a Redis Cluster all of an address's keys live in the one slot the address
+hashes to, so a script that reads and writes them (claim, renew, release,
+checkpoint, route) runs on the shard that owns the address, atomically. On
+one server the braces are only characters. The per-node keys and the two
+sets (``members``, ``unowned``) live wherever their own names hash; on a
+cluster the store writes them in commands of their own
+(:mod:`bus.cluster.sharded_store`).
 """
 
 from __future__ import annotations
@@ -47,12 +53,11 @@ class ClusterKeys:
     def prefix(self) -> str:
         return f"{self.namespace}huddle:"
 
-    def lease(self, address: str) -> str:
-        return f"{self.prefix}lease:{address}"
+    def _of(self, kind: str, address: str) -> str:
+        return f"{self.prefix}{kind}:{{{address}}}"
 
-    @property
-    def epoch(self) -> str:
-        return f"{self.prefix}epoch"
+    def lease(self, address: str) -> str:
+        return self._of("lease", address)
 
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
@@ -65,23 +70,23 @@ class ClusterKeys:
         return f"{self.prefix}held:{node_id}"
 
     def spec(self, address: str) -> str:
-        return f"{self.prefix}spec:{address}"
+        return self._of("spec", address)
 
     @property
     def unowned(self) -> str:
         return f"{self.prefix}unowned"
 
     def issued(self, address: str) -> str:
-        return f"{self.prefix}issued:{address}"
+        return self._of("issued", address)
 
     def seen(self, address: str) -> str:
-        return f"{self.prefix}seen:{address}"
+        return self._of("seen", address)
 
     def checkpoint(self, address: str) -> str:
-        return f"{self.prefix}ckpt:{address}"
+        return self._of("ckpt", address)
 
     def backlog(self, address: str) -> str:
-        return f"{self.prefix}backlog:{address}"
+        return self._of("backlog", address)
 
     def backlogged(self, node_id: str) -> str:
         return f"{self.prefix}backlogged:{node_id}"
@@ -93,3 +98,7 @@ class ClusterKeys:
     @property
     def fencing(self) -> str:
         return f"{self.prefix}fencing"
+
+    def fencing_of(self, address: str) -> str:
+        """On a Redis Cluster: the fencing log of one address."""
+        return self._of("fencing", address)

@@ -4,9 +4,11 @@ Every live address has a lease, ``lease:<address> = "<epoch> <node>"`` with
 a TTL. Whoever wants to host an address *claims* it; the claim succeeds when
 nobody holds the lease or its holder is no longer a live node (its
 ``node:<id>`` heartbeat key, which has the same TTL as its leases, is gone).
-A successful claim draws a new **epoch**: ``INCR`` on one counter, raised to
-the server clock in microseconds and to the claimer's floor, so an epoch is
-larger than every epoch drawn before it, even after Redis lost its data.
+A successful claim draws a new **epoch** for the address: one above the
+newest issued for it, raised to the server clock in microseconds and to the
+claimer's floor, so an epoch is larger than every epoch drawn before it for
+that address, even after Redis lost its data or a promoted replica missed
+the last claims.
 
 The epoch is the fencing token:
 
@@ -45,7 +47,7 @@ results. Everything here is asyncio (the node's I/O loop).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +95,7 @@ for i = 5, #ARGV, 4 do
     replies[#replies + 1] = {0, holder, estr(ce)}
   else
     if cur then redis.call('SREM', held_key(holder), a) end
-    local e = next_epoch(floor)
+    local e = next_epoch(a, floor)
     redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
     record_issued(a, e, me)
     redis.call('SADD', held_key(me), a)
@@ -167,7 +169,6 @@ if v then
 end
 redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ARGV[5])
 record_issued(a, tonumber(e), me)
-if tonumber(redis.call('GET', EPOCH) or '0') < tonumber(e) then redis.call('SET', EPOCH, e) end
 redis.call('SADD', held_key(me), a)
 redis.call('SADD', MEMBERS, me)
 if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8], 'NX') end
@@ -466,10 +467,16 @@ class LeaseStore:
         """Placed addresses waiting for an owner."""
         return sorted(_text(a) for a in await self.client.smembers(self.keys.unowned))
 
-    async def fencing_log(self, count: int | None = None) -> list[dict[str, str]]:
-        """The accepted checkpoint writes, in the order Redis accepted them."""
+    async def fencing_log(self, count: int | None = None, *,
+                          addresses: Iterable[str] | None = None) -> list[dict[str, str]]:
+        """The accepted checkpoint writes (of ``addresses`` only, if given),
+        in the order Redis accepted them."""
         entries = await self.client.xrange(self.keys.fencing, count=count)
-        return [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in entries]
+        log = [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in entries]
+        if addresses is not None:
+            wanted = set(addresses)
+            log = [entry for entry in log if entry.get("a") in wanted]
+        return log
 
 
 def _claim_result(reply: list[Any]) -> ClaimResult:

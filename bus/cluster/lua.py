@@ -13,18 +13,17 @@ __all__ = ["PRELUDE", "script"]
 
 PRELUDE = r"""
 local P = ARGV[1]
-local function lease_key(a) return P .. 'lease:' .. a end
+local function lease_key(a) return P .. 'lease:{' .. a .. '}' end
 local function node_key(n) return P .. 'node:' .. n end
 local function held_key(n) return P .. 'held:' .. n end
-local function spec_key(a) return P .. 'spec:' .. a end
-local function ckpt_key(a) return P .. 'ckpt:' .. a end
-local function issued_key(a) return P .. 'issued:' .. a end
-local function seen_key(a) return P .. 'seen:' .. a end
-local function backlog_key(a) return P .. 'backlog:' .. a end
+local function spec_key(a) return P .. 'spec:{' .. a .. '}' end
+local function ckpt_key(a) return P .. 'ckpt:{' .. a .. '}' end
+local function issued_key(a) return P .. 'issued:{' .. a .. '}' end
+local function seen_key(a) return P .. 'seen:{' .. a .. '}' end
+local function backlog_key(a) return P .. 'backlog:{' .. a .. '}' end
 local function backlogged_key(n) return P .. 'backlogged:' .. n end
 local UNOWNED = P .. 'unowned'
 local MEMBERS = P .. 'members'
-local EPOCH = P .. 'epoch'
 local ERA = P .. 'era'
 local FENCING = P .. 'fencing'
 
@@ -37,16 +36,18 @@ local function parse_lease(v)
   return tonumber(e), n
 end
 
--- The next epoch: above every epoch drawn before (INCR), above the
+-- The next epoch of address a: above the newest issued for it, above the
 -- caller's floor (the newest it has seen) and above the server clock in
--- microseconds, so epochs keep growing even after Redis lost the counter.
-local function next_epoch(floor)
-  local e = redis.call('INCR', EPOCH)
+-- microseconds. Epochs are per address (fencing compares them per address
+-- only) and every input lives in a's slot: on a Redis Cluster the claim
+-- runs where a lives. The clock floor keeps them growing where the issued
+-- key is gone: Redis lost its data, or a promoted replica missed the last
+-- claims (its clock still runs past every epoch drawn before).
+local function next_epoch(a, floor)
+  local ie = parse_lease(redis.call('GET', issued_key(a))) or 0
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local want = math.max(e, now, (tonumber(floor) or 0) + 1)
-  if want > e then redis.call('SET', EPOCH, estr(want)) end
-  return want
+  return math.max(ie + 1, now, (tonumber(floor) or 0) + 1)
 end
 
 -- The newest epoch issued for an address and to whom ("<epoch> <node>"),

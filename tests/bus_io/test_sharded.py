@@ -262,10 +262,3 @@ def test_a_node_inject_and_the_client_on_a_cluster_url(redis_cluster: EmbeddedRe
         assert asyncio.run(asyncio.wait_for(main(), 60)) == (Pong(n=9), Pong(n=10))
     finally:
         assert node.stop() == 0
-
-
-def test_cluster_nodes_are_refused_on_a_cluster_url_with_the_reason(redis_cluster: EmbeddedRedisCluster) -> None:
-    out = subprocess.run(huddle_command("node", "--cluster", "--insecure-no-signing", "--redis-url",
-                                        redis_cluster.url), capture_output=True, text=True, timeout=60,
-                         cwd=REPO_ROOT)
-    assert out.returncode == 2 and "lease store on one Redis server" in out.stderr

@@ -31,6 +31,8 @@ from bus.envelope import Codec
 from bus.errors import DecodeError
 from bus.messages import Event
 from bus.redis_transport import RedisTransport
+from bus.sharded import transport_for
+from bus.transport import Transport
 from bus.signing import CLUSTER_KEY_ENV
 from ops import processes
 from ops.processes import REPO_ROOT
@@ -224,10 +226,10 @@ def _matches(event: Event, fields: dict[str, object]) -> bool:
 
 
 @contextlib.contextmanager
-def listening(redis_url: str, receiver: Callable[[str, bytes], None], *channels: str) -> Iterator[RedisTransport]:
+def listening(redis_url: str, receiver: Callable[[str, bytes], None], *channels: str) -> Iterator[Transport]:
     """A transport that gives ``receiver`` everything on ``channels``,
     subscribed (confirmed by the server) on entry, closed on exit."""
-    transport = RedisTransport(redis_url, name=unique("test-listener"))
+    transport = transport_for(redis_url, name=unique("test-listener"))
     transport.set_receiver(receiver)
     transport.subscribe(*channels)
     transport.start()

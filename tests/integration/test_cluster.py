@@ -30,7 +30,7 @@ from bus.embedded import EmbeddedRedis, pause_process
 from bus.embedded_cluster import EmbeddedSentinel
 from bus.envelope import Codec
 from bus.messages import Event, Ping, Pong
-from bus.redis_transport import RedisTransport
+from bus.sharded import ClusterUrl, is_cluster_url, transport_for
 from bus.signing import cluster_signer
 from tests.waiting import wait_until
 
@@ -63,7 +63,7 @@ class ClusterRun:
         self.lease_ttl = lease_ttl
         self.key_file = key_file
         self.local_events: list[Event] = []
-        self.client = Node(RedisTransport(redis_url, name=unique("client")), node_id=unique("client"),
+        self.client = Node(transport_for(redis_url, name=unique("client")), node_id=unique("client"),
                            namespace=namespace, codec=codec_for(key_file))
         self.client.add_event_listener(self.local_events.append)
         self.cluster = Cluster(self.client, redis_url, config=ClusterConfig(
@@ -110,16 +110,28 @@ class ClusterRun:
         return self.events.wait_match(lambda e: e.event == "started" and e.address == address and e.node != not_on,
                                       f"started {address} on a node other than {not_on}")
 
+    def raw(self) -> redis.Redis:
+        """A plain redis-py client of the bus (a cluster client on a cluster)."""
+        if is_cluster_url(self.redis_url):
+            seeds = ClusterUrl.parse(self.redis_url).seeds
+            return redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in seeds])
+        return redis.Redis.from_url(self.redis_url)
+
     def subscribers(self, address: str) -> int:
-        raw = redis.Redis.from_url(self.redis_url)
+        channel = channel_for(address, self.namespace)
+        raw = self.raw()
         try:
-            return int(raw.pubsub_numsub(channel_for(address, self.namespace))[0][1])
+            if isinstance(raw, redis.RedisCluster):
+                reply = raw.execute_command("PUBSUB", "SHARDNUMSUB", channel,
+                                            target_nodes=raw.get_node_from_key(channel))
+                return int(reply[1])
+            return int(raw.pubsub_numsub(channel)[0][1])
         finally:
             raw.close()
 
     def stored(self, address: str) -> dict[str, Any]:
         """The checkpoint Redis holds for ``address`` ({} if none)."""
-        raw = redis.Redis.from_url(self.redis_url)
+        raw = self.raw()
         try:
             data = raw.get(ClusterKeys(self.namespace).checkpoint(address))
         finally:
@@ -155,11 +167,20 @@ def _run(node_procs: NodeProcesses, redis_url: str, *, lease_ttl: float = LEASE_
             cluster_run.close()
 
 
-@pytest.fixture
-def run(node_procs: NodeProcesses, redis_url: str) -> Iterator[ClusterRun]:
+@pytest.fixture(params=["one-server"])
+def run(request: pytest.FixtureRequest, node_procs: NodeProcesses, redis_url: str) -> Iterator[ClusterRun]:
+    """A cluster run on one redis-server; a test marked ``ON_BOTH`` runs
+    again on a Redis Cluster of 3 primaries (the sharded lease store)."""
+    if request.param == "redis-cluster":
+        redis_url = request.getfixturevalue("redis_cluster").url
     yield from _run(node_procs, redis_url)
 
 
+#: Run the test on one server and on a Redis Cluster.
+ON_BOTH = pytest.mark.parametrize("run", ["one-server", "redis-cluster"], indirect=True)
+
+
+@ON_BOTH
 def test_a_killed_nodes_actors_are_live_elsewhere_with_their_state(run: ClusterRun) -> None:
     nodes = [run.node(wait=False) for _ in range(3)]
     for node in nodes:
@@ -183,6 +204,7 @@ def test_a_killed_nodes_actors_are_live_elsewhere_with_their_state(run: ClusterR
         assert got["node"] != victim.node_id
 
 
+@ON_BOTH
 def test_a_message_sent_while_the_owner_is_dead_is_delivered_once_after_reactivation(run: ClusterRun) -> None:
     a = run.node(wait=False)
     b = run.node(wait=False)

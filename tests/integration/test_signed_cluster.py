@@ -183,7 +183,7 @@ def test_an_unissued_epoch_cuts_nobody_off_and_moves_no_lease_epoch(unsigned: Cl
         assert unsigned.cluster.ensure(fresh).get(timeout=DEADLINE) == a.node_id
         started = unsigned.events.wait_for(event="started", node=a.node_id, address=fresh)
         assert 0 < started.detail["epoch"] < FORGED_EPOCH
-        assert int(raw.get(keys.epoch)) < FORGED_EPOCH
+        assert int(raw.get(keys.issued(fresh)).split()[0]) < FORGED_EPOCH
     finally:
         raw.close()
     assert not unsigned.events.matching(event="dead-letter", reason="stale-epoch")

@@ -1,6 +1,9 @@
-"""Fixtures for the cluster scripts: one real redis-server, a private key
-namespace per test, and an asyncio loop to drive redis-py's async client
-from plain (synchronous) tests."""
+"""Fixtures for the cluster scripts: a private key namespace per test on a
+real store, run twice: on one redis-server (the scripts of
+``bus/cluster/leases.py``) and on a Redis Cluster of 3 primaries (the
+per-address scripts of ``bus/cluster/sharded_store.py``); and an asyncio
+loop to drive redis-py's async client from plain (synchronous) tests.
+A test of what holds on one server only takes ``cr1`` instead of ``cr``."""
 
 from __future__ import annotations
 
@@ -15,12 +18,11 @@ import redis
 import redis.asyncio as aioredis
 
 from bus.address import SYS_NODES, channel_for
-from bus.cluster.backlog import Backlog
-from bus.cluster.leases import LeaseStore
+from bus.cluster.sharded_store import backlog_for, lease_store_for
 from bus.cluster.messages import LeaseChange, NodeHeartbeat
-from bus.embedded import EmbeddedRedis
 from bus.envelope import Codec, Envelope
-from bus.redis_transport import RedisTransport
+from bus.sharded import is_cluster_url, transport_for
+from bus.store_client import store_client
 
 T = TypeVar("T")
 DEADLINE = 10.0
@@ -34,14 +36,16 @@ class ClusterRedis:
         self.namespace = f"t{uuid.uuid4().hex[:8]}:"
         self.runner = asyncio.Runner()
         self.codec = Codec()
+        self.sharded = is_cluster_url(url)
         self.client: aioredis.Redis = self.runner.run(self._connect())
-        self.leases = LeaseStore(self.client, namespace=self.namespace, codec=self.codec)
-        self.backlog = Backlog(self.client, namespace=self.namespace, cap=5)
-        self.sync = redis.Redis.from_url(url)
+        self.leases = lease_store_for(self.client, namespace=self.namespace, codec=self.codec)
+        self.backlog = backlog_for(self.client, namespace=self.namespace, cap=5)
+        self.sync: redis.Redis = (redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(*s) for s in _seeds(url)])
+                                  if self.sharded else redis.Redis.from_url(url))
         self.keys = self.leases.keys
 
     async def _connect(self) -> aioredis.Redis:
-        return aioredis.Redis.from_url(self.url)
+        return store_client(self.url, max_connections=8)  # type: ignore[return-value]
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro)
@@ -53,8 +57,14 @@ class ClusterRedis:
                                           heartbeat=self.codec.encode(Envelope(to=SYS_NODES, message=hb))))
 
     def kill(self, node: str) -> None:
-        """As if ``node``'s heartbeat key expired."""
+        """As if ``node`` died: its heartbeat key expired and, on a cluster
+        (where liveness is the lease itself), the leases it renewed with it."""
         self.sync.delete(self.keys.node(node))
+        if self.sharded:
+            for address in self.sync.smembers(self.keys.held(node)):
+                key = self.keys.lease(address.decode())
+                if (self.sync.get(key) or b"").endswith(b" " + node.encode()):
+                    self.sync.delete(key)
 
     def close(self) -> None:
         self.run(self.client.aclose())
@@ -62,9 +72,26 @@ class ClusterRedis:
         self.sync.close()
 
 
+def _seeds(url: str) -> list[tuple[str, int]]:
+    from bus.sharded import ClusterUrl
+
+    return list(ClusterUrl.parse(url).seeds)
+
+
+@pytest.fixture(params=["one-server", "redis-cluster"])
+def cr(request: pytest.FixtureRequest) -> Iterator[ClusterRedis]:
+    fixture = "redis_cluster" if request.param == "redis-cluster" else "redis_server"
+    c = ClusterRedis(request.getfixturevalue(fixture).url)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
 @pytest.fixture
-def cr(redis_server: EmbeddedRedis) -> Iterator[ClusterRedis]:
-    c = ClusterRedis(redis_server.url)
+def cr1(redis_server: object) -> Iterator[ClusterRedis]:
+    """The store on one server only (what the sharded store does otherwise)."""
+    c = ClusterRedis(redis_server.url)  # type: ignore[attr-defined]
     try:
         yield c
     finally:
@@ -74,11 +101,11 @@ def cr(redis_server: EmbeddedRedis) -> Iterator[ClusterRedis]:
 class ChannelLog:
     """Decoded envelopes from channels, to wait on (a real subscriber)."""
 
-    def __init__(self, url: str, *channels: str) -> None:
-        self.codec = Codec()
+    def __init__(self, url: str, *channels: str, codec: Codec | None = None) -> None:
+        self.codec = codec or Codec()
         self.items: list[tuple[str, Envelope]] = []
         self._cond = threading.Condition()
-        self.transport = RedisTransport(url, name=f"log-{uuid.uuid4().hex[:6]}")
+        self.transport = transport_for(url, name=f"log-{uuid.uuid4().hex[:6]}")
         self.transport.set_receiver(self._receive)
         self.transport.start()
         self.transport.subscribe(*channels)
@@ -110,6 +137,7 @@ class ChannelLog:
 
 @pytest.fixture
 def nodes_channel(cr: ClusterRedis) -> Iterator[ChannelLog]:
+    """A subscriber of ``sys:nodes`` of ``cr``'s namespace."""
     log = ChannelLog(cr.url, channel_for(SYS_NODES, cr.namespace))
     try:
         yield log

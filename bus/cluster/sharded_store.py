@@ -1,0 +1,458 @@
+"""The lease store and the backlog on a Redis Cluster.
+
+On one server (or the primary behind Sentinel) every cluster script may
+touch any key, and :class:`~bus.cluster.leases.LeaseStore` does a claim's
+whole bookkeeping in one atomic step: the lease, the epoch, the node's
+``held:`` set, the ``unowned`` set and the announcement on ``sys:nodes``.
+On a Redis Cluster a script may touch the keys of one slot only. So here
+each script is **about one address** and touches only that address's keys
+(all hash-tagged with it: :mod:`bus.cluster.keys`), and it runs on the
+shard that owns the address, atomically; what is about a node or the whole
+fleet follows in commands of its own:
+
+==========================  =================================================
+atomic, in the address's    the lease compare-and-set, the epoch, the issued
+slot                        epoch, the checkpoint and handled ids under the
+                            lease compare, the backlog's append and drain
+after it, in its own        ``held:<node>``, ``unowned``, ``members``, the
+commands                    heartbeat key, the announcement on ``sys:nodes``
+==========================  =================================================
+
+What changes with that split, and why it stays safe:
+
+- **Liveness is the lease itself.** On one server a claim also takes a
+  lease whose holder's heartbeat key is gone; here a lease is free only
+  once its own TTL ran out. A node renews its heartbeat and its leases in
+  the same round (one pipeline) with the same TTL, so a dead node's leases
+  go when its heartbeat does (a lease claimed after its last renewal, at
+  most one TTL later). A node trusts a lease for less than its TTL counted
+  from before it sent the claim or renewal, so no two nodes trust one lease.
+- **Adoption waits for the leases.** Adopting a dead node marks its placed
+  addresses whose lease is gone ``unowned``; one it still holds (claimed
+  after its last renewal) stays on its ``held:`` set and the next sweep
+  adopts it. Nothing deletes a lease another node may still trust.
+- **The sets are hints, repaired by the sweep.** ``unowned`` only says whom
+  to try: activation is a claim, and the claim is atomic. A node that died
+  between a claim and writing its ``held:`` set loses nothing either: the
+  renewal writes the whole set again every round.
+- **The backlog mark is the backlog.** Instead of a ``backlogged:<node>``
+  set, each renewal of a lease says whether its backlog holds envelopes,
+  and the owner drains it (fenced by its lease, as on one server).
+- **Announcements are published after the claim**, on ``sys:nodes`` (a
+  shard channel in its own slot). Their order with other shards' messages
+  is not defined on a cluster: a receiver learns a new owner from its
+  announcement or from its first envelope, whichever comes first, and
+  refuses the former owner's envelopes from then on; envelopes of a former
+  owner that arrive before both are accepted. What keeps that window
+  closed is the lease margin: a former owner stops before its lease can
+  run out. The fencing log (``--fencing-log``) is kept per address,
+  ``fencing:{<address>}``.
+
+Scripts run as ``EVALSHA`` with the address's lease key as their one
+declared key (the cluster routes on it) in redis-py's cluster pipeline,
+which groups the commands per shard and sends each shard's in one round
+trip, all shards at once; a shard that answers ``NOSCRIPT`` (a promoted
+replica that never loaded them) gets them loaded and the commands again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+from bus.cluster.backlog import Backlog, RouteResult
+from bus.cluster.leases import (
+    ClaimResult,
+    CheckpointWrite,
+    LeaseStore,
+    ReleaseMode,
+    RenewResult,
+    RELEASE_MODES,
+    _ANNOUNCED_AS,
+    _claim_result,
+    _lease_value,
+    _ms,
+    _text,
+    encode_seen,
+    SEEN_TTL,
+)
+from bus.cluster.lua import script
+from bus.cluster.messages import LeaseChange
+from redis.commands.core import AsyncScript
+
+__all__ = ["ShardedBacklog", "ShardedLeaseStore", "backlog_for", "lease_store_for"]
+
+# ARGV: prefix, me, ttl_ms, address, floor, spec. Like the one-server CLAIM
+# for one address, minus the node bookkeeping (the caller's, after).
+CLAIM_ONE = script(r"""
+local me, ttl, a, floor, spec = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local cur = redis.call('GET', lease_key(a))
+local ce, holder = parse_lease(cur)
+if cur and holder ~= me then return {0, holder, estr(ce)} end
+local e = next_epoch(a, floor)
+redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
+record_issued(a, e, me)
+if spec ~= '' then redis.call('SET', spec_key(a), spec) end
+local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or '',
+             redis.call('GET', seen_key(a)) or ''}
+return take_backlog(a, out)
+""")
+
+# ARGV: prefix, me, ttl_ms, address, epoch -> {1, '', backlog waiting} or {0, lease now, 0}
+RENEW_ONE = script(r"""
+local me, ttl, a, e = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local v = redis.call('GET', lease_key(a))
+if v ~= e .. ' ' .. me then return {0, v or '', 0} end
+redis.call('PEXPIRE', lease_key(a), ttl)
+return {1, '', redis.call('EXISTS', backlog_key(a))}
+""")
+
+# ARGV: prefix, address, me, epoch, mode, spec, checkpoint -> {released, placed}
+RELEASE_ONE = script(r"""
+local a, me, e, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local v = redis.call('GET', lease_key(a))
+if v and v ~= e .. ' ' .. me then return {0, 0} end
+if v then redis.call('DEL', lease_key(a)) end
+if mode == 'unowned' then
+  if ARGV[6] ~= '' then redis.call('SET', spec_key(a), ARGV[6], 'NX') end
+  if ARGV[7] ~= '' then redis.call('SET', ckpt_key(a), ARGV[7], 'NX') end
+elseif mode == 'retire' then
+  redis.call('DEL', spec_key(a), ckpt_key(a))
+end
+if mode ~= 'unowned' then redis.call('PEXPIRE', issued_key(a), ISSUED_GRACE_MS) end
+return {1, redis.call('EXISTS', spec_key(a))}
+""")
+
+# ARGV: prefix, address, me, epoch, ttl_ms, spec, checkpoint
+RESTORE_ONE = script(r"""
+local a, me, e = ARGV[2], ARGV[3], ARGV[4]
+local v = redis.call('GET', lease_key(a))
+if v then
+  if v == e .. ' ' .. me then return 1 end
+  return 0
+end
+redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ARGV[5])
+record_issued(a, tonumber(e), me)
+if ARGV[6] ~= '' then redis.call('SET', spec_key(a), ARGV[6], 'NX') end
+if ARGV[7] ~= '' then redis.call('SET', ckpt_key(a), ARGV[7], 'NX') end
+return 1
+""")
+
+# ARGV: prefix, me, log, seen_ttl_ms, address, epoch, has_data, data, seen, note
+SAVE_ONE = script(r"""
+local me, log, seen_ttl, a, e = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then return 0 end
+if ARGV[7] ~= '0' then
+  redis.call('SET', ckpt_key(a), ARGV[8])
+  if log == '1' then
+    redis.call('XADD', P .. 'fencing:{' .. a .. '}', 'MAXLEN', '~', '10000', '*', 'a', a, 'e', e, 'n', me,
+               'note', ARGV[10])
+  end
+end
+if ARGV[9] ~= '' then redis.call('SET', seen_key(a), ARGV[9], 'PX', seen_ttl) end
+return 1
+""")
+
+# ARGV: prefix, address, dead node -> 'held' (its lease still lives),
+# 'placed' (free, with a spec: to be activated), 'gone' or 'moved'
+ADOPT_ONE = script(r"""
+local a, dead = ARGV[2], ARGV[3]
+local e, holder = parse_lease(redis.call('GET', lease_key(a)))
+if holder == dead then return 'held' end
+if holder ~= nil then return 'moved' end
+if redis.call('EXISTS', spec_key(a)) == 1 then return 'placed' end
+redis.call('PEXPIRE', issued_key(a), ISSUED_GRACE_MS)
+return 'gone'
+""")
+
+# ARGV: prefix, address, me, msg_id, data, cap -> {outcome, holder, epoch}:
+# 'self', 'holder' (the caller publishes on its node channel), 'full' or
+# 'backlogged'. With ARGV[7] == '1' it appends whoever holds the lease.
+ROUTE_ONE = script(r"""
+local a, me = ARGV[2], ARGV[3]
+local e, holder = parse_lease(redis.call('GET', lease_key(a)))
+if ARGV[7] ~= '1' and holder ~= nil then
+  if holder == me then return {'self', me, estr(e)} end
+  return {'holder', holder, estr(e)}
+end
+local bk = backlog_key(a)
+if redis.call('XLEN', bk) >= tonumber(ARGV[6]) then return {'full', holder or '', estr(e or 0)} end
+redis.call('XADD', bk, '*', 'm', ARGV[4], 'e', ARGV[5])
+return {'backlogged', holder or '', estr(e or 0)}
+""")
+
+# ARGV: prefix, address, spec -> {holder, epoch} ('' when placed now)
+PLACE_ONE = script(r"""
+local a = ARGV[2]
+local e, holder = parse_lease(redis.call('GET', lease_key(a)))
+if holder ~= nil then return {holder, estr(e)} end
+redis.call('SET', spec_key(a), ARGV[3])
+return {'', '0'}
+""")
+
+
+class _Scripts:
+    """Per-address scripts run in redis-py's cluster pipeline: each call's
+    one key is the address's lease key, so the cluster routes it to the
+    address's shard; one round trip per shard, all shards at once."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        self.client = client
+
+    async def run(self, body: AsyncScript, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """``body`` once per ``(key, args)``; the replies in order."""
+        if not calls:
+            return []
+        replies = await self._pipeline(body, calls)
+        again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if again:  # a shard that never loaded it (a replica promoted since)
+            await self.client.script_load(body.script)
+            for i, reply in zip(again, await self._pipeline(body, [calls[i] for i in again]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _pipeline(self, body: AsyncScript, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        pipe = self.client.pipeline()
+        for key, args in calls:
+            pipe.execute_command("EVALSHA", body.sha, 1, key, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def commands(self, *commands: Sequence[Any]) -> list[Any]:
+        """Plain commands in one cluster pipeline (each routed by its key)."""
+        pipe = self.client.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute())
+
+
+class ShardedLeaseStore(LeaseStore):
+    """:class:`~bus.cluster.leases.LeaseStore` on a Redis Cluster (see the
+    module docstring for what is atomic where). Same methods, same results."""
+
+    def __init__(self, client: RedisCluster, **options: Any) -> None:
+        super().__init__(client, **options)  # type: ignore[arg-type]
+        self._scripts = _Scripts(client)
+        self._claim_one = client.register_script(CLAIM_ONE)
+        self._renew_one = client.register_script(RENEW_ONE)
+        self._release_one = client.register_script(RELEASE_ONE)
+        self._restore_one = client.register_script(RESTORE_ONE)
+        self._save_one = client.register_script(SAVE_ONE)
+        self._adopt_one = client.register_script(ADOPT_ONE)
+
+    async def _publish(self, *announcements: bytes) -> None:
+        if announcements:
+            await self._scripts.commands(*(("SPUBLISH", self.channel, a) for a in announcements))
+
+    async def claim_many(self, claims: Sequence[tuple[str, int, bytes | None]], node: str, *,
+                         ttl: float) -> list[ClaimResult]:
+        if not claims:
+            return []
+        if not await self.client.exists(self.keys.node(node)):  # not a live member yet
+            return [ClaimResult(won=False, holder="", epoch=0) for _ in claims]
+        prefix, ms = self.keys.prefix, _ms(ttl)
+        replies = await self._scripts.run(self._claim_one, [
+            (self.keys.lease(a), (prefix, node, ms, a, floor, spec or b"")) for a, floor, spec in claims])
+        results = [_claim_result(reply) for reply in replies]
+        won = [a for (a, _f, _s), r in zip(claims, results, strict=True) if r.won]
+        if won:
+            await self._scripts.commands(("SADD", self.keys.members, node), ("SADD", self.keys.held(node), *won),
+                                         ("SREM", self.keys.unowned, *won))
+            await self._publish(*(self._announcement(LeaseChange(address=a, node=node, change="acquired"))
+                                  for a in won))
+        return results
+
+    async def renew(self, node: str, *, ttl: float, node_body: bytes, heartbeat: bytes, new_era: str,
+                    leases: Mapping[str, int]) -> RenewResult:
+        ms = _ms(ttl)
+        keys = self.keys
+        # The heartbeat and the leases in one pipeline: they live and die together.
+        pipe = self.client.pipeline()
+        pipe.execute_command("SET", keys.node(node), node_body, "PX", ms)
+        pipe.execute_command("SADD", keys.members, node)
+        pipe.execute_command("SET", keys.era, new_era, "NX")
+        pipe.execute_command("GET", keys.era)
+        pipe.execute_command("SPUBLISH", self.channel, heartbeat)
+        order = list(leases.items())
+        for address, epoch in order:
+            pipe.execute_command("EVALSHA", self._renew_one.sha, 1, keys.lease(address), keys.prefix, node, ms,
+                                 address, str(epoch))
+        replies = list(await pipe.execute(raise_on_error=False))
+        head, tail = replies[:5], replies[5:]
+        for reply in head:
+            if isinstance(reply, Exception):
+                raise reply
+        if any(isinstance(r, NoScriptError) for r in tail):
+            tail = await self._scripts.run(self._renew_one, [
+                (keys.lease(a), (keys.prefix, node, ms, a, str(e))) for a, e in order])
+        lost: dict[str, tuple[str, int] | None] = {}
+        backlogged: list[str] = []
+        kept: list[str] = []
+        for (address, _epoch), reply in zip(order, tail, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            ok, now, waiting = reply
+            if int(ok):
+                kept.append(address)
+                if int(waiting):
+                    backlogged.append(address)
+            else:
+                lost[address] = _lease_value(now)
+        if kept:  # the held set again, whole: a claim whose own write of it was lost is in it from here on
+            await self._scripts.commands(("SADD", keys.held(node), *kept))
+        if lost:
+            await self._scripts.commands(("SREM", keys.held(node), *lost))
+        return RenewResult(era=_text(head[3]), lost=lost, backlogged=tuple(backlogged))
+
+    async def release(self, address: str, node: str, epoch: int, *, mode: ReleaseMode = "plain",
+                      spec: bytes | None = None, checkpoint: bytes | None = None) -> bool:
+        if mode not in RELEASE_MODES:
+            raise ValueError(f"release mode must be one of {RELEASE_MODES}, got {mode!r}")
+        [(released, placed)] = await self._scripts.run(self._release_one, [
+            (self.keys.lease(address), (self.keys.prefix, address, node, str(epoch), mode, spec or b"",
+                                        checkpoint or b""))])
+        if not int(released):
+            return False
+        commands: list[tuple[Any, ...]] = [("SREM", self.keys.held(node), address)]
+        if mode == "unowned" and int(placed):
+            commands.append(("SADD", self.keys.unowned, address))
+        elif mode == "retire":
+            commands.append(("SREM", self.keys.unowned, address))
+        await self._scripts.commands(*commands)
+        await self._publish(self._announcement(LeaseChange(address=address, node=node, change=_ANNOUNCED_AS[mode],
+                                                           epoch=epoch)))
+        return True
+
+    async def restore(self, address: str, node: str, epoch: int, *, ttl: float, spec: bytes | None = None,
+                      checkpoint: bytes | None = None) -> bool:
+        [ok] = await self._scripts.run(self._restore_one, [
+            (self.keys.lease(address), (self.keys.prefix, address, node, str(epoch), _ms(ttl), spec or b"",
+                                        checkpoint or b""))])
+        if not int(ok):
+            return False
+        await self._scripts.commands(("SADD", self.keys.held(node), address), ("SADD", self.keys.members, node))
+        await self._publish(self._announcement(LeaseChange(address=address, node=node, change="restored",
+                                                           epoch=epoch)))
+        return True
+
+    async def save_checkpoints(self, writes: Sequence[CheckpointWrite], node: str, *, log: bool = False,
+                               seen_ttl: float = SEEN_TTL) -> list[bool]:
+        prefix, flag, ms = self.keys.prefix, "1" if log else "0", _ms(seen_ttl)
+        replies = await self._scripts.run(self._save_one, [
+            (self.keys.lease(w.address), (prefix, node, flag, ms, w.address, str(w.epoch),
+                                          "0" if w.data is None else "1", w.data or b"",
+                                          b"" if w.seen is None else encode_seen(w.seen), w.note))
+            for w in writes])
+        return [bool(x) for x in replies]
+
+    async def issued(self, addresses: list[str]) -> dict[str, tuple[int, str, bool]]:
+        keys = self.keys
+        values = await self._scripts.commands(*(("MGET", keys.issued(a), keys.lease(a)) for a in addresses))
+        out: dict[str, tuple[int, str, bool]] = {}
+        for address, (raw_issued, raw_lease) in zip(addresses, values, strict=True):
+            issued, lease = _lease_value(raw_issued), _lease_value(raw_lease)
+            out[address] = (0, "", False) if issued is None else (issued[1], issued[0], lease == issued)
+        return out
+
+    async def adopt(self, dead: str) -> list[str] | None:
+        keys = self.keys
+        if await self.client.exists(keys.node(dead)):
+            return None
+        held = sorted(_text(a) for a in await self.client.smembers(keys.held(dead)))
+        outcomes = [_text(o) for o in await self._scripts.run(self._adopt_one, [
+            (keys.lease(a), (keys.prefix, a, dead)) for a in held])]
+        placed = [a for a, o in zip(held, outcomes, strict=True) if o == "placed"]
+        done = [a for a, o in zip(held, outcomes, strict=True) if o != "held"]
+        commands: list[tuple[Any, ...]] = []
+        if placed:
+            commands.append(("SADD", keys.unowned, *placed))
+        if done:
+            commands.append(("SREM", keys.held(dead), *done))
+        if len(done) == len(held):  # nothing of it lives any more: forget the node
+            commands += [("DEL", keys.held(dead)), ("DEL", keys.backlogged(dead)), ("SREM", keys.members, dead)]
+        if commands:
+            await self._scripts.commands(*commands)
+        return placed
+
+    async def leave(self, node: str) -> None:
+        await self.client.delete(self.keys.node(node))
+        if not await self.client.scard(self.keys.held(node)):
+            await self.client.srem(self.keys.members, node)
+
+    async def members(self) -> dict[str, bytes]:
+        ids = await self.member_ids()
+        if not ids:
+            return {}
+        bodies = await self._scripts.commands(*(("GET", self.keys.node(n)) for n in ids))
+        return {n: bytes(b) for n, b in zip(ids, bodies, strict=True) if b is not None}
+
+    async def fencing_log(self, count: int | None = None, *,
+                          addresses: Iterable[str] | None = None) -> list[dict[str, str]]:
+        """The accepted checkpoint writes of ``addresses`` (a cluster keeps
+        one log per address: there is no whole log to read), each address's
+        in the order it accepted them."""
+        if addresses is None:
+            raise ValueError("on a Redis Cluster the fencing log is per address: name the addresses")
+        out: list[dict[str, str]] = []
+        for address in addresses:
+            entries = await self.client.xrange(self.keys.fencing_of(address), count=count)
+            out += [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in entries]
+        return out
+
+
+class ShardedBacklog(Backlog):
+    """:class:`~bus.cluster.backlog.Backlog` on a Redis Cluster. The route
+    decision is one script in the address's slot; the publish on the
+    holder's node channel is a command of its own (that channel lives in
+    another slot), and an envelope it reached nobody with is appended by a
+    second script: the holder drains it when its next renewal says its
+    backlog holds envelopes, or the next claim takes it."""
+
+    def __init__(self, client: RedisCluster, **options: Any) -> None:
+        super().__init__(client, **options)  # type: ignore[arg-type]
+        self._scripts = _Scripts(client)
+        self._route_one = client.register_script(ROUTE_ONE)
+        self._place_one = client.register_script(PLACE_ONE)
+
+    async def route(self, address: str, data: bytes, msg_id: str, *, me: str) -> RouteResult:
+        key, prefix = self.keys.lease(address), self.keys.prefix
+        [reply] = await self._scripts.run(self._route_one, [(key, (prefix, address, me, msg_id, data, self.cap, "0"))])
+        outcome, holder, epoch = _text(reply[0]), _text(reply[1]), int(reply[2])
+        if outcome != "holder":
+            return RouteResult(outcome=outcome, holder=holder, epoch=epoch)
+        [count] = await self._scripts.commands(("SPUBLISH", self._node_channels + holder, data))
+        if int(count) > 0:
+            return RouteResult(outcome="published", holder=holder, epoch=epoch)
+        [reply] = await self._scripts.run(self._route_one, [(key, (prefix, address, me, msg_id, data, self.cap, "1"))])
+        return RouteResult(outcome=_text(reply[0]), holder=_text(reply[1]), epoch=int(reply[2]))
+
+    async def drain(self, address: str, *, me: str, epoch: int) -> list[bytes] | None:
+        [reply] = await self._scripts.run(self._drain, [(self.keys.lease(address),
+                                                          (self.keys.prefix, address, me, str(epoch)))])
+        if not int(reply[0]):
+            return None
+        return [bytes(x) for x in reply[1:]]
+
+    async def place(self, address: str, spec: bytes) -> tuple[str, int] | None:
+        [(holder, epoch)] = await self._scripts.run(self._place_one, [(self.keys.lease(address),
+                                                                       (self.keys.prefix, address, spec))])
+        holder = _text(holder)
+        if holder:
+            return holder, int(epoch)
+        await self.client.sadd(self.keys.unowned, address)
+        return None
+
+
+def lease_store_for(client: Any, **options: Any) -> LeaseStore:
+    """The lease store on ``client``: sharded on a Redis Cluster client."""
+    return ShardedLeaseStore(client, **options) if isinstance(client, RedisCluster) else LeaseStore(client, **options)
+
+
+def backlog_for(client: Any, **options: Any) -> Backlog:
+    """The backlog on ``client``: sharded on a Redis Cluster client."""
+    return ShardedBacklog(client, **options) if isinstance(client, RedisCluster) else Backlog(client, **options)
