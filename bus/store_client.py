@@ -23,12 +23,19 @@ __all__ = ["store_client"]
 
 #: What a cluster client takes of the options a pool takes.
 _CLUSTER_OPTIONS = ("socket_timeout", "socket_connect_timeout")
+#: The fewest connections per shard a cluster client gets. redis-py's
+#: cluster client does not wait for a free connection as the blocking pool
+#: does: a command past its limit fails at once ("Too many connections"),
+#: so a lane whose calls overlap (claims) needs room for all of them.
+CLUSTER_MIN_CONNECTIONS = 64
 
 
 def store_client(url: str, *, max_connections: int, on_new_primary: Callable[[], None] | None = None,
                  **options: Any) -> aioredis.Redis | RedisCluster:
     """A client for ``url`` with at most ``max_connections`` connections (per
-    shard on a cluster). ``options`` as for ``BlockingConnectionPool``; on a
+    shard on a cluster, and at least :data:`CLUSTER_MIN_CONNECTIONS`: there a
+    call past the limit fails instead of waiting). ``options`` as for
+    ``BlockingConnectionPool``; on a
     cluster only the socket timeouts apply (the client follows ``MOVED``
     and failovers itself). ``on_new_primary``: behind Sentinel only."""
     if not is_cluster_url(url):
@@ -41,5 +48,6 @@ def store_client(url: str, *, max_connections: int, on_new_primary: Callable[[],
         kwargs.update(ssl=True, ssl_cert_reqs=endpoint.ssl_cert_reqs, ssl_ca_certs=endpoint.ssl_ca_certs,
                       ssl_check_hostname=endpoint.ssl_check_hostname)
     return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
-                        max_connections=max_connections, username=endpoint.username, password=endpoint.password,
+                        max_connections=max(max_connections, CLUSTER_MIN_CONNECTIONS), username=endpoint.username,
+                        password=endpoint.password,
                         **kwargs)

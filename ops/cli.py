@@ -297,7 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     attendees = args.attendees if args.attendees is not None else default_attendees()
     return run(DemoOptions(attendees=attendees, live=False if args.plain else None, fault=args.fault or "",
-                           deadline=args.deadline))
+                           deadline=args.deadline, redis_cluster=args.redis_cluster))
 
 
 def _attendees(text: str) -> int:
@@ -469,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="participant sessions in the webinar (default: 200 per core, at most 800; 400 on 2 "
                       "cores); every 10th is a panelist")
     demo.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
+    demo.add_argument("--redis-cluster", action="store_true",
+                      help="run the bus and the lease store on a local Redis Cluster (3 primaries, a replica "
+                      "each) instead of one redis-server; needs redis-server 7 or later installed")
     demo.add_argument("--fault", choices=sorted(FAULTS), metavar="NAME",
                       help="inject a fault the demo's checks must catch (exit code 1); see below")
     demo.add_argument("--deadline", type=float, default=None, metavar="SECONDS",

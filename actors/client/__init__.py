@@ -41,7 +41,7 @@ from bus.address import parse_address
 from bus.envelope import Codec, Envelope
 from bus.errors import HuddleError
 from bus.messages import Message
-from bus.sharded import is_cluster_url, transport_for
+from bus.sharded import transport_for
 from bus.signing import cluster_signer
 
 __all__ = ["Client", "Events", "connect"]
@@ -172,9 +172,6 @@ async def connect(redis_url: str | None = None, *, address: str | None = None, n
     url = redis_url or os.environ.get("REDIS_URL")
     if not url:
         raise HuddleError("connect() needs a bus: pass redis_url or set REDIS_URL")
-    if cluster and is_cluster_url(url):
-        raise HuddleError("cluster=True needs the lease store on one Redis server; on a Redis Cluster "
-                          "(redis+cluster://) connect without it")
     node_id = f"client-{uuid.uuid4().hex[:8]}"
     codec = Codec(signer=cluster_signer(cluster_key_file))
     node = Node(transport_for(url, name=node_id), node_id=node_id, namespace=namespace, codec=codec,

@@ -89,15 +89,17 @@ def test_connect_needs_a_bus(monkeypatch: pytest.MonkeyPatch) -> None:
         asyncio.run(main())
 
 
-def test_a_cluster_member_client_hears_at_its_address_by_its_lease(redis_server: EmbeddedRedis) -> None:
+@pytest.mark.parametrize("bus", ["one-server", "redis-cluster"])
+def test_a_cluster_member_client_hears_at_its_address_by_its_lease(bus: str, request: pytest.FixtureRequest) -> None:
     from actors.cluster import ClusterConfig
 
+    url = request.getfixturevalue("redis_cluster" if bus == "redis-cluster" else "redis_server").url
     fast = ClusterConfig(capacity=0.0, heartbeat_interval=0.2, lease_ttl=1.0)
 
     async def main() -> object:
-        async with connect(redis_server.url, namespace="client-cl:", cluster=True, cluster_config=fast,
+        async with connect(url, namespace="client-cl:", cluster=True, cluster_config=fast,
                            address="app:client-cl") as app, \
-                connect(redis_server.url, namespace="client-cl:", cluster=True, cluster_config=fast) as other:
+                connect(url, namespace="client-cl:", cluster=True, cluster_config=fast) as other:
             assert app.cluster is not None and app.cluster.joined
             inbox = app.events()
             await inbox.ready()

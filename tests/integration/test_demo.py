@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from ops.demo.webinar import cluster_failover_missing
+from tests.conftest import redis7_or_skip
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +56,22 @@ def settled(out: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+@pytest.fixture(params=["one-server", "redis-cluster"])
+def bus_option(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The demo on its embedded redis-server, and with ``--redis-cluster``
+    (3 primaries and 3 replicas: the sharded bus and the sharded lease store)."""
+    if request.param == "one-server":
+        return ()
+    redis7_or_skip()  # installed (as CI does), or skipped saying how to install it
+    return ("--redis-cluster",)
+
+
 @pytest.mark.timeout(120)
-def test_the_short_demo_settles_recovers_and_loses_nothing() -> None:
-    proc = run_demo()
+def test_the_short_demo_settles_recovers_and_loses_nothing(bus_option: tuple[str, ...]) -> None:
+    proc = run_demo(*bus_option)
     out = proc.stdout + proc.stderr
+    if bus_option:
+        assert "a Redis Cluster of 3 primaries and 3 replicas, reference service" in out, out
     done, wanted = settled(out)
     assert done == wanted and wanted in SESSIONS, out
     assert summary_figure(out, "messages lost").startswith("0 (of "), out

@@ -1,0 +1,138 @@
+"""bus/cluster/sharded_store.py on a real Redis Cluster (3 primaries, a
+replica each): what the sharded store does differently from one server
+(liveness is the lease itself; the node sets are hints it repairs), and
+epochs that keep growing across a shard's failover whose promoted replica
+missed the last claim. The contract both stores share is tested on both in
+test_leases.py and test_backlog.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bus.cluster.keys import ClusterKeys
+from bus.cluster.sharded_store import ShardedLeaseStore, lease_store_for
+from bus.embedded_cluster import EmbeddedRedisCluster
+from bus.slots import channel_slot
+from bus.store_client import store_client
+
+from .conftest import ClusterRedis
+
+DEADLINE = 30.0
+
+
+@pytest.fixture
+def crc(redis_cluster: EmbeddedRedisCluster) -> Iterator[ClusterRedis]:
+    c = ClusterRedis(redis_cluster.url)
+    try:
+        assert isinstance(c.leases, ShardedLeaseStore)
+        yield c
+    finally:
+        c.close()
+
+
+def test_adoption_waits_for_a_lease_the_dead_node_still_holds(crc: ClusterRedis) -> None:
+    """A lease claimed after the holder's last renewal outlives its
+    heartbeat key by up to one TTL. Adoption must not take it from under a
+    node that may still trust it: it adopts it once the lease ran out."""
+    crc.heartbeat("dead")
+    crc.heartbeat("n2")
+    crc.run(crc.leases.claim("a:placed", "dead", ttl=30, spec=b"args"))
+    crc.run(crc.leases.claim("a:other", "dead", ttl=30, spec=b"args"))
+    crc.sync.delete(crc.keys.node("dead"))  # its heartbeat expired; its leases not yet
+    crc.sync.delete(crc.keys.lease("a:other"))  # this one ran out
+    assert crc.run(crc.leases.adopt("dead")) == ["a:other"]
+    assert crc.run(crc.leases.lease("a:placed")) is not None  # left alone
+    assert "dead" in crc.run(crc.leases.member_ids())  # adopted again by the next sweep
+    assert not crc.run(crc.leases.claim("a:placed", "n2", ttl=5)).won
+    crc.sync.delete(crc.keys.lease("a:placed"))  # ran out
+    assert crc.run(crc.leases.adopt("dead")) == ["a:placed"]
+    assert "dead" not in crc.run(crc.leases.member_ids())
+    assert crc.run(crc.leases.unowned()) == ["a:other", "a:placed"]
+    assert crc.run(crc.leases.claim("a:placed", "n2", ttl=5)).won
+    assert crc.run(crc.leases.unowned()) == ["a:other"]
+
+
+def test_a_renewal_writes_the_held_set_again(crc: ClusterRedis) -> None:
+    """The held set is written after the claim, in a command of its own:
+    if that write was lost, the next renewal puts the address back, so
+    the node's adoption still finds it."""
+    crc.heartbeat("n1")
+    lease = crc.run(crc.leases.claim("a:1", "n1", ttl=30, spec=b"args"))
+    crc.sync.srem(crc.keys.held("n1"), "a:1")  # as if the claim's second step was lost
+    crc.heartbeat("n1", {"a:1": lease.epoch})
+    assert crc.sync.smembers(crc.keys.held("n1")) == {b"a:1"}
+
+
+def test_a_lease_lost_on_renewal_leaves_the_held_set(crc: ClusterRedis) -> None:
+    crc.heartbeat("n1")
+    crc.heartbeat("n2")
+    lease = crc.run(crc.leases.claim("a:1", "n1", ttl=30))
+    crc.sync.delete(crc.keys.lease("a:1"))  # ran out
+    taken = crc.run(crc.leases.claim("a:1", "n2", ttl=30))
+    renewed = crc.heartbeat("n1", {"a:1": lease.epoch})
+    assert renewed.lost == {"a:1": ("n2", taken.epoch)}
+    assert crc.sync.smembers(crc.keys.held("n1")) == set()
+
+
+def test_the_fencing_log_is_per_address_on_a_cluster(crc: ClusterRedis) -> None:
+    crc.heartbeat("n1")
+    lease = crc.run(crc.leases.claim("a:1", "n1", ttl=30))
+    assert crc.run(crc.leases.save_checkpoint("a:1", "n1", lease.epoch, b"s", log=True, note="x"))
+    assert [e["note"] for e in crc.run(crc.leases.fencing_log(addresses=["a:1"]))] == ["x"]
+    with pytest.raises(ValueError, match="per address"):
+        crc.run(crc.leases.fencing_log())
+
+
+def test_epochs_keep_growing_across_a_shard_failover_whose_replica_missed_the_last_claim(
+        fresh_redis_cluster: EmbeddedRedisCluster) -> None:
+    """A claim drawn on a shard's primary after its replica's link was cut
+    (that epoch lives on the primary only), the primary killed, the
+    replica promoted without it: a claim of the same address there still
+    draws a higher epoch (the server clock floors every epoch)."""
+    cluster = fresh_redis_cluster
+    namespace = f"t{uuid.uuid4().hex[:8]}:"
+    keys = ClusterKeys(namespace)
+    address = "counter:failover"
+    primary = cluster.primary_for_slot(channel_slot(keys.lease(address)))
+    replica = next(r for r in cluster.replicas() if r.primary_port == primary.port)
+    assert replica.pid is not None
+
+    async def claim(node: str) -> int:
+        client = store_client(cluster.url, max_connections=4)
+        store = lease_store_for(client, namespace=namespace)
+        try:
+            hb = b""
+            await store.renew(node, ttl=60, node_body=b"body", heartbeat=hb, new_era="e", leases={})
+            await client.delete(keys.lease(address))  # as if the last lease ran out
+            result = await store.claim(address, node, ttl=60)
+            assert result.won
+            return result.epoch
+        finally:
+            await client.aclose()
+
+    first = asyncio.run(claim("n1"))
+    old = redis.Redis(host="127.0.0.1", port=primary.port)
+    try:
+        assert old.wait(1, int(DEADLINE * 1000)) >= 1  # the replica has the first claim
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            old.execute_command("CLIENT", "KILL", "TYPE", "replica")  # what follows never reaches it
+            missed = asyncio.run(claim("n2"))
+            cluster.kill(primary.port)
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+    finally:
+        old.close()
+    assert cluster.wait_failover(primary.port) == replica.port
+    with redis.Redis(host="127.0.0.1", port=replica.port) as new:
+        issued = new.get(keys.issued(address))
+        assert issued is not None and int(issued.split()[0]) == first  # the promoted replica missed the second
+    after = asyncio.run(claim("n3"))
+    assert first < missed < after
