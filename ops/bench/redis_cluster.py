@@ -24,9 +24,10 @@ figures:
                      what never arrived (the bus's at-most-once gap, reported
                      as "resubscribed", which the publisher's hold for a
                      subscriber on the new owner narrows);
-  double_owner_accepted is not measured (said so in the meta): cluster mode
-  (leases, fencing) does not run on a Redis Cluster yet (its keys carry no
-  hash tags), so there is no owner to double.
+  double_owner_accepted is not measured (said so in the meta): this bench
+  drives the bus alone, no cluster nodes; cluster mode on a Redis Cluster
+  is tested (tests/integration/test_cluster.py, huddle demo --redis-cluster)
+  but not yet benchmarked through a primary's death.
 baseline: the same tell-remote load on one redis-server in the same run
 (``msgs_per_s``, ``lost``, ``redis_cpu_s``); for ``resubscribed_s``,
 ``promoted_s``: from the kill until Redis itself has promoted the replica
@@ -182,8 +183,9 @@ def main() -> None:
         goal={"lost": 0, "shard_imbalance": 1.25, "msgs_per_s_ratio": 0.8},
         notes={"sinks_per_shard": per_shard, "primary_cpu_s": primary_cpu, "failover_sent": failover["sent"],
                "loadavg_1m_before": load, "replicas_per_primary": 1,
-               "double_owner_accepted": "not measured: cluster mode (leases, fencing) does not run on a Redis "
-                                        "Cluster yet (its keys carry no hash tags), so there is no owner to double"},
+               "double_owner_accepted": "not measured: this bench drives the bus alone (no cluster nodes, so no "
+                                        "owner to double); cluster mode on a Redis Cluster is tested, not yet "
+                                        "benchmarked through a primary's death"},
     )
 
 

@@ -86,14 +86,14 @@ def test_a_survivor_taking_over_hundreds_of_addresses_on_a_stalled_then_slow_mai
         rig: Rig) -> None:
     survivor = rig.add("a", start=False, config=CONFIG)
     lane = MainLane()
-    make_pool = survivor._pool
+    connect = survivor._connect
 
-    def pool(max_connections: int) -> aioredis.ConnectionPool:
-        made = make_pool(max_connections)
-        made.connection_class = lane.connection_class()
+    def slowed(max_connections: int) -> aioredis.Redis:
+        made = connect(max_connections)
+        made.connection_pool.connection_class = lane.connection_class()
         return made
 
-    survivor._pool = pool  # type: ignore[method-assign]
+    survivor._connect = slowed  # type: ignore[method-assign]
     rig.nodes["a"].start()
     assert survivor.start(DEADLINE)
     rig.add("b", config=CONFIG)
