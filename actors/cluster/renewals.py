@@ -207,6 +207,7 @@ class RenewalLane:
                 next_at = max(next_at + self.config.heartbeat_interval, self._clock())
                 await asyncio.sleep(max(0.0, next_at - self._clock()))
         finally:
+            await store.aclose()
             await client.aclose()
             await self._claims.client.aclose()
 
@@ -253,6 +254,8 @@ class RenewalLane:
             return
         self.latency_s = self._clock() - sent_at
         self.renewals += 1
+        if result.unanswered:  # their shard did not answer: not renewed as far as anyone knows
+            leases = {a: e for a, e in leases.items() if a not in set(result.unanswered)}
         renewed = dict(self._renewed)
         for address, epoch in leases.items():
             if address in result.lost:

@@ -291,11 +291,14 @@ class RenewResult:
     """``era`` identifies Redis's data set (a new one: it lost everything);
     ``lost`` maps each lease that was not renewed to its holder and epoch
     now (``None``: nobody holds it); ``backlogged`` are held addresses with
-    messages waiting in their backlog."""
+    messages waiting in their backlog; ``unanswered`` are leases whose
+    renewal got no answer (on a Redis Cluster: their shard was down), so
+    nothing is known of them: renewed or not, they count as before."""
 
     era: str
     lost: Mapping[str, tuple[str, int] | None] = field(default_factory=dict)
     backlogged: tuple[str, ...] = ()
+    unanswered: tuple[str, ...] = ()
 
 
 def _text(value: Any) -> str:
@@ -328,6 +331,10 @@ class LeaseStore:
         self._save = client.register_script(SAVE_CHECKPOINTS)
         self._adopt = client.register_script(ADOPT)
         self._leave = client.register_script(LEAVE)
+
+    async def aclose(self) -> None:
+        """Close what the store opened itself (here: nothing; the client is
+        the caller's to close)."""
 
     def _announcement(self, change: LeaseChange) -> bytes:
         return self.codec.encode(Envelope(to=SYS_NODES, message=change))

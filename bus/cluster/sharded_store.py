@@ -48,6 +48,16 @@ What changes with that split, and why it stays safe:
   run out. The fencing log (``--fencing-log``) is kept per address,
   ``fencing:{<address>}``.
 
+- **A dead shard costs only its own leases.** A renewal sends each shard's
+  leases to that shard's primary on a plain client of its own, all shards
+  at once, and waits a quarter of the lease TTL for each: a shard that does
+  not answer (its primary died, its replica not yet promoted) has its
+  leases reported ``unanswered`` (not renewed as far as anyone knows), and
+  every other shard's leases are renewed as usual. (redis-py's cluster
+  client shares its connections and slot map among shards: one dead primary
+  stalled or failed the commands sent to the others meanwhile, and a node
+  lost every lease it held.)
+
 Scripts run as ``EVALSHA`` with the address's lease key as their one
 declared key (the cluster routes on it) in redis-py's cluster pipeline,
 which groups the commands per shard and sends each shard's in one round
@@ -57,9 +67,11 @@ replica that never loaded them) gets them loaded and the commands again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
@@ -231,6 +243,42 @@ class _Scripts:
         return list(await pipe.execute())
 
 
+#: The share of the lease TTL a renewal waits for each shard's answer. A
+#: shard that takes longer (its primary died: redis-py retries until the
+#: replica is promoted) counts as unanswered, so the next renewal of every
+#: other shard is not held up behind it.
+RENEW_ANSWER_WITHIN = 0.25
+
+
+#: What a plain client of one primary takes of the cluster client's options.
+_DIRECT_OPTIONS = ("username", "password", "socket_timeout", "socket_connect_timeout", "ssl_ca_certs",
+                   "ssl_cert_reqs", "ssl_check_hostname")
+
+
+async def _within(seconds: float, coros: Sequence[Any]) -> list[Any]:
+    """Run ``coros`` at once; each one's result, or its exception, or
+    ``TimeoutError`` for one not done within ``seconds`` (then cancelled)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    _done, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.cancel()  # not awaited: a stuck connection's cleanup must not hold the answer up
+        task.add_done_callback(_quiet)
+    out: list[Any] = []
+    for task in tasks:
+        if task in pending:
+            out.append(TimeoutError(f"no answer within {seconds:.2f}s"))
+        elif task.exception() is not None:
+            out.append(task.exception())
+        else:
+            out.append(task.result())
+    return out
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "never retrieved" warning
+
+
 class ShardedLeaseStore(LeaseStore):
     """:class:`~bus.cluster.leases.LeaseStore` on a Redis Cluster (see the
     module docstring for what is atomic where). Same methods, same results."""
@@ -238,6 +286,10 @@ class ShardedLeaseStore(LeaseStore):
     def __init__(self, client: RedisCluster, **options: Any) -> None:
         super().__init__(client, **options)  # type: ignore[arg-type]
         self._scripts = _Scripts(client)
+        #: the era the last renewal read (used when the era's shard is down)
+        self._era: str | None = None
+        #: primary name -> a plain client of it (renewals)
+        self._directs: dict[str, aioredis.Redis] = {}
         self._claim_one = client.register_script(CLAIM_ONE)
         self._renew_one = client.register_script(RENEW_ONE)
         self._release_one = client.register_script(RELEASE_ONE)
@@ -269,45 +321,110 @@ class ShardedLeaseStore(LeaseStore):
 
     async def renew(self, node: str, *, ttl: float, node_body: bytes, heartbeat: bytes, new_era: str,
                     leases: Mapping[str, int]) -> RenewResult:
+        """As on one server, but each shard on its own: the heartbeat and
+        every shard's leases go out at once, each shard in one round trip,
+        and a shard that does not answer (its primary died, its replica not
+        promoted yet) costs only its own leases, reported ``unanswered``
+        (nothing is known of them), never the others'. Raises only when no
+        part answered."""
         ms = _ms(ttl)
         keys = self.keys
-        # The heartbeat and the leases in one pipeline: they live and die together.
-        pipe = self.client.pipeline()
-        pipe.execute_command("SET", keys.node(node), node_body, "PX", ms)
-        pipe.execute_command("SADD", keys.members, node)
-        pipe.execute_command("SET", keys.era, new_era, "NX")
-        pipe.execute_command("GET", keys.era)
-        pipe.execute_command("SPUBLISH", self.channel, heartbeat)
-        order = list(leases.items())
-        for address, epoch in order:
-            pipe.execute_command("EVALSHA", self._renew_one.sha, 1, keys.lease(address), keys.prefix, node, ms,
-                                 address, str(epoch))
-        replies = list(await pipe.execute(raise_on_error=False))
-        head, tail = replies[:5], replies[5:]
-        for reply in head:
-            if isinstance(reply, Exception):
-                raise reply
-        if any(isinstance(r, NoScriptError) for r in tail):
-            tail = await self._scripts.run(self._renew_one, [
-                (keys.lease(a), (keys.prefix, node, ms, a, str(e))) for a, e in order])
+        groups: dict[str, list[tuple[str, int]]] = {}
+        shards: dict[str, Any] = {}
+        for address, epoch in leases.items():
+            shard = self.client.get_node_from_key(keys.lease(address))
+            name = shard.name if shard is not None else ""
+            shards[name] = shard
+            groups.setdefault(name, []).append((address, epoch))
+
+        async def heartbeat_part() -> str:
+            replies = await self._scripts.commands(
+                ("SET", keys.node(node), node_body, "PX", ms), ("SADD", keys.members, node),
+                ("SET", keys.era, new_era, "NX"), ("GET", keys.era), ("SPUBLISH", self.channel, heartbeat))
+            return _text(replies[3])
+
+        async def shard_part(name: str, items: list[tuple[str, int]]) -> list[Any]:
+            calls = [(keys.lease(a), (keys.prefix, node, ms, a, str(e))) for a, e in items]
+            if shards[name] is None:
+                return await self._scripts.run(self._renew_one, calls)
+            return await self._direct_run(shards[name], self._renew_one, calls)
+
+        parts = await _within(ttl * RENEW_ANSWER_WITHIN,
+                              [heartbeat_part(), *(shard_part(name, items) for name, items in groups.items())])
+        failures = [p for p in parts if isinstance(p, BaseException)]
+        if len(failures) == len(parts):
+            raise failures[0]
+        if isinstance(parts[0], BaseException):
+            if self._era is None:
+                raise parts[0]
+            era = self._era  # the heartbeat's shard is down: the leases answered all the same
+        else:
+            era = self._era = parts[0]
         lost: dict[str, tuple[str, int] | None] = {}
         backlogged: list[str] = []
         kept: list[str] = []
-        for (address, _epoch), reply in zip(order, tail, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            ok, now, waiting = reply
-            if int(ok):
-                kept.append(address)
-                if int(waiting):
-                    backlogged.append(address)
-            else:
-                lost[address] = _lease_value(now)
-        if kept:  # the held set again, whole: a claim whose own write of it was lost is in it from here on
-            await self._scripts.commands(("SADD", keys.held(node), *kept))
+        unanswered: list[str] = []
+        for items, replies in zip(groups.values(), parts[1:], strict=True):
+            if isinstance(replies, BaseException):
+                unanswered += [a for a, _e in items]
+                continue
+            for (address, _epoch), (ok, now, waiting) in zip(items, replies, strict=True):
+                if int(ok):
+                    kept.append(address)
+                    if int(waiting):
+                        backlogged.append(address)
+                else:
+                    lost[address] = _lease_value(now)
+        # The held set again, whole (a claim whose own write of it was lost
+        # is in it from here on); a hint: the next renewal writes it again.
+        hints: list[tuple[Any, ...]] = []
+        if kept:
+            hints.append(("SADD", keys.held(node), *kept))
         if lost:
-            await self._scripts.commands(("SREM", keys.held(node), *lost))
-        return RenewResult(era=_text(head[3]), lost=lost, backlogged=tuple(backlogged))
+            hints.append(("SREM", keys.held(node), *lost))
+        if hints:  # in the background: a shard that is down must not hold the answer up
+            asyncio.ensure_future(self._scripts.commands(*hints)).add_done_callback(_quiet)
+        return RenewResult(era=era, lost=lost, backlogged=tuple(backlogged), unanswered=tuple(unanswered))
+
+    def _direct(self, shard: Any) -> aioredis.Redis:
+        """A plain client of one primary (renewals only). The cluster client
+        shares its connections and its slot map among all shards, and one
+        dead primary stalls or fails what is sent to the others meanwhile;
+        renewals go to each primary on a client of its own instead."""
+        client = self._directs.get(shard.name)
+        if client is None:
+            kwargs = {k: shard.connection_kwargs[k] for k in _DIRECT_OPTIONS if k in shard.connection_kwargs}
+            if issubclass(shard.connection_class, aioredis.SSLConnection):
+                kwargs["ssl"] = True
+            client = self._directs[shard.name] = aioredis.Redis(host=shard.host, port=shard.port, **kwargs)
+        return client
+
+    async def _direct_run(self, shard: Any, body: AsyncScript, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """``body`` per call on the primary ``shard`` directly, in one round
+        trip; raises if any call fails (``MOVED``: the slot map changed; the
+        cluster client is told to learn it again)."""
+        client = self._direct(shard)
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            for key, args in calls:
+                pipe.evalsha(body.sha, 1, key, *args)
+            replies = list(await pipe.execute(raise_on_error=False))
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                await client.script_load(body.script)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    if "MOVED" in str(reply) or "ASK" in str(reply):  # learn the slot map again
+                        asyncio.ensure_future(self.client.nodes_manager.initialize()).add_done_callback(_quiet)
+                    raise reply
+            return replies
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Close the plain clients of the primaries (the cluster client is the caller's)."""
+        directs, self._directs = self._directs, {}
+        for client in directs.values():
+            await client.aclose()
 
     async def release(self, address: str, node: str, epoch: int, *, mode: ReleaseMode = "plain",
                       spec: bytes | None = None, checkpoint: bytes | None = None) -> bool:

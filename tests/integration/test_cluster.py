@@ -27,7 +27,8 @@ from bus.address import channel_for
 from bus.cluster.keys import ClusterKeys
 from bus.cluster.placement import owner_of
 from bus.embedded import EmbeddedRedis, pause_process
-from bus.embedded_cluster import EmbeddedSentinel
+from bus.embedded_cluster import EmbeddedRedisCluster, EmbeddedSentinel
+from bus.slots import channel_slot
 from bus.envelope import Codec
 from bus.messages import Event, Ping, Pong
 from bus.sharded import ClusterUrl, is_cluster_url, transport_for
@@ -483,3 +484,56 @@ def test_sigterm_leaves_the_cluster_cleanly(run: ClusterRun) -> None:
     run.events.wait_for(event="left", node=a.node_id)
     for address in owners:
         assert run.value(address)["node"] == b.node_id
+
+
+def test_on_a_redis_cluster_a_killed_primary_leaves_each_counter_one_owner_and_its_state(
+        node_procs: NodeProcesses, fresh_redis_cluster: EmbeddedRedisCluster) -> None:
+    """huddle node --cluster processes on a Redis Cluster; the primary that
+    holds the most counters' keys is killed and its replica promoted. Every
+    counter answers afterwards with the state it had, an addition is
+    counted once, only the leases on the dead shard lapsed (the others'
+    renewals went on without it), and each counter's fencing log (accepted
+    checkpoint writes, per address on a cluster) never goes back to an
+    older epoch nor has two nodes writing under one epoch: no double-owner
+    action was accepted."""
+    cluster = fresh_redis_cluster
+    for cluster_run in _run(node_procs, cluster.url, lease_ttl=1.5):
+        nodes = [cluster_run.node(wait=False, fencing_log=True) for _ in range(2)]
+        for node in nodes:
+            cluster_run.procs.wait_ready(node)
+        owners = cluster_run.counters(12)
+        for address in owners:
+            assert cluster_run.add(address, 2, tag="pre") == 2
+        for address in owners:
+            cluster_run.wait_stored(address, 2)
+        keys = ClusterKeys(cluster_run.namespace)
+        by_primary: dict[int, list[str]] = {}
+        for address in owners:
+            by_primary.setdefault(cluster.primary_for_slot(channel_slot(keys.lease(address))).port, []).append(address)
+        victim, on_victim = max(by_primary.items(), key=lambda item: len(item[1]))
+        with redis.Redis(host="127.0.0.1", port=victim) as old:
+            assert old.wait(1, int(DEADLINE * 1000)) >= 1  # its replica has every checkpoint
+        cluster.kill(victim)
+        cluster.wait_failover(victim)
+        for address in owners:
+            got = cluster_run.value(address)
+            assert got["count"] == 2, (address, address in on_victim, got)
+            assert cluster_run.add(address, 1, tag="post") == 3
+        # Only the leases on the dead primary's shard may lapse (no answer
+        # until its replica is promoted); every other shard kept renewing.
+        lapsed = {e.address for e in cluster_run.events.events
+                  if e.event == "lease-lost" and e.address in owners and e.node != cluster_run.client.node_id}
+        assert lapsed <= set(on_victim), sorted(lapsed - set(on_victim))
+        raw = cluster_run.raw()
+        try:
+            for address in owners:
+                entries = [(int(f[b"e"]), f[b"n"].decode()) for _id, f in raw.xrange(keys.fencing_of(address))]
+                assert entries, address
+                epochs = [e for e, _n in entries]
+                assert epochs == sorted(epochs), (address, entries)
+                writers: dict[int, set[str]] = {}
+                for epoch, node in entries:
+                    writers.setdefault(epoch, set()).add(node)
+                assert all(len(w) == 1 for w in writers.values()), (address, entries)
+        finally:
+            raw.close()
