@@ -22,7 +22,7 @@ from bus.cluster.keys import ClusterKeys
 from bus.envelope import Codec
 from bus.errors import DecodeError
 from bus.messages import Event
-from bus.redis_transport import RedisTransport
+from bus.sharded import ClusterUrl, is_cluster_url, transport_for
 from ops.processes import NodeProcess
 
 
@@ -61,7 +61,7 @@ class EventTap:
         self.events: list[Event] = []
         self._codec = Codec()
         self._cond = threading.Condition()
-        self._transport = RedisTransport(redis_url, name=f"bench-tap-{os.getpid()}")
+        self._transport = transport_for(redis_url, name=f"bench-tap-{os.getpid()}")
         self._transport.set_receiver(self._receive)
         self._transport.start()
         self._transport.subscribe(channel_for(SYS_EVENTS, namespace))
@@ -103,7 +103,7 @@ class BenchMember:
     def __init__(self, redis_url: str, namespace: str, timing: Timing, node_id: str = "bench") -> None:
         self.redis_url = redis_url
         self.keys = ClusterKeys(namespace)
-        self.node = Node(RedisTransport(redis_url, name=f"{namespace}{node_id}"), node_id=node_id,
+        self.node = Node(transport_for(redis_url, name=f"{namespace}{node_id}"), node_id=node_id,
                          namespace=namespace)
         self.cluster = Cluster(self.node, redis_url, config=timing.config())
         self.node.start()
@@ -116,9 +116,10 @@ class BenchMember:
 
     def stored(self, addresses: Sequence[str]) -> list[Any]:
         """The checkpoints Redis holds (None where there is none)."""
-        client = redis.Redis.from_url(self.redis_url)
+        client = raw_client(self.redis_url)
         try:
-            raw = client.mget([self.keys.checkpoint(a) for a in addresses])
+            names = [self.keys.checkpoint(a) for a in addresses]
+            raw = client.mget_nonatomic(names) if isinstance(client, redis.RedisCluster) else client.mget(names)
         finally:
             client.close()
         return [msgpack.unpackb(r, raw=False) if r else None for r in raw]
@@ -133,6 +134,14 @@ class BenchMember:
 
     def close(self) -> None:
         self.node.shutdown()
+
+
+def raw_client(redis_url: str) -> redis.Redis | redis.RedisCluster:
+    """A plain redis-py client of the bus: one server, or a Redis Cluster."""
+    if is_cluster_url(redis_url):
+        seeds = ClusterUrl.parse(redis_url).seeds
+        return redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in seeds])
+    return redis.Redis.from_url(redis_url)
 
 
 def workdir(name: str) -> Path:

@@ -24,14 +24,26 @@ figures:
                      what never arrived (the bus's at-most-once gap, reported
                      as "resubscribed", which the publisher's hold for a
                      subscriber on the new owner narrows);
-  double_owner_accepted is not measured (said so in the meta): this bench
-  drives the bus alone, no cluster nodes; cluster mode on a Redis Cluster
-  is tested (tests/integration/test_cluster.py, huddle demo --redis-cluster)
-  but not yet benchmarked through a primary's death.
+  double_owner_accepted, leases_lapsed_elsewhere, recovered_s, acked_lost,
+  duplicated
+                     a third run, cluster mode: 2 ``huddle node --cluster``
+                     processes host 300 counters (lease TTL 1.5 s, fencing
+                     log on), the benchmark process adds to them at 100/s
+                     (each addition acknowledged); the primary holding the
+                     most counters' keys is SIGKILLed. double_owner_accepted:
+                     checkpoint writes the per-address fencing logs accepted
+                     under an older epoch than one accepted before, or from
+                     two nodes under one epoch; leases_lapsed_elsewhere:
+                     leases lost by counters on the shards that stayed up
+                     (a dead shard must cost only its own); recovered_s:
+                     from the kill until every counter on the dead shard
+                     answers again; acked_lost: acknowledged additions
+                     missing from the final state; duplicated: additions
+                     applied twice.
 baseline: the same tell-remote load on one redis-server in the same run
-(``msgs_per_s``, ``lost``, ``redis_cpu_s``); for ``resubscribed_s``,
-``promoted_s``: from the kill until Redis itself has promoted the replica
-and every node agrees (what no client can beat).
+(``msgs_per_s``, ``lost``, ``redis_cpu_s``); for ``resubscribed_s`` and
+``recovered_s``, ``promoted_s``: from the kill until Redis itself has
+promoted the replica and every node agrees (what no client can beat).
 
 Every process (redis-servers, node processes) is started here and ended by
 PID, also on error.
@@ -147,6 +159,102 @@ def _failover_run(cluster: EmbeddedRedisCluster, seconds: float) -> dict[str, fl
             "promoted_s": (promoted_at[0] - killed_at[0]) if promoted_at[0] else float("nan")}
 
 
+LEASE_COUNTERS = 300
+LEASE_TIMING_TTL = 1.5
+
+
+def _leases_failover_run(cluster: EmbeddedRedisCluster, seconds: float) -> dict[str, float]:
+    """Cluster mode through a primary's death (see the module docstring)."""
+    import random
+
+    from chaos import ACKS, AckLog, Acks, check, final_state, run_load
+    from clusterproc import BenchMember, EventTap, Timing, cluster_node, raw_client, workdir
+
+    from actors.runtime.builtin import CounterGet
+    from bus.cluster.keys import ClusterKeys
+    from bus.errors import HuddleError
+
+    namespace = "rcbench:"
+    timing = Timing(heartbeat=0.25, lease_ttl=LEASE_TIMING_TTL)
+    keys = ClusterKeys(namespace)
+    tmp = workdir("redis-cluster")
+    nodes = []
+    member = tap = None
+    stop = threading.Event()
+    load = None
+    try:
+        tap = EventTap(cluster.url, namespace)
+        for i in range(2):
+            nodes.append(cluster_node(cluster.url, f"rc-{i}", namespace, timing, tmp, options=["--fencing-log"]))
+        for node in nodes:
+            node.wait_ready()
+        member = BenchMember(cluster.url, namespace, timing)
+        acks = AckLog()
+        member.node.spawn(ACKS, Acks, acks)
+        counters = [f"counter:rc-{i}" for i in range(LEASE_COUNTERS)]
+        member.place(counters)
+        sent: dict[str, list[str]] = {a: [] for a in counters}
+        load = threading.Thread(target=run_load, args=(member, counters, sent, stop, random.Random(7)), daemon=True)
+        load.start()
+        time.sleep(seconds / 2)
+        by_primary: dict[int, list[str]] = collections.defaultdict(list)
+        for address in counters:
+            by_primary[cluster.primary_for_slot(channel_slot(keys.lease(address))).port].append(address)
+        victim, on_victim = max(by_primary.items(), key=lambda item: len(item[1]))
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        cluster.wait_failover(victim)
+        promoted_s = time.monotonic() - killed_at
+        waiting = set(on_victim)
+        pause = threading.Event()
+        while waiting and time.monotonic() - killed_at < DEADLINE:
+            for address in sorted(waiting):
+                try:
+                    member.node.ask(address, CounterGet(), timeout=2).get(timeout=3)
+                    waiting.discard(address)
+                except HuddleError:
+                    pass
+            pause.wait(0.05)
+        recovered_s = time.monotonic() - killed_at if not waiting else float("nan")
+        time.sleep(seconds / 2)
+        stop.set()
+        load.join(10)
+        time.sleep(1.0)  # the last acknowledgements on their way
+        final = final_state(member, counters)
+        with acks.lock:
+            acked = dict(acks.acks)
+        judged = check(acked, final)
+        client = raw_client(cluster.url)
+        try:
+            double = 0
+            for address in counters:
+                newest, writers = 0, collections.defaultdict(set)
+                for _id, fields in client.xrange(keys.fencing_of(address)):
+                    epoch, node = int(fields[b"e"]), fields[b"n"]
+                    writers[epoch].add(node)
+                    double += epoch < newest
+                    newest = max(newest, epoch)
+                double += sum(len(w) - 1 for w in writers.values())
+        finally:
+            client.close()
+        lapsed_elsewhere = {e.address for e in tap.matching(lambda e: e.event == "lease-lost")
+                            if e.address in set(counters) - set(on_victim)}
+        return {"double_owner_accepted": double, "leases_lapsed_elsewhere": len(lapsed_elsewhere),
+                "recovered_s": round(recovered_s, 2), "acked_lost": judged["lost"],
+                "duplicated": judged["duplicated"], "lease_promoted_s": round(promoted_s, 2),
+                "counters_on_dead_shard": len(on_victim), "additions_sent": sum(len(v) for v in sent.values())}
+    finally:
+        stop.set()
+        if load is not None:
+            load.join(10)
+        if member is not None:
+            member.close()
+        if tap is not None:
+            tap.close()
+        for node in nodes:
+            node.stop()
+
+
 def main() -> None:
     args = parse_args("redis-cluster", __doc__ or "")
     n = 50_000 if args.quick else 500_000
@@ -167,6 +275,10 @@ def main() -> None:
         huddle, primary_cpu = _measured(cluster.url, n, [p.pid for p in primaries if p.pid is not None])
         imbalance, per_shard = _imbalance(cluster)
         failover = _failover_run(cluster, failover_seconds)
+        cluster.stop()
+        cluster = EmbeddedRedisCluster(primaries=3, replicas_per_primary=1, binary=binary)
+        cluster.start()
+        leases = _leases_failover_run(cluster, failover_seconds)
     finally:
         single.stop()
         cluster.stop()
@@ -177,15 +289,19 @@ def main() -> None:
                  "shard_imbalance": imbalance, "primary_cpu_s_max": max(primary_cpu),
                  "primary_cpu_s_sum": sum(primary_cpu),
                  "failover_lost": failover["failover_lost"], "failover_duplicated": failover["failover_duplicated"],
-                 "resubscribed_s": failover["resubscribed_s"], "tells": n, "sinks": SINKS},
+                 "resubscribed_s": failover["resubscribed_s"], "tells": n, "sinks": SINKS,
+                 "double_owner_accepted": leases["double_owner_accepted"],
+                 "leases_lapsed_elsewhere": leases["leases_lapsed_elsewhere"],
+                 "recovered_s": leases["recovered_s"], "acked_lost": leases["acked_lost"],
+                 "duplicated": leases["duplicated"]},
         baseline={"msgs_per_s": base["msgs_per_s"], "lost": base["lost"], "redis_cpu_s": single_cpu,
-                  "promoted_s": failover["promoted_s"]},
-        goal={"lost": 0, "shard_imbalance": 1.25, "msgs_per_s_ratio": 0.8},
+                  "promoted_s": failover["promoted_s"], "lease_run_promoted_s": leases["lease_promoted_s"]},
+        goal={"lost": 0, "shard_imbalance": 1.25, "msgs_per_s_ratio": 0.8, "double_owner_accepted": 0,
+              "leases_lapsed_elsewhere": 0, "acked_lost": 0, "duplicated": 0},
         notes={"sinks_per_shard": per_shard, "primary_cpu_s": primary_cpu, "failover_sent": failover["sent"],
                "loadavg_1m_before": load, "replicas_per_primary": 1,
-               "double_owner_accepted": "not measured: this bench drives the bus alone (no cluster nodes, so no "
-                                        "owner to double); cluster mode on a Redis Cluster is tested, not yet "
-                                        "benchmarked through a primary's death"},
+               "lease_run": {k: leases[k] for k in ("counters_on_dead_shard", "additions_sent")},
+               "lease_ttl_s": LEASE_TIMING_TTL},
     )
 
 

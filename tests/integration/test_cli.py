@@ -170,10 +170,16 @@ def test_bench_redis_cluster_quick_spreads_the_load_over_three_shards_and_loses_
     out = run("bench", "redis-cluster", "--quick", "--json-out", str(written), timeout=BENCH_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     _check_bench_output(out.stdout, written, {"shards", "msgs_per_s", "lost", "shard_imbalance", "resubscribed_s",
-                                              "failover_lost", "primary_cpu_s_max"})
+                                              "failover_lost", "primary_cpu_s_max", "double_owner_accepted",
+                                              "leases_lapsed_elsewhere", "recovered_s", "acked_lost", "duplicated"})
     figures = json.loads(out.stdout)["figures"]
     assert figures["shards"] == 3 and figures["lost"] == 0 and figures["shard_imbalance"] <= 1.25
     assert figures["resubscribed_s"] > 0  # the receiver came back after the kill (NaN if it never did)
+    # Cluster mode through a primary's death: one owner at a time, the
+    # live shards' leases kept, every acknowledged addition applied once.
+    assert figures["double_owner_accepted"] == 0 and figures["leases_lapsed_elsewhere"] == 0
+    assert figures["acked_lost"] == 0 and figures["duplicated"] == 0
+    assert figures["recovered_s"] > 0  # the dead shard's counters answered again (NaN if they never did)
 
 
 def test_bench_failover_meetings_quick_loses_no_survivor_lease_and_no_caption(tmp_path: Path) -> None:
