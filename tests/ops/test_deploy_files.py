@@ -18,6 +18,20 @@ wherever a real tool exists here, with the real tool.
   that Redis: it joins as the ``huddle`` user, signs with the cluster key,
   writes the readiness probe's file, answers the liveness probe's HTTP
   path, exports the metrics the dashboard uses, and exits 0 on SIGTERM.
+- The fleet on a Redis Cluster (``compose/compose.redis-cluster.yaml``,
+  the ``kubernetes/redis-cluster`` Component): six cluster nodes from the
+  tuned redis.conf, one service/Job forming them with ``--cluster-replicas
+  1``, every huddle service and the node Deployment on a ``redis+cluster://``
+  URL whose seeds are exactly the cluster's services/pods, images pinned,
+  passwords never inline, the restricted pod profile and resources,
+  references that resolve, ``kubectl kustomize`` with the Component on; the
+  compose fleet equal to compose.yaml but for the bus. Run for real (Redis
+  >= 7 here): six redis-servers started with the compose file's own
+  arguments through its node script, formed by its create script (three
+  primaries, a replica each, replication authenticated, every readiness
+  probe passing; a second run changes nothing), a real ``huddle node`` joining
+  with the compose URL as the ``huddle`` user, and the cluster whole again
+  after every node came back on a new address.
 - Grafana and Prometheus: every PromQL expression parses (promql-parser) and
   names only metrics a node exports, or ones listed in
   ``ops/deploy/assumed-names.toml`` (names other branches are expected to
@@ -46,7 +60,7 @@ import time
 import tomllib
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +79,9 @@ from actors.runtime.metrics import LEASE_RENEW_LATENCY, NODE_GAUGES, NodeMetrics
 from ops.prometheus import NodeMetricsCollector
 from bus.address import SYS_METRICS, channel_for
 from bus.embedded import find_redis_server
+from bus.embedded_cluster import INSTALL_HINT, find_redis7
 from bus.envelope import Codec
+from bus.sharded import ClusterUrl
 from bus.signing import MARKER, cluster_signer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,6 +99,17 @@ DASHBOARD = DEPLOY / "grafana" / "huddle-fleet.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
+# The fleet on a Redis Cluster.
+CLUSTER_COMPOSE = DEPLOY / "compose" / "compose.redis-cluster.yaml"
+CLUSTER_DIR = DEPLOY / "kubernetes" / "redis-cluster"
+CLUSTER_COMPONENT = CLUSTER_DIR / "kustomization.yaml"
+CLUSTER_MANIFEST = CLUSTER_DIR / "redis-cluster.yaml"
+CLUSTER_JOB = CLUSTER_DIR / "create-cluster-job.yaml"
+CLUSTER_NODE_PATCH = CLUSTER_DIR / "node-redis-url.yaml"
+CLUSTER_SECRET_EXAMPLE = CLUSTER_DIR / "secret.example.yaml"
+CLUSTER_NODE_SCRIPT = CLUSTER_DIR / "redis-cluster-node.sh"
+CLUSTER_READY_SCRIPT = CLUSTER_DIR / "redis-cluster-ready.sh"
+CREATE_CLUSTER_SCRIPT = CLUSTER_DIR / "create-cluster.sh"
 
 #: Oldest and newest Kubernetes the manifests are checked against.
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
@@ -295,6 +322,8 @@ def markdown_anchors(path: Path) -> set[str]:
 def test_every_yaml_document_in_the_kit_parses() -> None:
     files = yaml_files()
     assert {COMPOSE, NODE_MANIFEST, REDIS_MANIFEST, KUSTOMIZATION, ALERTS, PROMETHEUS} <= set(files)
+    assert {CLUSTER_COMPOSE, CLUSTER_COMPONENT, CLUSTER_MANIFEST, CLUSTER_JOB, CLUSTER_NODE_PATCH,
+            CLUSTER_SECRET_EXAMPLE} <= set(files)
     for path in files:
         docs = documents(path)
         assert docs, f"{path} holds no document"
@@ -314,8 +343,9 @@ def compose_errors(doc: dict[str, Any]) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
 
 
-def test_compose_file_follows_the_compose_specification() -> None:
-    (doc,) = documents(COMPOSE)
+@pytest.mark.parametrize("path", [COMPOSE, CLUSTER_COMPOSE], ids=lambda p: p.name)
+def test_compose_file_follows_the_compose_specification(path: Path) -> None:
+    (doc,) = documents(path)
     assert compose_errors(doc) == []
 
 
@@ -325,12 +355,13 @@ def test_compose_schema_check_rejects_a_misspelt_key() -> None:
     assert any("stop_grace_periode" in e for e in compose_errors(doc))
 
 
-def test_compose_paths_secrets_and_commands_resolve() -> None:
-    (doc,) = documents(COMPOSE)
-    here = COMPOSE.parent
+def assert_compose_references_resolve(path: Path) -> None:
+    """What a compose file names exists: the build context and Dockerfile,
+    every mounted file, every dependency, every secret; secret files live
+    where git never sees them."""
+    (doc,) = documents(path)
+    here = path.parent
     services = doc["services"]
-    assert {"redis", "node", "dataserver"} <= set(services)
-    assert services["node"]["deploy"]["replicas"] >= 2
     for name, service in services.items():
         build = service.get("build")
         if build:
@@ -340,19 +371,34 @@ def test_compose_paths_secrets_and_commands_resolve() -> None:
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (here / source).exists(), f"{name}: mounts {source}, which does not exist"
+            else:
+                assert source in doc.get("volumes", {}), f"{name}: volume {source} not declared"
         for dependency in service.get("depends_on", {}):
             assert dependency in services
         for secret in service.get("secrets", []):
             assert (secret if isinstance(secret, str) else secret["source"]) in doc["secrets"]
+    secret_paths = [doc["secrets"][s]["file"] for s in doc["secrets"] if "file" in doc["secrets"][s]]
+    secret_paths += [service["env_file"] for service in services.values() if "env_file" in service]
+    ignored = (here / ".gitignore").read_text().split()
+    assert all(any(p.startswith(pattern) for pattern in ignored) for p in secret_paths), secret_paths
+    # A secret is a file kept out of git or the content of an environment
+    # variable, never a value in the compose file.
+    for name, secret in doc["secrets"].items():
+        assert set(secret) in ({"file"}, {"environment"}), f"secret {name}: {secret}"
+
+
+def test_compose_paths_secrets_and_commands_resolve() -> None:
+    assert_compose_references_resolve(COMPOSE)
+    (doc,) = documents(COMPOSE)
+    services = doc["services"]
+    assert {"redis", "node", "dataserver"} <= set(services)
+    assert services["node"]["deploy"]["replicas"] >= 2
     # Redis runs the tuned file, mounted where its command line reads it.
     redis_service = services["redis"]
     config_target = next(v.split(":")[1] for v in redis_service["volumes"] if v.startswith("../redis/redis.conf:"))
     assert redis_service["command"][:2] == ["redis-server", config_target]
-    # Secret files live where git never sees them.
-    secret_paths = [doc["secrets"][s]["file"] for s in doc["secrets"] if "file" in doc["secrets"][s]]
-    secret_paths.append(services["node"]["env_file"])
-    ignored = (here / ".gitignore").read_text().split()
-    assert all(any(p.startswith(pattern) for pattern in ignored) for p in secret_paths)
+    # The node's Redis credentials come from a git-ignored file.
+    assert "env_file" in services["node"]
     # The commands are real huddle command lines.
     node_args = parse_huddle(services["node"]["command"])
     assert node_args.command == "node" and node_args.cluster_key_file == "/run/secrets/cluster_key"
@@ -368,7 +414,11 @@ def test_compose_paths_secrets_and_commands_resolve() -> None:
 
 
 def manifest_files() -> list[Path]:
-    return sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+    """Every whole Kubernetes manifest: the fleet's, and the Redis Cluster
+    component's resources and secret template (its patch is partial)."""
+    (component,) = documents(CLUSTER_COMPONENT)
+    cluster = [CLUSTER_DIR / resource for resource in component["resources"]] + [CLUSTER_SECRET_EXAMPLE]
+    return sorted((DEPLOY / "kubernetes").glob("*.yaml")) + cluster
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -382,7 +432,9 @@ def test_kubernetes_manifests_follow_the_kubernetes_schemas(version: str) -> Non
                 raise AssertionError(f"{path.name}: {doc['kind']}/{doc['metadata']['name']}: {exc.message} "
                                      f"at {'/'.join(map(str, exc.path))}") from None
             checked.append(doc["kind"])
-    assert {"Deployment", "PodDisruptionBudget", "StatefulSet", "Service", "Secret"} <= set(checked)
+    assert {"Deployment", "PodDisruptionBudget", "StatefulSet", "Service", "Secret", "Job",
+            "NetworkPolicy"} <= set(checked)
+    assert {CLUSTER_MANIFEST, CLUSTER_JOB} <= set(manifest_files())
 
 
 def test_kubernetes_schema_check_rejects_an_unknown_field() -> None:
@@ -483,6 +535,460 @@ def test_every_stop_leaves_the_node_the_same_time_to_drain() -> None:
     pod, _ = node_container()
     assert systemd == compose_grace >= 60
     assert pod["terminationGracePeriodSeconds"] >= systemd
+
+
+# -- the fleet on a Redis Cluster: compose and Kubernetes, read ------------------------------
+
+#: The port every Redis listens on in the deployments (redis.conf's `port`).
+REDIS_PORT = 6379
+#: Six nodes, one replica each: three primaries.
+CLUSTER_NODES = 6
+
+
+def redis_options(args: list[str]) -> dict[str, str]:
+    """redis-server's ``--name value`` options (the config file, the
+    first argument, left out)."""
+    options: dict[str, str] = {}
+    name = None
+    for arg in args:
+        if arg.startswith("--"):
+            name = arg[2:]
+            options[name] = ""
+        else:
+            assert name is not None, f"{arg!r} before any option"
+            options[name] = f"{options[name]} {arg}".strip()
+    return options
+
+
+def script_command_lines(path: Path, program: str) -> list[str]:
+    """The lines of a shell script that run ``program`` (continuations joined)."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    return [line.strip() for line in text.splitlines()
+            if not line.lstrip().startswith("#") and re.search(rf"(^|\s){re.escape(program)}\s", line)]
+
+
+def test_the_scripts_create_three_primaries_with_one_replica_each() -> None:
+    lines = script_command_lines(CREATE_CLUSTER_SCRIPT, "redis-cli")
+    (create,) = [line for line in lines if "--cluster create" in line]
+    words = shlex.split(create)
+    assert words[words.index("--cluster-replicas") + 1] == "1" and "--cluster-yes" in words
+    assert "--user" in words and words[words.index("--user") + 1] == "ops"
+    # Never a password on a command line: redis-cli reads REDISCLI_AUTH.
+    for script in (CREATE_CLUSTER_SCRIPT, CLUSTER_READY_SCRIPT, CLUSTER_NODE_SCRIPT):
+        for line in script_command_lines(script, "redis-cli") + script_command_lines(script, "redis-server"):
+            assert not re.search(r"--(pass|askpass|masterauth|requirepass)\b", line), f"{script.name}: {line}"
+    assert "REDISCLI_AUTH=$(cat \"$REDIS_OPS_PASSWORD_FILE\")" in CREATE_CLUSTER_SCRIPT.read_text()
+
+
+# compose
+
+
+def cluster_compose() -> dict[str, Any]:
+    (doc,) = documents(CLUSTER_COMPOSE)
+    return doc
+
+
+def redis_node_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in doc["services"].items() if re.fullmatch(r"redis-\d+", name)}
+
+
+def compose_mounts(service: dict[str, Any], here: Path) -> dict[str, Path | str]:
+    """Container path -> the host file (a path) or named volume (a str) mounted there."""
+    mounts: dict[str, Path | str] = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        mounts[target] = (here / source).resolve() if source.startswith(".") else source
+    return mounts
+
+
+def compose_secret_paths(service: dict[str, Any]) -> dict[str, str]:
+    """Secret name -> where the container sees it."""
+    paths = {}
+    for secret in service.get("secrets", []):
+        source = secret if isinstance(secret, str) else secret["source"]
+        target = source if isinstance(secret, str) else secret.get("target", source)
+        paths[source] = target if target.startswith("/") else f"/run/secrets/{target}"
+    return paths
+
+
+def bus_clients(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run a huddle command talking to the bus."""
+    return {name: service for name, service in doc["services"].items()
+            if service.get("image", "").startswith("huddle:")
+            and parse_huddle(service["command"]).command in {"node", "monitor", "inject", "tap"}}
+
+
+#: How the compose file's ``${VAR}``, ``${VAR:?message}`` and ``${VAR:-default}`` look.
+COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?::?[?-][^}]*)?\}")
+
+
+def test_cluster_compose_runs_six_cluster_nodes_from_the_tuned_config() -> None:
+    assert_compose_references_resolve(CLUSTER_COMPOSE)
+    doc = cluster_compose()
+    here = CLUSTER_COMPOSE.parent
+    (single,) = documents(COMPOSE)
+    nodes = redis_node_services(doc)
+    assert len(nodes) == CLUSTER_NODES
+    data_volumes = set()
+    for name, service in nodes.items():
+        # The image the single Redis runs (Redis >= 7, pinned).
+        assert service["image"] == single["services"]["redis"]["image"]
+        command = service["command"]
+        mounts = compose_mounts(service, here)
+        secrets = compose_secret_paths(service)
+        # sh <the node script> <redis-server arguments>
+        assert command[0] == "sh" and mounts[command[1]] == CLUSTER_NODE_SCRIPT
+        config, *options = command[2:]
+        assert mounts[config] == REDIS_CONF.resolve()
+        flags = redis_options(options)
+        assert flags["cluster-enabled"] == "yes"
+        assert int(flags["cluster-node-timeout"]) > 0 and flags["cluster-config-file"]
+        assert flags["aclfile"] == secrets["redis_users_acl"]
+        assert not {"masterauth", "requirepass", "masteruser"} & set(flags), "passwords never on a command line"
+        environment = service["environment"]
+        assert environment["REDIS_ANNOUNCE_HOSTNAME"] == name
+        assert environment["REDIS_OPS_PASSWORD_FILE"] == secrets["redis_ops_password"]
+        # The ops password is copied for the user Redis runs as, readable by it alone.
+        (ops_secret,) = [s for s in service["secrets"] if isinstance(s, dict)]
+        assert service["user"].split(":")[0] == ops_secret["uid"] and ops_secret["mode"] == 0o400
+        # Its own data (AOF, nodes.conf) where the image's workdir is.
+        data_volumes.add(mounts["/data"])
+        assert "probe" in service["healthcheck"]["test"][-1]
+        assert service["deploy"]["resources"]["limits"]["memory"]
+        assert service["restart"] == "unless-stopped"
+    assert len(data_volumes) == CLUSTER_NODES and all(isinstance(v, str) for v in data_volumes)
+
+
+def test_cluster_compose_forms_the_cluster_once_before_any_huddle_service_starts() -> None:
+    doc = cluster_compose()
+    here = CLUSTER_COMPOSE.parent
+    nodes = redis_node_services(doc)
+    ((name, create),) = [(n, s) for n, s in doc["services"].items()
+                         if "create-cluster.sh" in " ".join(s.get("command", []))]
+    mounts = compose_mounts(create, here)
+    assert create["command"][0] == "sh" and mounts[create["command"][1]] == CREATE_CLUSTER_SCRIPT
+    # Every Redis node, by its service name, once each.
+    seeds = create["command"][2:]
+    assert sorted(seeds) == sorted(f"{node}:{REDIS_PORT}" for node in nodes)
+    assert create["depends_on"] == {node: {"condition": "service_healthy"} for node in nodes}
+    assert create["environment"]["REDIS_OPS_PASSWORD_FILE"] == compose_secret_paths(create)["redis_ops_password"]
+    assert create["restart"] == "no" and create["deploy"]["resources"]["limits"]["memory"]
+    # The huddle services start once it succeeded, and find the cluster by its seeds.
+    clients = bus_clients(doc)
+    assert {"node", "monitor"} <= set(clients)
+    for client_name, client in clients.items():
+        assert client["depends_on"] == {name: {"condition": "service_completed_successfully"}}, client_name
+        url = client["environment"]["REDIS_URL"]
+        assert "env_file" not in client, f"{client_name}: REDIS_URL from one place only"
+        # The password is the environment's, filled in by compose; the URL
+        # with a password there is the one huddle parses.
+        assert [m.group(1) for m in COMPOSE_VARIABLE.finditer(url)] == ["HUDDLE_REDIS_PASSWORD"]
+        parsed = ClusterUrl.parse(COMPOSE_VARIABLE.sub("0123abcd", url))
+        assert url.startswith("redis+cluster://huddle:") and not parsed.tls
+        assert sorted(parsed.seeds) == sorted((node, REDIS_PORT) for node in nodes)
+        args = parse_huddle(client["command"])
+        assert args.cluster_key_file == compose_secret_paths(client)["cluster_key"]
+        assert client["deploy"]["resources"]["limits"]["memory"]
+    assert clients["node"]["deploy"]["replicas"] >= 2
+
+
+def test_cluster_compose_is_the_single_redis_fleet_but_for_the_bus() -> None:
+    """Everything compose.yaml runs besides Redis runs here the same way:
+    only how a service reaches the bus differs."""
+    (single,) = documents(COMPOSE)
+    doc = cluster_compose()
+    bus_keys = {"env_file", "environment", "depends_on"}
+    for name, service in single["services"].items():
+        if name == "redis":
+            continue
+        assert name in doc["services"], f"{name} missing"
+        mine = doc["services"][name]
+        assert {k: v for k, v in mine.items() if k not in bus_keys} == \
+            {k: v for k, v in service.items() if k not in bus_keys}, name
+    assert doc["name"] != single["name"], "a project of its own: volumes and containers apart"
+    assert doc["secrets"]["cluster_key"] == single["secrets"]["cluster_key"]
+    assert doc["secrets"]["redis_users_acl"] == single["secrets"]["redis_users_acl"]
+
+
+@pytest.mark.parametrize("path", [COMPOSE, CLUSTER_COMPOSE], ids=lambda p: p.name)
+def test_compose_images_are_pinned_and_no_password_is_inline(path: Path) -> None:
+    (doc,) = documents(path)
+    for name, service in doc["services"].items():
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag and tag != "latest", f"{name}: {image} is not pinned"
+        if "build" in service:
+            assert tag == "local"
+        words = [str(w) for w in service.get("command", []) + service.get("healthcheck", {}).get("test", [])]
+        assert not {"--masterauth", "--requirepass", "--askpass"} & set(words), name
+        # `--pass` only for `probe`, whose ACL needs no password.
+        for i, word in enumerate(words):
+            if word == "--pass":
+                assert words[i - 2:i] == ["--user", "probe"], name
+        for variable, value in (service.get("environment") or {}).items():
+            text = str(value)
+            if "://" in text:
+                userinfo = text.split("://", 1)[1].rpartition("@")[0]
+                password = userinfo.partition(":")[2]
+                assert not password or COMPOSE_VARIABLE.fullmatch(password), f"{name}: {variable} holds a password"
+            if re.search(r"PASSWORD|SECRET|TOKEN|KEY", variable) and not variable.endswith("_FILE"):
+                assert COMPOSE_VARIABLE.fullmatch(text), f"{name}: {variable} inline"
+
+
+# Kubernetes
+
+
+def cluster_component() -> dict[str, Any]:
+    (doc,) = documents(CLUSTER_COMPONENT)
+    return doc
+
+
+def cluster_statefulset() -> dict[str, Any]:
+    return the_document(CLUSTER_MANIFEST, "StatefulSet")
+
+
+def cluster_pod_names() -> list[str]:
+    """The Redis pods' stable DNS names, as seen from the namespace."""
+    statefulset = cluster_statefulset()
+    name, service = statefulset["metadata"]["name"], statefulset["spec"]["serviceName"]
+    return [f"{name}-{i}.{service}" for i in range(statefulset["spec"]["replicas"])]
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod template) of every workload in ``docs``."""
+    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]) for d in docs
+            if d.get("kind") in {"Deployment", "StatefulSet", "Job", "DaemonSet"}]
+
+
+def assert_pod_is_restricted_and_bounded(where: str, template: dict[str, Any]) -> None:
+    """The namespace's `restricted` Pod Security profile, the fleet's own
+    conventions (read-only root, no token), and resources: requests for CPU
+    and memory, a memory limit."""
+    pod = template["spec"]
+    assert pod["automountServiceAccountToken"] is False, where
+    context = pod["securityContext"]
+    assert context["runAsNonRoot"] is True and context["runAsUser"] != 0, where
+    assert context["seccompProfile"]["type"] == "RuntimeDefault", where
+    for container in pod["containers"] + pod.get("initContainers", []):
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False, where
+        assert security["readOnlyRootFilesystem"] is True, where
+        assert security["capabilities"]["drop"] == ["ALL"], where
+        resources = container["resources"]
+        assert {"cpu", "memory"} <= set(resources["requests"]) and resources["limits"]["memory"], where
+        repository, _, tag = container["image"].rpartition(":")
+        assert repository and tag and tag != "latest", f"{where}: {container['image']} is not pinned"
+
+
+def test_cluster_component_references_resolve_and_never_applies_the_secret_template() -> None:
+    component = cluster_component()
+    assert component["kind"] == "Component"
+    for resource in component["resources"]:
+        assert (CLUSTER_DIR / resource).is_file(), resource
+    patch_files = [p["path"] for p in component["patches"] if "path" in p]
+    assert patch_files == [CLUSTER_NODE_PATCH.name]
+    for generator in component["configMapGenerator"]:
+        for entry in generator["files"]:
+            assert (CLUSTER_DIR / entry.split("=")[-1]).is_file(), entry
+    assert CLUSTER_SECRET_EXAMPLE.name not in component["resources"], "placeholders must never be applied"
+    # Every ConfigMap a pod mounts is generated, here or by the fleet's
+    # kustomization (the tuned redis.conf); every Secret it reads is in the
+    # template, with the keys it reads.
+    (base,) = documents(KUSTOMIZATION)
+    generated = {g["name"] for g in component["configMapGenerator"] + base["configMapGenerator"]}
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in documents(CLUSTER_SECRET_EXAMPLE)}
+    docs = [d for r in component["resources"] for d in documents(CLUSTER_DIR / r)] + documents(CLUSTER_NODE_PATCH)
+    for where, template in pod_templates(docs):
+        pod = template["spec"]
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in generated, f"{where}: {volume}"
+            if "secret" in volume:
+                keys = secrets[volume["secret"]["secretName"]]
+                assert {item["key"] for item in volume["secret"]["items"]} <= set(keys), f"{where}: {volume}"
+        for container in pod["containers"]:
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}) or {}
+                if "secretKeyRef" in ref:
+                    assert ref["secretKeyRef"]["key"] in secrets[ref["secretKeyRef"]["name"]], f"{where}: {variable}"
+
+
+def test_cluster_statefulset_runs_six_cluster_nodes_like_the_single_redis() -> None:
+    statefulset = cluster_statefulset()
+    spec = statefulset["spec"]
+    assert spec["replicas"] == CLUSTER_NODES
+    # Not ready before the cluster exists, so all six must start at once.
+    assert spec["podManagementPolicy"] == "Parallel"
+    headless = the_document(CLUSTER_MANIFEST, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    assert headless["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    single_pod = the_document(REDIS_MANIFEST, "StatefulSet")["spec"]["template"]["spec"]
+    (single,) = single_pod["containers"]
+    assert container["image"] == single["image"]
+    assert pod["securityContext"] == single_pod["securityContext"]
+    assert container["resources"] == single["resources"] and container["securityContext"] == single["securityContext"]
+    assert_pod_is_restricted_and_bounded("StatefulSet", spec["template"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def volume_of(path: str) -> dict[str, Any]:
+        return volumes[mounts[str(Path(path).parent)]]
+
+    # sh <the node script from the scripts ConfigMap> <redis-server arguments>
+    assert container["command"][0] == "sh"
+    script = volume_of(container["command"][1])["configMap"]["name"]
+    assert script == "huddle-redis-cluster-scripts" and Path(container["command"][1]).name == CLUSTER_NODE_SCRIPT.name
+    config, *options = container["args"]
+    # The same tuned config and ACL file as the single Redis, mounted the same way.
+    assert volume_of(config)["configMap"]["name"] == "huddle-redis-config" and config == single["args"][0]
+    flags = redis_options(options)
+    assert flags["aclfile"] == single["args"][2]
+    assert volume_of(flags["aclfile"])["secret"]["secretName"] == "huddle-redis-acl"
+    assert flags["cluster-enabled"] == "yes" and int(flags["cluster-node-timeout"]) > 0
+    assert not {"masterauth", "requirepass", "masteruser"} & set(flags)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["REDIS_ANNOUNCE_HOSTNAME"]["value"] == f"$(POD_NAME).{spec['serviceName']}"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    ops_file = env["REDIS_OPS_PASSWORD_FILE"]["value"]
+    ops_volume = volume_of(ops_file)["secret"]
+    assert [item["path"] for item in ops_volume["items"]] == [Path(ops_file).name]
+    # Both ports, named, in the Service and in the pod.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"redis": REDIS_PORT, "cluster-bus": REDIS_PORT + 10000}
+    assert {p["name"]: p["port"] for p in headless["spec"]["ports"]} == ports
+    # Probes: loaded (startup), in a whole cluster and in sync (readiness), the port (liveness).
+    assert "probe" in container["startupProbe"]["exec"]["command"][-1]
+    readiness = container["readinessProbe"]["exec"]["command"]
+    assert readiness[0] == "sh" and volume_of(readiness[1])["configMap"]["name"] == script
+    assert Path(readiness[1]).name == CLUSTER_READY_SCRIPT.name
+    assert container["livenessProbe"]["tcpSocket"]["port"] == "redis"
+    # The data (AOF, nodes.conf) on the pod's own volume.
+    (claim,) = spec["volumeClaimTemplates"]
+    assert mounts["/data"] == claim["metadata"]["name"]
+    # One Redis pod at a time, and only within the budget.
+    budget = the_document(CLUSTER_MANIFEST, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    for doc in documents(CLUSTER_MANIFEST) + documents(CLUSTER_JOB):
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "huddle"
+
+
+def test_cluster_network_policy_lets_clients_and_the_cluster_bus_in() -> None:
+    policy = the_document(CLUSTER_MANIFEST, "NetworkPolicy")
+    labels = cluster_statefulset()["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+    def allowed(pod_labels: dict[str, str]) -> set[int]:
+        return {port["port"] for rule in policy["spec"]["ingress"]
+                if any(peer["podSelector"]["matchLabels"].items() <= pod_labels.items() for peer in rule["from"])
+                for port in rule["ports"]}
+
+    job_labels = the_document(CLUSTER_JOB, "Job")["spec"]["template"]["metadata"]["labels"]
+    node_labels = the_document(NODE_MANIFEST, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert allowed(labels) == {REDIS_PORT, REDIS_PORT + 10000}
+    assert allowed(job_labels) == allowed(node_labels) == {REDIS_PORT}
+
+
+def test_cluster_job_creates_the_cluster_from_the_statefulset_pods() -> None:
+    job = the_document(CLUSTER_JOB, "Job")
+    template = job["spec"]["template"]
+    assert_pod_is_restricted_and_bounded("Job", template)
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == cluster_statefulset()["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pod["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 1
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert container["command"][0] == "sh" and Path(container["command"][1]).name == CREATE_CLUSTER_SCRIPT.name
+    assert volumes[mounts[str(Path(container["command"][1]).parent)]]["configMap"]["name"] == \
+        "huddle-redis-cluster-scripts"
+    # Every pod of the StatefulSet, by its stable name.
+    assert container["args"] == [f"{name}:{REDIS_PORT}" for name in cluster_pod_names()]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    ops_file = env["REDIS_OPS_PASSWORD_FILE"]
+    assert volumes[mounts[str(Path(ops_file).parent)]]["secret"]["secretName"] == "huddle-redis-ops"
+
+
+def test_cluster_patch_points_the_nodes_at_every_redis_pod() -> None:
+    (patch,) = documents(CLUSTER_NODE_PATCH)
+    deployment = the_document(NODE_MANIFEST, "Deployment")
+    assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment", deployment["metadata"]["name"])
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == node_container()[1]["name"]
+    env = container["env"]
+    names = [e["name"] for e in env]
+    url = env[names.index("REDIS_URL")]
+    assert url["valueFrom"] is None, "the base's secretKeyRef is replaced, not merged"
+    # The password is a variable defined before the URL, from a Secret.
+    variables = re.findall(r"\$\((\w+)\)", url["value"])
+    assert variables == ["REDIS_PASSWORD"]
+    password = env[names.index("REDIS_PASSWORD")]
+    assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL") and "secretKeyRef" in password["valueFrom"]
+    parsed = ClusterUrl.parse(url["value"].replace("$(REDIS_PASSWORD)", "0123abcd"))
+    assert url["value"].startswith("redis+cluster://huddle:$(REDIS_PASSWORD)@")
+    assert list(parsed.seeds) == [(name, REDIS_PORT) for name in cluster_pod_names()]
+
+
+def kustomize_with_the_cluster_component(tmp_path: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of the fleet with the Redis Cluster component
+    turned on, as the README says (one line added to a copy of
+    ops/deploy/kustomization.yaml)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (the component's files are checked above)")
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("secrets"))
+    (kustomization,) = documents(copy / "kustomization.yaml")
+    kustomization["components"] = [str(CLUSTER_DIR.relative_to(DEPLOY))]
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    built = subprocess.run([kubectl, "kustomize", str(copy)], capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert built.returncode == 0, built.stderr
+    return [d for d in yaml.safe_load_all(built.stdout) if d]
+
+
+def test_kubectl_kustomize_with_the_cluster_component_follows_the_schemas_and_wires_the_fleet(
+        tmp_path: Path) -> None:
+    docs = kustomize_with_the_cluster_component(tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+        assert doc["kind"] == "Namespace" or doc["metadata"]["namespace"] == "huddle"
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    # The single Redis is gone but for its config, which the cluster uses.
+    single_names = {d["metadata"]["name"] for d in documents(REDIS_MANIFEST)}
+    assert not single_names & {d["metadata"]["name"] for d in docs}
+    assert set(by_kind["StatefulSet"]) == {cluster_statefulset()["metadata"]["name"]}
+    assert set(by_kind["Job"]) == {the_document(CLUSTER_JOB, "Job")["metadata"]["name"]}
+    config_maps = {name.rsplit("-", 1)[0]: doc for name, doc in by_kind["ConfigMap"].items()}
+    assert config_maps["huddle-redis-config"]["data"]["redis.conf"] == REDIS_CONF.read_text()
+    scripts = config_maps["huddle-redis-cluster-scripts"]["data"]
+    assert scripts == {p.name: p.read_text() for p in (CLUSTER_NODE_SCRIPT, CLUSTER_READY_SCRIPT,
+                                                        CREATE_CLUSTER_SCRIPT)}
+    generated = set(by_kind["ConfigMap"])
+    for where, template in pod_templates(docs):
+        assert_pod_is_restricted_and_bounded(where, template)
+        for volume in template["spec"].get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in generated, f"{where}: {volume}"
+        # $(VAR) in an env value expands only a variable defined above it.
+        for container in template["spec"]["containers"]:
+            defined: set[str] = set()
+            for variable in container.get("env", []):
+                for name in re.findall(r"\$\((\w+)\)", variable.get("value", "")):
+                    assert name in defined, f"{where}: {variable['name']} uses $({name}) before it is defined"
+                defined.add(variable["name"])
+    # The nodes' bus: every Redis pod a seed, the password from the Secret.
+    node = by_kind["Deployment"]["huddle-node"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in node["env"]}
+    assert set(env["REDIS_URL"]) == {"name", "value"}
+    seeds = ClusterUrl.parse(env["REDIS_URL"]["value"].replace("$(REDIS_PASSWORD)", "x")).seeds
+    assert list(seeds) == [(name, REDIS_PORT) for name in cluster_pod_names()]
+    assert node["image"] == "huddle:local"
 
 
 # -- systemd ---------------------------------------------------------------------------
@@ -828,14 +1334,7 @@ def test_a_node_started_with_the_deployment_arguments_joins_signs_and_answers_it
     try:
         # Ready: the file the startup/readiness probes test.
         ready = Path(args.ready_file)
-        deadline = time.monotonic() + DEADLINE
-        while not (ready.exists() and ready.read_text() == node_id):
-            try:
-                code = proc.wait(timeout=0.02)  # doubles as the poll interval
-            except subprocess.TimeoutExpired:
-                code = None
-            assert code is None, f"node exited with {code}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"node not ready:\n{log.read_text()[-3000:]}"
+        wait_node_ready(proc, ready, log, lambda text: text == node_id)
         # Live: the liveness probe's path on the metrics endpoint.
         match = re.search(r"prometheus metrics at (http://\S+)", log.read_text())
         assert match, log.read_text()
@@ -870,6 +1369,403 @@ def test_a_node_started_with_the_deployment_arguments_joins_signs_and_answers_it
         stop_by_pid(proc)
         metrics_channel.close()
         listener.close()
+
+
+# -- the Redis Cluster scripts, run --------------------------------------------------------
+
+#: A peer whose container came back elsewhere, in the nodes.conf format of
+#: Redis 7.2 (aux fields) and 7.0; this node; one not resolvable (yet); one
+#: whose address is the same; a slot being imported (brackets: no globbing).
+NODES_CONF = """\
+aaaa 10.0.0.1:6379@16379,redis-1,tls-port=0,shard-id=s1 myself,master - 0 0 1 connected 0-5460
+bbbb 10.0.0.2:6379@16379,redis-2,tls-port=0,shard-id=s2 master - 0 1700000000000 2 connected 5461-10922 [93->-cccc]
+cccc 10.0.0.3:6379@16379,redis-3 master - 0 1700000000000 3 connected 10923-16383
+dddd 10.0.0.4:6379@16379,redis-4,tls-port=0,shard-id=s1 slave aaaa 0 1700000000000 1 connected
+eeee 10.0.0.5:6379@16379,redis-5,tls-port=0,shard-id=s2 slave bbbb 0 1700000000000 2 connected
+ffff 10.0.0.6:6379@16379,,tls-port=0,shard-id=s3 slave cccc 0 1700000000000 3 connected
+vars currentEpoch 6 lastVoteEpoch 0
+"""
+
+
+def stub_bin(directory: Path, hosts: dict[str, str], redis_server: bool = True) -> Path:
+    """A directory for the front of PATH: ``getent hosts NAME`` answers from
+    ``hosts``; with ``redis_server``, a ``redis-server`` that writes its
+    arguments (one a line) and its standard input next to itself and exits 0."""
+    directory.mkdir()
+    (directory / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in hosts.items()))
+    (directory / "getent").write_text(
+        '#!/bin/sh\n[ "$1" = hosts ] || exit 2\n'
+        f'awk -v n="$2" \'$2 == n {{ print; found = 1 }} END {{ exit !found }}\' "{directory}/hosts"\n')
+    (directory / "getent").chmod(0o755)
+    if redis_server:
+        (directory / "redis-server").write_text(
+            f'#!/bin/sh\nprintf \'%s\\n\' "$@" > "{directory}/argv"\ncat > "{directory}/stdin"\n')
+        (directory / "redis-server").chmod(0o755)
+    return directory
+
+
+def compose_redis_node_args(service: str = "redis-1") -> list[str]:
+    """The redis-server arguments the compose file gives the node script."""
+    return redis_node_services(cluster_compose())[service]["command"][2:]
+
+
+def run_node_script(tmp_path: Path, stub: Path, environment: dict[str, str],
+                    args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": f"{stub}:{os.environ['PATH']}", **environment}
+    return subprocess.run(["sh", str(CLUSTER_NODE_SCRIPT), *args], capture_output=True, text=True, timeout=30,
+                          check=False, cwd=tmp_path, env=env)
+
+
+def wait_node_ready(proc: subprocess.Popen[bytes], ready: Path, log: Path, ok: Callable[[str], bool]) -> None:
+    """Until the node's ready file says ``ok``; fails if it exits or takes too long."""
+    deadline = time.monotonic() + DEADLINE
+    while not (ready.exists() and ok(ready.read_text())):
+        try:
+            code = proc.wait(timeout=0.02)  # doubles as the poll interval
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code is None, f"node exited with {code}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"node not ready:\n{log.read_text()[-3000:]}"
+
+
+def node_files(tmp_path: Path, password_text: str) -> tuple[Path, Path]:
+    """A node's data directory holding NODES_CONF, and its ops password file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "nodes.conf").write_text(NODES_CONF)
+    password = tmp_path / "ops.password"
+    password.write_text(password_text)
+    return data, password
+
+
+def test_node_script_moves_peers_to_their_new_address_and_gives_the_password_on_stdin(tmp_path: Path) -> None:
+    data, password = node_files(tmp_path, "s3cret-ops\n")
+    # redis-1 (this node), redis-2 and redis-4 moved; redis-3 did not; redis-5 does not resolve.
+    stub = stub_bin(tmp_path / "bin", {"redis-1": "10.1.0.1", "redis-2": "10.1.0.2", "redis-3": "10.0.0.3",
+                                       "redis-4": "10.1.0.4"})
+    args = [*compose_redis_node_args(), "--dir", str(data)]
+    done = run_node_script(tmp_path, stub, {"REDIS_ANNOUNCE_HOSTNAME": "redis-1",
+                                            "REDIS_OPS_PASSWORD_FILE": str(password)}, args)
+    assert done.returncode == 0, done.stderr
+    expected = (NODES_CONF.replace("aaaa 10.0.0.1:", "aaaa 10.1.0.1:").replace("bbbb 10.0.0.2:", "bbbb 10.1.0.2:")
+                .replace("dddd 10.0.0.4:", "dddd 10.1.0.4:"))
+    assert (data / "nodes.conf").read_text() == expected
+    assert sorted(re.findall(r"redis-\d", done.stderr)) == ["redis-1", "redis-2", "redis-4"]
+    assert [p.name for p in data.iterdir()] == ["nodes.conf"], "no temporary file left behind"
+    # redis-server gets the arguments as given, its stable name, and config
+    # from stdin: the password is in no argument.
+    argv = (stub / "argv").read_text().splitlines()
+    assert argv == [*args, "--cluster-announce-hostname", "redis-1", "-"]
+    assert (stub / "stdin").read_text() == "masteruser ops\nmasterauth s3cret-ops\n"
+
+
+def test_node_script_takes_its_own_address_from_the_platform_and_needs_its_name(tmp_path: Path) -> None:
+    data, password = node_files(tmp_path, "pw")
+    stub = stub_bin(tmp_path / "bin", {"redis-1": "10.9.9.9"})
+    args = ["/etc/redis.conf", "--cluster-config-file", "nodes.conf", "--dir", str(data)]
+    done = run_node_script(tmp_path, stub, {"REDIS_ANNOUNCE_HOSTNAME": "redis-1", "REDIS_ANNOUNCE_IP": "10.2.0.1",
+                                            "REDIS_OPS_PASSWORD_FILE": str(password)}, args)
+    assert done.returncode == 0, done.stderr
+    assert (data / "nodes.conf").read_text() == NODES_CONF.replace("aaaa 10.0.0.1:", "aaaa 10.2.0.1:")
+    argv = (stub / "argv").read_text().splitlines()
+    assert argv[-5:] == ["--cluster-announce-hostname", "redis-1", "--cluster-announce-ip", "10.2.0.1", "-"]
+    # No name: it refuses before Redis starts.
+    (stub / "argv").unlink()
+    refused = run_node_script(tmp_path, stub, {"REDIS_OPS_PASSWORD_FILE": str(password)}, args)
+    assert refused.returncode != 0 and "REDIS_ANNOUNCE_HOSTNAME" in refused.stderr
+    assert not (stub / "argv").exists()
+
+
+def find_redis7_tools() -> tuple[str, str]:
+    """(redis-server, redis-cli) of Redis >= 7, or skip."""
+    server = find_redis7()
+    if server is None:
+        pytest.skip(f"no Redis >= 7 here ({INSTALL_HINT}); the cluster files are checked without it above")
+    cli = Path(server).with_name("redis-cli")
+    if not cli.exists():
+        pytest.skip(f"no redis-cli next to {server}")
+    return server, str(cli)
+
+
+class ClusterFromCompose:
+    """Six real redis-servers started as compose.redis-cluster.yaml starts
+    them (the node script, the same arguments, the secrets init-secrets.sh
+    made), on loopback: node i on ``ips[i]``, at a port of its own, and the
+    services' names resolving to those addresses for the node script."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.doc = cluster_compose()
+        self.services = redis_node_services(self.doc)
+        self.server, self.cli = find_redis7_tools()
+        self.secrets = workdir / "secrets"
+        made = init_secrets(self.secrets, f"redis-1:{REDIS_PORT}")
+        assert made.returncode == 0, made.stderr
+        self.ports = {name: (free_port(), free_port()) for name in self.services}
+        self.ips: dict[str, str] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.starts = 0
+
+    # the compose file's paths, here
+    def local(self, service: dict[str, Any], arg: str) -> str:
+        here = CLUSTER_COMPOSE.parent
+        by_secret = {"file": lambda d: self.secrets / Path(d["file"]).name,
+                     "environment": lambda d: self.secrets / {"HUDDLE_REDIS_OPS_PASSWORD": "ops.password",
+                                                              "HUDDLE_CLUSTER_KEYS": "cluster.key"}[d["environment"]]}
+        paths: dict[str, Path | str] = dict(compose_mounts(service, here))
+        for name, target in compose_secret_paths(service).items():
+            definition = self.doc["secrets"][name]
+            paths[target] = by_secret[next(iter(definition))](definition)
+        mapped = paths.get(arg)
+        return str(mapped) if isinstance(mapped, Path) else arg
+
+    def address(self, name: str) -> str:
+        return f"{self.ips[name]}:{self.ports[name][0]}"
+
+    def local_seed(self, seed: str) -> str:
+        """``redis-N:6379`` (a service name and the deployments' port) -> where that node listens here."""
+        name, _, port = seed.rpartition(":")
+        assert int(port) == REDIS_PORT
+        return self.address(name)
+
+    def env(self, stub: Path) -> dict[str, str]:
+        return {**os.environ, "PATH": f"{stub}:{Path(self.server).parent}:{os.environ['PATH']}"}
+
+    def start(self, ips: dict[str, str]) -> None:
+        self.ips = ips
+        self.starts += 1
+        stub = stub_bin(self.workdir / f"bin-{self.starts}", ips, redis_server=False)
+        for name, service in self.services.items():
+            data = self.workdir / name
+            data.mkdir(exist_ok=True)
+            port, bus_port = self.ports[name]
+            # What the test host must differ in: port, interface; the bus
+            # port given (port + 10000 may be taken).
+            argv = [self.local(service, a) for a in service["command"]] + [
+                "--port", str(port), "--cluster-port", str(bus_port), "--bind", ips[name],
+                "--bind-source-addr", ips[name]]
+            env = {**self.env(stub), **{k: self.local(service, v) for k, v in service["environment"].items()}}
+            with (self.workdir / f"{name}.log").open("ab") as out:
+                self.procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                                    stderr=subprocess.STDOUT, cwd=data, env=env,
+                                                    start_new_session=True)
+        deadline = time.monotonic() + DEADLINE
+        for name in self.services:
+            while True:
+                code = self.procs[name].poll()
+                assert code is None, f"{name} exited with {code}:\n{self.log(name)}"
+                with contextlib.suppress(redis.RedisError):
+                    if self.ops(name).ping():
+                        break
+                assert time.monotonic() < deadline, f"{name} not up:\n{self.log(name)}"
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.procs[name].wait(timeout=0.02)  # the poll interval
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop_by_pid(proc)
+
+    def log(self, name: str, tail: int = 3000) -> str:
+        return (self.workdir / f"{name}.log").read_text()[-tail:]
+
+    def ops(self, name: str) -> redis.Redis:
+        return redis.Redis(host=self.ips[name], port=self.ports[name][0], username="ops", decode_responses=True,
+                           password=(self.secrets / "ops.password").read_text().strip(), socket_timeout=5)
+
+    def create(self) -> subprocess.CompletedProcess[str]:
+        """The compose file's create service, run here."""
+        (service,) = [s for s in self.doc["services"].values() if "create-cluster.sh" in " ".join(s.get("command", []))]
+        argv = [self.local(service, a) for a in service["command"][:2]]
+        argv += [self.local_seed(seed) for seed in service["command"][2:]]
+        env = {**self.env(stub_bin(self.workdir / f"bin-create-{uuid.uuid4().hex[:6]}", self.ips, redis_server=False)),
+               **{k: self.local(service, v) for k, v in service["environment"].items()},
+               "CREATE_TIMEOUT_S": str(int(2 * DEADLINE))}
+        return subprocess.run(argv, capture_output=True, text=True, timeout=4 * DEADLINE, check=False,
+                              cwd=self.workdir, env=env)
+
+    def roles(self) -> dict[str, tuple[str, str, int]]:
+        """Service -> (node id, its role as it says itself, the port of its primary or 0)."""
+        roles = {}
+        for name in self.services:
+            client = self.ops(name)
+            replication = client.info("replication")
+            roles[name] = (client.execute_command("CLUSTER", "MYID"), replication["role"],
+                           int(replication.get("master_port", 0)))
+        return roles
+
+    def nodes(self) -> list[dict[str, str]]:
+        """CLUSTER NODES as node 1 sees it: id, address, flags, primary, slots."""
+        lines = self.ops(next(iter(self.services))).execute_command("CLUSTER", "NODES").splitlines()
+        return [dict(zip(("id", "address", "flags", "primary"), line.split()[:4]), slots=" ".join(line.split()[8:]))
+                for line in lines]
+
+    def wait_until(self, what: str, check: Any) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while not check():
+            assert time.monotonic() < deadline, f"never {what}"
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                next(iter(self.procs.values())).wait(timeout=0.05)  # the poll interval
+
+
+@pytest.fixture(scope="module")
+def compose_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterFromCompose, str]]:
+    """The six nodes on 127.0.0.1, formed by the create service's script;
+    yields the cluster and the script's output."""
+    cluster = ClusterFromCompose(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start({name: "127.0.0.1" for name in cluster.services})
+        created = cluster.create()
+        assert created.returncode == 0, created.stdout[-3000:] + created.stderr
+        yield cluster, created.stdout
+    finally:
+        cluster.stop()
+
+
+def test_the_create_service_forms_three_primaries_with_a_replica_each_once(
+        compose_cluster: tuple[ClusterFromCompose, str]) -> None:
+    cluster, output = compose_cluster
+    assert "creating it" in output and "cluster_state:ok on every node" in output
+    for name in cluster.services:
+        assert cluster.ops(name).execute_command("CLUSTER", "INFO").split("cluster_state:")[1].startswith("ok")
+    # Each node's own word on its role (the others' views follow by gossip).
+    roles = cluster.roles()
+    primaries = {name for name, role in roles.items() if role[1] == "master"}
+    replicas = {name: role[2] for name, role in roles.items() if role[1] == "slave"}
+    assert len(primaries) == len(replicas) == CLUSTER_NODES // 2, output
+    assert sorted(replicas.values()) == sorted(cluster.ports[p][0] for p in primaries), "one replica each"
+    for name in primaries:
+        (me,) = [line for line in cluster.ops(name).execute_command("CLUSTER", "NODES").splitlines()
+                 if "myself" in line]
+        assert len(me.split()) > 8, f"{name} serves no slot: {me}"
+    # Replicas sync from their primary as `ops`, with the password the node
+    # script handed redis-server on stdin (without it: NOAUTH, link down).
+
+    def in_sync() -> bool:
+        return all(cluster.ops(n).info("replication")["master_link_status"] == "up" for n in replicas)
+
+    cluster.wait_until("every replica in sync", in_sync)
+    for name in cluster.services:
+        assert cluster.ops(name).config_get("masterauth")["masterauth"], "set from stdin"
+    # The readiness probe agrees (it asks the node on 127.0.0.1 at the given port).
+    for name in cluster.services:
+        ready = subprocess.run(["sh", str(CLUSTER_READY_SCRIPT), str(cluster.ports[name][0])], capture_output=True,
+                               text=True, timeout=30, check=False, env={
+                                   **cluster.env(cluster.workdir / "bin-1"),
+                                   "REDIS_OPS_PASSWORD_FILE": str(cluster.secrets / "ops.password")})
+        assert ready.returncode == 0, ready.stdout + ready.stderr
+    # Once: the next `up` finds the cluster and changes nothing.
+    again = cluster.create()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to do" in again.stdout and "creating it" not in again.stdout
+    assert cluster.roles() == roles
+
+
+def test_readiness_probe_refuses_a_node_outside_a_whole_cluster(tmp_path: Path) -> None:
+    server, _ = find_redis7_tools()
+    made = init_secrets(tmp_path / "secrets", "127.0.0.1:6379")
+    assert made.returncode == 0, made.stderr
+    port = free_port()
+    # The compose node's redis-server arguments, straight to redis-server.
+    _, *options = compose_redis_node_args()
+    acl = compose_secret_paths(redis_node_services(cluster_compose())["redis-1"])["redis_users_acl"]
+    config = [str(REDIS_CONF)] + [o.replace(acl, str(tmp_path / "secrets" / "users.acl")) for o in options]
+    with (tmp_path / "redis.log").open("wb") as out:
+        proc = subprocess.Popen([server, *config, "--port", str(port), "--cluster-port", str(free_port()),
+                                 "--bind", "127.0.0.1", "--dir", str(tmp_path)], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    try:
+        env = {**os.environ, "PATH": f"{Path(server).parent}:{os.environ['PATH']}",
+               "REDIS_OPS_PASSWORD_FILE": str(tmp_path / "secrets" / "ops.password")}
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            ready = subprocess.run(["sh", str(CLUSTER_READY_SCRIPT), str(port)], capture_output=True, text=True,
+                                   timeout=30, check=False, env=env)
+            if "cluster_state:" in ready.stdout:
+                break
+            assert proc.poll() is None, (tmp_path / "redis.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, ready.stdout + ready.stderr
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.05)  # the poll interval
+        assert ready.returncode == 1 and "cluster_state:fail" in ready.stdout
+    finally:
+        stop_by_pid(proc)
+
+
+def test_a_node_joins_the_cluster_with_the_compose_url_as_the_huddle_user(
+        compose_cluster: tuple[ClusterFromCompose, str], tmp_path: Path) -> None:
+    cluster, _ = compose_cluster
+    service = cluster.doc["services"]["node"]
+    password = read_env_file(cluster.secrets / "bus.env")["REDIS_URL"].split(":")[2].split("@")[0]
+    # compose's interpolation (the password from the environment), and the
+    # services' names where they listen here.
+    url = COMPOSE_VARIABLE.sub(password, service["environment"]["REDIS_URL"])
+    url = re.sub(rf"redis-\d+:{REDIS_PORT}", lambda m: cluster.local_seed(m.group(0)), url)
+    argv = [cluster.local(service, a) for a in service["command"]]
+    argv[argv.index("--metrics-port") + 1] = "0"
+    argv[argv.index("--metrics-host") + 1] = "127.0.0.1"
+    argv[argv.index("--ready-file") + 1] = str(tmp_path / "ready")
+    env = {**os.environ, "REDIS_URL": url}
+    env.pop("HUDDLE_CLUSTER_KEY", None)
+    log = tmp_path / "node.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ops.cli", *without_pending_options(argv)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    try:
+        ready = tmp_path / "ready"
+        wait_node_ready(proc, ready, log, bool)
+        node_id = ready.read_text()
+        # Connected to every primary, as `huddle`.
+        primaries = [n for n in cluster.services if cluster.ops(n).info("replication")["role"] == "master"]
+        for name in primaries:
+            clients = [c for c in cluster.ops(name).client_list() if c.get("name", "").startswith(f"huddle:{node_id}")]
+            assert clients and {c["user"] for c in clients} == {"huddle"}, name
+        assert stop_by_pid(proc) == 0, log.read_text()[-3000:]
+    finally:
+        stop_by_pid(proc)
+
+
+def loopback_alias_usable(ip: str) -> bool:
+    try:
+        with socket.socket() as sock:
+            sock.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_the_cluster_forms_again_when_every_node_comes_back_on_a_new_address(tmp_path: Path) -> None:
+    """`docker compose down && up`, or every Redis pod rescheduled: the
+    same nodes (same nodes.conf) on new addresses. The node script finds its
+    peers by their names; without it every node keeps calling the old
+    addresses and the cluster stays down."""
+    before = {f"redis-{i}": f"127.0.7.{i}" for i in range(1, CLUSTER_NODES + 1)}
+    after = {f"redis-{i}": f"127.0.8.{i}" for i in range(1, CLUSTER_NODES + 1)}
+    if not loopback_alias_usable("127.0.8.1"):
+        pytest.skip("this host routes 127.0.0.1 only")
+    cluster = ClusterFromCompose(tmp_path)
+    try:
+        cluster.start(before)
+        created = cluster.create()
+        assert created.returncode == 0, created.stdout[-3000:] + created.stderr
+        ids = {n["id"] for n in cluster.nodes()}
+        cluster.stop()
+        cluster.start(after)
+        # Each node put itself, and the peers its nodes.conf knew by name
+        # (a peer learnt moments before the stop may be missing: it comes
+        # back by gossip), at their new addresses before Redis started.
+        expected = {(n, before[n], after[n]) for n in cluster.services}
+        for name in cluster.services:
+            pattern = r"nodes.conf: (redis-\d+) \(\w+\) moved from (\S+) to (\S+)"
+            moves = set(re.findall(pattern, cluster.log(name, 10**6)))
+            assert (name, before[name], after[name]) in moves and moves <= expected, (name, moves)
+        again = cluster.create()
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+        assert "not creating anything" in again.stdout or "nothing to do" in again.stdout
+        nodes = cluster.nodes()
+        assert {n["id"] for n in nodes} == ids, "the same cluster, not a new one"
+        assert {n["address"].split(":")[0] for n in nodes} == set(after.values())
+    finally:
+        cluster.stop()
 
 
 # -- Grafana and Prometheus ------------------------------------------------------------------
