@@ -73,7 +73,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, NoScriptError, TryAgainError
 
 from bus.cluster.backlog import Backlog, RouteResult
 from bus.cluster.leases import (
@@ -368,7 +368,11 @@ class ShardedLeaseStore(LeaseStore):
             if isinstance(replies, BaseException):
                 unanswered += [a for a, _e in items]
                 continue
-            for (address, _epoch), (ok, now, waiting) in zip(items, replies, strict=True):
+            for (address, _epoch), reply in zip(items, replies, strict=True):
+                if isinstance(reply, Exception):  # its slot moved away meanwhile (MOVED, ASK)
+                    unanswered.append(address)
+                    continue
+                ok, now, waiting = reply
                 if int(ok):
                     kept.append(address)
                     if int(waiting):
@@ -382,8 +386,10 @@ class ShardedLeaseStore(LeaseStore):
             hints.append(("SADD", keys.held(node), *kept))
         if lost:
             hints.append(("SREM", keys.held(node), *lost))
-        if hints:  # in the background: a shard that is down must not hold the answer up
-            asyncio.ensure_future(self._scripts.commands(*hints)).add_done_callback(_quiet)
+        if hints and not failures and not unanswered:
+            # Not while a shard is down: the cluster client would stall on
+            # it; the next renewal that every shard answers writes them.
+            await _within(ttl * RENEW_ANSWER_WITHIN, [self._scripts.commands(*hints)])
         return RenewResult(era=era, lost=lost, backlogged=tuple(backlogged), unanswered=tuple(unanswered))
 
     def _direct(self, shard: Any) -> aioredis.Redis:
@@ -401,8 +407,9 @@ class ShardedLeaseStore(LeaseStore):
 
     async def _direct_run(self, shard: Any, body: AsyncScript, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """``body`` per call on the primary ``shard`` directly, in one round
-        trip; raises if any call fails (``MOVED``: the slot map changed; the
-        cluster client is told to learn it again)."""
+        trip: each reply, or the error of a call whose slot is no longer
+        there (``MOVED``, ``ASK``: the cluster client is told to learn the
+        slot map again); raises when the shard itself failed."""
         client = self._direct(shard)
         for attempt in (1, 2):
             pipe = client.pipeline(transaction=False)
@@ -412,11 +419,12 @@ class ShardedLeaseStore(LeaseStore):
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
                 await client.script_load(body.script)
                 continue
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    if "MOVED" in str(reply) or "ASK" in str(reply):  # learn the slot map again
-                        asyncio.ensure_future(self.client.nodes_manager.initialize()).add_done_callback(_quiet)
-                    raise reply
+            errors = [r for r in replies if isinstance(r, Exception)]
+            for error in errors:
+                if not isinstance(error, (AskError, TryAgainError)):  # MovedError is an AskError
+                    raise error
+            if errors:  # learn the slot map again
+                asyncio.ensure_future(self.client.nodes_manager.initialize()).add_done_callback(_quiet)
             return replies
         raise AssertionError("unreachable")
 

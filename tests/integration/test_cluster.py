@@ -9,9 +9,11 @@ with a deadline reached only when something is broken.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from bus.embedded import EmbeddedRedis, pause_process
 from bus.embedded_cluster import EmbeddedRedisCluster, EmbeddedSentinel
 from bus.slots import channel_slot
 from bus.envelope import Codec
+from bus.errors import HuddleError
 from bus.messages import Event, Ping, Pong
 from bus.sharded import ClusterUrl, is_cluster_url, transport_for
 from bus.signing import cluster_signer
@@ -537,3 +540,55 @@ def test_on_a_redis_cluster_a_killed_primary_leaves_each_counter_one_owner_and_i
                 assert all(len(w) == 1 for w in writers.values()), (address, entries)
         finally:
             raw.close()
+
+
+def test_on_a_redis_cluster_a_resharded_slot_keeps_its_counter_and_one_owner(
+        node_procs: NodeProcesses, redis_cluster: EmbeddedRedisCluster) -> None:
+    """The slot holding a counter's keys (lease, checkpoint, handled ids)
+    is moved to another primary while additions flow (``MIGRATE`` of its
+    keys, then ``SETSLOT NODE``: what ``redis-cli --cluster reshard`` does).
+    Every acknowledged addition is in the counter once, the lease lives on
+    the new owner of the slot, and the fencing log never goes back."""
+    cluster = redis_cluster
+    for cluster_run in _run(node_procs, cluster.url):
+        nodes = [cluster_run.node(wait=False, fencing_log=True) for _ in range(2)]
+        for node in nodes:
+            cluster_run.procs.wait_ready(node)
+        (address, _owner), = cluster_run.counters(1).items()
+        keys = ClusterKeys(cluster_run.namespace)
+        slot = channel_slot(keys.lease(address))
+        source = cluster.primary_for_slot(slot).port
+        target = next(p.port for p in cluster.primaries() if p.port != source)
+        acknowledged: list[str] = []
+        stop = threading.Event()
+
+        def add_forever() -> None:
+            i = 0
+            while not stop.is_set():
+                tag = f"r{i}"
+                i += 1
+                try:
+                    cluster_run.client.ask(address, CounterAdd(n=1, tag=tag), timeout=5).get(timeout=6)
+                    acknowledged.append(tag)
+                except HuddleError:
+                    pass  # not acknowledged: may or may not be counted, never twice
+
+        adder = threading.Thread(target=add_forever, daemon=True)
+        adder.start()
+        try:
+            wait_until(lambda: len(acknowledged) >= 20, "additions flowing before the move")
+            cluster.move_slot(slot, target)
+            moved_at = len(acknowledged)
+            wait_until(lambda: len(acknowledged) >= moved_at + 20, "additions flowing after the move")
+        finally:
+            stop.set()
+            adder.join(DEADLINE)
+        got = cluster_run.value(address)
+        tags = collections.Counter(got["tags"])
+        assert all(n == 1 for n in tags.values()), [t for t, n in tags.items() if n > 1]
+        assert set(acknowledged) <= set(tags), sorted(set(acknowledged) - set(tags))
+        with redis.Redis(host="127.0.0.1", port=target) as raw:
+            lease = raw.get(keys.lease(address))
+            assert lease is not None and lease.decode().split(" ")[1] == got["node"]
+            epochs = [int(f[b"e"]) for _id, f in raw.xrange(keys.fencing_of(address))]
+        assert epochs and epochs == sorted(epochs)
