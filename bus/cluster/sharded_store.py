@@ -61,8 +61,9 @@ What changes with that split, and why it stays safe:
 Scripts run as ``EVALSHA`` with the address's lease key as their one
 declared key (the cluster routes on it) in redis-py's cluster pipeline,
 which groups the commands per shard and sends each shard's in one round
-trip, all shards at once; a shard that answers ``NOSCRIPT`` (a promoted
-replica that never loaded them) gets them loaded and the commands again.
+trip, all shards at once (renewals: on a plain client per primary, see
+above); a shard that answers ``NOSCRIPT`` (a promoted replica that never
+loaded them) gets them loaded and the commands again.
 """
 
 from __future__ import annotations
@@ -73,27 +74,27 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import AskError, NoScriptError, TryAgainError
 
 from bus.cluster.backlog import Backlog, RouteResult
 from bus.cluster.leases import (
-    ClaimResult,
+    _ANNOUNCED_AS,
+    RELEASE_MODES,
+    SEEN_TTL,
     CheckpointWrite,
+    ClaimResult,
     LeaseStore,
     ReleaseMode,
     RenewResult,
-    RELEASE_MODES,
-    _ANNOUNCED_AS,
     _claim_result,
     _lease_value,
     _ms,
     _text,
     encode_seen,
-    SEEN_TTL,
 )
 from bus.cluster.lua import script
 from bus.cluster.messages import LeaseChange
-from redis.commands.core import AsyncScript
 
 __all__ = ["ShardedBacklog", "ShardedLeaseStore", "backlog_for", "lease_store_for"]
 
