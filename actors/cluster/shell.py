@@ -32,7 +32,7 @@ is the renewal lane's (:mod:`actors.cluster.renewals`): it hands its
 answers over through a queue the loop takes from.
 
 Fencing's authority. The cluster answers the node's question "which epoch
-was issued for this address?" from Redis (``issued:<address>``), batching
+was issued for this address?" from Redis (``issued:{address}``), batching
 every question asked within one loop turn into one round trip; the answer
 also keeps the owner table (an announcement itself is trusted for nothing).
 

@@ -18,7 +18,7 @@ How a cluster node sends an envelope to address X
    lease, it publishes the envelope on that node's own channel
    ``node:<id>`` (only the node listens there; taps must not). If that
    reaches nobody, or nobody live holds the lease, the envelope is appended
-   to X's stream ``backlog:<X>`` (bounded: past ``cap`` entries the script
+   to X's stream ``backlog:{X}`` (bounded: past ``cap`` entries the script
    refuses, and the sender publishes a ``backlog-full`` dead letter).
 3. **Fast path that reached nobody.** A ``PUBLISH`` with receiver count 0
    (the holder unsubscribed, left or died) is routed as in 2.

@@ -1,6 +1,6 @@
 """Ownership leases with fencing, as Redis scripts.
 
-Every live address has a lease, ``lease:<address> = "<epoch> <node>"`` with
+Every live address has a lease, ``lease:{address} = "<epoch> <node>"`` with
 a TTL. Whoever wants to host an address *claims* it; the claim succeeds when
 nobody holds the lease or its holder is no longer a live node (its
 ``node:<id>`` heartbeat key, which has the same TTL as its leases, is gone).
@@ -18,7 +18,7 @@ The epoch is the fencing token:
   the epoch with the lease in the same atomic step, so a write from a
   former owner is refused once the lease moved (or lapsed);
 - the claim script records the epoch as the newest **issued** for the
-  address (``issued:<address>``, kept past the lease): a receiver raises
+  address (``issued:{address}``, kept past the lease): a receiver raises
   its floor only to an epoch found there (:mod:`actors.runtime.fencing`), so an
   envelope that merely claims a high epoch moves nothing;
 - the claim script publishes the new owner's :class:`LeaseChange` on
@@ -215,7 +215,7 @@ def encode_seen(ids: Sequence[str]) -> bytes:
 
 
 def decode_seen(data: bytes | None) -> list[str]:
-    """The ids in a ``seen:<address>`` value; [] for none (or a value
+    """The ids in a ``seen:{address}`` value; [] for none (or a value
     this version cannot read: then nothing is dropped, as before)."""
     if not data:
         return []
@@ -274,7 +274,7 @@ class ClaimResult:
     ``spec`` are what Redis held for the address (``None``: nothing),
     ``backlog`` the envelopes that waited for an owner (oldest first, now
     removed from Redis) and ``seen`` the msg ids its actor handled last
-    (``seen:<address>``, read under the new lease). Otherwise ``holder`` is the live node that holds
+    (``seen:{address}``, read under the new lease). Otherwise ``holder`` is the live node that holds
     it (``""``: we are not a live member yet)."""
 
     won: bool
@@ -398,7 +398,7 @@ class LeaseStore:
         epoch)`` holds its lease right now; with ``log``, also append the
         accepted write to the fencing log. ``seen`` (the msg ids the actor
         has handled) is written in the same atomic step, to
-        ``seen:<address>``; with ``data`` None, only ``seen`` is."""
+        ``seen:{address}``; with ``data`` None, only ``seen`` is."""
         write = CheckpointWrite(address, epoch, data, seen, note)
         return (await self.save_checkpoints([write], node, log=log, seen_ttl=seen_ttl))[0]
 
