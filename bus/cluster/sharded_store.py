@@ -32,9 +32,10 @@ What changes with that split, and why it stays safe:
   after its last renewal) stays on its ``held:`` set and the next sweep
   adopts it. Nothing deletes a lease another node may still trust.
 - **The sets are hints, repaired by the sweep.** ``unowned`` only says whom
-  to try: activation is a claim, and the claim is atomic. A node that died
-  between a claim and writing its ``held:`` set loses nothing either: the
-  renewal writes the whole set again every round.
+  to try: activation is a claim, and the claim is atomic. A claim whose
+  writes of them were lost (a node that died right after it, a shard down)
+  loses nothing either: every renewal writes the node's whole ``held:`` set
+  again and takes its leases out of ``unowned``.
 - **The backlog mark is the backlog.** Instead of a ``backlogged:<node>``
   set, each renewal of a lease says whether its backlog holds envelopes,
   and the owner drains it (fenced by its lease, as on one server).
@@ -314,10 +315,15 @@ class ShardedLeaseStore(LeaseStore):
         results = [_claim_result(reply) for reply in replies]
         won = [a for (a, _f, _s), r in zip(claims, results, strict=True) if r.won]
         if won:
-            await self._scripts.commands(("SADD", self.keys.members, node), ("SADD", self.keys.held(node), *won),
-                                         ("SREM", self.keys.unowned, *won))
-            await self._publish(*(self._announcement(LeaseChange(address=a, node=node, change="acquired"))
-                                  for a in won))
+            # Hints after the fact: the leases are won whatever becomes of
+            # these (a shard down now): the next renewal writes the held set
+            # and clears the unowned entries again, and a receiver that
+            # missed the announcement learns the owner from its envelopes.
+            await _within(ttl * RENEW_ANSWER_WITHIN, [self._scripts.commands(
+                ("SADD", self.keys.members, node), ("SADD", self.keys.held(node), *won),
+                ("SREM", self.keys.unowned, *won),
+                *(("SPUBLISH", self.channel, self._announcement(LeaseChange(address=a, node=node, change="acquired")))
+                  for a in won))])
         return results
 
     async def renew(self, node: str, *, ttl: float, node_body: bytes, heartbeat: bytes, new_era: str,
@@ -380,11 +386,11 @@ class ShardedLeaseStore(LeaseStore):
                         backlogged.append(address)
                 else:
                     lost[address] = _lease_value(now)
-        # The held set again, whole (a claim whose own write of it was lost
-        # is in it from here on); a hint: the next renewal writes it again.
+        # The held set again, whole, and none of them unowned (a claim whose
+        # own writes of these were lost is repaired from here on).
         hints: list[tuple[Any, ...]] = []
         if kept:
-            hints.append(("SADD", keys.held(node), *kept))
+            hints += [("SADD", keys.held(node), *kept), ("SREM", keys.unowned, *kept)]
         if lost:
             hints.append(("SREM", keys.held(node), *lost))
         if hints and not failures and not unanswered:

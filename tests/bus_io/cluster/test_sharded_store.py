@@ -60,15 +60,18 @@ def test_adoption_waits_for_a_lease_the_dead_node_still_holds(crc: ClusterRedis)
     assert crc.run(crc.leases.unowned()) == ["a:other"]
 
 
-def test_a_renewal_writes_the_held_set_again(crc: ClusterRedis) -> None:
-    """The held set is written after the claim, in a command of its own:
-    if that write was lost, the next renewal puts the address back, so
-    the node's adoption still finds it."""
+def test_a_renewal_writes_the_held_and_unowned_sets_again(crc: ClusterRedis) -> None:
+    """The held and unowned sets are written after the claim, in commands
+    of their own: if those writes were lost, the next renewal repairs them,
+    so the node's adoption still finds the address and nobody tries to
+    activate it meanwhile."""
     crc.heartbeat("n1")
     lease = crc.run(crc.leases.claim("a:1", "n1", ttl=30, spec=b"args"))
     crc.sync.srem(crc.keys.held("n1"), "a:1")  # as if the claim's second step was lost
+    crc.sync.sadd(crc.keys.unowned, "a:1")
     crc.heartbeat("n1", {"a:1": lease.epoch})
     assert crc.sync.smembers(crc.keys.held("n1")) == {b"a:1"}
+    assert crc.run(crc.leases.unowned()) == []
 
 
 def test_a_lease_lost_on_renewal_leaves_the_held_set(crc: ClusterRedis) -> None:
