@@ -3,8 +3,9 @@
 One server (``redis://``, ``rediss://``, ``unix://``) and the primary behind
 Sentinel (``redis+sentinel://``): a ``redis.asyncio.Redis`` on a blocking
 pool (:func:`bus.sentinel.connection_pool`). A Redis Cluster
-(``redis+cluster://``, ``rediss+cluster://``): a ``RedisCluster`` client
-that follows the slot map; the store on it is
+(``redis+cluster://``, ``rediss+cluster://``): a
+:class:`~bus.shard_client.ShardClient` (each primary on a client of its
+own, routed by the slot map); the store on it is
 :class:`bus.cluster.sharded_store.ShardedLeaseStore`.
 """
 
@@ -17,21 +18,22 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from bus.sentinel import connection_pool
+from bus.shard_client import ShardClient
 from bus.sharded import ClusterUrl, is_cluster_url
 
 __all__ = ["store_client"]
 
 #: What a cluster client takes of the options a pool takes.
 _CLUSTER_OPTIONS = ("socket_timeout", "socket_connect_timeout")
-#: The fewest connections per shard a cluster client gets. redis-py's
-#: cluster client does not wait for a free connection as the blocking pool
-#: does: a command past its limit fails at once ("Too many connections"),
-#: so a lane whose calls overlap (claims) needs room for all of them.
+#: The fewest connections per primary a cluster client gets. Its pools do
+#: not wait for a free connection as the blocking pool does: a command past
+#: the limit fails at once ("Too many connections"), so a lane whose calls
+#: overlap (claims) needs room for all of them.
 CLUSTER_MIN_CONNECTIONS = 64
 
 
 def store_client(url: str, *, max_connections: int, on_new_primary: Callable[[], None] | None = None,
-                 **options: Any) -> aioredis.Redis | RedisCluster:
+                 **options: Any) -> aioredis.Redis | ShardClient:
     """A client for ``url`` with at most ``max_connections`` connections (per
     shard on a cluster, and at least :data:`CLUSTER_MIN_CONNECTIONS`: there a
     call past the limit fails instead of waiting). ``options`` as for
@@ -47,7 +49,7 @@ def store_client(url: str, *, max_connections: int, on_new_primary: Callable[[],
     if endpoint.tls:
         kwargs.update(ssl=True, ssl_cert_reqs=endpoint.ssl_cert_reqs, ssl_ca_certs=endpoint.ssl_ca_certs,
                       ssl_check_hostname=endpoint.ssl_check_hostname)
-    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
-                        max_connections=max(max_connections, CLUSTER_MIN_CONNECTIONS), username=endpoint.username,
-                        password=endpoint.password,
-                        **kwargs)
+    cluster = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
+                           max_connections=max(max_connections, CLUSTER_MIN_CONNECTIONS), username=endpoint.username,
+                           password=endpoint.password, **kwargs)
+    return ShardClient(cluster, max_connections=max(max_connections, CLUSTER_MIN_CONNECTIONS))

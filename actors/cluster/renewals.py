@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from bus.shard_client import ShardClient
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -211,7 +211,7 @@ class RenewalLane:
             await client.aclose()
             await self._claims.client.aclose()
 
-    def _client(self) -> aioredis.Redis | RedisCluster:
+    def _client(self) -> aioredis.Redis | ShardClient:
         return store_client(
             self._redis_url, max_connections=1, timeout=None,
             socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,

@@ -61,7 +61,7 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from bus.shard_client import ShardClient
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -431,7 +431,7 @@ class Cluster:
         self.leases: LeaseStore
         self.backlog: Backlog
         self.checkpoints = RedisCheckpoints(self)
-        self._client: aioredis.Redis | RedisCluster | None = None
+        self._client: aioredis.Redis | ShardClient | None = None
         #: the renewal lane: a thread, loop and connection nothing but renewals uses
         self._lane = RenewalLane(redis_url, self.me, self.config, namespace=node.namespace, codec=node.codec,
                                  wake=lambda: self.call_soon(self._take_renewals),
@@ -505,7 +505,7 @@ class Cluster:
             self.feed(HeartbeatSeen(hb))
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
-    def _connect(self, max_connections: int) -> aioredis.Redis | RedisCluster:
+    def _connect(self, max_connections: int) -> aioredis.Redis | ShardClient:
         """The client of the main lane. A
         command that loses its connection (Redis restarted) is sent again on
         a new one: every script here is safe to repeat (a repeated ROUTE

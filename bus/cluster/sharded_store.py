@@ -48,23 +48,22 @@ What changes with that split, and why it stays safe:
   closed is the lease margin: a former owner stops before its lease can
   run out. The fencing log (``--fencing-log``) is kept per address,
   ``fencing:{<address>}``.
-
-- **A dead shard costs only its own leases.** A renewal sends each shard's
-  leases to that shard's primary on a plain client of its own, all shards
-  at once, and waits a quarter of the lease TTL for each: a shard that does
-  not answer (its primary died, its replica not yet promoted) has its
-  leases reported ``unanswered`` (not renewed as far as anyone knows), and
-  every other shard's leases are renewed as usual. (redis-py's cluster
-  client shares its connections and slot map among shards: one dead primary
-  stalled or failed the commands sent to the others meanwhile, and a node
-  lost every lease it held.)
+- **A dead shard costs only its own leases.** The store speaks to each
+  primary on a client of its own (:class:`~bus.shard_client.ShardClient`),
+  every shard's part of a batch at once with a deadline of its own. A
+  renewal waits a quarter of the lease TTL for each shard: one that does not
+  answer (its primary died, its replica not yet promoted) has its leases
+  reported ``unanswered`` (not renewed as far as anyone knows), and every
+  other shard's leases are renewed as usual. (With redis-py's cluster
+  client one dead primary stalled or failed the commands sent to the others
+  meanwhile, and a node lost every lease it held.) A lease whose slot moved
+  is renewed on its new owner in the same renewal (``MOVED``: the slot map
+  is read again and the call sent there).
 
 Scripts run as ``EVALSHA`` with the address's lease key as their one
-declared key (the cluster routes on it) in redis-py's cluster pipeline,
-which groups the commands per shard and sends each shard's in one round
-trip, all shards at once (renewals: on a plain client per primary, see
-above); a shard that answers ``NOSCRIPT`` (a promoted replica that never
-loaded them) gets them loaded and the commands again.
+declared key, the calls of a batch grouped per primary, one pipeline each;
+a primary that answers ``NOSCRIPT`` (a promoted replica that never loaded
+them) gets them loaded and the calls again.
 """
 
 from __future__ import annotations
@@ -72,11 +71,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
-from redis.exceptions import AskError, NoScriptError, TryAgainError
 
 from bus.cluster.backlog import Backlog, RouteResult
 from bus.cluster.leases import (
@@ -96,6 +90,7 @@ from bus.cluster.leases import (
 )
 from bus.cluster.lua import script
 from bus.cluster.messages import LeaseChange
+from bus.shard_client import ShardClient
 
 __all__ = ["ShardedBacklog", "ShardedLeaseStore", "backlog_for", "lease_store_for"]
 
@@ -208,43 +203,6 @@ return {'', '0'}
 """)
 
 
-class _Scripts:
-    """Per-address scripts run in redis-py's cluster pipeline: each call's
-    one key is the address's lease key, so the cluster routes it to the
-    address's shard; one round trip per shard, all shards at once."""
-
-    def __init__(self, client: RedisCluster) -> None:
-        self.client = client
-
-    async def run(self, body: AsyncScript, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """``body`` once per ``(key, args)``; the replies in order."""
-        if not calls:
-            return []
-        replies = await self._pipeline(body, calls)
-        again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if again:  # a shard that never loaded it (a replica promoted since)
-            await self.client.script_load(body.script)
-            for i, reply in zip(again, await self._pipeline(body, [calls[i] for i in again]), strict=True):
-                replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    async def _pipeline(self, body: AsyncScript, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        pipe = self.client.pipeline()
-        for key, args in calls:
-            pipe.execute_command("EVALSHA", body.sha, 1, key, *args)
-        return list(await pipe.execute(raise_on_error=False))
-
-    async def commands(self, *commands: Sequence[Any]) -> list[Any]:
-        """Plain commands in one cluster pipeline (each routed by its key)."""
-        pipe = self.client.pipeline()
-        for command in commands:
-            pipe.execute_command(*command)
-        return list(await pipe.execute())
-
-
 #: The share of the lease TTL a renewal waits for each shard's answer. A
 #: shard that takes longer (its primary died: redis-py retries until the
 #: replica is promoted) counts as unanswered, so the next renewal of every
@@ -252,46 +210,15 @@ class _Scripts:
 RENEW_ANSWER_WITHIN = 0.25
 
 
-#: What a plain client of one primary takes of the cluster client's options.
-_DIRECT_OPTIONS = ("username", "password", "socket_timeout", "socket_connect_timeout", "ssl_ca_certs",
-                   "ssl_cert_reqs", "ssl_check_hostname")
-
-
-async def _within(seconds: float, coros: Sequence[Any]) -> list[Any]:
-    """Run ``coros`` at once; each one's result, or its exception, or
-    ``TimeoutError`` for one not done within ``seconds`` (then cancelled)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    _done, pending = await asyncio.wait(tasks, timeout=seconds)
-    for task in pending:
-        task.cancel()  # not awaited: a stuck connection's cleanup must not hold the answer up
-        task.add_done_callback(_quiet)
-    out: list[Any] = []
-    for task in tasks:
-        if task in pending:
-            out.append(TimeoutError(f"no answer within {seconds:.2f}s"))
-        elif task.exception() is not None:
-            out.append(task.exception())
-        else:
-            out.append(task.result())
-    return out
-
-
-def _quiet(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: no "never retrieved" warning
-
-
 class ShardedLeaseStore(LeaseStore):
     """:class:`~bus.cluster.leases.LeaseStore` on a Redis Cluster (see the
     module docstring for what is atomic where). Same methods, same results."""
 
-    def __init__(self, client: RedisCluster, **options: Any) -> None:
+    def __init__(self, client: ShardClient, **options: Any) -> None:
         super().__init__(client, **options)  # type: ignore[arg-type]
-        self._scripts = _Scripts(client)
+        self._scripts = client
         #: the era the last renewal read (used when the era's shard is down)
         self._era: str | None = None
-        #: primary name -> a plain client of it (renewals)
-        self._directs: dict[str, aioredis.Redis] = {}
         self._claim_one = client.register_script(CLAIM_ONE)
         self._renew_one = client.register_script(RENEW_ONE)
         self._release_one = client.register_script(RELEASE_ONE)
@@ -319,11 +246,11 @@ class ShardedLeaseStore(LeaseStore):
             # these (a shard down now): the next renewal writes the held set
             # and clears the unowned entries again, and a receiver that
             # missed the announcement learns the owner from its envelopes.
-            await _within(ttl * RENEW_ANSWER_WITHIN, [self._scripts.commands(
+            await self._scripts.batch([
                 ("SADD", self.keys.members, node), ("SADD", self.keys.held(node), *won),
                 ("SREM", self.keys.unowned, *won),
                 *(("SPUBLISH", self.channel, self._announcement(LeaseChange(address=a, node=node, change="acquired")))
-                  for a in won))])
+                  for a in won)], timeout=ttl * RENEW_ANSWER_WITHIN)
         return results
 
     async def renew(self, node: str, *, ttl: float, node_body: bytes, heartbeat: bytes, new_era: str,
@@ -336,56 +263,40 @@ class ShardedLeaseStore(LeaseStore):
         part answered."""
         ms = _ms(ttl)
         keys = self.keys
-        groups: dict[str, list[tuple[str, int]]] = {}
-        shards: dict[str, Any] = {}
-        for address, epoch in leases.items():
-            shard = self.client.get_node_from_key(keys.lease(address))
-            name = shard.name if shard is not None else ""
-            shards[name] = shard
-            groups.setdefault(name, []).append((address, epoch))
-
-        async def heartbeat_part() -> str:
-            replies = await self._scripts.commands(
-                ("SET", keys.node(node), node_body, "PX", ms), ("SADD", keys.members, node),
-                ("SET", keys.era, new_era, "NX"), ("GET", keys.era), ("SPUBLISH", self.channel, heartbeat))
-            return _text(replies[3])
-
-        async def shard_part(name: str, items: list[tuple[str, int]]) -> list[Any]:
-            calls = [(keys.lease(a), (keys.prefix, node, ms, a, str(e))) for a, e in items]
-            if shards[name] is None:
-                return await self._scripts.run(self._renew_one, calls)
-            return await self._direct_run(shards[name], self._renew_one, calls)
-
-        parts = await _within(ttl * RENEW_ANSWER_WITHIN,
-                              [heartbeat_part(), *(shard_part(name, items) for name, items in groups.items())])
-        failures = [p for p in parts if isinstance(p, BaseException)]
-        if len(failures) == len(parts):
-            raise failures[0]
-        if isinstance(parts[0], BaseException):
-            if self._era is None:
-                raise parts[0]
-            era = self._era  # the heartbeat's shard is down: the leases answered all the same
+        within = ttl * RENEW_ANSWER_WITHIN
+        order = list(leases.items())
+        heartbeat_part, lease_part = await asyncio.gather(
+            self._scripts.batch([("SET", keys.node(node), node_body, "PX", ms), ("SADD", keys.members, node),
+                                 ("SET", keys.era, new_era, "NX"), ("GET", keys.era),
+                                 ("SPUBLISH", self.channel, heartbeat)], timeout=within),
+            self._scripts.run(self._renew_one, [(keys.lease(a), (keys.prefix, node, ms, a, str(e))) for a, e in order],
+                              timeout=within, raise_on_error=False))
+        failures = [r for r in (*heartbeat_part, *lease_part) if isinstance(r, Exception)]
+        if order and len([r for r in lease_part if isinstance(r, Exception)]) == len(order) \
+                and any(isinstance(r, Exception) for r in heartbeat_part):
+            raise failures[0]  # nothing answered
+        era_reply = heartbeat_part[3]
+        if isinstance(era_reply, Exception):
+            if self._era is None or not order:
+                raise era_reply
+            era = self._era  # the era's shard is down: the leases answered all the same
         else:
-            era = self._era = parts[0]
+            era = self._era = _text(era_reply)
         lost: dict[str, tuple[str, int] | None] = {}
         backlogged: list[str] = []
         kept: list[str] = []
         unanswered: list[str] = []
-        for items, replies in zip(groups.values(), parts[1:], strict=True):
-            if isinstance(replies, BaseException):
-                unanswered += [a for a, _e in items]
+        for (address, _epoch), reply in zip(order, lease_part, strict=True):
+            if isinstance(reply, Exception):  # its shard down or slow, or its slot moving
+                unanswered.append(address)
                 continue
-            for (address, _epoch), reply in zip(items, replies, strict=True):
-                if isinstance(reply, Exception):  # its slot moved away meanwhile (MOVED, ASK)
-                    unanswered.append(address)
-                    continue
-                ok, now, waiting = reply
-                if int(ok):
-                    kept.append(address)
-                    if int(waiting):
-                        backlogged.append(address)
-                else:
-                    lost[address] = _lease_value(now)
+            ok, now, waiting = reply
+            if int(ok):
+                kept.append(address)
+                if int(waiting):
+                    backlogged.append(address)
+            else:
+                lost[address] = _lease_value(now)
         # The held set again, whole, and none of them unowned (a claim whose
         # own writes of these were lost is repaired from here on).
         hints: list[tuple[Any, ...]] = []
@@ -396,50 +307,8 @@ class ShardedLeaseStore(LeaseStore):
         if hints and not failures and not unanswered:
             # Not while a shard is down: the cluster client would stall on
             # it; the next renewal that every shard answers writes them.
-            await _within(ttl * RENEW_ANSWER_WITHIN, [self._scripts.commands(*hints)])
+            await self._scripts.batch(hints, timeout=within)
         return RenewResult(era=era, lost=lost, backlogged=tuple(backlogged), unanswered=tuple(unanswered))
-
-    def _direct(self, shard: Any) -> aioredis.Redis:
-        """A plain client of one primary (renewals only). The cluster client
-        shares its connections and its slot map among all shards, and one
-        dead primary stalls or fails what is sent to the others meanwhile;
-        renewals go to each primary on a client of its own instead."""
-        client = self._directs.get(shard.name)
-        if client is None:
-            kwargs = {k: shard.connection_kwargs[k] for k in _DIRECT_OPTIONS if k in shard.connection_kwargs}
-            if issubclass(shard.connection_class, aioredis.SSLConnection):
-                kwargs["ssl"] = True
-            client = self._directs[shard.name] = aioredis.Redis(host=shard.host, port=shard.port, **kwargs)
-        return client
-
-    async def _direct_run(self, shard: Any, body: AsyncScript, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """``body`` per call on the primary ``shard`` directly, in one round
-        trip: each reply, or the error of a call whose slot is no longer
-        there (``MOVED``, ``ASK``: the cluster client is told to learn the
-        slot map again); raises when the shard itself failed."""
-        client = self._direct(shard)
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
-            for key, args in calls:
-                pipe.evalsha(body.sha, 1, key, *args)
-            replies = list(await pipe.execute(raise_on_error=False))
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
-                await client.script_load(body.script)
-                continue
-            errors = [r for r in replies if isinstance(r, Exception)]
-            for error in errors:
-                if not isinstance(error, (AskError, TryAgainError)):  # MovedError is an AskError
-                    raise error
-            if errors:  # learn the slot map again
-                asyncio.ensure_future(self.client.nodes_manager.initialize()).add_done_callback(_quiet)
-            return replies
-        raise AssertionError("unreachable")
-
-    async def aclose(self) -> None:
-        """Close the plain clients of the primaries (the cluster client is the caller's)."""
-        directs, self._directs = self._directs, {}
-        for client in directs.values():
-            await client.aclose()
 
     async def release(self, address: str, node: str, epoch: int, *, mode: ReleaseMode = "plain",
                       spec: bytes | None = None, checkpoint: bytes | None = None) -> bool:
@@ -545,9 +414,9 @@ class ShardedBacklog(Backlog):
     second script: the holder drains it when its next renewal says its
     backlog holds envelopes, or the next claim takes it."""
 
-    def __init__(self, client: RedisCluster, **options: Any) -> None:
+    def __init__(self, client: ShardClient, **options: Any) -> None:
         super().__init__(client, **options)  # type: ignore[arg-type]
-        self._scripts = _Scripts(client)
+        self._scripts = client
         self._route_one = client.register_script(ROUTE_ONE)
         self._place_one = client.register_script(PLACE_ONE)
 
@@ -582,9 +451,9 @@ class ShardedBacklog(Backlog):
 
 def lease_store_for(client: Any, **options: Any) -> LeaseStore:
     """The lease store on ``client``: sharded on a Redis Cluster client."""
-    return ShardedLeaseStore(client, **options) if isinstance(client, RedisCluster) else LeaseStore(client, **options)
+    return ShardedLeaseStore(client, **options) if isinstance(client, ShardClient) else LeaseStore(client, **options)
 
 
 def backlog_for(client: Any, **options: Any) -> Backlog:
     """The backlog on ``client``: sharded on a Redis Cluster client."""
-    return ShardedBacklog(client, **options) if isinstance(client, RedisCluster) else Backlog(client, **options)
+    return ShardedBacklog(client, **options) if isinstance(client, ShardClient) else Backlog(client, **options)
