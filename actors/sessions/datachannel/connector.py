@@ -67,6 +67,9 @@ _MAX_REASON = 120
 _MAX_FRAME = 1 << 20
 _MAX_UNSENT = 1 << 20
 _OPEN = State.OPEN
+#: How long a close request waits for its handshake before it leaves the
+#: rest to its task (the frame is written well within it).
+CLOSE_FRAME_WAIT_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,17 +330,21 @@ class WebSocket:
 
     async def _close(self, code: int, reason: str) -> None:
         """Send the close frame, then leave the handshake to a task of its
-        own: the request (tracked, so a stopping node waits for it) ends as
-        soon as the frame is written, while an answer that never comes
-        lasts until the close timeout (or the session's forced close) without
-        making the node look busy."""
+        own: the request (tracked, so a stopping node waits for it) lasts
+        until the handshake is done or :data:`CLOSE_FRAME_WAIT_S` passed,
+        so the frame is on the wire before a stopping node ends its loop,
+        while an answer that never comes lasts until the close timeout (or
+        the session's forced close) without making the node look busy.
+        (It ended after one step of the close task: a close that had to wait
+        for a send in progress was cancelled with the loop before writing
+        its frame, and the socket outlived the node.)"""
         ws = self._ws
         if ws is None:
             self._close_request = (code, reason)  # applied when the open finishes
             return
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(ws.close(code, reason))
-            await asyncio.sleep(0)  # its first step writes the close frame
+            await asyncio.wait({self._closing}, timeout=CLOSE_FRAME_WAIT_S)
 
     def abort(self) -> None:
         try:
