@@ -68,7 +68,7 @@ class ShardClient(AsyncCoreCommands):  # type: ignore[misc]
         self.cluster = cluster
         self.max_connections = max_connections
         self._directs: dict[str, aioredis.Redis] = {}
-        self._map_task: asyncio.Task[Any] | None = None
+        self._map_task: asyncio.Future[Any] | None = None
         self._ready = False
 
     # -- the slot map -----------------------------------------------------------
@@ -80,16 +80,14 @@ class ShardClient(AsyncCoreCommands):  # type: ignore[misc]
 
     async def learn_map(self) -> None:
         """Read the slot map again (one reading at a time; waits for it)."""
-        task = self._map_task
-        if task is None or task.done():
-            task = self._map_task = asyncio.ensure_future(self.cluster.nodes_manager.initialize())
-            task.add_done_callback(_quiet)
-        await asyncio.shield(task)
+        await asyncio.shield(self._learn_map_soon())
 
-    def _learn_map_soon(self) -> None:
+    def _learn_map_soon(self) -> asyncio.Future[Any]:
+        """Start reading the slot map again unless a reading is under way; that reading."""
         if self._map_task is None or self._map_task.done():
             self._map_task = asyncio.ensure_future(self.cluster.nodes_manager.initialize())
             self._map_task.add_done_callback(_quiet)
+        return self._map_task
 
     def _primary(self, key: Any) -> Any:
         return self.cluster.get_node_from_key(key)

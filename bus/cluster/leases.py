@@ -95,17 +95,10 @@ for i = 5, #ARGV, 4 do
     replies[#replies + 1] = {0, holder, estr(ce)}
   else
     if cur then redis.call('SREM', held_key(holder), a) end
-    local e = next_epoch(a, floor)
-    redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
-    record_issued(a, e, me)
     redis.call('SADD', held_key(me), a)
     redis.call('SREM', UNOWNED, a)
-    if spec ~= '' then redis.call('SET', spec_key(a), spec) end
     redis.call('PUBLISH', channel, announcement)
-    -- Read under the new lease: no former owner can write them any more.
-    local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or '',
-                 redis.call('GET', seen_key(a)) or ''}
-    replies[#replies + 1] = take_backlog(a, out)
+    replies[#replies + 1] = take_lease(a, me, ttl, floor, spec)
   end
 end
 return replies
@@ -142,19 +135,13 @@ return {era, lost, bl}
 # ARGV: prefix, address, me, epoch, mode, channel, announcement, spec, checkpoint
 RELEASE = script(r"""
 local a, me, e, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local v = redis.call('GET', lease_key(a))
-if v and v ~= e .. ' ' .. me then return 0 end
-if v then redis.call('DEL', lease_key(a)) end
+if not drop_lease(a, me, e, mode, ARGV[8], ARGV[9]) then return 0 end
 redis.call('SREM', held_key(me), a)
-if mode == 'unowned' then
-  if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8], 'NX') end
-  if ARGV[9] ~= '' then redis.call('SET', ckpt_key(a), ARGV[9], 'NX') end
-  if redis.call('EXISTS', spec_key(a)) == 1 then redis.call('SADD', UNOWNED, a) end
+if mode == 'unowned' and redis.call('EXISTS', spec_key(a)) == 1 then
+  redis.call('SADD', UNOWNED, a)
 elseif mode == 'retire' then
-  redis.call('DEL', spec_key(a), ckpt_key(a))
   redis.call('SREM', UNOWNED, a)
 end
-if mode ~= 'unowned' then redis.call('PEXPIRE', issued_key(a), ISSUED_GRACE_MS) end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """)
@@ -162,17 +149,10 @@ return 1
 # ARGV: prefix, address, me, epoch, ttl_ms, channel, announcement, spec, checkpoint
 RESTORE = script(r"""
 local a, me, e = ARGV[2], ARGV[3], ARGV[4]
-local v = redis.call('GET', lease_key(a))
-if v then
-  if v == e .. ' ' .. me then return 1 end
-  return 0
-end
-redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ARGV[5])
-record_issued(a, tonumber(e), me)
+local done = restore_lease(a, me, e, ARGV[5], ARGV[8], ARGV[9])
+if done ~= 'restored' then return done == 'ours' and 1 or 0 end
 redis.call('SADD', held_key(me), a)
 redis.call('SADD', MEMBERS, me)
-if ARGV[8] ~= '' then redis.call('SET', spec_key(a), ARGV[8], 'NX') end
-if ARGV[9] ~= '' then redis.call('SET', ckpt_key(a), ARGV[9], 'NX') end
 -- Sent while nobody held it: ours to drain (reported by the next renewal).
 if redis.call('EXISTS', backlog_key(a)) == 1 then redis.call('SADD', backlogged_key(me), a) end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
@@ -182,24 +162,11 @@ return 1
 # ARGV: prefix, me, log (1/0), seen_ttl_ms, then per write: address, epoch,
 # has_data (1/0), data, seen ('' for none), note. Returns 1/0 per write.
 SAVE_CHECKPOINTS = script(r"""
-local me, log, seen_ttl = ARGV[2], ARGV[3], ARGV[4]
+local me, log_key, seen_ttl = ARGV[2], ARGV[3] == '1' and FENCING or nil, ARGV[4]
 local out = {}
 for i = 5, #ARGV, 6 do
-  local a, e = ARGV[i], ARGV[i + 1]
-  if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then
-    out[#out + 1] = 0
-  else
-    if ARGV[i + 2] ~= '0' then
-      redis.call('SET', ckpt_key(a), ARGV[i + 3])
-      if log == '1' then
-        redis.call('XADD', FENCING, 'MAXLEN', '~', '1000000', '*', 'a', a, 'e', e, 'n', me, 'note', ARGV[i + 5])
-      end
-    end
-    -- The msg ids the actor has handled, under the same epoch compare and
-    -- in the same step as the state they led to.
-    if ARGV[i + 4] ~= '' then redis.call('SET', seen_key(a), ARGV[i + 4], 'PX', seen_ttl) end
-    out[#out + 1] = 1
-  end
+  out[#out + 1] = save_write(ARGV[i], me, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], seen_ttl, log_key,
+                             '1000000', ARGV[i + 5])
 end
 return out
 """)

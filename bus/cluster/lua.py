@@ -73,6 +73,70 @@ local function take_backlog(a, out)
   redis.call('DEL', bk)
   return out
 end
+
+-- The per-address steps of the lease scripts. Each touches a's keys only
+-- (its slot, on a Redis Cluster): the one-server scripts add the node
+-- bookkeeping around them in the same step, the sharded store after them.
+
+-- Take a's lease for me under a new epoch (the caller decided it may) and
+-- return what it brings: {1, me, epoch, checkpoint, spec, seen, backlog...},
+-- read under the new lease (no former owner can write them any more).
+local function take_lease(a, me, ttl, floor, spec)
+  local e = next_epoch(a, floor)
+  redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
+  record_issued(a, e, me)
+  if spec ~= '' then redis.call('SET', spec_key(a), spec) end
+  local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or '',
+               redis.call('GET', seen_key(a)) or ''}
+  return take_backlog(a, out)
+end
+
+-- Give a's lease up if it is (me, e) or gone; false if someone else holds it.
+-- mode 'unowned' writes spec and checkpoint back if Redis lost them;
+-- 'retire' deletes them.
+local function drop_lease(a, me, e, mode, spec, ckpt)
+  local v = redis.call('GET', lease_key(a))
+  if v and v ~= e .. ' ' .. me then return false end
+  if v then redis.call('DEL', lease_key(a)) end
+  if mode == 'unowned' then
+    if spec ~= '' then redis.call('SET', spec_key(a), spec, 'NX') end
+    if ckpt ~= '' then redis.call('SET', ckpt_key(a), ckpt, 'NX') end
+  elseif mode == 'retire' then
+    redis.call('DEL', spec_key(a), ckpt_key(a))
+  end
+  if mode ~= 'unowned' then redis.call('PEXPIRE', issued_key(a), ISSUED_GRACE_MS) end
+  return true
+end
+
+-- Write (me, e)'s lease of a back after Redis lost it: 'restored', or
+-- 'ours' (it is still there), or 'taken' (someone claimed a meanwhile).
+local function restore_lease(a, me, e, ttl, spec, ckpt)
+  local v = redis.call('GET', lease_key(a))
+  if v then
+    if v == e .. ' ' .. me then return 'ours' end
+    return 'taken'
+  end
+  redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ttl)
+  record_issued(a, tonumber(e), me)
+  if spec ~= '' then redis.call('SET', spec_key(a), spec, 'NX') end
+  if ckpt ~= '' then redis.call('SET', ckpt_key(a), ckpt, 'NX') end
+  return 'restored'
+end
+
+-- One checkpoint write under the lease compare: 1 accepted, 0 refused.
+-- has ~= '0': write data (and log it to the stream log_key if given);
+-- seen ~= '': the msg ids handled, in the same step as the state they led to.
+local function save_write(a, me, e, has, data, seen, seen_ttl, log_key, maxlen, note)
+  if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then return 0 end
+  if has ~= '0' then
+    redis.call('SET', ckpt_key(a), data)
+    if log_key then
+      redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, '*', 'a', a, 'e', e, 'n', me, 'note', note)
+    end
+  end
+  if seen ~= '' then redis.call('SET', seen_key(a), seen, 'PX', seen_ttl) end
+  return 1
+end
 """
 
 

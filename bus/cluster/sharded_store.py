@@ -101,13 +101,7 @@ local me, ttl, a, floor, spec = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local cur = redis.call('GET', lease_key(a))
 local ce, holder = parse_lease(cur)
 if cur and holder ~= me then return {0, holder, estr(ce)} end
-local e = next_epoch(a, floor)
-redis.call('SET', lease_key(a), estr(e) .. ' ' .. me, 'PX', ttl)
-record_issued(a, e, me)
-if spec ~= '' then redis.call('SET', spec_key(a), spec) end
-local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or '',
-             redis.call('GET', seen_key(a)) or ''}
-return take_backlog(a, out)
+return take_lease(a, me, ttl, floor, spec)
 """)
 
 # ARGV: prefix, me, ttl_ms, address, epoch -> {1, '', backlog waiting} or {0, lease now, 0}
@@ -121,48 +115,21 @@ return {1, '', redis.call('EXISTS', backlog_key(a))}
 
 # ARGV: prefix, address, me, epoch, mode, spec, checkpoint -> {released, placed}
 RELEASE_ONE = script(r"""
-local a, me, e, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local v = redis.call('GET', lease_key(a))
-if v and v ~= e .. ' ' .. me then return {0, 0} end
-if v then redis.call('DEL', lease_key(a)) end
-if mode == 'unowned' then
-  if ARGV[6] ~= '' then redis.call('SET', spec_key(a), ARGV[6], 'NX') end
-  if ARGV[7] ~= '' then redis.call('SET', ckpt_key(a), ARGV[7], 'NX') end
-elseif mode == 'retire' then
-  redis.call('DEL', spec_key(a), ckpt_key(a))
-end
-if mode ~= 'unowned' then redis.call('PEXPIRE', issued_key(a), ISSUED_GRACE_MS) end
+local a = ARGV[2]
+if not drop_lease(a, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) then return {0, 0} end
 return {1, redis.call('EXISTS', spec_key(a))}
 """)
 
 # ARGV: prefix, address, me, epoch, ttl_ms, spec, checkpoint
 RESTORE_ONE = script(r"""
-local a, me, e = ARGV[2], ARGV[3], ARGV[4]
-local v = redis.call('GET', lease_key(a))
-if v then
-  if v == e .. ' ' .. me then return 1 end
-  return 0
-end
-redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ARGV[5])
-record_issued(a, tonumber(e), me)
-if ARGV[6] ~= '' then redis.call('SET', spec_key(a), ARGV[6], 'NX') end
-if ARGV[7] ~= '' then redis.call('SET', ckpt_key(a), ARGV[7], 'NX') end
-return 1
+return restore_lease(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 'taken' and 0 or 1
 """)
 
 # ARGV: prefix, me, log, seen_ttl_ms, address, epoch, has_data, data, seen, note
 SAVE_ONE = script(r"""
-local me, log, seen_ttl, a, e = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then return 0 end
-if ARGV[7] ~= '0' then
-  redis.call('SET', ckpt_key(a), ARGV[8])
-  if log == '1' then
-    redis.call('XADD', P .. 'fencing:{' .. a .. '}', 'MAXLEN', '~', '10000', '*', 'a', a, 'e', e, 'n', me,
-               'note', ARGV[10])
-  end
-end
-if ARGV[9] ~= '' then redis.call('SET', seen_key(a), ARGV[9], 'PX', seen_ttl) end
-return 1
+local a = ARGV[5]
+local log_key = ARGV[3] == '1' and (P .. 'fencing:{' .. a .. '}') or nil
+return save_write(a, ARGV[2], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[4], log_key, '10000', ARGV[10])
 """)
 
 # ARGV: prefix, address, dead node -> 'held' (its lease still lives),
