@@ -14,12 +14,15 @@ growth of both nodes' RSS, all-in (actors, sockets, buffers), per meeting;
 (the nodes, the service, Redis, this driver; the baseline's: its clients
 and the service).
 
-baseline: the same sessions (token fetch from the locus, register, open,
-authorization with that token, buffer-state, subscription request) made by
-raw ``websockets`` clients in one process, with no actors and no bus: its
-time to all subscribed and RSS per meeting. The result's notes also give
-the raw clients without the token fetch (a made-up token: what this
-baseline was before) and the ratio to that.
+baseline: the same sessions made by raw ``websockets`` clients in one
+process, with no actors and no bus, each doing what the protocol asks of a
+session (docs/protocol.md): token fetch from the locus, register with that
+token in ``Data-Channel-Auth-Token``, open, authorization with the token, buffer-state (acknowledged), the keepalive
+ping sent at once when online (its numbered pong acknowledged), the
+subscription request. Its time to all subscribed and RSS per meeting. The
+result's notes also give two earlier forms of this baseline, measured in
+the same run, and the ratio to each: without the keepalive step, and
+without the token fetch as well (a made-up token).
 
 Every process is started here and ended by PID, also on error.
 """
@@ -169,12 +172,17 @@ def _join_started(driver: Node, ds: DataServerProcess, pending: list[Any]) -> No
     pending.clear()
 
 
-async def _baseline(n: int, *, fetch_tokens: bool = True) -> dict[str, float]:
+async def _baseline(n: int, *, fetch_tokens: bool = True, keepalive: bool = True) -> dict[str, float]:
     """Raw clients: each session as huddle's makes it. With
     ``fetch_tokens`` (the baseline), each first fetches its data-channel
     token from the locus (``GET .../datachannel/token``, as the token actor
-    does) and authorizes with it; without, it sends a made-up token (what
-    the baseline did before: less work than the sessions it stands for)."""
+    does), registers with it (``Data-Channel-Auth-Token``, which the
+    service checks) and authorizes with it; without, it sends a made-up
+    token in the authorization alone. With
+    ``keepalive`` (the baseline), each sends the protocol's ping at once
+    when online and acknowledges the numbered pong. The baseline without
+    them was less work than the sessions it stands for; both forms are
+    still measured for the notes."""
     raise_open_file_limit()
     proc = psutil.Process()
     with DataServerProcess.start() as ds:
@@ -193,7 +201,8 @@ async def _baseline(n: int, *, fetch_tokens: bool = True) -> dict[str, float]:
                                             headers={"Authorization": "Bearer bench-user"}) as resp:
                             token = (await resp.json())["datachannelToken"]
                     url = ds.datachannel_url(meeting, practice=practice)
-                    async with http.post(url, json={"deviceUrl": "dev:bench"}) as resp:
+                    headers = {"Data-Channel-Auth-Token": token} if fetch_tokens else {}
+                    async with http.post(url, json={"deviceUrl": "dev:bench"}, headers=headers) as resp:
                         body = await resp.json()
                     ws = await connect(body["webSocketUrl"] + "?outboundWireFormat=text&bufferStates=true",
                                        compression=None, open_timeout=60, close_timeout=1)
@@ -202,8 +211,13 @@ async def _baseline(n: int, *, fetch_tokens: bool = True) -> dict[str, float]:
                                               "data": {"token": f"Bearer {token}"}}))
                     frame = json.loads(await ws.recv())
                     await ws.send(json.dumps({"messageId": frame["id"], "type": "ack"}))
+                    if keepalive:
+                        await ws.send(json.dumps({"id": f"p-{meeting}", "type": "ping"}))
                     await ws.send(json.dumps({"id": "s", "type": "subchannelSubscriptionRequest", "data": {
                         "datachannelUri": url, "subscribe": ["transcription"], "unsubscribe": []}}))
+                    if keepalive:
+                        pong = json.loads(await ws.recv())
+                        await ws.send(json.dumps({"messageId": pong["id"], "type": "ack"}))
 
             cpu = CpuShare({"clients": [os.getpid()], "dataserver": [ds.pid]})
             start = time.perf_counter()
@@ -226,11 +240,14 @@ def main() -> None:
     n = 100 if args.quick else int(os.environ.get("HUDDLE_BENCH_MEETINGS", "1000"))
     figures = run_huddle(n)
     baseline = asyncio.run(_baseline(n))
-    without = asyncio.run(_baseline(n, fetch_tokens=False))
+    no_ping = asyncio.run(_baseline(n, keepalive=False))
+    neither = asyncio.run(_baseline(n, fetch_tokens=False, keepalive=False))
     figures["settle_ratio"] = ratio(figures["settle_s"], baseline["settle_s"])
     report(args, figures, baseline, {"settle_ratio": 2.0},
-           notes={"baseline_without_token_fetch": without,
-                  "settle_ratio_to_it": ratio(figures["settle_s"], without["settle_s"])})
+           notes={"baseline_without_keepalive": no_ping,
+                  "settle_ratio_to_it": ratio(figures["settle_s"], no_ping["settle_s"]),
+                  "baseline_without_keepalive_or_token_fetch": neither,
+                  "settle_ratio_to_that": ratio(figures["settle_s"], neither["settle_s"])})
 
 
 if __name__ == "__main__":
