@@ -252,6 +252,7 @@ class LoopDispatcher:
         self._loop_thread = -1  # the loop's thread, once it ran a round
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._idle_waiters = 0  # threads in wait_idle (under the lock): most rounds have none to wake
 
     def submit(self, actor: Runnable) -> None:
         if self._scheduled and get_ident() == self._loop_thread:
@@ -316,12 +317,17 @@ class LoopDispatcher:
                     asyncio.get_running_loop().call_soon(self._run_scheduled)
             else:
                 self._scheduled = False
-                self._idle.notify_all()
+                if self._idle_waiters:
+                    self._idle.notify_all()
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until no slice is queued or running (True), or timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._scheduled, timeout)
+            self._idle_waiters += 1
+            try:
+                return self._idle.wait_for(lambda: not self._scheduled, timeout)
+            finally:
+                self._idle_waiters -= 1
 
     def is_worker_thread(self) -> bool:
         return bool(self.io.on_loop_thread())

@@ -38,22 +38,21 @@ when the output drops what it had queued, and ``{"type": "stop"}`` last.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
-import math
 import struct
 import threading
 import wave
 from collections import deque
 from collections.abc import Callable, Sequence
+from math import ceil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 from actors.sessions.audio.machine import OutputConfig, SinkFrame
-from actors.runtime.clock import Clock
+from actors.runtime.clock import Clock, SystemClock
 from actors.runtime.io import IoClosed, IoLoop
 
 __all__ = [
@@ -211,7 +210,7 @@ class Pacer:
     instead of one timer (and one wakeup) per frame of each output, for at
     most :attr:`GRANULARITY` of added lateness (below what a loop busy with
     sockets adds anyway). A callback is not cancelled: the sink checks, when
-    called, whether the call is still its current one.
+    called, whether the call is for the slot it armed last.
     """
 
     GRANULARITY: ClassVar[float] = 0.0005
@@ -220,7 +219,7 @@ class Pacer:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._due: dict[int, list[Callable[[], None]]] = {}
+        self._due: dict[int, list[PacedSink]] = {}
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Pacer:
@@ -230,23 +229,32 @@ class Pacer:
                 pacer = cls._by_loop[id(loop)] = cls(loop)
             return pacer
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> None:
-        """``callback()`` on the loop at the first grid slot at or after
-        ``when`` (loop time). Only on the loop's thread."""
-        slot = math.ceil(when / self.GRANULARITY)
+    def arm(self, when: float, sink: PacedSink) -> int:
+        """Call ``sink._on_slot(slot)`` on the loop at the first grid slot
+        at or after ``when`` (loop time); returns that slot. Only on the
+        loop's thread. Nothing is allocated per call but the slot's list."""
+        slot = ceil(when / self.GRANULARITY)
         due = self._due.get(slot)
         if due is None:
-            self._due[slot] = [callback]
+            self._due[slot] = [sink]
             self._loop.call_at(slot * self.GRANULARITY, self._fire, slot)
         else:
-            due.append(callback)
+            due.append(sink)
+        return slot
 
     def _fire(self, slot: int) -> None:
-        for callback in self._due.pop(slot, ()):
+        for sink in self._due.pop(slot, ()):
             try:
-                callback()
+                sink._on_slot(slot)
             except Exception:
                 log.exception("a paced release failed on the I/O loop")
+
+
+def _same_time_base(clock: Clock, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``clock.now()`` and ``loop.time()`` read the same monotonic
+    seconds (a node's system clock on a standard asyncio loop): then a
+    frame's slot converts to loop time with no clock reading."""
+    return type(clock) is SystemClock and getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
 
 
 class PacedSink:
@@ -268,9 +276,12 @@ class PacedSink:
         self._pacer = Pacer.of(self._loop)
         self._on_release = on_release
         self._pending: deque[SinkFrame] = deque()
-        #: The pacer's call this sink waits for (None: none); a call that is
-        #: not this one any more (after a clear) is ignored.
-        self._timer: object | None = None
+        #: The pacer's slot this sink waits for (None: none); a call for
+        #: another slot (armed before a clear) is ignored.
+        self._slot: int | None = None
+        #: Loop time minus node-clock time, when the node clock is the
+        #: loop's own monotonic time (None: read both at each frame).
+        self._offset: float | None = 0.0 if _same_time_base(ctx.clock, self._loop) else None
         self._opened = False
         self._failed = False
         self._closed = False
@@ -316,25 +327,27 @@ class PacedSink:
         self._schedule()
 
     def _schedule(self) -> None:
-        if self._timer is not None or not self._opened or not self._pending or self._failed:
+        if self._slot is not None or not self._opened or not self._pending or self._failed:
             return
-        when = self._loop.time() + (self._pending[0].play_at - self._ctx.clock.now())
-        token = self._timer = object()
-        self._pacer.call_at(when, functools.partial(self._release, token))
+        play_at = self._pending[0].play_at
+        offset = self._offset
+        when = play_at + offset if offset is not None else self._loop.time() + (play_at - self._ctx.clock.now())
+        self._slot = self._pacer.arm(when, self)
 
-    def _release(self, token: object) -> None:
-        if token is not self._timer:
-            return  # cleared or closed since: a later call is the current one
-        self._timer = None
+    def _on_slot(self, slot: int) -> None:
+        if slot != self._slot:
+            return  # cleared or closed since: a later slot is the current one
+        self._slot = None
         now = self._ctx.clock.now()
         pending = self._pending
+        deliver, observe = self.destination.deliver, self._on_release
         try:
             while pending and pending[0].play_at <= now:
                 frame = pending.popleft()
-                self.destination.deliver(frame)
+                deliver(frame)
                 self.delivered += 1
-                if self._on_release is not None:
-                    self._on_release(frame, now - frame.play_at)
+                if observe is not None:
+                    observe(frame, now - frame.play_at)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return
@@ -342,7 +355,7 @@ class PacedSink:
 
     def _clear(self) -> None:
         self._pending.clear()
-        self._timer = None
+        self._slot = None
         if self._opened and not self._failed and not self._closed:
             try:
                 self.destination.cleared()
@@ -354,7 +367,7 @@ class PacedSink:
             return
         self._closed = True
         self._pending.clear()
-        self._timer = None
+        self._slot = None
         if self._opened:
             try:
                 await self.destination.close()
