@@ -214,7 +214,9 @@ class RenewalLane:
     def _client(self) -> aioredis.Redis | ShardClient:
         return store_client(
             self._redis_url, max_connections=1, timeout=None,
-            socket_connect_timeout=self.config.lease_ttl, socket_timeout=self.config.lease_ttl,
+            # No socket timeout: every call here has its own deadline (see
+            # the main lane's client in actors.cluster.shell).
+            socket_connect_timeout=self.config.lease_ttl,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
