@@ -7,7 +7,7 @@ from bus.address import channel_for, node_address
 from bus.envelope import Envelope
 from bus.messages import Ping
 
-from .conftest import ChannelLog, ClusterRedis
+from .conftest import ClusterRedis, channel_log
 
 
 def _env(cr: ClusterRedis, n: int) -> tuple[bytes, str]:
@@ -25,7 +25,7 @@ def test_with_no_lease_a_routed_envelope_waits_in_the_backlog(cr: ClusterRedis) 
 def test_a_live_holder_gets_it_on_its_node_channel(cr: ClusterRedis) -> None:
     cr.heartbeat("owner")
     lease = cr.run(cr.leases.claim("counter:1", "owner", ttl=5))
-    inbox = ChannelLog(cr.url, channel_for(node_address("owner"), cr.namespace))
+    inbox = channel_log(cr, channel_for(node_address("owner"), cr.namespace))
     try:
         data, msg_id = _env(cr, 2)
         result = cr.run(cr.backlog.route("counter:1", data, msg_id, me="sender"))

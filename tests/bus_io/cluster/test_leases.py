@@ -12,7 +12,7 @@ from bus.cluster.messages import LeaseChange
 from bus.cluster.sharded_store import lease_store_for
 from bus.store_client import store_client
 
-from .conftest import ChannelLog, ClusterRedis
+from .conftest import ChannelLog, ClusterRedis, channel_log
 
 
 def test_a_claim_on_a_free_address_wins_and_is_announced_atomically(cr: ClusterRedis,
@@ -55,7 +55,7 @@ def test_a_signed_claim_announcement_verifies(cr: ClusterRedis) -> None:
 
     codec = Codec(signer=HmacSigner(b"k" * 32))
     store = lease_store_for(cr.client, namespace=cr.namespace, codec=codec)
-    log = ChannelLog(cr.url, cr.leases.channel, codec=codec)
+    log = channel_log(cr, cr.leases.channel, codec=codec)
     try:
         cr.heartbeat("n1")
         assert cr.run(store.claim("counter:1", "n1", ttl=5)).won
@@ -261,12 +261,19 @@ def test_adopting_a_dead_node_frees_its_placed_addresses_once(cr: ClusterRedis) 
 
 def test_two_nodes_racing_for_one_address_exactly_one_wins(cr: ClusterRedis) -> None:
     """Threads with their own clients and loops claim the same addresses
-    at the same moment, many times over."""
+    at the same moment, many times over (on the simulated store: tasks of
+    the world's loop, each with its own client, their claims sent at the
+    same virtual instant and interleaved by the network's delays)."""
     racers = ["r1", "r2", "r3"]
     for node in racers:
         cr.heartbeat(node)
     rounds = 40
     results: dict[str, list[bool]] = {n: [] for n in racers}
+    if cr.world is not None:
+        _race_in_world(cr, racers, rounds, results)
+        for i in range(rounds):
+            assert sum(results[n][i] for n in racers) == 1, f"round {i}: {[results[n][i] for n in racers]}"
+        return
     barrier = threading.Barrier(len(racers))
 
     def race(node: str) -> None:
@@ -291,6 +298,24 @@ def test_two_nodes_racing_for_one_address_exactly_one_wins(cr: ClusterRedis) -> 
         t.join(60)
     for i in range(rounds):
         assert sum(results[n][i] for n in racers) == 1, f"round {i}: {[results[n][i] for n in racers]}"
+
+
+def _race_in_world(cr: ClusterRedis, racers: list[str], rounds: int, results: dict[str, list[bool]]) -> None:
+    import asyncio
+
+    async def race() -> None:
+        clients = {n: store_client(cr.url, max_connections=4) for n in racers}
+        stores = {n: lease_store_for(c, namespace=cr.namespace) for n, c in clients.items()}
+        try:
+            for i in range(rounds):
+                won = await asyncio.gather(*(stores[n].claim(f"race:{i}", n, ttl=30) for n in racers))
+                for n, result in zip(racers, won, strict=True):
+                    results[n].append(result.won)
+        finally:
+            for client in clients.values():
+                await client.aclose()
+
+    cr.run(race())
 
 
 class _CountingConnection(aioredis.Connection):

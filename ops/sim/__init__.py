@@ -1,0 +1,16 @@
+"""Deterministic simulation: a world in one process, on one seeded clock.
+
+The parts so far (the first step toward ``huddle sim``, which is not
+there yet):
+
+* :mod:`ops.sim.loop`: an asyncio loop on virtual time that never waits,
+  with timers at the same instant in the order they were set;
+* :mod:`ops.sim.network`: TCP connections as in-memory transports with
+  seeded delays, in order per connection, and dropped connections and
+  refused addresses as faults;
+* :mod:`ops.sim.redis_model`: Redis on that network (fakeredis's command
+  engine and its Lua, on the world's clock), checked against a real
+  redis-server by a differential test and by the lease store's whole
+  contract suite;
+* :mod:`ops.sim.world`: the three together, from one seed.
+"""
