@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +31,18 @@ _this_thread = threading.local()
 
 def current_loop_thread() -> LoopThread | None:
     """The :class:`LoopThread` whose thread the caller runs on, if any
-    (nothing there may block: it would stop that loop)."""
-    return getattr(_this_thread, "loop_thread", None)
+    (nothing there may block: it would stop that loop): its own thread, or
+    the thread now running a loop it adopted."""
+    own = getattr(_this_thread, "loop_thread", None)
+    if own is not None or not _adopted:
+        return own
+    running = asyncio._get_running_loop()  # noqa: SLF001 - public in asyncio.events, no raise
+    return _adopted.get(id(running)) if running is not None else None
+
+
+#: Loops adopted by a LoopThread (see its ``loop`` argument), by id: a
+#: caller running one must not block either.
+_adopted: weakref.WeakValueDictionary[int, LoopThread] = weakref.WeakValueDictionary()
 
 
 class IoClosed(HuddleError):
@@ -62,9 +73,15 @@ class LoopThread:
     :class:`IoClosed`.
     """
 
-    def __init__(self, name: str = "huddle-io") -> None:
+    def __init__(self, name: str = "huddle-io", *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """``loop``: run on this loop, which somebody else runs (a
+        simulated world's, see ``ops.sim``), instead of a new loop on a
+        thread of its own; closing then leaves that loop alone."""
         self._name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = loop
+        self._adopted = loop is not None
+        if loop is not None:
+            _adopted[id(loop)] = self
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -109,6 +126,8 @@ class LoopThread:
 
     def on_loop_thread(self) -> bool:
         """True if the caller runs on this loop's thread."""
+        if self._adopted:
+            return on_loop(self._loop)
         thread = self._thread
         return thread is not None and threading.current_thread() is thread
 
@@ -138,7 +157,7 @@ class LoopThread:
             self._closed = True
             loop, thread = self._loop, self._thread
         if loop is None or thread is None:
-            return
+            return  # never started, or an adopted loop: its owner runs and ends it
         if threading.current_thread() is thread:
             raise HuddleError(f"{self._name}: close() called on the loop's own thread")
         loop.call_soon_threadsafe(loop.stop)

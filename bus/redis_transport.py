@@ -290,15 +290,18 @@ class RedisTransport(TransportCallbacks):
         """Connect on ``loop`` (a node passes its I/O loop), or on a loop
         thread of the transport's own if None. Idempotent.
 
-        Waits for the first connection attempt of both connections (bounded
-        by the connect timeout), so it must not be called on ``loop``'s own
-        thread. Unreachable Redis is not an error: the transport keeps
-        retrying in the background and queues publishes. A server that
-        refuses the handshake (bad password, unknown user) is:
-        ``TransportError``.
+        From another thread, waits for the first connection attempt of
+        both connections (bounded by the connect timeout). Unreachable Redis
+        is not an error: the transport keeps retrying in the background and
+        queues publishes. A server that refuses the handshake (bad password,
+        unknown user) is: ``TransportError``. Called on ``loop`` itself (a
+        node started inside a simulated world, on its one thread), it only
+        starts the attempts: a refusal is then logged and reported through
+        ``on_state`` as the transport goes on retrying.
         """
         if loop is not None and on_loop(loop):
-            raise TransportError("start() would block the loop it is asked to run on")
+            self._start_on_loop(loop)
+            return
         with self._lock:
             if self._started or self._closed:
                 return
@@ -324,6 +327,17 @@ class RedisTransport(TransportCallbacks):
         if refusal is not None:
             self.close(flush_timeout=0)
             raise refusal
+
+    def _start_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+        self._loop = loop
+        for role in ("publisher", "subscriber"):
+            loop.create_task(self._start_connection(role))
+        if self._resolver is not None:
+            loop.create_task(self._start_following())
 
     def close(self, flush_timeout: float = 5.0) -> None:
         """Flush (waiting at most ``flush_timeout``), disconnect, and stop the

@@ -66,8 +66,8 @@ class IoLoop(LoopThread):
     use): the actors' I/O, the Redis transport's connections and the system
     clock's timers all run on it."""
 
-    def __init__(self, name: str = "huddle-io") -> None:
-        super().__init__(name)
+    def __init__(self, name: str = "huddle-io", *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(name, loop=loop)
         self._idle = threading.Condition(threading.Lock())
         self._inflight = 0
 

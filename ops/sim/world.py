@@ -8,6 +8,7 @@ and only moves when nothing is ready. Same seed, same program: same run.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -46,6 +47,14 @@ class World:
         self.loop.run_for(seconds)
 
     def close(self) -> None:
+        """The end of the world: every task still running is cancelled and
+        allowed to finish (as a node's loop does when it closes), then the
+        Redis and the loop go."""
+        tasks = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         self.redis.close()
         self.loop.run_for(0.01)  # the connections' ends reach their protocols
         self.loop.close()

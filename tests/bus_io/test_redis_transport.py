@@ -323,13 +323,19 @@ def test_blocking_calls_on_the_transports_loop_are_refused(
 
         refused = asyncio.run_coroutine_threadsafe(block_on_the_loop(), shared.loop).result(DEADLINE)
         assert len(refused) == 3 and all("loop the transport runs on" in text for text in refused)
+        # start() on its own loop does not wait for the first attempts (it
+        # could not: they run on this loop); it starts them and returns.
         other = make_redis_transport(redis_url, start=False)
 
-        async def start_on_the_loop() -> None:
+        async def start_on_the_loop() -> bool:
+            other.subscribe("on-the-loop")
             other.start(shared.loop)
+            # Nothing could be confirmed yet: the loop was not let go.
+            return "on-the-loop" in other.subscribed_channels
 
-        with pytest.raises(TransportError, match="would block the loop"):
-            asyncio.run_coroutine_threadsafe(start_on_the_loop(), shared.loop).result(DEADLINE)
+        assert asyncio.run_coroutine_threadsafe(start_on_the_loop(), shared.loop).result(DEADLINE) is False
+        assert other.wait_subscribed(DEADLINE)  # connected and subscribed once the loop went on
+        other.close()
         transport.close()
     finally:
         shared.close()
