@@ -91,6 +91,11 @@ class LoopThread:
         return self._name
 
     @property
+    def adopted(self) -> bool:
+        """Runs on a loop somebody else runs (no thread of its own)."""
+        return self._adopted
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The running loop (started on first use)."""
         return self.start()._loop  # type: ignore[return-value]

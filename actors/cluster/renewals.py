@@ -86,7 +86,10 @@ class RenewalLane:
 
     def __init__(self, redis_url: str, me: str, config: ClusterConfig, *, namespace: str, codec: Codec,
                  wake: Callable[[], None], new_era: Callable[[], str],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, loop: LoopThread | None = None) -> None:
+        """``loop``: the loop the lane runs on (default: a new loop on a
+        thread of its own; a simulated world gives its one loop, where the
+        lane keeps its own connection and order but not a thread)."""
         self.me = me
         self.config = config
         self._redis_url = redis_url
@@ -96,7 +99,7 @@ class RenewalLane:
         self._answers: collections.deque[Input] = collections.deque()
         self._new_era = new_era
         self._clock = clock
-        self._thread = LoopThread(name=f"huddle-renew-{me}")
+        self._thread = loop or LoopThread(name=f"huddle-renew-{me}")
         self._lock = threading.Lock()
         self._plan: RenewalPlan | None = None
         #: leases won by a claim that no plan includes yet: address -> (epoch, won at)

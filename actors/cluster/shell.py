@@ -61,7 +61,6 @@ from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from bus.shard_client import ShardClient
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -132,9 +131,11 @@ from bus.cluster.leases import CheckpointWrite, ClaimResult, LeaseStore
 from bus.cluster.messages import DrainNode, LeaseChange, NodeHeartbeat, NodeLeft
 from bus.envelope import Envelope
 from bus.errors import DecodeError, EncodeError, HuddleError
+from bus.loop import LoopThread
 from bus.messages import REGISTRY, Message, message_kind
 from bus.messages import Stop as StopMessage
 from bus.cluster.sharded_store import backlog_for, lease_store_for
+from bus.shard_client import ShardClient
 from bus.store_client import store_client
 
 __all__ = ["ActorFactories", "Cluster", "ClusterControl", "ClusterStatus", "encode_start_args"]
@@ -434,9 +435,12 @@ class Cluster:
         self.checkpoints = RedisCheckpoints(self)
         self._client: aioredis.Redis | ShardClient | None = None
         #: the renewal lane: a thread, loop and connection nothing but renewals uses
+        #: (on a node whose loop is adopted, a simulated world's: that loop, no thread)
         self._lane = RenewalLane(redis_url, self.me, self.config, namespace=node.namespace, codec=node.codec,
                                  wake=lambda: self.call_soon(self._take_renewals),
-                                 new_era=lambda: uuid.uuid4().hex, clock=node.clock.now)
+                                 new_era=lambda: uuid.uuid4().hex, clock=node.clock.now,
+                                 loop=LoopThread(f"huddle-renew-{self.me}", loop=node.io.loop)
+                                 if node.io.adopted else None)
         #: addresses the core said to claim, sent together at the end of the loop turn
         self._to_claim: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -478,8 +482,23 @@ class Cluster:
         self.node.metrics.add_source(LEASE_RENEW_LATENCY, lambda: self._lane.latency_s)
         self.node.handle_system_channel(SYS_NODES, self._on_nodes)
         self.node.spawn(f"{self.node.address}/cluster", ClusterControl, self)
+        if self.io.on_loop_thread():
+            # On the node's own loop (a node in a simulated world): nothing
+            # here may wait; the boot runs as a task, await wait_joined().
+            self.node.io.submit(self._boot(), tracked=False)
+            return False
         self.node.io.submit(self._boot(), tracked=False).result(timeout=timeout)
         return self._joined.wait(timeout)
+
+    async def wait_joined(self, timeout: float) -> bool:
+        """On the node's loop: True once this node is a member, False past
+        ``timeout`` seconds of the node's clock (looked at every tick)."""
+        deadline = self.node.clock.now() + timeout
+        while not self._joined.is_set():
+            if self.node.clock.now() >= deadline:
+                return False
+            await asyncio.sleep(self.config.tick)
+        return True
 
     async def _boot(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -14,13 +14,18 @@ there yet):
   contract suite;
 * :mod:`ops.sim.world`: the three together, from one seed;
 * :mod:`ops.sim.clock` and :mod:`ops.sim.nodes`: real huddle nodes in a
-  world (their Redis transports, dispatchers and actors on its one loop,
-  their clocks its virtual time): two nodes asking each other across the
-  model Redis replay the same run from the same seed.
+  world (their Redis transports, dispatchers, actors and, as cluster
+  members, their cluster shells and renewal lanes on its one loop, their
+  clocks its virtual time), each a host the world can pause (nothing of it
+  runs: ``SIGSTOP``), resume or kill (``kill -9``). Two nodes asking each
+  other replay the same run from the same seed; a counter's owner paused
+  past its lease or killed under acknowledged additions loses none and
+  applies none twice (and without the cluster's dedupe by message id the
+  same scenario applies 59 twice: the check can fail).
 
-Not yet: cluster members (the renewal lane has a loop thread of its own),
-the data-channel service, faults drawn from the seed, invariants, the
-``huddle sim`` command. Deterministic only as far as the parts are: the
-loop dispatcher's round budget reads the real clock, and the transport's
-reconnect backoff draws from the process's ``random``.
+Not yet: the data-channel service in the world, faults drawn from the
+seed, invariants checked as the world runs, the ``huddle sim`` command.
+Deterministic only as far as the parts are: the loop dispatcher's round
+budget reads the real clock, and the transport's reconnect backoff draws
+from the process's ``random``.
 """

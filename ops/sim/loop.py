@@ -16,17 +16,26 @@ otherwise wait.
 A loop with nothing ready and no timer is *stalled*: whatever it waits for
 can never happen. :meth:`SimLoop.run_until_complete` then raises
 :class:`Stalled` instead of hanging.
+
+Hosts can be frozen (a process stopped: ``SIGSTOP``, a long pause): every
+callback of a frozen host (:data:`~ops.sim.network.current_host` of the
+context it was scheduled in: its tasks' steps, its timers, what arrives on
+its connections) is parked when its turn comes, and runs, in order, once
+the host thaws. A host frozen for good is a killed process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from ops.sim.network import WORLD_HOST, current_host
 
 if TYPE_CHECKING:
     from ops.sim.network import SimNetwork
@@ -97,6 +106,41 @@ class SimLoop(asyncio.BaseEventLoop):
         self._stalled = False
         self._timer_seq = itertools.count()
         self.network = network
+        self._frozen: set[str] = set()
+        self._parked: dict[str, list[tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context]]] = {}
+
+    # -- frozen hosts ------------------------------------------------------------
+
+    def freeze(self, host: str) -> None:
+        """From now on nothing of ``host`` runs (parked until :meth:`thaw`)."""
+        self._frozen.add(host)
+
+    def thaw(self, host: str) -> None:
+        """``host`` runs again: what was parked goes first, in order."""
+        self._frozen.discard(host)
+        for callback, args, context in self._parked.pop(host, []):
+            self.call_soon(callback, *args, context=context)
+
+    def thaw_all(self) -> None:
+        for host in sorted(self._frozen):
+            self.thaw(host)
+
+    def frozen(self, host: str) -> bool:
+        return host in self._frozen
+
+    def parked(self, host: str) -> int:
+        return len(self._parked.get(host, ()))
+
+    def _gate(self, host: str, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if host in self._frozen:
+            self._parked.setdefault(host, []).append((callback, args, contextvars.copy_context()))
+            return
+        callback(*args)
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> asyncio.Handle:
+        context = context if context is not None else contextvars.copy_context()
+        return super().call_soon(self._gate, context.get(current_host, WORLD_HOST), callback, args,
+                                 context=context)
 
     # -- time ------------------------------------------------------------------
 
@@ -113,7 +157,9 @@ class SimLoop(asyncio.BaseEventLoop):
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_at")
-        timer = _OrderedTimer(when, next(self._timer_seq), callback, args, self, context)
+        context = context if context is not None else contextvars.copy_context()
+        timer = _OrderedTimer(when, next(self._timer_seq), self._gate,
+                              (context.get(current_host, WORLD_HOST), callback, args), self, context)
         heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
         timer._scheduled = True  # type: ignore[attr-defined]
         return timer

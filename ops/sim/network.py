@@ -10,22 +10,35 @@ a connection keeps its order, as TCP does; two connections do not order
 each other. Closing delivers what was written first, then
 ``connection_lost`` on both sides.
 
+Hosts: code runs "on" a host (:data:`current_host`, a context variable:
+whatever a host's code schedules, tasks and callbacks, carries it). A
+connection belongs to the host that opened it; what arrives on a side runs
+in that side's context, so a host's code never runs as another's.
+
 Faults are the network's to inject: :meth:`SimNetwork.drop` cuts one
 connection at once (both sides see ``connection_lost`` with
 ``ConnectionResetError``; bytes in flight are lost), :meth:`refuse`
-makes new connections to an address fail until :meth:`accept` again.
+makes new connections to an address fail until :meth:`accept` again, and
+:meth:`isolate` cuts a host off (its connections dropped, its new ones
+refused) until :meth:`heal`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Latency", "SimNetwork", "SimServer", "SimTransport"]
+__all__ = ["Latency", "SimNetwork", "SimServer", "SimTransport", "current_host"]
+
+#: The host of code that names none: the simulation's own driver.
+WORLD_HOST = "world"
+#: The host the running code belongs to.
+current_host: contextvars.ContextVar[str] = contextvars.ContextVar("huddle_sim_host", default=WORLD_HOST)
 
 
 @dataclass(frozen=True)
@@ -41,11 +54,15 @@ class SimTransport(asyncio.Transport):
     """One side of a simulated connection."""
 
     def __init__(self, network: SimNetwork, loop: asyncio.AbstractEventLoop, protocol: asyncio.BaseProtocol,
-                 conn_id: int, local: tuple[str, int], remote: tuple[str, int]) -> None:
+                 conn_id: int, local: tuple[str, int], remote: tuple[str, int],
+                 context: contextvars.Context) -> None:
         super().__init__()
         self._network = network
         self._loop = loop
         self._protocol = protocol
+        #: the context of the host this side belongs to: what arrives here runs in it
+        self.context = context
+        self.host = context.get(current_host, WORLD_HOST)
         self.conn_id = conn_id
         self._local = local
         self._remote = remote
@@ -99,7 +116,7 @@ class SimTransport(asyncio.Transport):
         self._reading = True
         held, self._held = self._held, []
         for data in held:
-            self._loop.call_soon(self._arrive, data)
+            self._loop.call_soon(self._arrive, data, context=self.context)
 
     def is_reading(self) -> bool:
         return self._reading
@@ -110,7 +127,7 @@ class SimTransport(asyncio.Transport):
             return
         self._closing = True
         at = self._arrival_time()
-        self._loop.call_at(at, self._network._ended, self, None)
+        self._loop.call_at(at, self._network._ended, self, None, context=self.context)
 
     def abort(self) -> None:
         self._network.drop(self)
@@ -126,7 +143,7 @@ class SimTransport(asyncio.Transport):
         peer = self.peer
         assert peer is not None
         self._network.bytes_sent += len(data)
-        self._loop.call_at(self._arrival_time(), peer._arrive, data)
+        self._loop.call_at(self._arrival_time(), peer._arrive, data, context=peer.context)
 
     def _arrive(self, data: bytes) -> None:
         if self._lost:
@@ -153,6 +170,7 @@ class SimServer:
         self.address = address
         self.factory = factory
         self.loop = loop
+        self.context = contextvars.copy_context()  # the listening host's: accepted sides run in it
         self.sockets: list[Any] = []
 
     def close(self) -> None:
@@ -180,6 +198,7 @@ class SimNetwork:
         self.latency = latency
         self._servers: dict[tuple[str, int], SimServer] = {}
         self._refused: set[tuple[str, int]] = set()
+        self._isolated: set[str] = set()
         self._ids = itertools.count(1)
         self._ports = itertools.count(40000)
         self.connections: dict[int, tuple[SimTransport, SimTransport]] = {}
@@ -201,19 +220,25 @@ class SimNetwork:
         """A new connection to ``host:port`` after one network delay each
         way (the handshake); ``ConnectionRefusedError`` if nothing listens."""
         await asyncio.sleep(self._delay())
+        me = current_host.get()
         server = self._servers.get((host, port))
+        if me in self._isolated:
+            raise ConnectionRefusedError(f"simulated: {me} is cut off from the network")
         if server is None or (host, port) in self._refused:
             raise ConnectionRefusedError(f"simulated: nothing accepts connections on {host}:{port}")
         conn_id = next(self._ids)
-        local = ("10.0.0.1", next(self._ports))
+        local = (me, next(self._ports))
         client_protocol = factory()
-        server_protocol = server.factory()
-        client = SimTransport(self, loop, client_protocol, conn_id, local, (host, port))
-        accepted = SimTransport(self, server.loop, server_protocol, conn_id, (host, port), local)
+        server_protocol = server.context.run(server.factory) if server.context.get(current_host, WORLD_HOST) != me \
+            else server.factory()
+        client = SimTransport(self, loop, client_protocol, conn_id, local, (host, port), contextvars.copy_context())
+        accepted = SimTransport(self, server.loop, server_protocol, conn_id, (host, port), local, server.context)
         client.peer, accepted.peer = accepted, client
         self.connections[conn_id] = (client, accepted)
-        server_protocol.connection_made(accepted)
+        _on_host(accepted, server_protocol.connection_made, accepted)
         await asyncio.sleep(self._delay())
+        if me in self._isolated or conn_id not in self.connections:
+            raise ConnectionResetError("simulated: cut off while connecting")
         client_protocol.connection_made(client)
         return client, client_protocol
 
@@ -223,6 +248,18 @@ class SimNetwork:
     def accept(self, host: str, port: int) -> None:
         self._refused.discard((host, port))
 
+    def isolate(self, host: str) -> int:
+        """Cut ``host`` off: every connection it opened is dropped and new
+        ones are refused until :meth:`heal`. Returns the connections cut."""
+        self._isolated.add(host)
+        cut = [pair[0] for pair in self.connections.values() if pair[0].host == host]
+        for transport in cut:
+            self.drop(transport)
+        return len(cut)
+
+    def heal(self, host: str) -> None:
+        self._isolated.discard(host)
+
     def drop(self, side: SimTransport) -> None:
         """Cut ``side``'s connection now: bytes in flight are lost, both
         protocols see ``ConnectionResetError``."""
@@ -230,7 +267,7 @@ class SimNetwork:
         if pair is None:
             return
         for transport in pair:
-            transport._lose(ConnectionResetError("simulated: connection dropped"))
+            _on_host(transport, transport._lose, ConnectionResetError("simulated: connection dropped"))
 
     def drop_all(self, host: str, port: int) -> int:
         """Cut every connection to ``host:port`` (a server that died); how many."""
@@ -245,4 +282,12 @@ class SimNetwork:
         if pair is None:
             return
         for transport in pair:
-            transport._lose(exc)
+            _on_host(transport, transport._lose, exc)
+
+
+def _on_host(side: SimTransport, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` as code of ``side``'s host (directly when the caller
+    already runs as that host)."""
+    if current_host.get() == side.host:
+        return fn(*args)
+    return side.context.run(fn, *args)

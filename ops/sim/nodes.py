@@ -1,36 +1,94 @@
 """huddle nodes inside a simulated world: their real code on its loop.
 
-:func:`sim_node` builds a :class:`~actors.runtime.node.Node` as a node
-process does (its Redis transport, its dispatcher on its loop, its clock),
-except that the loop is the world's (no thread: the node's I/O loop
-adopts it), the clock is the world's virtual time
-(:class:`~ops.sim.clock.SimClock`) and its connections go through the
-world's network to the world's Redis. Code that runs inside the world
-never blocks: it awaits (a node's ``ask`` is a future to await; a
-blocking ``get`` on the loop raises the runtime's typed error).
+A :class:`SimHost` is one node process of the world: a
+:class:`~actors.runtime.node.Node` built as ``huddle node`` builds one (its
+Redis transport, its loop dispatcher, its clock, and with
+:meth:`SimHost.join_cluster` its cluster shell and renewal lane), except
+that the loop is the world's (the node's I/O loop adopts it: no thread),
+the clock is the world's virtual time (:class:`~ops.sim.clock.SimClock`)
+and its connections go through the world's network to the world's Redis.
+Everything the host's code schedules runs as that host
+(:data:`~ops.sim.network.current_host`), so the world can stop it
+(:meth:`SimHost.pause`: nothing of it runs, its connections stay open and
+fill up, as under ``SIGSTOP``), wake it (:meth:`SimHost.resume`) or kill
+it (:meth:`SimHost.kill`: stopped for good, its connections reset, as
+under ``kill -9``).
+
+Code inside the world never blocks: it awaits (an ``ask`` is a future to
+await; a blocking ``get`` on the loop raises the runtime's typed error).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextvars
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from actors.cluster.machine import ClusterConfig
+from actors.cluster.shell import ActorFactories, Cluster
 from actors.runtime.io import IoLoop
 from actors.runtime.node import Node
 from bus.address import channel_for
 from bus.redis_transport import RedisTransport
 from ops.sim.clock import SimClock
+from ops.sim.network import current_host
 from ops.sim.world import World
 
-__all__ = ["listening", "sim_node"]
+__all__ = ["SimHost", "listening"]
+
+T = TypeVar("T")
 
 
-def sim_node(world: World, node_id: str, **options: Any) -> Node:
-    """A node of ``world`` (not started: ``start()`` it inside the world)."""
-    io = IoLoop(f"huddle-io-{node_id}", loop=world.loop)
-    transport = RedisTransport(world.redis.url, name=node_id)
-    return Node(transport, node_id=node_id, io=io, clock=SimClock(world.loop, world.wall() - world.now()),
-                **options)
+class SimHost:
+    """One node of ``world`` (not started: :meth:`start` it inside the world)."""
+
+    def __init__(self, world: World, node_id: str, **node_options: Any) -> None:
+        self.world = world
+        self.name = node_id
+        self.context = contextvars.copy_context()
+        self.context.run(current_host.set, node_id)
+        self.clock = SimClock(world.loop, world.wall() - world.now())
+        self.node: Node = self.run(self._make_node, node_options)
+        self.cluster: Cluster | None = None
+        self.killed = False
+
+    def _make_node(self, options: dict[str, Any]) -> Node:
+        io = IoLoop(f"huddle-io-{self.name}", loop=self.world.loop)
+        transport = RedisTransport(self.world.redis.url, name=self.name)
+        return Node(transport, node_id=self.name, io=io, clock=self.clock, **options)
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` as this host's code (what it schedules stays its)."""
+        return self.context.run(fn, *args)
+
+    def start(self) -> Node:
+        return self.run(self.node.start)
+
+    def join_cluster(self, config: ClusterConfig | None = None, factories: ActorFactories | None = None) -> Cluster:
+        """Make the node a cluster member (await ``cluster.wait_joined``)."""
+        def make() -> Cluster:
+            cluster = Cluster(self.node, self.world.redis.url, config=config, factories=factories)
+            cluster.start()
+            return cluster
+
+        self.cluster = self.run(make)
+        return self.cluster
+
+    def pause(self) -> None:
+        """Nothing of this host runs until :meth:`resume`; its connections
+        stay open (what is sent to it waits)."""
+        self.world.loop.freeze(self.name)
+
+    def resume(self) -> None:
+        if not self.killed:
+            self.world.loop.thaw(self.name)
+
+    def kill(self) -> None:
+        """As ``kill -9``: nothing of it runs again, its connections reset."""
+        self.killed = True
+        self.world.loop.freeze(self.name)
+        self.world.network.isolate(self.name)
 
 
 async def listening(node: Node, *addresses: str) -> bool:

@@ -50,6 +50,7 @@ class World:
         """The end of the world: every task still running is cancelled and
         allowed to finish (as a node's loop does when it closes), then the
         Redis and the loop go."""
+        self.loop.thaw_all()  # a frozen host's tasks end too (a killed one's, cut off, harmlessly)
         tasks = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
         for task in tasks:
             task.cancel()

@@ -13,7 +13,7 @@ from actors.runtime.actor import HuddleActor
 from actors.runtime.pooled import BlockingOnLoop
 from bus.envelope import Envelope
 from bus.messages import Message, message_kind
-from ops.sim.nodes import listening, sim_node
+from ops.sim.nodes import SimHost, listening
 from ops.sim.world import World
 
 
@@ -39,9 +39,7 @@ def _two_nodes_counting(seed: int) -> list[tuple[int, float]]:
     world = World(seed)
 
     async def scenario() -> list[tuple[int, float]]:
-        a, b = sim_node(world, "a"), sim_node(world, "b")
-        a.start()
-        b.start()
+        a, b = SimHost(world, "a").start(), SimHost(world, "b").start()
         a.spawn("counter:1", Counter)
         assert await listening(a, "counter:1")
         assert await listening(b, b.address)
@@ -74,8 +72,7 @@ def test_a_blocking_get_inside_the_world_is_refused_with_the_fix_named() -> None
     world = World(4)
 
     async def scenario() -> None:
-        a = sim_node(world, "a")
-        a.start()
+        a = SimHost(world, "a").start()
         a.spawn("counter:1", Counter)
         assert await listening(a, "counter:1")
         future = a.ask("counter:1", Add(n=1), timeout=2)
