@@ -121,10 +121,11 @@ class ShardEvents(Protocol):
         """Channels the shard no longer holds (their slot moved): subscribe them where it lives."""
 
 
-def backoff_delay(attempt: int) -> float:
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter: uniform in
-    [0, min(cap, start * 2**attempt)] for the ``attempt``-th retry (from 0)."""
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_START * 2 ** min(attempt, 16)))
+    [0, min(cap, start * 2**attempt)] for the ``attempt``-th retry (from 0),
+    drawn from ``rng`` (default: the process's generator)."""
+    return (rng or random).uniform(0, min(BACKOFF_CAP, BACKOFF_START * 2 ** min(attempt, 16)))
 
 
 # ---------------------------------------------------------------------------
@@ -174,7 +175,10 @@ class RedisTransport(TransportCallbacks):
         connect_timeout: float = CONNECT_TIMEOUT,
         health_interval: float | None = HEALTH_INTERVAL,
         shard: ShardEvents | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``rng``: where reconnect delays are drawn (a simulated world
+        gives each node a seeded one, so a run replays exactly)."""
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self.name = name
@@ -195,6 +199,7 @@ class RedisTransport(TransportCallbacks):
         #: (SPUBLISH, SSUBSCRIBE), and what the cluster does to them is
         #: told to ``shard`` instead of being handled here.
         self._shard = shard
+        self._rng = rng
         self._encoder = PublishEncoder(verb=b"SPUBLISH" if shard is not None else b"PUBLISH")
         self._sub_verbs = (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if shard is not None else (b"SUBSCRIBE", b"UNSUBSCRIBE")
 
@@ -457,7 +462,7 @@ class RedisTransport(TransportCallbacks):
             except (OSError, TransportError, ConnectionLost, TimeoutError) as exc:
                 if not first.done():
                     first.set_result(exc)
-                delay = backoff_delay(attempt)
+                delay = backoff_delay(attempt, self._rng)
                 attempt += 1
                 log.log(
                     logging.WARNING if attempt % 20 == 1 else logging.DEBUG,

@@ -57,6 +57,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ops.roomservice_command",
     "ops.monitor",
     "ops.tap",
+    "ops.sim.command",
 )
 
 

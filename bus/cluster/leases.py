@@ -213,6 +213,29 @@ redis.call('SREM', MEMBERS, dead)
 return out
 """)
 
+# ARGV: prefix, me -> {leases of `me` still live, addresses now unowned...}
+LEFTOVERS = script(r"""
+local me = ARGV[2]
+local live, out = 0, {}
+for _, a in ipairs(redis.call('SMEMBERS', held_key(me))) do
+  local e, holder = parse_lease(redis.call('GET', lease_key(a)))
+  if holder == me then
+    live = live + 1
+  else
+    redis.call('SREM', held_key(me), a)
+    if holder == nil then
+      if redis.call('EXISTS', spec_key(a)) == 1 then
+        redis.call('SADD', UNOWNED, a)
+        out[#out + 1] = a
+      else
+        redis.call('PEXPIRE', issued_key(a), ISSUED_GRACE_MS)
+      end
+    end
+  end
+end
+return {live, out}
+""")
+
 # ARGV: prefix, me
 LEAVE = script(r"""
 local me = ARGV[2]
@@ -297,6 +320,7 @@ class LeaseStore:
         self._restore = client.register_script(RESTORE)
         self._save = client.register_script(SAVE_CHECKPOINTS)
         self._adopt = client.register_script(ADOPT)
+        self._leftovers = client.register_script(LEFTOVERS)
         self._leave = client.register_script(LEAVE)
 
     async def aclose(self) -> None:
@@ -416,6 +440,19 @@ class LeaseStore:
         if int(reply[0]):
             return None
         return [_text(a) for a in reply[1:]]
+
+    async def leftovers(self, me: str) -> tuple[list[str], int]:
+        """What an earlier process with this node id left behind (called by
+        a node that has claimed nothing yet, and once more after a lease
+        ttl): of the addresses listed as held by ``me``, those whose lease
+        lapsed are marked unowned (returned: placement takes them) and those
+        held by someone else are no longer listed. A lease still held by
+        ``me`` is left alone (the count is returned): it lapses unless that
+        earlier process still runs and renews it, and then it is its own.
+        (A dead node's leftovers are adopted by the others; a node restarted
+        under the same id within a lease ttl is never seen dead.)"""
+        live, placed = await self._leftovers(args=[self.keys.prefix, me])
+        return [_text(a) for a in placed], int(live)
 
     async def leave(self, node: str) -> None:
         """Delete this node's heartbeat key (after it released its leases)."""

@@ -328,24 +328,35 @@ class ShardedLeaseStore(LeaseStore):
         return out
 
     async def adopt(self, dead: str) -> list[str] | None:
-        keys = self.keys
-        if await self.client.exists(keys.node(dead)):
+        if await self.client.exists(self.keys.node(dead)):
             return None
-        held = sorted(_text(a) for a in await self.client.smembers(keys.held(dead)))
+        placed, _still_held = await self._take_over(dead, forget=True)
+        return placed
+
+    async def leftovers(self, me: str) -> tuple[list[str], int]:
+        return await self._take_over(me, forget=False)
+
+    async def _take_over(self, node: str, *, forget: bool) -> tuple[list[str], int]:
+        """The addresses listed as held by ``node``: lapsed ones with a spec
+        marked unowned (returned), those held by others unlisted, those
+        ``node`` still holds left (counted). With ``forget``, a node of which
+        nothing lives any more is no member either."""
+        keys = self.keys
+        held = sorted(_text(a) for a in await self.client.smembers(keys.held(node)))
         outcomes = [_text(o) for o in await self._scripts.run(self._adopt_one, [
-            (keys.lease(a), (keys.prefix, a, dead)) for a in held])]
+            (keys.lease(a), (keys.prefix, a, node)) for a in held])]
         placed = [a for a, o in zip(held, outcomes, strict=True) if o == "placed"]
         done = [a for a, o in zip(held, outcomes, strict=True) if o != "held"]
         commands: list[tuple[Any, ...]] = []
         if placed:
             commands.append(("SADD", keys.unowned, *placed))
         if done:
-            commands.append(("SREM", keys.held(dead), *done))
-        if len(done) == len(held):  # nothing of it lives any more: forget the node
-            commands += [("DEL", keys.held(dead)), ("DEL", keys.backlogged(dead)), ("SREM", keys.members, dead)]
+            commands.append(("SREM", keys.held(node), *done))
+        if forget and len(done) == len(held):  # nothing of it lives any more: forget the node
+            commands += [("DEL", keys.held(node)), ("DEL", keys.backlogged(node)), ("SREM", keys.members, node)]
         if commands:
             await self._scripts.commands(*commands)
-        return placed
+        return placed, len(held) - len(done)
 
     async def leave(self, node: str) -> None:
         await self.client.delete(self.keys.node(node))

@@ -54,6 +54,7 @@ from bus.envelope import Codec, Envelope
 from bus.errors import DecodeError, HuddleError
 from bus.messages import Message
 from bus.redis_transport import RedisTransport
+from ops.invariants import additions, fencing
 from ops.processes import NodeProcess
 
 TIMING = Timing(heartbeat=0.25, lease_ttl=1.5)
@@ -216,27 +217,6 @@ def final_state(member: BenchMember, counters: list[str]) -> dict[str, list[str]
     return out
 
 
-def check(acked: dict[str, CounterAck], final: dict[str, list[str]], tags: set[str] | None = None) -> dict[str, Any]:
-    """Lost and duplicated additions (among ``tags`` if given)."""
-    violations = []
-    lost = 0
-    for tag, ack in acked.items():
-        if tags is not None and tag not in tags:
-            continue
-        if tag not in set(final.get(ack.address, ())):
-            lost += 1
-            if len(violations) < 20:
-                violations.append(f"lost: {tag} acknowledged by {ack.address} (epoch {ack.epoch})")
-    duplicated = 0
-    for address, got in final.items():
-        for tag, n in collections.Counter(got).items():
-            if n > 1 and (tags is None or tag in tags):
-                duplicated += n - 1
-                if len(violations) < 40:
-                    violations.append(f"duplicated: {tag} applied {n} times at {address}")
-    return {"lost": lost, "duplicated": duplicated, "violations": violations}
-
-
 def fencing_regressions(member: BenchMember) -> list[str]:
     import redis
 
@@ -245,14 +225,7 @@ def fencing_regressions(member: BenchMember) -> list[str]:
         log = client.xrange(member.keys.fencing)
     finally:
         client.close()
-    newest: dict[str, int] = {}
-    out = []
-    for _id, fields in log:
-        address, epoch = fields[b"a"].decode(), int(fields[b"e"])
-        if epoch < newest.get(address, 0):
-            out.append(f"fencing log: {address} write under epoch {epoch} accepted after {newest[address]}")
-        newest[address] = max(newest.get(address, 0), epoch)
-    return out
+    return fencing([fields for _id, fields in log])
 
 
 def main() -> None:
@@ -302,8 +275,8 @@ def main() -> None:
         final = final_state(member, counters)
         with acks.lock:
             acked = dict(acks.acks)
-        result = check(acked, final)
-        calm_result = check(acked, final, calm_tags)
+        result = additions(acked, final)
+        calm_result = additions(acked, final, calm_tags)
         double = fencing_regressions(member) + leases.regressions
         unnumbered = leases.unnumbered
         sent_total = sum(len(v) for v in sent.values())

@@ -167,7 +167,9 @@ def _leases_failover_run(cluster: EmbeddedRedisCluster, seconds: float) -> dict[
     """Cluster mode through a primary's death (see the module docstring)."""
     import random
 
-    from chaos import ACKS, AckLog, Acks, check, final_state, run_load
+    from chaos import ACKS, AckLog, Acks, final_state, run_load
+
+    from ops.invariants import additions as check
     from clusterproc import BenchMember, EventTap, Timing, cluster_node, raw_client, workdir
 
     from actors.runtime.builtin import CounterGet

@@ -23,9 +23,11 @@ there yet):
   applies none twice (and without the cluster's dedupe by message id the
   same scenario applies 59 twice: the check can fail).
 
+What makes a run the same run: one thread; the loop's clock is virtual
+(the loop dispatcher's round budget reads it too); every random draw comes
+from the seed (network delays, each node's reconnect backoff). Message ids
+and eras stay random: nothing orders by them.
+
 Not yet: the data-channel service in the world, faults drawn from the
 seed, invariants checked as the world runs, the ``huddle sim`` command.
-Deterministic only as far as the parts are: the loop dispatcher's round
-budget reads the real clock, and the transport's reconnect backoff draws
-from the process's ``random``.
 """

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -43,11 +44,14 @@ T = TypeVar("T")
 class SimHost:
     """One node of ``world`` (not started: :meth:`start` it inside the world)."""
 
-    def __init__(self, world: World, node_id: str, **node_options: Any) -> None:
+    def __init__(self, world: World, node_id: str, *, host: str | None = None, **node_options: Any) -> None:
+        """``host``: the process's name in the world (default the node id;
+        a node restarted after a kill is a new process with the same id)."""
         self.world = world
-        self.name = node_id
+        self.node_id = node_id
+        self.name = host or node_id
         self.context = contextvars.copy_context()
-        self.context.run(current_host.set, node_id)
+        self.context.run(current_host.set, self.name)
         self.clock = SimClock(world.loop, world.wall() - world.now())
         self.node: Node = self.run(self._make_node, node_options)
         self.cluster: Cluster | None = None
@@ -55,8 +59,9 @@ class SimHost:
 
     def _make_node(self, options: dict[str, Any]) -> Node:
         io = IoLoop(f"huddle-io-{self.name}", loop=self.world.loop)
-        transport = RedisTransport(self.world.redis.url, name=self.name)
-        return Node(transport, node_id=self.name, io=io, clock=self.clock, **options)
+        transport = RedisTransport(self.world.redis.url, name=self.name,
+                                   rng=random.Random(f"{self.world.seed}:{self.name}"))
+        return Node(transport, node_id=self.node_id, io=io, clock=self.clock, **options)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` as this host's code (what it schedules stays its)."""

@@ -378,3 +378,27 @@ def test_a_node_that_is_no_member_claims_nothing_of_a_batch(cr: ClusterRedis) ->
     results = cr.run(cr.leases.claim_many([("a:1", 0, None), ("a:2", 0, None)], "ghost", ttl=5))
     assert [(r.won, r.holder) for r in results] == [(False, ""), (False, "")]
     assert not cr.sync.exists(cr.keys.lease("a:1"))
+
+
+def test_a_node_restarted_under_its_id_places_what_its_predecessor_left(cr: ClusterRedis) -> None:
+    """A node restarted under the same id within a lease ttl is never seen
+    dead, so nobody adopts its predecessor's addresses: it places them
+    itself (``leftovers``). Lapsed leases with a spec become unowned, live
+    ones are left to lapse (or to a predecessor still running), and those
+    someone else holds now are no longer listed as its."""
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    for address, spec in (("counter:lapsed", b"spec"), ("counter:live", b"spec"), ("counter:gone", None)):
+        assert cr.run(cr.leases.claim(address, "n1", ttl=5, spec=spec)).won
+    cr.sync.delete(cr.keys.lease("counter:lapsed"))  # the predecessor died: two of its leases lapsed
+    cr.sync.delete(cr.keys.lease("counter:gone"))
+    placed, live = cr.run(cr.leases.leftovers("n1"))
+    assert placed == ["counter:lapsed"] and live == 1
+    assert cr.sync.smembers(cr.keys.held("n1")) == {b"counter:live"}
+    assert b"counter:lapsed" in cr.sync.smembers(cr.keys.unowned)
+    assert b"counter:gone" not in cr.sync.smembers(cr.keys.unowned)  # no spec: nothing to start it from
+    cr.sync.delete(cr.keys.lease("counter:live"))
+    assert cr.run(cr.leases.claim("counter:live", "n2", ttl=5, spec=b"spec")).won  # someone else's now
+    cr.sync.sadd(cr.keys.held("n1"), "counter:live")  # a stale listing
+    assert cr.run(cr.leases.leftovers("n1")) == ([], 0)
+    assert cr.sync.smembers(cr.keys.held("n1")) == set()

@@ -105,3 +105,42 @@ def test_every_acknowledged_addition_is_applied_once_across_a_paused_or_killed_o
 
 def test_a_world_replays_exactly_from_its_seed() -> None:
     assert _run(3, "pause") == _run(3, "pause")
+
+
+def test_a_member_restarted_under_its_id_within_a_lease_ttl_gets_its_counters_placed_again() -> None:
+    """kill -9 and an immediate restart under the same node id (a service
+    manager's restart): the new process is never seen dead, so nobody
+    adopts what the old one held; it places its predecessor's counters
+    itself, and they answer again with their state."""
+    world = World(7)
+
+    async def scenario() -> list[Any]:
+        config = ClusterConfig(lease_ttl=1.0, heartbeat_interval=0.25)
+        hosts = {name: SimHost(world, name) for name in ("a", "b")}
+        for host in hosts.values():
+            host.start()
+            host.join_cluster(config, ActorFactories({"counter": Counter}))
+        for host in hosts.values():
+            assert host.cluster is not None and await host.cluster.wait_joined(5)
+        a = hosts["a"]
+        assert a.cluster is not None
+        owned = []
+        for i in range(8):
+            address = f"counter:r{i}"
+            if await a.run(a.cluster.ensure, address) == "a":
+                owned.append(address)
+                assert await a.node.ask(address, CounterAdd(n=5), timeout=2) == 5
+        assert owned
+        a.kill()
+        again = SimHost(world, "a", host="a#2")  # the same node id, a new process, at once
+        again.start()
+        again.join_cluster(config, ActorFactories({"counter": Counter}))
+        assert again.cluster is not None and await again.cluster.wait_joined(5)
+        await asyncio.sleep(5.0)  # past the old leases (virtual time)
+        return [await hosts["b"].node.ask(address, CounterAdd(n=1), timeout=2) for address in owned]
+
+    try:
+        counts = world.run(scenario())
+    finally:
+        world.close()
+    assert counts and all(count == 6 for count in counts)  # back, and from their checkpoints

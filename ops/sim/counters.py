@@ -1,0 +1,207 @@
+"""The cluster counter workload in a simulated world, with faults.
+
+One seed, one run: ``nodes`` cluster members that host counters and one
+application node (a member that hosts nothing) on the model Redis. The
+application places ``counters`` counters and sends an acknowledged
+addition every :data:`ADD_EVERY_S` to one drawn from the seed. Meanwhile,
+until :data:`CALM_S` before the end, faults drawn from the seed: a member
+paused (``SIGSTOP``) for a while, killed (``kill -9``) and started again as
+a new process, cut off from the network for a while, or Redis restarted
+from its data. Then everything heals, the fleet settles, and the checks of
+:mod:`ops.invariants` run: no acknowledged addition lost, none applied
+twice, the fencing log never going back and never two writers per epoch,
+and every counter answering once the faults stopped.
+
+Everything random comes from the seed, so :func:`run_seed` with the same
+arguments is the same run: :attr:`SeedResult.trace_hash` (over the faults,
+every acknowledgement and the final states, with their virtual times) is
+the same on every replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from actors.cluster.machine import ClusterConfig
+from actors.cluster.shell import ActorFactories
+from actors.runtime.actor import ActorContext, HuddleActor
+from actors.runtime.builtin import Counter, CounterAck, CounterAdd, CounterGet
+from bus.cluster.leases import LeaseStore
+from bus.envelope import Envelope
+from bus.errors import HuddleError
+from bus.messages import Message
+from ops.invariants import additions, fencing
+from ops.sim.nodes import SimHost, listening
+from ops.sim.world import World
+
+__all__ = ["ADD_EVERY_S", "CALM_S", "FAULTS", "SeedResult", "run_seed"]
+
+ADD_EVERY_S = 0.02
+#: Faults stop this long before the end; then the fleet settles for as long.
+CALM_S = 5.0
+SETTLE_S = 5.0
+FAULTS = ("pause", "kill", "cut", "redis-restart")
+LEASE_TTL_S = 1.0
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    violations: list[str]
+    faults: list[str]
+    acked: int
+    sent: int
+    events: int
+    simulated_s: float
+    trace: list[str] = field(repr=False)
+
+    @property
+    def trace_hash(self) -> str:
+        return hashlib.sha256("\n".join(self.trace).encode()).hexdigest()[:16]
+
+
+class _AckSink(HuddleActor):
+    def __init__(self, ctx: ActorContext, on_ack: Any) -> None:
+        super().__init__(ctx)
+        self.on_ack = on_ack
+
+    def on_message(self, message: Message, envelope: Envelope) -> Any:
+        if isinstance(message, CounterAck):
+            self.on_ack(message)
+            return None
+        return super().on_message(message, envelope)
+
+
+def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 20.0,
+             faults: bool = True) -> SeedResult:
+    """One run of the workload (see the module notes)."""
+    if nodes < 2:
+        raise ValueError("the workload needs at least 2 members (a fault leaves a survivor)")
+    world = World(seed)
+    draws = random.Random(f"faults:{seed}")
+    load = random.Random(f"load:{seed}")
+    trace: list[str] = []
+    acked: dict[str, CounterAck] = {}
+    injected: list[str] = []
+    violations: list[str] = []
+    addresses = [f"counter:c{i}" for i in range(counters)]
+    hosts: dict[str, SimHost] = {}
+    incarnations: dict[str, int] = {}
+
+    def note(what: str) -> None:
+        trace.append(f"{world.now():.6f} {what}")
+
+    def on_ack(ack: CounterAck) -> None:
+        if ack.tag not in acked:
+            acked[ack.tag] = ack
+            note(f"ack {ack.tag} {ack.address} {ack.count}")
+
+    def member(name: str, host: str | None = None) -> SimHost:
+        h = SimHost(world, name, host=host)
+        h.start()
+        h.join_cluster(ClusterConfig(lease_ttl=LEASE_TTL_S, heartbeat_interval=LEASE_TTL_S / 4, fencing_log=True),
+                       ActorFactories({"counter": Counter}))
+        return h
+
+    async def inject(until: float) -> None:
+        while world.now() + 3.0 < until:
+            await asyncio.sleep(draws.uniform(0.5, 2.5))
+            live = sorted(n for n, h in hosts.items() if n != "app" and not h.killed and not world.loop.frozen(h.name))
+            kind = draws.choice(FAULTS)
+            if kind == "redis-restart":
+                cut = world.redis.restart(keep_data=True)
+                what = f"redis restarted from its data ({cut} connections reset)"
+            elif len(live) < 2:
+                continue  # keep a survivor
+            else:
+                name = draws.choice(live)
+                host = hosts[name]
+                length = draws.uniform(0.2, 3.0)
+                if kind == "pause":
+                    host.pause()
+                    world.loop.call_later(length, host.resume)
+                    what = f"{name} paused {length:.3f}s"
+                elif kind == "cut":
+                    world.network.isolate(host.name)
+                    world.loop.call_later(length, world.network.heal, host.name)
+                    what = f"{name} cut off {length:.3f}s"
+                else:
+                    host.kill()
+                    world.loop.call_later(length, restart, name)
+                    what = f"{name} killed, restarted in {length:.3f}s"
+            injected.append(what)
+            note(f"fault {what}")
+
+    def restart(name: str) -> None:
+        incarnations[name] = incarnations.get(name, 1) + 1
+        hosts[name] = member(name, host=f"{name}#{incarnations[name]}")
+        note(f"restart {name}")
+
+    async def scenario() -> tuple[dict[str, list[str]], list[dict[str, Any]], int]:
+        for i in range(nodes):
+            hosts[f"m{i}"] = member(f"m{i}")
+        app = hosts["app"] = SimHost(world, "app")
+        app.start()
+        app.join_cluster(ClusterConfig(lease_ttl=LEASE_TTL_S, heartbeat_interval=LEASE_TTL_S / 4, capacity=0.0),
+                         ActorFactories())
+        for h in hosts.values():
+            assert h.cluster is not None
+            if not await h.cluster.wait_joined(10):
+                raise RuntimeError(f"{h.name} did not join")
+        app.run(app.node.spawn, "acks:app", _AckSink, on_ack)
+        await listening(app.node, "acks:app")
+        assert app.cluster is not None
+        for address in addresses:
+            async with asyncio.timeout(10):
+                note(f"placed {address} on {await app.run(app.cluster.ensure, address)}")
+        end = world.now() + seconds
+        faulting = asyncio.ensure_future(inject(end - CALM_S)) if faults else None
+        sent = 0
+        while world.now() < end:
+            address = load.choice(addresses)
+            try:
+                app.run(app.node.tell, address, CounterAdd(n=1, tag=f"s{sent}", ack_to="acks:app"))
+            except HuddleError:
+                pass  # not sent: never acknowledged
+            sent += 1
+            await asyncio.sleep(ADD_EVERY_S)
+        if faulting is not None:
+            faulting.cancel()
+        for h in hosts.values():  # every fault ends (a killed process stays dead; its restart is up)
+            world.network.heal(h.name)
+            h.resume()
+        await asyncio.sleep(SETTLE_S)
+        final: dict[str, list[str]] = {}
+        for address in addresses:
+            try:
+                state = await app.node.ask(address, CounterGet(), timeout=5)
+            except HuddleError as exc:
+                violations.append(f"liveness: {address} did not answer {SETTLE_S:g}s after the faults ({exc})")
+                continue
+            final[address] = state["tags"]
+            note(f"final {address} {state['count']} {len(state['tags'])}")
+        client = aioredis.Redis.from_url(world.redis.url)
+        try:
+            log = await LeaseStore(client).fencing_log()
+        finally:
+            await client.aclose()
+        for entry in log:
+            note(f"fenced-write {entry.get('a')} {entry.get('e')} {entry.get('n')}")
+        return final, log, sent
+
+    try:
+        final, log, sent = world.run(scenario())
+        judged = additions(acked, final)
+        violations += judged["violations"] + fencing(log)
+        events = sum(n for h in hosts.values() for k, n in h.node.counters.items() if k.startswith("event:"))
+        simulated = world.now()
+    finally:
+        world.close()
+    return SeedResult(seed=seed, violations=violations, faults=injected, acked=len(acked), sent=sent,
+                      events=events, simulated_s=simulated, trace=trace)
