@@ -98,9 +98,9 @@ class DataServer:
         self.service = DataService(ws_base="", authority=TokenAuthority(token_secret),
                                    require_token=require_token, token_ttl_s=token_ttl_s)
         self._connections: dict[str, RelayConnection] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._held: set[asyncio.Task[Any]] = set()
-        """HTTP handlers holding their answer back (``*_delay_s`` faults)."""
+        self._tasks: dict[asyncio.Task[Any], None] = {}  # in the order started
+        self._held: dict[asyncio.Task[Any], None] = {}
+        """HTTP handlers holding their answer back (``*_delay_s`` faults), in the order they began to."""
         self._ws_server: Server | None = None
         self._runner: web.AppRunner | None = None
         self.http_url = ""
@@ -140,15 +140,24 @@ class DataServer:
         self.service.http_base = self.http_url
 
     async def stop(self) -> None:
-        """Close every socket (1001), give up answers held back by a delay,
-        then stop listening."""
-        if self._ws_server is not None:
-            self._ws_server.close()
-            await self._ws_server.wait_closed()
+        """Stop as a relay going away does: first no more registers (answers
+        held back by a delay are given up, the HTTP side stops listening),
+        then every socket closes (1001), in the order they opened. In the
+        other order a client whose socket closed could register again with
+        this instance on its way out and open its socket on the next one,
+        which knows nothing of that binding (4400, and the session gives up:
+        found by the simulation). (websockets' server alone closes its
+        sockets in the order of a set, which differs from run to run; a
+        simulated world replays a run exactly.)"""
         for task in list(self._held):
             task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        closing = [asyncio.ensure_future(conn.close(1001)) for conn in list(self._connections.values())]
+        if self._ws_server is not None:
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+        await asyncio.gather(*closing, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
 
@@ -183,11 +192,11 @@ class DataServer:
         if answer.delay > 0:
             task = asyncio.current_task()
             assert task is not None
-            self._held.add(task)
+            self._held[task] = None
             try:
                 await asyncio.sleep(answer.delay)
             finally:
-                self._held.discard(task)
+                self._held.pop(task, None)
         return web.json_response(dict(answer.body), status=answer.status)
 
     def _replacement_deadline(self, socket_id: str) -> None:
@@ -195,8 +204,8 @@ class DataServer:
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None
+        task.add_done_callback(lambda t: self._tasks.pop(t, None))
 
     # -- WebSocket ----------------------------------------------------------
 

@@ -23,11 +23,16 @@ there yet):
   applies none twice (and without the cluster's dedupe by message id the
   same scenario applies 59 twice: the check can fail).
 
+* :mod:`ops.sim.counters` and :mod:`ops.sim.webinar`: the two workloads
+  of ``huddle sim`` (:mod:`ops.sim.command`), faults drawn from the seed,
+  the invariants checked.
+
 What makes a run the same run: one thread; the loop's clock is virtual
 (the loop dispatcher's round budget reads it too); every random draw comes
-from the seed (network delays, each node's reconnect backoff). Message ids
-and eras stay random: nothing orders by them.
-
-Not yet: the data-channel service in the world, faults drawn from the
-seed, invariants checked as the world runs, the ``huddle sim`` command.
+from the seed (network delays, the process's generator, each node's
+reconnect backoff); what is iterated in an order that could differ
+between runs (websockets' server closes its sockets in set order) is not
+left to decide an interleaving (the reference service closes its own in
+the order they opened). Message ids and eras stay random: nothing orders
+by them.
 """

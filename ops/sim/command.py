@@ -1,11 +1,14 @@
 """``huddle sim``: run the fleet in a simulated world, seed after seed.
 
-    huddle sim --seeds 200 [--first 0] [--nodes 3] [--counters 4] [--seconds 20] [--no-faults] [--json]
+    huddle sim --seeds 200 [--workload counter|webinar] [--first 0] [--nodes N] [--seconds 20] [--no-faults] [--json]
     huddle sim --seed 17 [--trace]
 
-Each seed is one run of the cluster counter workload
-(:mod:`ops.sim.counters`): real nodes on one virtual clock, faults drawn
-from the seed, the invariants checked at the end. A failing seed prints
+Each seed is one run of a workload: ``counter`` (:mod:`ops.sim.counters`:
+cluster members, counters under acknowledged additions, ``--counters``)
+or ``webinar`` (:mod:`ops.sim.webinar`: meeting nodes, ``--meetings``
+meetings and their data-channel sessions against the reference service);
+real nodes on one virtual clock, faults drawn from the seed, the
+invariants checked. A failing seed prints
 its violations, the end of its trace and the command that replays it
 exactly (``--seed S``: the same run, the same ``trace_hash``). The figures
 (``--json``): ``seeds``, ``violations``, ``faults_injected``, ``events``,
@@ -42,6 +45,14 @@ def _run(args: argparse.Namespace) -> int:
     _same_hashing()
     logging.getLogger().setLevel(logging.CRITICAL)  # faults make nodes complain; the checks judge
     from ops.sim.counters import run_seed  # the simulation's parts only when it runs
+    from ops.sim.webinar import run_webinar_seed
+
+    def run(seed: int) -> Any:
+        if args.workload == "webinar":
+            return run_webinar_seed(seed, nodes=args.nodes or 2, meetings=args.meetings, seconds=args.seconds,
+                                    faults=not args.no_faults)
+        return run_seed(seed, nodes=args.nodes or 3, counters=args.counters, seconds=args.seconds,
+                        faults=not args.no_faults)
 
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
     started = time.perf_counter()
@@ -49,8 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     failed: list[int] = []
     last = None
     for seed in seeds:
-        result = run_seed(seed, nodes=args.nodes, counters=args.counters, seconds=args.seconds,
-                          faults=not args.no_faults)
+        result = run(seed)
         last = result
         totals["seeds"] += 1
         totals["violations"] += len(result.violations)
@@ -67,11 +77,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  the end of its trace (trace_hash {result.trace_hash}):", file=out)
             for line in result.trace[-TRACE_TAIL:]:
                 print(f"    {line}", file=out)
-            print(f"  replay: huddle sim --seed {seed} --nodes {args.nodes} --counters {args.counters} "
-                  f"--seconds {args.seconds:g}{' --no-faults' if args.no_faults else ''}", file=out)
+            print(f"  replay: huddle sim --seed {seed} {_replay_options(args)}", file=out)
         elif not args.json:
-            print(f"seed {seed}: ok ({len(result.faults)} faults, {result.acked} of {result.sent} additions "
-                  f"acknowledged, {result.simulated_s:.1f} s simulated, trace_hash {result.trace_hash})")
+            print(f"seed {seed}: ok ({len(result.faults)} faults, {result.simulated_s:.1f} s simulated, "
+                  f"trace_hash {result.trace_hash})")
         if args.trace and last is not None:
             print("\n".join(result.trace), file=sys.stderr if args.json else sys.stdout)
     elapsed = time.perf_counter() - started
@@ -88,6 +97,13 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _replay_options(args: argparse.Namespace) -> str:
+    size = f"--meetings {args.meetings}" if args.workload == "webinar" else f"--counters {args.counters}"
+    nodes = f" --nodes {args.nodes}" if args.nodes else ""
+    return (f"--workload {args.workload}{nodes} {size} --seconds {args.seconds:g}"
+            f"{' --no-faults' if args.no_faults else ''}")
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("sim", help="run the fleet in a simulated world, seed after seed (faults, invariants, replay)",
                        description=(__doc__ or "").split("\n\n")[0])
@@ -95,8 +111,12 @@ def register(sub: Any) -> None:
     which.add_argument("--seeds", type=int, default=20, help="how many seeds to run (default 20)")
     which.add_argument("--seed", type=int, default=None, help="run (replay) this one seed")
     p.add_argument("--first", type=int, default=0, help="the first seed of --seeds (default 0)")
-    p.add_argument("--nodes", type=int, default=3, help="cluster members that host counters (default 3, at least 2)")
-    p.add_argument("--counters", type=int, default=4, help="counters placed on them (default 4)")
+    p.add_argument("--workload", choices=("counter", "webinar"), default="counter",
+                   help="counter: cluster members and counters; webinar: meetings and their sessions (default counter)")
+    p.add_argument("--nodes", type=int, default=0,
+                   help="nodes that host the work (default: 3 cluster members, or 2 meeting nodes)")
+    p.add_argument("--counters", type=int, default=4, help="counter workload: counters placed (default 4)")
+    p.add_argument("--meetings", type=int, default=20, help="webinar workload: meetings (default 20)")
     p.add_argument("--seconds", type=float, default=20.0,
                    help="virtual seconds of load per seed (default 20; faults stop 5 s before the end)")
     p.add_argument("--no-faults", action="store_true", help="the same load with nothing injected")

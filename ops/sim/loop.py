@@ -106,6 +106,7 @@ class SimLoop(asyncio.BaseEventLoop):
         self._stalled = False
         self._timer_seq = itertools.count()
         self.network = network
+        self._sock_targets: dict[int, tuple[str, int]] = {}
         self._frozen: set[str] = set()
         self._parked: dict[str, list[tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context]]] = {}
 
@@ -221,10 +222,19 @@ class SimLoop(asyncio.BaseEventLoop):
     # -- connections: answered by the simulated network ----------------------------
 
     async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None = None,
-                                port: int | None = None, **_options: Any) -> tuple[asyncio.Transport, Any]:
+                                port: int | None = None, *, sock: Any = None,
+                                **_options: Any) -> tuple[asyncio.Transport, Any]:
         if self.network is None:
             raise ConnectionRefusedError("this simulated loop has no network")
+        if sock is not None:  # "connected" by sock_connect (aiohttp's happy eyeballs): the address it was given
+            host, port = self._sock_targets.pop(sock.fileno())
+            sock.close()  # an operating-system socket that never connected anywhere
         return await self.network.connect(self, protocol_factory, host or "", int(port or 0))
+
+    async def sock_connect(self, sock: Any, address: Any) -> None:
+        """Remember where ``sock`` is to connect; ``create_connection(sock=...)``
+        then opens a simulated connection there."""
+        self._sock_targets[sock.fileno()] = (str(address[0]), int(address[1]))
 
     async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: Any = None,
                             port: int | None = None, **_options: Any) -> Any:

@@ -161,6 +161,23 @@ class SimTransport(asyncio.Transport):
         self._protocol.connection_lost(exc)
 
 
+class _ListeningSocket:
+    """What a server's ``sockets`` list holds (aiohttp and websockets read
+    the address a server listens on from it)."""
+
+    family = 2  # AF_INET
+    type = 1  # SOCK_STREAM
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._address
+
+    def fileno(self) -> int:
+        return -1
+
+
 class SimServer:
     """A listening address; :meth:`close` stops new connections (open ones stay)."""
 
@@ -171,7 +188,7 @@ class SimServer:
         self.factory = factory
         self.loop = loop
         self.context = contextvars.copy_context()  # the listening host's: accepted sides run in it
-        self.sockets: list[Any] = []
+        self.sockets: list[Any] = [_ListeningSocket(address)]
 
     def close(self) -> None:
         if self.network._servers.get(self.address) is self:
@@ -179,6 +196,15 @@ class SimServer:
 
     async def wait_closed(self) -> None:
         return None
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
+
+    async def start_serving(self) -> None:
+        return None
+
+    async def serve_forever(self) -> None:
+        await asyncio.Event().wait()
 
     def is_serving(self) -> bool:
         return self.network._servers.get(self.address) is self
@@ -209,6 +235,9 @@ class SimNetwork:
 
     def listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol], host: str,
                port: int) -> SimServer:
+        """Listen on ``host:port`` (port 0: a free one, see the server's ``sockets``)."""
+        if port == 0:
+            port = next(self._ports)
         address = (host, port)
         if address in self._servers:
             raise OSError(f"address already in use: {host}:{port}")

@@ -63,9 +63,9 @@ class SimHost:
                                    rng=random.Random(f"{self.world.seed}:{self.name}"))
         return Node(transport, node_id=self.node_id, io=io, clock=self.clock, **options)
 
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` as this host's code (what it schedules stays its)."""
-        return self.context.run(fn, *args)
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` as this host's code (what it schedules stays its)."""
+        return self.context.run(fn, *args, **kwargs)
 
     def start(self) -> Node:
         return self.run(self.node.start)

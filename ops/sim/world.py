@@ -9,6 +9,7 @@ and only moves when nothing is ready. Same seed, same program: same run.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -29,6 +30,10 @@ class World:
 
     def __init__(self, seed: int = 0, *, latency: Latency = Latency()) -> None:
         self.seed = seed
+        # The process's generator too: the nodes draw jitter and their
+        # sessions' backoff from it (a world runs alone on its thread, so
+        # the draws come in the same order every run).
+        random.seed(f"huddle-sim:{seed}")
         self.network = SimNetwork(seed, latency)
         self.loop = SimLoop(self.network)
         self.redis = RedisModel(self.network, self.loop, self.wall)
