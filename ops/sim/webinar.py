@@ -20,7 +20,7 @@ every meeting holds exactly one open socket per wanted session (default;
 practice for panelists), online, authorized and subscribed to
 ``transcription``, on its own meeting's binding; and no secret (a user's
 access token, a data-channel token, a bearer header) in any event the
-nodes emitted, any log line, or any checkpoint.
+nodes emitted, any log line, or any checkpoint the nodes hold.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
 
     async def scenario() -> float | None:
         state["ds"] = ds = await start_service()
-        hosts = [SimHost(world, f"n{i}") for i in range(nodes)]
+        hosts = state["hosts"] = [SimHost(world, f"n{i}") for i in range(nodes)]
         for host in hosts:
             host.start()
             host.node.add_event_listener(on_event)
@@ -272,6 +272,11 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
             violations += [f"secret in an event: {event.event} {event.address}" for s in secrets if s in text]
             if "Bearer " in text or _JWT.search(text):
                 violations.append(f"a token in an event: {event.event} {event.address}")
+        for host in state["hosts"]:  # every checkpoint the meeting nodes hold
+            for address in host.node.addresses():
+                data = host.node.checkpoints.load(address) or b""
+                if any(x.encode() in data for x in secrets) or b"Bearer " in data or _JWT.search(data.decode("latin-1")):
+                    violations.append(f"a secret in the checkpoint of {address}")
         for line in logs.lines:
             if any(s in line for s in secrets) or "Bearer " in line or _JWT.search(line):
                 violations.append(f"a secret in a log line: {line[:120]}")

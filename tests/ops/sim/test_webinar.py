@@ -40,3 +40,16 @@ def test_a_secret_in_an_event_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(Events, "emit", leaky)
     result = run_webinar_seed(3, faults=False)
     assert any(v.startswith("secret in an event: session-state") for v in result.violations)
+
+
+def test_a_secret_in_a_checkpoint_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors.runtime.checkpoints import MemoryCheckpoints
+
+    save = MemoryCheckpoints.save
+
+    def leaky(self: MemoryCheckpoints, address: str, epoch: int, data: bytes) -> bool:
+        return save(self, address, epoch, data + b"user-token-3-1" if address.startswith("meeting:") else data)
+
+    monkeypatch.setattr(MemoryCheckpoints, "save", leaky)
+    result = run_webinar_seed(3, faults=False)
+    assert any(v.startswith("a secret in the checkpoint of meeting:") for v in result.violations)
