@@ -1,6 +1,6 @@
 """``huddle sim``: run the fleet in a simulated world, seed after seed.
 
-    huddle sim --seeds 200 [--workload counter|webinar] [--first 0] [--nodes N] [--seconds 20] [--no-faults] [--json]
+    huddle sim --seeds 200 [--workload counter|webinar] [--first 0] [--nodes N] [--seconds 20] [--faults all|none|KIND,...] [--json]
     huddle sim --seed 17 [--trace]
 
 Each seed is one run of a workload: ``counter`` (:mod:`ops.sim.counters`:
@@ -47,12 +47,26 @@ def _run(args: argparse.Namespace) -> int:
     from ops.sim.counters import run_seed  # the simulation's parts only when it runs
     from ops.sim.webinar import run_webinar_seed
 
+    from ops.sim.counters import FAULTS as COUNTER_FAULTS
+    from ops.sim.webinar import FAULTS as WEBINAR_FAULTS
+
+    faults: bool | list[str]
+    if args.faults in ("all", "none"):
+        faults = args.faults == "all"
+    else:
+        faults = [k.strip() for k in args.faults.split(",") if k.strip()]
+        known = WEBINAR_FAULTS if args.workload == "webinar" else COUNTER_FAULTS
+        unknown = sorted(set(faults) - set(known))
+        if unknown:
+            print(f"huddle sim: unknown faults {', '.join(unknown)} for the {args.workload} workload "
+                  f"(its faults: {', '.join(known)})", file=sys.stderr)
+            return 2
+
     def run(seed: int) -> Any:
         if args.workload == "webinar":
             return run_webinar_seed(seed, nodes=args.nodes or 2, meetings=args.meetings, seconds=args.seconds,
-                                    faults=not args.no_faults)
-        return run_seed(seed, nodes=args.nodes or 3, counters=args.counters, seconds=args.seconds,
-                        faults=not args.no_faults)
+                                    faults=faults)
+        return run_seed(seed, nodes=args.nodes or 3, counters=args.counters, seconds=args.seconds, faults=faults)
 
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
     started = time.perf_counter()
@@ -101,7 +115,7 @@ def _replay_options(args: argparse.Namespace) -> str:
     size = f"--meetings {args.meetings}" if args.workload == "webinar" else f"--counters {args.counters}"
     nodes = f" --nodes {args.nodes}" if args.nodes else ""
     return (f"--workload {args.workload}{nodes} {size} --seconds {args.seconds:g}"
-            f"{' --no-faults' if args.no_faults else ''}")
+            f"{'' if args.faults == 'all' else ' --faults ' + args.faults}")
 
 
 def register(sub: Any) -> None:
@@ -119,7 +133,10 @@ def register(sub: Any) -> None:
     p.add_argument("--meetings", type=int, default=20, help="webinar workload: meetings (default 20)")
     p.add_argument("--seconds", type=float, default=20.0,
                    help="virtual seconds of load per seed (default 20; faults stop 5 s before the end)")
-    p.add_argument("--no-faults", action="store_true", help="the same load with nothing injected")
+    p.add_argument("--faults", default="all", metavar="all|none|KIND,...",
+                   help="which faults are drawn (default all). counter: pause, kill, cut, redis-restart; "
+                        "webinar: service-restart, switchover, drop, close, register-fail, token-fail, "
+                        "token-delay, node-cut, node-pause")
     p.add_argument("--trace", action="store_true", help="print each run's whole trace")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=_run)

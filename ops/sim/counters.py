@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,8 +80,10 @@ class _AckSink(HuddleActor):
 
 
 def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 20.0,
-             faults: bool = True) -> SeedResult:
-    """One run of the workload (see the module notes)."""
+             faults: bool | Sequence[str] = True) -> SeedResult:
+    """One run of the workload (see the module notes). ``faults``: all of
+    :data:`FAULTS` (True), none (False), or those named."""
+    kinds = _fault_kinds(faults)
     if nodes < 2:
         raise ValueError("the workload needs at least 2 members (a fault leaves a survivor)")
     world = World(seed)
@@ -113,7 +116,7 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
         while world.now() + 3.0 < until:
             await asyncio.sleep(draws.uniform(0.5, 2.5))
             live = sorted(n for n, h in hosts.items() if n != "app" and not h.killed and not world.loop.frozen(h.name))
-            kind = draws.choice(FAULTS)
+            kind = draws.choice(kinds)
             if kind == "redis-restart":
                 cut = world.redis.restart(keep_data=True)
                 what = f"redis restarted from its data ({cut} connections reset)"
@@ -161,7 +164,7 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
             async with asyncio.timeout(10):
                 note(f"placed {address} on {await app.run(app.cluster.ensure, address)}")
         end = world.now() + seconds
-        faulting = asyncio.ensure_future(inject(end - CALM_S)) if faults else None
+        faulting = asyncio.ensure_future(inject(end - CALM_S)) if kinds else None
         sent = 0
         while world.now() < end:
             address = load.choice(addresses)
@@ -205,3 +208,14 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
         world.close()
     return SeedResult(seed=seed, violations=violations, faults=injected, acked=len(acked), sent=sent,
                       events=events, simulated_s=simulated, trace=trace)
+
+
+def _fault_kinds(faults: bool | Sequence[str]) -> tuple[str, ...]:
+    if faults is True:
+        return FAULTS
+    if faults is False:
+        return ()
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        raise ValueError(f"unknown faults {unknown} (this workload's: {', '.join(FAULTS)})")
+    return tuple(k for k in FAULTS if k in set(faults))

@@ -33,6 +33,7 @@ import logging
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,8 +121,10 @@ def _not_converged(service: Any, wanted: dict[str, list[str]]) -> list[str]:
 
 
 def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: float = 20.0,
-                     faults: bool = True) -> WebinarResult:
-    """One run of the workload (see the module notes)."""
+                     faults: bool | Sequence[str] = True) -> WebinarResult:
+    """One run of the workload (see the module notes). ``faults``: all of
+    :data:`FAULTS` (True), none (False), or those named."""
+    kinds = _fault_kinds(faults)
     world = World(seed)
     draws = random.Random(f"faults:{seed}")
     trace: list[str] = []
@@ -177,7 +180,7 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
     async def inject(until: float, hosts: list[SimHost]) -> None:
         while world.now() + 3.0 < until:
             await asyncio.sleep(draws.uniform(0.3, 2.0))
-            kind = draws.choice(FAULTS)
+            kind = draws.choice(kinds)
             meeting = f"m{draws.randrange(meetings)}"
             if kind == "service-restart":
                 await restart_service()
@@ -244,7 +247,7 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
                 practice_datachannel_url=f"{base}/datachannel/{meeting}/practice", captions_on=True,
                 panelist=panelist, practice_session_on=panelist), sender="app:sim")
         end = world.now() + seconds
-        faulting = asyncio.ensure_future(inject(end - CALM_S, hosts)) if faults else None
+        faulting = asyncio.ensure_future(inject(end - CALM_S, hosts)) if kinds else None
         await asyncio.sleep(max(0.0, end - world.now()))
         if faulting is not None:
             faulting.cancel()
@@ -297,3 +300,14 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
         world.close()
     return WebinarResult(seed=seed, violations=violations, faults=injected, events=len(events),
                          simulated_s=simulated, converged_s=converged, trace=trace)
+
+
+def _fault_kinds(faults: bool | Sequence[str]) -> tuple[str, ...]:
+    if faults is True:
+        return FAULTS
+    if faults is False:
+        return ()
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        raise ValueError(f"unknown faults {unknown} (this workload's: {', '.join(FAULTS)})")
+    return tuple(k for k in FAULTS if k in set(faults))

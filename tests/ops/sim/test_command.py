@@ -42,3 +42,13 @@ def test_a_seed_replays_exactly_in_another_process(workload: str) -> None:
     assert first["trace_hash"] == second["trace_hash"]
     assert first["faults_injected"] == second["faults_injected"] and first["events"] == second["events"]
     assert _sim(*short, "--seed", "43")[1]["trace_hash"] != first["trace_hash"]
+
+
+def test_faults_are_chosen_by_name_and_a_wrong_name_is_refused() -> None:
+    code, figures, _ = _sim("--workload", "webinar", "--seed", "1", "--faults", "none")
+    assert code == 0 and figures["faults_injected"] == 0
+    code, figures, _ = _sim("--workload", "webinar", "--seed", "1", "--faults", "drop,close")
+    assert code == 0 and figures["faults_injected"] > 0
+    proc = subprocess.run([sys.executable, "-m", "ops.cli", "sim", "--seed", "1", "--faults", "meteor"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "unknown faults meteor" in proc.stderr and "redis-restart" in proc.stderr
