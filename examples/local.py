@@ -138,7 +138,11 @@ def run(app: Callable[[Services], Awaitable[int]], args: argparse.Namespace, *, 
     started here was stopped."""
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    # SIGTERM ends the run as Ctrl-C does (asyncio cancels the application first).
+    # SIGTERM ends the run as Ctrl-C does (asyncio cancels the application
+    # first), so SIGINT must interrupt even where it was ignored when the
+    # process started (a job a non-interactive shell put in the background):
+    # otherwise neither stops the run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         with _services(args, voice=voice) as services:
