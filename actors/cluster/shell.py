@@ -1116,6 +1116,12 @@ class Cluster:
         try:
             async with asyncio.timeout(self.config.lease_ttl):
                 result = await self.backlog.route(to, data, env.msg_id, me=self.me)
+                if result.outcome == "self" and not self.node.hosts(to) and to not in self._claims:
+                    # Our node id holds the lease and nothing here hosts the
+                    # address: a previous process's lease (this node was
+                    # restarted under its id). The next owner drains it;
+                    # refusing it lost the message.
+                    result = await self.backlog.route(to, data, env.msg_id, me=self.me, append=True)
         except Exception as exc:  # noqa: BLE001 - Redis away: the core keeps the order and sends it again
             log.debug("cluster: route to %s failed (%r); retrying", to, exc)
             self.feed(RouteFailed(to))

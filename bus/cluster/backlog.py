@@ -86,7 +86,7 @@ ROUTE = script(r"""
 local a, me = ARGV[2], ARGV[3]
 local e, holder = parse_lease(redis.call('GET', lease_key(a)))
 local live = holder ~= nil and alive(holder)
-if live then
+if live and ARGV[8] ~= '1' then
   if holder == me then return {'self', me, estr(e)} end
   if redis.call('PUBLISH', ARGV[7] .. holder, ARGV[5]) > 0 then return {'published', holder, estr(e)} end
 end
@@ -153,12 +153,15 @@ class Backlog:
         self._drain = client.register_script(DRAIN)
         self._place = client.register_script(PLACE)
 
-    async def route(self, address: str, data: bytes, msg_id: str, *, me: str) -> RouteResult:
+    async def route(self, address: str, data: bytes, msg_id: str, *, me: str, append: bool = False) -> RouteResult:
         """Deliver the encoded envelope ``data`` for ``address`` to its live
         holder's node channel, or append it to the backlog (see the module
         docstring). ``me`` is the calling node: its own leases are never
-        routed to (``self``)."""
-        reply = await self._route(args=[self.keys.prefix, address, me, msg_id, data, self.cap, self._node_channels])
+        routed to (``self``). With ``append`` it goes to the backlog
+        whoever holds the lease (for the next owner: a lease ``me`` holds
+        without hosting the address, a previous process's of this node id)."""
+        reply = await self._route(args=[self.keys.prefix, address, me, msg_id, data, self.cap, self._node_channels,
+                                        "1" if append else "0"])
         return RouteResult(outcome=_text(reply[0]), holder=_text(reply[1]), epoch=int(reply[2]))
 
     async def drain(self, address: str, *, me: str, epoch: int) -> list[bytes] | None:

@@ -398,9 +398,10 @@ class ShardedBacklog(Backlog):
         self._route_one = client.register_script(ROUTE_ONE)
         self._place_one = client.register_script(PLACE_ONE)
 
-    async def route(self, address: str, data: bytes, msg_id: str, *, me: str) -> RouteResult:
+    async def route(self, address: str, data: bytes, msg_id: str, *, me: str, append: bool = False) -> RouteResult:
         key, prefix = self.keys.lease(address), self.keys.prefix
-        [reply] = await self._scripts.run(self._route_one, [(key, (prefix, address, me, msg_id, data, self.cap, "0"))])
+        [reply] = await self._scripts.run(self._route_one, [(key, (prefix, address, me, msg_id, data, self.cap,
+                                                                  "1" if append else "0"))])
         outcome, holder, epoch = _text(reply[0]), _text(reply[1]), int(reply[2])
         if outcome != "holder":
             return RouteResult(outcome=outcome, holder=holder, epoch=epoch)

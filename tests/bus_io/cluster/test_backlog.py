@@ -100,3 +100,18 @@ def test_place_registers_an_address_for_its_first_ranked_node(cr: ClusterRedis) 
     assert cr.run(cr.leases.unowned()) == []
     assert cr.run(cr.backlog.place("counter:1", b"other")) == ("owner", lease.epoch)
     assert cr.sync.get(cr.keys.spec("counter:1")) == b"args"
+
+
+def test_append_keeps_it_for_the_next_owner_whoever_holds_the_lease(cr: ClusterRedis) -> None:
+    """A node whose id holds a lease it does not host (its previous
+    process's) appends instead of refusing: the next owner drains it."""
+    cr.heartbeat("owner")
+    old = cr.run(cr.leases.claim("counter:1", "owner", ttl=5))
+    data, msg_id = _env(cr, 9)
+    assert cr.run(cr.backlog.route("counter:1", data, msg_id, me="owner")).outcome == "self"
+    result = cr.run(cr.backlog.route("counter:1", data, msg_id, me="owner", append=True))
+    assert (result.outcome, result.holder, result.epoch) == ("backlogged", "owner", old.epoch)
+    cr.sync.delete(cr.keys.lease("counter:1"))  # the old lease lapsed
+    cr.heartbeat("next")
+    taken = cr.run(cr.leases.claim("counter:1", "next", ttl=5))
+    assert taken.won and list(taken.backlog) == [data]  # delivered to the next owner with its claim
