@@ -44,23 +44,19 @@ def _same_hashing() -> None:
 def _run(args: argparse.Namespace) -> int:
     _same_hashing()
     logging.getLogger().setLevel(logging.CRITICAL)  # faults make nodes complain; the checks judge
-    from ops.sim.counters import run_seed  # the simulation's parts only when it runs
-    from ops.sim.webinar import run_webinar_seed
-
-    from ops.sim.counters import FAULTS as COUNTER_FAULTS
+    from ops.sim.counters import FAULTS as COUNTER_FAULTS  # the simulation's parts only when it runs
+    from ops.sim.counters import run_seed
     from ops.sim.webinar import FAULTS as WEBINAR_FAULTS
+    from ops.sim.webinar import run_webinar_seed
+    from ops.sim.world import fault_kinds
 
-    faults: bool | list[str]
-    if args.faults in ("all", "none"):
-        faults = args.faults == "all"
-    else:
-        faults = [k.strip() for k in args.faults.split(",") if k.strip()]
-        known = WEBINAR_FAULTS if args.workload == "webinar" else COUNTER_FAULTS
-        unknown = sorted(set(faults) - set(known))
-        if unknown:
-            print(f"huddle sim: unknown faults {', '.join(unknown)} for the {args.workload} workload "
-                  f"(its faults: {', '.join(known)})", file=sys.stderr)
-            return 2
+    faults: bool | list[str] = args.faults == "all" if args.faults in ("all", "none") else \
+        [k.strip() for k in args.faults.split(",") if k.strip()]
+    try:
+        fault_kinds(faults, WEBINAR_FAULTS if args.workload == "webinar" else COUNTER_FAULTS)
+    except ValueError as exc:
+        print(f"huddle sim: {exc}", file=sys.stderr)
+        return 2
 
     def run(seed: int) -> Any:
         if args.workload == "webinar":

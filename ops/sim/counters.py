@@ -21,7 +21,6 @@ the same on every replay.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from bus.errors import HuddleError
 from bus.messages import Message
 from ops.invariants import additions, fencing
 from ops.sim.nodes import SimHost, listening
-from ops.sim.world import World
+from ops.sim.world import World, fault_kinds, trace_hash
 
 __all__ = ["ADD_EVERY_S", "CALM_S", "FAULTS", "SeedResult", "run_seed"]
 
@@ -64,7 +63,7 @@ class SeedResult:
 
     @property
     def trace_hash(self) -> str:
-        return hashlib.sha256("\n".join(self.trace).encode()).hexdigest()[:16]
+        return trace_hash(self.trace)
 
 
 class _AckSink(HuddleActor):
@@ -83,7 +82,7 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
              faults: bool | Sequence[str] = True) -> SeedResult:
     """One run of the workload (see the module notes). ``faults``: all of
     :data:`FAULTS` (True), none (False), or those named."""
-    kinds = _fault_kinds(faults)
+    kinds = fault_kinds(faults, FAULTS)
     if nodes < 2:
         raise ValueError("the workload needs at least 2 members (a fault leaves a survivor)")
     world = World(seed)
@@ -208,14 +207,3 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
         world.close()
     return SeedResult(seed=seed, violations=violations, faults=injected, acked=len(acked), sent=sent,
                       events=events, simulated_s=simulated, trace=trace)
-
-
-def _fault_kinds(faults: bool | Sequence[str]) -> tuple[str, ...]:
-    if faults is True:
-        return FAULTS
-    if faults is False:
-        return ()
-    unknown = sorted(set(faults) - set(FAULTS))
-    if unknown:
-        raise ValueError(f"unknown faults {unknown} (this workload's: {', '.join(FAULTS)})")
-    return tuple(k for k in FAULTS if k in set(faults))

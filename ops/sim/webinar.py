@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import json
 import logging
 import random
@@ -44,7 +43,7 @@ from ops.dataserver.model import DEFAULT_SESSION, PRACTICE_SESSION
 from ops.dataserver.server import DataServer
 from ops.sim.network import current_host
 from ops.sim.nodes import SimHost, listening
-from ops.sim.world import World
+from ops.sim.world import World, fault_kinds, trace_hash
 
 __all__ = ["CALM_S", "CONVERGE_S", "FAULTS", "WebinarResult", "run_webinar_seed"]
 
@@ -72,7 +71,7 @@ class WebinarResult:
 
     @property
     def trace_hash(self) -> str:
-        return hashlib.sha256("\n".join(self.trace).encode()).hexdigest()[:16]
+        return trace_hash(self.trace)
 
 
 class _Logs(logging.Handler):
@@ -124,7 +123,7 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
                      faults: bool | Sequence[str] = True) -> WebinarResult:
     """One run of the workload (see the module notes). ``faults``: all of
     :data:`FAULTS` (True), none (False), or those named."""
-    kinds = _fault_kinds(faults)
+    kinds = fault_kinds(faults, FAULTS)
     world = World(seed)
     draws = random.Random(f"faults:{seed}")
     trace: list[str] = []
@@ -300,14 +299,3 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
         world.close()
     return WebinarResult(seed=seed, violations=violations, faults=injected, events=len(events),
                          simulated_s=simulated, converged_s=converged, trace=trace)
-
-
-def _fault_kinds(faults: bool | Sequence[str]) -> tuple[str, ...]:
-    if faults is True:
-        return FAULTS
-    if faults is False:
-        return ()
-    unknown = sorted(set(faults) - set(FAULTS))
-    if unknown:
-        raise ValueError(f"unknown faults {unknown} (this workload's: {', '.join(FAULTS)})")
-    return tuple(k for k in FAULTS if k in set(faults))

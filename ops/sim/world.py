@@ -9,15 +9,16 @@ and only moves when nothing is ready. Same seed, same program: same run.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ops.sim.loop import SimLoop
 from ops.sim.network import Latency, SimNetwork
 from ops.sim.redis_model import RedisModel
 
-__all__ = ["START_WALL", "World"]
+__all__ = ["START_WALL", "World", "fault_kinds", "trace_hash"]
 
 T = TypeVar("T")
 
@@ -64,3 +65,22 @@ class World:
         self.redis.close()
         self.loop.run_for(0.01)  # the connections' ends reach their protocols
         self.loop.close()
+
+
+def trace_hash(trace: list[str]) -> str:
+    """What identifies a run: a hash of its trace (the same on every replay of a seed)."""
+    return hashlib.sha256("\n".join(trace).encode()).hexdigest()[:16]
+
+
+def fault_kinds(faults: bool | Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
+    """The faults a workload draws from: all of ``known`` (True), none
+    (False), or those named (in ``known``'s order); ValueError names any
+    that is not a fault of the workload."""
+    if faults is True:
+        return tuple(known)
+    if faults is False:
+        return ()
+    unknown = sorted(set(faults) - set(known))
+    if unknown:
+        raise ValueError(f"unknown faults {', '.join(unknown)} (this workload's: {', '.join(known)})")
+    return tuple(k for k in known if k in set(faults))
