@@ -426,11 +426,16 @@ class DataService:
         self.registers[key] += 1
         self.counters["registers"] += 1
         token_status = self.authority.check(token, audience=session, now=now)
+        holder = self.authority.holder(token)
         record: dict[str, Any] = {
             "meeting": meeting,
             "session": session,
             "deviceUrl": None,
             "token": token_status.value,
+            # whom the token was issued to (ids, not secrets): a token of
+            # another meeting or a former participant shows here
+            "token_meeting": holder[0] if holder else None,
+            "token_self": holder[1] if holder else None,
             "status": 0,
             "binding": None,
             "at": now,

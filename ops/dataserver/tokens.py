@@ -61,6 +61,20 @@ class TokenAuthority:
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
+    def holder(self, token: str | None) -> tuple[str, str] | None:
+        """Whom a token was issued to, ``(meeting, participant)``, if its
+        signature checks (whatever its audience or expiry); else None.
+        Neither is a secret: both are ids a meeting's URLs carry."""
+        if not token:
+            return None
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM],
+                                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                                         "verify_aud": False})
+        except jwt.InvalidTokenError:
+            return None
+        return str(claims.get("meeting", "")), str(claims.get("sub", ""))
+
     def check(self, token: str | None, *, audience: str, now: float) -> TokenStatus:
         """Judge ``token`` for session type ``audience`` at time ``now``:
         signature first, then audience, then ``exp`` (expired when

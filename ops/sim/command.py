@@ -1,12 +1,13 @@
 """``huddle sim``: run the fleet in a simulated world, seed after seed.
 
-    huddle sim --seeds 200 [--workload counter|webinar] [--first 0] [--nodes N] [--seconds 20] [--faults all|none|KIND,...] [--json]
+    huddle sim --seeds 200 [--workload counter|webinar] [--first 0] [--nodes N] [--seconds 20] [--faults all|none|KIND,...] [--changes all|none|KIND,...] [--json]
     huddle sim --seed 17 [--trace]
 
 Each seed is one run of a workload: ``counter`` (:mod:`ops.sim.counters`:
 cluster members, counters under acknowledged additions, ``--counters``)
 or ``webinar`` (:mod:`ops.sim.webinar`: meeting nodes, ``--meetings``
-meetings and their data-channel sessions against the reference service);
+meetings and their data-channel sessions against the reference service,
+the meetings changing as they run: ``--changes``);
 real nodes on one virtual clock, faults drawn from the seed, the
 invariants checked. A failing seed prints
 its violations, the end of its trace and the command that replays it
@@ -46,14 +47,18 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.CRITICAL)  # faults make nodes complain; the checks judge
     from ops.sim.counters import FAULTS as COUNTER_FAULTS  # the simulation's parts only when it runs
     from ops.sim.counters import run_seed
+    from ops.sim.webinar import CHANGES as WEBINAR_CHANGES
     from ops.sim.webinar import FAULTS as WEBINAR_FAULTS
     from ops.sim.webinar import run_webinar_seed
     from ops.sim.world import fault_kinds
 
-    faults: bool | list[str] = args.faults == "all" if args.faults in ("all", "none") else \
-        [k.strip() for k in args.faults.split(",") if k.strip()]
+    faults, changes = _kinds(args.faults), _kinds(args.changes)
     try:
         fault_kinds(faults, WEBINAR_FAULTS if args.workload == "webinar" else COUNTER_FAULTS)
+        if args.workload == "webinar":
+            fault_kinds(changes, WEBINAR_CHANGES, "changes")
+        elif args.changes != "all":
+            raise ValueError("--changes is the webinar workload's")
     except ValueError as exc:
         print(f"huddle sim: {exc}", file=sys.stderr)
         return 2
@@ -61,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     def run(seed: int) -> Any:
         if args.workload == "webinar":
             return run_webinar_seed(seed, nodes=args.nodes or 2, meetings=args.meetings, seconds=args.seconds,
-                                    faults=faults)
+                                    faults=faults, changes=changes)
         return run_seed(seed, nodes=args.nodes or 3, counters=args.counters, seconds=args.seconds, faults=faults)
 
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
@@ -107,11 +112,19 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _kinds(option: str) -> bool | list[str]:
+    """``all`` → True, ``none`` → False, else the names given."""
+    if option in ("all", "none"):
+        return option == "all"
+    return [k.strip() for k in option.split(",") if k.strip()]
+
+
 def _replay_options(args: argparse.Namespace) -> str:
     size = f"--meetings {args.meetings}" if args.workload == "webinar" else f"--counters {args.counters}"
     nodes = f" --nodes {args.nodes}" if args.nodes else ""
     return (f"--workload {args.workload}{nodes} {size} --seconds {args.seconds:g}"
-            f"{'' if args.faults == 'all' else ' --faults ' + args.faults}")
+            f"{'' if args.faults == 'all' else ' --faults ' + args.faults}"
+            f"{'' if args.changes == 'all' else ' --changes ' + args.changes}")
 
 
 def register(sub: Any) -> None:
@@ -133,6 +146,9 @@ def register(sub: Any) -> None:
                    help="which faults are drawn (default all). counter: pause, kill, cut, redis-restart; "
                         "webinar: service-restart, switchover, drop, close, register-fail, token-fail, "
                         "token-delay, node-cut, node-pause")
+    p.add_argument("--changes", default="all", metavar="all|none|KIND,...",
+                   help="webinar workload: which changes the meetings go through (default all): practice, role, "
+                        "captions, lobby, leave, rejoin, incoming-call")
     p.add_argument("--trace", action="store_true", help="print each run's whole trace")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=_run)

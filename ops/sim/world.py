@@ -14,6 +14,8 @@ import random
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+from pykka import ActorRegistry
+
 from ops.sim.loop import SimLoop
 from ops.sim.network import Latency, SimNetwork
 from ops.sim.redis_model import RedisModel
@@ -38,6 +40,7 @@ class World:
         self.network = SimNetwork(seed, latency)
         self.loop = SimLoop(self.network)
         self.redis = RedisModel(self.network, self.loop, self.wall)
+        self._actors_before = {ref.actor_urn for ref in ActorRegistry.get_all()}
 
     def now(self) -> float:
         """Monotonic seconds since the world began."""
@@ -65,6 +68,11 @@ class World:
         self.redis.close()
         self.loop.run_for(0.01)  # the connections' ends reach their protocols
         self.loop.close()
+        # The world's actors go with it: none is left in the process's
+        # registry for a later stop_all to wait on (their loop is closed).
+        for ref in ActorRegistry.get_all():
+            if ref.actor_urn not in self._actors_before:
+                ActorRegistry.unregister(ref)
 
 
 def trace_hash(trace: list[str]) -> str:
@@ -72,7 +80,7 @@ def trace_hash(trace: list[str]) -> str:
     return hashlib.sha256("\n".join(trace).encode()).hexdigest()[:16]
 
 
-def fault_kinds(faults: bool | Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
+def fault_kinds(faults: bool | Sequence[str], known: Sequence[str], what: str = "faults") -> tuple[str, ...]:
     """The faults a workload draws from: all of ``known`` (True), none
     (False), or those named (in ``known``'s order); ValueError names any
     that is not a fault of the workload."""
@@ -82,5 +90,5 @@ def fault_kinds(faults: bool | Sequence[str], known: Sequence[str]) -> tuple[str
         return ()
     unknown = sorted(set(faults) - set(known))
     if unknown:
-        raise ValueError(f"unknown faults {', '.join(unknown)} (this workload's: {', '.join(known)})")
+        raise ValueError(f"unknown {what} {', '.join(unknown)} (this workload's: {', '.join(known)})")
     return tuple(k for k in known if k in set(faults))

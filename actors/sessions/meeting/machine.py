@@ -545,6 +545,11 @@ class MeetingCore:
             to = dc.session_address(self.meeting_id, session)
             epoch = self.claim_epoch
             if target.url and target.url != before.url:
+                if session == tk.PRACTICE_SESSION and not core.practice_started:
+                    # S27's moment, as an event: what the meeting knew of the
+                    # default session when it started the practice session.
+                    effects.append(Emit("practice-session-started",
+                                        detail={"default_session": core.session_states.get(tk.DEFAULT_SESSION, "")}))
                 effects.append(Send(to, dc.Connect(epoch=epoch, datachannel_url=target.url, token_auth=self.token_auth)))
             elif not target.url and before.url:
                 effects.append(Send(to, dc.Disconnect(epoch=epoch, permanent=True, reason=f"meeting {self.facts.phase}")))

@@ -365,7 +365,8 @@ def _configure(state: TokenState, message: TokenConfigure, now: float) -> Step:
     state = evolve(state, generation=message.generation, config=config, left=False, slots=slots)
     effects.append(SaveCheckpoint(state.checkpoint()))
     effects.append(Emit("configured", detail={"generation": state.generation, "practice": config.practice,
-                                              "same_participant": same_participant}))
+                                              "same_participant": same_participant,
+                                              "participant": config.self_id}))
     for session_type in SESSION_TYPES:
         slot = state.slot(session_type)
         if slot.waiting:

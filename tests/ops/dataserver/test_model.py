@@ -90,6 +90,19 @@ def test_register_records_the_token_status_never_the_token() -> None:
     assert token not in json.dumps(svc.snapshot())
 
 
+def test_register_records_whom_the_token_was_issued_to_when_its_signature_checks() -> None:
+    svc = service()
+    other = TokenAuthority("another service's secret, 32 bytes or more").issue(
+        subject="me", audience=DEFAULT_SESSION, meeting="m1", now=NOW, ttl_s=60)
+    for subject, meeting in (("former-self", "m1"), ("me", "m2")):
+        register(svc, token=svc.authority.issue(subject=subject, audience=PRACTICE_SESSION, meeting=meeting,
+                                                now=NOW, ttl_s=-5))  # wrong audience and expired: still whose
+    register(svc, token=other)
+    register(svc)
+    assert [(r["token_meeting"], r["token_self"]) for r in svc.register_requests] == [
+        ("m1", "former-self"), ("m2", "me"), (None, None), (None, None)]
+
+
 def test_required_token_missing_expired_or_for_the_other_session_is_401() -> None:
     svc = service(require_token=True)
     authority = svc.authority

@@ -52,3 +52,16 @@ def test_faults_are_chosen_by_name_and_a_wrong_name_is_refused() -> None:
     proc = subprocess.run([sys.executable, "-m", "ops.cli", "sim", "--seed", "1", "--faults", "meteor"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "unknown faults meteor" in proc.stderr and "redis-restart" in proc.stderr
+
+
+def test_changes_are_chosen_by_name_and_a_wrong_name_is_refused() -> None:
+    code, calm, _ = _sim("--workload", "webinar", "--seed", "1", "--faults", "none", "--changes", "none")
+    assert code == 0 and calm["events"] > 0
+    code, changing, _ = _sim("--workload", "webinar", "--seed", "1", "--faults", "none", "--changes", "rejoin,role")
+    assert code == 0 and changing["events"] > calm["events"]  # rejoins reconnect sessions: more happens
+    proc = subprocess.run([sys.executable, "-m", "ops.cli", "sim", "--workload", "webinar", "--seed", "1",
+                           "--changes", "meteor"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "unknown changes meteor" in proc.stderr and "incoming-call" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ops.cli", "sim", "--seed", "1", "--changes", "none"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "webinar" in proc.stderr

@@ -84,3 +84,15 @@ def test_a_blocking_get_inside_the_world_is_refused_with_the_fix_named() -> None
         world.run(scenario())
     finally:
         world.close()
+
+
+def test_a_world_leaves_no_actor_in_the_process_registry() -> None:
+    """A world's actors live on its loop; once it closed, a later
+    ``ActorRegistry.stop_all`` (a test's clean-up) must not wait on them."""
+    from pykka import ActorRegistry
+
+    from ops.sim.webinar import run_webinar_seed
+
+    before = len(ActorRegistry.get_all())
+    assert run_webinar_seed(1, meetings=2, seconds=6, faults=False).violations == []
+    assert len(ActorRegistry.get_all()) == before

@@ -22,6 +22,22 @@ def test_every_meeting_converges_after_the_faults_of_a_seed(seed: int) -> None:
     assert result.faults and result.converged_s is not None and result.converged_s <= 40.0
 
 
+def test_meetings_change_as_they_run_and_converge_to_the_last_facts() -> None:
+    """Without faults: every kind of change happens (practice, roles,
+    captions, lobby and admission, leave, rejoins under new participant
+    ids, incoming calls) and the sessions end as the last facts want them;
+    each incoming call's claim and disconnect were refused as a
+    non-owner's (the owner's socket stayed: convergence)."""
+    result = run_webinar_seed(1, faults=False)
+    assert result.violations == [] and result.converged_s is not None
+    text = " ".join(result.changes)
+    for what in ("practice session", "promoted", "demoted", "captions", "moved to the lobby", "left", "rejoins",
+                 "incoming call"):
+        assert what in text, what
+    calls = text.count("incoming call")
+    assert result.calls_refused == 2 * calls
+
+
 def test_a_seed_replays_exactly() -> None:
     first = run_webinar_seed(5)
     assert run_webinar_seed(5).trace == first.trace

@@ -224,6 +224,24 @@ def test_s27_promoted_panelist_ensures_the_practice_token_then_connects_once_def
     core, effects = core.step(tk.TokenHeld(session_type=tk.PRACTICE_SESSION, request_id=ensure[0].request_id,
                                            expires_at=1e10), TOKEN)
     assert sends(effects, PRACTICE, dc.Connect) == [dc.Connect(epoch=7, datachannel_url=PS_URL, token_auth=True)]
+    # The moment is an event, with what the meeting knew of the default
+    # session then (the simulation checks it on every start).
+    assert [e.detail for e in effects if isinstance(e, Emit) and e.event == "practice-session-started"] == [
+        {"default_session": dc.ONLINE}]
+
+
+def test_s27_a_default_session_that_dropped_during_the_token_await_holds_the_practice_start_back() -> None:
+    core, _ = start()
+    core, _ = core.step(joined(practice_datachannel_url=PS_URL, practice_session_on=True, panelist=True), "app:1")
+    core, effects = online(core)
+    [ensure] = sends(effects, TOKEN, tk.TokenEnsure)
+    core, _ = online(core, state=dc.BACKOFF, previous=dc.ONLINE)
+    core, effects = core.step(tk.TokenHeld(session_type=tk.PRACTICE_SESSION, request_id=ensure.request_id,
+                                           expires_at=1e10), TOKEN)
+    assert sends(effects, PRACTICE) == []
+    assert not [e for e in effects if isinstance(e, Emit) and e.event == "practice-session-started"]
+    core, effects = online(core, previous=dc.CONNECTING)
+    assert sends(effects, PRACTICE, dc.Connect) == [dc.Connect(epoch=7, datachannel_url=PS_URL, token_auth=True)]
 
 
 def test_an_unavailable_practice_token_is_asked_for_again_on_a_timer_with_backoff() -> None:
