@@ -115,20 +115,32 @@ if not era then
   redis.call('SET', ERA, era)
 end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
-local lost = {}
+local lost, kept = {}, {}
 for i = 8, #ARGV, 2 do
   local a, e = ARGV[i], ARGV[i + 1]
   local k = lease_key(a)
   local v = redis.call('GET', k)
   if v == e .. ' ' .. me then
     redis.call('PEXPIRE', k, ttl)
+    kept[a] = true
   else
     lost[#lost + 1] = a
     lost[#lost + 1] = v or ''
   end
 end
-local bl = redis.call('SMEMBERS', backlogged_key(me))
-if #bl > 0 then redis.call('DEL', backlogged_key(me)) end
+-- A waiting backlog is news for whoever holds its lease (by epoch): a
+-- second process under this node id must not take it and let it drop.
+local bl = {}
+for _, a in ipairs(redis.call('SMEMBERS', backlogged_key(me))) do
+  if kept[a] then
+    bl[#bl + 1] = a
+    redis.call('SREM', backlogged_key(me), a)
+  else
+    local _, holder = parse_lease(redis.call('GET', lease_key(a)))
+    -- nobody holds it, or another node does: its claim drains the backlog
+    if holder ~= me then redis.call('SREM', backlogged_key(me), a) end
+  end
+end
 return {era, lost, bl}
 """)
 

@@ -143,7 +143,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=20.0,
                    help="virtual seconds of load per seed (default 20; faults stop 5 s before the end)")
     p.add_argument("--faults", default="all", metavar="all|none|KIND,...",
-                   help="which faults are drawn (default all). counter: pause, kill, cut, redis-restart; "
+                   help="which faults are drawn (default all). counter: pause, kill, cut, redis-restart, twin; "
                         "webinar: service-restart, switchover, drop, close, register-fail, token-fail, "
                         "token-delay, node-cut, node-pause")
     p.add_argument("--changes", default="all", metavar="all|none|KIND,...",

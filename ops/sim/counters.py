@@ -6,11 +6,16 @@ application places ``counters`` counters and sends an acknowledged
 addition every :data:`ADD_EVERY_S` to one drawn from the seed. Meanwhile,
 until :data:`CALM_S` before the end, faults drawn from the seed: a member
 paused (``SIGSTOP``) for a while, killed (``kill -9``) and started again as
-a new process, cut off from the network for a while, or Redis restarted
-from its data. Then everything heals, the fleet settles, and the checks of
-:mod:`ops.invariants` run: no acknowledged addition lost, none applied
-twice, the fencing log never going back and never two writers per epoch,
-and every counter answering once the faults stopped.
+a new process, cut off from the network for a while, twinned (a second
+process started under its node id while the first still runs, one of the
+two stopped after a while), or Redis restarted from its data. All along,
+every :data:`OWNERS_EVERY_S`: no two running processes hold one address's
+lease as valid by their own clocks for more than :data:`OWNERS_OVERLAP_S`
+(at most one owner acts per address). Then everything heals, the fleet
+settles, and the checks of :mod:`ops.invariants` run: no acknowledged
+addition lost, none applied twice, the fencing log never going back and
+never two writers per epoch, and every counter answering once the faults
+stopped.
 
 Everything random comes from the seed, so :func:`run_seed` with the same
 arguments is the same run: :attr:`SeedResult.trace_hash` (over the faults,
@@ -46,7 +51,12 @@ ADD_EVERY_S = 0.02
 #: Faults stop this long before the end; then the fleet settles for as long.
 CALM_S = 5.0
 SETTLE_S = 5.0
-FAULTS = ("pause", "kill", "cut", "redis-restart")
+FAULTS = ("pause", "kill", "cut", "redis-restart", "twin")
+#: Two processes may both believe they own an address for at most this
+#: long (a takeover's news reaches the former owner with its next renewal).
+OWNERS_OVERLAP_S = 1.0
+#: How often the world looks at who believes it owns what.
+OWNERS_EVERY_S = 0.05
 LEASE_TTL_S = 1.0
 
 
@@ -94,7 +104,9 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
     violations: list[str] = []
     addresses = [f"counter:c{i}" for i in range(counters)]
     hosts: dict[str, SimHost] = {}
+    extra: list[SimHost] = []  # twins, and processes a twin's end stopped
     incarnations: dict[str, int] = {}
+    twins: dict[str, int] = {}
 
     def note(what: str) -> None:
         trace.append(f"{world.now():.6f} {what}")
@@ -133,12 +145,66 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
                     world.network.isolate(host.name)
                     world.loop.call_later(length, world.network.heal, host.name)
                     what = f"{name} cut off {length:.3f}s"
+                elif kind == "twin":
+                    # A second process started under the same node id while
+                    # the first still runs (a deploy that starts the new one
+                    # before the old one stopped); after a while one of the
+                    # two is stopped (kill -9).
+                    twins[name] = twins.get(name, 0) + 1
+                    twin = member(name, host=f"{name}~{twins[name]}")
+                    extra.append(twin)
+                    old_goes = draws.random() < 0.5
+                    world.loop.call_later(length, end_twin, name, host, twin, old_goes)
+                    what = f"{name} twinned {length:.3f}s, then the {'old' if old_goes else 'new'} one stopped"
                 else:
                     host.kill()
                     world.loop.call_later(length, restart, name)
                     what = f"{name} killed, restarted in {length:.3f}s"
             injected.append(what)
             note(f"fault {what}")
+
+    def end_twin(name: str, old: SimHost, twin: SimHost, old_goes: bool) -> None:
+        gone = old if old_goes else twin
+        gone.kill()
+        if old_goes and hosts.get(name) is old:
+            hosts[name] = twin
+        extra.append(old)
+        note(f"twin of {name}: {gone.name} stopped")
+
+    def believers() -> dict[str, list[str]]:
+        """Address → the running processes whose cluster core holds its
+        lease as valid now (by the process's own clock)."""
+        out: dict[str, list[str]] = {}
+        for h in {id(h): h for h in [*hosts.values(), *extra]}.values():
+            if h.killed or h.cluster is None or world.loop.frozen(h.name):
+                continue  # a stopped process acts on nothing
+            now = h.clock.now()
+            state = h.cluster.state
+            for address, epoch in state.held().items():
+                if now < state.leases[address].valid_until:
+                    out.setdefault(address, []).append(f"{h.name}@{epoch}")
+        return out
+
+    async def watch_owners() -> None:
+        since: dict[str, float] = {}
+        seen: dict[str, list[str]] = {}
+        while True:
+            await asyncio.sleep(OWNERS_EVERY_S)
+            now_owned = believers()
+            for address in sorted(set(now_owned) | set(seen)):
+                if sorted(now_owned.get(address, [])) != seen.get(address, []):
+                    seen[address] = sorted(now_owned.get(address, []))
+                    note(f"owners {address} {' '.join(seen[address]) or '-'}")
+            for address in [a for a in since if len(now_owned.get(a, ())) < 2]:
+                del since[address]
+            for address, names in now_owned.items():
+                if len(names) < 2:
+                    continue
+                first = since.setdefault(address, world.now())
+                if first >= 0 and world.now() - first > OWNERS_OVERLAP_S:
+                    violations.append(f"owners: {address} owned by {' and '.join(sorted(names))} at once for "
+                                      f"more than {OWNERS_OVERLAP_S:g}s (since {first:.3f}s)")
+                    since[address] = -1.0  # said once per stretch
 
     def restart(name: str) -> None:
         incarnations[name] = incarnations.get(name, 1) + 1
@@ -164,6 +230,7 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
                 note(f"placed {address} on {await app.run(app.cluster.ensure, address)}")
         end = world.now() + seconds
         faulting = asyncio.ensure_future(inject(end - CALM_S)) if kinds else None
+        watching = asyncio.ensure_future(watch_owners())
         sent = 0
         while world.now() < end:
             address = load.choice(addresses)
@@ -175,6 +242,8 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
             await asyncio.sleep(ADD_EVERY_S)
         if faulting is not None:
             faulting.cancel()
+        for twin in [h for h in extra if not h.killed and h not in hosts.values()]:
+            twin.kill()  # a twin still running ends with the faults
         for h in hosts.values():  # every fault ends (a killed process stays dead; its restart is up)
             world.network.heal(h.name)
             h.resume()
@@ -195,6 +264,7 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
             await client.aclose()
         for entry in log:
             note(f"fenced-write {entry.get('a')} {entry.get('e')} {entry.get('n')}")
+        watching.cancel()
         return final, log, sent
 
     try:

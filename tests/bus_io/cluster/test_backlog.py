@@ -115,3 +115,18 @@ def test_append_keeps_it_for_the_next_owner_whoever_holds_the_lease(cr: ClusterR
     cr.heartbeat("next")
     taken = cr.run(cr.leases.claim("counter:1", "next", ttl=5))
     assert taken.won and list(taken.backlog) == [data]  # delivered to the next owner with its claim
+
+
+def test_a_waiting_backlog_is_news_for_the_process_that_holds_its_lease(cr: ClusterRedis) -> None:
+    """Two processes under one node id (a deploy that starts the new one
+    before the old one stopped): the one that renews without holding the
+    lease neither hears of the waiting backlog nor takes the news from the
+    one that does (the simulation found the news taken and dropped: the
+    envelopes waited for the next activation, past the dedupe window, and
+    were applied twice)."""
+    cr.heartbeat("owner")
+    lease = cr.run(cr.leases.claim("counter:1", "owner", ttl=5))
+    data, msg_id = _env(cr, 7)
+    assert cr.run(cr.backlog.route("counter:1", data, msg_id, me="sender")).outcome == "backlogged"
+    assert cr.heartbeat("owner").backlogged == ()  # the other process: renews none of it
+    assert cr.heartbeat("owner", {"counter:1": lease.epoch}).backlogged == ("counter:1",)

@@ -149,3 +149,45 @@ def test_a_member_restarted_under_its_id_within_a_lease_ttl_gets_its_counters_pl
     finally:
         world.close()
     assert counts and all(count == 16 for count in counts)  # back, from their checkpoints, nothing sent lost
+
+
+def test_what_the_stopped_one_of_two_twins_held_is_placed_again() -> None:
+    """Two processes under one node id (a deploy that starts the new one
+    before the old one stopped). The old one holds counters; the new one
+    comes up while they are held (its boot-time look at leftovers finds
+    them live), then the old one is stopped. The id never looks dead, so
+    nobody adopts; the survivor's sweep places them again, and they answer
+    with their state."""
+    world = World(11)
+
+    async def scenario() -> list[Any]:
+        config = ClusterConfig(lease_ttl=1.0, heartbeat_interval=0.25, sweep_interval=2.0)
+        hosts = {name: SimHost(world, name) for name in ("a", "b")}
+        for host in hosts.values():
+            host.start()
+            host.join_cluster(config, ActorFactories({"counter": Counter}))
+        for host in hosts.values():
+            assert host.cluster is not None and await host.cluster.wait_joined(5)
+        a, b = hosts["a"], hosts["b"]
+        assert a.cluster is not None
+        owned = []
+        for i in range(8):
+            address = f"counter:t{i}"
+            if await a.run(a.cluster.ensure, address) == "a":
+                owned.append(address)
+                assert await a.node.ask(address, CounterAdd(n=5), timeout=2) == 5
+        assert owned
+        twin = SimHost(world, "a", host="a~2")
+        twin.start()
+        twin.join_cluster(config, ActorFactories({"counter": Counter}))
+        assert twin.cluster is not None and await twin.cluster.wait_joined(5)
+        await asyncio.sleep(3 * config.lease_ttl)  # past the twin's second look at leftovers: all still live
+        a.kill()
+        await asyncio.sleep(config.lease_ttl + 2 * config.sweep_interval)
+        return [await b.node.ask(address, CounterAdd(n=1), timeout=2) for address in owned]
+
+    try:
+        counts = world.run(scenario())
+    finally:
+        world.close()
+    assert counts and all(count == 6 for count in counts)
