@@ -49,6 +49,10 @@ class Directory:
         if current is None or epoch >= current[1]:
             self._owners[address] = (node, epoch)
 
+    def clear(self) -> None:
+        """Forget every entry (Redis lost its data: they may all be gone)."""
+        self._owners.clear()
+
     def forget(self, address: str, up_to: int | None = None) -> None:
         """Drop the entry for ``address`` (only if its epoch is at most
         ``up_to``, when given)."""

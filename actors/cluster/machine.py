@@ -86,6 +86,7 @@ __all__ = [
     "NodeLeftSeen",
     "Orphans",
     "Phase",
+    "ForgetOwners",
     "Reassert",
     "RefuseRoute",
     "Reasserted",
@@ -449,9 +450,12 @@ class RouteFailed(Input):
 
 @dataclass(frozen=True, slots=True)
 class LeaseTroubled(Input):
-    """Redis refused a checkpoint of ``address`` under our lease."""
+    """Redis refused a checkpoint of ``address`` under our lease:
+    ``missing``, because nobody holds the lease at all (Redis lost its
+    data); else because another holder or epoch does."""
 
     address: str
+    missing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,6 +565,13 @@ class Reassert(Effect):
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetOwners(Effect):
+    """Redis lost its data: who held what, as this node heard it, no longer
+    holds (a lease learned of before may be gone, with the placement that
+    would have brought its actor back)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Leave(Effect):
     pass
 
@@ -635,6 +646,7 @@ def _renewed(s: ClusterState, e: Renewed, now: float, out: list[Effect]) -> None
     s.era = e.era
     if reset:
         out.append(Emit("redis-reset", address=node_address(s.me), detail={"era": e.era}))
+        out.append(ForgetOwners())
     valid_until = e.sent_at + s.config.validity
     for address, epoch in (s.renew_set if e.leases is None else e.leases).items():
         lease = s.leases.get(address)
@@ -825,10 +837,21 @@ def _orphans(s: ClusterState, e: Orphans, now: float, out: list[Effect]) -> None
         _maybe_claim_placed(s, address, now, out)
 
 
-def _lease_troubled(s: ClusterState, e: LeaseTroubled, _now: float, out: list[Effect]) -> None:
+def _lease_troubled(s: ClusterState, e: LeaseTroubled, now: float, out: list[Effect]) -> None:
     lease = s.leases.get(e.address)
-    if lease is not None and lease.phase in _RENEWED:
-        _fence(s, e.address, lease, "checkpoint-refused", out)
+    if lease is None or lease.phase not in _RENEWED:
+        return
+    if e.missing and now < lease.valid_until:
+        # Nobody holds it while ours is still valid by our clock (it cannot
+        # have lapsed: we stop trusting it first): Redis lost its data.
+        # Re-assert it, with the newest state, as after a renewal that
+        # found it gone, instead of stopping a healthy actor whose spec
+        # went with the data (nobody would ever place it again).
+        if not s.reasserting.get(e.address, False):
+            s.reasserting[e.address] = True
+            out.append(Reassert(e.address, lease.epoch, lease.placed, now))
+        return
+    _fence(s, e.address, lease, "checkpoint-refused", out)
 
 
 def _drain(s: ClusterState, e: Drain, _now: float, out: list[Effect]) -> None:

@@ -91,6 +91,7 @@ from actors.cluster.machine import (
     NodeLeftSeen,
     Orphans,
     Phase,
+    ForgetOwners,
     Reassert,
     Reasserted,
     RefuseRoute,
@@ -127,7 +128,7 @@ from actors.runtime.node import Node
 from actors.runtime.pooled import ROUND_BUDGET_S, PooledFuture
 from bus.address import SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog
-from bus.cluster.leases import CheckpointWrite, ClaimResult, LeaseStore
+from bus.cluster.leases import NO_LEASE, WRITTEN, CheckpointWrite, ClaimResult, LeaseStore
 from bus.cluster.messages import DrainNode, LeaseChange, NodeHeartbeat, NodeLeft
 from bus.envelope import Envelope
 from bus.errors import DecodeError, EncodeError, HuddleError
@@ -378,14 +379,16 @@ class RedisCheckpoints:
                                 self._accepted[address] = False
                     else:
                         cluster.node.counters["cluster:checkpoint-batches"] += 1
-                        for (address, (epoch, data, _seen)), ok in zip(chunk, oks, strict=True):
+                        for (address, (epoch, data, _seen)), verdict in zip(chunk, oks, strict=True):
                             if data is None:
                                 continue  # the ids alone: a refusal only says the lease moved
-                            self._accepted[address] = ok
+                            ok = self._accepted[address] = verdict == WRITTEN
                             if not ok:
-                                cluster.node.emit("checkpoint-refused", address, reason="stale-epoch",
+                                missing = verdict == NO_LEASE
+                                cluster.node.emit("checkpoint-refused", address,
+                                                  reason="no-lease" if missing else "stale-epoch",
                                                   detail={"epoch": epoch})
-                                cluster.feed(LeaseTroubled(address))
+                                cluster.feed(LeaseTroubled(address, missing=missing))
                     for address, _item in chunk:
                         if address not in self._pending:
                             done = self._writing.pop(address, None)
@@ -817,6 +820,8 @@ class Cluster:
                 self._spawn_task(self._drain_backlog(address, epoch))
             case Reassert():
                 self._spawn_task(self._reassert(effect))
+            case ForgetOwners():
+                self.directory.clear()
             case Emit(event=name, address=address, reason=reason, detail=detail):
                 self.node.emit(name, address, reason=reason, detail=dict(detail))
             case Leave():

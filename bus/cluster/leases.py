@@ -64,8 +64,11 @@ __all__ = [
     "CheckpointWrite",
     "ClaimResult",
     "LeaseStore",
+    "NO_LEASE",
+    "REFUSED",
     "ReleaseMode",
     "RenewResult",
+    "WRITTEN",
 ]
 
 ReleaseMode = str
@@ -182,6 +185,9 @@ for i = 5, #ARGV, 6 do
 end
 return out
 """)
+
+#: A checkpoint write's verdicts (:meth:`LeaseStore.save_checkpoints`).
+WRITTEN, REFUSED, NO_LEASE = 1, 0, -1
 
 #: Seconds the handled msg ids of an address stay in Redis after their last
 #: write. Copies of a message arrive within seconds of it; this only lets
@@ -403,20 +409,22 @@ class LeaseStore:
         has handled) is written in the same atomic step, to
         ``seen:{address}``; with ``data`` None, only ``seen`` is."""
         write = CheckpointWrite(address, epoch, data, seen, note)
-        return (await self.save_checkpoints([write], node, log=log, seen_ttl=seen_ttl))[0]
+        return (await self.save_checkpoints([write], node, log=log, seen_ttl=seen_ttl))[0] == WRITTEN
 
     async def save_checkpoints(self, writes: Sequence[CheckpointWrite], node: str, *, log: bool = False,
-                               seen_ttl: float = SEEN_TTL) -> list[bool]:
+                               seen_ttl: float = SEEN_TTL) -> list[int]:
         """Each write as :meth:`save_checkpoint` does, all in one script (one
-        round trip); whether each was accepted, in order. Each is judged
-        alone: one refused (its lease moved) does not stop the others."""
+        round trip); each one's verdict, in order: :data:`WRITTEN`,
+        :data:`REFUSED` (the lease is another's, or another epoch's) or
+        :data:`NO_LEASE` (nobody holds it: Redis lost its data, or it
+        lapsed). Each is judged alone: one refused does not stop the others."""
         if not writes:
             return []
         args: list[Any] = [self.keys.prefix, node, "1" if log else "0", _ms(seen_ttl)]
         for w in writes:
             args += [w.address, str(w.epoch), "0" if w.data is None else "1", w.data or b"",
                      b"" if w.seen is None else encode_seen(w.seen), w.note]
-        return [bool(x) for x in await self._save(args=args)]
+        return [int(x) for x in await self._save(args=args)]
 
     async def load_seen(self, address: str) -> list[str]:
         """The msg ids the actor at ``address`` handled last, as its last

@@ -116,6 +116,9 @@ local function restore_lease(a, me, e, ttl, spec, ckpt)
     if v == e .. ' ' .. me then return 'ours' end
     return 'taken'
   end
+  -- A newer epoch was issued since (and let go): not ours to bring back.
+  local ie = parse_lease(redis.call('GET', issued_key(a)))
+  if ie ~= nil and ie > tonumber(e) then return 'taken' end
   redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ttl)
   record_issued(a, tonumber(e), me)
   if spec ~= '' then redis.call('SET', spec_key(a), spec, 'NX') end
@@ -123,11 +126,14 @@ local function restore_lease(a, me, e, ttl, spec, ckpt)
   return 'restored'
 end
 
--- One checkpoint write under the lease compare: 1 accepted, 0 refused.
+-- One checkpoint write under the lease compare: 1 accepted, 0 refused (the
+-- lease is another's, or another epoch's), -1 refused: nobody holds it.
 -- has ~= '0': write data (and log it to the stream log_key if given);
 -- seen ~= '': the msg ids handled, in the same step as the state they led to.
 local function save_write(a, me, e, has, data, seen, seen_ttl, log_key, maxlen, note)
-  if redis.call('GET', lease_key(a)) ~= e .. ' ' .. me then return 0 end
+  local v = redis.call('GET', lease_key(a))
+  if not v then return -1 end
+  if v ~= e .. ' ' .. me then return 0 end
   if has ~= '0' then
     redis.call('SET', ckpt_key(a), data)
     if log_key then

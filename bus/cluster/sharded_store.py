@@ -309,14 +309,14 @@ class ShardedLeaseStore(LeaseStore):
         return True
 
     async def save_checkpoints(self, writes: Sequence[CheckpointWrite], node: str, *, log: bool = False,
-                               seen_ttl: float = SEEN_TTL) -> list[bool]:
+                               seen_ttl: float = SEEN_TTL) -> list[int]:
         prefix, flag, ms = self.keys.prefix, "1" if log else "0", _ms(seen_ttl)
         replies = await self._scripts.run(self._save_one, [
             (self.keys.lease(w.address), (prefix, node, flag, ms, w.address, str(w.epoch),
                                           "0" if w.data is None else "1", w.data or b"",
                                           b"" if w.seen is None else encode_seen(w.seen), w.note))
             for w in writes])
-        return [bool(x) for x in replies]
+        return [int(x) for x in replies]
 
     async def issued(self, addresses: list[str]) -> dict[str, tuple[int, str, bool]]:
         keys = self.keys

@@ -8,7 +8,12 @@ until :data:`CALM_S` before the end, faults drawn from the seed: a member
 paused (``SIGSTOP``) for a while, killed (``kill -9``) and started again as
 a new process, cut off from the network for a while, twinned (a second
 process started under its node id while the first still runs, one of the
-two stopped after a while), or Redis restarted from its data. All along,
+two stopped after a while), or Redis restarted from its data or without
+it (then what Redis alone held is gone: the application places its
+counters again once the faults stop, and additions a counter acknowledged
+before such a restart are not counted as lost unless its holder wrote its
+lease and state back before the next one; none may be applied twice,
+ever). All along,
 every :data:`OWNERS_EVERY_S`: no two running processes hold one address's
 lease as valid by their own clocks for more than :data:`OWNERS_OVERLAP_S`
 (at most one owner acts per address). Then everything heals, the fleet
@@ -40,7 +45,7 @@ from actors.runtime.builtin import Counter, CounterAck, CounterAdd, CounterGet
 from bus.cluster.leases import LeaseStore
 from bus.envelope import Envelope
 from bus.errors import HuddleError
-from bus.messages import Message
+from bus.messages import Event, Message
 from ops.invariants import additions, fencing
 from ops.sim.nodes import SimHost, listening
 from ops.sim.world import World, fault_kinds, trace_hash
@@ -51,7 +56,7 @@ ADD_EVERY_S = 0.02
 #: Faults stop this long before the end; then the fleet settles for as long.
 CALM_S = 5.0
 SETTLE_S = 5.0
-FAULTS = ("pause", "kill", "cut", "redis-restart", "twin")
+FAULTS = ("pause", "kill", "cut", "redis-restart", "redis-wipe", "twin")
 #: Two processes may both believe they own an address for at most this
 #: long (a takeover's news reaches the former owner with its next renewal).
 OWNERS_OVERLAP_S = 1.0
@@ -100,6 +105,14 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
     load = random.Random(f"load:{seed}")
     trace: list[str] = []
     acked: dict[str, CounterAck] = {}
+    acked_at: dict[str, float] = {}
+    #: when Redis lost its data, which running process held each counter
+    #: then, and when each counter's holder wrote its lease (and state) back
+    wipes: list[float] = []
+    keepers: list[dict[str, list[str]]] = []
+    restored: dict[str, list[float]] = {}
+    #: faults as (from, until, host; None: every host), for the wipe check
+    disturbed: list[tuple[float, float, str | None]] = []
     injected: list[str] = []
     violations: list[str] = []
     addresses = [f"counter:c{i}" for i in range(counters)]
@@ -114,10 +127,17 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
     def on_ack(ack: CounterAck) -> None:
         if ack.tag not in acked:
             acked[ack.tag] = ack
+            acked_at[ack.tag] = world.now()
             note(f"ack {ack.tag} {ack.address} {ack.count}")
+
+    def on_event(event: Event) -> None:
+        if event.event == "lease-restored":
+            restored.setdefault(event.address, []).append(world.now())
+            note(f"lease-restored {event.address} on {event.node}")
 
     def member(name: str, host: str | None = None) -> SimHost:
         h = SimHost(world, name, host=host)
+        h.node.add_event_listener(on_event)
         h.start()
         h.join_cluster(ClusterConfig(lease_ttl=LEASE_TTL_S, heartbeat_interval=LEASE_TTL_S / 4, fencing_log=True),
                        ActorFactories({"counter": Counter}))
@@ -129,14 +149,25 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
             live = sorted(n for n, h in hosts.items() if n != "app" and not h.killed and not world.loop.frozen(h.name))
             kind = draws.choice(kinds)
             if kind == "redis-restart":
+                disturbed.append((world.now(), world.now(), None))
                 cut = world.redis.restart(keep_data=True)
                 what = f"redis restarted from its data ({cut} connections reset)"
+            elif kind == "redis-wipe":
+                # Which running processes hold which counters now: each must
+                # write its lease and state back, unless disturbed meanwhile.
+                keepers.append({a: [n.split("@")[0] for n in names if not world.network.isolated(n.split("@")[0])]
+                                for a, names in believers().items()})
+                wipes.append(world.now())
+                disturbed.append((world.now(), world.now(), None))
+                cut = world.redis.restart(keep_data=False)
+                what = f"redis restarted without its data ({cut} connections reset)"
             elif len(live) < 2:
                 continue  # keep a survivor
             else:
                 name = draws.choice(live)
                 host = hosts[name]
                 length = draws.uniform(0.2, 3.0)
+                disturbed.append((world.now(), world.now() + length, host.name))
                 if kind == "pause":
                     host.pause()
                     world.loop.call_later(length, host.resume)
@@ -153,10 +184,12 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
                     twins[name] = twins.get(name, 0) + 1
                     twin = member(name, host=f"{name}~{twins[name]}")
                     extra.append(twin)
+                    disturbed.append((world.now(), world.now() + length, twin.name))
                     old_goes = draws.random() < 0.5
                     world.loop.call_later(length, end_twin, name, host, twin, old_goes)
                     what = f"{name} twinned {length:.3f}s, then the {'old' if old_goes else 'new'} one stopped"
                 else:
+                    disturbed.append((world.now(), float("inf"), host.name))
                     host.kill()
                     world.loop.call_later(length, restart, name)
                     what = f"{name} killed, restarted in {length:.3f}s"
@@ -165,6 +198,7 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
 
     def end_twin(name: str, old: SimHost, twin: SimHost, old_goes: bool) -> None:
         gone = old if old_goes else twin
+        disturbed.append((world.now(), float("inf"), gone.name))
         gone.kill()
         if old_goes and hosts.get(name) is old:
             hosts[name] = twin
@@ -211,6 +245,25 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
         hosts[name] = member(name, host=f"{name}#{incarnations[name]}")
         note(f"restart {name}")
 
+    def forgotten() -> dict[str, float]:
+        """Counter -> the last time Redis lost its data while nobody could
+        write it back: what it acknowledged before may be gone, and Redis
+        no longer knows it exists. Its holder could, if it wrote its lease
+        back, or ran undisturbed for a lease ttl after (then it had to)."""
+        def undisturbed(host: str, since: float) -> bool:
+            return not any(start <= since + LEASE_TTL_S and end > since and who in (host, None)
+                           for start, end, who in disturbed)
+
+        out: dict[str, float] = {}
+        for i, wiped in enumerate(wipes):
+            until = wipes[i + 1] if i + 1 < len(wipes) else float("inf")
+            for address in addresses:
+                if any(wiped < t < until for t in restored.get(address, ())):
+                    continue
+                if not any(undisturbed(h, wiped) for h in keepers[i].get(address, ())):
+                    out[address] = wiped
+        return out
+
     async def scenario() -> tuple[dict[str, list[str]], list[dict[str, Any]], int]:
         for i in range(nodes):
             hosts[f"m{i}"] = member(f"m{i}")
@@ -247,6 +300,14 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
         for h in hosts.values():  # every fault ends (a killed process stays dead; its restart is up)
             world.network.heal(h.name)
             h.resume()
+        # What Redis alone remembered (that a counter exists) when it lost its
+        # data with nobody to write it back is the application's to say again.
+        for address in forgotten():
+            try:
+                async with asyncio.timeout(5):
+                    await app.run(app.cluster.ensure, address)
+            except (HuddleError, TimeoutError):
+                pass  # the liveness check says it
         await asyncio.sleep(SETTLE_S)
         final: dict[str, list[str]] = {}
         for address in addresses:
@@ -269,7 +330,9 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
 
     try:
         final, log, sent = world.run(scenario())
-        judged = additions(acked, final)
+        lost_before = forgotten()
+        checked = {tag: ack for tag, ack in acked.items() if acked_at[tag] >= lost_before.get(ack.address, 0.0)}
+        judged = additions(checked, final)  # none applied twice: all of them, lost ones or not
         violations += judged["violations"] + fencing(log)
         events = sum(n for h in hosts.values() for k, n in h.node.counters.items() if k.startswith("event:"))
         simulated = world.now()

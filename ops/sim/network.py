@@ -20,7 +20,8 @@ connection at once (both sides see ``connection_lost`` with
 ``ConnectionResetError``; bytes in flight are lost), :meth:`refuse`
 makes new connections to an address fail until :meth:`accept` again, and
 :meth:`isolate` cuts a host off (its connections dropped, its new ones
-refused) until :meth:`heal`.
+refused) until :meth:`heal`, and :meth:`partition` cuts two hosts off
+from each other alone.
 """
 
 from __future__ import annotations
@@ -225,6 +226,7 @@ class SimNetwork:
         self._servers: dict[tuple[str, int], SimServer] = {}
         self._refused: set[tuple[str, int]] = set()
         self._isolated: set[str] = set()
+        self._partitions: set[frozenset[str]] = set()
         self._ids = itertools.count(1)
         self._ports = itertools.count(40000)
         self.connections: dict[int, tuple[SimTransport, SimTransport]] = {}
@@ -253,6 +255,8 @@ class SimNetwork:
         server = self._servers.get((host, port))
         if me in self._isolated:
             raise ConnectionRefusedError(f"simulated: {me} is cut off from the network")
+        if frozenset((me, host)) in self._partitions:
+            raise ConnectionRefusedError(f"simulated: {me} is cut off from {host}")
         if server is None or (host, port) in self._refused:
             raise ConnectionRefusedError(f"simulated: nothing accepts connections on {host}:{port}")
         conn_id = next(self._ids)
@@ -286,8 +290,26 @@ class SimNetwork:
             self.drop(transport)
         return len(cut)
 
+    def isolated(self, host: str) -> bool:
+        return host in self._isolated
+
     def heal(self, host: str) -> None:
+        """End ``host``'s isolation and every partition it is in."""
         self._isolated.discard(host)
+        self._partitions = {p for p in self._partitions if host not in p}
+
+    def partition(self, host: str, peer: str) -> int:
+        """Cut ``host`` off from ``peer`` alone (a node from Redis, say; a
+        host named as the code that runs on it, or as the address its
+        servers listen on): connections between them dropped, new ones
+        refused, until :meth:`heal` of either. Returns the connections cut."""
+        pair = frozenset((host, peer))
+        self._partitions.add(pair)
+        cut = [sides[0] for sides in self.connections.values()
+               if frozenset((sides[0].host, sides[1]._local[0])) == pair]
+        for transport in cut:
+            self.drop(transport)
+        return len(cut)
 
     def drop(self, side: SimTransport) -> None:
         """Cut ``side``'s connection now: bytes in flight are lost, both

@@ -21,7 +21,8 @@ owns. **Faults**: the service restarted (every socket closed), at once or
 after seconds down, a switchover
 asked of a meeting's sockets (``shutdown``), sockets dropped or closed with
 an error, registers and token fetches failing or slow, a node cut off from
-the network or paused. When the faults stop, the application sends each
+the network, or from Redis alone, or paused, Redis restarted with or
+without its data. When the faults stop, the application sends each
 meeting its facts once more (a locus snapshot: a change told to a node that
 was cut off was lost, as on a real bus).
 
@@ -89,7 +90,7 @@ PANELIST_EVERY = 5
 TOKEN_LATENCY_S = (0.02, 0.6)
 REGISTER_LATENCY_S = (0.02, 0.3)
 FAULTS = ("service-restart", "switchover", "drop", "close", "register-fail", "token-fail", "token-delay",
-          "node-cut", "node-pause")
+          "node-cut", "node-pause", "bus-cut", "redis-restart")
 SOCKET_FAULTS = ("switchover", "drop", "close")
 #: How often a change to a meeting is followed, within 0.8 s, by a socket
 #: fault on that meeting (an aftershock).
@@ -425,10 +426,18 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
                 service_faults({"token_delay_s": delay})
                 world.loop.call_later(draws.uniform(1.0, 5.0), service_faults, {"token_delay_s": 0.0})
                 what = f"token fetches slow ({delay:.3f}s) for a while"
+            elif kind == "redis-restart":
+                keep = draws.random() < 0.5
+                cut = world.redis.restart(keep_data=keep)
+                what = f"redis restarted {'from its data' if keep else 'without its data'} ({cut} connections reset)"
             else:
                 host = draws.choice(hosts)
                 length = draws.uniform(0.2, 3.0)
-                if kind == "node-cut":
+                if kind == "bus-cut":  # the node loses Redis alone: its sockets to the service stay
+                    world.network.partition(host.name, world.redis.host)
+                    world.loop.call_later(length, world.network.heal, host.name)
+                    what = f"{host.name} cut off from redis {length:.3f}s"
+                elif kind == "node-cut":
                     world.network.isolate(host.name)
                     world.loop.call_later(length, world.network.heal, host.name)
                     what = f"{host.name} cut off {length:.3f}s"

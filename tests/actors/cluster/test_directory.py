@@ -75,3 +75,11 @@ def test_the_shell_takes_no_lock() -> None:
 
     source = inspect.getsource(shell)
     assert "Lock(" not in source and "_lock" not in source
+
+
+def test_clear_forgets_every_entry() -> None:
+    d = Directory("me", is_live=lambda node: True)
+    d.learn("counter:1", "n1", 3)
+    d.learn("counter:2", "n2", 4)
+    d.clear()
+    assert d.owner("counter:1") is None and d.entry("counter:2") is None

@@ -21,6 +21,7 @@ from actors.cluster.machine import (
     HandBack,
     HeartbeatSeen,
     LeaseSeen,
+    ForgetOwners,
     LeaseTroubled,
     Leave,
     NodeLeftSeen,
@@ -208,6 +209,7 @@ def test_a_new_era_writes_our_leases_back_instead_of_fencing() -> None:
     assert of(effects, StopActor) == []
     assert of(effects, Reassert) == [Reassert("counter:1", 7, True, d.now)]
     assert ("redis-reset", "node:me", "") in events(effects)
+    assert of(effects, ForgetOwners) == [ForgetOwners()]  # who held what, as heard before, may be gone
     # A renewal that races the write-back may still find it missing.
     renew = of(d.feed(Tick(), at=d.now + 1.1), Renew)[0]
     assert d.feed(Renewed(renew.sent_at, "era-2", lost={"counter:1": None})) == []
@@ -351,6 +353,27 @@ def test_a_refused_checkpoint_fences() -> None:
     d.join()
     d.hold("counter:1")
     assert of(d.feed(LeaseTroubled("counter:1")), StopActor) == [StopActor("counter:1", "lease-checkpoint-refused", final=False)]
+
+
+def test_a_checkpoint_refused_for_want_of_any_lease_reasserts_it_while_ours_is_valid() -> None:
+    """Redis lost its data: the first sign is often a checkpoint write (a
+    busy actor writes before its node's next renewal). Stopping the actor
+    then lost it for good (its spec went with the data: nobody placed it
+    again); it is written back instead, as after a renewal that found it
+    gone. Once our own validity ran out, it is fenced as before."""
+    d = Driver()
+    d.join()
+    d.hold("counter:1", epoch=7)
+    effects = d.feed(LeaseTroubled("counter:1", missing=True))
+    assert of(effects, StopActor) == []
+    assert of(effects, Reassert) == [Reassert("counter:1", 7, True, d.now)]
+    assert d.feed(LeaseTroubled("counter:1", missing=True)) == []  # one write-back at a time
+    assert of(d.feed(Reasserted("counter:1", False, d.now)), StopActor) == [
+        StopActor("counter:1", "lease-taken", final=False)]
+    d.hold("counter:2", epoch=8)
+    late = d.state.leases["counter:2"].valid_until + 0.01
+    assert of(d.feed(LeaseTroubled("counter:2", missing=True), at=late), StopActor) == [
+        StopActor("counter:2", "lease-checkpoint-refused", final=False)]
 
 
 def test_a_survivor_keeps_at_most_claims_in_flight_and_sends_the_rest_in_order_as_answers_come() -> None:

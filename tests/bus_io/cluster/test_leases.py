@@ -7,7 +7,7 @@ import threading
 
 import redis.asyncio as aioredis
 
-from bus.cluster.leases import CheckpointWrite, LeaseStore
+from bus.cluster.leases import NO_LEASE, REFUSED, WRITTEN, CheckpointWrite, LeaseStore
 from bus.cluster.messages import LeaseChange
 from bus.cluster.sharded_store import lease_store_for
 from bus.store_client import store_client
@@ -42,9 +42,12 @@ def test_the_issued_epoch_outlives_the_lease_and_only_grows(cr: ClusterRedis) ->
     second = cr.run(cr.leases.claim("counter:1", "n2", ttl=5))
     assert cr.run(cr.leases.issued(["counter:1"])) == {"counter:1": (second.epoch, "n2", True)}
     assert cr.sync.pttl(cr.keys.issued("counter:1")) == -1  # kept while held
-    # A restore under an older epoch (Redis lost data meanwhile) never lowers it.
+    # A lease is never written back under an older epoch than one issued
+    # since (the newer owner let it go, or it lapsed): refused, and the
+    # issued epoch stays.
     cr.sync.delete(cr.keys.lease("counter:1"))
-    assert cr.run(cr.leases.restore("counter:1", "n1", first.epoch, ttl=5))
+    assert not cr.run(cr.leases.restore("counter:1", "n1", first.epoch, ttl=5))
+    assert cr.sync.get(cr.keys.lease("counter:1")) is None
     assert cr.run(cr.leases.issued(["counter:1"]))["counter:1"][0] == second.epoch
 
 
@@ -242,6 +245,20 @@ def test_a_batch_of_checkpoint_writes_judges_each_write_alone_in_one_script(cr: 
     log = cr.run(cr.leases.fencing_log(addresses=["a:1", "a:2", "a:3"]))
     assert [(e["a"], e["n"], e["note"]) for e in log] == [("a:1", "n1", "x")]  # accepted state writes only
     assert cr.run(cr.leases.save_checkpoints([], "n1")) == []
+
+
+def test_a_checkpoint_write_says_whether_anyone_holds_the_lease(cr: ClusterRedis) -> None:
+    """Refused because another holder or epoch has it, or because nobody
+    does (Redis lost its data: the holder writes its lease back)."""
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    mine = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    theirs = cr.run(cr.leases.claim("a:2", "n2", ttl=5))
+    writes = [CheckpointWrite("a:1", mine.epoch, b"one"), CheckpointWrite("a:2", theirs.epoch, b"two"),
+              CheckpointWrite("a:nobody", 5, b"three")]
+    assert cr.run(cr.leases.save_checkpoints(writes, "n1")) == [WRITTEN, REFUSED, NO_LEASE]
+    assert not cr.run(cr.leases.save_checkpoint("a:nobody", "n1", 5, b"x"))  # the one-write form: a bool
+
 
 
 def test_adopting_a_dead_node_frees_its_placed_addresses_once(cr: ClusterRedis) -> None:

@@ -132,3 +132,34 @@ def test_a_dropped_connection_resets_both_sides() -> None:
 
     assert loop.run_until_complete(talk()) == b"done"
     assert server.is_serving() and not network.connections
+
+
+def test_a_partition_cuts_two_hosts_apart_and_nothing_else() -> None:
+    """A node cut off from Redis alone keeps its other connections."""
+    import contextvars
+
+    from ops.sim.network import current_host
+
+    network = SimNetwork(4)
+    loop = SimLoop(network)
+    network.listen(loop, Echo, "redis", 6379)
+    network.listen(loop, Echo, "service", 443)
+    node = contextvars.copy_context()
+    node.run(current_host.set, "n0")
+
+    async def as_node() -> None:
+        to_redis = await asyncio.open_connection("redis", 6379)
+        to_service = await asyncio.open_connection("service", 443)
+        assert network.partition("n0", "redis") == 1
+        with pytest.raises(ConnectionResetError):
+            await to_redis[0].read(10)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("redis", 6379)
+        to_service[1].write(b"still")
+        assert await to_service[0].readexactly(5) == b"still"
+        network.heal("n0")
+        reader, writer = await asyncio.open_connection("redis", 6379)
+        writer.write(b"back")
+        assert await reader.readexactly(4) == b"back"
+
+    loop.run_until_complete(node.run(loop.create_task, as_node()))
