@@ -220,6 +220,8 @@ class HeldLease:
     valid_until: float
     phase: Phase = Phase.ACTIVE
     release_mode: str = ""
+    #: another owner held it under a newer epoch since (Redis said so)
+    superseded: bool = False
     retry_at: float = 0.0
 
 
@@ -503,9 +505,14 @@ class StopActor(Effect):
 
 @dataclass(frozen=True, slots=True)
 class Release(Effect):
+    """Give the lease up. ``superseded``: another owner held it under a
+    newer epoch since, so the state here is older than that owner's: never
+    written back (where Redis lost its data, it would replace the newer)."""
+
     address: str
     epoch: int
     mode: str
+    superseded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,7 +615,7 @@ def _tick(s: ClusterState, _e: Tick, now: float, out: list[Effect]) -> None:
             _fence(s, address, lease, "expired", out)
         elif lease.phase is Phase.RELEASING and lease.retry_at and now >= lease.retry_at:
             lease.retry_at = 0.0
-            out.append(Release(address, lease.epoch, lease.release_mode))
+            out.append(Release(address, lease.epoch, lease.release_mode, superseded=lease.superseded))
     dead = s.view.expire(now)
     for node in dead:
         out.append(Emit("node-dead", address=node_address(node)))
@@ -730,8 +737,10 @@ def _lease_seen(s: ClusterState, e: LeaseSeen, now: float, out: list[Effect]) ->
         if s.lingering.pop(change.address, None) is not None:
             _stop_listening(s, change.address, out)  # the next owner's claim is heard: nothing more comes here
         lease = s.leases.get(change.address)
-        if lease is not None and lease.phase in _RENEWED and change.epoch > lease.epoch:
-            _fence(s, change.address, lease, "taken", out)
+        if lease is not None and change.epoch > lease.epoch:
+            lease.superseded = True  # a newer owner's state is newer than ours
+            if lease.phase in _RENEWED:
+                _fence(s, change.address, lease, "taken", out)
 
 
 def _want_lease(s: ClusterState, e: WantLease, now: float, out: list[Effect]) -> None:
@@ -950,7 +959,7 @@ def _hand_off(s: ClusterState, address: str, lease: HeldLease, to: str, out: lis
 def _release(s: ClusterState, address: str, lease: HeldLease, mode: str, out: list[Effect]) -> None:
     lease.phase = Phase.RELEASING
     lease.release_mode = mode
-    out.append(Release(address, lease.epoch, mode))
+    out.append(Release(address, lease.epoch, mode, superseded=lease.superseded))
 
 
 def _route_queued(s: ClusterState, e: RouteQueued, _now: float, out: list[Effect]) -> None:

@@ -984,7 +984,9 @@ class Cluster:
         self.checkpoints.save_seen(address, effect.epoch)
         await self.checkpoints.flush(address)
         spec = self._specs.get(address) if effect.mode == "unowned" else None
-        checkpoint = self.checkpoints.load(address) if effect.mode == "unowned" else None
+        # Written back where Redis lost its data (an outage past every lease:
+        # this state is the newest there is), unless a newer owner held it since.
+        checkpoint = self.checkpoints.load(address) if effect.mode == "unowned" and not effect.superseded else None
         try:
             async with asyncio.timeout(self.config.lease_ttl):
                 await self.leases.release(address, self.me, effect.epoch, mode=effect.mode, spec=spec,
@@ -1094,7 +1096,8 @@ class Cluster:
             async with asyncio.timeout(self.config.lease_ttl):
                 ok = await self.leases.restore(effect.address, self.me, effect.epoch, ttl=self.config.lease_ttl,
                                                spec=self._specs.get(effect.address),
-                                               checkpoint=self.checkpoints.load(effect.address))
+                                               checkpoint=self.checkpoints.load(effect.address),
+                                               seen=self._seen.handled(effect.address))
         except Exception as exc:  # noqa: BLE001 - the next renewal decides
             log.warning("cluster: %s could not restore %s (%r)", self.me, effect.address, exc)
             self.feed(Reasserted(effect.address, None, effect.sent_at))

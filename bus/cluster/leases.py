@@ -161,10 +161,10 @@ redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """)
 
-# ARGV: prefix, address, me, epoch, ttl_ms, channel, announcement, spec, checkpoint
+# ARGV: prefix, address, me, epoch, ttl_ms, channel, announcement, spec, checkpoint, seen, seen_ttl_ms
 RESTORE = script(r"""
 local a, me, e = ARGV[2], ARGV[3], ARGV[4]
-local done = restore_lease(a, me, e, ARGV[5], ARGV[8], ARGV[9])
+local done = restore_lease(a, me, e, ARGV[5], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 if done ~= 'restored' then return done == 'ours' and 1 or 0 end
 redis.call('SADD', held_key(me), a)
 redis.call('SADD', MEMBERS, me)
@@ -392,12 +392,16 @@ class LeaseStore:
         return bool(reply)
 
     async def restore(self, address: str, node: str, epoch: int, *, ttl: float, spec: bytes | None = None,
-                      checkpoint: bytes | None = None) -> bool:
+                      checkpoint: bytes | None = None, seen: Sequence[str] | None = None,
+                      seen_ttl: float = SEEN_TTL) -> bool:
         """After Redis lost its data: write our lease back under the same
-        epoch if nobody claimed the address meanwhile (True)."""
+        epoch if nobody claimed the address meanwhile (True), with its spec,
+        checkpoint and the msg ids that checkpoint includes (``seen``) where
+        Redis has none."""
         announcement = self._announcement(LeaseChange(address=address, node=node, change="restored", epoch=epoch))
         reply = await self._restore(args=[self.keys.prefix, address, node, str(epoch), _ms(ttl), self.channel,
-                                          announcement, spec or b"", checkpoint or b""])
+                                          announcement, spec or b"", checkpoint or b"",
+                                          encode_seen(seen) if seen else b"", _ms(seen_ttl)])
         return bool(reply)
 
     async def save_checkpoint(self, address: str, node: str, epoch: int, data: bytes | None, *, log: bool = False,

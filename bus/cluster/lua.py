@@ -110,7 +110,7 @@ end
 
 -- Write (me, e)'s lease of a back after Redis lost it: 'restored', or
 -- 'ours' (it is still there), or 'taken' (someone claimed a meanwhile).
-local function restore_lease(a, me, e, ttl, spec, ckpt)
+local function restore_lease(a, me, e, ttl, spec, ckpt, seen, seen_ttl)
   local v = redis.call('GET', lease_key(a))
   if v then
     if v == e .. ' ' .. me then return 'ours' end
@@ -122,7 +122,11 @@ local function restore_lease(a, me, e, ttl, spec, ckpt)
   redis.call('SET', lease_key(a), e .. ' ' .. me, 'PX', ttl)
   record_issued(a, tonumber(e), me)
   if spec ~= '' then redis.call('SET', spec_key(a), spec, 'NX') end
-  if ckpt ~= '' then redis.call('SET', ckpt_key(a), ckpt, 'NX') end
+  -- The holder's state is the newest there is (its lease was valid until
+  -- now): it replaces what a former owner's release may have written back.
+  if ckpt ~= '' then redis.call('SET', ckpt_key(a), ckpt) end
+  -- the msg ids its state includes, or the next owner applies a copy again
+  if seen and seen ~= '' then redis.call('SET', seen_key(a), seen, 'PX', seen_ttl) end
   return 'restored'
 end
 

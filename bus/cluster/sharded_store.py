@@ -122,7 +122,7 @@ return {1, redis.call('EXISTS', spec_key(a))}
 
 # ARGV: prefix, address, me, epoch, ttl_ms, spec, checkpoint
 RESTORE_ONE = script(r"""
-return restore_lease(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 'taken' and 0 or 1
+return restore_lease(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]) == 'taken' and 0 or 1
 """)
 
 # ARGV: prefix, me, log, seen_ttl_ms, address, epoch, has_data, data, seen, note
@@ -297,10 +297,11 @@ class ShardedLeaseStore(LeaseStore):
         return True
 
     async def restore(self, address: str, node: str, epoch: int, *, ttl: float, spec: bytes | None = None,
-                      checkpoint: bytes | None = None) -> bool:
+                      checkpoint: bytes | None = None, seen: Sequence[str] | None = None,
+                      seen_ttl: float = SEEN_TTL) -> bool:
         [ok] = await self._scripts.run(self._restore_one, [
             (self.keys.lease(address), (self.keys.prefix, address, node, str(epoch), _ms(ttl), spec or b"",
-                                        checkpoint or b""))])
+                                        checkpoint or b"", encode_seen(seen) if seen else b"", _ms(seen_ttl)))])
         if not int(ok):
             return False
         await self._scripts.commands(("SADD", self.keys.held(node), address), ("SADD", self.keys.members, node))

@@ -143,9 +143,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=20.0,
                    help="virtual seconds of load per seed (default 20; faults stop 5 s before the end)")
     p.add_argument("--faults", default="all", metavar="all|none|KIND,...",
-                   help="which faults are drawn (default all). counter: pause, kill, cut, redis-restart, redis-wipe, twin; "
+                   help="which faults are drawn (default all). counter: pause, kill, cut, conn-drop, redis-restart, redis-wipe, twin; "
                         "webinar: service-restart, switchover, drop, close, register-fail, token-fail, "
-                        "token-delay, node-cut, node-pause, bus-cut, redis-restart")
+                        "token-delay, node-cut, node-pause, bus-cut, bus-drop, redis-restart")
     p.add_argument("--changes", default="all", metavar="all|none|KIND,...",
                    help="webinar workload: which changes the meetings go through (default all): practice, role, "
                         "captions, lobby, leave, rejoin, incoming-call")

@@ -6,7 +6,8 @@ application places ``counters`` counters and sends an acknowledged
 addition every :data:`ADD_EVERY_S` to one drawn from the seed. Meanwhile,
 until :data:`CALM_S` before the end, faults drawn from the seed: a member
 paused (``SIGSTOP``) for a while, killed (``kill -9``) and started again as
-a new process, cut off from the network for a while, twinned (a second
+a new process, cut off from the network for a while, one of its
+connections to Redis dropped, twinned (a second
 process started under its node id while the first still runs, one of the
 two stopped after a while), or Redis restarted from its data or without
 it (then what Redis alone held is gone: the application places its
@@ -56,7 +57,7 @@ ADD_EVERY_S = 0.02
 #: Faults stop this long before the end; then the fleet settles for as long.
 CALM_S = 5.0
 SETTLE_S = 5.0
-FAULTS = ("pause", "kill", "cut", "redis-restart", "redis-wipe", "twin")
+FAULTS = ("pause", "kill", "cut", "conn-drop", "redis-restart", "redis-wipe", "twin")
 #: Two processes may both believe they own an address for at most this
 #: long (a takeover's news reaches the former owner with its next renewal).
 OWNERS_OVERLAP_S = 1.0
@@ -176,6 +177,15 @@ def run_seed(seed: int, *, nodes: int = 3, counters: int = 4, seconds: float = 2
                     world.network.isolate(host.name)
                     world.loop.call_later(length, world.network.heal, host.name)
                     what = f"{name} cut off {length:.3f}s"
+                elif kind == "conn-drop":
+                    # One of its connections to Redis reset (its subscriber's,
+                    # its publisher's, its renewals', its store client's...).
+                    opened = world.network.opened_by(host.name)
+                    if not opened:
+                        continue
+                    dropped = draws.choice(opened)
+                    world.network.drop(dropped)
+                    what = f"{name}'s connection {dropped.conn_id} dropped"
                 elif kind == "twin":
                     # A second process started under the same node id while
                     # the first still runs (a deploy that starts the new one

@@ -320,6 +320,10 @@ class SimNetwork:
         for transport in pair:
             _on_host(transport, transport._lose, ConnectionResetError("simulated: connection dropped"))
 
+    def opened_by(self, host: str) -> list[SimTransport]:
+        """The open connections ``host`` opened (its side of each), oldest first."""
+        return [pair[0] for _id, pair in sorted(self.connections.items()) if pair[0].host == host]
+
     def drop_all(self, host: str, port: int) -> int:
         """Cut every connection to ``host:port`` (a server that died); how many."""
         cut = [pair[0] for pair in self.connections.values() if pair[1]._local == (host, port)]

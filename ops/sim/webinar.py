@@ -21,8 +21,8 @@ owns. **Faults**: the service restarted (every socket closed), at once or
 after seconds down, a switchover
 asked of a meeting's sockets (``shutdown``), sockets dropped or closed with
 an error, registers and token fetches failing or slow, a node cut off from
-the network, or from Redis alone, or paused, Redis restarted with or
-without its data. When the faults stop, the application sends each
+the network, or from Redis alone, or paused, one of its connections to
+Redis dropped, Redis restarted with or without its data. When the faults stop, the application sends each
 meeting its facts once more (a locus snapshot: a change told to a node that
 was cut off was lost, as on a real bus).
 
@@ -90,7 +90,7 @@ PANELIST_EVERY = 5
 TOKEN_LATENCY_S = (0.02, 0.6)
 REGISTER_LATENCY_S = (0.02, 0.3)
 FAULTS = ("service-restart", "switchover", "drop", "close", "register-fail", "token-fail", "token-delay",
-          "node-cut", "node-pause", "bus-cut", "redis-restart")
+          "node-cut", "node-pause", "bus-cut", "bus-drop", "redis-restart")
 SOCKET_FAULTS = ("switchover", "drop", "close")
 #: How often a change to a meeting is followed, within 0.8 s, by a socket
 #: fault on that meeting (an aftershock).
@@ -433,7 +433,15 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
             else:
                 host = draws.choice(hosts)
                 length = draws.uniform(0.2, 3.0)
-                if kind == "bus-cut":  # the node loses Redis alone: its sockets to the service stay
+                if kind == "bus-drop":  # one of its connections to Redis reset
+                    opened = [t for t in world.network.opened_by(host.name) if t.get_extra_info("peername")[0]
+                              == world.redis.host]
+                    if not opened:
+                        continue
+                    dropped = draws.choice(opened)
+                    world.network.drop(dropped)
+                    what = f"{host.name}'s redis connection {dropped.conn_id} dropped"
+                elif kind == "bus-cut":  # the node loses Redis alone: its sockets to the service stay
                     world.network.partition(host.name, world.redis.host)
                     world.loop.call_later(length, world.network.heal, host.name)
                     what = f"{host.name} cut off from redis {length:.3f}s"

@@ -591,3 +591,23 @@ def test_a_full_route_queue_refuses_what_does_not_fit(monkeypatch: pytest.Monkey
     effects = d.feed(RouteQueued("a:1", (b"1", b"2", b"3")))
     assert of(effects, RefuseRoute) == [RefuseRoute(b"3", "restart-buffer-full")]
     assert list(d.state.routes["a:1"]) == [b"1", b"2"]
+
+
+
+def test_a_lease_another_owner_held_since_is_released_without_its_state() -> None:
+    """A former owner's state is older than the newer owner's; where Redis
+    lost its data, a release that wrote it back would replace that (found
+    by the simulation: an owner paused past its lease released as it woke,
+    after a restart without data, and the next owner lost what the newer
+    one had acknowledged). Fenced by running out alone (an outage past
+    every lease), its state is the newest there is, and goes back."""
+    d = Driver()
+    d.join()
+    d.hold("counter:1", epoch=8, placed=True)
+    d.feed(LeaseTroubled("counter:1"))  # fenced
+    d.feed(LeaseSeen(LeaseChange(address="counter:1", node="n2", change="acquired", epoch=9)))
+    assert d.feed(ActorGone("counter:1", crashed=False, final=False)) == [
+        Release("counter:1", 8, "unowned", superseded=True)]
+    d.hold("counter:2", epoch=3, placed=True)
+    d.feed(Tick(), at=d.state.leases["counter:2"].valid_until + 0.1)  # ran out
+    assert d.feed(ActorGone("counter:2", crashed=False, final=False)) == [Release("counter:2", 3, "unowned")]

@@ -419,3 +419,16 @@ def test_a_node_restarted_under_its_id_places_what_its_predecessor_left(cr: Clus
     cr.sync.sadd(cr.keys.held("n1"), "counter:live")  # a stale listing
     assert cr.run(cr.leases.leftovers("n1")) == ([], 0)
     assert cr.sync.smembers(cr.keys.held("n1")) == set()
+
+
+def test_a_lease_written_back_brings_its_state_and_the_ids_that_state_includes(cr: ClusterRedis) -> None:
+    """After Redis lost its data the holder writes back its lease, its
+    placement, its newest state and the msg ids that state includes (so a
+    next owner still drops copies of those messages), where Redis has none."""
+    cr.heartbeat("n1")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    cr.sync.flushall()
+    assert cr.run(cr.leases.restore("a:1", "n1", lease.epoch, ttl=5, spec=b"spec", checkpoint=b"state",
+                                    seen=["m1", "m2"]))
+    assert cr.run(cr.leases.load_checkpoint("a:1")) == b"state"
+    assert cr.run(cr.leases.load_seen("a:1")) == ["m1", "m2"]

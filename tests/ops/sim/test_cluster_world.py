@@ -228,3 +228,18 @@ def test_busy_counters_keep_their_state_when_redis_restarts_without_its_data() -
     assert len(result.faults) >= 5 and all("without its data" in f for f in result.faults)
     assert result.violations == []
     assert result.acked > 500
+
+
+def test_a_former_owner_never_writes_its_old_state_back_after_redis_lost_its_data() -> None:
+    """Seed 86 of the counter workload: an owner paused past its lease (its
+    counter moved), Redis restarted without its data, and the former
+    owner's release, as it woke, wrote its old state back before the new
+    owner could: the next activation lost what the new owner had
+    acknowledged (and, with the msg ids not written back, applied a copy
+    again). Now a fenced release writes no state back, and a holder writes
+    back the ids with its state."""
+    from ops.sim.counters import run_seed
+
+    result = run_seed(86)
+    assert any("without its data" in f for f in result.faults) and any("paused" in f for f in result.faults)
+    assert result.violations == []
