@@ -226,6 +226,29 @@ def _not_converged(service: Any, wanted: dict[str, dict[str, bool]]) -> list[str
     return out
 
 
+def _secrets_in_redis(world: World, secrets: list[str]) -> list[str]:
+    """The keys whose values (strings, hashes, sets, streams) hold a secret."""
+    redis = world.redis.inspector()
+    found = []
+    for key in sorted(redis.keys("*")):
+        kind = redis.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "string":
+            values = [redis.get(key)]
+        elif kind == "hash":
+            values = [v for pair in redis.hgetall(key).items() for v in pair]
+        elif kind == "set":
+            values = list(redis.smembers(key))
+        elif kind == "stream":
+            values = [v for _id, fields in redis.xrange(key) for pair in fields.items() for v in pair]
+        else:
+            values = []
+        text = b" ".join(v if isinstance(v, bytes) else str(v).encode() for v in values if v is not None)
+        if any(x.encode() in text for x in secrets) or b"Bearer " in text or _JWT.search(text.decode("latin-1")):
+            found.append(key.decode() if isinstance(key, bytes) else key)
+    return found
+
+
 class _Participants:
     """Whom each meeting's token actor serves over time, from its events:
     ``configured`` (a participant) and ``forgotten`` (nobody: left)."""
@@ -574,11 +597,16 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
             tell(m, m.snapshot(state["ds"].http_url))
         wanted = {m.id: m.wanted() for m in plan}
         calm = world.now()
+        converged = None
         while world.now() < calm + CONVERGE_S:
             if not _not_converged(state["ds"].service, wanted):
-                return world.now() - calm
+                converged = world.now() - calm
+                break
             await asyncio.sleep(0.1)
-        return None
+        # read on the loop (a cluster node's checkpoints live there)
+        state["checkpoints"] = [(address, h.node.checkpoints.load(address) or b"")
+                                for h in state["hosts"] if not h.killed for address in h.node.addresses()]
+        return converged
 
     try:
         converged = world.run(scenario())
@@ -595,11 +623,10 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
             violations += [f"secret in an event: {event.event} {event.address}" for s in secrets if s in text]
             if "Bearer " in text or _JWT.search(text):
                 violations.append(f"a token in an event: {event.event} {event.address}")
-        for host in state["hosts"]:  # every checkpoint the meeting nodes hold
-            for address in host.node.addresses():
-                data = host.node.checkpoints.load(address) or b""
-                if any(x.encode() in data for x in secrets) or b"Bearer " in data or _JWT.search(data.decode("latin-1")):
-                    violations.append(f"a secret in the checkpoint of {address}")
+        for address, data in state["checkpoints"]:  # every checkpoint the meeting nodes hold
+            if any(x.encode() in data for x in secrets) or b"Bearer " in data or _JWT.search(data.decode("latin-1")):
+                violations.append(f"a secret in the checkpoint of {address}")
+        violations += [f"a secret in Redis, at {key}" for key in _secrets_in_redis(world, secrets)]
         for line in logs.lines:
             if any(s in line for s in secrets) or "Bearer " in line or _JWT.search(line):
                 violations.append(f"a secret in a log line: {line[:120]}")

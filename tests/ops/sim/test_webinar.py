@@ -69,3 +69,21 @@ def test_a_secret_in_a_checkpoint_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(MemoryCheckpoints, "save", leaky)
     result = run_webinar_seed(3, faults=False)
     assert any(v.startswith("a secret in the checkpoint of meeting:") for v in result.violations)
+
+
+def test_a_secret_anywhere_in_redis_is_caught() -> None:
+    """The check reads every key the model holds: strings, hashes, sets,
+    streams (a checkpoint, a spec, a backlog entry)."""
+    from ops.sim.webinar import _secrets_in_redis
+    from ops.sim.world import World
+
+    world = World(1)
+    try:
+        redis = world.redis.inspector()
+        redis.set("huddle:ckpt:{meeting:m1}", b"state")
+        redis.hset("h", "k", "nothing")
+        redis.xadd("huddle:backlog:{meeting:m2}", {"e": b"... user-token-1-2 ..."})
+        redis.sadd("s", "Bearer abc")
+        assert _secrets_in_redis(world, ["user-token-1-2"]) == ["huddle:backlog:{meeting:m2}", "s"]
+    finally:
+        world.close()
