@@ -29,6 +29,7 @@ __all__ = [
     "SYS_EVENTS",
     "SYS_METRICS",
     "SYS_NODES",
+    "ENDPOINT_KINDS",
     "Address",
     "InvalidAddress",
     "channel_for",
@@ -43,6 +44,12 @@ MAX_ADDRESS_LENGTH = 200
 SYS_EVENTS = "sys:events"
 SYS_METRICS = "sys:metrics"
 SYS_NODES = "sys:nodes"
+
+#: Kinds whose addresses are a node's own endpoints (``node:<id>``, its
+#: meeting host ``meetings:<id>``) or system channels: one per node, or
+#: none, never placed nor moved, so never under a cluster lease (a lease
+#: lost in a network blip would stop a node's own endpoint for good).
+ENDPOINT_KINDS = ("node", "sys", "meetings")
 
 _KIND_RE = re.compile(r"[a-z][a-z0-9_-]*")
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9._~@+=-]+")

@@ -126,7 +126,7 @@ from actors.runtime.messages import ChildExit
 from actors.runtime.metrics import LEASE_RENEW_LATENCY
 from actors.runtime.node import Node
 from actors.runtime.pooled import ROUND_BUDGET_S, PooledFuture
-from bus.address import SYS_NODES, channel_for, node_address, parse_address
+from bus.address import ENDPOINT_KINDS, SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog
 from bus.cluster.leases import NO_LEASE, WRITTEN, CheckpointWrite, ClaimResult, LeaseStore
 from bus.cluster.messages import DrainNode, LeaseChange, NodeHeartbeat, NodeLeft
@@ -147,8 +147,8 @@ log = logging.getLogger("huddle.cluster")
 SECRET_WORDS = ("token", "password", "passwd", "secret", "credential", "apikey", "api_key")
 #: Msg ids remembered to drop a second copy of an envelope.
 SEEN_IDS = 100_000
-#: Kinds of address that never take a lease (node endpoints, system channels).
-_UNLEASED = ("node:", "sys:")
+#: Addresses that never take a lease (node endpoints, system channels).
+_UNLEASED = tuple(f"{kind}:" for kind in ENDPOINT_KINDS)
 #: Addresses claimed (and their checkpoints, handled msg ids and backlogs
 #: loaded) per round trip; how many claims are in flight at once is the
 #: core's ``claims_in_flight``.

@@ -1,6 +1,6 @@
 """``huddle sim``: run the fleet in a simulated world, seed after seed.
 
-    huddle sim --seeds 200 [--workload counter|webinar] [--first 0] [--nodes N] [--seconds 20] [--faults all|none|KIND,...] [--changes all|none|KIND,...] [--json]
+    huddle sim --seeds 200 [--workload counter|webinar] [--first 0] [--nodes N] [--seconds 20] [--faults all|none|KIND,...] [--changes all|none|KIND,...] [--cluster] [--json]
     huddle sim --seed 17 [--trace]
 
 Each seed is one run of a workload: ``counter`` (:mod:`ops.sim.counters`:
@@ -48,17 +48,19 @@ def _run(args: argparse.Namespace) -> int:
     from ops.sim.counters import FAULTS as COUNTER_FAULTS  # the simulation's parts only when it runs
     from ops.sim.counters import run_seed
     from ops.sim.webinar import CHANGES as WEBINAR_CHANGES
+    from ops.sim.webinar import CLUSTER_FAULTS as WEBINAR_CLUSTER_FAULTS
     from ops.sim.webinar import FAULTS as WEBINAR_FAULTS
     from ops.sim.webinar import run_webinar_seed
     from ops.sim.world import fault_kinds
 
     faults, changes = _kinds(args.faults), _kinds(args.changes)
     try:
-        fault_kinds(faults, WEBINAR_FAULTS if args.workload == "webinar" else COUNTER_FAULTS)
+        webinar_faults = WEBINAR_FAULTS + WEBINAR_CLUSTER_FAULTS if args.cluster else WEBINAR_FAULTS
+        fault_kinds(faults, webinar_faults if args.workload == "webinar" else COUNTER_FAULTS)
         if args.workload == "webinar":
             fault_kinds(changes, WEBINAR_CHANGES, "changes")
-        elif args.changes != "all":
-            raise ValueError("--changes is the webinar workload's")
+        elif args.changes != "all" or args.cluster:
+            raise ValueError("--changes and --cluster are the webinar workload's")
     except ValueError as exc:
         print(f"huddle sim: {exc}", file=sys.stderr)
         return 2
@@ -66,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     def run(seed: int) -> Any:
         if args.workload == "webinar":
             return run_webinar_seed(seed, nodes=args.nodes or 2, meetings=args.meetings, seconds=args.seconds,
-                                    faults=faults, changes=changes)
+                                    faults=faults, changes=changes, cluster=args.cluster)
         return run_seed(seed, nodes=args.nodes or 3, counters=args.counters, seconds=args.seconds, faults=faults)
 
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
@@ -124,7 +126,8 @@ def _replay_options(args: argparse.Namespace) -> str:
     nodes = f" --nodes {args.nodes}" if args.nodes else ""
     return (f"--workload {args.workload}{nodes} {size} --seconds {args.seconds:g}"
             f"{'' if args.faults == 'all' else ' --faults ' + args.faults}"
-            f"{'' if args.changes == 'all' else ' --changes ' + args.changes}")
+            f"{'' if args.changes == 'all' else ' --changes ' + args.changes}"
+            f"{' --cluster' if args.cluster else ''}")
 
 
 def register(sub: Any) -> None:
@@ -149,6 +152,9 @@ def register(sub: Any) -> None:
     p.add_argument("--changes", default="all", metavar="all|none|KIND,...",
                    help="webinar workload: which changes the meetings go through (default all): practice, role, "
                         "captions, lobby, leave, rejoin, incoming-call")
+    p.add_argument("--cluster", action="store_true",
+                   help="webinar workload: the meeting nodes are cluster members, meeting trees are placed and "
+                        "move when their node fails (adds the node-kill fault)")
     p.add_argument("--trace", action="store_true", help="print each run's whole trace")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=_run)

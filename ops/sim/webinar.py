@@ -64,8 +64,11 @@ from typing import Any
 
 import actors.sessions.contracts.datachannel as dc
 import actors.sessions.contracts.meeting as mt
+from actors.cluster.machine import ClusterConfig
+from actors.cluster.shell import ActorFactories
 from actors.runtime.actor import ActorContext, HuddleActor
-from actors.sessions.meeting.host import MeetingHost, NodeMeetings, host_address
+from actors.sessions.context import Secret
+from actors.sessions.meeting.host import TREE_KIND, MeetingHost, NodeMeetings, host_address
 from bus.envelope import Envelope
 from bus.messages import Event, Message
 from ops.dataserver.model import DEFAULT_SESSION, PRACTICE_SESSION
@@ -74,7 +77,7 @@ from ops.sim.network import current_host
 from ops.sim.nodes import SimHost, listening
 from ops.sim.world import World, fault_kinds, trace_hash
 
-__all__ = ["CALM_S", "CHANGES", "CONVERGE_S", "FAULTS", "TOKEN_GRACE_S", "WebinarResult", "run_webinar_seed"]
+__all__ = ["CALM_S", "CHANGES", "CLUSTER_FAULTS", "CONVERGE_S", "FAULTS", "TOKEN_GRACE_S", "WebinarResult", "run_webinar_seed"]
 
 CALM_S = 5.0
 #: After the faults stop, every meeting's sessions are where they should be
@@ -91,6 +94,9 @@ TOKEN_LATENCY_S = (0.02, 0.6)
 REGISTER_LATENCY_S = (0.02, 0.3)
 FAULTS = ("service-restart", "switchover", "drop", "close", "register-fail", "token-fail", "token-delay",
           "node-cut", "node-pause", "bus-cut", "bus-drop", "redis-restart")
+#: Faults only a fleet of cluster members has (a node's trees move).
+CLUSTER_FAULTS = ("node-kill",)
+LEASE_TTL_S = 1.0
 SOCKET_FAULTS = ("switchover", "drop", "close")
 #: How often a change to a meeting is followed, within 0.8 s, by a socket
 #: fault on that meeting (an aftershock).
@@ -291,11 +297,14 @@ class _Participants:
 
 
 def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: float = 20.0,
-                     faults: bool | Sequence[str] = True, changes: bool | Sequence[str] = True) -> WebinarResult:
+                     faults: bool | Sequence[str] = True, changes: bool | Sequence[str] = True,
+                     cluster: bool = False) -> WebinarResult:
     """One run of the workload (see the module notes). ``faults``: all of
-    :data:`FAULTS` (True), none (False), or those named; ``changes`` the
-    same for :data:`CHANGES`."""
-    kinds = fault_kinds(faults, FAULTS)
+    :data:`FAULTS` (True; with ``cluster``, :data:`CLUSTER_FAULTS` too), none
+    (False), or those named; ``changes`` the same for :data:`CHANGES`.
+    ``cluster``: the meeting nodes are cluster members and meeting trees
+    are placed, and moved when their node fails."""
+    kinds = fault_kinds(faults, FAULTS + CLUSTER_FAULTS if cluster else FAULTS)
     change_kinds = fault_kinds(changes, CHANGES, "changes")
     world = World(seed)
     draws = random.Random(f"faults:{seed}")
@@ -306,7 +315,9 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
     changed: list[str] = []
     violations: list[str] = []
     events: list[Event] = []
-    secrets = [f"user-token-{seed}-{i}" for i in range(meetings)]
+    node_tokens = {f"n{i}": f"node-token-{seed}-{i}" for i in range(nodes)}
+    secrets = [f"user-token-{seed}-{i}" for i in range(meetings)] + list(node_tokens.values())
+    incarnations: dict[str, int] = {}
     plan = [_Meeting(i, panelist=i % PANELIST_EVERY == 0, practice=i % 2 == 0) for i in range(meetings)]
     participants = _Participants()
     refusals: list[dc.Refusal] = []
@@ -454,9 +465,16 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
                 cut = world.redis.restart(keep_data=keep)
                 what = f"redis restarted {'from its data' if keep else 'without its data'} ({cut} connections reset)"
             else:
-                host = draws.choice(hosts)
+                index = draws.randrange(len(hosts))
+                host = hosts[index]
+                if host.killed:
+                    continue
                 length = draws.uniform(0.2, 3.0)
-                if kind == "bus-drop":  # one of its connections to Redis reset
+                if kind == "node-kill":  # kill -9; started again under its id a while later
+                    host.kill()
+                    world.loop.call_later(length, restart_node, index, host.node_id)
+                    what = f"{host.node_id} killed, restarted in {length:.3f}s"
+                elif kind == "bus-drop":  # one of its connections to Redis reset
                     opened = [t for t in world.network.opened_by(host.name) if t.get_extra_info("peername")[0]
                               == world.redis.host]
                     if not opened:
@@ -560,17 +578,38 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
                 aftershock(m.id)
         m.busy = False
 
+    def meeting_node(name: str, host: str | None = None) -> SimHost:
+        """A meeting node: a meeting host, and with ``cluster`` a member
+        whose cluster places meeting trees (and moves them when it fails)."""
+        h = SimHost(world, name, host=host)
+        h.start()
+        h.node.add_event_listener(on_event)
+        meetings = NodeMeetings(h.node, f"https://devices.sim/{name}",
+                                access_token=Secret(node_tokens[name]) if cluster else None)
+        if cluster:
+            h.join_cluster(ClusterConfig(lease_ttl=LEASE_TTL_S, heartbeat_interval=LEASE_TTL_S / 4),
+                           ActorFactories({TREE_KIND: meetings.tree}))
+        h.run(h.node.spawn, host_address(name), MeetingHost, meetings=meetings)
+        return h
+
+    def restart_node(index: int, name: str) -> None:
+        incarnations[name] = incarnations.get(name, 1) + 1
+        state["hosts"][index] = meeting_node(name, host=f"{name}#{incarnations[name]}")
+        note(f"restart {name}")
+
     async def scenario() -> float | None:
         state["ds"] = ds = await start_service()
-        hosts = state["hosts"] = [SimHost(world, f"n{i}") for i in range(nodes)]
+        hosts = state["hosts"] = [meeting_node(f"n{i}") for i in range(nodes)]
         for host in hosts:
-            host.start()
-            host.node.add_event_listener(on_event)
-            host.run(lambda h=host: h.node.spawn(host_address(h.node_id), MeetingHost,
-                                                 meetings=NodeMeetings(h.node, f"https://devices.sim/{h.node_id}")))
+            if host.cluster is not None and not await host.cluster.wait_joined(10):
+                raise RuntimeError(f"{host.name} did not join")
             await listening(host.node, host_address(host.node_id))
         app = state["app"] = SimHost(world, "app")
         app.start()
+        if cluster:  # a member that hosts nothing: what it sends to a meeting between owners waits for the next
+            app.join_cluster(ClusterConfig(lease_ttl=LEASE_TTL_S, heartbeat_interval=LEASE_TTL_S / 4, capacity=0.0),
+                             ActorFactories())
+            assert app.cluster is not None and await app.cluster.wait_joined(10)
         await listening(app.node, app.node.address)
         for i, m in enumerate(plan):
             node = hosts[i % nodes].node_id
