@@ -66,12 +66,11 @@ import actors.sessions.contracts.datachannel as dc
 import actors.sessions.contracts.meeting as mt
 from actors.cluster.machine import ClusterConfig
 from actors.cluster.shell import ActorFactories
-from actors.runtime.actor import ActorContext, HuddleActor
 from actors.sessions.context import Secret
 from actors.sessions.meeting.host import TREE_KIND, MeetingHost, NodeMeetings, host_address
-from bus.envelope import Envelope
 from bus.messages import Event, Message
 from ops.dataserver.model import DEFAULT_SESSION, PRACTICE_SESSION
+from ops.demo.app import IncomingCall
 from ops.dataserver.server import DataServer
 from ops.sim.network import current_host
 from ops.sim.nodes import SimHost, listening
@@ -169,25 +168,11 @@ class _Meeting:
                                 panelist=self.panelist, practice_session_on=self.practice, captions_on=self.captions)
 
 
-class _IncomingCall(HuddleActor):
-    """A meeting that was never joined (an incoming call) and reaches for a
-    data-channel session another meeting owns: claims it, then tells it to
-    disconnect for good. The session must refuse both."""
+class _Refusals(list):  # type: ignore[type-arg]
+    """What the incoming calls got back: the demo's call records into this."""
 
-    def __init__(self, ctx: ActorContext, target: str, refusals: list[dc.Refusal]) -> None:
-        super().__init__(ctx)
-        self.target = target
-        self.refusals = refusals
-
-    def on_start(self) -> None:
-        self.tell(self.target, dc.ClaimSession(epoch=1))
-        self.tell(self.target, dc.Disconnect(epoch=1, permanent=True, reason="incoming call takes the data channel"))
-
-    def on_message(self, message: Message, envelope: Envelope) -> Any:
-        if isinstance(message, dc.Refusal):
-            self.refusals.append(message)
-            return None
-        return super().on_message(message, envelope)
+    def record(self, refusal: dc.Refusal) -> None:
+        self.append(refusal)
 
 
 class _Logs(logging.Handler):
@@ -320,7 +305,7 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
     incarnations: dict[str, int] = {}
     plan = [_Meeting(i, panelist=i % PANELIST_EVERY == 0, practice=i % 2 == 0) for i in range(meetings)]
     participants = _Participants()
-    refusals: list[dc.Refusal] = []
+    refusals = _Refusals()
     aftershocks = random.Random(f"aftershocks:{seed}")
     faulting_now = [bool(kinds)]
     token_secret = f"sim-signing-key-of-seed-{seed}".ljust(32, "-")  # HMAC keys of 32 bytes at least
@@ -517,7 +502,7 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
                 calls += 1
                 target = dc.session_address(owner.id, DEFAULT_SESSION)
                 app: SimHost = state["app"]
-                app.run(app.node.spawn, f"meeting:call-{calls}", _IncomingCall, target, refusals)
+                app.run(app.node.spawn, f"meeting:call-{calls}", IncomingCall, target, refusals)
                 what = f"incoming call {calls} reaches for {target}"
             elif not m.joined:
                 if kind not in ("rejoin", "leave"):
