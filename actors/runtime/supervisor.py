@@ -172,6 +172,15 @@ class Supervisor(HuddleActor):
 
     def _on_child_exit(self, exit_: ChildExit) -> None:
         address = exit_.address
+        if self.node.lookup(address) is not None:
+            # The child at that address runs here: this exit is another's,
+            # an earlier incarnation of this tree on a node that lost it
+            # (its children's exits follow the tree's address to its next
+            # owner). Restarting a live child would crash this supervisor
+            # (the address is in use) and take the whole tree down.
+            self.node.emit("stale-dropped", address, reason="child-exit-of-another",
+                           detail={"supervisor": self.address, "incarnation": exit_.incarnation})
+            return
         spec = self._spec(address)
         self._running.discard(address)
         if address in self._terminating:

@@ -330,3 +330,22 @@ def test_a_restart_waits_for_the_exit_of_a_child_that_is_still_stopping(kit: Tes
     kit.settle()
     assert who(kit, "w:slow")["incarnation"] == 2
     assert not kit.events_named("crashed", "sup:s")
+
+
+def test_an_exit_of_a_child_that_runs_here_is_another_incarnations_and_changes_nothing(kit: TestKit) -> None:
+    """A tree that moved between nodes gets the exits of its former
+    children there (they follow the tree's address): restarting a child
+    that runs here crashed the supervisor (address in use) and took the
+    whole tree down (found by the webinar simulation with meeting trees as
+    cluster members). Such an exit is dropped, with an event."""
+    from actors.runtime.messages import ChildExit
+
+    kit.supervise("sup:s", [spec("w:a"), spec("w:b")], backoff=NO_JITTER)
+    before = kit.node.lookup("w:a")
+    kit.inject_message("sup:s", ChildExit(address="w:a", crashed=True, reason="lease-expired", incarnation=1),
+                       sender="w:a")
+    kit.expect_event("stale-dropped", "w:a")
+    kit.advance(1.0)
+    kit.settle()
+    assert kit.node.lookup("w:a") is before and kit.node.lookup("sup:s") is not None
+    assert who(kit, "w:a")["incarnation"] == 1
