@@ -82,6 +82,7 @@ from actors.cluster.machine import (
     ClusterState,
     Drain,
     DrainBacklog,
+    ForgetOwners,
     Input,
     HandBack,
     HeartbeatSeen,
@@ -91,7 +92,6 @@ from actors.cluster.machine import (
     NodeLeftSeen,
     Orphans,
     Phase,
-    ForgetOwners,
     Reassert,
     Reasserted,
     RefuseRoute,
@@ -1077,7 +1077,8 @@ class Cluster:
             log.warning("cluster: %s sweep failed (%r)", self.me, exc)
             return
         self._place_leftovers(placed)
-        unowned = [a for a in unowned if a not in set(placed)]
+        just_placed = set(placed)
+        unowned = [a for a in unowned if a not in just_placed]
         if unowned:
             self.feed(Orphans(tuple(unowned)))
 

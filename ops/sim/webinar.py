@@ -102,6 +102,14 @@ SOCKET_FAULTS = ("switchover", "drop", "close")
 AFTERSHOCK_P = 0.5
 CHANGES = ("practice", "role", "captions", "lobby", "leave", "rejoin", "incoming-call")
 SERVICE = "dataserver"
+#: The changes that turn one fact of a meeting over: the fact, the message
+#: that says its new value, and how the trace says it (off, on).
+_TOGGLES: dict[str, tuple[str, Any, tuple[str, str]]] = {
+    "practice": ("practice", lambda on: mt.PracticeSessionChanged(on=on),
+                 ("practice session off", "practice session on")),
+    "role": ("panelist", lambda on: mt.RolesChanged(panelist=on), ("demoted to attendee", "promoted to panelist")),
+    "captions": ("captions", lambda on: mt.CaptionsChanged(on=on), ("captions off", "captions on")),
+}
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 
 
@@ -510,18 +518,12 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
                 m.joined, m.lobby, m.participant = True, False, m.participant + 1
                 tell(m, m.joined_message(base))
                 what = f"{m.id} joins again as {m.self_id}"
-            elif kind == "practice":
-                m.practice = not m.practice
-                tell(m, mt.PracticeSessionChanged(on=m.practice))
-                what = f"{m.id} practice session {'on' if m.practice else 'off'}"
-            elif kind == "role":
-                m.panelist = not m.panelist
-                tell(m, mt.RolesChanged(panelist=m.panelist))
-                what = f"{m.id} {'promoted to panelist' if m.panelist else 'demoted to attendee'}"
-            elif kind == "captions":
-                m.captions = not m.captions
-                tell(m, mt.CaptionsChanged(on=m.captions))
-                what = f"{m.id} captions {'on' if m.captions else 'off'}"
+            elif kind in _TOGGLES:
+                fact, message, said = _TOGGLES[kind]
+                value = not getattr(m, fact)
+                setattr(m, fact, value)
+                tell(m, message(value))
+                what = f"{m.id} {said[value]}"
             elif kind == "leave":
                 m.joined = False
                 tell(m, mt.Left(reason="left"))

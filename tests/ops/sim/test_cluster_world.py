@@ -128,6 +128,28 @@ def test_a_world_replays_exactly_from_its_seed() -> None:
     assert _run(3, "pause") == _run(3, "pause")
 
 
+async def _members_with_counters_a_owns(world: World, config: ClusterConfig,
+                                        tag: str) -> tuple[dict[str, SimHost], list[str]]:
+    """Members ``a`` and ``b``; of 8 counters placed, those ``a`` holds
+    (at least one), each at 5."""
+    hosts = {name: SimHost(world, name) for name in ("a", "b")}
+    for host in hosts.values():
+        host.start()
+        host.join_cluster(config, ActorFactories({"counter": Counter}))
+    for host in hosts.values():
+        assert host.cluster is not None and await host.cluster.wait_joined(5)
+    a = hosts["a"]
+    assert a.cluster is not None
+    owned = []
+    for i in range(8):
+        address = f"counter:{tag}{i}"
+        if await a.run(a.cluster.ensure, address) == "a":
+            owned.append(address)
+            assert await a.node.ask(address, CounterAdd(n=5), timeout=2) == 5
+    assert owned
+    return hosts, owned
+
+
 def test_a_member_restarted_under_its_id_within_a_lease_ttl_gets_its_counters_placed_again() -> None:
     """kill -9 and an immediate restart under the same node id (a service
     manager's restart): the new process is never seen dead, so nobody
@@ -139,21 +161,8 @@ def test_a_member_restarted_under_its_id_within_a_lease_ttl_gets_its_counters_pl
 
     async def scenario() -> list[Any]:
         config = ClusterConfig(lease_ttl=1.0, heartbeat_interval=0.25)
-        hosts = {name: SimHost(world, name) for name in ("a", "b")}
-        for host in hosts.values():
-            host.start()
-            host.join_cluster(config, ActorFactories({"counter": Counter}))
-        for host in hosts.values():
-            assert host.cluster is not None and await host.cluster.wait_joined(5)
+        hosts, owned = await _members_with_counters_a_owns(world, config, "r")
         a = hosts["a"]
-        assert a.cluster is not None
-        owned = []
-        for i in range(8):
-            address = f"counter:r{i}"
-            if await a.run(a.cluster.ensure, address) == "a":
-                owned.append(address)
-                assert await a.node.ask(address, CounterAdd(n=5), timeout=2) == 5
-        assert owned
         a.kill()
         again = SimHost(world, "a", host="a#2")  # the same node id, a new process, at once
         again.start()
@@ -183,21 +192,8 @@ def test_what_the_stopped_one_of_two_twins_held_is_placed_again() -> None:
 
     async def scenario() -> list[Any]:
         config = ClusterConfig(lease_ttl=1.0, heartbeat_interval=0.25, sweep_interval=2.0)
-        hosts = {name: SimHost(world, name) for name in ("a", "b")}
-        for host in hosts.values():
-            host.start()
-            host.join_cluster(config, ActorFactories({"counter": Counter}))
-        for host in hosts.values():
-            assert host.cluster is not None and await host.cluster.wait_joined(5)
+        hosts, owned = await _members_with_counters_a_owns(world, config, "t")
         a, b = hosts["a"], hosts["b"]
-        assert a.cluster is not None
-        owned = []
-        for i in range(8):
-            address = f"counter:t{i}"
-            if await a.run(a.cluster.ensure, address) == "a":
-                owned.append(address)
-                assert await a.node.ask(address, CounterAdd(n=5), timeout=2) == 5
-        assert owned
         twin = SimHost(world, "a", host="a~2")
         twin.start()
         twin.join_cluster(config, ActorFactories({"counter": Counter}))
