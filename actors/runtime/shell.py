@@ -38,7 +38,10 @@ class MachineActor(HuddleActor):
       actor itself sends) goes to :meth:`step` only from the actor's own
       address; from anyone else it is refused with a ``bad-input`` event
       (reason ``not-from-self``) and the actor goes on: nobody plants a
-      token, a socket frame or a timer in another actor;
+      token, a socket frame or a timer in another actor. It must carry this
+      incarnation's lease epoch too: what an earlier incarnation elsewhere
+      sent itself (a socket of its closing after the address moved) is
+      refused the same way (reason ``other-incarnation``);
     * any other kind is an ``unhandled-kind`` dead letter (an ask fails
       with ``UnhandledMessage``).
 
@@ -67,6 +70,13 @@ class MachineActor(HuddleActor):
             if envelope.sender != self.address:
                 self.node.emit("bad-input", self.address, reason="not-from-self",
                                detail={"kind": message.KIND, "sender": envelope.sender or ""})
+                return None
+            if envelope.epoch != self.ctx.epoch:
+                # News of another incarnation at this address (one that ran
+                # elsewhere under another lease: its socket closing, its
+                # timer): its generations may be this one's too.
+                self.node.emit("bad-input", self.address, reason="other-incarnation",
+                               detail={"kind": message.KIND, "epoch": envelope.epoch})
                 return None
         elif kind not in self.public_kinds:
             return super().on_message(message, envelope)  # raises UnhandledMessage: a dead letter

@@ -137,7 +137,7 @@ class DataChannelSession(MachineActor):
             case Register(gen=gen, url=url, device_url=device_url, token=token):
                 self.run_io(self._connector.register(url, device_url, token), _RegisterDone(gen))
             case OpenSocket(gen=gen, url=url):
-                sock = self._connector.socket(url, SessionSocketEvents(self.node, self.address, gen))
+                sock = self._connector.socket(url, SessionSocketEvents(self.node, self.address, gen, self.epoch))
                 self._sockets[gen] = sock
                 self.run_io(sock.open(), _OpenDone(gen))
             case Authorize(gen=gen, message_id=message_id, tracking_id=tracking_id):
@@ -201,21 +201,22 @@ class SessionSocketEvents:
     while the connect was handled, and would otherwise put every frame of
     the socket's life in the trace of that one connect."""
 
-    __slots__ = ("address", "gen", "node")
+    __slots__ = ("address", "epoch", "gen", "node")
 
-    def __init__(self, node: Node, address: str, gen: int) -> None:
+    def __init__(self, node: Node, address: str, gen: int, epoch: int = 0) -> None:
         self.node = node
         self.address = address
         self.gen = gen
+        self.epoch = epoch  # the incarnation's lease: its news reaches that incarnation only
 
     def on_frame(self, text: str) -> None:
         with in_trace(None):
-            self.node.tell(self.address, SocketFrame(gen=self.gen, text=text), sender=self.address)
+            self.node.tell(self.address, SocketFrame(gen=self.gen, text=text), sender=self.address, epoch=self.epoch)
 
     def on_close(self, code: int, reason: str) -> None:
         with in_trace(None):
             self.node.tell(self.address, SocketClosed(gen=self.gen, code=code, reason=reason[:200]),
-                           sender=self.address)
+                           sender=self.address, epoch=self.epoch)
 
 
 class _RegisterDone:

@@ -129,6 +129,24 @@ def test_an_internal_kind_reaches_the_core_only_from_the_actor_itself() -> None:
         assert actor.actor_ref.is_alive()
 
 
+def test_an_internal_kind_of_another_incarnation_is_refused() -> None:
+    """The same address, another lease: what an incarnation that ran
+    elsewhere sent itself (a socket of its closing after the address moved
+    here) carries that incarnation's epoch, and its generations may be this
+    one's too; it never reaches this core."""
+    with TestKit() as kit:
+        actor = kit.spawn("counter:6", Counter)
+        assert actor.epoch == 0
+        kit.inject_message("counter:6", Outcome(n=1), sender="counter:6", epoch=41)
+        refused = kit.expect_event("bad-input", "counter:6", reason="other-incarnation")
+        assert refused.detail == {"kind": "test.machine-outcome", "epoch": 41}
+        kit.settle()
+        assert not kit.events_named("outcome", "counter:6")
+        kit.inject_message("counter:6", Outcome(n=2), sender="counter:6")  # its own epoch
+        assert kit.expect_event("outcome", "counter:6").detail == {"n": 2}
+        assert actor.actor_ref.is_alive()
+
+
 def test_a_core_that_raises_a_lookup_error_crashes_the_actor_and_is_never_a_dead_letter() -> None:
     with TestKit() as kit:
         kit.supervise("sup:bug", [ChildSpec("counter:bug", Counter)])
