@@ -965,7 +965,8 @@ class Cluster:
                        detail={"holder": effect.holder, "epoch": effect.epoch})
         if pending is not None and pending[3] is not None:
             # A supervisor's child that cannot start here: its supervisor decides.
-            self.node.tell(pending[3], ChildExit(address=address, crashed=True, reason="LeaseHeld"), sender=address)
+            self.node.tell(pending[3], ChildExit(address=address, crashed=True, reason="LeaseHeld",
+                                                 parent_epoch=self.node.epoch_of(pending[3])), sender=address)
         self._hand_back(address)
 
     def _stop(self, effect: StopActor) -> None:
@@ -989,13 +990,13 @@ class Cluster:
         checkpoint = self.checkpoints.load(address) if effect.mode == "unowned" and not effect.superseded else None
         try:
             async with asyncio.timeout(self.config.lease_ttl):
-                await self.leases.release(address, self.me, effect.epoch, mode=effect.mode, spec=spec,
-                                          checkpoint=checkpoint)
+                ours = await self.leases.release(address, self.me, effect.epoch, mode=effect.mode, spec=spec,
+                                                 checkpoint=checkpoint)
         except Exception as exc:  # noqa: BLE001
             log.warning("cluster: %s could not release %s (%r)", self.me, address, exc)
             self.feed(ReleaseFailed(address))
             return
-        self.feed(Released(address))
+        self.feed(Released(address, ours=ours))
 
     def _hand_back(self, address: str) -> None:
         # The core no longer holds the address: what was held back, then

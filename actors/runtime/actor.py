@@ -58,7 +58,9 @@ class ActorContext:
 
     ``checkpoint`` is the state saved by the previous incarnation (``None``
     on a first start); ``incarnation`` counts starts at this address on this
-    node (1 for the first); ``parent`` is the supervisor's address, if any.
+    node (1 for the first); ``parent`` is the supervisor's address, if any,
+    and ``parent_epoch`` the lease epoch it ran under when it started this
+    actor (0 outside a cluster).
     """
 
     address: str
@@ -67,6 +69,7 @@ class ActorContext:
     incarnation: int = 1
     parent: str | None = None
     epoch: int = 0
+    parent_epoch: int = 0
 
 
 class Delivery:

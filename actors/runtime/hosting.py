@@ -98,6 +98,12 @@ class Hosting:
             epoch = granted
         return self.start_actor(address, actor_class, args, kwargs, parent=parent, epoch=epoch)
 
+    def epoch_of(self, address: str | None) -> int:
+        """The lease epoch of the actor running here at ``address`` (0: none
+        here, or not in a cluster)."""
+        actor = self._actors.get(address) if address is not None else None
+        return actor.ctx.epoch if actor is not None else 0
+
     def start_actor(self, address: str, actor_class: type[A], args: tuple[Any, ...] = (),
                     kwargs: dict[str, Any] | None = None, *, parent: str | None = None, epoch: int = 0,
                     checkpoint: bytes | None | _Unset = _UNSET, preload: tuple[Envelope, ...] = ()) -> ActorRef[A]:
@@ -114,7 +120,7 @@ class Hosting:
             self._incarnations[address] += 1
             incarnation = self._incarnations[address]
         ctx = ActorContext(address=address, node=self, checkpoint=state, incarnation=incarnation, parent=parent,
-                           epoch=epoch)
+                           epoch=epoch, parent_epoch=self.epoch_of(parent))
         actor = actor_class(ctx, *args, **(kwargs or {}))
         actor._exit_hook = self._on_exit
         # Messages may reach the mailbox as soon as the address is visible;
@@ -271,7 +277,8 @@ class Hosting:
             if supervised:
                 assert parent is not None
                 self.tell(parent, ChildExit(address=address, crashed=error is not None, reason=reason,
-                                            incarnation=actor.ctx.incarnation), sender=address)
+                                            incarnation=actor.ctx.incarnation, parent_epoch=actor.ctx.parent_epoch),
+                          sender=address)
         finally:
             if waiter is not None:
                 waiter.set(None)

@@ -14,13 +14,16 @@ __all__ = ["ChildExit", "RestartChild"]
 class ChildExit(Message):
     """Sent by the node (never by the child) to a child's supervisor when the
     child stops. ``crashed`` is true for an abnormal exit; ``reason`` names
-    the exception type; ``incarnation`` tells which start of the child it was.
+    the exception type; ``incarnation`` tells which start of the child it was;
+    ``parent_epoch`` is the lease epoch of the supervisor that started it (0
+    outside a cluster): a supervisor takes only its own children's exits.
     """
 
     address: str
     crashed: bool
     reason: str = ""
     incarnation: int = 0
+    parent_epoch: int = 0
 
 
 @message_kind("sys.restart-child")

@@ -172,6 +172,15 @@ class Supervisor(HuddleActor):
 
     def _on_child_exit(self, exit_: ChildExit) -> None:
         address = exit_.address
+        if exit_.parent_epoch != self.epoch:
+            # A child of another incarnation of this supervisor (one that ran
+            # under another lease, here or elsewhere): its exit followed the
+            # address here, maybe through the backlog while this incarnation
+            # was starting the same child, whose start is still to come.
+            self.node.emit("stale-dropped", address, reason="child-exit-of-another",
+                           detail={"supervisor": self.address, "incarnation": exit_.incarnation,
+                                   "parent_epoch": exit_.parent_epoch})
+            return
         if self.node.lookup(address) is not None:
             # The child at that address runs here: this exit is another's,
             # an earlier incarnation of this tree on a node that lost it
