@@ -391,6 +391,9 @@ class ActorGone(Input):
 @dataclass(frozen=True, slots=True)
 class Released(Input):
     address: str
+    #: the lease was still ours in Redis (the release gave it up), not
+    #: another's since (then nothing changed there)
+    ours: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,6 +680,11 @@ def _renewed(s: ClusterState, e: Renewed, now: float, out: list[Effect]) -> None
         for address in list(s.pending_claims):
             del s.pending_claims[address]
             _claim(s, address, now, out)
+        # A newcomer heard none of the releases before it ran: what was
+        # left unowned meanwhile (and ranks it first now, so nobody else
+        # claims it) waits for its sweep. The first one comes as soon as
+        # it has heard the others' heartbeats, not a sweep interval later.
+        s.next_sweep = min(s.next_sweep, now + 2 * s.config.heartbeat_interval)
 
 
 def _renew_failed(_s: ClusterState, _e: RenewFailed, _now: float, _out: list[Effect]) -> None:
@@ -821,6 +829,17 @@ def _released(s: ClusterState, e: Released, now: float, out: list[Effect]) -> No
             _claim(s, e.address, now, out)
         else:
             out.append(SpawnRefused(e.address, "", 0))
+    elif lease.release_mode == "unowned" and e.ours:
+        # Placed and nobody's now (our release left it unowned: had another
+        # taken it, claiming it back would take it from that one): ours
+        # again if we rank first for it (past a crash's cooldown), and
+        # looked at again as the members change.
+        # Not left to the news of our own release, which a node that was
+        # cut off may not hear, nor to the next sweep, seconds away (found
+        # by the simulation: a tree unowned for five seconds, long enough
+        # for Redis to lose its placement).
+        s.unowned_seen.add(e.address)
+        _maybe_claim_placed(s, e.address, now, out)
 
 
 def _release_failed(s: ClusterState, e: ReleaseFailed, now: float, _out: list[Effect]) -> None:

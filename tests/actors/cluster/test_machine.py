@@ -478,6 +478,53 @@ def test_a_crashed_placed_actor_is_not_claimed_back_at_once() -> None:
     assert of(d.feed(Orphans((mine,)), at=d.now + CFG.sweep_interval), Claim) == [Claim(mine)]
 
 
+def test_what_a_node_released_as_unowned_it_claims_back_if_it_ranks_first() -> None:
+    """A placed actor fenced (its node cut off past its lease) is released
+    as unowned when the node is back. The node claims it back if it ranks
+    first, at once: not on the news of its own release, which a node just
+    back may not hear, nor at its next sweep, seconds away (the simulation
+    found a meeting tree left unowned that long, until Redis lost its
+    placement). If another ranks first, that one's death makes it ours."""
+    d = Driver()
+    d.join()
+    d.peer("n2")
+    mine, theirs = address_ranking("me", ["n2"]), address_ranking("n2", ["me"])
+    for address in (mine, theirs):
+        d.hold(address, epoch=8)
+        d.feed(LeaseTroubled(address))
+        assert d.feed(ActorGone(address, crashed=False, final=False)) == [Release(address, 8, "unowned")]
+    assert of(d.feed(Released(mine)), Claim) == [Claim(mine)]
+    assert of(d.feed(Released(theirs)), Claim) == []
+    assert of(d.feed(Tick(), at=d.now + CFG.lease_ttl + 0.1), Claim) == [Claim(theirs)]  # n2 fell silent
+
+
+def test_what_another_took_meanwhile_is_not_claimed_back_on_release() -> None:
+    """The release found another epoch there (a second process under our
+    node id took it: a claim by our id always wins): claiming it back would
+    take it from that one, which would do the same (found by the counter
+    simulation's twins: two processes taking one counter from each other
+    every 50 ms)."""
+    d = Driver()
+    d.join()
+    mine = address_ranking("me", [])
+    d.hold(mine, epoch=8)
+    d.feed(LeaseTroubled(mine))
+    d.feed(ActorGone(mine, crashed=False, final=False))
+    assert of(d.feed(Released(mine, ours=False)), Claim) == []
+
+
+def test_the_first_sweep_comes_once_the_others_are_heard_not_a_sweep_interval_after_joining() -> None:
+    """A newcomer heard none of the releases made before it ran: what was
+    left unowned then and ranks it first (nobody else claims it) is found
+    by its first sweep, two heartbeats after it joined."""
+    d = Driver()
+    d.join()
+    joined = d.now
+    assert of(d.feed(Tick(), at=joined + CFG.heartbeat_interval), Sweep) == []
+    assert of(d.feed(Tick(), at=joined + 2 * CFG.heartbeat_interval), Sweep) == [Sweep()]
+    assert of(d.feed(Tick(), at=joined + 3 * CFG.heartbeat_interval), Sweep) == []  # then every interval
+
+
 def test_a_failed_release_is_retried() -> None:
     from actors.cluster.machine import ReleaseFailed
 
