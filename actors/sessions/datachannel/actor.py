@@ -106,7 +106,9 @@ class DataChannelSession(MachineActor):
         self._connector = connector
         self._sockets: dict[int, DataChannelSocket] = {}
         rng_seed = random.getrandbits(64) if seed is None else seed
-        # Generations of incarnation n start at n << 32: never one an older incarnation used.
+        # Generations of incarnation n start at n << 32: never one an older incarnation on this
+        # node used. One that ran elsewhere (counting from 1 there too) is kept out by its
+        # lease epoch, which its socket news carries (MachineActor refuses other epochs).
         self.state: ChannelState
         self.state, self._first_effects = machine.restore(self.config, ctx.checkpoint, seed=rng_seed,
                                                           first_gen=(ctx.incarnation << 32) + 1)

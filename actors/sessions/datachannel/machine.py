@@ -365,6 +365,12 @@ class SessionConfig:
     #: After a restart with a wanted connection: how long to wait for the
     #: owner's re-assertion before acting on the checkpoint alone (0: at once).
     await_owner: float = 0.0
+    #: Whose the session is while nobody has claimed it (its meeting): a
+    #: claim from anyone else is refused (``not-founder``) until an owner
+    #: releases it. Without one, the first claim wins; with one, so it
+    #: does not when the session starts afresh (its first start, or Redis
+    #: lost its checkpoint) and a stranger's claim arrives first.
+    founder: str = ""
 
     @property
     def address(self) -> str:
@@ -450,6 +456,8 @@ class ChannelState:
     frames_in: int = 0
     #: Non-zero while a restored session waits for its owner (the hold timer's generation).
     awaiting_owner: int = 0
+    #: An owner released the session: anyone may claim it now, not only the founder.
+    released: bool = False
 
 
 def initial_state(config: SessionConfig, *, seed: int, first_gen: int = 1) -> ChannelState:
@@ -485,7 +493,8 @@ def restore(config: SessionConfig, checkpoint: Any, *, seed: int, first_gen: int
     except (KeyError, IndexError, TypeError) as exc:
         fx.append(Emit("bad-input", reason="bad-checkpoint", detail={"error": type(exc).__name__}))
         return evolve(s, bad_input=1), fx
-    s = evolve(s, owner=owner, owner_epoch=epoch, target=target, subscriptions=subs, watchers=watchers)
+    s = evolve(s, owner=owner, owner_epoch=epoch, target=target, subscriptions=subs, watchers=watchers,
+               released=checkpoint.get("released") is True)
     if target is not None:
         if owner and config.await_owner > 0:
             s, gen = _new_gen(s)
@@ -504,11 +513,11 @@ def _checkpoint(s: ChannelState) -> dict[str, Any]:
     t = s.target
     return {"owner": s.owner, "owner_epoch": s.owner_epoch,
             "target": None if t is None else [t.datachannel_url, t.device_url, t.token_auth],
-            "subscriptions": list(s.subscriptions), "watchers": list(s.watchers)}
+            "subscriptions": list(s.subscriptions), "watchers": list(s.watchers), "released": s.released}
 
 
 def _persisted(s: ChannelState) -> tuple[Any, ...]:
-    return (s.owner, s.owner_epoch, s.target, s.subscriptions, s.watchers)
+    return (s.owner, s.owner_epoch, s.target, s.subscriptions, s.watchers, s.released)
 
 
 def status_of(s: ChannelState) -> SessionStatus:
@@ -639,7 +648,8 @@ def _ownership_refusal(s: ChannelState, sender: str, message: Message) -> str:
         return "anonymous"
     if isinstance(message, ClaimSession):
         if not s.owner:
-            return ""
+            founder = s.config.founder
+            return "not-founder" if founder and sender != founder and not s.released else ""
         if sender != s.owner:
             return "not-owner"
         return "stale-epoch" if epoch < s.owner_epoch else ""
@@ -688,11 +698,11 @@ def _on_control(s: ChannelState, message: Message, st: _Step) -> ChannelState:
 
 
 def _claim(s: ChannelState, m: ClaimSession, st: _Step) -> ChannelState:
-    return evolve(s, owner=st.sender, owner_epoch=m.epoch)
+    return evolve(s, owner=st.sender, owner_epoch=m.epoch, released=False)
 
 
 def _release(s: ChannelState, m: ReleaseSession, st: _Step) -> ChannelState:
-    return evolve(s, owner="", owner_epoch=0)
+    return evolve(s, owner="", owner_epoch=0, released=True)
 
 
 def _owner_decides(s: ChannelState, st: _Step) -> ChannelState:

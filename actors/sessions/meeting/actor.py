@@ -155,7 +155,8 @@ def meeting_tree(meeting_id: str, services: MeetingServices, access_token: Secre
     """The children of one meeting's supervisor, in start order. The user's
     access token stays in these in-memory start arguments: never in a
     message, an event or a checkpoint. ``audio``: an agent meeting's output."""
-    options = {"await_owner": AWAIT_OWNER, **(session_options or {})}
+    # The meeting founds its sessions: a stranger never claims one first.
+    options = {"await_owner": AWAIT_OWNER, "founder": meeting_address(meeting_id), **(session_options or {})}
     sessions = [
         ChildSpec(f"datachannel:{meeting_id}/{session}", DataChannelSession,
                   (meeting_id, session, services.device_url, access_token.reveal(), services.connector), options)

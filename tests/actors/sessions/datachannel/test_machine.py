@@ -120,6 +120,32 @@ def test_owner_reclaims_with_a_newer_epoch_and_older_epochs_are_then_stale() -> 
     assert core.state.owner == "meeting:m2"
 
 
+def test_with_a_founder_a_stranger_never_claims_the_session_first() -> None:
+    """A meeting's session starting afresh (its first start, or Redis lost
+    its checkpoint) belongs to its meeting: an incoming call's claim that
+    arrives first is refused, the meeting's taken; once the meeting
+    releases it, anyone may claim it. The release survives a restart."""
+    core = Core(founder=OWNER)
+    fx = core.step(ClaimSession(epoch=9), sender="meeting:call-1")
+    assert core.state.owner == "" and emitted(core, "refused-not-owner", fx)[0].reason == "not-founder"
+    [refusal] = core.sent("meeting:call-1", Refusal, fx)
+    assert refusal.error_type == "NotOwner"
+    core.claim(epoch=1)
+    assert core.state.owner == OWNER
+    fx = core.owner(ReleaseSession(epoch=1))
+    assert core.one(SaveCheckpoint, fx).state["released"] is True
+    restored, _fx = restore(core.config, core.one(SaveCheckpoint, fx).state, seed=1, first_gen=1 << 32)
+    assert restored.released
+    core.step(ClaimSession(epoch=9), sender="meeting:call-1")
+    assert core.state.owner == "meeting:call-1"
+
+
+def test_without_a_founder_the_first_claim_wins() -> None:
+    core = Core()
+    core.step(ClaimSession(epoch=9), sender="meeting:call-1")
+    assert core.state.owner == "meeting:call-1"
+
+
 def test_accepted_ask_is_answered_with_the_status_after_the_command() -> None:
     core = Core()
     core.claim()
@@ -818,7 +844,7 @@ def test_checkpoint_restores_owner_target_subscriptions_and_reconnects() -> None
     core.online()
     checkpoint = [e for e in core.log if isinstance(e, SaveCheckpoint)][-1].state
     assert checkpoint == {"owner": OWNER, "owner_epoch": 4, "target": [DC_URL, DEVICE_URL, False],
-                          "subscriptions": ["transcription"], "watchers": ["captions:m1"]}
+                          "subscriptions": ["transcription"], "watchers": ["captions:m1"], "released": False}
     state, fx = restore(core.config, checkpoint, seed=1, first_gen=1 << 32)
     [reg] = [e for e in fx if isinstance(e, Register)]
     assert reg.gen == 1 << 32 and state.state == CONNECTING and state.owner_epoch == 4
