@@ -24,7 +24,10 @@ an error, registers and token fetches failing or slow, a node cut off from
 the network, or from Redis alone, or paused, one of its connections to
 Redis dropped, Redis restarted with or without its data. When the faults stop, the application sends each
 meeting its facts once more (a locus snapshot: a change told to a node that
-was cut off was lost, as on a real bus).
+was cut off was lost, as on a real bus). With ``cluster``, if Redis lost its
+data, it first starts its meetings again, as the runbook asks of an
+application (an ensure: a tree whose placement went with the data while no
+node held it is placed anew; nothing changes for the others).
 
 Checked all along:
 
@@ -68,6 +71,7 @@ from actors.cluster.machine import ClusterConfig
 from actors.cluster.shell import ActorFactories
 from actors.sessions.context import Secret
 from actors.sessions.meeting.host import TREE_KIND, MeetingHost, NodeMeetings, host_address
+from bus.errors import HuddleError
 from bus.messages import Event, Message
 from ops.dataserver.model import DEFAULT_SESSION, PRACTICE_SESSION
 from ops.demo.app import IncomingCall
@@ -456,6 +460,7 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
             elif kind == "redis-restart":
                 keep = draws.random() < 0.5
                 cut = world.redis.restart(keep_data=keep)
+                state["wiped"] = state.get("wiped", False) or not keep
                 what = f"redis restarted {'from its data' if keep else 'without its data'} ({cut} connections reset)"
             else:
                 index = draws.randrange(len(hosts))
@@ -619,6 +624,19 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
         standing = state["ds"].service.faults  # what the faults left standing ends with them
         standing.register_fail = standing.token_fail = None
         standing.token_delay_s = 0.0
+        if cluster and state.get("wiped"):
+            # What the runbook asks of an application after Redis lost its
+            # data: start its meetings again (an ensure: nothing changes for
+            # a tree still placed; one whose placement went with the data
+            # while no node held it is placed anew).
+            for i, m in enumerate(plan):
+                for host in sorted(state["hosts"], key=lambda h: h.killed):
+                    try:
+                        await app.node.ask(host_address(host.node_id),
+                                           mt.StartMeeting(meeting_id=m.id, access_token=secrets[i]), timeout=5)
+                        break
+                    except HuddleError:
+                        continue
         for m in plan:  # what a cut-off node missed, told again
             tell(m, m.snapshot(state["ds"].http_url))
         wanted = {m.id: m.wanted() for m in plan}
