@@ -69,6 +69,8 @@ from types import TracebackType
 from typing import TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from bus.embedded import EmbeddedRedisError, pause_process
 from bus.interrupts import held
@@ -168,7 +170,9 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _client(port: int) -> redis.Redis:
-    """An admin connection to 127.0.0.1:``port`` (strings, short timeouts, RESP2)."""
+    """An admin connection to 127.0.0.1:``port`` (strings, short timeouts, RESP2,
+    no retries: a paused node costs one timeout, not redis-py's retries of
+    it; every caller polls until its own deadline anyway)."""
     return redis.Redis(
         host="127.0.0.1",
         port=port,
@@ -176,6 +180,7 @@ def _client(port: int) -> redis.Redis:
         socket_timeout=_ADMIN_TIMEOUT,
         socket_connect_timeout=_ADMIN_TIMEOUT,
         protocol=2,
+        retry=Retry(NoBackoff(), 0),
     )
 
 

@@ -330,6 +330,7 @@ def test_a_restart_waits_for_the_exit_of_a_child_that_is_still_stopping(kit: Tes
     kit.settle()
     assert who(kit, "w:slow")["incarnation"] == 2
     assert not kit.events_named("crashed", "sup:s")
+    GATES["w:slow"].set(None)  # the second incarnation stops at once when the kit ends (not after 10 s)
 
 
 def test_an_exit_of_a_child_another_incarnation_started_restarts_nothing(kit: TestKit) -> None:
