@@ -941,6 +941,15 @@ class Cluster:
         try:
             if pending is not None:
                 actor_class, args, kwargs, parent = pending
+                if parent is not None and self.node.lookup(parent) is None:
+                    # Its supervisor stopped while the lease was being
+                    # claimed: started now, the child would run with nobody
+                    # to stop it, and the supervisor's next incarnation here
+                    # would find its address in use.
+                    self.node.emit("activation-dropped", address, reason="supervisor-gone",
+                                   detail={"supervisor": parent, "epoch": epoch})
+                    self.feed(ActorGone(address, crashed=False, final=True))
+                    return
             else:
                 factory = self.factories.get(parse_address(address).kind)
                 if factory is None or claim is None or claim.spec is None:

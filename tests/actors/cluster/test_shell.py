@@ -125,6 +125,20 @@ def test_a_child_that_cannot_take_its_lease_is_reported_to_its_supervisor(rig: R
     assert exits and exits[0].crashed and exits[0].reason == "LeaseHeld"
 
 
+def test_a_child_whose_supervisor_is_gone_when_its_lease_comes_is_not_started(rig: Rig) -> None:
+    """A supervisor's child starts once its lease is claimed; a supervisor
+    that stopped meanwhile leaves nobody to stop that child (and its next
+    incarnation here would find the address in use): the child is not
+    started and its lease goes back."""
+    rig.add("a")
+    node = rig.nodes["a"]
+    assert node.spawn("echo:orphan", Echo, parent="sup:gone") is None
+    dropped = rig.events.wait(event="activation-dropped", node="a", address="echo:orphan")[0]
+    assert dropped.reason == "supervisor-gone" and dropped.detail["supervisor"] == "sup:gone"
+    rig.events.wait(event="lease-released", node="a", address="echo:orphan")
+    assert node.lookup("echo:orphan") is None and not rig.events.matching(event="started", address="echo:orphan")
+
+
 def test_a_crashed_nodes_actors_are_live_elsewhere_with_their_checkpoints(rig: Rig) -> None:
     for n in ("a", "b", "c"):
         rig.add(n)
