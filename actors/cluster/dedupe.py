@@ -110,6 +110,15 @@ class SeenIds:
         entry.current_written = False
         self._dirty.add(address)
 
+    def put_back(self, address: str) -> None:
+        """The message :meth:`handling` announced was not handled: it is the
+        next one again (its actor deferred it)."""
+        entry = self._addresses.get(address)
+        if entry is None or entry.current is None:
+            return
+        entry.queued.appendleft(entry.current)
+        entry.current = None
+
     def _complete(self, entry: _AddressIds) -> None:
         msg_id = entry.current
         if msg_id is None:

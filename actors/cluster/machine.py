@@ -109,6 +109,7 @@ __all__ = [
     "WantLease",
     "holds",
     "new_state",
+    "renewing",
     "step",
 ]
 
@@ -289,6 +290,14 @@ def holds(s: ClusterState, address: str) -> bool:
     then forwarded to the next owner (True), or routed at once (False): the
     lease is still this node's, so nobody else can take it yet."""
     return address in s.leases
+
+
+def renewing(s: ClusterState, address: str) -> HeldLease | None:
+    """The lease of ``address`` if this node still renews it (its actor,
+    should its validity run out on the clock before a renewal's answer,
+    waits for the answer instead of giving its messages away), else None."""
+    lease = s.leases.get(address)
+    return lease if lease is not None and lease.phase in _RENEWED else None
 
 
 def new_state(me: str, config: ClusterConfig, kinds: frozenset[str], now: float) -> ClusterState:

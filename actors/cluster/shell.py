@@ -114,6 +114,7 @@ from actors.cluster.machine import (
     WantLease,
     holds,
     new_state,
+    renewing,
     step,
 )
 from actors.cluster.renewals import RenewalLane, RenewalPlan
@@ -453,6 +454,8 @@ class Cluster:
         self._claims: dict[str, ClaimResult] = {}
         self._specs: dict[str, bytes] = {}
         self._held_back: dict[str, list[Envelope]] = {}
+        #: actors that wait for their lease to be confirmed or lost (must_wait)
+        self._waiting: set[str] = set()
         self._seen = SeenIds(SEEN_IDS, SEEN_PER_ADDRESS)
         self._seen_due = 0.0
         self._ensure_waiters: dict[str, list[PooledFuture[str]]] = {}
@@ -680,6 +683,28 @@ class Cluster:
         return lease is None or (lease.phase is not Phase.FENCED and self._valid(address, lease, self.node.clock.now()))
 
     @confined
+    def must_wait(self, address: str) -> bool:
+        return renewing(self.state, address) is not None and not self._closed
+
+    @confined
+    def waiting(self, address: str) -> None:
+        self._seen.put_back(address)
+        self._waiting.add(address)
+        self.node.counters["cluster:deliveries-waited"] += 1
+        self.call_soon(self._settle_waiting)
+
+    def _settle_waiting(self) -> None:
+        """Loop thread: actors that wait for their lease go on once it is
+        valid again (a renewal's answer came) or no longer renewed (lost,
+        fenced, released: what they hold then goes to the next owner)."""
+        now = self.node.clock.now()
+        for address in list(self._waiting):
+            lease = renewing(self.state, address)
+            if lease is None or self._valid(address, lease, now):
+                self._waiting.discard(address)
+                self.node.resume(address)
+
+    @confined
     def first_delivery(self, env: Envelope) -> bool:
         to = env.to
         return self._seen.first(env.msg_id, to, to in self.state.leases and type(env.message) is not StopMessage)
@@ -773,6 +798,8 @@ class Cluster:
                 self._perform(effect)
             except Exception:  # noqa: BLE001 - one failed effect must not stop the others
                 log.exception("cluster: %s failed to perform %r", self.me, effect)
+        if self._waiting:
+            self._settle_waiting()
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         if self._stopped:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from actors.runtime.io import Outcome
 from actors.runtime.ownership import FORWARDED
-from actors.runtime.pooled import Mailbox, PooledActor, PooledFuture
+from actors.runtime.pooled import DEFERRED, Mailbox, PooledActor, PooledFuture
 from bus.errors import HuddleError
 
 if TYPE_CHECKING:
@@ -141,6 +141,12 @@ class HuddleActor(PooledActor):
             env = message.envelope
             ownership = self.node._ownership
             if ownership is not None and not ownership.may_deliver(self.address):
+                if ownership.must_wait(self.address) and self.actor_inbox.defer(message):
+                    # The lease is still ours, its renewal's answer late: handle
+                    # nothing until it is confirmed (then this message comes
+                    # first) or lost (then it goes to the next owner).
+                    ownership.waiting(self.address)
+                    return DEFERRED
                 # The lease is gone: this message is for the next owner.
                 if not ownership.stray(env):
                     self.node._refuse(env, "lease-lost")

@@ -221,6 +221,16 @@ class Hosting:
             self.transport.unsubscribe(channel_for(address, self.namespace))
         return list(waiting)
 
+    def resume(self, address: str) -> bool:
+        """The actor at ``address`` waited (its ownership said so, see
+        :meth:`~actors.runtime.ownership.Ownership.must_wait`): it goes on
+        with its messages. False if no actor lives there."""
+        actor = self._actors.get(address)
+        if actor is None:
+            return False
+        actor.actor_inbox.resume()  # type: ignore[attr-defined]
+        return True
+
     def stop_listening(self, address: str) -> None:
         """Unsubscribe the channel of ``address`` if nothing is hosted or
         held for it here."""

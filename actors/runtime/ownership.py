@@ -14,7 +14,10 @@ a single process with no leases.
 
 A message an actor may no longer handle (its lease is lost) is forwarded
 to the next owner instead; the handler run then "returns"
-:data:`FORWARDED`, and nobody answers it here.
+:data:`FORWARDED`, and nobody answers it here. While the lease is only in
+doubt (its validity ran out on the local clock before the renewal's answer
+came), the actor waits instead: the message goes back to the head of its
+mailbox, and nothing is handled until the lease is confirmed or lost.
 """
 
 from __future__ import annotations
@@ -57,6 +60,17 @@ class Ownership(Protocol):
     def may_deliver(self, address: str) -> bool:
         """False if the actor at ``address`` must not handle another
         message (its lease is lost): messages are forwarded instead."""
+
+    def must_wait(self, address: str) -> bool:
+        """Asked when :meth:`may_deliver` said no: True if the lease is
+        still this node's and only its validity is in doubt (the local
+        clock ran past it before a renewal's answer came). The actor then
+        puts the message back and handles nothing until the ownership
+        resumes it (``node.resume(address)``), once the lease is confirmed
+        (it goes on, in order) or lost (its messages go to the next owner)."""
+
+    def waiting(self, address: str) -> None:
+        """The actor at ``address`` now waits (see :meth:`must_wait`)."""
 
     def first_delivery(self, env: Envelope) -> bool:
         """False if an envelope with this ``msg_id`` was already delivered

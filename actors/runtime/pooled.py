@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from pykka._envelope import Envelope
 
 __all__ = [
+    "DEFERRED",
     "BlockingOnLoop",
     "Dispatcher",
     "LoopDispatcher",
@@ -615,6 +616,19 @@ class StopFlag:
 # Mailbox
 
 
+class _Deferred:
+    """What a handler run "returns" for a message it put back in its
+    mailbox (:meth:`Mailbox.defer`): nobody is answered now."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+DEFERRED = _Deferred()
+
+
 class _SliceEnd(Exception):  # noqa: N818 - a control signal, not an error
     """Raised by ``Mailbox.get`` to end the current slice."""
 
@@ -630,7 +644,7 @@ class Mailbox:
     """
 
     __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_held", "_lock", "_loop", "_q",
-                 "_scheduled")
+                 "_scheduled", "_stop_queued", "_suspended", "_suspended_parked")
 
     def __init__(self, actor: PooledActor, dispatcher: Dispatcher, capacity: int | None) -> None:
         self._actor = actor
@@ -644,6 +658,9 @@ class Mailbox:
         self._closed = False
         self._budget = 0
         self._lock = threading.Lock()
+        self._suspended = False  # a handler put its message back: run nothing until resume()
+        self._suspended_parked = False  # ... and the slice that did it has ended
+        self._stop_queued = False
 
     def __len__(self) -> int:
         q = self._q
@@ -654,8 +671,14 @@ class Mailbox:
         return self._capacity
 
     def put(self, envelope: Envelope[Any], /) -> None:
-        if self._actor._handler_task is not None and type(envelope.message) is _ActorStop:
-            self._actor._cancel_handler()  # an async handler under way gives way to the stop
+        if type(envelope.message) is _ActorStop:
+            self._stop_queued = True
+            if self._actor._handler_task is not None:
+                self._actor._cancel_handler()  # an async handler under way gives way to the stop
+            if self._suspended:
+                self._enqueue_locked(envelope)
+                self.resume()  # a stop is never kept waiting (see defer)
+                return
         # Fast path without the lock: deque.append is atomic, and the actor
         # is already scheduled. The slice that parks the actor clears
         # ``_scheduled`` *before* it looks at the queue again (``release``),
@@ -707,6 +730,42 @@ class Mailbox:
             self._refuse(envelope)
             return
         self._dispatcher.submit(self._actor)
+
+    def _enqueue_locked(self, envelope: Envelope[Any]) -> None:
+        with self._lock:
+            if self._q is None:
+                self._q = deque()
+            self._q.append(envelope)
+
+    # -- a handler that must wait (see :meth:`defer`) ----------------------
+
+    def defer(self, envelope: Envelope[Any]) -> bool:
+        """From the actor's own slice: put ``envelope`` (the message being
+        handled) back at the head of the queue and run nothing more until
+        :meth:`resume`. The handler then returns :data:`DEFERRED` (nobody
+        is answered). False, and nothing done, if a stop is queued: an actor
+        on its way out does not wait."""
+        with self._lock:
+            if self._stop_queued or self._closed:
+                return False
+            if self._q is None:
+                self._q = deque()
+            self._q.appendleft(envelope)
+            self._suspended = True
+            self._budget = 0
+        return True
+
+    def resume(self) -> None:
+        """The wait is over (any thread): the deferred message is handled
+        next, then the rest in order."""
+        with self._lock:
+            if not self._suspended:
+                return
+            self._suspended = False
+            if not self._suspended_parked:
+                return  # the slice that deferred has not ended: its release() goes on as usual
+            self._suspended_parked = False
+        self._dispatcher.submit(self._actor)  # still marked scheduled since the deferral
 
     def _schedule_if_parked(self) -> None:
         with self._lock:
@@ -776,6 +835,12 @@ class Mailbox:
 
     def release(self) -> None:
         """End of a slice: park the actor, or re-queue it if messages wait."""
+        if self._suspended:
+            with self._lock:
+                if self._suspended:
+                    # Stays marked scheduled (a put only queues); resume() submits it.
+                    self._suspended_parked = True
+                    return
         if self._q and not self._closed:
             self._dispatcher.submit(self._actor)  # still scheduled: keep going
             return
@@ -885,6 +950,8 @@ class PooledActor(_PykkaActor):
                 if type(response) is CoroutineType:
                     self._await_handler(response, envelope)
                     return  # the rest waits for it: see _finish_handler
+                if response is DEFERRED:
+                    return  # put back by Mailbox.defer: handled (and answered) after resume()
                 if envelope.reply_to is not None:
                     envelope.reply_to.set(response)
             except Exception:
