@@ -55,7 +55,7 @@ from bus.envelope import Envelope
 from bus.errors import HuddleError
 from bus.messages import Message
 
-__all__ = ["Backoff", "ChildSpec", "Restart", "Strategy", "Supervisor", "SupervisorEscalated"]
+__all__ = ["Backoff", "ChildSpec", "Restart", "Strategy", "Supervisor", "SupervisorEscalated", "restart_rng"]
 
 
 class Restart(enum.StrEnum):
@@ -85,6 +85,14 @@ class ChildSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     restart: Restart = Restart.PERMANENT
     shutdown_timeout: float = 5.0
+
+
+def restart_rng(seed: int | None) -> random.Random:
+    """The generator of a supervisor's restart jitter. Unseeded, it is
+    seeded from the process's generator (not the operating system's), so a
+    program that seeds that one (a simulated world) is the same run every
+    time."""
+    return random.Random(random.getrandbits(64) if seed is None else seed)
 
 
 @dataclass(frozen=True)
@@ -218,7 +226,7 @@ class Supervisor(HuddleActor):
         while history and now - history[0] > self.period:
             history.popleft()
         if self._rng is None:
-            self._rng = random.Random(self._seed)
+            self._rng = restart_rng(self._seed)
         delay = self.backoff.delay(len(history), self._rng)
         history.append(now)
         self._generation += 1

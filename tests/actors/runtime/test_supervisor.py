@@ -14,7 +14,7 @@ import pytest
 
 from actors.runtime.actor import ActorContext, HuddleActor
 from actors.runtime.pooled import PooledFuture
-from actors.runtime.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor
+from actors.runtime.supervisor import Backoff, ChildSpec, Restart, Strategy, Supervisor, restart_rng
 from actors.runtime.testkit import TestKit
 from bus.envelope import Envelope
 from bus.messages import Message, Ping, message_kind
@@ -377,3 +377,18 @@ def test_an_exit_of_a_child_that_runs_here_is_another_incarnations_and_changes_n
     kit.settle()
     assert kit.node.lookup("w:a") is before and kit.node.lookup("sup:s") is not None
     assert who(kit, "w:a")["incarnation"] == 1
+
+
+def test_an_unseeded_supervisors_restart_jitter_follows_the_process_generator() -> None:
+    """So a simulated world, which seeds the process's generator, is the
+    same run every time (the cluster webinar simulation replayed a seed
+    differently when a tree restarted a child: its jitter came from the
+    operating system)."""
+    import random
+
+    backoff = Backoff()
+    random.seed("replay")
+    first = [backoff.delay(n, restart_rng(None)) for n in range(4)]
+    random.seed("replay")
+    assert [backoff.delay(n, restart_rng(None)) for n in range(4)] == first
+    assert restart_rng(7).random() == random.Random(7).random()
