@@ -320,6 +320,13 @@ class Tick(Input):
 
 
 @dataclass(frozen=True, slots=True)
+class AnnouncementsMissed(Input):
+    """The node's subscription to ``sys:nodes`` was down for a while (its
+    bus connection dropped and came back): releases and departures said
+    meanwhile were never heard."""
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatSeen(Input):
     heartbeat: NodeHeartbeat
 
@@ -742,6 +749,14 @@ def _node_left(s: ClusterState, e: NodeLeftSeen, now: float, out: list[Effect]) 
     _reconsider_unowned(s, now, out)
 
 
+def _announcements_missed(s: ClusterState, _e: AnnouncementsMissed, now: float, _out: list[Effect]) -> None:
+    # What it missed is in the store: the next tick sweeps (places what
+    # was left unowned meanwhile and ranks this node first, e.g. trees
+    # handed off to it while it could not hear the hand-off).
+    if s.joined and not s.left:
+        s.next_sweep = min(s.next_sweep, now)
+
+
 def _lease_seen(s: ClusterState, e: LeaseSeen, now: float, out: list[Effect]) -> None:
     change = e.change
     if change.node == s.me and change.change != "unowned":
@@ -1039,6 +1054,7 @@ _HANDLERS: dict[type[Input], Any] = {
     Routed: _routed,
     RouteFailed: _route_failed,
     Tick: _tick,
+    AnnouncementsMissed: _announcements_missed,
     HeartbeatSeen: _heartbeat,
     NodeLeftSeen: _node_left,
     LeaseSeen: _lease_seen,

@@ -74,6 +74,7 @@ from actors.cluster.machine import (
     ActorGone,
     Adopt,
     Adopted,
+    AnnouncementsMissed,
     Claim,
     Claimed,
     ClaimFailed,
@@ -134,7 +135,7 @@ from bus.cluster.messages import DrainNode, LeaseChange, NodeHeartbeat, NodeLeft
 from bus.envelope import Envelope
 from bus.errors import DecodeError, EncodeError, HuddleError
 from bus.loop import LoopThread
-from bus.messages import REGISTRY, Message, message_kind
+from bus.messages import REGISTRY, Event, Message, message_kind
 from bus.messages import Stop as StopMessage
 from bus.cluster.sharded_store import backlog_for, lease_store_for
 from bus.shard_client import ShardClient
@@ -487,6 +488,7 @@ class Cluster:
         self._started = True
         self.node.metrics.add_source(LEASE_RENEW_LATENCY, lambda: self._lane.latency_s)
         self.node.handle_system_channel(SYS_NODES, self._on_nodes)
+        self.node.add_event_listener(self._on_own_event)
         self.node.spawn(f"{self.node.address}/cluster", ClusterControl, self)
         if self.io.on_loop_thread():
             # On the node's own loop (a node in a simulated world): nothing
@@ -620,10 +622,10 @@ class Cluster:
             raise HuddleError(f"{address}: the {kind} kind is not placed")
         spec = encode_start_args(start_args)
         future: PooledFuture[str] = PooledFuture()
-        owner = self.directory.owner(address)
-        if owner is not None:
-            future.set(owner)
-            return future
+        # Always the store's word, never the directory's: a cached owner
+        # may be one that released the address since (its release
+        # announcement read before the answer that named it), and an
+        # address nobody holds must be placed, or it is gone for good.
         self._ensure_waiters.setdefault(address, []).append(future)
         self.call_soon(self._spawn_task, self._ensure(address, spec))
         return future
@@ -1319,6 +1321,13 @@ class Cluster:
             self.call_soon(self.feed, HeartbeatSeen(message))
         elif isinstance(message, NodeLeft):
             self.call_soon(self.feed, NodeLeftSeen(message.node))
+
+    def _on_own_event(self, event: Event) -> None:
+        """On the emitting thread (the loop, for the bus's): the bus came
+        back after a drop, so what was said on ``sys:nodes`` meanwhile was
+        never heard (pub/sub keeps nothing)."""
+        if event.event == "bus-resubscribed" and event.address == self.node.address and not self._closed:
+            self.call_soon(self.feed, AnnouncementsMissed())
 
     def _announce(self, message: Message) -> None:
         try:

@@ -10,6 +10,7 @@ from actors.cluster.machine import (
     ActorGone,
     Adopt,
     Adopted,
+    AnnouncementsMissed,
     Claim,
     Claimed,
     ClaimFailed,
@@ -523,6 +524,21 @@ def test_the_first_sweep_comes_once_the_others_are_heard_not_a_sweep_interval_af
     assert of(d.feed(Tick(), at=joined + CFG.heartbeat_interval), Sweep) == []
     assert of(d.feed(Tick(), at=joined + 2 * CFG.heartbeat_interval), Sweep) == [Sweep()]
     assert of(d.feed(Tick(), at=joined + 3 * CFG.heartbeat_interval), Sweep) == []  # then every interval
+
+
+def test_a_node_that_missed_announcements_sweeps_at_its_next_tick() -> None:
+    """Its bus was down: a hand-off to it (a release as unowned, announced
+    on sys:nodes) was never heard. Found by the cluster webinar simulation
+    with three nodes (seed 18): two trees handed off to a node whose bus
+    was reconnecting stayed unowned until Redis lost their placement."""
+    d = Driver()
+    d.join()
+    d.feed(Tick(), at=d.now + 2 * CFG.heartbeat_interval)  # the newcomer's first sweep
+    quiet = d.now + CFG.heartbeat_interval
+    assert of(d.feed(Tick(), at=quiet), Sweep) == []
+    assert d.feed(AnnouncementsMissed(), at=quiet + 0.1) == []
+    assert of(d.feed(Tick(), at=quiet + 0.2), Sweep) == [Sweep()]
+    assert of(d.feed(Tick(), at=quiet + 0.3), Sweep) == []  # once
 
 
 def test_a_failed_release_is_retried() -> None:

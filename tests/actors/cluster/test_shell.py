@@ -83,6 +83,22 @@ def test_ensure_places_each_address_on_the_node_that_ranks_first(rig: Rig) -> No
     assert client.ensure(addresses[0]).get(timeout=DEADLINE) == owners[addresses[0]]
 
 
+def test_ensure_asks_the_store_not_the_owner_it_remembers(rig: Rig) -> None:
+    """The directory is a cache: it may name a live node that released the
+    address since (its release announcement read before the look-up answer
+    that named it). Ensuring such an address places it. Before, ensure
+    believed the cache and placed nothing (the cluster webinar simulation,
+    seed 18 on three nodes: meetings started again after Redis lost their
+    placement never came back)."""
+    rig.add("a")
+    client = rig.add("client", kinds=())
+    address = "counter:cached"
+    client.io.call(lambda: client.directory.learn(address, "a", 1))  # nobody holds it
+    assert client.ensure(address, start=5).get(timeout=DEADLINE) == "a"
+    rig.events.wait(event="started", node="a", address=address)
+    assert value(rig.nodes["client"], address)["count"] == 5
+
+
 def test_start_arguments_are_primitives_and_never_secrets() -> None:
     assert encode_start_args({"start": 1, "room": "r-1"})
     with pytest.raises(EncodeError):
