@@ -13,7 +13,6 @@ from actors.sessions.contracts.datachannel import (
     CONNECTING,
     IDLE,
     OFFLINE,
-    ONLINE,
     RESTORED,
     Assert,
     Disconnect,
