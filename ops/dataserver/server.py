@@ -91,8 +91,12 @@ class DataServer:
         token_secret: str | None = None,
         token_ttl_s: float = 3600.0,
         require_token: bool = False,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """``wall``: the clock the service's core reads (seconds since the
+        epoch): a simulated world passes its own."""
         self.host = host
+        self._wall = wall
         self._http_port = http_port
         self._ws_port = ws_port
         self.service = DataService(ws_base="", authority=TokenAuthority(token_secret),
@@ -212,14 +216,14 @@ class DataServer:
     async def _handle_socket(self, conn: ServerConnection) -> None:
         assert isinstance(conn, RelayConnection) and conn.request is not None
         service = self.service
-        record, actions = service.open_socket(conn.request.path, time.time())
+        record, actions = service.open_socket(conn.request.path, self._wall())
         conn.socket_id = record.id
         self._connections[record.id] = conn
         try:
             self.perform(actions)
             if record.refused is None:
                 async for message in conn:
-                    self.perform(service.receive(record.id, message, time.time()))
+                    self.perform(service.receive(record.id, message, self._wall()))
             await conn.wait_closed()
         except ConnectionClosed:
             pass
@@ -259,7 +263,7 @@ class DataServer:
         except ValueError:
             body = None
         answer = self.service.register(request.match_info["meeting"], session, body,
-                                       request.headers.get("Data-Channel-Auth-Token"), time.time())
+                                       request.headers.get("Data-Channel-Auth-Token"), self._wall())
         return await self._respond(answer)
 
     async def _locus(self, request: web.Request) -> web.Response:
@@ -273,7 +277,7 @@ class DataServer:
 
     async def _token(self, request: web.Request, session: str) -> web.Response:
         answer = self.service.token(request.match_info["meeting"], request.match_info["self"], session,
-                                    dict(request.headers), time.time())
+                                    dict(request.headers), self._wall())
         return await self._respond(answer)
 
     async def _state(self, request: web.Request) -> web.Response:
@@ -300,7 +304,7 @@ class DataServer:
         return web.json_response({"sent": reached})
 
     async def _mint_token(self, request: web.Request) -> web.Response:
-        return web.json_response(self.service.mint(await _json_body(request), time.time()))
+        return web.json_response(self.service.mint(await _json_body(request), self._wall()))
 
 
 def _ended_by(conn: RelayConnection) -> str:

@@ -100,6 +100,10 @@ FAULTS = ("service-restart", "switchover", "drop", "close", "register-fail", "to
 #: Faults only a fleet of cluster members has (a node's trees move).
 CLUSTER_FAULTS = ("node-kill",)
 LEASE_TTL_S = 1.0
+#: How long the service's tokens are valid: short, so sessions fetch new
+#: ones during a run, faults and all (the service and the nodes read the
+#: world's clock).
+TOKEN_TTL_S = 45.0
 SOCKET_FAULTS = ("switchover", "drop", "close")
 #: How often a change to a meeting is followed, within 0.8 s, by a socket
 #: fault on that meeting (an aftershock).
@@ -349,6 +353,9 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
         participants.seen(event, world.now())
         if event.event == "session-state":
             note(f"{event.address} {event.reason}")
+        elif event.event == "token-stored" and event.detail.get("expires_in_s", 0) > TOKEN_TTL_S:
+            violation(f"{event.address} holds a token for {event.detail['expires_in_s']} s, longer than the "
+                      f"service grants ({TOKEN_TTL_S:g} s): the two read different clocks")
         elif event.event == "practice-session-started":
             note(f"{event.address} practice started, default {event.detail.get('default_session')}")
             if event.detail.get("default_session") != dc.ONLINE:
@@ -382,7 +389,7 @@ def run_webinar_seed(seed: int, *, nodes: int = 2, meetings: int = 20, seconds: 
 
     async def start_service(http_port: int = 0, ws_port: int = 0) -> DataServer:
         ds = DataServer(host=SERVICE, http_port=http_port, ws_port=ws_port, token_secret=token_secret,
-                        require_token=True)
+                        require_token=True, token_ttl_s=TOKEN_TTL_S, wall=world.wall)
         watch_registers(ds)
         await service_context.run(asyncio.ensure_future, ds.start())
         return ds

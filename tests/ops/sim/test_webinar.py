@@ -71,6 +71,29 @@ def test_a_secret_in_an_event_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
     assert any(v.startswith("secret in an event: session-state") for v in result.violations)
 
 
+def test_the_service_reads_the_worlds_clock_and_its_tokens_are_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service reads the world's clock, as the nodes do, and its tokens
+    are short, so every run fetches new ones under its faults. The check
+    has teeth: a service on the machine's clock (as it was: its tokens then
+    expired in a year of world time) is caught."""
+    import time
+
+    from ops.dataserver.server import DataServer
+    from ops.sim.webinar import TOKEN_TTL_S
+
+    assert TOKEN_TTL_S < 60  # shorter than a run with its convergence
+    result = run_webinar_seed(3, faults=False)
+    assert result.violations == []
+    init = DataServer.__init__
+
+    def machine_clock(self: DataServer, **kwargs: object) -> None:
+        init(self, **{**kwargs, "wall": time.time})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DataServer, "__init__", machine_clock)
+    result = run_webinar_seed(3, faults=False)
+    assert any("read different clocks" in v for v in result.violations)
+
+
 def test_a_secret_in_a_checkpoint_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     from actors.runtime.checkpoints import MemoryCheckpoints
 
