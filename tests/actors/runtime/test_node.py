@@ -9,6 +9,7 @@ Two nodes share one :class:`InProcessHub` and one manual clock
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -934,6 +935,39 @@ class _DoubtfulLease:
         pass
 
 
+def _recording(recorder: type[Recorder], *, blocking: bool = False) -> tuple[type[HuddleActor], Recorder, Recorder]:
+    """An actor class that records the ``n`` of each message it handles
+    (and answers it) and its address when it stops."""
+    handled, stopped = recorder(), recorder()
+
+    class Records(HuddleActor):
+        def on_message(self, message: Message, envelope: Envelope) -> Any:
+            handled.add(message.n)
+            return message.n
+
+        def on_stop(self) -> None:
+            stopped.add(self.address)
+
+    Records.blocking = blocking
+    return Records, handled, stopped
+
+
+@contextlib.contextmanager
+def _doubtful_node(node_id: str, actor_class: type[HuddleActor]) -> Iterator[tuple[Node, _DoubtfulLease]]:
+    """A node whose one actor, ``rec:1``, runs under a :class:`_DoubtfulLease`."""
+    from bus.transport import InProcessHub, InProcessTransport
+
+    lease = _DoubtfulLease()
+    node = Node(InProcessTransport(InProcessHub()), node_id=node_id)
+    node.set_ownership(lease)
+    node.start()
+    try:
+        node.spawn("rec:1", actor_class)
+        yield node, lease
+    finally:
+        node.shutdown()
+
+
 @pytest.mark.parametrize("blocking", [False, True], ids=["on-the-loop", "pooled"])
 def test_an_actor_whose_lease_is_in_doubt_waits_and_then_handles_every_message_in_order(
         blocking: bool, recorder: type[Recorder]) -> None:
@@ -943,22 +977,8 @@ def test_an_actor_whose_lease_is_in_doubt_waits_and_then_handles_every_message_i
     nothing is given away to a next owner. Before, the message in hand was
     forwarded to a next owner that never came, and a timer was lost (the
     cluster webinar simulation, seed 94: a session never reconnected)."""
-    from bus.transport import InProcessHub, InProcessTransport
-
-    handled = recorder()
-
-    class Records(HuddleActor):
-        def on_message(self, message: Message, envelope: Envelope) -> Any:
-            handled.add(message.n)
-            return message.n
-
-    Records.blocking = blocking
-    lease = _DoubtfulLease()
-    node = Node(InProcessTransport(InProcessHub()), node_id="doubt")
-    node.set_ownership(lease)
-    node.start()
-    try:
-        node.spawn("rec:1", Records)
+    records, handled, _ = _recording(recorder, blocking=blocking)
+    with _doubtful_node("doubt", records) as (node, lease):
         assert node.ask("rec:1", Ping(n=0)).get(timeout=DEADLINE) == 0
         lease.state = "doubt"
         asked = node.ask("rec:1", Ping(n=1))
@@ -971,26 +991,12 @@ def test_an_actor_whose_lease_is_in_doubt_waits_and_then_handles_every_message_i
         assert asked.get(timeout=DEADLINE) == 1
         assert handled.wait_count(4) and handled.snapshot() == [0, 1, 2, 3]
         assert lease.strays == []
-    finally:
-        node.shutdown()
 
 
 def test_an_actor_whose_lease_in_doubt_is_then_lost_gives_its_messages_to_the_next_owner(
         recorder: type[Recorder]) -> None:
-    from bus.transport import InProcessHub, InProcessTransport
-
-    handled = recorder()
-
-    class Records(HuddleActor):
-        def on_message(self, message: Message, envelope: Envelope) -> Any:
-            handled.add(message.n)
-
-    lease = _DoubtfulLease()
-    node = Node(InProcessTransport(InProcessHub()), node_id="doubt-lost")
-    node.set_ownership(lease)
-    node.start()
-    try:
-        node.spawn("rec:1", Records)
+    records, handled, _ = _recording(recorder)
+    with _doubtful_node("doubt-lost", records) as (node, lease):
         lease.state = "doubt"
         for n in (1, 2):
             node.tell("rec:1", Ping(n=n))
@@ -1000,35 +1006,16 @@ def test_an_actor_whose_lease_in_doubt_is_then_lost_gives_its_messages_to_the_ne
         node.resume("rec:1")
         assert node.wait_idle(DEADLINE)
         assert [m.n for m in lease.strays] == [1, 2] and handled.snapshot() == []
-    finally:
-        node.shutdown()
 
 
 def test_an_actor_waiting_for_its_lease_still_stops_when_told(recorder: type[Recorder]) -> None:
     """A stop is never kept waiting: the message in hand goes to the next
     owner, and the actor stops."""
-    from bus.transport import InProcessHub, InProcessTransport
-
-    stopped = recorder()
-
-    class Records(HuddleActor):
-        def on_message(self, message: Message, envelope: Envelope) -> Any:
-            return None
-
-        def on_stop(self) -> None:
-            stopped.add(self.address)
-
-    lease = _DoubtfulLease()
-    node = Node(InProcessTransport(InProcessHub()), node_id="doubt-stop")
-    node.set_ownership(lease)
-    node.start()
-    try:
-        node.spawn("rec:1", Records)
+    records, handled, stopped = _recording(recorder)
+    with _doubtful_node("doubt-stop", records) as (node, lease):
         lease.state = "doubt"
         node.tell("rec:1", Ping(n=1))
         assert node.wait_idle(DEADLINE) and lease.waits == ["rec:1"]
         assert node.stop_actor("rec:1", timeout=DEADLINE)
-        assert stopped.snapshot() == ["rec:1"]
+        assert stopped.snapshot() == ["rec:1"] and handled.snapshot() == []
         assert [m.n for m in lease.strays] == [1]
-    finally:
-        node.shutdown()
