@@ -87,8 +87,8 @@ CALM_S = 5.0
 #: within this: a session's backoff is at most 32 s (the protocol's cap),
 #: then an attempt (token, register, open, authorization) takes moments.
 CONVERGE_S = 40.0
-#: A register that reaches the service this long after the token actor
-#: moved to another participant was sent before it moved (on its way).
+#: A register that reaches the service within this of a time the token
+#: actor served its token's participant was sent then (on its way).
 TOKEN_GRACE_S = 0.25
 PANELIST_EVERY = 5
 #: How long the service takes to answer a token fetch and a register (a
@@ -279,6 +279,12 @@ class _Participants:
         i = bisect.bisect_right(self.times[meeting], t)
         return self.whom[meeting][i - 1] if i else None
 
+    def during(self, meeting: str, t0: float, t1: float) -> set[str | None]:
+        """Everyone the meeting's token actor served at some time in ``[t0, t1]``."""
+        times, whom = self.times[meeting], self.whom[meeting]
+        first, last = bisect.bisect_right(times, t0), bisect.bisect_right(times, t1)
+        return {self.at(meeting, t0), *whom[first:last]}
+
     def stale_register(self, t: float, record: dict[str, Any]) -> str | None:
         """A violation, if the register at ``t`` carries a token that is not
         the meeting's participant's (now or :data:`TOKEN_GRACE_S` ago)."""
@@ -290,8 +296,8 @@ class _Participants:
             return f"{meeting}/{session} registered with a token this service did not issue ({record.get('token')})"
         if holder[0] != meeting:
             return f"{meeting}/{session} registered with a token of meeting {holder[0]}"
-        now, before = self.at(meeting, t), self.at(meeting, t - TOKEN_GRACE_S)
-        if holder[1] not in (now, before):
+        if holder[1] not in self.during(meeting, t - TOKEN_GRACE_S, t):
+            now = self.at(meeting, t)
             return (f"{meeting}/{session} registered with {holder[1]}'s token while its token actor serves "
                     f"{now or 'nobody (left)'}")
         return None
