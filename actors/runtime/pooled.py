@@ -644,7 +644,7 @@ class Mailbox:
     """
 
     __slots__ = ("_actor", "_budget", "_capacity", "_closed", "_dispatcher", "_held", "_lock", "_loop", "_q",
-                 "_scheduled", "_stop_queued", "_suspended", "_suspended_parked")
+                 "_scheduled", "_suspended", "_suspended_parked")
 
     def __init__(self, actor: PooledActor, dispatcher: Dispatcher, capacity: int | None) -> None:
         self._actor = actor
@@ -660,7 +660,6 @@ class Mailbox:
         self._lock = threading.Lock()
         self._suspended = False  # a handler put its message back: run nothing until resume()
         self._suspended_parked = False  # ... and the slice that did it has ended
-        self._stop_queued = False
 
     def __len__(self) -> int:
         q = self._q
@@ -671,12 +670,14 @@ class Mailbox:
         return self._capacity
 
     def put(self, envelope: Envelope[Any], /) -> None:
-        if type(envelope.message) is _ActorStop:
-            self._stop_queued = True
+        if (self._suspended or self._actor._handler_task is not None) and type(envelope.message) is _ActorStop:
             if self._actor._handler_task is not None:
                 self._actor._cancel_handler()  # an async handler under way gives way to the stop
             if self._suspended:
-                self._enqueue_locked(envelope)
+                with self._lock:
+                    q = self._q
+                    assert q is not None  # a suspended mailbox holds its deferred message
+                    q.append(envelope)
                 self.resume()  # a stop is never kept waiting (see defer)
                 return
         # Fast path without the lock: deque.append is atomic, and the actor
@@ -731,12 +732,6 @@ class Mailbox:
             return
         self._dispatcher.submit(self._actor)
 
-    def _enqueue_locked(self, envelope: Envelope[Any]) -> None:
-        with self._lock:
-            if self._q is None:
-                self._q = deque()
-            self._q.append(envelope)
-
     # -- a handler that must wait (see :meth:`defer`) ----------------------
 
     def defer(self, envelope: Envelope[Any]) -> bool:
@@ -746,11 +741,12 @@ class Mailbox:
         is answered). False, and nothing done, if a stop is queued: an actor
         on its way out does not wait."""
         with self._lock:
-            if self._stop_queued or self._closed:
+            q = self._q
+            if self._closed or (q and any(type(e.message) is _ActorStop for e in q)):
                 return False
-            if self._q is None:
-                self._q = deque()
-            self._q.appendleft(envelope)
+            if q is None:
+                q = self._q = deque()
+            q.appendleft(envelope)
             self._suspended = True
             self._budget = 0
         return True

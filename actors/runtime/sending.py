@@ -94,13 +94,7 @@ class Sending:
         dead letters, not exceptions."""
         # send_envelope(Envelope(...)), without the envelope object unless
         # it is refused: it would only be read field by field by the codec.
-        # A message to itself (an I/O outcome) while its lease is only in
-        # doubt is kept: it speaks to nobody else, and its actor waits for
-        # the lease anyway (Ownership.must_wait); refused, it would be lost
-        # even if the lease is confirmed.
-        ownership = self._ownership
-        if (ownership is not None and epoch and sender is not None and not ownership.may_send(sender, epoch)
-                and not (to == sender and ownership.must_wait(sender))):
+        if self._ownership is not None and epoch and sender is not None and self._silenced(to, sender, epoch):
             env = new_envelope(to, message, sender, reply_to, correlation_id, epoch, deadline, traceparent)
             self._refuse(env, "lease-lost")  # a former owner must not speak
             return
@@ -111,13 +105,22 @@ class Sending:
                                                  correlation_id, epoch, deadline, traceparent))
 
     def send_envelope(self, env: Envelope) -> None:
-        ownership = self._ownership
-        if (ownership is not None and env.epoch and env.sender is not None
-                and not ownership.may_send(env.sender, env.epoch)
-                and not (env.to == env.sender and ownership.must_wait(env.sender))):
+        if (self._ownership is not None and env.epoch and env.sender is not None
+                and self._silenced(env.to, env.sender, env.epoch)):
             self._refuse(env, "lease-lost")  # a former owner must not speak
             return
         self._route(env.to, self.codec.encode(env))
+
+    def _silenced(self, to: str, sender: str, epoch: int) -> bool:
+        """Whether ``sender``, speaking under ``epoch``, must not: its lease
+        is lost or has expired by the local clock. A message to itself (an
+        I/O outcome) while the lease is only in doubt is kept: it speaks to
+        nobody else, and its actor waits for the lease anyway
+        (Ownership.must_wait); refused, it would be lost even if the lease
+        is confirmed."""
+        ownership = self._ownership
+        assert ownership is not None
+        return not ownership.may_send(sender, epoch) and not (to == sender and ownership.must_wait(sender))
 
     def _route(self, to: str, data: bytes) -> None:
         """Encoded bytes for ``to``: back through the decoder if it lives
