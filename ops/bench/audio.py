@@ -5,7 +5,13 @@ figures (huddle): 200 ``AudioOutput`` actors, each fed one long segment by a
 ``PacedSink`` writing raw PCM to /dev/null on the node's asyncio loop.
   jitter_p50_ms / jitter_p99_ms  how late frames were delivered after their
                                  slot started (all frames of all outputs);
-  cpu_pct                        process CPU time / wall time (100 = a core);
+  cpu_pct                        process CPU seconds per second of audio
+                                 played (100 = a core), from before the
+                                 first actor is spawned to the last frame;
+  short_queue_cpu_pct            the same with a 200 ms playout queue (told
+                                 of room at 100 ms) instead of the default
+                                 1 s: three messages per 100 ms of each
+                                 output instead of per 500 ms;
   underrun_ms_per_output         silence inside segments (the producer or
                                  the output fell behind the queue), per output;
   timer_paced_*                  the same run with the other place pacing could
@@ -14,7 +20,8 @@ figures (huddle): 200 ``AudioOutput`` actors, each fed one long segment by a
                                  instead of the sink's own ``call_at`` on the
                                  node's asyncio loop.
 baseline: the same 200 streams paced by a plain asyncio loop (one task per
-stream, ``asyncio.sleep`` to each slot, the same /dev/null writes), no actors.
+stream, ``asyncio.sleep`` to each slot, the same /dev/null writes), no actors;
+its CPU seconds over the same seconds of audio.
 
 Each measurement runs in its own process. Frames: 16 kHz mono s16le (640 bytes).
 """
@@ -46,12 +53,16 @@ def _percentiles(lateness: list[float]) -> dict[str, float]:
 
 
 class _CpuWindow:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
+    """CPU seconds spent since it was made, per second of audio played (the
+    same denominator for every run: a lead-in or a drain spent idle must not
+    thin a figure out)."""
+
+    def __init__(self, audio_seconds: float) -> None:
+        self.audio_seconds = audio_seconds
         self.c0 = time.process_time()
 
     def cpu_pct(self) -> float:
-        return 100 * (time.process_time() - self.c0) / (time.perf_counter() - self.t0)
+        return 100 * (time.process_time() - self.c0) / self.audio_seconds
 
 
 class TimerPacedSink:
@@ -88,7 +99,7 @@ class TimerPacedSink:
     close = clear
 
 
-def run_huddle(seconds: float, pacing: str) -> dict[str, float]:
+def run_huddle(seconds: float, pacing: str, queue_ms: int | None = None) -> dict[str, float]:
     from actors.sessions.audio.actor import AudioOutput
     from actors.sessions.audio.feeder import FrameFeeder
     from actors.sessions.audio.machine import OutputConfig
@@ -98,6 +109,9 @@ def run_huddle(seconds: float, pacing: str) -> dict[str, float]:
     from bus.transport import InProcessHub, InProcessTransport
 
     config = OutputConfig(sample_rate=SAMPLE_RATE, channels=1, frame_ms=FRAME_MS)
+    if queue_ms is not None:
+        config = OutputConfig(sample_rate=SAMPLE_RATE, channels=1, frame_ms=FRAME_MS, queue_ms=queue_ms,
+                              watermark_ms=queue_ms // 2)
     frames = int(seconds * 1000 / FRAME_MS)
     lateness: list[float] = []
     underrun = [0.0]
@@ -124,7 +138,7 @@ def run_huddle(seconds: float, pacing: str) -> dict[str, float]:
 
     # The node's own clock: its timers fire on the node's loop, with the actors.
     node = Node(InProcessTransport(InProcessHub()), node_id="bench-audio").start()
-    window = _CpuWindow()
+    window = _CpuWindow(seconds)
     for i in range(OUTPUTS):
         address = output_address("bench", f"out{i}")
 
@@ -169,7 +183,7 @@ def run_asyncio(seconds: float) -> dict[str, float]:
         spread = FRAME_MS / 1000 / OUTPUTS
         await asyncio.gather(*(stream(t0 + i * spread) for i in range(OUTPUTS)))
 
-    window = _CpuWindow()
+    window = _CpuWindow(seconds)
     asyncio.run(main())
     return {**_percentiles(lateness), "cpu_pct": window.cpu_pct(), "frames": len(lateness)}
 
@@ -186,6 +200,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     huddle = _child("loop", seconds)
     timers = _child("timers", seconds)
+    short = _child("short", seconds)
     baseline = _child("asyncio", seconds)
     report(
         args,
@@ -196,6 +211,8 @@ def main() -> None:
                  "timer_paced_jitter_p50_ms": timers["jitter_p50_ms"],
                  "timer_paced_jitter_p99_ms": timers["jitter_p99_ms"], "timer_paced_cpu_pct": timers["cpu_pct"],
                  "timer_paced_underrun_ms_per_output": timers["underrun_ms_per_output"],
+                 "short_queue_cpu_pct": short["cpu_pct"], "short_queue_jitter_p99_ms": short["jitter_p99_ms"],
+                 "short_queue_cpu_ratio": ratio(short["cpu_pct"], baseline["cpu_pct"]),
                  "cpu_ratio": ratio(huddle["cpu_pct"], baseline["cpu_pct"]),
                  "jitter_p99_ratio": ratio(huddle["jitter_p99_ms"], baseline["jitter_p99_ms"])},
         baseline={"jitter_p50_ms": baseline["jitter_p50_ms"], "jitter_p99_ms": baseline["jitter_p99_ms"],
@@ -211,7 +228,13 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         kind, seconds = sys.argv[2], float(sys.argv[3])
-        print(json.dumps(run_asyncio(seconds) if kind == "asyncio" else run_huddle(seconds, kind)))
+        if kind == "asyncio":
+            result = run_asyncio(seconds)
+        elif kind == "short":
+            result = run_huddle(seconds, "loop", queue_ms=200)
+        else:
+            result = run_huddle(seconds, kind)
+        print(json.dumps(result))
         sys.stdout.flush()
         os._exit(0)
     main()

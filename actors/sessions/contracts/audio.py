@@ -2,7 +2,7 @@
 
 An audio output plays PCM frames (signed 16-bit little-endian, interleaved)
 of one format fixed at its start (sample rate, channels, 10 or 20 ms frames)
-into one sink, through a playout queue of 200 ms (configurable).
+into one sink, through a playout queue of 1 s (configurable).
 
 Into the output (tells):
 

@@ -35,6 +35,9 @@ from actors.sessions.contracts.audio import (
 from actors.runtime.effects import Answer, CancelTimer, Effect, Emit, Send, StartTimer
 from bus.messages import Message
 
+#: A short playout queue (200 ms, told of room at 100 ms): flow control
+#: shows within a few frames. The default queue is 1 s.
+SHORT_QUEUE = OutputConfig(queue_ms=200, watermark_ms=100)
 REPORT_TO = "agent:job-1"
 PRODUCER = "tts:job-1"
 EPS = 1e-6
@@ -60,7 +63,7 @@ class Write:
 
 @dataclass
 class Harness:
-    config: OutputConfig = field(default_factory=OutputConfig)
+    config: OutputConfig = SHORT_QUEUE
     now: float = 100.0
     state: PlayoutState = None  # type: ignore[assignment]
     timer_at: float | None = None

@@ -29,12 +29,12 @@ from actors.runtime.supervisor import ChildSpec
 from actors.runtime.testkit import TestKit
 
 from .conftest import Sinks
-from .harness import pcm_for
+from .harness import SHORT_QUEUE, pcm_for
 
 OUTPUT = output_address("job-1", "agent")
 REPORT_TO = "agent:job-1"
 PRODUCER = "tts:job-1"
-CONFIG = OutputConfig()
+CONFIG = SHORT_QUEUE
 
 
 def frame(segment: str, seq: int, config: OutputConfig = CONFIG) -> AudioFrame:
@@ -49,6 +49,7 @@ def kit():
 
 
 def start(kit: TestKit, sinks: Sinks, **kwargs) -> AudioOutput:
+    kwargs.setdefault("config", CONFIG)
     return kit.spawn(OUTPUT, AudioOutput, report_to=REPORT_TO, sink=sinks, **kwargs)
 
 

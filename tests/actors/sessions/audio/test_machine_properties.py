@@ -44,6 +44,7 @@ ops = st.lists(
 
 configs = st.sampled_from([
     OutputConfig(),
+    OutputConfig(queue_ms=200, watermark_ms=100),
     OutputConfig(frame_ms=10, queue_ms=60, watermark_ms=30, sample_rate=16_000),
     OutputConfig(queue_ms=60, watermark_ms=60, max_live_segments=3, channels=2, sample_rate=8_000),
 ])
