@@ -13,11 +13,12 @@ run, ``goal`` the target. ``--json-out FILE`` also writes it to FILE
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,15 @@ class CpuShare:
 
     def seconds(self) -> dict[str, float]:
         return {name: round(self._used(procs) - self.start[name], 3) for name, procs in self.groups.items()}
+
+
+async def close_sockets(sockets: Iterable[Any]) -> None:
+    """Drop these client WebSockets and wait until each is closed here: an
+    abort only schedules the close on the loop. Do it before stopping a
+    service from the same loop: the service closes its sockets with a
+    handshake, which clients on a loop blocked in its stop could only let
+    time out (seconds per run)."""
+    sockets = list(sockets)
+    for ws in sockets:
+        ws.transport.abort()
+    await asyncio.gather(*(ws.wait_closed() for ws in sockets), return_exceptions=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from common import parse_args, report
+from common import close_sockets, parse_args, report
 from websockets.asyncio.client import ClientConnection, connect
 
 from ops.dataserver.cli import raise_open_file_limit
@@ -70,11 +70,6 @@ async def open_many(n: int, open_one: Callable[[int], Awaitable[ClientConnection
     return list(await asyncio.gather(*(gated(i) for i in range(n))))
 
 
-def close_all(sockets: list[ClientConnection]) -> None:
-    for ws in sockets:
-        ws.transport.abort()
-
-
 async def measure_service(n: int) -> dict[str, float]:
     server = DataServerProcess.start()
     sockets: list[ClientConnection] = []
@@ -112,7 +107,7 @@ async def measure_service(n: int) -> dict[str, float]:
                 "service_rss_per_socket_kb": (full - idle) * 1024 / n, "fanout_ms": fanout * 1e3,
                 "restart_s": restart}
     finally:
-        close_all(sockets)
+        await close_sockets(sockets)  # before the service stops: see close_sockets
         server.stop()
 
 
@@ -130,7 +125,7 @@ async def connect_bare(port: int, pid: int, n: int) -> dict[str, float]:
         full = rss_mb(pid)
         return {"connect_all_s": connect_all, "rss_mb": full, "rss_per_socket_kb": (full - idle) * 1024 / n}
     finally:
-        close_all(sockets)
+        await close_sockets(sockets)
 
 
 def measure_bare(n: int) -> dict[str, float]:

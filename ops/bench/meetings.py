@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from common import CpuShare, parse_args, ratio, report
+from common import CpuShare, close_sockets, parse_args, ratio, report
 from websockets.asyncio.client import ClientConnection, connect
 
 import actors.sessions.contracts.meeting as mt
@@ -230,8 +230,7 @@ async def _baseline(n: int, *, fetch_tokens: bool = True, keepalive: bool = True
             settle = time.perf_counter() - start
             rss = proc.memory_info().rss - rss0
             cpu_s = cpu.seconds()
-        for ws in sockets:
-            ws.transport.abort()
+        await close_sockets(sockets)  # before the service stops: see close_sockets
         return {"settle_s": settle, "rss_per_meeting_bytes": rss / n, **{f"cpu_s_{k}": v for k, v in cpu_s.items()}}
 
 

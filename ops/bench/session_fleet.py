@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from common import close_sockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -145,8 +146,9 @@ class BareFleet:
         raise_open_file_limit()
         self.server = server
         self.subscribe = subscribe
-        self.online: set[int] = set()
-        self.sockets: dict[int, ClientConnection] = {}
+        # By meeting: batches started with different prefixes never collide.
+        self.online: set[str] = set()
+        self.sockets: dict[str, ClientConnection] = {}
         self.reconnects = 0
         self._changed = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
@@ -154,15 +156,29 @@ class BareFleet:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, n: int, *, prefix: str = "m") -> None:
-        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=HANDSHAKES_AT_ONCE))
-        self._tasks = [asyncio.create_task(self._client(i, f"{prefix}{i}")) for i in range(n)]
-        self._tasks.append(asyncio.create_task(self._pinger()))
+        first = self._http is None
+        if first:  # one HTTP session and one pinger for every batch started
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=HANDSHAKES_AT_ONCE))
+            self._tasks.append(asyncio.create_task(self._pinger()))
+        self._tasks += [asyncio.create_task(self._client(i, f"{prefix}{i}")) for i in range(n)]
 
     async def wait_online(self, n: int, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             while len(self.online) < n:
                 self._changed.clear()
                 await self._changed.wait()
+
+    async def close(self) -> None:
+        """Stop every client and close its socket, on this loop, before the
+        service is stopped: a service stopping closes its sockets with a
+        handshake, which clients whose loop is blocked (in the service's
+        stop, called from it) could only time out (seconds per run)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await close_sockets(self.sockets.values())
+        if self._http is not None:
+            await self._http.close()
 
     async def _client(self, i: int, meeting: str) -> None:
         failures = 0
@@ -174,16 +190,16 @@ class BareFleet:
                 await asyncio.sleep(min(32.0, 2.0 ** (failures - 1)))  # upstream: no jitter
                 continue
             failures = 0
-            self.online.add(i)
-            self.sockets[i] = ws
+            self.online.add(meeting)
+            self.sockets[meeting] = ws
             self._changed.set()
             with contextlib.suppress(ConnectionClosed):
                 async for text in ws:
                     frame = json.loads(text)
                     if "id" in frame:
                         await ws.send(json.dumps({"messageId": frame["id"], "type": "ack"}))
-            self.online.discard(i)
-            self.sockets.pop(i, None)
+            self.online.discard(meeting)
+            self.sockets.pop(meeting, None)
             self.reconnects += 1
             self._changed.set()
 
