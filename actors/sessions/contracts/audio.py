@@ -52,6 +52,7 @@ from bus.messages import Message, message_kind
 
 __all__ = [
     "FRAME_DURATIONS_MS",
+    "MAX_CHUNK_BYTES",
     "REFUSAL_REASONS",
     "AudioFrame",
     "ClearBuffer",
@@ -73,6 +74,11 @@ __all__ = [
 FRAME_DURATIONS_MS = (10, 20)
 #: Bytes per sample (s16le).
 SAMPLE_BYTES = 2
+#: PCM bytes a :class:`FrameFeed` puts in one chunk at most: a quarter of
+#: an envelope's limit (1 MiB), so a window of a second at the largest
+#: format an output takes (192 kHz, 8 channels: 3 MB) goes as several
+#: chunks instead of one message the codec refuses.
+MAX_CHUNK_BYTES = 256 * 1024
 
 #: Why a frame or command was refused (the ``reason`` of :class:`FrameRefused`).
 QUEUE_FULL = "queue-full"
@@ -255,16 +261,19 @@ class FrameFeed:
     def take(self) -> list[Message]:
         """What may be sent now: consecutive frames of a segment, as far as
         the credit goes, as one chunk (:class:`AudioFrame` with their PCM
-        back to back), and flushes."""
+        back to back; several if over :data:`MAX_CHUNK_BYTES`), and
+        flushes."""
         out: list[Message] = []
         items = self._items
         chunk: list[bytes] = []
         first = (-1, "")
+        size = 0
         while self._sent < len(items):
             segment, seq, pcm = items[self._sent]
-            if chunk and (seq < 0 or segment != first[1] or self.credit <= 0):
+            if chunk and (seq < 0 or segment != first[1] or self.credit <= 0 or size + len(pcm) > MAX_CHUNK_BYTES):
                 out.append(self._chunk(first, chunk))
                 chunk = []
+                size = 0
             if seq < 0:
                 out.append(FlushSegment(segment=segment))
             elif self.credit <= 0:
@@ -274,6 +283,7 @@ class FrameFeed:
                 if not chunk:
                     first = (seq, segment)
                 chunk.append(pcm)
+                size += len(pcm)
             self._sent += 1
         if chunk:
             out.append(self._chunk(first, chunk))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.sessions.audio.machine import OutputConfig
 from actors.sessions.contracts.audio import (
+    MAX_CHUNK_BYTES,
     OUT_OF_SEQUENCE,
     QUEUE_FULL,
     SEGMENT_FINISHED,
@@ -19,6 +23,7 @@ from actors.sessions.contracts.audio import (
 )
 from actors.sessions.contracts import audio
 from bus.address import InvalidAddress
+from bus.envelope import Codec, Envelope
 
 from tests.kinds import round_trips, secrets_declared_and_hidden
 
@@ -61,6 +66,21 @@ def test_consecutive_frames_go_as_one_chunk_cut_at_a_segment_a_flush_or_the_cred
     assert chunks[0].pcm == bytes([0, 1, 2])  # the frames back to back, in order
     feed.on_writable(OutputWritable(segment="B", next_seq=3, room_frames=5))
     assert shapes(feed.take()) == [("B", 3, 1), ("B", "flush")]
+
+
+def test_a_window_at_the_largest_format_goes_as_chunks_the_codec_takes() -> None:
+    config = OutputConfig(sample_rate=192_000, channels=8)  # 61,440 bytes a frame, a 1 s queue
+    feed = FrameFeed(config.sample_rate, config.channels, credit=config.capacity_frames)
+    feed.add("A", [bytes([i]) * config.frame_bytes for i in range(config.capacity_frames)])
+    chunks = feed.take()
+    assert len(chunks) > 1 and all(len(c.pcm) <= MAX_CHUNK_BYTES for c in chunks)
+    assert [c.seq for c in chunks] == list(itertools.accumulate([0] + [len(c.pcm) // config.frame_bytes
+                                                                       for c in chunks[:-1]]))
+    assert b"".join(c.pcm for c in chunks) == b"".join(bytes([i]) * config.frame_bytes
+                                                       for i in range(config.capacity_frames))
+    codec = Codec()
+    for chunk in chunks:  # each one an envelope within the limit
+        assert codec.decode(codec.encode(Envelope(to="audio:j/o", message=chunk))).message == chunk
 
 
 def test_writable_grants_room_and_rewinds_to_what_the_output_expects() -> None:
