@@ -51,6 +51,10 @@ class FrameFeeder(HuddleActor):
     def on_message(self, message: Message, envelope: Envelope) -> Any:
         if isinstance(message, FrameRefused):
             self.feed.on_refused(message)
+            for segment in self.feed.lost:  # the output restarted mid-segment: see FrameFeed._rewind
+                self.node.emit("audio-segment-lost", self.address, reason="output-restarted",
+                               detail={"segment": segment, "output": self.output})
+            self.feed.lost.clear()
         elif isinstance(message, OutputWritable):
             self.feed.on_writable(message)
         elif not isinstance(message, PlaybackStarted | PlaybackFinished):

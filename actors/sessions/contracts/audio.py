@@ -248,6 +248,10 @@ class FrameFeed:
         self._items: deque[tuple[str, int, bytes]] = deque()
         self._sent = 0
         self._seq: dict[str, int] = {}
+        #: Segments given up because the output asked for frames this feed
+        #: had already forgotten (see :meth:`on_refused`), oldest first; the
+        #: producer reads (and may clear) it.
+        self.lost: list[str] = []
 
     def add(self, segment: str, pcms: Iterable[bytes], *, flush: bool = False) -> None:
         seq = self._seq.get(segment, 0)
@@ -296,6 +300,10 @@ class FrameFeed:
                           sample_rate=self.sample_rate, channels=self.channels)
 
     def on_refused(self, refused: FrameRefused) -> None:
+        """Queue full or out of sequence: stop, and send again from the
+        refusal's ``next_seq`` once told of room (or give the segment up,
+        :attr:`lost`, if those frames are forgotten: see :meth:`_rewind`).
+        Any other reason: the output will not take the segment; it is dropped."""
         if refused.reason in (QUEUE_FULL, OUT_OF_SEQUENCE):
             self.credit = 0
             self._rewind(refused.segment, refused.next_seq)
@@ -316,9 +324,21 @@ class FrameFeed:
         return len(self._items) - self._sent
 
     def _rewind(self, segment: str, next_seq: int) -> None:
-        """Send again from ``next_seq`` of ``segment``."""
-        if self._forget_taken(segment, next_seq):
-            self._sent = 0
+        """Send again from ``next_seq`` of ``segment``. If this feed no longer
+        holds that frame (it forgot it once the output said it was taken),
+        the output lost what it had taken: it is a new incarnation (a crash,
+        a sink that broke), which expects the segment from its start. That
+        cannot be sent again: the segment is given up (:attr:`lost`), not
+        resent from the frames still held, which the output would refuse
+        again, and again, at once."""
+        if not self._forget_taken(segment, next_seq):
+            return
+        head = self._items[0]  # the segment's oldest item still held
+        if head[1] > next_seq or (head[1] < 0 and next_seq < self._seq[segment]):
+            self.lost.append(segment)
+            self._drop_segment(segment)
+            return
+        self._sent = 0
 
     def _forget_taken(self, segment: str, next_seq: int) -> bool:
         """Everything of ``segment`` before ``next_seq`` (and of every earlier

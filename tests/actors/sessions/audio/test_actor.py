@@ -11,6 +11,7 @@ from actors.sessions.audio.actor import AudioOutput
 from actors.sessions.audio.machine import OutputConfig, SinkFailed
 from actors.sessions.contracts.audio import (
     BAD_FORMAT,
+    OUT_OF_SEQUENCE,
     QUEUE_FULL,
     AudioFrame,
     ClearBuffer,
@@ -28,7 +29,7 @@ from actors.sessions.contracts.audio import (
 from actors.runtime.supervisor import ChildSpec
 from actors.runtime.testkit import TestKit
 
-from .conftest import Sinks
+from .conftest import Sinks, speaker
 from .harness import SHORT_QUEUE, pcm_for
 
 OUTPUT = output_address("job-1", "agent")
@@ -173,6 +174,35 @@ def test_a_failed_sink_reports_live_segments_interrupted_and_the_supervisor_rest
     kit.inject_message(OUTPUT, frame("B", 0), sender=PRODUCER)
     kit.settle()
     assert sinks.last.ops() == [("B", 0)]
+
+
+def test_a_producer_mid_segment_when_its_output_restarts_gives_the_segment_up_and_goes_on(kit: TestKit) -> None:
+    heard: list[object] = []
+    sinks = Sinks()
+    kit.supervise("meeting:job-1-sup", [ChildSpec(OUTPUT, AudioOutput, kwargs={
+        "report_to": PRODUCER, "sink": sinks, "config": CONFIG})])
+    cls, args, kwargs = speaker(OUTPUT, CONFIG, [("A", 40), ("B", 3)], heard.append)
+    kit.spawn(PRODUCER, cls, *args, **kwargs)
+    kit.settle()
+    kit.advance(0.1)  # half the queue played: the producer is told, and sends A's next frames
+    kit.settle()
+    assert sinks.last.ops()[-1] == ("A", 14)
+    sinks.last.fail(ConnectionResetError(104, "Connection reset by peer"))
+    kit.expect_event("crashed", OUTPUT, reason="AudioSinkFailed")
+    kit.advance(1.0)  # restart backoff
+    kit.expect_event("restarted", OUTPUT)
+    kit.advance(0.1)
+    kit.settle()
+    # The new incarnation wants A from frame 0, which the producer forgot as
+    # taken: it gives A up (once) instead of sending A's frames again and
+    # again, and B plays whole on the new sink.
+    kit.expect_event("audio-segment-lost", PRODUCER, reason="output-restarted")
+    assert sinks.last.ops() == [("B", 0), ("B", 1), ("B", 2)]
+    refused = [m for m in heard if isinstance(m, FrameRefused)]
+    assert len(refused) == 1 and refused[0].reason == OUT_OF_SEQUENCE
+    kit.advance(0.1)
+    kit.settle()
+    assert PlaybackFinished(segment="B", position=pytest.approx(0.06), interrupted=False) in heard
 
 
 def test_a_sink_failure_report_from_anyone_but_its_own_sink_is_refused(kit: TestKit) -> None:

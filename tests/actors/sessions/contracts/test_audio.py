@@ -140,3 +140,58 @@ def test_every_kind_goes_through_the_codec_unchanged(data: st.DataObject) -> Non
 
 def test_no_audio_message_holds_a_secret() -> None:
     assert secrets_declared_and_hidden(audio) == []
+
+
+def _exchange(feed: FrameFeed, state, now: float) -> tuple[object, int]:  # type: ignore[no-untyped-def]
+    """Run the feed against a playout core until the feed has nothing to
+    send; returns the state and how many messages the feed sent."""
+    from actors.runtime.effects import Send
+    from actors.sessions.audio import machine
+
+    sent_count = 0
+    for _ in range(100):
+        messages = feed.take()
+        if not messages:
+            return state, sent_count
+        sent_count += len(messages)
+        for message in messages:
+            state, effects = machine.step(state, message, now, "tts:p")
+            for effect in effects:
+                if isinstance(effect, Send) and effect.to == "tts:p":
+                    if isinstance(effect.message, FrameRefused):
+                        feed.on_refused(effect.message)
+                    elif isinstance(effect.message, OutputWritable):
+                        feed.on_writable(effect.message)
+    raise AssertionError("the feed and the output never stopped talking")
+
+
+def test_after_the_output_restarts_mid_segment_the_feed_gives_that_segment_up_once_and_goes_on() -> None:
+    from actors.runtime.effects import Send
+    from actors.sessions.audio import machine
+
+    config = OutputConfig(sample_rate=16_000, queue_ms=200, watermark_ms=100)
+    pcm = b"\x01\x00" * (config.frame_bytes // 2)
+    feed = FrameFeed(config.sample_rate, config.channels, credit=config.capacity_frames)
+    feed.add("A", [pcm] * 30, flush=True)
+    feed.add("B", [pcm] * 3, flush=True)
+    first = machine.initial_state(config, "agent:r")
+    first, _ = _exchange(feed, first, now=0.0)
+    assert first.live["A"].next_seq == 10  # took its queue's worth
+    feed.on_writable(OutputWritable(segment="A", next_seq=10, room_frames=5))  # as it tells 100 ms on
+    in_flight = feed.take()
+    assert [m.seq for m in in_flight] == [10]
+
+    # It reaches a new incarnation (after a crash, a broken sink), which
+    # knows nothing of A: it refuses, expecting A from its first frame.
+    second = machine.initial_state(config, "agent:r")
+    for message in in_flight:
+        second, effects = machine.step(second, message, 1.0, "tts:p")
+        for effect in effects:
+            if isinstance(effect, Send) and isinstance(effect.message, FrameRefused):
+                feed.on_refused(effect.message)
+            elif isinstance(effect, Send) and isinstance(effect.message, OutputWritable):
+                feed.on_writable(effect.message)
+    second, messages = _exchange(feed, second, now=1.0)  # (before: A again and again, at once, for good)
+    assert messages == 2  # B and its flush: A is not sent again
+    assert feed.lost == ["A"]  # given up: its frames from 0 were forgotten as taken
+    assert list(second.live) == ["B"] and second.live["B"].next_seq == 3
