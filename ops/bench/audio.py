@@ -10,8 +10,8 @@ figures (huddle): 200 ``AudioOutput`` actors, each fed one long segment by a
                                  first actor is spawned to the last frame;
   short_queue_cpu_pct            the same with a 200 ms playout queue (told
                                  of room at 100 ms) instead of the default
-                                 1 s: three messages per 100 ms of each
-                                 output instead of per 500 ms;
+                                 500 ms: three messages per 100 ms of each
+                                 output instead of per 250 ms;
   underrun_ms_per_output         silence inside segments (the producer or
                                  the output fell behind the queue), per output;
   timer_paced_*                  the same run with the other place pacing could

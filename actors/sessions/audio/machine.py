@@ -14,7 +14,7 @@ shell passes in (``now``), so
 per segment. Frames accepted but not in the sink are **waiting**: frames a
 pause kept, and frames of a later segment (only one segment is in the sink
 at a time, so an interruption of one never touches the next). Queue plus
-waiting never exceeds the queue length (1 s by default): that is the memory bound,
+waiting never exceeds the queue length (500 ms by default): that is the memory bound,
 and what does not fit is refused (flow control, see the contract).
 
 The rules (docs/protocol.md §4) and where they live:
@@ -103,16 +103,18 @@ class OutputConfig:
     sample_rate: int = 48_000
     channels: int = 1
     frame_ms: int = 20
-    #: The playout queue: audio accepted and not yet played, at most. One
-    #: second, as a LiveKit ``AudioSource`` queues by default: a producer
-    #: told of room has half of it (the watermark) to answer before the
-    #: output runs dry, which a node busy re-activating meetings needs, and
-    #: an output then costs three messages (a timer, a grant, a chunk) per
-    #: 500 ms of audio instead of per 100 ms. Memory: 32 KB at 16 kHz mono.
-    #: An interruption is not slower for it: a clear drops the queue.
-    queue_ms: int = 1000
+    #: The playout queue: audio accepted and not yet played, at most. Half
+    #: a second: a producer told of room has 250 ms (the watermark) to
+    #: answer before the output runs dry, which a node busy re-activating
+    #: meetings needs, and an output costs three messages (a timer, a
+    #: grant, a chunk) per 250 ms of audio instead of per 100 ms (at 200 ms).
+    #: Not a second, as a LiveKit ``AudioSource`` queues: twice the frames
+    #: alive per output made the interpreter's young collections long
+    #: enough (over 10 ms with 200 outputs) to make frames late. An
+    #: interruption is not slower for a longer queue: a clear drops it.
+    queue_ms: int = 500
     #: A producer waiting for room is told so once this much is free.
-    watermark_ms: int = 500
+    watermark_ms: int = 250
     #: Segments started or waiting at once (each holds a little state).
     max_live_segments: int = 8
     #: Finished segment ids remembered, to refuse their late frames.

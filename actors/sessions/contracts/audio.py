@@ -2,7 +2,7 @@
 
 An audio output plays PCM frames (signed 16-bit little-endian, interleaved)
 of one format fixed at its start (sample rate, channels, 10 or 20 ms frames)
-into one sink, through a playout queue of 1 s (configurable).
+into one sink, through a playout queue of 500 ms (configurable).
 
 Into the output (tells):
 
@@ -75,8 +75,8 @@ FRAME_DURATIONS_MS = (10, 20)
 #: Bytes per sample (s16le).
 SAMPLE_BYTES = 2
 #: PCM bytes a :class:`FrameFeed` puts in one chunk at most: a quarter of
-#: an envelope's limit (1 MiB), so a window of a second at the largest
-#: format an output takes (192 kHz, 8 channels: 3 MB) goes as several
+#: an envelope's limit (1 MiB), so a window of the default queue at the
+#: largest format an output takes (192 kHz, 8 channels: 1.5 MB) goes as several
 #: chunks instead of one message the codec refuses.
 MAX_CHUNK_BYTES = 256 * 1024
 

@@ -36,7 +36,7 @@ from actors.runtime.effects import Answer, CancelTimer, Effect, Emit, Send, Star
 from bus.messages import Message
 
 #: A short playout queue (200 ms, told of room at 100 ms): flow control
-#: shows within a few frames. The default queue is 1 s.
+#: shows within a few frames. The default queue is 500 ms.
 SHORT_QUEUE = OutputConfig(queue_ms=200, watermark_ms=100)
 REPORT_TO = "agent:job-1"
 PRODUCER = "tts:job-1"

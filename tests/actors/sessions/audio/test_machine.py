@@ -358,8 +358,8 @@ def test_finished_segment_ids_are_remembered_within_a_bound() -> None:
 def test_frame_lengths_follow_the_format() -> None:
     assert OutputConfig(sample_rate=48_000, channels=2, frame_ms=10).frame_bytes == 1920
     assert OutputConfig(sample_rate=16_000, channels=1, frame_ms=20).frame_bytes == 640
-    assert OutputConfig(frame_ms=10).capacity_frames == 100  # the default queue: 1 s
-    assert OutputConfig(frame_ms=10).watermark_frames == 50
+    assert OutputConfig(frame_ms=10).capacity_frames == 50  # the default queue: 500 ms
+    assert OutputConfig(frame_ms=10).watermark_frames == 25
     for bad in ({"frame_ms": 30}, {"sample_rate": 44_100, "frame_ms": 10, "queue_ms": 100} | {"sample_rate": 11_025},
                 {"channels": 0}, {"queue_ms": 50}, {"watermark_ms": 1200}, {"queue_ms": 200, "watermark_ms": 300}):
         with pytest.raises(ValueError):

@@ -69,7 +69,7 @@ def test_consecutive_frames_go_as_one_chunk_cut_at_a_segment_a_flush_or_the_cred
 
 
 def test_a_window_at_the_largest_format_goes_as_chunks_the_codec_takes() -> None:
-    config = OutputConfig(sample_rate=192_000, channels=8)  # 61,440 bytes a frame, a 1 s queue
+    config = OutputConfig(sample_rate=192_000, channels=8)  # 61,440 bytes a frame, a 500 ms queue
     feed = FrameFeed(config.sample_rate, config.channels, credit=config.capacity_frames)
     feed.add("A", [bytes([i]) * config.frame_bytes for i in range(config.capacity_frames)])
     chunks = feed.take()
