@@ -209,12 +209,11 @@ class _Frame:
     seq: int
     pcm: bytes
     writes: int = 0  # times written to the sink
-
-
-@dataclass(slots=True)
-class _Queued:
-    frame: _Frame
-    ends_at: float
+    #: When its slot ends, once in the sink's queue (set at each write).
+    #: One object per frame, not a frame and a queue entry: hundreds of
+    #: outputs keep thousands of frames alive, and each object is one more
+    #: for the interpreter's collections to look at.
+    ends_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -247,7 +246,7 @@ class PlayoutState:
     #: Segments started or waiting, oldest first; the first is in the sink.
     live: OrderedDict[str, _Segment] = field(default_factory=OrderedDict)
     #: In the sink, not yet played (frames of the first live segment only).
-    queue: deque[_Queued] = field(default_factory=deque)
+    queue: deque[_Frame] = field(default_factory=deque)
     #: Accepted, not in the sink: kept by a pause first, then later segments.
     waiting: deque[_Frame] = field(default_factory=deque)
     finished: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -311,7 +310,7 @@ def _advance(state: PlayoutState, now: float) -> None:
     until = now + _EPSILON
     live = state.live
     while queue and queue[0].ends_at <= until:
-        frame = queue.popleft().frame
+        frame = queue.popleft()
         segment = live.get(frame.segment)
         if segment is not None:
             segment.played_frames += 1
@@ -348,7 +347,8 @@ def _write_waiting(state: PlayoutState, head: _Segment, now: float, effects: lis
             replayed += 1
         written.append(SinkFrame(sid, frame.seq, frame.pcm, start, duration))
         start += duration
-        queue.append(_Queued(frame, start))
+        frame.ends_at = start
+        queue.append(frame)
     state.counters["written"] += len(written)
     if replayed:
         state.counters["replayed"] += replayed
@@ -363,7 +363,7 @@ def _finish(state: PlayoutState, segment: _Segment, *, interrupted: bool, effect
     """End ``segment``: whatever of it is still queued or waiting is dropped
     (never played later), its id is remembered, its reporter told."""
     sid = segment.id
-    if state.queue and state.queue[0].frame.segment == sid:
+    if state.queue and state.queue[0].segment == sid:
         state.counters["discarded"] += len(state.queue)
         state.queue.clear()
         effects.append(SinkClear())
@@ -471,7 +471,7 @@ def _on_pause(state: PlayoutState, effects: list[Effect]) -> None:
     state.paused = True
     if not state.queue:
         return
-    kept = [q.frame for q in state.queue if q.frame.writes < 2]
+    kept = [frame for frame in state.queue if frame.writes < 2]
     dropped = len(state.queue) - len(kept)
     state.queue.clear()
     effects.append(SinkClear())

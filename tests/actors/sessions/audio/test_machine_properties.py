@@ -116,7 +116,7 @@ class Run:
         # (a): nothing of a finished segment is kept, queued, or written later
         ended = set(self.finished_by)
         assert not [f for f in state.waiting if f.segment in ended]
-        assert not [q for q in state.queue if q.frame.segment in ended]
+        assert not [f for f in state.queue if f.segment in ended]
         for w in h.writes:
             if w.frame.segment in ended:
                 assert w.step <= self.finished_by[w.frame.segment][0]
