@@ -29,6 +29,7 @@ Each measurement runs in its own process. Frames: 16 kHz mono s16le (640 bytes).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -110,8 +111,7 @@ def run_huddle(seconds: float, pacing: str, queue_ms: int | None = None) -> dict
 
     config = OutputConfig(sample_rate=SAMPLE_RATE, channels=1, frame_ms=FRAME_MS)
     if queue_ms is not None:
-        config = OutputConfig(sample_rate=SAMPLE_RATE, channels=1, frame_ms=FRAME_MS, queue_ms=queue_ms,
-                              watermark_ms=queue_ms // 2)
+        config = dataclasses.replace(config, queue_ms=queue_ms, watermark_ms=queue_ms // 2)
     frames = int(seconds * 1000 / FRAME_MS)
     lateness: list[float] = []
     underrun = [0.0]

@@ -168,11 +168,18 @@ class BareFleet:
                 self._changed.clear()
                 await self._changed.wait()
 
+    async def __aenter__(self) -> BareFleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         """Stop every client and close its socket, on this loop, before the
-        service is stopped: a service stopping closes its sockets with a
-        handshake, which clients whose loop is blocked (in the service's
-        stop, called from it) could only time out (seconds per run)."""
+        service is stopped (``async with`` the fleet inside the service's
+        ``with``): a service stopping closes its sockets with a handshake,
+        which clients whose loop is blocked (in the service's stop, called
+        from it) could only time out (seconds per run)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -65,28 +65,21 @@ def measure_huddle(n: int, idle_s: float) -> dict[str, float]:
 
 async def _bare(n: int, idle_s: float) -> dict[str, float]:
     with DataServerProcess.start() as server:
-        fleet = BareFleet(server, subscribe=False)
-        try:
-            return await _bare_online(fleet, n, idle_s)
-        finally:
-            await fleet.close()  # before the service stops: see BareFleet.close
-
-
-async def _bare_online(fleet: BareFleet, n: int, idle_s: float) -> dict[str, float]:
-    await fleet.start(WARM_SESSIONS, prefix="warm")
-    await fleet.wait_online(WARM_SESSIONS, DEADLINE_S)
-    before = rss_bytes()
-    start = time.perf_counter()
-    await fleet.start(n)
-    await fleet.wait_online(WARM_SESSIONS + n, DEADLINE_S)  # as the huddle fleet counts
-    all_online = time.perf_counter() - start
-    after = rss_bytes()
-    reconnects = fleet.reconnects
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    await asyncio.sleep(idle_s)  # the idle window itself is what is measured
-    cpu1, t1 = cpu_seconds(), time.perf_counter()
-    return {"all_online_s": all_online, "rss_per_session_bytes": (after - before) / n,
-            "idle_cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, "reconnects": fleet.reconnects - reconnects}
+        async with BareFleet(server, subscribe=False) as fleet:
+            await fleet.start(WARM_SESSIONS, prefix="warm")
+            await fleet.wait_online(WARM_SESSIONS, DEADLINE_S)
+            before = rss_bytes()
+            start = time.perf_counter()
+            await fleet.start(n)
+            await fleet.wait_online(WARM_SESSIONS + n, DEADLINE_S)  # as the huddle fleet counts
+            all_online = time.perf_counter() - start
+            after = rss_bytes()
+            reconnects = fleet.reconnects
+            cpu0, t0 = cpu_seconds(), time.perf_counter()
+            await asyncio.sleep(idle_s)  # the idle window itself is what is measured
+            cpu1, t1 = cpu_seconds(), time.perf_counter()
+            return {"all_online_s": all_online, "rss_per_session_bytes": (after - before) / n,
+                    "idle_cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, "reconnects": fleet.reconnects - reconnects}
 
 
 def main() -> None:

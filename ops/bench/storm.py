@@ -70,16 +70,13 @@ def measure_huddle(n: int) -> dict[str, float]:
 
 async def _bare(n: int) -> dict[str, float]:
     with DataServerProcess.start() as server:
-        fleet = BareFleet(server, subscribe=True)
-        try:
+        async with BareFleet(server, subscribe=True) as fleet:
             await fleet.start(n, prefix=PREFIX)
             await fleet.wait_online(n, DEADLINE_S)
             await asyncio.to_thread(wait_service, server, _all_back(n), DEADLINE_S)
             result = await asyncio.to_thread(_restart_and_measure, server, n)
             result["sessions_online_after"] = len(fleet.online)
             return result
-        finally:
-            await fleet.close()  # before the service stops: see BareFleet.close
 
 
 def main() -> None:
