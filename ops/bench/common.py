@@ -17,6 +17,9 @@ import asyncio
 import json
 import os
 import platform
+import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -83,6 +86,49 @@ class CpuShare:
 
     def seconds(self) -> dict[str, float]:
         return {name: round(self._used(procs) - self.start[name], 3) for name, procs in self.groups.items()}
+
+
+class Profile:
+    """An optional sampling profile of one process (all its threads) with
+    py-spy, from :meth:`start` to :meth:`stop`: set ``HUDDLE_BENCH_PROFILE=DIR``
+    (and ``HUDDLE_PYSPY=/path/to/py-spy`` if it is not on PATH;
+    ``HUDDLE_PYSPY_ARGS`` for other options, default ``--rate 500``). The output
+    is py-spy's "raw" (collapsed stacks) format, ``DIR/TAG-NAME.txt``. Without
+    the variable, both calls do nothing."""
+
+    def __init__(self, pid: int, tag: str, name: str) -> None:
+        self.pid, self.tag, self.name = pid, tag, name
+        self._profiler: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Profile:
+        out_dir = os.environ.get("HUDDLE_BENCH_PROFILE")
+        if not out_dir or self._profiler is not None:
+            return self
+        pyspy = os.environ.get("HUDDLE_PYSPY") or shutil.which("py-spy")
+        if not pyspy:
+            sys.stderr.write("HUDDLE_BENCH_PROFILE is set but py-spy is not found (HUDDLE_PYSPY)\n")
+            return self
+        os.makedirs(out_dir, exist_ok=True)
+        out = os.path.join(out_dir, f"{self.tag}-{self.name}.txt")
+        self._profiler = subprocess.Popen(
+            [pyspy, "record", "--pid", str(self.pid), "--format", "raw", "--threads", "--output", out,
+             "--nonblocking", *(os.environ.get("HUDDLE_PYSPY_ARGS") or "--rate 500").split()],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the profiler (SIGINT: py-spy writes its file), by its PID."""
+        profiler, self._profiler = self._profiler, None
+        if profiler is None:
+            return
+        if profiler.poll() is None:
+            os.kill(profiler.pid, signal.SIGINT)
+        try:
+            profiler.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(profiler.pid, signal.SIGKILL)
+            profiler.wait(timeout=timeout)
 
 
 async def close_sockets(sockets: Iterable[Any]) -> None:

@@ -41,6 +41,9 @@ baseline (same run):
   lease_ttl_s            the configured lease
 goal: p99_s <= 2, survivor_leases_lost 0, lost 0.
 
+With ``HUDDLE_BENCH_PROFILE`` set, the survivors are profiled from the
+kill until the last meeting is back (``common.Profile``).
+
 N is ``HUDDLE_BENCH_MEETINGS`` (default :data:`DEFAULT_MEETINGS`, what a
 2-core host carries; see the README), 60 with ``--quick``. Every process is
 started here and ended by its PID, also on error.
@@ -57,7 +60,7 @@ from typing import Any
 
 import redis
 from clusterproc import percentile, workdir
-from common import CpuShare, parse_args, report
+from common import CpuShare, Profile, parse_args, report
 
 from actors.cluster import Cluster, ClusterConfig
 from actors.sessions.contracts import datachannel as dc
@@ -165,7 +168,7 @@ class Fleet:
 
     def service(self) -> tuple[ServiceView, dict[str, Any]]:
         assert self.ds is not None
-        state = self.ds.state()
+        state = self.ds.state(detail="open")
         return ServiceView.of(state), state
 
     def start_meetings(self, meetings: list[str]) -> None:
@@ -264,6 +267,7 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
 
     cpu = CpuShare({"survivors": [w.pid for w in fleet.workers if w is not victim],
                     "dataserver": [fleet.ds.pid], "redis": [fleet.redis.pid or 0], "driver": [os.getpid()]})
+    profiles = [Profile(w.pid, "failover-meetings", w.node_id).start() for w in fleet.workers if w is not victim]
     killed_wall = time.time()
     fault_at = victim.kill()
     back_at: dict[SessionKey, float] = {}  # wall clock
@@ -301,6 +305,8 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
             _PAUSE.wait(POLL_S)
         recovered_at = time.monotonic()
         cpu_s = cpu.seconds()
+        for profile in profiles:
+            profile.stop()
         acquired = {}
         for e in fleet.events_of("lease-acquired"):
             if e.node in survivors and e.ts >= killed_wall:
@@ -312,12 +318,11 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
         # Captions: every expected one must arrive (no timing: a deadline only for never).
         expected_total = sum(len(e) for _c, e in captions)
 
-        def missing() -> int:
-            return sum(1 for c, e in captions for k in e if fleet.ledger.caption_counts(c).get(k, 0) == 0)
-
-        fleet.ledger.wait(lambda _l: missing() == 0, CAPTION_DEADLINE_S)
-        lost = missing()
+        fleet.ledger.wait(lambda ledger: ledger.captions_missing(captions) == 0, CAPTION_DEADLINE_S)
+        lost = fleet.ledger.captions_missing(captions)
     finally:
+        for profile in profiles:
+            profile.stop()
         probe.close()
     stages = _stages(fleet, moved, keys, survivors, killed_wall, fleet.service()[1])
     dead = [e for e in fleet.events_of("node-dead") if e.address == f"node:{victim.node_id}" and e.node in survivors]

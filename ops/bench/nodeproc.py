@@ -38,7 +38,6 @@ import logging
 import os
 import queue
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from common import Profile
 
 from actors.runtime.actor import ActorContext, HuddleActor
 from actors.runtime.builtin import Echo
@@ -315,39 +316,16 @@ class ScriptedNode:
     def ready(self, timeout: float = 60.0) -> dict[str, Any]:
         return self.expect("ready", True, timeout)
 
-    # Optional sampling profile of this process (all threads) with py-spy:
-    # set HUDDLE_BENCH_PROFILE=DIR (and HUDDLE_PYSPY=/path/to/py-spy if it is
-    # not on PATH; HUDDLE_PYSPY_ARGS for other options, default "--rate 500").
-    # The output is py-spy's "raw" (collapsed stacks) format, one file per process.
-    _profiler: subprocess.Popen[bytes] | None = None
+    # Optional sampling profile of this process: see common.Profile.
+    _profile: Profile | None = None
 
     def start_profile(self, tag: str) -> None:
-        out_dir = os.environ.get("HUDDLE_BENCH_PROFILE")
-        if not out_dir:
-            return
-        pyspy = os.environ.get("HUDDLE_PYSPY") or shutil.which("py-spy")
-        if not pyspy:
-            sys.stderr.write("HUDDLE_BENCH_PROFILE is set but py-spy is not found (HUDDLE_PYSPY)\n")
-            return
-        os.makedirs(out_dir, exist_ok=True)
-        out = os.path.join(out_dir, f"{tag}-{self.node_id}.txt")
-        self._profiler = subprocess.Popen(
-            [pyspy, "record", "--pid", str(self.pid), "--format", "raw", "--threads", "--output", out,
-             "--nonblocking", *(os.environ.get("HUDDLE_PYSPY_ARGS") or "--rate 500").split()],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self._profile = Profile(self.pid, tag, self.node_id).start()
 
-    def end_profile(self, timeout: float = 30.0) -> None:
-        profiler, self._profiler = self._profiler, None
-        if profiler is None:
-            return
-        if profiler.poll() is None:
-            os.kill(profiler.pid, signal.SIGINT)
-        try:
-            profiler.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(profiler.pid, signal.SIGKILL)
-            profiler.wait(timeout=timeout)
+    def end_profile(self) -> None:
+        profile, self._profile = self._profile, None
+        if profile is not None:
+            profile.stop()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask it to quit, then SIGTERM and SIGKILL by PID if it does not."""

@@ -23,7 +23,7 @@ Endpoints (HTTP):
   POST {http}/datachannel/MEETING[/practice]      register -> webSocketUrl, binding
   GET  {http}/locus/MEETING                       datachannelUrl, practiceSessionDatachannelUrl
   GET  {http}/locus/MEETING/participant/SELF/[practiceSession/]datachannel/token
-  GET  {http}/control/state[?detail=0]            what the service saw
+  GET  {http}/control/state[?detail=0|open]       what the service saw
   POST {http}/control/faults|send|shutdown|reset|mint_token
 """
 

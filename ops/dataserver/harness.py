@@ -232,9 +232,11 @@ class DataServerProcess:
             raise DataServerError(f"{method} {path} -> {status}: {payload}")
         return payload
 
-    def state(self, *, detail: bool = True) -> dict[str, Any]:
-        """``GET /control/state`` (``detail=False``: the cheap summary)."""
-        return self._control("GET", "/control/state" + ("" if detail else "?detail=0"))
+    def state(self, *, detail: bool | str = True) -> dict[str, Any]:
+        """``GET /control/state`` (``detail=False``: the cheap summary;
+        ``"open"``: the summary and the open sockets, briefly)."""
+        query = "?detail=open" if detail == "open" else "" if detail else "?detail=0"
+        return self._control("GET", "/control/state" + query)
 
     def fault(self, **fields: Any) -> dict[str, Any]:
         """``POST /control/faults``: e.g. ``fault(drop={"meeting": "m1"})``."""
@@ -270,7 +272,7 @@ class DataServerProcess:
         return str(self._control("POST", "/control/mint_token", body)["datachannelToken"])
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, *,
-                 detail: bool = True) -> dict[str, Any]:
+                 detail: bool | str = True) -> dict[str, Any]:
         """Poll the state until ``predicate(state)`` holds; returns that
         state. Raises ``TimeoutError`` (with the last state) past
         ``timeout``."""

@@ -218,6 +218,21 @@ class SocketRecord:
             del self.unacked[next(iter(self.unacked))]
         return numbered
 
+    def live_json(self) -> dict[str, Any]:
+        """What a live view of an open socket needs (``detail=open``):
+        who it is for and whether it is online and subscribed."""
+        return {
+            "id": self.id,
+            "meeting": self.meeting,
+            "session": self.session,
+            "device_url": self.device_url,
+            "open": self.open,
+            "online": self.online,
+            "subscriptions": list(self.subscriptions),
+            "opened_at": self.opened_at,
+            "subscribed_at": self.subscribed_at,
+        }
+
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -866,10 +881,13 @@ class DataService:
     def _open(self, where: SocketFilter) -> list[SocketRecord]:
         return [r for r in self.sockets.values() if r.open and r.refused is None and where.matches(r)]
 
-    def snapshot(self, *, detail: bool = True) -> dict[str, Any]:
+    def snapshot(self, *, detail: bool | str = True) -> dict[str, Any]:
         """``GET /control/state``. Without ``detail`` only the summary
         (registers, counts, counters, faults): cheap with thousands of
-        sockets."""
+        sockets. ``detail="open"``: the summary and the open sockets, each
+        as :meth:`SocketRecord.live_json` (for a view polled while
+        thousands of sockets come and go: a fifth of the full state's
+        bytes)."""
         state: dict[str, Any] = {
             "registers": dict(self.registers),
             "open": self.open_count,
@@ -878,7 +896,9 @@ class DataService:
             "counters": dict(self.counters),
             "faults": self.faults.as_json(),
         }
-        if detail:
+        if detail == "open":
+            state["sockets"] = [r.live_json() for r in self.sockets.values() if r.open]
+        elif detail:
             state["register_requests"] = [dict(r) for r in self.register_requests]
             state["token_requests"] = [dict(r) for r in self.token_requests]
             state["sockets"] = [r.as_json() for r in self.sockets.values()]

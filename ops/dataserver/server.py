@@ -281,7 +281,8 @@ class DataServer:
         return await self._respond(answer)
 
     async def _state(self, request: web.Request) -> web.Response:
-        detail = request.query.get("detail", "1") not in ("0", "false", "summary")
+        asked = request.query.get("detail", "1")
+        detail = "open" if asked == "open" else asked not in ("0", "false", "summary")
         return web.json_response(self.service.snapshot(detail=detail))
 
     async def _reset(self, request: web.Request) -> web.Response:

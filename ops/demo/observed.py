@@ -67,8 +67,9 @@ class AppLedger:
         self.history: defaultdict[SessionKey, list[tuple[int, float, str]]] = defaultdict(list)
         #: Per meeting: (seq, time, phase) of every reported meeting state.
         self.phase_history: defaultdict[str, list[tuple[int, float, str]]] = defaultdict(list)
-        #: (caption id, meeting, session) -> times received.
-        self.captions: Counter[tuple[str, str, str]] = Counter()
+        #: Caption id -> (meeting, session) -> times received (by id: a
+        #: round's count is read while thousands of others are stored).
+        self.captions: defaultdict[str, Counter[SessionKey]] = defaultdict(Counter)
         self.other_relayed: Counter[str] = Counter()
         self.refusals: list[dc.Refusal] = []
         self.playback: list[Heard] = []
@@ -92,7 +93,7 @@ class AppLedger:
                 case mt.RelayedEvent(meeting=meeting, session=session, event_type=kind, data=data):
                     caption = data.get("caption") if isinstance(data, dict) else None
                     if kind == CAPTION_EVENT and isinstance(caption, dict) and isinstance(caption.get("id"), str):
-                        self.captions[(caption["id"], meeting, session)] += 1
+                        self.captions[caption["id"]][(meeting, session)] += 1
                     else:
                         self.other_relayed[kind] += 1
                 case dc.Refusal():
@@ -168,7 +169,14 @@ class AppLedger:
 
     def caption_counts(self, caption_id: str) -> dict[SessionKey, int]:
         with self._cond:
-            return {(m, s): n for (c, m, s), n in self.captions.items() if c == caption_id}
+            return dict(self.captions.get(caption_id, {}))
+
+    def captions_missing(self, expected: Iterable[tuple[str, Iterable[SessionKey]]]) -> int:
+        """How many of the (caption id, sessions that must get it) pairs
+        have not been received (yet): one pass, for a wait's predicate."""
+        with self._cond:
+            return sum(1 for caption_id, keys in expected for k in keys
+                       if not self.captions.get(caption_id, {}).get(k))
 
     def events_of(self, event: str, *, reason: str | None = None, address: str | None = None) -> list[Event]:
         with self._cond:

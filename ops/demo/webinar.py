@@ -656,9 +656,9 @@ class Webinar:
         for _attempt in range(3):
             self._captions += 1
             caption_id = f"c{self._captions}"
-            before = ServiceView.of(ds.state())
+            before = ServiceView.of(ds.state(detail="open"))
             reached = ds.send(caption_frame(caption_id, f"caption {self._captions}: {claim}"))
-            after = ServiceView.of(ds.state())
+            after = ServiceView.of(ds.state(detail="open"))
             sockets = sum(len(v) for v in before.online.values())
             round_ = CaptionRound(caption_id, frozenset(before.online), reached)
             if not round_.expected:
@@ -788,7 +788,7 @@ class Webinar:
 
     def _poll_service(self) -> None:
         try:
-            self.service = ServiceView.of(self._ds().state())
+            self.service = ServiceView.of(self._ds().state(detail="open"))
         except (DataServerError, OSError):
             pass  # down (being restarted): keep the last view
 

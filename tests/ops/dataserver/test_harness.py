@@ -67,6 +67,9 @@ def test_start_state_fault_send_and_stop(dataserver: DataServerProcess) -> None:
         ws = await open_online(dataserver)
         state = dataserver.wait_for(lambda s: s["online"] == 1, DEADLINE)
         assert state["sockets"][0]["authorized"] is True
+        brief = dataserver.state(detail="open")["sockets"]
+        assert [(s["id"], s["online"]) for s in brief] == [(state["sockets"][0]["id"], True)]
+        assert "authorized" not in brief[0]
         assert dataserver.send({"data": {"eventType": "relay.event"}}, meeting="m1") == 1
         async with asyncio.timeout(DEADLINE):
             assert json.loads(await ws.recv())["sequenceNumber"] == 2

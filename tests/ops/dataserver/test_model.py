@@ -347,6 +347,22 @@ def test_subscriptions_are_kept_per_socket_per_binding_and_per_session() -> None
     assert svc.sockets[online_socket(svc)].subscriptions == []
 
 
+def test_the_open_view_lists_open_sockets_briefly_and_a_closed_one_not_at_all() -> None:
+    svc = service()
+    closed = online_socket(svc, "m1", device="dev:1")
+    svc.socket_closed(closed, 1000, "bye", "client")
+    live = online_socket(svc, "m1", device="dev:2")
+    send(svc, live, {"id": "1", "type": "subchannelSubscriptionRequest",
+                     "data": {"subscribe": ["transcription"], "unsubscribe": []}})
+    view = svc.snapshot(detail="open")
+    assert view["sockets"] == [{"id": live, "meeting": "m1", "session": DEFAULT_SESSION, "device_url": "dev:2",
+                                "open": True, "online": True, "subscriptions": ["transcription"],
+                                "opened_at": NOW, "subscribed_at": NOW}]
+    assert "register_requests" not in view and "token_requests" not in view
+    assert view["online"] == 1 and view["subscriptions"] == svc.snapshot()["subscriptions"]
+    assert {s["id"] for s in svc.snapshot()["sockets"]} == {closed, live}
+
+
 def test_withheld_buffer_state_keeps_the_socket_offline_until_released() -> None:
     svc = service()
     svc.apply_faults({"withhold": {"buffer_state": True}})

@@ -58,6 +58,8 @@ def test_the_ledger_keeps_phases_session_states_and_counts_each_caption_per_sess
     assert ledger.online([A, B]) == {A}
     assert ledger.count_in_state(dc.ONLINE) == 1
     assert ledger.caption_counts("c1") == {A: 2, P: 1}
+    assert ledger.caption_counts("c2") == {}
+    assert ledger.captions_missing([("c1", [A, P, B]), ("c2", [A])]) == 2  # B's c1, A's c2
     assert ledger.other_relayed["reaction"] == 1
 
 
