@@ -44,7 +44,8 @@ STATS = ("transport", "node", "cpu_seconds", "peak_rss_mb", "thread_cpu_seconds"
 BENCH_KEY = "tell-remote-bench-cluster-key-0123456789"
 
 
-def measure(url: str, n: int, sinks: int, env: dict[str, str] | None = None) -> dict[str, float]:
+def measure(url: str, n: int, sinks: int, env: dict[str, str] | None = None,
+            tag: str = "tell-remote") -> dict[str, float]:
     receiver = sender = None
     try:
         receiver = ScriptedNode("sink", url, "bench-recv", "--actors", str(sinks), env=env)
@@ -53,8 +54,8 @@ def measure(url: str, n: int, sinks: int, env: dict[str, str] | None = None) -> 
         receiver.ready()
         sender.ready()
         receiver.send(cmd="expect", n=n)
-        receiver.start_profile("tell-remote")
-        sender.start_profile("tell-remote")
+        receiver.start_profile(tag)
+        sender.start_profile(tag)
         sender.send(cmd="start", total=n, chunk=CHUNK)
         sent = sender.expect("event", "sent", timeout=600)
         if not sent["flushed"]:
@@ -106,7 +107,7 @@ def main() -> None:
     try:
         redis.start()
         huddle = measure(redis.url, n, sinks)
-        signed = measure(redis.url, n, sinks, env={CLUSTER_KEY_ENV: BENCH_KEY})
+        signed = measure(redis.url, n, sinks, env={CLUSTER_KEY_ENV: BENCH_KEY}, tag="tell-remote-signed")
         base = baseline_publish_throughput(redis.url, n=n, payload_size=PAYLOAD, channels=sinks)
     finally:
         redis.stop()

@@ -14,7 +14,10 @@ Failure: a sink that breaks makes the output finish every live segment as
 interrupted (its reporter hears it), publish ``audio-sink-failed`` and then
 crash with :class:`AudioSinkFailed`, so its supervisor restarts it with a new
 sink. Playout state is not checkpointed: audio that was queued when an
-output crashed is not played by the next incarnation.
+output crashed is not played by the next incarnation. Only the segment in
+the sink is (its id, when it starts and when it finishes): after any other
+crash, or an owner change, the next incarnation finishes it interrupted, so
+its reporter hears ``playback_finished`` once for every ``playback_started``.
 
 The mailbox is bounded (:attr:`AudioOutput.mailbox_capacity`); past it the
 node refuses with a ``mailbox-full`` dead letter, counted and published.
@@ -94,13 +97,14 @@ class AudioOutput(MachineActor):
                  config: OutputConfig | None = None) -> None:
         super().__init__(ctx)
         self.config = config or OutputConfig()
-        self.state = machine.initial_state(self.config, report_to)
+        self.state = machine.initial_state(self.config, report_to, ctx.checkpoint)
         self.sink: AudioSink = sink(SinkContext(address=ctx.address, config=self.config, io=ctx.node.io,
                                                 clock=ctx.node.clock, on_failure=self._sink_failed))
 
     def on_start(self) -> None:
         tune_interpreter_for_real_time()
         self.sink.open()
+        self.perform_all(machine.restart(self.state))
 
     def step(self, message: Message, envelope: Envelope, now: float) -> Iterable[Effect]:
         if type(message) is SinkFailed and message.incarnation != self.ctx.incarnation:

@@ -35,6 +35,12 @@ The rules (docs/protocol.md §4) and where they live:
 * Segment ids decide which segment a clear means: a clear that names a
   finished segment is stale and does nothing; frames of a finished segment
   are refused; no flag outlives the segment it was set for.
+* Every started segment is finished once, by this incarnation or the next
+  at its address: a checkpoint names the segment in the sink and the
+  newest finished ids, written when a segment starts (before
+  ``playback_started`` leaves) and when one finishes; :func:`restart`
+  finishes a predecessor's started segment interrupted and refuses what
+  comes late for the finished ones.
 
 ``step(state, message, now, sender)`` mutates ``state`` in place (playout
 queues are not worth copying 50 times a second) and returns it with the
@@ -70,7 +76,7 @@ from actors.sessions.contracts.audio import (
     ResumePlayback,
     frame_bytes,
 )
-from actors.runtime.effects import Answer, CancelTimer, Effect, Emit, Send, StartTimer
+from actors.runtime.effects import Answer, CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
 from bus.messages import Message, message_kind
 
 __all__ = [
@@ -83,6 +89,7 @@ __all__ = [
     "SinkFrame",
     "SinkWrite",
     "initial_state",
+    "restart",
     "step",
 ]
 
@@ -93,6 +100,10 @@ PLAYOUT_TIMER = "playout"
 _EPSILON = 1e-6
 #: Longest segment id taken (ids are remembered after the segment ends).
 MAX_SEGMENT_ID = 128
+#: The newest finished segment ids a checkpoint carries, so the next
+#: incarnation still refuses their late frames and flushes (it remembers no
+#: more than these across a restart).
+CHECKPOINT_FINISHED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +266,9 @@ class PlayoutState:
     counters: Counter[str] = field(default_factory=Counter)
     #: (segment, reason) pairs already published as a refusal event.
     reported: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
+    #: The segment a predecessor at this address started and did not finish
+    #: (from its checkpoint), until :func:`restart` finishes it.
+    predecessor: str | None = None
 
     @property
     def buffered(self) -> int:
@@ -265,8 +279,53 @@ class PlayoutState:
         return next(iter(self.live.values()), None)
 
 
-def initial_state(config: OutputConfig, report_to: str) -> PlayoutState:
-    return PlayoutState(config=config, report_to=report_to)
+def initial_state(config: OutputConfig, report_to: str, checkpoint: object = None) -> PlayoutState:
+    """A new incarnation's state; ``checkpoint``: its predecessor's last
+    (``ctx.checkpoint``), if any."""
+    state = PlayoutState(config=config, report_to=report_to)
+    if isinstance(checkpoint, dict):
+        started = checkpoint.get("started")
+        if isinstance(started, str) and started:
+            state.predecessor = started
+        finished = checkpoint.get("finished")
+        for sid in finished if isinstance(finished, list) else ():
+            if isinstance(sid, str):
+                _remember_finished(state, sid)
+    return state
+
+
+def restart(state: PlayoutState) -> list[Effect]:
+    """At the start of an incarnation: finish the segment the predecessor
+    started and did not finish (a crash, a broken sink whose report was
+    lost, an owner change), interrupted. Its position is 0 s: what the
+    predecessor played died with its queue, and a position never counts
+    audio not known to have played. Its late frames are refused as
+    finished."""
+    sid, state.predecessor = state.predecessor, None
+    if sid is None:
+        return []
+    _remember_finished(state, sid)
+    state.counters["finished-interrupted"] += 1
+    return [SaveCheckpoint(_checkpoint(state)),
+            Send(state.report_to, PlaybackFinished(segment=sid, position=0.0, interrupted=True)),
+            Emit("playback-finished", reason="output-restarted",
+                 detail={"segment": sid, "position": 0.0, "interrupted": True})]
+
+
+def _checkpoint(state: PlayoutState) -> dict[str, object]:
+    """What the next incarnation must know: the started, unfinished segment
+    (only the head is ever started: one segment is in the sink at a time)
+    and the newest finished ids."""
+    head = state.head
+    finished = state.finished
+    newest = list(finished)[-CHECKPOINT_FINISHED:] if len(finished) > CHECKPOINT_FINISHED else list(finished)
+    return {"started": head.id if head is not None and head.started else None, "finished": newest}
+
+
+def _remember_finished(state: PlayoutState, sid: str) -> None:
+    state.finished[sid] = None
+    while len(state.finished) > state.config.remembered_segments:
+        state.finished.popitem(last=False)
 
 
 # -- the step -----------------------------------------------------------------
@@ -352,11 +411,14 @@ def _write_waiting(state: PlayoutState, head: _Segment, now: float, effects: lis
     state.counters["written"] += len(written)
     if replayed:
         state.counters["replayed"] += replayed
-    effects.append(SinkWrite(tuple(written)))
     if not head.started:
+        # Told before the write: if the write kills the output, the reporter
+        # has heard "started" for the segment the next incarnation finishes.
         head.started = True
+        effects.append(SaveCheckpoint(_checkpoint(state)))
         effects.append(Send(state.report_to, PlaybackStarted(segment=head.id)))
         effects.append(Emit("playback-started", detail={"segment": head.id}))
+    effects.append(SinkWrite(tuple(written)))
 
 
 def _finish(state: PlayoutState, segment: _Segment, *, interrupted: bool, effects: list[Effect]) -> None:
@@ -371,9 +433,8 @@ def _finish(state: PlayoutState, segment: _Segment, *, interrupted: bool, effect
     state.counters["discarded"] += len(state.waiting) - len(left)
     state.waiting = deque(left)
     del state.live[sid]
-    state.finished[sid] = None
-    while len(state.finished) > state.config.remembered_segments:
-        state.finished.popitem(last=False)
+    _remember_finished(state, sid)
+    effects.append(SaveCheckpoint(_checkpoint(state)))
     position = round(segment.played_frames * state.config.frame_seconds, 6)
     state.counters["finished-interrupted" if interrupted else "finished"] += 1
     effects.append(Send(state.report_to, PlaybackFinished(segment=sid, position=position, interrupted=interrupted)))
@@ -404,7 +465,11 @@ def _on_frame(state: PlayoutState, frame: AudioFrame, now: float, sender: str | 
                 detail={"sample_rate": frame.sample_rate, "channels": frame.channels, "bytes": len(frame.pcm)})
         return
     if segment is None and sid in state.finished:
-        _refuse(state, frame, SEGMENT_FINISHED, 0, sender, effects)
+        # The producer drops the segment and goes on with its next one: told
+        # of room like any refused producer, or one whose credit ran out in
+        # the segment (frames sent to an incarnation that is gone) would
+        # wait for a grant that never comes.
+        _refuse(state, frame, SEGMENT_FINISHED, 0, sender, effects, waits=True)
         return
     if segment is not None and segment.closed:
         _refuse(state, frame, SEGMENT_CLOSED, expected, sender, effects)

@@ -23,7 +23,9 @@ Out of the output, to the ``report_to`` address given at its start and
 published on ``sys:events`` (``playback-started`` / ``playback-finished``):
 :class:`PlaybackStarted` once per segment, when its first frame enters the
 sink, and :class:`PlaybackFinished` once per segment with the position
-actually played and whether it was interrupted.
+actually played and whether it was interrupted. Once also across a crash:
+the next incarnation at the address finishes a segment its predecessor
+started, interrupted, at position 0 (docs/protocol.md §4.7).
 
 Flow control (to the sender of the frames): a frame that does not fit is
 refused with :class:`FrameRefused` (``reason`` is one of
@@ -32,8 +34,8 @@ for that segment, so the producer resends from there). Of a chunk, the
 frames that fit are taken and the rest is refused from the first frame not
 taken. An output tells a producer :class:`OutputWritable` when room opens
 again (at least the output's watermark), if the producer was refused for a
-full queue or out of sequence, or its last accepted frame left less room
-than the watermark. A producer that sends at most ``room_frames`` frames
+full queue, out of sequence or a finished segment, or its last accepted
+frame left less room than the watermark. A producer that sends at most ``room_frames`` frames
 per :class:`OutputWritable` is never refused for a full queue; one that
 ignores it only gets refusals, and the output's memory stays bounded (the
 queue, and the node's bounded mailbox, whose overflow is a counted dead

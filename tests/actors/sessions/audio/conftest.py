@@ -27,6 +27,9 @@ class RecordingSink:
         self.log: list[tuple[str, Any]] = []
         self.gate = gate
         self.entered = entered
+        #: Set: ``write`` raises it (a bug in the output's handler path, not
+        #: a sink reporting that it broke).
+        self.raise_on_write: BaseException | None = None
 
     def open(self) -> None:
         self.log.append(("open", None))
@@ -36,6 +39,8 @@ class RecordingSink:
             if self.entered is not None:
                 self.entered.set()
             assert self.gate.wait(10)
+        if self.raise_on_write is not None:
+            raise self.raise_on_write
         self.log.extend(("write", f) for f in frames)
 
     def clear(self) -> None:

@@ -19,6 +19,7 @@ from actors.sessions.audio.machine import (
     SinkFrame,
     SinkWrite,
     initial_state,
+    restart,
     step,
 )
 from actors.sessions.contracts.audio import (
@@ -32,7 +33,7 @@ from actors.sessions.contracts.audio import (
     PlaybackStarted,
     ResumePlayback,
 )
-from actors.runtime.effects import Answer, CancelTimer, Effect, Emit, Send, StartTimer
+from actors.runtime.effects import Answer, CancelTimer, Effect, Emit, SaveCheckpoint, Send, StartTimer
 from bus.messages import Message
 
 #: A short playout queue (200 ms, told of room at 100 ms): flow control
@@ -79,6 +80,10 @@ class Harness:
     #: The kind of message each step handled.
     step_kinds: dict[int, str] = field(default_factory=dict)
     last_effects: list[Effect] = field(default_factory=list)
+    #: What the next incarnation gets (the shell writes a step's last
+    #: checkpoint before its other effects).
+    checkpoint: object = None
+    incarnations: int = 1
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -86,24 +91,52 @@ class Harness:
 
     # -- driving ------------------------------------------------------------
 
-    def send(self, message: Message, sender: str | None = PRODUCER) -> list[Effect]:
+    def send(self, message: Message, sender: str | None = PRODUCER, *, crash_after_checkpoint: bool = False
+             ) -> list[Effect]:
+        """One step. ``crash_after_checkpoint``: the output dies once the
+        step's checkpoint is written, before any other effect (then
+        :meth:`crash`)."""
         self.state, effects = step(self.state, message, self.now, sender)
         self.steps += 1
         self.step_kinds[self.steps] = message.KIND
         self.last_effects = effects
-        for effect in effects:
-            self._perform(effect)
+        self._perform_all(effects, crash_after_checkpoint)
+        if crash_after_checkpoint:
+            self.crash()
         return effects
+
+    def crash(self) -> list[Effect]:
+        """The output dies (its sink goes with it: what it had not played is
+        cut) and its supervisor starts the next incarnation from the last
+        checkpoint."""
+        self._perform(SinkClear())
+        self.timer_at = None
+        self.incarnations += 1
+        self.state = initial_state(self.config, REPORT_TO, self.checkpoint)
+        effects = restart(self.state)
+        self._perform_all(effects)
+        return effects
+
+    def _perform_all(self, effects: list[Effect], checkpoint_only: bool = False) -> None:
+        saves = [e for e in effects if isinstance(e, SaveCheckpoint)]
+        if saves:
+            self.checkpoint = saves[-1].state
+        if not checkpoint_only:
+            for effect in effects:
+                if not isinstance(effect, SaveCheckpoint):
+                    self._perform(effect)
 
     def push(self, segment: str, seq: int, sender: str | None = PRODUCER) -> list[Effect]:
         return self.send(AudioFrame(segment=segment, seq=seq, pcm=pcm_for(self.config, segment, seq),
                                     sample_rate=self.config.sample_rate, channels=self.config.channels), sender)
 
-    def push_chunk(self, segment: str, first: int, count: int, sender: str | None = PRODUCER) -> list[Effect]:
+    def push_chunk(self, segment: str, first: int, count: int, sender: str | None = PRODUCER, *,
+                   crash_after_checkpoint: bool = False) -> list[Effect]:
         """Frames ``first`` .. ``first + count - 1`` as one message."""
         pcm = b"".join(pcm_for(self.config, segment, seq) for seq in range(first, first + count))
         return self.send(AudioFrame(segment=segment, seq=first, pcm=pcm, sample_rate=self.config.sample_rate,
-                                    channels=self.config.channels), sender)
+                                    channels=self.config.channels), sender,
+                         crash_after_checkpoint=crash_after_checkpoint)
 
     def flush(self, segment: str) -> list[Effect]:
         return self.send(FlushSegment(segment=segment))

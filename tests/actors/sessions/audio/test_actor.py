@@ -11,8 +11,8 @@ from actors.sessions.audio.actor import AudioOutput
 from actors.sessions.audio.machine import OutputConfig, SinkFailed
 from actors.sessions.contracts.audio import (
     BAD_FORMAT,
-    OUT_OF_SEQUENCE,
     QUEUE_FULL,
+    SEGMENT_FINISHED,
     AudioFrame,
     ClearBuffer,
     FlushSegment,
@@ -176,6 +176,50 @@ def test_a_failed_sink_reports_live_segments_interrupted_and_the_supervisor_rest
     assert sinks.last.ops() == [("B", 0)]
 
 
+def test_an_output_that_crashes_mid_segment_has_its_next_incarnation_finish_that_segment_for_the_reporter(
+        kit: TestKit) -> None:
+    reporter = kit.probe(REPORT_TO)
+    producer = kit.probe(PRODUCER)
+    sinks = Sinks()
+    kit.supervise("meeting:job-1-sup", [ChildSpec(OUTPUT, AudioOutput, kwargs={
+        "report_to": REPORT_TO, "sink": sinks, "config": CONFIG})])
+    for seq in range(5):
+        kit.inject_message(OUTPUT, frame("A", seq), sender=PRODUCER)
+    kit.advance(0.04)
+    assert reporter.expect_message(PlaybackStarted)[0] == PlaybackStarted(segment="A")
+    sinks.last.raise_on_write = RuntimeError("a bug in the write path")
+    kit.inject_message(OUTPUT, frame("A", 5), sender=PRODUCER)
+    kit.expect_event("crashed", OUTPUT, reason="RuntimeError")
+    kit.advance(1.0)  # restart backoff
+    kit.expect_event("restarted", OUTPUT)
+    # The crash took A's queue with it; the next incarnation keeps the
+    # predecessor's promise: A finished, interrupted, at no more than played.
+    finished = reporter.expect_message(PlaybackFinished)[0]
+    assert finished == PlaybackFinished(segment="A", position=0.0, interrupted=True)
+    kit.expect_event("playback-finished", OUTPUT, reason="output-restarted")
+    kit.inject_message(OUTPUT, frame("A", 6), sender=PRODUCER)
+    kit.settle()
+    assert [m.reason for m, _ in producer.received if isinstance(m, FrameRefused)] == ["segment-finished"]
+    for seq in range(3):
+        kit.inject_message(OUTPUT, frame("B", seq), sender=PRODUCER)
+    kit.inject_message(OUTPUT, FlushSegment(segment="B"), sender=PRODUCER)
+    kit.advance(0.1)
+    assert sinks.last.ops() == [("B", 0), ("B", 1), ("B", 2)]
+    assert [m.segment for m, _ in reporter.received if isinstance(m, PlaybackFinished)] == ["A", "B"]
+    # A crash in a segment's very first write (past the tree's restart
+    # period): the reporter hears it started, and the next incarnation
+    # finishes it; A and B are not finished again.
+    kit.advance(5.0)
+    sinks.last.raise_on_write = RuntimeError("again")
+    kit.inject_message(OUTPUT, frame("C", 0), sender=PRODUCER)
+    kit.expect_event("crashed", OUTPUT, reason="RuntimeError")
+    kit.advance(1.0)
+    kit.expect_event("restarted", OUTPUT)
+    kit.settle()
+    assert [m.segment for m, _ in reporter.received if isinstance(m, PlaybackStarted)] == ["A", "B", "C"]
+    assert [m.segment for m, _ in reporter.received if isinstance(m, PlaybackFinished)] == ["A", "B", "C"]
+
+
 def test_a_producer_mid_segment_when_its_output_restarts_gives_the_segment_up_and_goes_on(kit: TestKit) -> None:
     heard: list[object] = []
     sinks = Sinks()
@@ -193,13 +237,15 @@ def test_a_producer_mid_segment_when_its_output_restarts_gives_the_segment_up_an
     kit.expect_event("restarted", OUTPUT)
     kit.advance(0.1)
     kit.settle()
-    # The new incarnation wants A from frame 0, which the producer forgot as
-    # taken: it gives A up (once) instead of sending A's frames again and
-    # again, and B plays whole on the new sink.
-    kit.expect_event("audio-segment-lost", PRODUCER, reason="output-restarted")
+    # The broken sink's incarnation finished A (interrupted) before it
+    # crashed, and its checkpoint says so: the new one refuses A's next
+    # frames as finished, once; the producer drops A instead of sending its
+    # frames again and again, and B plays whole on the new sink.
     assert sinks.last.ops() == [("B", 0), ("B", 1), ("B", 2)]
     refused = [m for m in heard if isinstance(m, FrameRefused)]
-    assert len(refused) == 1 and refused[0].reason == OUT_OF_SEQUENCE
+    assert len(refused) == 1 and refused[0].reason == SEGMENT_FINISHED
+    finished_a = [m for m in heard if isinstance(m, PlaybackFinished) and m.segment == "A"]
+    assert len(finished_a) == 1 and finished_a[0].interrupted
     kit.advance(0.1)
     kit.settle()
     assert PlaybackFinished(segment="B", position=pytest.approx(0.06), interrupted=False) in heard

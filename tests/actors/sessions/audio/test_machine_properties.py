@@ -227,3 +227,65 @@ def test_a_producer_that_keeps_to_its_window_is_never_refused_and_never_stalls(
     assert h.finished("A") and not h.finished("A")[0].interrupted
     assert h.refusals() == []
     assert sorted(set(h.written_seqs("A"))) == list(range(frames))
+
+
+crash_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(1, 4)),
+        st.just(("new-segment",)),
+        st.just(("flush",)),
+        st.just(("pause",)),
+        st.just(("resume",)),
+        st.just(("clear",)),
+        st.tuples(st.just("time"), st.integers(0, 80)),
+        # The output dies between two steps (False), or inside the next
+        # push once that step's checkpoint is written, before anything
+        # else it wanted is done (True).
+        st.tuples(st.just("crash"), st.booleans()),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(config=configs, script=crash_ops)
+def test_every_started_segment_is_finished_once_across_crashes(config: OutputConfig, script: list[tuple]) -> None:
+    """A reporter told a segment started is told it finished exactly once,
+    by the output or, after a crash, by the next incarnation at its
+    address; no segment is finished twice; a position never counts more
+    than the sink played."""
+    h = Harness(config=config)
+    segments = ["s0"]
+    for op in script:
+        kind = op[0]
+        if kind == "new-segment":
+            segments.append(f"s{len(segments)}")
+        elif kind in ("push", "crash"):
+            if kind == "crash" and not op[1]:
+                h.crash()
+                continue
+            sid = segments[-1]
+            live = h.state.live.get(sid)
+            h.push_chunk(sid, live.next_seq if live is not None else 0, op[1] if kind == "push" else 1,
+                         crash_after_checkpoint=kind == "crash")
+        elif kind == "flush":
+            h.flush(segments[-1])
+        elif kind == "pause":
+            h.pause()
+        elif kind == "resume":
+            h.resume()
+        elif kind == "clear":
+            h.clear()
+        elif kind == "time":
+            h.advance(op[1] / 1000)
+    h.resume()
+    for sid in list(h.state.live):
+        h.flush(sid)
+    h.advance(10.0)
+    assert not h.state.live
+    for sid in segments:
+        started, finished = h.started(sid), h.finished(sid)
+        assert len(started) <= 1 and len(finished) <= 1, sid
+        assert len(finished) == len(started) or (finished and finished[0].position == 0.0), sid
+        if finished:
+            assert finished[0].position <= h.played_seconds(sid, h.now) + EPS, sid
