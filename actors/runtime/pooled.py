@@ -517,9 +517,16 @@ class PooledFuture(ThreadingFuture[T]):
         if self._result is None:
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
+            loop_thread = get_ident()
 
             def wake(_f: PooledFuture[T]) -> None:
-                loop.call_soon_threadsafe(_set_if_pending, waiter)
+                if get_ident() == loop_thread:
+                    # Set on the awaiting loop's own thread (a reply read by
+                    # the node's loop, for a coroutine on that loop): no
+                    # hand-over, no wake-up of the loop's selector.
+                    _set_if_pending(waiter)
+                else:
+                    loop.call_soon_threadsafe(_set_if_pending, waiter)
 
             self.add_done_callback(wake)
             yield from waiter.__await__()

@@ -23,7 +23,9 @@ Roles:
 ``echo``    hosts :class:`actors.runtime.builtin.Echo` at every ``--echo`` address.
 ``asker``   ``run`` (``target``, ``n``, ``warmup``): ``n`` sequential
             ``node.ask(target, Ping(i)).get()`` after ``warmup`` of them;
-            prints the latency percentiles in microseconds.
+            prints the latency percentiles in microseconds. With
+            ``on_loop``: the same asks awaited by a coroutine on the node's
+            own loop.
 
 Every time is ``time.time()`` (one clock for all processes on the host);
 latencies are ``time.perf_counter()`` differences inside one process.
@@ -231,6 +233,8 @@ class Sender(HuddleActor):
 
 
 def run_asks(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
+    """``n`` sequential asks from this (the main) thread, each blocking on
+    ``get()``: the reply is read on the node's loop, which wakes this thread."""
     ask = node.ask
     for i in range(warmup):
         ask(target, Ping(n=i)).get(timeout=timeout)
@@ -244,6 +248,35 @@ def run_asks(node: Node, target: str, n: int, warmup: int, timeout: float) -> di
         append(clock() - t0)
         if type(pong) is not Pong or pong.n != i:
             errors += 1
+    return _asked(latencies, errors)
+
+
+async def _asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
+    ask = node.ask
+    for i in range(warmup):
+        await ask(target, Ping(n=i), timeout=timeout)
+    latencies: list[float] = []
+    append = latencies.append
+    clock = time.perf_counter
+    errors = 0
+    for i in range(n):
+        t0 = clock()
+        pong = await ask(target, Ping(n=i), timeout=timeout)
+        append(clock() - t0)
+        if type(pong) is not Pong or pong.n != i:
+            errors += 1
+    return _asked(latencies, errors)
+
+
+def run_asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
+    """The same asks from a coroutine on the node's own loop, awaiting each
+    answer: the loop that reads the reply resumes the asker, one thread."""
+    return node.io.submit(_asks_on_loop(node, target, n, warmup, timeout)).result(  # type: ignore[union-attr]
+        timeout=(n + warmup) * (timeout + 1))
+
+
+def _asked(latencies: list[float], errors: int) -> dict[str, Any]:
+    n = len(latencies)
     latencies.sort()
     return {
         "event": "asked",
@@ -449,8 +482,9 @@ def serve(args: argparse.Namespace) -> int:
                 emit({"event": "sent", "sent": SEND.sent, "first_send": SEND.first_send, "sent_at": sent_at,
                       "flushed_at": time.time(), "flushed": flushed, **_stats(node, transport)})
             elif what == "run":
-                emit(run_asks(node, cmd["target"], int(cmd["n"]), int(cmd.get("warmup", 0)),
-                              float(cmd.get("timeout", 5.0))))
+                runner = run_asks_on_loop if cmd.get("on_loop") else run_asks
+                emit(runner(node, cmd["target"], int(cmd["n"]), int(cmd.get("warmup", 0)),
+                            float(cmd.get("timeout", 5.0))))
             elif what == "stats":
                 emit({"event": "stats", **_stats(node, transport)})
             else:

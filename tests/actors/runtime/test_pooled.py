@@ -406,6 +406,43 @@ def test_awaiting_a_future_raises_the_handlers_exception(pool: ThreadPoolDispatc
         asyncio.run(main())
 
 
+def test_a_future_set_on_the_awaiting_loops_thread_resumes_it_without_a_hand_over() -> None:
+    """Set by the loop the coroutine awaits on (a node's loop reading a
+    reply for a task on that loop): no call_soon_threadsafe, which writes
+    the loop's self-pipe and wakes its selector; from another thread: one."""
+    handed_over: list[str] = []
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        threadsafe = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            handed_over.append(threading.current_thread().name)
+            return threadsafe(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        same: PooledFuture[int] = PooledFuture()
+        loop.call_soon(same.set, 1)
+        first = await same
+        assert handed_over == []
+        other: PooledFuture[int] = PooledFuture()
+        go = threading.Event()
+
+        def set_later() -> None:
+            assert go.wait(DEADLINE)
+            other.set(2)
+
+        setter = threading.Thread(target=set_later, name="setter")
+        setter.start()
+        loop.call_soon(go.set)  # runs once the await below is parked
+        second = await other
+        setter.join(DEADLINE)
+        return first, second
+
+    assert asyncio.run(main()) == (1, 2)
+    assert handed_over == ["setter"]
+
+
 def test_awaiting_done_and_derived_futures(pool: ThreadPoolDispatcher) -> None:
     opened = threading.Event()
     opened.set()
