@@ -317,9 +317,8 @@ def _checkpoint(state: PlayoutState) -> dict[str, object]:
     (only the head is ever started: one segment is in the sink at a time)
     and the newest finished ids."""
     head = state.head
-    finished = state.finished
-    newest = list(finished)[-CHECKPOINT_FINISHED:] if len(finished) > CHECKPOINT_FINISHED else list(finished)
-    return {"started": head.id if head is not None and head.started else None, "finished": newest}
+    return {"started": head.id if head is not None and head.started else None,
+            "finished": list(state.finished)[-CHECKPOINT_FINISHED:]}
 
 
 def _remember_finished(state: PlayoutState, sid: str) -> None:

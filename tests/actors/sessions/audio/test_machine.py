@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.sessions.audio.machine import MAX_SEGMENT_ID, OutputConfig, SinkClear, SinkWrite
+from actors.sessions.audio.machine import CHECKPOINT_FINISHED, MAX_SEGMENT_ID, OutputConfig, SinkClear, SinkWrite
 from actors.sessions.contracts.audio import (
     BAD_FORMAT,
     BAD_SEGMENT,
@@ -383,3 +383,18 @@ def test_only_the_first_write_and_a_clear_reach_the_sink() -> None:
     assert [type(e) for e in effects if isinstance(e, SinkWrite | SinkClear)] == [SinkWrite]
     assert h.pause() and isinstance(h.last_effects[0], SinkClear)
     assert not [e for e in h.pause() if isinstance(e, SinkClear)]  # paused twice: nothing more
+
+
+def test_a_restart_remembers_the_newest_finished_segments_within_the_checkpoints_bound() -> None:
+    h = Harness()
+    for i in range(CHECKPOINT_FINISHED + 8):
+        h.push(f"s{i}", 0)
+        h.flush(f"s{i}")
+        h.advance(0.1)
+    assert len(h.finished("s0")) == 1
+    assert h.crash() == []  # nothing was playing: nothing to finish
+    newest, forgotten = f"s{CHECKPOINT_FINISHED + 7}", "s7"
+    h.push(newest, 0)
+    assert [(r.segment, r.reason) for r in h.refusals()] == [(newest, SEGMENT_FINISHED)]
+    h.push(forgotten, 0)  # older than the bound: a new segment to this incarnation
+    assert h.state.head is not None and h.state.head.id == forgotten
