@@ -16,8 +16,9 @@ crash with :class:`AudioSinkFailed`, so its supervisor restarts it with a new
 sink. Playout state is not checkpointed: audio that was queued when an
 output crashed is not played by the next incarnation. Only the segment in
 the sink is (its id, when it starts and when it finishes): after any other
-crash, or an owner change, the next incarnation finishes it interrupted, so
-its reporter hears ``playback_finished`` once for every ``playback_started``.
+crash the next incarnation finishes it interrupted, and a stop (final, or
+before a hand-off) finishes it with the position played, so its reporter
+hears ``playback_finished`` once for every ``playback_started``.
 
 The mailbox is bounded (:attr:`AudioOutput.mailbox_capacity`); past it the
 node refuses with a ``mailbox-full`` dead letter, counted and published.
@@ -33,6 +34,7 @@ on a lightly loaded 2-core machine.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -64,7 +66,7 @@ from bus.messages import Message
 
 __all__ = ["REALTIME_SWITCH_INTERVAL", "AudioOutput", "AudioSinkFailed", "tune_interpreter_for_real_time"]
 
-
+log = logging.getLogger("huddle.audio")
 
 #: Seconds between forced GIL hand-overs on a node hosting audio outputs.
 REALTIME_SWITCH_INTERVAL = 0.001
@@ -137,8 +139,13 @@ class AudioOutput(MachineActor):
             self.node.tell(self.address, report, sender=self.address, epoch=self.epoch)
 
     def on_stop(self) -> None:
-        self.sink.close()
-        super().on_stop()
+        try:
+            self.perform_all(machine.stop(self.state, self.node.clock.now()))
+        except HuddleError as exc:  # the node is going away with it: the next incarnation finishes it
+            log.debug("%s: the playing segment's finish was not sent at stop: %r", self.address, exc)
+        finally:
+            self.sink.close()
+            super().on_stop()
 
     def on_failure(self, *exc_info: Any) -> None:
         self.sink.close()

@@ -38,9 +38,10 @@ The rules (docs/protocol.md §4) and where they live:
 * Every started segment is finished once, by this incarnation or the next
   at its address: a checkpoint names the segment in the sink and the
   newest finished ids, written when a segment starts (before
-  ``playback_started`` leaves) and when one finishes; :func:`restart`
-  finishes a predecessor's started segment interrupted and refuses what
-  comes late for the finished ones.
+  ``playback_started`` leaves) and when one finishes; a stop finishes the
+  playing segment (:func:`stop`); after a crash :func:`restart` finishes a
+  predecessor's started segment interrupted and refuses what comes late
+  for the finished ones.
 
 ``step(state, message, now, sender)`` mutates ``state`` in place (playout
 queues are not worth copying 50 times a second) and returns it with the
@@ -91,6 +92,7 @@ __all__ = [
     "initial_state",
     "restart",
     "step",
+    "stop",
 ]
 
 #: Key of the one timer the core uses (playout end, room for a producer).
@@ -310,6 +312,19 @@ def restart(state: PlayoutState) -> list[Effect]:
             Send(state.report_to, PlaybackFinished(segment=sid, position=0.0, interrupted=True)),
             Emit("playback-finished", reason="output-restarted",
                  detail={"segment": sid, "position": 0.0, "interrupted": True})]
+
+
+def stop(state: PlayoutState, now: float) -> list[Effect]:
+    """The output is stopped (not crashed): the playing segment finishes
+    interrupted at what really played, so its reporter hears it now and
+    the next incarnation at this address (a hand-off, a restart) finds
+    nothing to finish. Segments not started are left to their producers."""
+    effects: list[Effect] = []
+    _advance(state, now)
+    head = state.head
+    if head is not None and head.started:
+        _finish(state, head, interrupted=True, effects=effects)
+    return effects
 
 
 def _checkpoint(state: PlayoutState) -> dict[str, object]:

@@ -23,9 +23,10 @@ Out of the output, to the ``report_to`` address given at its start and
 published on ``sys:events`` (``playback-started`` / ``playback-finished``):
 :class:`PlaybackStarted` once per segment, when its first frame enters the
 sink, and :class:`PlaybackFinished` once per segment with the position
-actually played and whether it was interrupted. Once also across a crash:
-the next incarnation at the address finishes a segment its predecessor
-started, interrupted, at position 0 (docs/protocol.md §4.7).
+actually played and whether it was interrupted. Once also across a stop
+(the playing segment finishes, interrupted) and a crash (the next
+incarnation at the address finishes a segment its predecessor started,
+interrupted, at position 0; docs/protocol.md §4.7).
 
 Flow control (to the sender of the frames): a frame that does not fit is
 refused with :class:`FrameRefused` (``reason`` is one of

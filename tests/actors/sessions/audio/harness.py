@@ -21,6 +21,7 @@ from actors.sessions.audio.machine import (
     initial_state,
     restart,
     step,
+    stop,
 )
 from actors.sessions.contracts.audio import (
     AudioFrame,
@@ -104,6 +105,13 @@ class Harness:
         if crash_after_checkpoint:
             self.crash()
         return effects
+
+    def stop_and_start(self) -> list[Effect]:
+        """The output is stopped (a hand-off, a restart of its tree) and the
+        next incarnation starts from the last checkpoint."""
+        effects = stop(self.state, self.now)
+        self._perform_all(effects)
+        return effects + self.crash()
 
     def crash(self) -> list[Effect]:
         """The output dies (its sink goes with it: what it had not played is

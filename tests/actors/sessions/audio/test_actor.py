@@ -220,6 +220,24 @@ def test_an_output_that_crashes_mid_segment_has_its_next_incarnation_finish_that
     assert [m.segment for m, _ in reporter.received if isinstance(m, PlaybackFinished)] == ["A", "B", "C"]
 
 
+def test_an_output_stopped_mid_segment_finishes_it_for_the_reporter_and_its_successor_finishes_nothing(
+        kit: TestKit) -> None:
+    reporter = kit.probe(REPORT_TO)
+    sinks = Sinks()
+    start(kit, sinks)
+    for seq in range(5):
+        kit.inject_message(OUTPUT, frame("A", seq), sender=PRODUCER)
+    kit.advance(0.06)
+    assert kit.node.stop_actor(OUTPUT, release=True)
+    finished = reporter.expect_message(PlaybackFinished)[0]
+    assert finished == PlaybackFinished(segment="A", position=pytest.approx(0.06), interrupted=True)
+    assert sinks.last.ops()[-1] == "clear" and sinks.last.log[-1] == ("close", None)
+    start(kit, sinks)  # the next output at this address
+    kit.settle()
+    assert [m.segment for m, _ in reporter.received if isinstance(m, PlaybackFinished)] == ["A"]
+    assert not kit.events_named("playback-finished", OUTPUT)[1:]
+
+
 def test_a_producer_mid_segment_when_its_output_restarts_gives_the_segment_up_and_goes_on(kit: TestKit) -> None:
     heard: list[object] = []
     sinks = Sinks()

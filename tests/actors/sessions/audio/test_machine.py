@@ -398,3 +398,18 @@ def test_a_restart_remembers_the_newest_finished_segments_within_the_checkpoints
     assert [(r.segment, r.reason) for r in h.refusals()] == [(newest, SEGMENT_FINISHED)]
     h.push(forgotten, 0)  # older than the bound: a new segment to this incarnation
     assert h.state.head is not None and h.state.head.id == forgotten
+
+
+def test_a_stopped_output_finishes_the_playing_segment_at_what_played_and_leaves_its_successor_nothing() -> None:
+    h = Harness()
+    for seq in range(5):
+        h.push("A", seq)
+    h.push("B", 0)  # waiting behind A: never started
+    h.advance(0.04)
+    effects = h.stop_and_start()
+    [finished] = h.finished("A")
+    assert finished.interrupted and finished.position == pytest.approx(0.04)
+    assert [e.reason for e in effects if hasattr(e, "reason")] == ["interrupted"]  # none "output-restarted"
+    assert h.finished("B") == [] and h.checkpoint == {"started": None, "finished": ["A"]}
+    h.push("A", 5)
+    assert [(r.segment, r.reason) for r in h.refusals()] == [("A", SEGMENT_FINISHED)]

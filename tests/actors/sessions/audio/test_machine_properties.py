@@ -242,6 +242,8 @@ crash_ops = st.lists(
         # push once that step's checkpoint is written, before anything
         # else it wanted is done (True).
         st.tuples(st.just("crash"), st.booleans()),
+        # It is stopped, and started again at its address (a hand-off).
+        st.just(("stop",)),
     ),
     max_size=60,
 )
@@ -251,9 +253,9 @@ crash_ops = st.lists(
 @given(config=configs, script=crash_ops)
 def test_every_started_segment_is_finished_once_across_crashes(config: OutputConfig, script: list[tuple]) -> None:
     """A reporter told a segment started is told it finished exactly once,
-    by the output or, after a crash, by the next incarnation at its
-    address; no segment is finished twice; a position never counts more
-    than the sink played."""
+    by the output (also when it is stopped) or, after a crash, by the next
+    incarnation at its address; no segment is finished twice; a position
+    never counts more than the sink played."""
     h = Harness(config=config)
     segments = ["s0"]
     for op in script:
@@ -278,6 +280,8 @@ def test_every_started_segment_is_finished_once_across_crashes(config: OutputCon
             h.clear()
         elif kind == "time":
             h.advance(op[1] / 1000)
+        elif kind == "stop":
+            h.stop_and_start()
     h.resume()
     for sid in list(h.state.live):
         h.flush(sid)
