@@ -232,40 +232,54 @@ class Sender(HuddleActor):
 # -- asker --------------------------------------------------------------------
 
 
+class _Tally:
+    """Round trips timed one by one (``time.perf_counter()``), and the
+    answers that were not the Pong asked for."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.clock = time.perf_counter
+
+    def record(self, started: float, pong: Any, n: int) -> None:
+        self.latencies.append(self.clock() - started)
+        if type(pong) is not Pong or pong.n != n:
+            self.errors += 1
+
+    def summary(self) -> dict[str, Any]:
+        latencies = sorted(self.latencies)
+        n = len(latencies)
+        return {
+            "event": "asked",
+            "n": n,
+            "errors": self.errors,
+            "p50_us": statistics.median(latencies) * 1e6,
+            "p99_us": latencies[min(n - 1, int(n * 0.99))] * 1e6,
+            "mean_us": statistics.fmean(latencies) * 1e6,
+            "max_us": latencies[-1] * 1e6,
+        }
+
+
 def run_asks(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
     """``n`` sequential asks from this (the main) thread, each blocking on
     ``get()``: the reply is read on the node's loop, which wakes this thread."""
-    ask = node.ask
+    ask, tally = node.ask, _Tally()
     for i in range(warmup):
         ask(target, Ping(n=i)).get(timeout=timeout)
-    latencies: list[float] = []
-    append = latencies.append
-    clock = time.perf_counter
-    errors = 0
     for i in range(n):
-        t0 = clock()
-        pong = ask(target, Ping(n=i), timeout=timeout).get(timeout=timeout + 1)
-        append(clock() - t0)
-        if type(pong) is not Pong or pong.n != i:
-            errors += 1
-    return _asked(latencies, errors)
+        started = tally.clock()
+        tally.record(started, ask(target, Ping(n=i), timeout=timeout).get(timeout=timeout + 1), i)
+    return tally.summary()
 
 
 async def _asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
-    ask = node.ask
+    ask, tally = node.ask, _Tally()
     for i in range(warmup):
         await ask(target, Ping(n=i), timeout=timeout)
-    latencies: list[float] = []
-    append = latencies.append
-    clock = time.perf_counter
-    errors = 0
     for i in range(n):
-        t0 = clock()
-        pong = await ask(target, Ping(n=i), timeout=timeout)
-        append(clock() - t0)
-        if type(pong) is not Pong or pong.n != i:
-            errors += 1
-    return _asked(latencies, errors)
+        started = tally.clock()
+        tally.record(started, await ask(target, Ping(n=i), timeout=timeout), i)
+    return tally.summary()
 
 
 def run_asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
@@ -273,20 +287,6 @@ def run_asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: floa
     answer: the loop that reads the reply resumes the asker, one thread."""
     return node.io.submit(_asks_on_loop(node, target, n, warmup, timeout)).result(  # type: ignore[union-attr]
         timeout=(n + warmup) * (timeout + 1))
-
-
-def _asked(latencies: list[float], errors: int) -> dict[str, Any]:
-    n = len(latencies)
-    latencies.sort()
-    return {
-        "event": "asked",
-        "n": n,
-        "errors": errors,
-        "p50_us": statistics.median(latencies) * 1e6,
-        "p99_us": latencies[min(n - 1, int(n * 0.99))] * 1e6,
-        "mean_us": statistics.fmean(latencies) * 1e6,
-        "max_us": latencies[-1] * 1e6,
-    }
 
 
 # -- the parent's handle on a node process -----------------------------------

@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from bus.interrupts import held
 
@@ -232,7 +232,7 @@ class DataServerProcess:
             raise DataServerError(f"{method} {path} -> {status}: {payload}")
         return payload
 
-    def state(self, *, detail: bool | str = True) -> dict[str, Any]:
+    def state(self, *, detail: bool | Literal["open"] = True) -> dict[str, Any]:
         """``GET /control/state`` (``detail=False``: the cheap summary;
         ``"open"``: the summary and the open sockets, briefly)."""
         query = "?detail=open" if detail == "open" else "" if detail else "?detail=0"
@@ -272,7 +272,7 @@ class DataServerProcess:
         return str(self._control("POST", "/control/mint_token", body)["datachannelToken"])
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, *,
-                 detail: bool | str = True) -> dict[str, Any]:
+                 detail: bool | Literal["open"] = True) -> dict[str, Any]:
         """Poll the state until ``predicate(state)`` holds; returns that
         state. Raises ``TimeoutError`` (with the last state) past
         ``timeout``."""

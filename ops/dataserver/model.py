@@ -39,7 +39,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from actors.sessions.contracts.token import DEFAULT_SESSION, PRACTICE_SESSION
@@ -881,7 +881,7 @@ class DataService:
     def _open(self, where: SocketFilter) -> list[SocketRecord]:
         return [r for r in self.sockets.values() if r.open and r.refused is None and where.matches(r)]
 
-    def snapshot(self, *, detail: bool | str = True) -> dict[str, Any]:
+    def snapshot(self, *, detail: bool | Literal["open"] = True) -> dict[str, Any]:
         """``GET /control/state``. Without ``detail`` only the summary
         (registers, counts, counters, faults): cheap with thousands of
         sockets. ``detail="open"``: the summary and the open sockets, each
