@@ -14,19 +14,21 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable
 
-__all__ = ["SEEN_PER_ADDRESS", "SeenIds"]
+from bus.cluster.leases import SEEN_PER_ADDRESS, HandledIds
 
-#: Msg ids of the messages an address's actor handled last that travel with
-#: its checkpoints to its next owner (a copy of an older one is handled again).
-SEEN_PER_ADDRESS = 256
+__all__ = ["SEEN_PER_ADDRESS", "SeenIds"]
 
 
 class _AddressIds:
     """The msg ids one leased address's actor was given (``queued``), is
     handling (``current``) and has handled (the last ``keep``, oldest first;
-    ``known`` is their set)."""
+    ``known`` is their set), and what of them went to Redis: the handled
+    ids no write carried yet (``unsent``, oldest first), the newest id a
+    write carried (``tail``: Redis's list ends there, as far as this node
+    knows), and whether the next write must send the whole window
+    (``resync``: Redis's list is not known to end at ``tail``)."""
 
-    __slots__ = ("current", "current_written", "handled", "known", "queued", "unwritten", "version")
+    __slots__ = ("current", "current_written", "handled", "known", "queued", "resync", "tail", "unsent")
 
     def __init__(self) -> None:
         self.queued: collections.deque[str] = collections.deque()
@@ -34,11 +36,9 @@ class _AddressIds:
         self.current_written = False
         self.handled: collections.deque[str] = collections.deque()
         self.known: set[str] = set()
-        #: handled ids that no write to Redis carried yet
-        self.unwritten = False
-        #: counts the ids that became handled (a snapshot's write clears
-        #: ``unwritten`` only if none did since)
-        self.version = 0
+        self.unsent: list[str] = []
+        self.tail: str | None = None
+        self.resync = False
 
 
 class SeenIds:
@@ -124,12 +124,10 @@ class SeenIds:
         if msg_id is None:
             return
         entry.current = None
-        self._add_handled(entry, (msg_id,), at_end=True)
-        entry.version += 1
-        if not entry.current_written:
-            entry.unwritten = True
+        if self._add_handled(entry, (msg_id,), at_end=True) and not entry.current_written:
+            entry.unsent.append(msg_id)
 
-    def _add_handled(self, entry: _AddressIds, ids: Iterable[str], *, at_end: bool) -> None:
+    def _add_handled(self, entry: _AddressIds, ids: Iterable[str], *, at_end: bool) -> list[str]:
         new = [i for i in dict.fromkeys(ids) if i not in entry.known]
         entry.known.update(new)
         if at_end:
@@ -138,6 +136,7 @@ class SeenIds:
             entry.handled.extendleft(reversed(new))
         while len(entry.handled) > self._keep:
             entry.known.discard(entry.handled.popleft())
+        return new
 
     def forget(self, msg_id: str, address: str | None = None) -> None:
         """It was not handled here after all (forwarded): a copy that comes
@@ -154,59 +153,79 @@ class SeenIds:
         except ValueError:
             pass
 
-    def handled(self, address: str) -> list[str] | None:
+    def handled(self, address: str, *, whole: bool = False) -> HandledIds | None:
         """The ids to write for ``address`` now, with the message being (or
         last) handled: from a handler saving a checkpoint, or once the actor
-        stopped. They count as written from here. None: not tracked."""
+        stopped. They count as written from here. ``whole``: the whole
+        window, to replace what Redis holds (otherwise only the ids no
+        write carried yet, unless Redis's list is not known). None: not
+        tracked, or nothing to write."""
         entry = self._addresses.get(address)
         if entry is None:
             return None
-        ids = list(entry.handled)
-        if entry.current is not None:
-            ids.append(entry.current)
-            entry.current_written = True
-        entry.unwritten = False
-        return ids[-self._keep:]
+        return self._take(entry, with_current=True, whole=whole)
 
-    def unwritten(self) -> list[tuple[str, str | None, int, bool]]:
+    def _take(self, entry: _AddressIds, *, with_current: bool, whole: bool = False) -> HandledIds | None:
+        if with_current and entry.current is not None and not entry.current_written:
+            entry.unsent.append(entry.current)
+            entry.current_written = True
+        if whole or entry.resync:
+            window = list(entry.handled)
+            if entry.current is not None and entry.current_written:
+                window.append(entry.current)
+            out = HandledIds(tuple(window[-self._keep:]), replace=True)
+        elif entry.unsent:
+            out = HandledIds(tuple(entry.unsent[-self._keep:]), entry.tail)
+        else:
+            return None
+        entry.unsent = []
+        entry.resync = False
+        if out.ids:
+            entry.tail = out.ids[-1]
+        return out
+
+    def unwritten(self) -> list[tuple[str, str | None]]:
         """For each address whose ids are not all in Redis: ``(address, the
-        id being or last handled if unwritten, version, whether handled ids
-        are unwritten)``; :meth:`ids` gives its handled ids, and
-        :meth:`written` says a write of them is queued. Looks only at the
-        addresses that handled something since their last write."""
+        id being or last handled if no write carried it)``; :meth:`take`
+        gives the write. Looks only at the addresses that handled something
+        since their last write."""
         out = []
         for address in list(self._dirty):
             e = self._addresses.get(address)
-            if e is None or not (e.unwritten or (e.current is not None and not e.current_written)):
+            if e is None or not (e.unsent or e.resync or (e.current is not None and not e.current_written)):
                 self._dirty.discard(address)  # all in Redis (or gone): until its next message
                 continue
-            out.append((address, None if e.current_written else e.current, e.version, e.unwritten))
+            out.append((address, None if e.current_written else e.current))
         return out
 
-    def ids(self, address: str) -> list[str]:
-        """The ids handled at ``address`` (oldest first), without the one
-        being handled."""
+    def take(self, address: str, *, with_current: bool) -> HandledIds | None:
+        """The write of ``address``'s handled ids that no write carried yet
+        (with the one being handled, if ``with_current``: its actor is
+        parked); they count as written from here. None: nothing to write."""
         entry = self._addresses.get(address)
-        return [] if entry is None else list(entry.handled)
+        return None if entry is None else self._take(entry, with_current=with_current)
 
-    def written(self, address: str, version: int, current: str | None) -> None:
-        """A snapshot from :meth:`unwritten` (with ``current``, if it was
-        included) is on its way to Redis."""
+    def resend(self, address: str) -> None:
+        """Redis's list of ``address``'s ids did not end where this node
+        believed (an append was refused): the next write sends the whole
+        window."""
         entry = self._addresses.get(address)
         if entry is None:
             return
-        if entry.version == version:
-            entry.unwritten = False
-        if current is not None and entry.current == current:
-            entry.current_written = True
+        entry.resync = True
+        self._dirty.add(address)
 
     def restore(self, address: str, ids: Iterable[str]) -> None:
         """The ids ``address``'s actor handled under its previous owner (older
-        than anything handled here since): copies of them are dropped."""
+        than anything handled here since), as Redis's list holds them:
+        copies of them are dropped, and this node's writes append to them."""
         entry = self._addresses.get(address)
         if entry is None:
             entry = self._addresses[address] = _AddressIds()
+        ids = list(ids)
         self._add_handled(entry, ids, at_end=False)
+        if ids and entry.tail is None:
+            entry.tail = ids[-1]
 
     def drop(self, address: str) -> None:
         """``address`` is no longer held here (its ids went with it)."""

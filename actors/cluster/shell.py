@@ -130,7 +130,7 @@ from actors.runtime.node import Node
 from actors.runtime.pooled import ROUND_BUDGET_S, PooledFuture
 from bus.address import ENDPOINT_KINDS, SYS_NODES, channel_for, node_address, parse_address
 from bus.cluster.backlog import Backlog
-from bus.cluster.leases import NO_LEASE, WRITTEN, CheckpointWrite, ClaimResult, LeaseStore
+from bus.cluster.leases import NO_LEASE, RESEND_SEEN, WRITTEN, CheckpointWrite, ClaimResult, HandledIds, LeaseStore
 from bus.cluster.messages import DrainNode, LeaseChange, NodeHeartbeat, NodeLeft
 from bus.envelope import Envelope
 from bus.errors import DecodeError, EncodeError, HuddleError
@@ -228,6 +228,10 @@ class ClusterControl(HuddleActor):
         return super().on_message(message, envelope)
 
 
+def _ids(seen: HandledIds | None) -> list[str]:
+    return [] if seen is None else list(seen.ids)
+
+
 def _parked(actor: HuddleActor) -> bool:
     """Whether no slice of ``actor`` runs or waits to run: the last message
     it was handed is handled."""
@@ -247,9 +251,12 @@ class RedisCheckpoints:
     with its claim.
 
     Every write also carries the msg ids the actor has handled, up to the
-    message whose handler saved the state (``seen:<address>``, in the same
-    atomic, epoch-checked step): the next owner restores them with the
-    state and drops a copy of a message that state already includes.
+    message whose handler saved the state (``handled:{address}``, in the
+    same atomic, epoch-checked step): the next owner restores them with the
+    state and drops a copy of a message that state already includes. A
+    write carries only the ids handled since the last one (appended after
+    the newest id that one carried; if Redis's list does not end there the
+    script says so and the next write sends the whole window).
     ``save_seen`` queues a write of the ids alone, in the same order.
     """
 
@@ -258,7 +265,7 @@ class RedisCheckpoints:
         self.io: IoLoop = cluster.node.io
         self._cache: dict[str, bytes] = {}
         #: address -> (epoch, state or None: the ids alone, handled ids), not sent yet
-        self._pending: dict[str, tuple[int, bytes | None, list[str] | None]] = {}
+        self._pending: dict[str, tuple[int, bytes | None, HandledIds | None]] = {}
         #: addresses with a write queued or under way -> the event set once
         #: none is (made only when someone waits: most writes have no waiter)
         self._writing: dict[str, asyncio.Event | None] = {}
@@ -276,18 +283,18 @@ class RedisCheckpoints:
         return True
 
     @confined
-    def save_seen(self, address: str, epoch: int, seen: list[str] | None = None) -> None:
-        """Queue a write of the msg ids handled at ``address`` (default: all
-        of them, the last one too: its actor stopped) behind any write
-        under way, or with the one still queued. Refused quietly if the
-        lease moved."""
+    def save_seen(self, address: str, epoch: int, seen: HandledIds | None = None) -> None:
+        """Queue a write of the msg ids handled at ``address`` (default: those
+        no write carried yet, the last one too: its actor stopped) behind
+        any write under way, or with the one still queued. Refused quietly
+        if the lease moved."""
         if seen is None:
             seen = self._cluster._seen.handled(address)
             if seen is None:
                 return
         self._queue(address, epoch, None, seen)
 
-    def _queue(self, address: str, epoch: int, data: bytes | None, seen: list[str] | None, *,
+    def _queue(self, address: str, epoch: int, data: bytes | None, seen: HandledIds | None, *,
                older: bool = False) -> None:
         """Queue a write for ``address``, merged with the one queued under the
         same epoch (the newest state; the ids of both, oldest first).
@@ -300,7 +307,7 @@ class RedisCheckpoints:
             if data is None:
                 data = p_data
             if p_seen is not None:
-                seen = list(dict.fromkeys([*p_seen, *(seen or ())]))[-SEEN_PER_ADDRESS:]
+                seen = p_seen if seen is None else p_seen.then(seen)
         elif pending is not None and older:
             return  # a newer lease's write is queued: this one would be refused anyway
         self._pending[address] = (epoch, data, seen)
@@ -320,7 +327,7 @@ class RedisCheckpoints:
             lease = cluster.state.leases.get(address)
             if lease is None or not cluster.may_send(address, lease.epoch):
                 continue
-            self._queue(address, lease.epoch, data, cluster._seen.handled(address), older=True)
+            self._queue(address, lease.epoch, data, cluster._seen.handled(address, whole=True), older=True)
             count += 1
         return count
 
@@ -382,9 +389,11 @@ class RedisCheckpoints:
                     else:
                         cluster.node.counters["cluster:checkpoint-batches"] += 1
                         for (address, (epoch, data, _seen)), verdict in zip(chunk, oks, strict=True):
+                            if verdict == RESEND_SEEN:
+                                cluster._seen.resend(address)
                             if data is None:
                                 continue  # the ids alone: a refusal only says the lease moved
-                            ok = self._accepted[address] = verdict == WRITTEN
+                            ok = self._accepted[address] = verdict in (WRITTEN, RESEND_SEEN)
                             if not ok:
                                 missing = verdict == NO_LEASE
                                 cluster.node.emit("checkpoint-refused", address,
@@ -1137,7 +1146,7 @@ class Cluster:
                 ok = await self.leases.restore(effect.address, self.me, effect.epoch, ttl=self.config.lease_ttl,
                                                spec=self._specs.get(effect.address),
                                                checkpoint=self.checkpoints.load(effect.address),
-                                               seen=self._seen.handled(effect.address))
+                                               seen=_ids(self._seen.handled(effect.address, whole=True)))
         except Exception as exc:  # noqa: BLE001 - the next renewal decides
             log.warning("cluster: %s could not restore %s (%r)", self.me, effect.address, exc)
             self.feed(Reasserted(effect.address, None, effect.sent_at))
@@ -1227,21 +1236,17 @@ class Cluster:
         if now < self._seen_due:
             return
         self._seen_due = now + self.config.heartbeat_interval
-        for address, current, version, unwritten in self._seen.unwritten():
+        for address, current in self._seen.unwritten():
             lease = self.state.leases.get(address)
             if lease is None or lease.phase is not Phase.ACTIVE or self.checkpoints.writing(address):
                 continue
+            parked = False
             if current is not None:
                 actor = self.node.lookup(address)
-                if actor is None or not _parked(actor):
-                    current = None
-            if current is None and not unwritten:
-                continue
-            ids = self._seen.ids(address)
-            if current is not None:
-                ids.append(current)
-            self.checkpoints.save_seen(address, lease.epoch, ids[-SEEN_PER_ADDRESS:])
-            self._seen.written(address, version, current)
+                parked = actor is not None and _parked(actor)
+            seen = self._seen.take(address, with_current=parked)
+            if seen is not None:
+                self.checkpoints.save_seen(address, lease.epoch, seen)
 
     def _decode_all(self, items: Any, address: str) -> list[Envelope]:
         out = []

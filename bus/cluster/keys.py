@@ -16,8 +16,11 @@ sides agree on (``tests/bus_io/cluster`` checks them against the scripts):
 ``ckpt:{<address>}``         the actor's last checkpoint (msgpack)
 ``issued:{<address>}``       ``"<epoch> <node>"``: the newest epoch ever issued
                              for the address (fencing verifies against it)
-``seen:{<address>}``         msgpack list of the msg ids the address's actor
-                             handled last, written with its checkpoint
+``handled:{<address>}``      list of the msg ids the address's actor handled
+                             last (the newest 256), written with its
+                             checkpoint: appended a few at a time, TTL
+``seen:{<address>}``         the same ids as a former version wrote them (one
+                             msgpack list): read when no list is there
 ``backlog:{<address>}``      stream of envelopes waiting for an owner
 ``backlogged:<node>``        addresses whose backlog a live owner must drain
 ``era``                      random id; a new one means Redis lost its data
@@ -78,6 +81,9 @@ class ClusterKeys:
 
     def issued(self, address: str) -> str:
         return self._of("issued", address)
+
+    def handled(self, address: str) -> str:
+        return self._of("handled", address)
 
     def seen(self, address: str) -> str:
         return self._of("seen", address)

@@ -63,11 +63,14 @@ from bus.envelope import Codec, Envelope
 __all__ = [
     "CheckpointWrite",
     "ClaimResult",
+    "HandledIds",
     "LeaseStore",
     "NO_LEASE",
     "REFUSED",
+    "RESEND_SEEN",
     "ReleaseMode",
     "RenewResult",
+    "SEEN_PER_ADDRESS",
     "WRITTEN",
 ]
 
@@ -161,10 +164,11 @@ redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """)
 
-# ARGV: prefix, address, me, epoch, ttl_ms, channel, announcement, spec, checkpoint, seen, seen_ttl_ms
+# ARGV: prefix, address, me, epoch, ttl_ms, channel, announcement, spec, checkpoint, seen_ttl_ms, seen_keep,
+# then the msg ids handled (the whole window, oldest first)
 RESTORE = script(r"""
 local a, me, e = ARGV[2], ARGV[3], ARGV[4]
-local done = restore_lease(a, me, e, ARGV[5], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+local done = restore_lease(a, me, e, ARGV[5], ARGV[8], ARGV[9], ARGV[10], ARGV[11], 12, #ARGV - 11)
 if done ~= 'restored' then return done == 'ours' and 1 or 0 end
 redis.call('SADD', held_key(me), a)
 redis.call('SADD', MEMBERS, me)
@@ -174,34 +178,84 @@ redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """)
 
-# ARGV: prefix, me, log (1/0), seen_ttl_ms, then per write: address, epoch,
-# has_data (1/0), data, seen ('' for none), note. Returns 1/0 per write.
+# ARGV: prefix, me, log (1/0), seen_ttl_ms, seen_keep, then per write: address,
+# epoch, has_data (1/0), data, note, seen mode ('' none, 'r' replace, 'a'
+# append), after, n, then n msg ids. Returns save_write's verdict per write.
 SAVE_CHECKPOINTS = script(r"""
-local me, log_key, seen_ttl = ARGV[2], ARGV[3] == '1' and FENCING or nil, ARGV[4]
+local me, log_key, seen_ttl, keep = ARGV[2], ARGV[3] == '1' and FENCING or nil, ARGV[4], ARGV[5]
 local out = {}
-for i = 5, #ARGV, 6 do
-  out[#out + 1] = save_write(ARGV[i], me, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], seen_ttl, log_key,
-                             '1000000', ARGV[i + 5])
+local i = 6
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 7])
+  out[#out + 1] = save_write(ARGV[i], me, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], log_key, '1000000', ARGV[i + 4],
+                             ARGV[i + 5], ARGV[i + 6], i + 8, n, seen_ttl, keep)
+  i = i + 8 + n
 end
 return out
 """)
 
 #: A checkpoint write's verdicts (:meth:`LeaseStore.save_checkpoints`).
-WRITTEN, REFUSED, NO_LEASE = 1, 0, -1
+#: ``RESEND_SEEN``: written, but the handled ids were an append that did
+#: not follow on the list Redis holds (it lapsed, Redis lost it, or a
+#: retry's reply got lost as well): the writer sends the whole window.
+WRITTEN, REFUSED, NO_LEASE, RESEND_SEEN = 1, 0, -1, 2
 
 #: Seconds the handled msg ids of an address stay in Redis after their last
 #: write. Copies of a message arrive within seconds of it; this only lets
 #: the key of an address that nobody hosts any more go.
 SEEN_TTL = 3600.0
 
+#: The msg ids of an address's actor kept in Redis (its newest): a copy of
+#: an older one is handled again after an owner change.
+SEEN_PER_ADDRESS = 256
 
-def encode_seen(ids: Sequence[str]) -> bytes:
-    return msgpack.packb(list(ids), use_bin_type=True)
+
+@dataclass(frozen=True, slots=True)
+class HandledIds:
+    """Msg ids an address's actor handled, as a write sends them to its
+    ``handled:{address}`` list (oldest first): the whole window
+    (``replace``), or the ids handled since the last write, appended after
+    ``after`` (the newest id that write carried; ``None``: none was)."""
+
+    ids: tuple[str, ...]
+    after: str | None = None
+    replace: bool = False
+
+    @classmethod
+    def window(cls, ids: Iterable[str]) -> HandledIds:
+        return cls(tuple(ids)[-SEEN_PER_ADDRESS:], replace=True)
+
+    def then(self, newer: HandledIds) -> HandledIds:
+        """This write followed by ``newer``, as one write."""
+        if newer.replace:
+            return newer
+        ids = tuple(dict.fromkeys((*self.ids, *newer.ids)))[-SEEN_PER_ADDRESS:]
+        return HandledIds(ids, self.after, self.replace)
 
 
-def decode_seen(data: bytes | None) -> list[str]:
-    """The ids in a ``seen:{address}`` value; [] for none (or a value
-    this version cannot read: then nothing is dropped, as before)."""
+def _handled(seen: Sequence[str] | HandledIds | None) -> HandledIds | None:
+    """A plain sequence of ids is the whole window."""
+    if seen is None or isinstance(seen, HandledIds):
+        return seen
+    return HandledIds.window(seen)
+
+
+def seen_args(seen: Sequence[str] | HandledIds | None) -> list[Any]:
+    """A write's handled ids as :func:`~bus.cluster.lua` ``save_write``
+    takes them: mode, after, n, then the ids."""
+    handled = _handled(seen)
+    if handled is None:
+        return ["", "", 0]
+    return ["r" if handled.replace else "a", handled.after or "", len(handled.ids), *handled.ids]
+
+
+def decode_seen(data: Any) -> list[str]:
+    """The ids a claim or :meth:`LeaseStore.load_seen` read: the list, or
+    (as a former version wrote them) one msgpack value under
+    ``seen:{address}``; [] for none (or a value this version cannot read:
+    then nothing is dropped, as before)."""
+    if isinstance(data, list):
+        return [_text(x) for x in data]
     if not data:
         return []
     try:
@@ -266,13 +320,13 @@ return 1
 @dataclass(frozen=True, slots=True)
 class CheckpointWrite:
     """One checkpoint write for :meth:`LeaseStore.save_checkpoints`: ``data``
-    (None: only ``seen``, the msg ids handled) under ``epoch``; ``note`` goes
-    to the fencing log with it."""
+    (None: only ``seen``, the msg ids handled: a plain sequence is the whole
+    window) under ``epoch``; ``note`` goes to the fencing log with it."""
 
     address: str
     epoch: int
     data: bytes | None
-    seen: Sequence[str] | None = None
+    seen: Sequence[str] | HandledIds | None = None
     note: str = ""
 
 
@@ -282,7 +336,7 @@ class ClaimResult:
     ``spec`` are what Redis held for the address (``None``: nothing),
     ``backlog`` the envelopes that waited for an owner (oldest first, now
     removed from Redis) and ``seen`` the msg ids its actor handled last
-    (``seen:{address}``, read under the new lease). Otherwise ``holder`` is the live node that holds
+    (``handled:{address}``, read under the new lease). Otherwise ``holder`` is the live node that holds
     it (``""``: we are not a live member yet)."""
 
     won: bool
@@ -400,20 +454,20 @@ class LeaseStore:
         Redis has none."""
         announcement = self._announcement(LeaseChange(address=address, node=node, change="restored", epoch=epoch))
         reply = await self._restore(args=[self.keys.prefix, address, node, str(epoch), _ms(ttl), self.channel,
-                                          announcement, spec or b"", checkpoint or b"",
-                                          encode_seen(seen) if seen else b"", _ms(seen_ttl)])
+                                          announcement, spec or b"", checkpoint or b"", _ms(seen_ttl),
+                                          SEEN_PER_ADDRESS, *list(seen or ())[-SEEN_PER_ADDRESS:]])
         return bool(reply)
 
     async def save_checkpoint(self, address: str, node: str, epoch: int, data: bytes | None, *, log: bool = False,
-                              note: str = "", seen: Sequence[str] | None = None,
+                              note: str = "", seen: Sequence[str] | HandledIds | None = None,
                               seen_ttl: float = SEEN_TTL) -> bool:
         """Write ``data`` as the checkpoint of ``address`` only if ``(node,
         epoch)`` holds its lease right now; with ``log``, also append the
         accepted write to the fencing log. ``seen`` (the msg ids the actor
         has handled) is written in the same atomic step, to
-        ``seen:{address}``; with ``data`` None, only ``seen`` is."""
+        ``handled:{address}``; with ``data`` None, only ``seen`` is."""
         write = CheckpointWrite(address, epoch, data, seen, note)
-        return (await self.save_checkpoints([write], node, log=log, seen_ttl=seen_ttl))[0] == WRITTEN
+        return (await self.save_checkpoints([write], node, log=log, seen_ttl=seen_ttl))[0] in (WRITTEN, RESEND_SEEN)
 
     async def save_checkpoints(self, writes: Sequence[CheckpointWrite], node: str, *, log: bool = False,
                                seen_ttl: float = SEEN_TTL) -> list[int]:
@@ -421,19 +475,21 @@ class LeaseStore:
         round trip); each one's verdict, in order: :data:`WRITTEN`,
         :data:`REFUSED` (the lease is another's, or another epoch's) or
         :data:`NO_LEASE` (nobody holds it: Redis lost its data, or it
-        lapsed). Each is judged alone: one refused does not stop the others."""
+        lapsed), or :data:`RESEND_SEEN` (written; the handled ids were
+        not). Each is judged alone: one refused does not stop the others."""
         if not writes:
             return []
-        args: list[Any] = [self.keys.prefix, node, "1" if log else "0", _ms(seen_ttl)]
+        args: list[Any] = [self.keys.prefix, node, "1" if log else "0", _ms(seen_ttl), SEEN_PER_ADDRESS]
         for w in writes:
-            args += [w.address, str(w.epoch), "0" if w.data is None else "1", w.data or b"",
-                     b"" if w.seen is None else encode_seen(w.seen), w.note]
+            args += [w.address, str(w.epoch), "0" if w.data is None else "1", w.data or b"", w.note,
+                     *seen_args(w.seen)]
         return [int(x) for x in await self._save(args=args)]
 
     async def load_seen(self, address: str) -> list[str]:
         """The msg ids the actor at ``address`` handled last, as its last
         owner wrote them ([] if none)."""
-        return decode_seen(await self.client.get(self.keys.seen(address)))
+        ids = await self.client.lrange(self.keys.handled(address), 0, -1)
+        return decode_seen(ids or await self.client.get(self.keys.seen(address)))
 
     async def issued(self, addresses: list[str]) -> dict[str, tuple[int, str, bool]]:
         """For each address, the newest epoch ever issued for it, the node

@@ -20,6 +20,7 @@ local function spec_key(a) return P .. 'spec:{' .. a .. '}' end
 local function ckpt_key(a) return P .. 'ckpt:{' .. a .. '}' end
 local function issued_key(a) return P .. 'issued:{' .. a .. '}' end
 local function seen_key(a) return P .. 'seen:{' .. a .. '}' end
+local function handled_key(a) return P .. 'handled:{' .. a .. '}' end
 local function backlog_key(a) return P .. 'backlog:{' .. a .. '}' end
 local function backlogged_key(n) return P .. 'backlogged:' .. n end
 local UNOWNED = P .. 'unowned'
@@ -60,6 +61,46 @@ local function record_issued(a, e, me)
 end
 
 local function alive(n) return redis.call('EXISTS', node_key(n)) == 1 end
+
+-- The msg ids a's actor handled last, oldest first: a list, written a few
+-- at a time (write_handled); or, as a former version wrote them, one
+-- msgpack string under seen_key (the caller decodes it); '' for none.
+local function read_handled(a)
+  local ids = redis.call('LRANGE', handled_key(a), 0, -1)
+  if #ids > 0 then return ids end
+  return redis.call('GET', seen_key(a)) or ''
+end
+
+-- Write ARGV[from..from+n-1] (msg ids, oldest first) to a's handled list:
+-- mode 'r' replaces the list (the whole window), 'a' appends what follows
+-- `after` (the id the writer last sent; '' for none). An append is
+-- idempotent: sent again (a reply lost), it goes on after the id the list
+-- ends with. It is refused (false) when the list does not end where the
+-- writer believes (lost, expired, or written by another version): the
+-- writer then sends the whole window. Kept to the newest `keep`, for ttl.
+local function write_handled(a, mode, after, from, n, ttl, keep)
+  local k = handled_key(a)
+  if mode == 'a' then
+    local tail = redis.call('LINDEX', k, -1)
+    if not tail then
+      if after ~= '' then return false end
+    elseif tail ~= after then
+      local at = nil
+      for j = from, from + n - 1 do
+        if ARGV[j] == tail then at = j end
+      end
+      if not at then return false end
+      n = n - (at - from + 1)
+      from = at + 1
+    end
+  else
+    redis.call('DEL', k, seen_key(a))
+  end
+  if n > 0 then redis.call('RPUSH', k, unpack(ARGV, from, from + n - 1)) end
+  redis.call('LTRIM', k, -tonumber(keep), -1)
+  redis.call('PEXPIRE', k, ttl)
+  return true
+end
 -- Append the envelopes waiting in a's backlog to out, oldest first, and
 -- empty it (its owner delivers them now).
 local function take_backlog(a, out)
@@ -87,7 +128,7 @@ local function take_lease(a, me, ttl, floor, spec)
   record_issued(a, e, me)
   if spec ~= '' then redis.call('SET', spec_key(a), spec) end
   local out = {1, me, estr(e), redis.call('GET', ckpt_key(a)) or '', redis.call('GET', spec_key(a)) or '',
-               redis.call('GET', seen_key(a)) or ''}
+               read_handled(a)}
   return take_backlog(a, out)
 end
 
@@ -110,7 +151,8 @@ end
 
 -- Write (me, e)'s lease of a back after Redis lost it: 'restored', or
 -- 'ours' (it is still there), or 'taken' (someone claimed a meanwhile).
-local function restore_lease(a, me, e, ttl, spec, ckpt, seen, seen_ttl)
+-- The msg ids are ARGV[from..from+n-1] (n may be 0).
+local function restore_lease(a, me, e, ttl, spec, ckpt, seen_ttl, keep, from, n)
   local v = redis.call('GET', lease_key(a))
   if v then
     if v == e .. ' ' .. me then return 'ours' end
@@ -126,15 +168,17 @@ local function restore_lease(a, me, e, ttl, spec, ckpt, seen, seen_ttl)
   -- now): it replaces what a former owner's release may have written back.
   if ckpt ~= '' then redis.call('SET', ckpt_key(a), ckpt) end
   -- the msg ids its state includes, or the next owner applies a copy again
-  if seen and seen ~= '' then redis.call('SET', seen_key(a), seen, 'PX', seen_ttl) end
+  if n > 0 then write_handled(a, 'r', '', from, n, seen_ttl, keep) end
   return 'restored'
 end
 
 -- One checkpoint write under the lease compare: 1 accepted, 0 refused (the
 -- lease is another's, or another epoch's), -1 refused: nobody holds it.
 -- has ~= '0': write data (and log it to the stream log_key if given);
--- seen ~= '': the msg ids handled, in the same step as the state they led to.
-local function save_write(a, me, e, has, data, seen, seen_ttl, log_key, maxlen, note)
+-- seen ~= '': the msg ids handled (ARGV[from..from+n-1], write_handled's
+-- mode and after), in the same step as the state they led to; 2 (accepted)
+-- when their append did not follow on what the list holds.
+local function save_write(a, me, e, has, data, log_key, maxlen, note, seen, after, from, n, seen_ttl, keep)
   local v = redis.call('GET', lease_key(a))
   if not v then return -1 end
   if v ~= e .. ' ' .. me then return 0 end
@@ -144,7 +188,7 @@ local function save_write(a, me, e, has, data, seen, seen_ttl, log_key, maxlen, 
       redis.call('XADD', log_key, 'MAXLEN', '~', maxlen, '*', 'a', a, 'e', e, 'n', me, 'note', note)
     end
   end
-  if seen ~= '' then redis.call('SET', seen_key(a), seen, 'PX', seen_ttl) end
+  if seen ~= '' and not write_handled(a, seen, after, from, n, seen_ttl, keep) then return 2 end
   return 1
 end
 """

@@ -76,6 +76,7 @@ from bus.cluster.backlog import Backlog, RouteResult
 from bus.cluster.leases import (
     _ANNOUNCED_AS,
     RELEASE_MODES,
+    SEEN_PER_ADDRESS,
     SEEN_TTL,
     CheckpointWrite,
     ClaimResult,
@@ -86,7 +87,7 @@ from bus.cluster.leases import (
     _lease_value,
     _ms,
     _text,
-    encode_seen,
+    seen_args,
 )
 from bus.cluster.lua import script
 from bus.cluster.messages import LeaseChange
@@ -120,16 +121,19 @@ if not drop_lease(a, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) then return {0
 return {1, redis.call('EXISTS', spec_key(a))}
 """)
 
-# ARGV: prefix, address, me, epoch, ttl_ms, spec, checkpoint
+# ARGV: prefix, address, me, epoch, ttl_ms, spec, checkpoint, seen_ttl_ms, seen_keep, msg ids...
 RESTORE_ONE = script(r"""
-return restore_lease(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]) == 'taken' and 0 or 1
+return restore_lease(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], 10, #ARGV - 9)
+  == 'taken' and 0 or 1
 """)
 
-# ARGV: prefix, me, log, seen_ttl_ms, address, epoch, has_data, data, seen, note
+# ARGV: prefix, me, log, seen_ttl_ms, seen_keep, address, epoch, has_data, data, note, seen mode, after, n,
+# msg ids...
 SAVE_ONE = script(r"""
-local a = ARGV[5]
+local a = ARGV[6]
 local log_key = ARGV[3] == '1' and (P .. 'fencing:{' .. a .. '}') or nil
-return save_write(a, ARGV[2], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[4], log_key, '10000', ARGV[10])
+return save_write(a, ARGV[2], ARGV[7], ARGV[8], ARGV[9], log_key, '10000', ARGV[10], ARGV[11], ARGV[12], 14,
+                  tonumber(ARGV[13]), ARGV[4], ARGV[5])
 """)
 
 # ARGV: prefix, address, dead node -> 'held' (its lease still lives),
@@ -301,7 +305,8 @@ class ShardedLeaseStore(LeaseStore):
                       seen_ttl: float = SEEN_TTL) -> bool:
         [ok] = await self._scripts.run(self._restore_one, [
             (self.keys.lease(address), (self.keys.prefix, address, node, str(epoch), _ms(ttl), spec or b"",
-                                        checkpoint or b"", encode_seen(seen) if seen else b"", _ms(seen_ttl)))])
+                                        checkpoint or b"", _ms(seen_ttl), SEEN_PER_ADDRESS,
+                                        *list(seen or ())[-SEEN_PER_ADDRESS:]))])
         if not int(ok):
             return False
         await self._scripts.commands(("SADD", self.keys.held(node), address), ("SADD", self.keys.members, node))
@@ -313,9 +318,9 @@ class ShardedLeaseStore(LeaseStore):
                                seen_ttl: float = SEEN_TTL) -> list[int]:
         prefix, flag, ms = self.keys.prefix, "1" if log else "0", _ms(seen_ttl)
         replies = await self._scripts.run(self._save_one, [
-            (self.keys.lease(w.address), (prefix, node, flag, ms, w.address, str(w.epoch),
-                                          "0" if w.data is None else "1", w.data or b"",
-                                          b"" if w.seen is None else encode_seen(w.seen), w.note))
+            (self.keys.lease(w.address), (prefix, node, flag, ms, SEEN_PER_ADDRESS, w.address, str(w.epoch),
+                                          "0" if w.data is None else "1", w.data or b"", w.note,
+                                          *seen_args(w.seen)))
             for w in writes])
         return [int(x) for x in replies]
 

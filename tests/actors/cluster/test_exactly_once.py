@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 import pytest
 from hypothesis import given as hyp_given
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 import redis
 import redis.asyncio as aioredis
@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from actors.runtime.actor import ActorContext, HuddleActor
 from actors.runtime.builtin import CounterAdd, CounterGet
 from actors.cluster.dedupe import SeenIds
-from bus.cluster.leases import LeaseStore
+from bus.cluster.leases import RESEND_SEEN, SEEN_PER_ADDRESS, WRITTEN, CheckpointWrite, HandledIds, LeaseStore
 from bus.embedded import EmbeddedRedis
 from bus.envelope import Envelope
 from bus.messages import Message, Ping
@@ -47,12 +47,14 @@ def test_an_id_counts_as_handled_once_its_actor_is_handed_it_and_never_while_que
     seen = SeenIds(100, keep=10)
     given(seen, "counter:1", "m1", "m2", "m3")
     seen.handling("counter:1")  # m1 is being handled
-    assert seen.handled("counter:1") == ["m1"]  # a checkpoint its handler saves carries it
+    assert seen.handled("counter:1") == HandledIds(("m1",))  # a checkpoint its handler saves carries it
     seen.handling("counter:1")  # m2
     seen.handling("counter:1")  # m3
-    assert seen.handled("counter:1") == ["m1", "m2", "m3"]
+    # only what no write carried yet, appended after the newest id one did
+    assert seen.handled("counter:1") == HandledIds(("m2", "m3"), after="m1")
     given(seen, "counter:1", "m4")  # queued: not handled anywhere yet
-    assert seen.handled("counter:1") == ["m1", "m2", "m3"]
+    assert seen.handled("counter:1") is None  # nothing new
+    assert seen.handled("counter:1", whole=True) == HandledIds(("m1", "m2", "m3"), replace=True)
     assert not seen.first("m2", "counter:1")  # a copy
 
 
@@ -63,22 +65,23 @@ def test_a_forwarded_id_is_never_written_and_a_copy_of_it_is_a_first_delivery() 
     seen.forget("m1", "counter:1")  # the lease was lost before the handler ran: forwarded
     seen.forget("m3", "counter:1")  # queued behind a stop: forwarded
     seen.handling("counter:1")  # m2
-    assert seen.handled("counter:1") == ["m2"]
+    assert seen.handled("counter:1") == HandledIds(("m2",))
     assert seen.first("m1", "counter:1") and seen.first("m3", "counter:1")
 
 
-def test_restored_ids_drop_copies_and_travel_on_with_the_next_checkpoint() -> None:
+def test_restored_ids_drop_copies_and_the_next_writes_append_to_them() -> None:
     seen = SeenIds(100, keep=4)
-    seen.restore("counter:1", ["old1", "old2"])
+    seen.restore("counter:1", ["old1", "old2"])  # as Redis's list holds them
     assert not seen.first("old2", "counter:1")
     given(seen, "counter:1", "m1", "m2")
     for _ in range(2):
         seen.handling("counter:1")
-    assert seen.handled("counter:1") == ["old1", "old2", "m1", "m2"]  # the restored ones first
+    assert seen.handled("counter:1") == HandledIds(("m1", "m2"), after="old2")  # after the list's end
     given(seen, "counter:1", "m3", "m4")
     for _ in range(2):
         seen.handling("counter:1")
-    assert seen.handled("counter:1") == ["m1", "m2", "m3", "m4"]  # bounded: the oldest go first
+    assert seen.handled("counter:1") == HandledIds(("m3", "m4"), after="m2")
+    assert seen.handled("counter:1", whole=True).ids == ("m1", "m2", "m3", "m4")  # bounded: the oldest go first
     assert seen.first("old1", "counter:1")  # beyond the bound: a copy that late is handled again
 
 
@@ -86,26 +89,40 @@ def test_ids_no_checkpoint_carried_are_reported_until_written() -> None:
     seen = SeenIds(100, keep=10)
     given(seen, "echo:1", "m1", "m2")
     seen.handling("echo:1")  # m1, no checkpoint
-    (address, current, version, unwritten), = seen.unwritten()
-    assert (address, seen.ids(address), current, unwritten) == ("echo:1", [], "m1", False)  # m1 may still be running
+    assert seen.unwritten() == [("echo:1", "m1")]  # m1 may still be running
+    assert seen.take("echo:1", with_current=False) is None  # its actor is busy: nothing handled yet
     seen.handling("echo:1")  # m2: m1 is handled now
-    (_, current, version, unwritten), = seen.unwritten()
-    assert (seen.ids("echo:1"), current, unwritten) == (["m1"], "m2", True)
-    seen.written("echo:1", version, "m2")  # written, with m2 (its actor was parked)
+    assert seen.unwritten() == [("echo:1", "m2")]
+    assert seen.take("echo:1", with_current=True) == HandledIds(("m1", "m2"))  # its actor was parked
     assert seen.unwritten() == []
-    assert seen.handled("echo:1") == ["m1", "m2"]
+    assert seen.handled("echo:1") is None
+    assert seen.handled("echo:1", whole=True).ids == ("m1", "m2")
 
 
-def test_a_write_overtaken_by_a_newly_handled_message_leaves_it_unwritten() -> None:
+def test_a_message_written_while_running_is_not_written_again_once_handled() -> None:
     seen = SeenIds(100, keep=10)
     given(seen, "echo:1", "m1", "m2", "m3")
     seen.handling("echo:1")
     seen.handling("echo:1")  # m1 handled, m2 running
-    (_, _, version, _), = seen.unwritten()
-    seen.handling("echo:1")  # m2 handled before the snapshot's write was queued
-    seen.written("echo:1", version, None)
-    (_, _, _, unwritten), = seen.unwritten()
-    assert seen.ids("echo:1") == ["m1", "m2"] and unwritten
+    assert seen.take("echo:1", with_current=False) == HandledIds(("m1",))  # the actor is busy with m2
+    assert seen.handled("echo:1") == HandledIds(("m2",), after="m1")  # its handler saved a checkpoint
+    seen.handling("echo:1")  # m2 done, m3 running
+    assert seen.unwritten() == [("echo:1", "m3")]
+    assert seen.take("echo:1", with_current=False) is None  # m2 went with the checkpoint
+
+
+def test_a_refused_append_makes_the_next_write_the_whole_window() -> None:
+    seen = SeenIds(100, keep=3)
+    given(seen, "echo:1", "m1", "m2", "m3", "m4")
+    for _ in range(3):
+        seen.handling("echo:1")
+    assert seen.take("echo:1", with_current=True) == HandledIds(("m1", "m2", "m3"))
+    seen.resend("echo:1")  # the script: Redis's list does not end at m3
+    assert seen.unwritten() == [("echo:1", None)]
+    seen.handling("echo:1")  # m4
+    assert seen.take("echo:1", with_current=True) == HandledIds(("m2", "m3", "m4"), replace=True)
+    seen.handling("echo:1")
+    assert seen.handled("echo:1") is None and seen.unwritten() == []
 
 
 def test_untracked_addresses_are_deduplicated_on_this_node_only() -> None:
@@ -162,7 +179,7 @@ def test_the_ids_are_written_with_the_checkpoint_under_the_same_epoch_compare(st
     assert store.run(store.leases.save_checkpoint("counter:1", "n1", 7, state, seen=["m1", "m2"]))
     assert store.sync.get(store.keys.checkpoint("counter:1")) == state  # the state's format is unchanged
     assert store.run(store.leases.load_seen("counter:1")) == ["m1", "m2"]
-    assert 0 < store.sync.pttl(store.keys.seen("counter:1"))
+    assert 0 < store.sync.pttl(store.keys.handled("counter:1"))
     # The lease moved: neither the state nor the ids of the former owner land.
     store.hold("counter:1", "n2", 8)
     assert not store.run(store.leases.save_checkpoint("counter:1", "n1", 7, b"\x01", seen=["m3"]))
@@ -192,6 +209,71 @@ def test_a_checkpoint_stored_without_ids_still_loads(store: Store) -> None:
     assert store.run(store.leases.load_seen("counter:old")) == []  # unreadable: nothing dropped
 
 
+@pytest.mark.integration
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hyp_given(st.lists(st.tuples(st.sampled_from(["handle", "write", "lost", "in-doubt", "resent", "wiped"]),
+                              st.integers(1, 40)), max_size=30))
+def test_incremental_writes_leave_the_newest_ids_in_redis_across_lost_and_repeated_writes(
+        store: Store, steps: list[tuple[str, int]]) -> None:
+    """The node's side (:class:`SeenIds`, merging a write to send again with
+    the next as the checkpoint writer does) against the real script: a
+    write may be lost before Redis ran it, or run with its reply lost (both
+    sent again, merged with the next), or its append refused; Redis may
+    lose the list (then, as when it lost its data, the node writes the
+    whole window back: ``Cluster._reassert``). Redis never holds an id
+    twice or out of order, and once the writes go through it holds exactly
+    the newest handled ids."""
+    address = f"echo:{uuid.uuid4().hex[:8]}"
+    store.hold(address, "n1", 7)
+    seen = SeenIds(10_000)
+    order: list[str] = []
+    again: HandledIds | None = None  # a write to send again (lost, or its reply was)
+    wiped = False
+
+    def next_write() -> HandledIds | None:
+        nonlocal again
+        write = seen.take(address, with_current=True)
+        if again is not None:
+            write = again if write is None else again.then(write)
+        again = None
+        return write
+
+    def send(write: HandledIds) -> int:
+        [verdict] = store.run(store.leases.save_checkpoints([CheckpointWrite(address, 7, None, write)], "n1"))
+        return verdict
+
+    def stored() -> list[str]:
+        return [i.decode() for i in store.sync.lrange(store.keys.handled(address), 0, -1)]
+
+    for op, n in steps:
+        if op == "handle":
+            for _ in range(n):
+                msg_id = f"m{len(order)}"
+                order.append(msg_id)
+                assert seen.first(msg_id, address, track=True)
+                seen.handling(address)
+        elif op == "wiped":
+            store.sync.delete(store.keys.handled(address))
+            wiped = True
+        elif (write := next_write()) is not None:
+            if op == "lost":
+                again = write
+            elif op == "in-doubt":
+                send(write)
+                again = write
+            elif send(write) == RESEND_SEEN or op == "resent":
+                seen.resend(address)
+        ids = stored()
+        assert len(set(ids)) == len(ids)
+        assert ids == sorted(ids, key=order.index)  # in the order handled
+    if wiped and (window := seen.handled(address, whole=True)) is not None:
+        assert send(window) == WRITTEN  # the node's reassert
+    for _ in range(3):  # the writes go through: at most one refused append, then the window
+        if (write := next_write()) is not None and send(write) == RESEND_SEEN:
+            seen.resend(address)
+    assert stored() == order[-SEEN_PER_ADDRESS:]
+
+
 # -- nodes on a real Redis ---------------------------------------------------------------
 
 
@@ -215,10 +297,9 @@ class Recorder(HuddleActor):
 def stored_seen(rig: Rig, address: str) -> list[str]:
     raw = redis.Redis.from_url(rig.url)
     try:
-        data = raw.get(next(iter(rig.clusters.values())).leases.keys.seen(address))
+        return [i.decode() for i in raw.lrange(next(iter(rig.clusters.values())).leases.keys.handled(address), 0, -1)]
     finally:
         raw.close()
-    return msgpack.unpackb(data, raw=False) if data else []
 
 
 def duplicates(rig: Rig, node: str, address: str) -> list[str]:
@@ -386,8 +467,8 @@ def test_messages_queued_behind_a_checkpoint_are_forwarded_and_handled_once_by_t
 
 
 @settings(max_examples=200, deadline=None)
-@hyp_given(st.lists(st.tuples(st.sampled_from(["first", "handling", "handled", "written", "forget", "restore",
-                                                "drop"]),
+@hyp_given(st.lists(st.tuples(st.sampled_from(["first", "handling", "handled", "take", "resend", "forget",
+                                                "restore", "drop"]),
                               st.sampled_from(["a:1", "a:2", "a:3"]), st.integers(0, 30)), max_size=80))
 def test_what_is_unwritten_is_found_without_looking_at_every_address(ops: list[tuple[str, str, int]]) -> None:
     # unwritten() looks only at addresses that handled something since their
@@ -395,14 +476,9 @@ def test_what_is_unwritten_is_found_without_looking_at_every_address(ops: list[t
     # address finds.
     seen = SeenIds(1000, keep=8)
 
-    def scan() -> list[tuple[str, list[str], str | None, int, bool]]:
-        return sorted((a, list(e.handled), None if e.current_written else e.current, e.version, e.unwritten)
-                      for a, e in seen._addresses.items()
-                      if e.unwritten or (e.current is not None and not e.current_written))
-
-    def found() -> list[tuple[str, list[str], str | None, int, bool]]:
-        return sorted((a, seen.ids(a), current, version, unwritten)
-                      for a, current, version, unwritten in seen.unwritten())
+    def scan() -> list[tuple[str, str | None]]:
+        return sorted((a, None if e.current_written else e.current) for a, e in seen._addresses.items()
+                      if e.unsent or e.resync or (e.current is not None and not e.current_written))
 
     for op, address, n in ops:
         msg_id = f"m{n}"
@@ -412,14 +488,16 @@ def test_what_is_unwritten_is_found_without_looking_at_every_address(ops: list[t
             seen.handling(address)
         elif op == "handled":
             seen.handled(address)
-        elif op == "written":
-            for a, current, version, _unwritten in seen.unwritten():
+        elif op == "take":
+            for a, current in seen.unwritten():
                 if a == address:
-                    seen.written(a, version, current)
+                    seen.take(a, with_current=current is not None and n % 2 == 0)
+        elif op == "resend":
+            seen.resend(address)
         elif op == "forget":
             seen.forget(msg_id, address)
         elif op == "restore":
             seen.restore(address, [msg_id])
         else:
             seen.drop(address)
-        assert found() == scan()
+        assert sorted(seen.unwritten()) == scan()

@@ -20,7 +20,7 @@ CONSTANTS = dict(re.findall(r"local (\w+) = P \.\. '(\w+)'", PRELUDE))
 
 def test_the_prelude_is_read() -> None:
     assert set(HELPERS) == {"node", "held", "backlogged"}
-    assert set(TAGGED) == {"lease", "spec", "ckpt", "issued", "seen", "backlog"}
+    assert set(TAGGED) == {"lease", "spec", "ckpt", "issued", "handled", "seen", "backlog"}
     assert set(CONSTANTS) == {"UNOWNED", "MEMBERS", "ERA", "FENCING"}
 
 
@@ -31,8 +31,8 @@ def test_each_per_node_key_is_named_alike_on_both_sides(helper: str, method: str
 
 
 @pytest.mark.parametrize("helper, method", [
-    ("lease", "lease"), ("spec", "spec"), ("ckpt", "checkpoint"), ("issued", "issued"), ("seen", "seen"),
-    ("backlog", "backlog"),
+    ("lease", "lease"), ("spec", "spec"), ("ckpt", "checkpoint"), ("issued", "issued"), ("handled", "handled"),
+    ("seen", "seen"), ("backlog", "backlog"),
 ])
 def test_each_per_address_key_is_named_alike_and_tagged_with_the_address(helper: str, method: str) -> None:
     keys = ClusterKeys("ns1:")
@@ -45,7 +45,7 @@ def test_every_key_of_an_address_hashes_to_the_address_slot() -> None:
     keys = ClusterKeys("ns1:")
     for address in ("meeting:m-1", "counter:7", "session:s.1/x"):
         slots = {channel_slot(getattr(keys, m)(address))
-                 for m in ("lease", "spec", "checkpoint", "issued", "seen", "backlog", "fencing_of")}
+                 for m in ("lease", "spec", "checkpoint", "issued", "handled", "seen", "backlog", "fencing_of")}
         assert slots == {channel_slot(address)}
 
 
@@ -59,7 +59,7 @@ def test_each_fixed_key_is_named_alike_on_both_sides(constant: str, prop: str) -
 
 def test_two_namespaces_share_no_key() -> None:
     a, b = ClusterKeys("a:"), ClusterKeys("b:")
-    names = ["lease", "node", "held", "spec", "checkpoint", "issued", "seen", "backlog", "backlogged"]
+    names = ["lease", "node", "held", "spec", "checkpoint", "issued", "handled", "seen", "backlog", "backlogged"]
     fixed = ["unowned", "members", "era", "fencing"]
     of = lambda k: {getattr(k, n)("x:1") for n in names} | {getattr(k, n) for n in fixed}  # noqa: E731
     assert len(of(a)) == len(names) + len(fixed)

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import threading
 
+import msgpack
 import redis.asyncio as aioredis
 
-from bus.cluster.leases import NO_LEASE, REFUSED, WRITTEN, CheckpointWrite, LeaseStore
+from bus.cluster.leases import (
+    NO_LEASE,
+    REFUSED,
+    RESEND_SEEN,
+    SEEN_PER_ADDRESS,
+    WRITTEN,
+    CheckpointWrite,
+    HandledIds,
+    LeaseStore,
+)
 from bus.cluster.messages import LeaseChange
 from bus.cluster.sharded_store import lease_store_for
 from bus.store_client import store_client
@@ -349,7 +359,6 @@ def test_claiming_many_addresses_is_one_round_trip_and_brings_what_each_needs(cr
     """One server: the claims are one script. (On a cluster, one round trip
     per shard: the cluster pipeline's, tested by redis-py.)"""
     cr = cr1
-    from bus.cluster.leases import encode_seen
 
     async def connect() -> aioredis.Redis:
         return aioredis.Redis(connection_pool=aioredis.ConnectionPool.from_url(
@@ -365,7 +374,7 @@ def test_claiming_many_addresses_is_one_round_trip_and_brings_what_each_needs(cr
         cr.run(store.claim("a:2", "n3", ttl=5))
         cr.kill("n3")  # a dead holder's lease is taken
         cr.sync.set(cr.keys.checkpoint("a:3"), b"state-3")
-        cr.sync.set(cr.keys.seen("a:3"), encode_seen(["m1", "m2"]))
+        cr.sync.set(cr.keys.seen("a:3"), msgpack.packb(["m1", "m2"]))  # as a former version wrote them
         cr.sync.set(cr.keys.spec("a:3"), b"args-3")
         cr.sync.xadd(cr.keys.backlog("a:4"), {"e": b"waiting"})
         addresses = [f"a:{i}" for i in range(1, 301)]
@@ -432,3 +441,78 @@ def test_a_lease_written_back_brings_its_state_and_the_ids_that_state_includes(c
                                     seen=["m1", "m2"]))
     assert cr.run(cr.leases.load_checkpoint("a:1")) == b"state"
     assert cr.run(cr.leases.load_seen("a:1")) == ["m1", "m2"]
+
+
+def _ids(cr: ClusterRedis, address: str) -> list[str]:
+    return [i.decode() for i in cr.sync.lrange(cr.keys.handled(address), 0, -1)]
+
+
+def test_handled_ids_are_appended_a_few_at_a_time_and_a_retry_appends_nothing_twice(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+
+    def write(seen: HandledIds, data: bytes | None = None) -> int:
+        [verdict] = cr.run(cr.leases.save_checkpoints([CheckpointWrite("a:1", lease.epoch, data, seen)], "n1"))
+        return verdict
+
+    assert write(HandledIds(("m1", "m2"))) == WRITTEN  # the first: nothing before it
+    assert write(HandledIds(("m3",), after="m2")) == WRITTEN
+    assert _ids(cr, "a:1") == ["m1", "m2", "m3"]
+    assert write(HandledIds(("m3",), after="m2")) == WRITTEN  # sent again: its reply was lost
+    assert _ids(cr, "a:1") == ["m1", "m2", "m3"]
+    assert write(HandledIds(("m3", "m4"), after="m2")) == WRITTEN  # a retry merged with the next write
+    assert _ids(cr, "a:1") == ["m1", "m2", "m3", "m4"]
+    # Not where the writer believes the list ends: the state is written, the
+    # ids are not, and the writer is told to send the whole window.
+    assert write(HandledIds(("m10",), after="m9"), b"state") == RESEND_SEEN
+    assert _ids(cr, "a:1") == ["m1", "m2", "m3", "m4"]
+    assert cr.run(cr.leases.load_checkpoint("a:1")) == b"state"
+    assert write(HandledIds(("m4", "m9", "m10"), replace=True)) == WRITTEN
+    assert _ids(cr, "a:1") == ["m4", "m9", "m10"]
+    assert 0 < cr.sync.pttl(cr.keys.handled("a:1"))
+    many = tuple(f"x{i}" for i in range(SEEN_PER_ADDRESS + 40))
+    assert write(HandledIds(many, after="m10")) == WRITTEN
+    assert _ids(cr, "a:1") == list(many[-SEEN_PER_ADDRESS:])  # bounded: the newest stay
+    # The single-write form counts a write whose ids must be resent as written.
+    assert cr.run(cr.leases.save_checkpoint("a:1", "n1", lease.epoch, b"next", seen=HandledIds(("y",), after="?")))
+    # The next owner reads them with its claim.
+    cr.kill("n1")
+    cr.heartbeat("n2")
+    assert cr.run(cr.leases.claim("a:1", "n2", ttl=5)).seen == many[-SEEN_PER_ADDRESS:]
+
+
+def test_an_append_to_a_list_redis_no_longer_holds_is_refused(cr: ClusterRedis) -> None:
+    cr.heartbeat("n1")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    write = lambda seen: cr.run(cr.leases.save_checkpoints(  # noqa: E731
+        [CheckpointWrite("a:1", lease.epoch, None, seen)], "n1"))[0]
+    assert write(HandledIds(("m1",))) == WRITTEN
+    cr.sync.delete(cr.keys.handled("a:1"))  # lapsed, or Redis lost it
+    assert write(HandledIds(("m2",), after="m1")) == RESEND_SEEN
+    assert not cr.sync.exists(cr.keys.handled("a:1"))
+    assert write(HandledIds(("m1", "m2"), replace=True)) == WRITTEN
+    assert _ids(cr, "a:1") == ["m1", "m2"]
+    # A former owner's write of ids is refused like its state.
+    cr.kill("n1")
+    cr.heartbeat("n2")
+    cr.run(cr.leases.claim("a:1", "n2", ttl=5))
+    assert write(HandledIds(("m3",), after="m2")) == REFUSED
+    assert _ids(cr, "a:1") == ["m1", "m2"]
+
+
+def test_ids_a_former_version_wrote_are_read_and_replaced_by_the_whole_window(cr: ClusterRedis) -> None:
+    """A rolling upgrade: the old format (one msgpack value under ``seen``)
+    is read by a claim and by ``load_seen``; the first append after it is
+    refused (no list yet), and the whole window replaces both."""
+    cr.heartbeat("n1")
+    cr.sync.set(cr.keys.seen("a:1"), msgpack.packb(["old1", "old2"]))
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    assert lease.seen == ("old1", "old2")
+    assert cr.run(cr.leases.load_seen("a:1")) == ["old1", "old2"]
+    [verdict] = cr.run(cr.leases.save_checkpoints(
+        [CheckpointWrite("a:1", lease.epoch, None, HandledIds(("m1",), after="old2"))], "n1"))
+    assert verdict == RESEND_SEEN
+    [verdict] = cr.run(cr.leases.save_checkpoints(
+        [CheckpointWrite("a:1", lease.epoch, None, HandledIds(("old1", "old2", "m1"), replace=True))], "n1"))
+    assert verdict == WRITTEN
+    assert _ids(cr, "a:1") == ["old1", "old2", "m1"] and not cr.sync.exists(cr.keys.seen("a:1"))
