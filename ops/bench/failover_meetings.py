@@ -30,6 +30,9 @@ figures:
   lost                   captions pushed during the failover to sessions of
                          the surviving meetings (online and subscribed at the
                          push) that never reached the application
+  redis_in_mb, redis_in_kb_per_s   bytes Redis read from its clients from
+                         the kill until the last meeting is back (in all,
+                         and per second of it)
   cpu_s_*                CPU seconds from the kill until the last meeting
                          was back: the surviving nodes, the service, Redis
                          and this process (it polls the service and hears
@@ -268,6 +271,7 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
     cpu = CpuShare({"survivors": [w.pid for w in fleet.workers if w is not victim],
                     "dataserver": [fleet.ds.pid], "redis": [fleet.redis.pid or 0], "driver": [os.getpid()]})
     profiles = [Profile(w.pid, "failover-meetings", w.node_id).start() for w in fleet.workers if w is not victim]
+    redis_in = int(probe.info("stats")["total_net_input_bytes"])
     killed_wall = time.time()
     fault_at = victim.kill()
     back_at: dict[SessionKey, float] = {}  # wall clock
@@ -305,6 +309,7 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
             _PAUSE.wait(POLL_S)
         recovered_at = time.monotonic()
         cpu_s = cpu.seconds()
+        redis_in = int(probe.info("stats")["total_net_input_bytes"]) - redis_in
         for profile in profiles:
             profile.stop()
         acquired = {}
@@ -333,6 +338,7 @@ def run(fleet: Fleet, n: int) -> tuple[dict[str, float], dict[str, float], dict[
                "sessions_moved": len(keys), "survivor_leases_lost": len(leases_lost), "lost": lost,
                "captions_expected": expected_total, "settle_s": settle_s,
                "recovery_wall_s": recovered_at - fault_at, **{f"cpu_s_{k}": v for k, v in cpu_s.items()},
+               "redis_in_mb": round(redis_in / 1e6, 2), "redis_in_kb_per_s": round(redis_in / 1e3 / (recovered_at - fault_at)),
                **stages}
     baseline = {"detection_s": detection, "lease_ttl_s": LEASE_TTL_S}
     return figures, baseline, dict(Counter(f"{e.node}:{e.reason}" for e in leases_lost))
