@@ -78,6 +78,8 @@ def _load_contracts() -> None:
 def cmd_node(args: argparse.Namespace) -> int:
     from actors.runtime.builtin import Echo, Relay
     from ops import cluster_command as cluster_cli
+    from actors.runtime.gcpolicy import GcWatch
+    from actors.runtime.gcpolicy import tune as tune_gc
     from actors.runtime.metrics import MetricsPublisher
     from actors.runtime.node import Node, default_node_id
     from ops.prometheus import serve_metrics
@@ -150,6 +152,11 @@ def cmd_node(args: argparse.Namespace) -> int:
         # This node starts meeting trees by itself (placement, failover) when it hosts meetings.
         factories = {TREE_KIND: meetings.tree} if meetings is not None else {}
         cluster = cluster_cli.join_cluster(node, url, args, stop, factories)
+    gc_watch = GcWatch()
+    gc_watch.install()
+    gc_watch.add_gauges(node.metrics)
+    if args.gc == "tuned":
+        tune_gc()  # start-up is done: what exists now lives as long as the process
     try:
         try:
             node.start()
@@ -404,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="serve Prometheus figures at http://HOST:PORT/metrics (0: any free port, printed)")
     node.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                       help="address the metrics endpoint binds (default 127.0.0.1)")
+    node.add_argument("--gc", choices=("tuned", "default"), default="tuned",
+                      help="the garbage collector: 'tuned' (default: young collections every 50,000 allocations, "
+                      "start-up's objects frozen out of full collections) or Python's 'default' thresholds; "
+                      "either way its pauses are node gauges (gc_pause_max_s, gc_seconds)")
     from ops.cluster_command import add_node_options
 
     add_node_options(node)

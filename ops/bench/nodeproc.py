@@ -53,6 +53,7 @@ from common import Profile
 
 from actors.runtime.actor import ActorContext, HuddleActor
 from actors.runtime.builtin import Echo
+from actors.runtime.gcpolicy import tune as tune_gc
 from actors.runtime.node import Node
 from bus.envelope import Codec, Envelope
 from bus.messages import Message, Ping, Pong, message_kind
@@ -431,6 +432,8 @@ def serve(args: argparse.Namespace) -> int:
     transport = transport_for(args.redis_url, name=args.node_id)  # one server, or a Redis Cluster (redis-cluster)
     # Signed envelopes when $HUDDLE_CLUSTER_KEY is set (tell-remote measures both).
     node = Node(transport, node_id=args.node_id, codec=Codec(signer=cluster_signer()))
+    if args.gc == "tuned":
+        tune_gc()  # as a `huddle node` process does
     node.start()
     try:
         if args.role == "sink":
@@ -503,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", type=int, default=1000, help="sender: how many sink addresses")
     parser.add_argument("--payload", type=int, default=100, help="sender: Ping payload bytes")
     parser.add_argument("--echo", action="append", default=[], help="echo: address to host an Echo at")
+    parser.add_argument("--gc", choices=("tuned", "default"), default="tuned",
+                        help="the collector as `huddle node --gc` sets it (default: tuned)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("HUDDLE_LOG", "WARNING"), stream=sys.stderr,
                         format=f"%(asctime)s {args.node_id} %(levelname)s %(name)s: %(message)s")

@@ -79,6 +79,9 @@ def test_node_processes_publish_metrics_and_monitor_once_json_shows_them(
     published = metrics_log.wait_for(lambda m: m.node == a.node_id and m.received_total >= 6, "of node A's asks")
     assert published.actors_by_kind == {"echo": 1, "meeting": 1}
     assert published.interval > 0 and published.mailbox_depth_max >= 0
+    # The collector's work: the start-up collection before the freeze at least.
+    assert published.gauges["gc_collections"] >= 1 and published.gauges["gc_seconds"] > 0
+    assert "gc_pause_max_s" in published.gauges
 
     monitor = commands("monitor", "--once", "--json", "--min-nodes", "2", "--timeout", str(DEADLINE),
                        env={"REDIS_URL": redis_url})
@@ -126,6 +129,7 @@ def test_prometheus_endpoint_of_a_node_process_is_scraped_over_http(
     assert samples[("huddle_messages_received_total", me)] >= 3
     assert samples[("huddle_messages_sent_total", me)] >= 3  # the pongs
     assert ("huddle_mailbox_depth_p99", me) in samples and ("huddle_restarts_total", me) in samples
+    assert samples[("huddle_gc_collections", me)] >= 1 and ("huddle_gc_pause_max_s", me) in samples
 
 
 # -- huddle tap ---------------------------------------------------------------------
