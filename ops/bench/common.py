@@ -59,9 +59,29 @@ def report(args: argparse.Namespace, figures: dict[str, float], baseline: dict[s
     out = Path(args.json_out) if args.json_out else RESULTS / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"benchmark": args.name, "quick": args.quick, "cpus": os.cpu_count(),
-            "python": platform.python_version(), **(notes or {})}
+            "python": platform.python_version(), "node_gc": node_gc(), **(notes or {})}
     out.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
     print(f"(written to {out})", file=sys.stderr)
+
+
+def node_gc() -> str:
+    """How the huddle node processes of a benchmark set the collector: as
+    ``huddle node`` does (``tuned``), or Python's ``default`` with
+    ``HUDDLE_BENCH_GC=default`` (to compare the two). Baselines never change
+    theirs."""
+    value = os.environ.get("HUDDLE_BENCH_GC", "tuned")
+    if value not in ("tuned", "default"):
+        raise SystemExit(f"HUDDLE_BENCH_GC must be 'tuned' or 'default', not {value!r}")
+    return value
+
+
+def tune_node_gc() -> None:
+    """In a benchmark process that hosts a huddle node: :func:`node_gc`'s
+    setting (call it once start-up is done)."""
+    if node_gc() == "tuned":
+        from actors.runtime.gcpolicy import tune
+
+        tune()
 
 
 class CpuShare:

@@ -63,7 +63,7 @@ from typing import Any
 
 import redis
 from clusterproc import percentile, workdir
-from common import CpuShare, Profile, parse_args, report
+from common import CpuShare, Profile, node_gc, parse_args, report
 
 from actors.cluster import Cluster, ClusterConfig
 from actors.sessions.contracts import datachannel as dc
@@ -136,7 +136,7 @@ class Fleet:
         token_file.write_text(ACCESS_TOKEN + "\n")
         key_file = write_new_cluster_key(tmp / "cluster.key")
         extra = ("--cluster", "--heartbeat", str(HEARTBEAT_S), "--lease-ttl", str(LEASE_TTL_S), "--sweep", "1",
-                 "--meetings-token-file", str(token_file), "--cluster-key-file", str(key_file))
+                 "--meetings-token-file", str(token_file), "--cluster-key-file", str(key_file), "--gc", node_gc())
         quiet = {"HUDDLE_LOG": os.environ.get("HUDDLE_LOG", "ERROR")}
         self.workers = [NodeProcess.start(w, self.redis.url, tmp, ["--meetings", *extra], env=quiet) for w in WORKERS]
         for worker in self.workers:

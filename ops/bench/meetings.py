@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from common import CpuShare, close_sockets, parse_args, ratio, report
+from common import CpuShare, close_sockets, node_gc, parse_args, ratio, report
 from websockets.asyncio.client import ClientConnection, connect
 
 import actors.sessions.contracts.meeting as mt
@@ -80,7 +80,7 @@ class MeetingNodes:
 
     def __init__(self, url: str, workdir: Path) -> None:
         self.ids = [f"bench-n{i}" for i in range(NODES)]
-        self.nodes = [NodeProcess.start(node_id, url, workdir, ["--meetings", "--metrics-interval", "0.5"],
+        self.nodes = [NodeProcess.start(node_id, url, workdir, ["--meetings", "--metrics-interval", "0.5", "--gc", node_gc()],
                                         env={"HUDDLE_LOG": "ERROR"}) for node_id in self.ids]
         for node in self.nodes:
             node.wait_ready()

@@ -49,11 +49,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from common import Profile
+from common import Profile, tune_node_gc
 
 from actors.runtime.actor import ActorContext, HuddleActor
 from actors.runtime.builtin import Echo
-from actors.runtime.gcpolicy import tune as tune_gc
 from actors.runtime.node import Node
 from bus.envelope import Codec, Envelope
 from bus.messages import Message, Ping, Pong, message_kind
@@ -432,8 +431,7 @@ def serve(args: argparse.Namespace) -> int:
     transport = transport_for(args.redis_url, name=args.node_id)  # one server, or a Redis Cluster (redis-cluster)
     # Signed envelopes when $HUDDLE_CLUSTER_KEY is set (tell-remote measures both).
     node = Node(transport, node_id=args.node_id, codec=Codec(signer=cluster_signer()))
-    if args.gc == "tuned":
-        tune_gc()  # as a `huddle node` process does
+    tune_node_gc()  # as a `huddle node` process does (HUDDLE_BENCH_GC)
     node.start()
     try:
         if args.role == "sink":
@@ -506,8 +504,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", type=int, default=1000, help="sender: how many sink addresses")
     parser.add_argument("--payload", type=int, default=100, help="sender: Ping payload bytes")
     parser.add_argument("--echo", action="append", default=[], help="echo: address to host an Echo at")
-    parser.add_argument("--gc", choices=("tuned", "default"), default="tuned",
-                        help="the collector as `huddle node --gc` sets it (default: tuned)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("HUDDLE_LOG", "WARNING"), stream=sys.stderr,
                         format=f"%(asctime)s {args.node_id} %(levelname)s %(name)s: %(message)s")

@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 import psutil
-from common import close_sockets
+from common import close_sockets, tune_node_gc
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -83,6 +83,7 @@ class HuddleFleet:
     def __init__(self, server: DataServerProcess) -> None:
         raise_open_file_limit()
         self.server = server
+        tune_node_gc()  # this process hosts a huddle node (HUDDLE_BENCH_GC)
         self.node = Node(InProcessTransport(InProcessHub(), name="bench"), node_id="bench-sessions").start()
         self.connector = WebSocketConnector(self.node.io)
         self.node.spawn(OWNER, _Sink)
