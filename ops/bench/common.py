@@ -59,29 +59,50 @@ def report(args: argparse.Namespace, figures: dict[str, float], baseline: dict[s
     out = Path(args.json_out) if args.json_out else RESULTS / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"benchmark": args.name, "quick": args.quick, "cpus": os.cpu_count(),
-            "python": platform.python_version(), "node_gc": node_gc(), **(notes or {})}
+            "python": platform.python_version(), "node_gc": node_gc(), "baseline_gc": baseline_gc(),
+            **(notes or {})}
     out.write_text(json.dumps({**result, "meta": meta}, indent=2) + "\n")
     print(f"(written to {out})", file=sys.stderr)
+
+
+def _gc_setting(variable: str, default: str) -> str:
+    value = os.environ.get(variable, default)
+    if value not in ("tuned", "default"):
+        raise SystemExit(f"{variable} must be 'tuned' or 'default', not {value!r}")
+    return value
 
 
 def node_gc() -> str:
     """How the huddle node processes of a benchmark set the collector: as
     ``huddle node`` does (``tuned``), or Python's ``default`` with
-    ``HUDDLE_BENCH_GC=default`` (to compare the two). Baselines never change
-    theirs."""
-    value = os.environ.get("HUDDLE_BENCH_GC", "tuned")
-    if value not in ("tuned", "default"):
-        raise SystemExit(f"HUDDLE_BENCH_GC must be 'tuned' or 'default', not {value!r}")
-    return value
+    ``HUDDLE_BENCH_GC=default`` (to compare the two)."""
+    return _gc_setting("HUDDLE_BENCH_GC", "tuned")
+
+
+def baseline_gc() -> str:
+    """How a baseline process sets the collector: Python's ``default``, as
+    the bare program it stands for would; ``HUDDLE_BENCH_BASELINE_GC=tuned``
+    gives it huddle's settings too (``sessions``, ``storm``), to see what of
+    a ratio is the collector."""
+    return _gc_setting("HUDDLE_BENCH_BASELINE_GC", "default")
+
+
+def _tune(setting: str) -> None:
+    if setting == "tuned":
+        from actors.runtime.gcpolicy import tune
+
+        tune()
 
 
 def tune_node_gc() -> None:
     """In a benchmark process that hosts a huddle node: :func:`node_gc`'s
     setting (call it once start-up is done)."""
-    if node_gc() == "tuned":
-        from actors.runtime.gcpolicy import tune
+    _tune(node_gc())
 
-        tune()
+
+def tune_baseline_gc() -> None:
+    """In a baseline process: :func:`baseline_gc`'s setting."""
+    _tune(baseline_gc())
 
 
 class CpuShare:

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from common import parse_args, ratio, report
+from common import parse_args, ratio, report, tune_baseline_gc
 from session_fleet import (
     BareFleet,
     HuddleFleet,
@@ -96,10 +96,15 @@ def main() -> None:
            notes={"idle_window_s": idle_s, "load_avg_1m_at_start": load})
 
 
+def _bare_child(run: Any) -> dict[str, float]:
+    tune_baseline_gc()  # Python's default unless HUDDLE_BENCH_BASELINE_GC=tuned
+    return run()
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         kind, count, idle = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-        result: dict[str, Any] = measure_huddle(count, idle) if kind == "huddle" else asyncio.run(_bare(count, idle))
+        result: dict[str, Any] = measure_huddle(count, idle) if kind == "huddle" else _bare_child(lambda: asyncio.run(_bare(count, idle)))
         print(json.dumps(result))
         sys.stdout.flush()
         os._exit(0)  # thousands of sockets and actors: no orderly shutdown needed after a measurement
