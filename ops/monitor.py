@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from actors.runtime.gcpolicy import GC_PAUSE_MAX
 from actors.runtime.metrics import LEASE_RENEW_LATENCY, NodeMetrics
 from bus.address import SYS_EVENTS, SYS_METRICS, SYS_NODES, channel_for
 from bus.envelope import Codec, Envelope
@@ -182,24 +183,27 @@ def render(snapshot: dict[str, Any], title: str = "huddle monitor") -> Any:
     nodes = Table(title="nodes", title_justify="left", expand=False)
     for column, justify in (("node", "left"), ("seen", "right"), ("actors", "right"), ("kinds", "left"),
                             ("in/s", "right"), ("out/s", "right"), ("mbox max/p99", "right"),
-                            ("restarts", "right"), ("dead letters", "left"), ("lease", "right")):
+                            ("restarts", "right"), ("dead letters", "left"), ("lease", "right"),
+                            ("gc pause", "right")):
         nodes.add_column(column, justify=justify)  # type: ignore[arg-type]
     for entry in snapshot["nodes"]:
         seen = f"{entry['age_s']:.1f}s"
         m = entry["metrics"]
         style = "dim" if entry["stale"] else None
         if m is None:
-            nodes.add_row(entry["node"], seen, "-", "", "", "", "", "", "", "", style=style)
+            nodes.add_row(entry["node"], seen, "-", "", "", "", "", "", "", "", "", style=style)
             continue
         by_kind = ", ".join(f"{k} {n}" for k, n in m["actors_by_kind"].items())
         dead = ", ".join(f"{r} {n}" for r, n in m["dead_letters_by_reason"].items()) or "0"
         lease = m["gauges"].get(LEASE_RENEW_LATENCY)
+        gc_pause = m["gauges"].get(GC_PAUSE_MAX)
         actors = str(m["actors"]) + (f" ({m['actors_age']:.0f}s old)" if m["actors_age"] >= OLD_SCAN else "")
         nodes.add_row(
             entry["node"] + (" (stale)" if entry["stale"] else ""), seen, actors, by_kind,
             _rate(m["received_per_s"]), _rate(m["sent_per_s"]),
             f"{m['mailbox_depth_max']}/{m['mailbox_depth_p99']}", str(m["restarts_total"]), dead,
-            "-" if lease is None else f"{lease * 1000:.1f} ms", style=style,
+            "-" if lease is None else f"{lease * 1000:.1f} ms",
+            "-" if gc_pause is None else f"{gc_pause * 1000:.0f} ms", style=style,
         )
     events = Table(title="recent events", title_justify="left", expand=False)
     for column in ("time", "node", "event", "address", "reason"):

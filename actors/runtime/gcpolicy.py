@@ -31,7 +31,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["YOUNG_THRESHOLD", "GcWatch", "tune"]
+__all__ = ["GC_PAUSE_MAX", "YOUNG_THRESHOLD", "GcWatch", "tune"]
+
+#: The gauge of the longest collection pause since the previous sample (s).
+GC_PAUSE_MAX = "gc_pause_max_s"
 
 #: Container allocations (net) between two young collections.
 YOUNG_THRESHOLD = 50_000
@@ -101,7 +104,7 @@ class GcWatch:
         function that removes them."""
         removers = [metrics.add_source("gc_collections", lambda: self.collections),
                     metrics.add_source("gc_seconds", lambda: self.seconds),
-                    metrics.add_source("gc_pause_max_s", self.longest_pause)]
+                    metrics.add_source(GC_PAUSE_MAX, self.longest_pause)]
 
         def remove() -> None:
             for r in removers:

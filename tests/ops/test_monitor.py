@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
+from actors.runtime.gcpolicy import GC_PAUSE_MAX
 from actors.runtime.metrics import LEASE_RENEW_LATENCY, NodeMetrics
 from ops.monitor import MonitorState, render
 from bus.address import SYS_EVENTS, SYS_METRICS, SYS_NODES
@@ -94,17 +95,18 @@ def test_what_does_not_decode_is_counted_by_reason_only() -> None:
     assert snap["messages"] == 3 and snap["nodes"] == []
 
 
-def test_render_shows_nodes_kinds_rates_lease_latency_and_events() -> None:
+def test_render_shows_nodes_kinds_rates_lease_latency_gc_pauses_and_events() -> None:
     state = MonitorState()
     state.observe(SYS_METRICS, metrics("node-a", 50.0, interval=1.0, actors=2, actors_by_kind={"meeting": 2},
                                        received_per_s=12_345.0, mailbox_depth_max=9, mailbox_depth_p99=1,
                                        dead_letters_by_reason={"mailbox-full": 3},
-                                       gauges={LEASE_RENEW_LATENCY: 0.0021}, actors_age=7.2), now=50.0)
+                                       gauges={LEASE_RENEW_LATENCY: 0.0021, GC_PAUSE_MAX: 0.087},
+                                       actors_age=7.2), now=50.0)
     state.observe(SYS_EVENTS, event("node-a", "restarted", "meeting:m-42", ts=50.0), now=50.0)
     state.refused("unsigned")
     out = io.StringIO()
     Console(file=out, width=200).print(render(state.snapshot(now=50.2)))
     text = out.getvalue()
-    for expected in ("node-a", "2 (7s old)", "meeting 2", "12.3k", "9/1", "mailbox-full 3", "2.1 ms", "restarted",
+    for expected in ("node-a", "2 (7s old)", "meeting 2", "12.3k", "9/1", "mailbox-full 3", "2.1 ms", "87 ms", "restarted",
                      "meeting:m-42", "undecodable: unsigned 1", "1/1 nodes live"):
         assert expected in text, expected
