@@ -31,10 +31,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["GC_PAUSE_MAX", "YOUNG_THRESHOLD", "GcWatch", "tune"]
+from actors.runtime.metrics import GC_COLLECTIONS, GC_PAUSE_MAX, GC_SECONDS
 
-#: The gauge of the longest collection pause since the previous sample (s).
-GC_PAUSE_MAX = "gc_pause_max_s"
+__all__ = ["GC_PAUSE_MAX", "YOUNG_THRESHOLD", "GcWatch", "tune"]
 
 #: Container allocations (net) between two young collections.
 YOUNG_THRESHOLD = 50_000
@@ -102,8 +101,8 @@ class GcWatch:
         ``gc_pause_max_s`` (the longest since the previous sample) on a
         :class:`~actors.runtime.metrics.MetricsRegistry`; returns the
         function that removes them."""
-        removers = [metrics.add_source("gc_collections", lambda: self.collections),
-                    metrics.add_source("gc_seconds", lambda: self.seconds),
+        removers = [metrics.add_source(GC_COLLECTIONS, lambda: self.collections),
+                    metrics.add_source(GC_SECONDS, lambda: self.seconds),
                     metrics.add_source(GC_PAUSE_MAX, self.longest_pause)]
 
         def remove() -> None:

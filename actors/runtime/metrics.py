@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = [
     "BUS_RECONNECTS",
     "LEASE_RENEW_LATENCY",
+    "GC_COLLECTIONS",
+    "GC_PAUSE_MAX",
+    "GC_SECONDS",
     "NODE_GAUGES",
     "ActorScan",
     "MetricsPublisher",
@@ -71,8 +74,13 @@ DEFAULT_INTERVAL = 1.0
 LEASE_RENEW_LATENCY = "lease_renew_latency_s"
 #: Gauge every node reports: how often its bus connection came back.
 BUS_RECONNECTS = "bus_reconnects"
+#: Gauges of the garbage collector in a ``huddle node`` process
+#: (:class:`actors.runtime.gcpolicy.GcWatch`): collections and the seconds
+#: they took since the watch began, and the longest pause since the
+#: previous sample.
+GC_COLLECTIONS, GC_SECONDS, GC_PAUSE_MAX = "gc_collections", "gc_seconds", "gc_pause_max_s"
 #: Every gauge some part of a node may report (dashboards and alerts use these).
-NODE_GAUGES = (LEASE_RENEW_LATENCY, BUS_RECONNECTS)
+NODE_GAUGES = (LEASE_RENEW_LATENCY, BUS_RECONNECTS, GC_COLLECTIONS, GC_SECONDS, GC_PAUSE_MAX)
 """The gauge name under which the cluster layer reports how long its last
 lease renewal round trip took, in seconds."""
 
