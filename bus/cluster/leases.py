@@ -240,6 +240,12 @@ def _handled(seen: Sequence[str] | HandledIds | None) -> HandledIds | None:
     return HandledIds.window(seen)
 
 
+def window_ids(seen: Sequence[str] | HandledIds | None) -> tuple[str, ...]:
+    """The ids a whole-window write (a lease written back) sends."""
+    handled = _handled(seen)
+    return () if handled is None else handled.ids[-SEEN_PER_ADDRESS:]
+
+
 def seen_args(seen: Sequence[str] | HandledIds | None) -> list[Any]:
     """A write's handled ids as :func:`~bus.cluster.lua` ``save_write``
     takes them: mode, after, n, then the ids."""
@@ -446,7 +452,7 @@ class LeaseStore:
         return bool(reply)
 
     async def restore(self, address: str, node: str, epoch: int, *, ttl: float, spec: bytes | None = None,
-                      checkpoint: bytes | None = None, seen: Sequence[str] | None = None,
+                      checkpoint: bytes | None = None, seen: Sequence[str] | HandledIds | None = None,
                       seen_ttl: float = SEEN_TTL) -> bool:
         """After Redis lost its data: write our lease back under the same
         epoch if nobody claimed the address meanwhile (True), with its spec,
@@ -455,7 +461,7 @@ class LeaseStore:
         announcement = self._announcement(LeaseChange(address=address, node=node, change="restored", epoch=epoch))
         reply = await self._restore(args=[self.keys.prefix, address, node, str(epoch), _ms(ttl), self.channel,
                                           announcement, spec or b"", checkpoint or b"", _ms(seen_ttl),
-                                          SEEN_PER_ADDRESS, *list(seen or ())[-SEEN_PER_ADDRESS:]])
+                                          SEEN_PER_ADDRESS, *window_ids(seen)])
         return bool(reply)
 
     async def save_checkpoint(self, address: str, node: str, epoch: int, data: bytes | None, *, log: bool = False,

@@ -80,6 +80,7 @@ from bus.cluster.leases import (
     SEEN_TTL,
     CheckpointWrite,
     ClaimResult,
+    HandledIds,
     LeaseStore,
     ReleaseMode,
     RenewResult,
@@ -88,6 +89,7 @@ from bus.cluster.leases import (
     _ms,
     _text,
     seen_args,
+    window_ids,
 )
 from bus.cluster.lua import script
 from bus.cluster.messages import LeaseChange
@@ -301,12 +303,12 @@ class ShardedLeaseStore(LeaseStore):
         return True
 
     async def restore(self, address: str, node: str, epoch: int, *, ttl: float, spec: bytes | None = None,
-                      checkpoint: bytes | None = None, seen: Sequence[str] | None = None,
+                      checkpoint: bytes | None = None, seen: Sequence[str] | HandledIds | None = None,
                       seen_ttl: float = SEEN_TTL) -> bool:
         [ok] = await self._scripts.run(self._restore_one, [
             (self.keys.lease(address), (self.keys.prefix, address, node, str(epoch), _ms(ttl), spec or b"",
                                         checkpoint or b"", _ms(seen_ttl), SEEN_PER_ADDRESS,
-                                        *list(seen or ())[-SEEN_PER_ADDRESS:]))])
+                                        *window_ids(seen)))])
         if not int(ok):
             return False
         await self._scripts.commands(("SADD", self.keys.held(node), address), ("SADD", self.keys.members, node))
