@@ -228,10 +228,6 @@ class ClusterControl(HuddleActor):
         return super().on_message(message, envelope)
 
 
-def _ids(seen: HandledIds | None) -> list[str]:
-    return [] if seen is None else list(seen.ids)
-
-
 def _parked(actor: HuddleActor) -> bool:
     """Whether no slice of ``actor`` runs or waits to run: the last message
     it was handed is handled."""
@@ -1145,12 +1141,19 @@ class Cluster:
             async with asyncio.timeout(self.config.lease_ttl):
                 ok = await self.leases.restore(effect.address, self.me, effect.epoch, ttl=self.config.lease_ttl,
                                                spec=self._specs.get(effect.address),
-                                               checkpoint=self.checkpoints.load(effect.address),
-                                               seen=_ids(self._seen.handled(effect.address, whole=True)))
+                                               checkpoint=self.checkpoints.load(effect.address))
         except Exception as exc:  # noqa: BLE001 - the next renewal decides
             log.warning("cluster: %s could not restore %s (%r)", self.me, effect.address, exc)
             self.feed(Reasserted(effect.address, None, effect.sent_at))
             return
+        if ok:
+            # The handled ids go back as the whole window through the
+            # address's one ordered writer, behind (and merged with) any
+            # write of them queued or under way: written beside it, a retry
+            # of an older window could land after it and cut ids off.
+            window = self._seen.handled(effect.address, whole=True)
+            if window is not None:
+                self.checkpoints.save_seen(effect.address, effect.epoch, window)
         self.feed(Reasserted(effect.address, ok, effect.sent_at))
 
     async def _leave(self) -> None:
