@@ -39,6 +39,7 @@ import hiredis
 
 from bus.errors import HuddleError
 from bus.interrupts import held
+from bus.ports import free_port
 
 __all__ = [
     "EmbeddedRedis",
@@ -116,12 +117,6 @@ def _all_stopped(tasks: Path) -> bool:
         if stat[stat.rindex(")") + 2] not in "Tt":
             return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _server_pid(port: int, timeout: float) -> int | None:
@@ -214,7 +209,7 @@ class EmbeddedRedis:
             if self._dir is None:
                 self._dir = tempfile.mkdtemp(prefix="huddle-redis-")
             if self._port is None:
-                self._port = self._requested_port or _free_port()
+                self._port = self._requested_port or free_port()
             try:
                 self._spawn()
             except BaseException:  # an interrupt while it starts, too: end what was spawned

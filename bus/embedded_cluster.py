@@ -58,7 +58,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -74,6 +73,7 @@ from redis.retry import Retry
 
 from bus.embedded import EmbeddedRedisError, pause_process
 from bus.interrupts import held
+from bus.ports import free_ports
 
 __all__ = [
     "INSTALL_HINT",
@@ -153,20 +153,6 @@ def _redis7_binary(binary: str | None) -> str:
 
 
 # -- small helpers ---------------------------------------------------------------------
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports nobody listens on (held together while picked)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _client(port: int) -> redis.Redis:
@@ -569,7 +555,7 @@ class EmbeddedRedisCluster:
                 return self
             binary = _redis7_binary(self._binary)
             count = self._primary_count * (1 + self._replicas_per_primary)
-            ports = _free_ports(2 * count)
+            ports = free_ports(2 * count)
             self._dir = tempfile.mkdtemp(prefix="huddle-redis-cluster-")
             _live.add(self)
             try:
@@ -908,7 +894,7 @@ class EmbeddedSentinel:
             if self._servers:
                 return self
             binary = _redis7_binary(self._binary)
-            ports = _free_ports(1 + self._replica_count + self._sentinel_count)
+            ports = free_ports(1 + self._replica_count + self._sentinel_count)
             server_ports, sentinel_ports = ports[: 1 + self._replica_count], ports[1 + self._replica_count :]
             self._dir = tempfile.mkdtemp(prefix="huddle-redis-sentinel-")
             _live.add(self)

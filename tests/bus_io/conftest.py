@@ -3,7 +3,6 @@ always closed, and thread-safe recorders to wait on (never sleep on)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from bus import ports
 from bus.embedded import EmbeddedRedis
 from bus.redis_transport import RedisTransport
 from bus.transport import InProcessHub, InProcessTransport, Transport
@@ -92,9 +92,7 @@ def channel_prefix() -> str:
 @pytest.fixture
 def free_port() -> int:
     """A TCP port with nobody listening (for "Redis is unreachable")."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 @pytest.fixture

@@ -81,6 +81,7 @@ from bus.address import SYS_METRICS, channel_for
 from bus.embedded import find_redis_server
 from bus.embedded_cluster import INSTALL_HINT, find_redis7
 from bus.envelope import Codec
+from bus.ports import free_port
 from bus.sharded import ClusterUrl
 from bus.signing import MARKER, cluster_signer
 
@@ -1088,12 +1089,6 @@ def test_dockerfile_installs_the_project_on_python_3_11_slim_as_an_unprivileged_
 
 
 # -- redis.conf and the secrets, on a real redis-server ------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def read_env_file(path: Path) -> dict[str, str]:
