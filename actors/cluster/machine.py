@@ -381,11 +381,15 @@ class Claimed(Input):
 
 @dataclass(frozen=True, slots=True)
 class ClaimRefused(Input):
-    """``holder`` ("": we are not a member yet) holds it under ``epoch``."""
+    """``holder`` ("": we are not a member yet) holds it under ``epoch``;
+    ``settling`` > 0: nobody may claim yet, Redis's data set is younger than
+    a lease TTL (a holder of a lease it lost may still write it back), for
+    this many seconds more."""
 
     address: str
     holder: str
     epoch: int
+    settling: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,6 +654,11 @@ def _tick(s: ClusterState, _e: Tick, now: float, out: list[Effect]) -> None:
     for address, retry_at in list(s.pending_claims.items()):
         if s.joined and now >= retry_at:
             del s.pending_claims[address]
+            if address in s.unowned_seen and s.owner(address) != s.me:
+                # Placed, and another node ranks first by now (a claim that
+                # waited for the data set to settle, for our membership):
+                # its claim places it, or the next sweep does.
+                continue
             _claim(s, address, now, out)
     for node, (joined_at, due) in list(s.handoffs_due.items()):
         if now >= due:
@@ -809,8 +818,9 @@ def _claimed(s: ClusterState, e: Claimed, now: float, out: list[Effect]) -> None
 def _claim_refused(s: ClusterState, e: ClaimRefused, now: float, out: list[Effect]) -> None:
     s.claiming.pop(e.address, None)
     if not e.holder and not s.draining:
-        # We are not a member in Redis yet (or any more): after our next heartbeat.
-        s.pending_claims[e.address] = now + s.config.heartbeat_interval
+        # We are not a member in Redis yet (or any more): after our next
+        # heartbeat. Or claims wait for the data set to settle: then.
+        s.pending_claims[e.address] = now + (e.settling or s.config.heartbeat_interval)
         return
     out.append(SpawnRefused(e.address, e.holder, e.epoch))
 

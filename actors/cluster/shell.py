@@ -947,7 +947,7 @@ class Cluster:
                 valid_from = max(sent_at, self._lane.renewed_at(address, result.epoch))
                 self.feed(Claimed(address, result.epoch, placed=result.spec is not None, sent_at=valid_from))
             else:
-                self.feed(ClaimRefused(address, result.holder, result.epoch))
+                self.feed(ClaimRefused(address, result.holder, result.epoch, settling=result.settling))
 
     async def _listening(self, channels: list[str], timeout: float) -> bool:
         """True once the node's transport confirms ``channels`` are

@@ -29,6 +29,13 @@ sides agree on (``tests/bus_io/cluster`` checks them against the scripts):
                              ``fencing:{<address>}``)
 ===========================  ================================================
 
+One key is the server's, outside every namespace: ``huddle:born``,
+``"<server microseconds> <run_id>"``, when the data set began (a server
+start, or the first script after it lost the key). Claims wait until it is
+a lease TTL old (``unsettled_ms`` in :mod:`bus.cluster.lua`). On a Redis
+Cluster there is one per slot, ``huddle:born:{<tag>}`` with a tag that
+hashes to the slot (:func:`born_key`), so each shard keeps its own.
+
 Every per-address key carries the address as its hash tag (``{...}``): on
 a Redis Cluster all of an address's keys live in the one slot the address
 hashes to, so a script that reads and writes them (claim, renew, release,
@@ -41,9 +48,40 @@ cluster the store writes them in commands of their own
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-__all__ = ["ClusterKeys"]
+from redis.crc import key_slot
+
+__all__ = ["BORN", "ClusterKeys", "born_key", "born_keys"]
+
+#: the data set's birth on one server (see the module notes)
+BORN = "huddle:born"
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each of the 16,384 slots a short tag that hashes to it."""
+    tags: list[str | None] = [None] * 16384
+    missing, i = 16384, 0
+    while missing:
+        tag = format(i, "x")
+        slot = key_slot(tag.encode())
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+        i += 1
+    return tuple(t or "" for t in tags)
+
+
+def born_key(address: str) -> str:
+    """The data set's birth on a Redis Cluster, in the slot of ``address``."""
+    return f"{BORN}:{{{_slot_tags()[key_slot(address.encode())]}}}"
+
+
+def born_keys() -> list[str]:
+    """Every slot's :func:`born_key`."""
+    return [f"{BORN}:{{{tag}}}" for tag in _slot_tags()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ import msgpack
 import redis.asyncio as aioredis
 
 from bus.address import SYS_NODES, channel_for
-from bus.cluster.keys import ClusterKeys
+from bus.cluster.keys import BORN, ClusterKeys
 from bus.cluster.lua import script
 from bus.cluster.messages import LeaseChange
 from bus.envelope import Codec, Envelope
@@ -83,13 +83,19 @@ RELEASE_MODES = ("plain", "unowned", "retire")
 _ANNOUNCED_AS = {"plain": "released", "unowned": "unowned", "retire": "retired"}
 
 # ARGV: prefix, me, ttl_ms, channel, then per address: address, floor, announcement, spec
-# One reply per address, in order: {won, holder, epoch} when refused;
+# One reply per address, in order: {won, holder, epoch} when refused
+# ({0, '', '0', ms} while the data set is younger than a TTL: unsettled_ms);
 # {1, me, epoch, checkpoint, spec, seen, backlog...} when won.
 CLAIM = script(r"""
 local me, ttl, channel = ARGV[2], ARGV[3], ARGV[4]
 local replies = {}
 if not alive(me) then
   for i = 5, #ARGV, 4 do replies[#replies + 1] = {0, '', '0'} end
+  return replies
+end
+local wait = unsettled_ms(BORN, ttl)
+if wait > 0 then
+  for i = 5, #ARGV, 4 do replies[#replies + 1] = {0, '', '0', wait} end
   return replies
 end
 redis.call('SADD', MEMBERS, me)
@@ -115,6 +121,7 @@ RENEW = script(r"""
 local me, ttl = ARGV[2], ARGV[3]
 redis.call('SET', node_key(me), ARGV[4], 'PX', ttl)
 redis.call('SADD', MEMBERS, me)
+unsettled_ms(BORN, ttl)  -- the wait for claims starts when the first node joins
 local era = redis.call('GET', ERA)
 if not era then
   era = ARGV[7]
@@ -192,6 +199,13 @@ while i <= #ARGV do
   i = i + 8 + n
 end
 return out
+""")
+
+# ARGV: prefix, born key. The data set's birth moved back to the epoch:
+# claims go through at once (LeaseStore.assume_settled).
+SETTLE = script(r"""
+redis.call('SET', ARGV[2], '0 ' .. (string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''))
+return 1
 """)
 
 #: A checkpoint write's verdicts (:meth:`LeaseStore.save_checkpoints`).
@@ -343,7 +357,9 @@ class ClaimResult:
     ``backlog`` the envelopes that waited for an owner (oldest first, now
     removed from Redis) and ``seen`` the msg ids its actor handled last
     (``handled:{address}``, read under the new lease). Otherwise ``holder`` is the live node that holds
-    it (``""``: we are not a live member yet)."""
+    it (``""``: we are not a live member yet, or, with ``settling`` > 0,
+    Redis's data set is younger than a lease TTL and claims wait this many
+    seconds more: a holder of a lease it lost may still write it back)."""
 
     won: bool
     holder: str
@@ -352,6 +368,7 @@ class ClaimResult:
     spec: bytes | None = None
     backlog: tuple[bytes, ...] = ()
     seen: tuple[str, ...] = ()
+    settling: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +417,7 @@ class LeaseStore:
         self._adopt = client.register_script(ADOPT)
         self._leftovers = client.register_script(LEFTOVERS)
         self._leave = client.register_script(LEAVE)
+        self._settle = client.register_script(SETTLE)
 
     async def aclose(self) -> None:
         """Close what the store opened itself (here: nothing; the client is
@@ -407,6 +425,12 @@ class LeaseStore:
 
     def _announcement(self, change: LeaseChange) -> bytes:
         return self.codec.encode(Envelope(to=SYS_NODES, message=change))
+
+    async def assume_settled(self) -> None:
+        """Declare Redis's data set settled: no lease it may have lost is
+        still trusted by anyone (a fleet's first start on a new Redis, a
+        test's), so claims need not wait a lease TTL from its start."""
+        await self._settle(args=[self.keys.prefix, BORN])
 
     async def claim(self, address: str, node: str, *, ttl: float, floor: int = 0, spec: bytes | None = None) -> ClaimResult:
         """Take the lease of ``address`` unless a live node holds it.
@@ -579,7 +603,8 @@ class LeaseStore:
 def _claim_result(reply: list[Any]) -> ClaimResult:
     won, holder, epoch = int(reply[0]), _text(reply[1]), int(reply[2])
     if not won:
-        return ClaimResult(won=False, holder=holder, epoch=epoch)
+        settling = int(reply[3]) / 1000 if len(reply) > 3 else 0.0
+        return ClaimResult(won=False, holder=holder, epoch=epoch, settling=settling)
     return ClaimResult(won=True, holder=holder, epoch=epoch, checkpoint=reply[3] or None, spec=reply[4] or None,
                        seen=tuple(decode_seen(reply[5])), backlog=tuple(reply[6:]))
 

@@ -62,6 +62,31 @@ end
 
 local function alive(n) return redis.call('EXISTS', node_key(n)) == 1 end
 
+-- Claims wait until the data set is a lease TTL old. A younger one may
+-- have replaced one whose leases their holders still trust (Redis lost its
+-- data, was flushed, restarted from a snapshot without the last claims, or
+-- a replica that missed them was promoted): within a TTL each such holder
+-- writes its lease and state back (restore_lease) or stops trusting it.
+-- A claim granted meanwhile would start the actor again from older state
+-- (or none) and the restore would then find it taken: what the holder
+-- acknowledged since would be gone. `born` keeps "<server us> <run_id>":
+-- a server that restarted (a new run_id) starts the wait again, as does
+-- one that lost the key. Returns the ms still to wait (0: none).
+local BORN = 'huddle:born'
+local function unsettled_ms(born, ttl)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+  local b, r = string.match(redis.call('GET', born) or '', '^(%d+) (%w*)$')
+  if not b or r ~= run then
+    redis.call('SET', born, estr(now) .. ' ' .. run)
+    b = now
+  end
+  local wait = tonumber(ttl) - math.floor((now - tonumber(b)) / 1000)
+  if wait > 0 then return wait end
+  return 0
+end
+
 -- The msg ids a's actor handled last, oldest first: a list, written a few
 -- at a time (write_handled); or, as a former version wrote them, one
 -- msgpack string under seen_key (the caller decodes it); '' for none.

@@ -78,6 +78,7 @@ from bus.cluster.leases import (
     RELEASE_MODES,
     SEEN_PER_ADDRESS,
     SEEN_TTL,
+    SETTLE,
     CheckpointWrite,
     ClaimResult,
     HandledIds,
@@ -91,16 +92,20 @@ from bus.cluster.leases import (
     seen_args,
     window_ids,
 )
+from bus.cluster.keys import born_key, born_keys
 from bus.cluster.lua import script
 from bus.cluster.messages import LeaseChange
 from bus.shard_client import ShardClient
 
 __all__ = ["ShardedBacklog", "ShardedLeaseStore", "backlog_for", "lease_store_for"]
 
-# ARGV: prefix, me, ttl_ms, address, floor, spec. Like the one-server CLAIM
-# for one address, minus the node bookkeeping (the caller's, after).
+# ARGV: prefix, me, ttl_ms, address, floor, spec, born key (in a's slot). Like
+# the one-server CLAIM for one address, minus the node bookkeeping (the
+# caller's, after); the data set's age is the slot's (its shard's).
 CLAIM_ONE = script(r"""
 local me, ttl, a, floor, spec = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local wait = unsettled_ms(ARGV[7], ttl)
+if wait > 0 then return {0, '', '0', wait} end
 local cur = redis.call('GET', lease_key(a))
 local ce, holder = parse_lease(cur)
 if cur and holder ~= me then return {0, holder, estr(ce)} end
@@ -193,6 +198,7 @@ class ShardedLeaseStore(LeaseStore):
         #: the era the last renewal read (used when the era's shard is down)
         self._era: str | None = None
         self._claim_one = client.register_script(CLAIM_ONE)
+        self._settle_one = client.register_script(SETTLE)
         self._renew_one = client.register_script(RENEW_ONE)
         self._release_one = client.register_script(RELEASE_ONE)
         self._restore_one = client.register_script(RESTORE_ONE)
@@ -203,6 +209,10 @@ class ShardedLeaseStore(LeaseStore):
         if announcements:
             await self._scripts.commands(*(("SPUBLISH", self.channel, a) for a in announcements))
 
+    async def assume_settled(self) -> None:
+        """As on one server, in every slot (each has its own birth)."""
+        await self._scripts.run(self._settle_one, [(k, (self.keys.prefix, k)) for k in born_keys()])
+
     async def claim_many(self, claims: Sequence[tuple[str, int, bytes | None]], node: str, *,
                          ttl: float) -> list[ClaimResult]:
         if not claims:
@@ -211,7 +221,7 @@ class ShardedLeaseStore(LeaseStore):
             return [ClaimResult(won=False, holder="", epoch=0) for _ in claims]
         prefix, ms = self.keys.prefix, _ms(ttl)
         replies = await self._scripts.run(self._claim_one, [
-            (self.keys.lease(a), (prefix, node, ms, a, floor, spec or b"")) for a, floor, spec in claims])
+            (self.keys.lease(a), (prefix, node, ms, a, floor, spec or b"", born_key(a))) for a, floor, spec in claims])
         results = [_claim_result(reply) for reply in replies]
         won = [a for (a, _f, _s), r in zip(claims, results, strict=True) if r.won]
         if won:

@@ -34,6 +34,7 @@ import fakeredis._socket._base as _fr_base
 import fakeredis.commands_mixins.server_mixin as _fr_server
 import redis
 from fakeredis import FakeServer
+from fakeredis._commands import command
 from fakeredis._helpers import SimpleError, SimpleString
 from fakeredis._socket import FakeSocket
 
@@ -112,10 +113,16 @@ def encode_reply(value: Any, protocol: int = 2) -> bytes:
 
 class _ModelSocket(FakeSocket):
     """A fakeredis socket that keeps status replies and errors as they
-    are, for :func:`encode_reply` (fakeredis flattens them for redis-py)."""
+    are, for :func:`encode_reply` (fakeredis flattens them for redis-py),
+    and answers ``INFO`` with the one line huddle's scripts read: the
+    server's ``run_id``, a new one each time the model restarts."""
 
     def _decode_result(self, result: Any) -> Any:
         return result
+
+    @command((), (bytes,))
+    def info(self, *_sections: bytes) -> bytes:
+        return b"# Server\r\nrun_id:%s\r\n" % getattr(self._server, "huddle_run_id", "0" * 40).encode()
 
 
 class _RespSession(asyncio.Protocol):
@@ -196,6 +203,7 @@ class RedisModel:
         if not keep_data:
             self.server = FakeServer(version=MODEL_VERSION)
         self.restarts += 1
+        self.server.huddle_run_id = f"{self.restarts:040x}"  # type: ignore[attr-defined]
         return cut
 
     def inspector(self) -> Any:

@@ -179,8 +179,9 @@ def test_epochs_keep_growing_when_the_promoted_replica_missed_the_last_ones(redi
     """A claim the replica never received (its link cut) drew an epoch and
     advanced the epoch counter on the old primary only; after the primary
     dies and the replica is promoted, its counter is behind. A claim of the
-    same address on the new primary still draws a higher epoch: every epoch
-    is floored by the server clock in microseconds, not only the counter."""
+    same address on the new primary waits a lease TTL (a new server's run),
+    then still draws a higher epoch: every epoch is floored by the server
+    clock in microseconds, not only the counter."""
     namespace = f"t{uuid.uuid4().hex[:8]}:"
     codec = Codec()
 
@@ -188,10 +189,16 @@ def test_epochs_keep_growing_when_the_promoted_replica_missed_the_last_ones(redi
         pool = connection_pool(redis_sentinel.url, max_connections=2, timeout=None)
         return LeaseStore(aioredis.Redis(connection_pool=pool), namespace=namespace, codec=codec)
 
-    async def claim(store: LeaseStore, node: str, address: str) -> int:
+    async def claim(store: LeaseStore, node: str, address: str, *, promoted: bool = False) -> int:
         hb = NodeHeartbeat(node=node, ttl=30.0)
         await store.renew(node, ttl=30.0, node_body=b"body", new_era="era-1", leases={},
                           heartbeat=codec.encode(Envelope(to=SYS_NODES, message=hb)))
+        if promoted:
+            # another server's run: claims wait a lease TTL (n1 may still
+            # trust the lease the promoted replica never saw)
+            waiting = await store.claim(address, node, ttl=30.0)
+            assert not waiting.won and waiting.holder == "" and 29 < waiting.settling <= 30
+        await store.assume_settled()  # a test's: nobody trusts a lease it lost
         result = await store.claim(address, node, ttl=30.0)
         assert result.won, result
         return result.epoch
@@ -226,7 +233,7 @@ def test_epochs_keep_growing_when_the_promoted_replica_missed_the_last_ones(redi
     async def after_the_failover() -> int:
         store = await store_on_primary()
         try:
-            return await claim(store, "n2", "a:2")
+            return await claim(store, "n2", "a:2", promoted=True)
         finally:
             await store.client.aclose()
 

@@ -435,6 +435,34 @@ def test_a_claim_refused_because_we_are_no_member_or_failed_is_retried() -> None
     assert of(d.feed(Tick(), at=d.now + CFG.heartbeat_interval), Claim) == [Claim("echo:1")]
 
 
+def test_a_claim_refused_while_the_data_set_settles_is_retried_when_it_has() -> None:
+    d = Driver()
+    d.join()
+    d.feed(WantLease("echo:1"))
+    settling = 3 * CFG.heartbeat_interval + 0.01
+    assert d.feed(ClaimRefused("echo:1", "", 0, settling=settling)) == []  # no spawn refused: it waits
+    start = d.now
+    assert of(d.feed(Tick(), at=start + settling - 0.005), Claim) == []
+    assert of(d.feed(Tick(), at=start + settling), Claim) == [Claim("echo:1")]
+
+
+def test_a_placed_address_whose_claim_waited_is_left_to_the_node_that_ranks_first_by_then() -> None:
+    """All nodes' claims wait for the data set together: when they are
+    due, only the node that ranks first by then claims (the others would
+    race it, and a winner that does not rank first hands off again)."""
+    d = Driver()
+    d.join()
+    theirs = address_ranking("n2", ["me"])
+    d.feed(LeaseSeen(LeaseChange(address=theirs, node="", change="unowned")))  # alone: ours
+    assert d.feed(ClaimRefused(theirs, "", 0, settling=1.5)) == []
+    d.peer("n2")  # n2 joins meanwhile
+    assert of(d.feed(Tick(), at=d.now + 1.5), Claim) == []
+    mine = address_ranking("me", ["n2"])
+    d.feed(LeaseSeen(LeaseChange(address=mine, node="", change="unowned")))
+    assert d.feed(ClaimRefused(mine, "", 0, settling=1.5)) == []
+    assert of(d.feed(Tick(), at=d.now + 1.5), Claim) == [Claim(mine)]
+
+
 @pytest.mark.parametrize(("placed", "crashed", "mode"), [
     (True, False, "retire"),
     (True, True, "unowned"),

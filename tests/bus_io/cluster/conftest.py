@@ -21,6 +21,7 @@ import redis
 import redis.asyncio as aioredis
 
 from bus.address import SYS_NODES, channel_for
+from bus.cluster.keys import BORN, born_key
 from bus.cluster.sharded_store import backlog_for, lease_store_for
 from bus.cluster.messages import LeaseChange, NodeHeartbeat
 from bus.envelope import Codec, Envelope
@@ -53,6 +54,7 @@ class ClusterRedis:
             redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(*s) for s in _seeds(url)])
             if self.sharded else redis.Redis.from_url(url))
         self.keys = self.leases.keys
+        self.run(self.leases.assume_settled())  # claims need not wait for this data set to age
 
     async def _connect(self) -> aioredis.Redis:
         return store_client(self.url, max_connections=8)  # type: ignore[return-value]
@@ -68,6 +70,17 @@ class ClusterRedis:
         hb = NodeHeartbeat(node=node, ttl=ttl)
         return self.run(self.leases.renew(node, ttl=ttl, node_body=b"body", new_era=era, leases=leases or {},
                                           heartbeat=self.codec.encode(Envelope(to=SYS_NODES, message=hb))))
+
+    def born(self, address: str) -> str:
+        """The key of the data set's birth where ``address`` lives."""
+        return born_key(address) if self.sharded else BORN
+
+    def lose_data(self, address: str) -> None:
+        """As if Redis lost its data: the address's keys and the data set's birth."""
+        keys = self.keys
+        for key in (keys.lease(address), keys.issued(address), keys.spec(address), keys.checkpoint(address),
+                    self.born(address)):
+            self.sync.delete(key)  # one by one: on a cluster they live in different slots
 
     def kill(self, node: str) -> None:
         """As if ``node`` died: its heartbeat key expired and, on a cluster

@@ -208,6 +208,46 @@ def test_restore_rewrites_our_lease_under_the_same_epoch_unless_someone_claimed(
     assert not cr.run(cr.leases.restore("a:1", "n1", lease.epoch, ttl=5))
 
 
+def test_after_redis_lost_its_data_claims_wait_a_lease_ttl_and_the_holder_writes_its_lease_back_first(
+        cr: ClusterRedis) -> None:
+    """The hole it closes (found by the simulation): n1 held a:1 and had
+    acknowledged work in its state when Redis lost its data; n2 (which
+    held a:1 before, with older state) claimed it before n1 wrote it back,
+    so n1's restore found it taken and what it had acknowledged was gone."""
+    cr.heartbeat("n1")
+    cr.heartbeat("n2")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5, spec=b"args"))
+    cr.lose_data("a:1")
+    cr.heartbeat("n2", ttl=5)  # a renewal starts the new data set's clock
+    waiting = cr.run(cr.leases.claim("a:1", "n2", ttl=5, spec=b"args"))
+    assert not waiting.won and waiting.holder == "" and 4 < waiting.settling <= 5
+    assert cr.run(cr.leases.lease("a:1")) is None  # the refused claim left nothing behind
+    # the holder (its lease still valid by its clock) writes it back meanwhile
+    assert cr.run(cr.leases.restore("a:1", "n1", lease.epoch, ttl=5, spec=b"args", checkpoint=b"newest"))
+    assert not cr.run(cr.leases.claim("a:1", "n2", ttl=5)).won
+    cr.run(cr.leases.assume_settled())  # a TTL later
+    refused = cr.run(cr.leases.claim("a:1", "n2", ttl=5))
+    assert (refused.won, refused.holder, refused.epoch) == (False, "n1", lease.epoch)
+    # Nobody wrote b:1 back within the TTL: then it is free to claim.
+    cr.run(cr.leases.claim("b:1", "n1", ttl=5))
+    cr.lose_data("b:1")
+    assert cr.run(cr.leases.claim("b:1", "n2", ttl=5)).settling > 0
+    cr.run(cr.leases.assume_settled())
+    assert cr.run(cr.leases.claim("b:1", "n2", ttl=5)).won
+
+
+def test_a_redis_restart_starts_the_wait_again_even_with_its_data(cr: ClusterRedis) -> None:
+    """A restart from a snapshot may miss the last claims: the birth names
+    the server's run, and another run's birth does not count."""
+    cr.heartbeat("n1", ttl=5)
+    born = cr.sync.get(cr.born("a:1"))
+    assert born is not None and born.split()[0] == b"0"  # settled (by the fixture)
+    cr.sync.set(cr.born("a:1"), b"0 " + b"f" * 40)  # written by another run of the server
+    waiting = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
+    assert not waiting.won and 4 < waiting.settling <= 5
+    assert cr.sync.get(cr.born("a:1")).split()[1] == born.split()[1]  # this run's birth now
+
+
 def test_what_waited_while_nobody_held_it_is_drained_after_a_restore(cr: ClusterRedis) -> None:
     cr.heartbeat("n1")
     lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5))

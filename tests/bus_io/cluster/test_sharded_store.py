@@ -97,8 +97,10 @@ def test_epochs_keep_growing_across_a_shard_failover_whose_replica_missed_the_la
         fresh_redis_cluster: EmbeddedRedisCluster) -> None:
     """A claim drawn on a shard's primary after its replica's link was cut
     (that epoch lives on the primary only), the primary killed, the
-    replica promoted without it: a claim of the same address there still
-    draws a higher epoch (the server clock floors every epoch)."""
+    replica promoted without it: claims there wait until its data set is a
+    lease TTL old (n2 may still trust the lease the replica never saw), then
+    a claim of the same address still draws a higher epoch (the server
+    clock floors every epoch)."""
     cluster = fresh_redis_cluster
     namespace = f"t{uuid.uuid4().hex[:8]}:"
     keys = ClusterKeys(namespace)
@@ -107,13 +109,18 @@ def test_epochs_keep_growing_across_a_shard_failover_whose_replica_missed_the_la
     replica = next(r for r in cluster.replicas() if r.primary_port == primary.port)
     assert replica.pid is not None
 
-    async def claim(node: str) -> int:
+    async def claim(node: str, *, promoted: bool = False) -> int:
         client = store_client(cluster.url, max_connections=4)
         store = lease_store_for(client, namespace=namespace)
         try:
             hb = b""
             await store.renew(node, ttl=60, node_body=b"body", heartbeat=hb, new_era="e", leases={})
             await client.delete(keys.lease(address))  # as if the last lease ran out
+            if promoted:
+                # a new server under the slot (another run_id): its data set is young
+                waiting = await store.claim(address, node, ttl=60)
+                assert not waiting.won and waiting.holder == "" and 59 < waiting.settling <= 60
+            await store.assume_settled()  # a test's: nobody trusts a lease it lost
             result = await store.claim(address, node, ttl=60)
             assert result.won
             return result.epoch
@@ -137,7 +144,7 @@ def test_epochs_keep_growing_across_a_shard_failover_whose_replica_missed_the_la
     with redis.Redis(host="127.0.0.1", port=replica.port) as new:
         issued = new.get(keys.issued(address))
         assert issued is not None and int(issued.split()[0]) == first  # the promoted replica missed the second
-    after = asyncio.run(claim("n3"))
+    after = asyncio.run(claim("n3", promoted=True))
     assert first < missed < after
 
 

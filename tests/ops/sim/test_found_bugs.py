@@ -13,7 +13,12 @@ the defect (so the violation is the defect's, not the workload's).
   with two processes under one node id (the counter workload's twin
   fault), the one left running renews, as its own, the lease its stopped
   twin took under a newer epoch, so nobody ever places that counter again
-  (the liveness and no-acknowledged-addition-lost checks).
+  (the liveness and no-acknowledged-addition-lost checks);
+* a claim granted as soon as Redis lost its data: a process that held a
+  counter before, paused meanwhile, claims it back with its older state
+  before the holder of the moment wrote its lease back, and what that
+  holder acknowledged is gone (the no-acknowledged-addition-lost check; the
+  counter seed that found it, replayed).
 """
 
 from __future__ import annotations
@@ -99,3 +104,17 @@ def test_a_lease_renewal_without_the_epoch_compare_is_found(monkeypatch: pytest.
         patched.setattr(leases, "RENEW", holder_only)
         seed, found = _first_found(lambda v: v.startswith(("liveness:", "lost:", "duplicated:", "owners:")), twins)
     assert twins(seed).violations == []
+
+
+def test_a_claim_granted_before_the_data_set_settled_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = "local wait = unsettled_ms(BORN, ttl)"
+    assert gate in leases.CLAIM
+    # The defect: claims go through at once on a data set Redis just lost.
+    def found_at(seed: int) -> Any:
+        return run_seed(seed, nodes=4, counters=12, seconds=40)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(leases, "CLAIM", leases.CLAIM.replace(gate, "local wait = 0"))
+        lost = [v for v in found_at(2016).violations if v.startswith("lost:")]
+    assert lost and all("counter:c9" in v or "counter:c11" in v for v in lost)
+    assert found_at(2016).violations == []
