@@ -345,13 +345,16 @@ class LeaseSeen(Input):
 class Renewed(Input):
     """A renewal's answer: sent at ``sent_at`` (the local clock, before it
     was sent), it extended ``leases`` (address -> epoch; None: the leases
-    of the last :class:`Renew`) but those in ``lost``."""
+    of the last :class:`Renew`) but those in ``lost``; those of them in
+    ``reset`` were lost with their data set (a Redis Cluster shard's),
+    not taken and not lapsed: written back as after a new era."""
 
     sent_at: float
     era: str
     lost: Mapping[str, tuple[str, int] | None] = field(default_factory=dict)
     backlogged: tuple[str, ...] = ()
     leases: Mapping[str, int] | None = None
+    reset: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -689,7 +692,7 @@ def _renewed(s: ClusterState, e: Renewed, now: float, out: list[Effect]) -> None
             continue
         if address in e.lost:
             current = e.lost[address]
-            if current is None and (reset or address in s.reasserting):
+            if current is None and (reset or address in e.reset or address in s.reasserting):
                 if not s.reasserting.get(address, False):
                     s.reasserting[address] = True
                     out.append(Reassert(address, epoch, lease.placed, now))

@@ -272,7 +272,8 @@ class RenewalLane:
             with self._lock:
                 for address in result.lost:
                     self._added.pop(address, None)
-        self._answer(Renewed(sent_at, result.era, result.lost, result.backlogged, leases=dict(leases)))
+        self._answer(Renewed(sent_at, result.era, result.lost, result.backlogged, leases=dict(leases),
+                             reset=frozenset(result.reset)))
 
     def _answer(self, event: Input) -> None:
         self._answers.append(event)

@@ -378,12 +378,17 @@ class RenewResult:
     now (``None``: nobody holds it); ``backlogged`` are held addresses with
     messages waiting in their backlog; ``unanswered`` are leases whose
     renewal got no answer (on a Redis Cluster: their shard was down), so
-    nothing is known of them: renewed or not, they count as before."""
+    nothing is known of them: renewed or not, they count as before;
+    ``reset`` are lost leases whose data set is new since they were claimed
+    (on a Redis Cluster: their shard lost its data, or a replica that
+    missed them was promoted, while the era's shard did not): the holder
+    may write them back, as after a new era."""
 
     era: str
     lost: Mapping[str, tuple[str, int] | None] = field(default_factory=dict)
     backlogged: tuple[str, ...] = ()
     unanswered: tuple[str, ...] = ()
+    reset: tuple[str, ...] = ()
 
 
 def _text(value: Any) -> str:

@@ -73,10 +73,18 @@ local function alive(n) return redis.call('EXISTS', node_key(n)) == 1 end
 -- a server that restarted (a new run_id) starts the wait again, as does
 -- one that lost the key. Returns the ms still to wait (0: none).
 local BORN = 'huddle:born'
+local function server_run() return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or '' end
+-- Whether the data set under `born` began with this run of the server and
+-- has not lost the key since: a lease claimed there is still there unless
+-- it lapsed or was taken (else the data set is new since: Redis lost it).
+local function same_data_set(born)
+  local _, r = string.match(redis.call('GET', born) or '', '^(%d+) (%w*)$')
+  return r ~= nil and r == server_run()
+end
 local function unsettled_ms(born, ttl)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+  local run = server_run()
   local b, r = string.match(redis.call('GET', born) or '', '^(%d+) (%w*)$')
   if not b or r ~= run then
     redis.call('SET', born, estr(now) .. ' ' .. run)

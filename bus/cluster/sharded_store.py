@@ -31,6 +31,12 @@ What changes with that split, and why it stays safe:
   addresses whose lease is gone ``unowned``; one it still holds (claimed
   after its last renewal) stays on its ``held:`` set and the next sweep
   adopts it. Nothing deletes a lease another node may still trust.
+- **Each slot knows its data set.** The era lives on one shard and says
+  nothing of another that lost its data (or had a replica that missed the
+  last claims promoted). Each slot keeps its own birth
+  (``huddle:born:{<tag>}``, with the server's run id): claims there wait a
+  lease TTL from it, and a renewal that finds a lease gone with its slot's
+  data set reports it ``reset``, so its holder writes it back.
 - **The sets are hints, repaired by the sweep.** ``unowned`` only says whom
   to try: activation is a claim, and the claim is atomic. A claim whose
   writes of them were lost (a node that died right after it, a shard down)
@@ -112,11 +118,13 @@ if cur and holder ~= me then return {0, holder, estr(ce)} end
 return take_lease(a, me, ttl, floor, spec)
 """)
 
-# ARGV: prefix, me, ttl_ms, address, epoch -> {1, '', backlog waiting} or {0, lease now, 0}
+# ARGV: prefix, me, ttl_ms, address, epoch, born key (in a's slot) -> {1, '',
+# backlog waiting} or {0, lease now, 1 when the slot's data set is new since
+# the claim (its shard lost it: the lease may be written back)}
 RENEW_ONE = script(r"""
 local me, ttl, a, e = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local v = redis.call('GET', lease_key(a))
-if v ~= e .. ' ' .. me then return {0, v or '', 0} end
+if v ~= e .. ' ' .. me then return {0, v or '', (not v and not same_data_set(ARGV[6])) and 1 or 0} end
 redis.call('PEXPIRE', lease_key(a), ttl)
 return {1, '', redis.call('EXISTS', backlog_key(a))}
 """)
@@ -252,7 +260,8 @@ class ShardedLeaseStore(LeaseStore):
             self._scripts.batch([("SET", keys.node(node), node_body, "PX", ms), ("SADD", keys.members, node),
                                  ("SET", keys.era, new_era, "NX"), ("GET", keys.era),
                                  ("SPUBLISH", self.channel, heartbeat)], timeout=within),
-            self._scripts.run(self._renew_one, [(keys.lease(a), (keys.prefix, node, ms, a, str(e))) for a, e in order],
+            self._scripts.run(self._renew_one, [(keys.lease(a), (keys.prefix, node, ms, a, str(e), born_key(a)))
+                                                for a, e in order],
                               timeout=within, raise_on_error=False))
         failures = [r for r in (*heartbeat_part, *lease_part) if isinstance(r, Exception)]
         if order and len([r for r in lease_part if isinstance(r, Exception)]) == len(order) \
@@ -269,17 +278,20 @@ class ShardedLeaseStore(LeaseStore):
         backlogged: list[str] = []
         kept: list[str] = []
         unanswered: list[str] = []
+        reset: list[str] = []
         for (address, _epoch), reply in zip(order, lease_part, strict=True):
             if isinstance(reply, Exception):  # its shard down or slow, or its slot moving
                 unanswered.append(address)
                 continue
-            ok, now, waiting = reply
+            ok, now, flag = reply
             if int(ok):
                 kept.append(address)
-                if int(waiting):
+                if int(flag):
                     backlogged.append(address)
             else:
                 lost[address] = _lease_value(now)
+                if int(flag):
+                    reset.append(address)
         # The held set again, whole, and none of them unowned (a claim whose
         # own writes of these were lost is repaired from here on).
         hints: list[tuple[Any, ...]] = []
@@ -291,7 +303,8 @@ class ShardedLeaseStore(LeaseStore):
             # Not while a shard is down: the cluster client would stall on
             # it; the next renewal that every shard answers writes them.
             await self._scripts.batch(hints, timeout=within)
-        return RenewResult(era=era, lost=lost, backlogged=tuple(backlogged), unanswered=tuple(unanswered))
+        return RenewResult(era=era, lost=lost, backlogged=tuple(backlogged), unanswered=tuple(unanswered),
+                           reset=tuple(reset))
 
     async def release(self, address: str, node: str, epoch: int, *, mode: ReleaseMode = "plain",
                       spec: bytes | None = None, checkpoint: bytes | None = None) -> bool:

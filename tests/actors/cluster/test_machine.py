@@ -219,6 +219,22 @@ def test_a_new_era_writes_our_leases_back_instead_of_fencing() -> None:
     assert of(d.feed(Reasserted("counter:1", False, d.now)), StopActor) == [StopActor("counter:1", "lease-taken", final=False)]
 
 
+def test_a_lease_lost_with_its_shards_data_is_written_back_while_a_lapsed_one_is_fenced() -> None:
+    """On a Redis Cluster one shard may lose its data (or a replica that
+    missed the claim is promoted) while the era's shard keeps it: the
+    renewal says which lost leases went with their data set."""
+    d = Driver()
+    d.join()
+    d.hold("counter:1", epoch=7)
+    d.hold("counter:2", epoch=8)
+    renew = of(d.feed(Tick(), at=d.now + 1.5), Renew)[0]
+    effects = d.feed(Renewed(renew.sent_at, "era-1", lost={"counter:1": None, "counter:2": None},
+                             reset=frozenset({"counter:1"})))
+    assert of(effects, Reassert) == [Reassert("counter:1", 7, True, d.now)]
+    assert of(effects, StopActor) == [StopActor("counter:2", "lease-lapsed", final=False)]
+    assert of(effects, ForgetOwners) == []  # the era is the same: the rest of what we heard stands
+
+
 def test_addresses_with_waiting_messages_are_drained_by_their_live_owner() -> None:
     d = Driver()
     d.join()

@@ -84,6 +84,27 @@ def test_a_lease_lost_on_renewal_leaves_the_held_set(crc: ClusterRedis) -> None:
     assert crc.sync.smembers(crc.keys.held("n1")) == set()
 
 
+def test_a_renewal_tells_a_lease_lost_with_its_shards_data_from_one_that_lapsed(crc: ClusterRedis) -> None:
+    """The era lives on one shard; another may lose its data alone (or
+    have a replica that missed the claim promoted). The slot's birth key
+    went with it (or names another run of the server): the renewal reports
+    that lease ``reset``, and its holder may write it back."""
+    crc.heartbeat("n1")
+    lost = crc.run(crc.leases.claim("a:1", "n1", ttl=30))
+    lapsed = crc.run(crc.leases.claim("b:1", "n1", ttl=30))
+    crc.lose_data("a:1")  # its shard's data, its slot's birth with it
+    crc.sync.delete(crc.keys.lease("b:1"))  # ran out
+    renewed = crc.heartbeat("n1", {"a:1": lost.epoch, "b:1": lapsed.epoch})
+    assert renewed.lost == {"a:1": None, "b:1": None}
+    assert renewed.reset == ("a:1",)
+    # a promoted replica: the birth names another run of the server
+    again = crc.run(crc.leases.restore("a:1", "n1", lost.epoch, ttl=30))
+    assert again
+    crc.sync.set(crc.born("a:1"), b"0 " + b"f" * 40)
+    crc.sync.delete(crc.keys.lease("a:1"))
+    assert crc.heartbeat("n1", {"a:1": lost.epoch}).reset == ("a:1",)
+
+
 def test_the_fencing_log_is_per_address_on_a_cluster(crc: ClusterRedis) -> None:
     crc.heartbeat("n1")
     lease = crc.run(crc.leases.claim("a:1", "n1", ttl=30))
