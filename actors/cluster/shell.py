@@ -1030,11 +1030,13 @@ class Cluster:
         spec = self._specs.get(address) if effect.mode == "unowned" else None
         # Written back where Redis lost its data (an outage past every lease:
         # this state is the newest there is), unless a newer owner held it since.
+        # With it, the msg ids that state includes (or a copy of one is applied again).
         checkpoint = self.checkpoints.load(address) if effect.mode == "unowned" and not effect.superseded else None
+        seen = self._seen.handled(address, whole=True) if checkpoint is not None else None
         try:
             async with asyncio.timeout(self.config.lease_ttl):
                 ours = await self.leases.release(address, self.me, effect.epoch, mode=effect.mode, spec=spec,
-                                                 checkpoint=checkpoint)
+                                                 checkpoint=checkpoint, seen=seen)
         except Exception as exc:  # noqa: BLE001
             log.warning("cluster: %s could not release %s (%r)", self.me, address, exc)
             self.feed(ReleaseFailed(address))

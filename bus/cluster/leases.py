@@ -157,10 +157,11 @@ end
 return {era, lost, bl}
 """)
 
-# ARGV: prefix, address, me, epoch, mode, channel, announcement, spec, checkpoint
+# ARGV: prefix, address, me, epoch, mode, channel, announcement, spec, checkpoint, seen_ttl_ms, seen_keep,
+# then the msg ids the checkpoint includes (the whole window, oldest first)
 RELEASE = script(r"""
 local a, me, e, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if not drop_lease(a, me, e, mode, ARGV[8], ARGV[9]) then return 0 end
+if not drop_lease(a, me, e, mode, ARGV[8], ARGV[9], 12, #ARGV - 11, ARGV[10], ARGV[11]) then return 0 end
 redis.call('SREM', held_key(me), a)
 if mode == 'unowned' and redis.call('EXISTS', spec_key(a)) == 1 then
   redis.call('SADD', UNOWNED, a)
@@ -469,15 +470,18 @@ class LeaseStore:
         return RenewResult(era=_text(era), lost=lost, backlogged=tuple(_text(a) for a in backlogged))
 
     async def release(self, address: str, node: str, epoch: int, *, mode: ReleaseMode = "plain",
-                      spec: bytes | None = None, checkpoint: bytes | None = None) -> bool:
+                      spec: bytes | None = None, checkpoint: bytes | None = None,
+                      seen: Sequence[str] | HandledIds | None = None, seen_ttl: float = SEEN_TTL) -> bool:
         """Give the lease up if it is still ours (True), and announce it.
-        ``spec``/``checkpoint`` are written back if Redis lost them."""
+        ``spec``/``checkpoint`` are written back if Redis lost them, the
+        checkpoint with the msg ids it includes (``seen``)."""
         if mode not in RELEASE_MODES:
             raise ValueError(f"release mode must be one of {RELEASE_MODES}, got {mode!r}")
         announcement = self._announcement(LeaseChange(address=address, node=node, change=_ANNOUNCED_AS[mode],
                                                       epoch=epoch))
         reply = await self._release(args=[self.keys.prefix, address, node, str(epoch), mode, self.channel,
-                                          announcement, spec or b"", checkpoint or b""])
+                                          announcement, spec or b"", checkpoint or b"", _ms(seen_ttl),
+                                          SEEN_PER_ADDRESS, *window_ids(seen)])
         return bool(reply)
 
     async def restore(self, address: str, node: str, epoch: int, *, ttl: float, spec: bytes | None = None,

@@ -166,15 +166,19 @@ local function take_lease(a, me, ttl, floor, spec)
 end
 
 -- Give a's lease up if it is (me, e) or gone; false if someone else holds it.
--- mode 'unowned' writes spec and checkpoint back if Redis lost them;
+-- mode 'unowned' writes spec and checkpoint back if Redis lost them, the
+-- checkpoint with the msg ids its state includes (ARGV[from..from+n-1]:
+-- without them the next owner would apply a copy of one again);
 -- 'retire' deletes them.
-local function drop_lease(a, me, e, mode, spec, ckpt)
+local function drop_lease(a, me, e, mode, spec, ckpt, from, n, seen_ttl, keep)
   local v = redis.call('GET', lease_key(a))
   if v and v ~= e .. ' ' .. me then return false end
   if v then redis.call('DEL', lease_key(a)) end
   if mode == 'unowned' then
     if spec ~= '' then redis.call('SET', spec_key(a), spec, 'NX') end
-    if ckpt ~= '' then redis.call('SET', ckpt_key(a), ckpt, 'NX') end
+    if ckpt ~= '' and redis.call('SET', ckpt_key(a), ckpt, 'NX') and n > 0 then
+      write_handled(a, 'r', '', from, n, seen_ttl, keep)
+    end
   elseif mode == 'retire' then
     redis.call('DEL', spec_key(a), ckpt_key(a))
   end

@@ -129,10 +129,13 @@ redis.call('PEXPIRE', lease_key(a), ttl)
 return {1, '', redis.call('EXISTS', backlog_key(a))}
 """)
 
-# ARGV: prefix, address, me, epoch, mode, spec, checkpoint -> {released, placed}
+# ARGV: prefix, address, me, epoch, mode, spec, checkpoint, seen_ttl_ms, seen_keep, msg ids...
+# -> {released, placed}
 RELEASE_ONE = script(r"""
 local a = ARGV[2]
-if not drop_lease(a, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) then return {0, 0} end
+if not drop_lease(a, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], 10, #ARGV - 9, ARGV[8], ARGV[9]) then
+  return {0, 0}
+end
 return {1, redis.call('EXISTS', spec_key(a))}
 """)
 
@@ -307,12 +310,13 @@ class ShardedLeaseStore(LeaseStore):
                            reset=tuple(reset))
 
     async def release(self, address: str, node: str, epoch: int, *, mode: ReleaseMode = "plain",
-                      spec: bytes | None = None, checkpoint: bytes | None = None) -> bool:
+                      spec: bytes | None = None, checkpoint: bytes | None = None,
+                      seen: Sequence[str] | HandledIds | None = None, seen_ttl: float = SEEN_TTL) -> bool:
         if mode not in RELEASE_MODES:
             raise ValueError(f"release mode must be one of {RELEASE_MODES}, got {mode!r}")
         [(released, placed)] = await self._scripts.run(self._release_one, [
             (self.keys.lease(address), (self.keys.prefix, address, node, str(epoch), mode, spec or b"",
-                                        checkpoint or b""))])
+                                        checkpoint or b"", _ms(seen_ttl), SEEN_PER_ADDRESS, *window_ids(seen)))])
         if not int(released):
             return False
         commands: list[tuple[Any, ...]] = [("SREM", self.keys.held(node), address)]

@@ -184,6 +184,26 @@ def test_release_writes_back_what_redis_lost(cr: ClusterRedis) -> None:
     assert cr.run(cr.leases.unowned()) == ["a:1"]
 
 
+def test_a_checkpoint_written_back_by_a_release_brings_the_ids_its_state_includes(cr: ClusterRedis) -> None:
+    """Without them the next owner restores the state and handles a copy of
+    a message that state already includes a second time."""
+    cr.heartbeat("n1")
+    lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5, spec=b"args"))
+    cr.sync.delete(cr.keys.lease("a:1"), cr.keys.checkpoint("a:1"), cr.keys.handled("a:1"))  # Redis lost them
+    assert cr.run(cr.leases.release("a:1", "n1", lease.epoch, mode="unowned", spec=b"args", checkpoint=b"ck",
+                                    seen=["m1", "m2"]))
+    assert cr.sync.lrange(cr.keys.handled("a:1"), 0, -1) == [b"m1", b"m2"]
+    assert cr.run(cr.leases.claim("a:1", "n1", ttl=5)).seen == ("m1", "m2")
+    # Where Redis still holds a checkpoint (a newer owner's), neither is touched.
+    lease = cr.run(cr.leases.claim("b:1", "n1", ttl=5, spec=b"args"))
+    cr.run(cr.leases.save_checkpoint("b:1", "n1", lease.epoch, b"newer", seen=["n9"]))
+    cr.sync.delete(cr.keys.lease("b:1"))
+    assert cr.run(cr.leases.release("b:1", "n1", lease.epoch, mode="unowned", spec=b"args", checkpoint=b"older",
+                                    seen=["m1"]))
+    assert cr.sync.get(cr.keys.checkpoint("b:1")) == b"newer"
+    assert cr.sync.lrange(cr.keys.handled("b:1"), 0, -1) == [b"n9"]
+
+
 def test_retire_forgets_a_placed_address(cr: ClusterRedis) -> None:
     cr.heartbeat("n1")
     lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5, spec=b"args"))
