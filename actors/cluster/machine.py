@@ -264,6 +264,8 @@ class ClusterState:
     #: delay after the next failure), for addresses whose ROUTE failed
     route_retry: dict[str, tuple[float, float]] = field(default_factory=dict)
     era: str | None = None
+    #: until when Redis's data set is too young for claims, as last heard
+    settling_until: float = -math.inf
     joined: bool = False
     #: send time of the newest renewal answer applied (older ones are dropped)
     last_renewal: float = -math.inf
@@ -824,6 +826,11 @@ def _claim_refused(s: ClusterState, e: ClaimRefused, now: float, out: list[Effec
         # We are not a member in Redis yet (or any more): after our next
         # heartbeat. Or claims wait for the data set to settle: then.
         s.pending_claims[e.address] = now + (e.settling or s.config.heartbeat_interval)
+        if e.settling and now >= s.settling_until:  # said once per wait, not per address
+            out.append(Emit("claims-waiting", address=node_address(s.me), reason="data-set-young",
+                            detail={"wait_s": round(e.settling, 3)}))
+        if e.settling:
+            s.settling_until = max(s.settling_until, now + e.settling)
         return
     out.append(SpawnRefused(e.address, e.holder, e.epoch))
 

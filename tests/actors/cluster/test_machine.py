@@ -456,10 +456,24 @@ def test_a_claim_refused_while_the_data_set_settles_is_retried_when_it_has() -> 
     d.join()
     d.feed(WantLease("echo:1"))
     settling = 3 * CFG.heartbeat_interval + 0.01
-    assert d.feed(ClaimRefused("echo:1", "", 0, settling=settling)) == []  # no spawn refused: it waits
+    effects = d.feed(ClaimRefused("echo:1", "", 0, settling=settling))
+    assert of(effects, SpawnRefused) == []  # it waits
+    assert events(effects) == [("claims-waiting", "node:me", "data-set-young")]
     start = d.now
     assert of(d.feed(Tick(), at=start + settling - 0.005), Claim) == []
     assert of(d.feed(Tick(), at=start + settling), Claim) == [Claim("echo:1")]
+
+
+def test_claims_waiting_for_the_data_set_are_said_once_per_wait() -> None:
+    d = Driver()
+    d.join()
+    for address in ("echo:1", "echo:2", "echo:3"):
+        d.feed(WantLease(address))
+    assert len(events(d.feed(ClaimRefused("echo:1", "", 0, settling=1.0)))) == 1
+    assert events(d.feed(ClaimRefused("echo:2", "", 0, settling=0.9))) == []
+    d.now += 1.0  # that wait is over; Redis lost its data again
+    assert events(d.feed(ClaimRefused("echo:3", "", 0, settling=1.0))) == [
+        ("claims-waiting", "node:me", "data-set-young")]
 
 
 def test_a_placed_address_whose_claim_waited_is_left_to_the_node_that_ranks_first_by_then() -> None:
@@ -470,12 +484,12 @@ def test_a_placed_address_whose_claim_waited_is_left_to_the_node_that_ranks_firs
     d.join()
     theirs = address_ranking("n2", ["me"])
     d.feed(LeaseSeen(LeaseChange(address=theirs, node="", change="unowned")))  # alone: ours
-    assert d.feed(ClaimRefused(theirs, "", 0, settling=1.5)) == []
+    assert of(d.feed(ClaimRefused(theirs, "", 0, settling=1.5)), Claim) == []
     d.peer("n2")  # n2 joins meanwhile
     assert of(d.feed(Tick(), at=d.now + 1.5), Claim) == []
     mine = address_ranking("me", ["n2"])
     d.feed(LeaseSeen(LeaseChange(address=mine, node="", change="unowned")))
-    assert d.feed(ClaimRefused(mine, "", 0, settling=1.5)) == []
+    assert of(d.feed(ClaimRefused(mine, "", 0, settling=1.5)), Claim) == []
     assert of(d.feed(Tick(), at=d.now + 1.5), Claim) == [Claim(mine)]
 
 
