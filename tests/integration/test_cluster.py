@@ -26,7 +26,7 @@ from actors.runtime.builtin import CounterAdd, CounterGet
 from actors.cluster import Cluster, ClusterConfig
 from actors.runtime.node import Node
 from bus.address import channel_for
-from bus.cluster.keys import ClusterKeys
+from bus.cluster.keys import BORN, ClusterKeys
 from bus.cluster.placement import owner_of
 from bus.embedded import EmbeddedRedis, pause_process
 from bus.embedded_cluster import EmbeddedRedisCluster, EmbeddedSentinel
@@ -324,6 +324,17 @@ def test_all_nodes_recover_when_redis_restarts(node_procs: NodeProcesses, fresh_
             got = cluster_run.value(address)
             assert got["count"] == 2 and got["node"] == owner
             assert cluster_run.add(address, 1, tag="post") == 3
+        # Nobody claimed in the new data set's first lease TTL (a holder of
+        # a lease it lost might still have written it back): a counter placed
+        # now holds an epoch (server microseconds at its claim) past that.
+        (late, _owner), = cluster_run.counters(1).items()
+        raw = redis.Redis.from_url(fresh_redis.url)
+        try:
+            born = int(raw.get(BORN).split()[0])
+            epoch = int(raw.get(keys.lease(late)).split()[0])
+        finally:
+            raw.close()
+        assert epoch >= born + int(cluster_run.lease_ttl * 1_000_000)
 
 
 def wait_listening(primary: redis.Redis, cluster_run: ClusterRun, nodes: list[NodeProcess]) -> None:
