@@ -30,9 +30,11 @@ sides agree on (``tests/bus_io/cluster`` checks them against the scripts):
 ===========================  ================================================
 
 One key is the server's, outside every namespace: ``huddle:born``,
-``"<server microseconds> <run_id>"``, when the data set began (a server
-start, or the first script after it lost the key). Claims wait until it is
-a lease TTL old (``unsettled_ms`` in :mod:`bus.cluster.lua`). On a Redis
+``"<server microseconds> <run_id>"``, when the data set began: where there
+is none, the server's start (``INFO``'s uptime); where another run wrote it
+(a restart from its data, a promoted replica), the first script that sees
+it. Claims wait until it is a lease TTL old (``unsettled_ms`` in
+:mod:`bus.cluster.lua`). On a Redis
 Cluster there is one per slot, ``huddle:born:{<tag>}`` with a tag that
 hashes to the slot (:func:`born_key`), so each shard keeps its own.
 

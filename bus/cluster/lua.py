@@ -70,10 +70,16 @@ local function alive(n) return redis.call('EXISTS', node_key(n)) == 1 end
 -- A claim granted meanwhile would start the actor again from older state
 -- (or none) and the restore would then find it taken: what the holder
 -- acknowledged since would be gone. `born` keeps "<server us> <run_id>":
--- a server that restarted (a new run_id) starts the wait again, as does
--- one that lost the key. Returns the ms still to wait (0: none).
+-- another run's (a restart from its data, a promoted replica) starts the
+-- wait again from now; where there is none (Redis lost it, or, on a Redis
+-- Cluster, nobody claimed in that slot yet) the data set is as old as the
+-- server's run. Returns the ms still to wait (0: none).
 local BORN = 'huddle:born'
-local function server_run() return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or '' end
+local function server_info()
+  local info = redis.call('INFO', 'server')
+  return string.match(info, 'run_id:(%w+)') or '', tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '0')
+end
+local function server_run() return (server_info()) end
 -- Whether the data set under `born` began with this run of the server and
 -- has not lost the key since: a lease claimed there is still there unless
 -- it lapsed or was taken (else the data set is new since: Redis lost it).
@@ -84,11 +90,11 @@ end
 local function unsettled_ms(born, ttl)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local run = server_run()
+  local run, up = server_info()
   local b, r = string.match(redis.call('GET', born) or '', '^(%d+) (%w*)$')
   if not b or r ~= run then
-    redis.call('SET', born, estr(now) .. ' ' .. run)
-    b = now
+    if b then b = now else b = now - up * 1000000 end
+    redis.call('SET', born, estr(b) .. ' ' .. run)
   end
   local wait = tonumber(ttl) - math.floor((now - tonumber(b)) / 1000)
   if wait > 0 then return wait end

@@ -122,7 +122,10 @@ class _ModelSocket(FakeSocket):
 
     @command((), (bytes,))
     def info(self, *_sections: bytes) -> bytes:
-        return b"# Server\r\nrun_id:%s\r\n" % getattr(self._server, "huddle_run_id", "0" * 40).encode()
+        server = self._server
+        up = int(server.huddle_uptime()) if hasattr(server, "huddle_uptime") else 0
+        return b"# Server\r\nrun_id:%s\r\nuptime_in_seconds:%d\r\n" % (
+            getattr(server, "huddle_run_id", "0" * 40).encode(), up)
 
 
 class _RespSession(asyncio.Protocol):
@@ -185,6 +188,7 @@ class RedisModel:
         self._listener = network.listen(loop, lambda: _RespSession(self), host, port)
         self.commands = 0
         self.restarts = 0
+        self._started()
 
     @property
     def url(self) -> str:
@@ -203,8 +207,14 @@ class RedisModel:
         if not keep_data:
             self.server = FakeServer(version=MODEL_VERSION)
         self.restarts += 1
-        self.server.huddle_run_id = f"{self.restarts:040x}"  # type: ignore[attr-defined]
+        self._started()
         return cut
+
+    def _started(self) -> None:
+        """The server's run: its id (``INFO``'s ``run_id``) and start (``uptime_in_seconds``)."""
+        start = self.clock.time()
+        self.server.huddle_run_id = f"{self.restarts:040x}"  # type: ignore[attr-defined]
+        self.server.huddle_uptime = lambda: self.clock.time() - start  # type: ignore[attr-defined]
 
     def inspector(self) -> Any:
         """A synchronous redis-py client on the model's data, outside the

@@ -76,11 +76,12 @@ class ClusterRedis:
         return born_key(address) if self.sharded else BORN
 
     def lose_data(self, address: str) -> None:
-        """As if Redis lost its data: the address's keys and the data set's birth."""
+        """As if Redis restarted and lost the address's keys: they are gone,
+        and the data set's birth names another run of the server."""
         keys = self.keys
-        for key in (keys.lease(address), keys.issued(address), keys.spec(address), keys.checkpoint(address),
-                    self.born(address)):
+        for key in (keys.lease(address), keys.issued(address), keys.spec(address), keys.checkpoint(address)):
             self.sync.delete(key)  # one by one: on a cluster they live in different slots
+        self.sync.set(self.born(address), b"0 " + b"e" * 40)
 
     def kill(self, node: str) -> None:
         """As if ``node`` died: its heartbeat key expired and, on a cluster

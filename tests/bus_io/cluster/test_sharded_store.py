@@ -22,6 +22,8 @@ from bus.embedded_cluster import EmbeddedRedisCluster
 from bus.slots import channel_slot
 from bus.store_client import store_client
 
+from tests.waiting import wait_until
+
 from .conftest import ClusterRedis
 
 DEADLINE = 30.0
@@ -103,6 +105,22 @@ def test_a_renewal_tells_a_lease_lost_with_its_shards_data_from_one_that_lapsed(
     crc.sync.set(crc.born("a:1"), b"0 " + b"f" * 40)
     crc.sync.delete(crc.keys.lease("a:1"))
     assert crc.heartbeat("n1", {"a:1": lost.epoch}).reset == ("a:1",)
+
+
+def test_a_slot_nobody_claimed_in_yet_is_as_old_as_its_server(crc: ClusterRedis) -> None:
+    """Each slot's birth is written by its first claim: a slot without one
+    on a shard that has run longer than the TTL waits for nothing (else a
+    new cluster's activations would wait a TTL in every slot's first)."""
+    crc.heartbeat("n1")
+    key = crc.born("a:fresh-slot")
+    crc.sync.delete(key)
+    shard = crc.sync.get_redis_connection(crc.sync.get_node_from_key(key))
+    wait_until(lambda: int(shard.info("server")["uptime_in_seconds"]) >= 1, "the shard has run a second")
+    claimed = crc.run(crc.leases.claim("a:fresh-slot", "n1", ttl=0.5))
+    assert claimed.won
+    born, run = crc.sync.get(key).split()
+    assert run.decode() == shard.info("server")["run_id"]
+    assert int(born) <= claimed.epoch - 10**6  # the shard's start, not the claim's moment
 
 
 def test_the_fencing_log_is_per_address_on_a_cluster(crc: ClusterRedis) -> None:
