@@ -26,11 +26,13 @@ def test_a_port_in_use_or_given_before_is_not_given(monkeypatch: pytest.MonkeyPa
         listener.listen()
         busy = listener.getsockname()[1]
         given = ports.free_port()
-        draws = iter([busy, given, busy + 1 if busy + 1 != given else busy + 2])
+        draws = iter([busy, given])  # drawn first, then whatever comes
+        real = ports._draw.randrange
         monkeypatch.setattr(ports, "LOWEST", 1024)
         monkeypatch.setattr(ports, "_ephemeral_start", lambda: 65536)
-        monkeypatch.setattr(ports._draw, "randrange", lambda _lo, _hi: next(draws))
+        monkeypatch.setattr(ports._draw, "randrange", lambda lo, hi: next(draws, None) or real(lo, hi))
         assert ports.free_port() not in (busy, given)
+        assert next(draws, None) is None  # both were drawn and passed over
 
 
 def test_with_no_room_below_the_range_the_kernel_picks(monkeypatch: pytest.MonkeyPatch) -> None:
