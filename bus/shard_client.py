@@ -96,13 +96,17 @@ class ShardClient(AsyncCoreCommands):  # type: ignore[misc]
         client = self._directs.get(shard.name)
         if client is None:
             kwargs = {k: shard.connection_kwargs[k] for k in _DIRECT_OPTIONS if k in shard.connection_kwargs}
-            if issubclass(shard.connection_class, aioredis.SSLConnection):
-                kwargs["ssl"] = True
+            tls = issubclass(shard.connection_class, aioredis.SSLConnection)
             # One quick retry: a primary that is gone fails fast, and the
             # caller (a renewal, the next sweep) tries again on the new map.
-            client = self._directs[shard.name] = aioredis.Redis(
-                host=shard.host, port=shard.port, max_connections=self.max_connections,
+            # Past max_connections a call waits for a connection (within
+            # its own deadline) instead of failing: a drain that releases
+            # hundreds of leases at once releases them all.
+            pool = aioredis.BlockingConnectionPool(
+                connection_class=aioredis.SSLConnection if tls else aioredis.Connection,
+                max_connections=self.max_connections, timeout=None, host=shard.host, port=shard.port,
                 retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1), **kwargs)
+            client = self._directs[shard.name] = aioredis.Redis.from_pool(pool)  # closed with it
         return client
 
     # -- batches --------------------------------------------------------------------

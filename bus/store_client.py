@@ -25,18 +25,17 @@ __all__ = ["store_client"]
 
 #: What a cluster client takes of the options a pool takes.
 _CLUSTER_OPTIONS = ("socket_timeout", "socket_connect_timeout")
-#: The fewest connections per primary a cluster client gets. Its pools do
-#: not wait for a free connection as the blocking pool does: a command past
-#: the limit fails at once ("Too many connections"), so a lane whose calls
-#: overlap (claims) needs room for all of them.
+#: The fewest connections per primary a cluster client gets: a lane whose
+#: calls overlap (releases in a drain) runs that many at once per shard
+#: (past it, a call waits for a free connection within its deadline).
 CLUSTER_MIN_CONNECTIONS = 64
 
 
 def store_client(url: str, *, max_connections: int, on_new_primary: Callable[[], None] | None = None,
                  **options: Any) -> aioredis.Redis | ShardClient:
     """A client for ``url`` with at most ``max_connections`` connections (per
-    shard on a cluster, and at least :data:`CLUSTER_MIN_CONNECTIONS`: there a
-    call past the limit fails instead of waiting). ``options`` as for
+    shard on a cluster, and at least :data:`CLUSTER_MIN_CONNECTIONS`); a call
+    past the limit waits for a free one. ``options`` as for
     ``BlockingConnectionPool``; on a
     cluster only the socket timeouts apply (the client follows ``MOVED``
     and failovers itself). ``on_new_primary``: behind Sentinel only."""

@@ -938,7 +938,9 @@ class Cluster:
                 # hundreds of activations wait a second behind the others'.)
                 await asyncio.sleep(0)
                 yield_at = now() + ROUND_BUDGET_S
-            if result.won:
+            if result.unanswered:  # its shard was down: nothing is known of it
+                self.feed(ClaimFailed(address))
+            elif result.won:
                 if result.seen:
                     self._seen.restore(address, result.seen)  # before anything is delivered
                 self._claims[address] = result

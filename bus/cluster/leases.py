@@ -360,7 +360,10 @@ class ClaimResult:
     (``handled:{address}``, read under the new lease). Otherwise ``holder`` is the live node that holds
     it (``""``: we are not a live member yet, or, with ``settling`` > 0,
     Redis's data set is younger than a lease TTL and claims wait this many
-    seconds more: a holder of a lease it lost may still write it back)."""
+    seconds more: a holder of a lease it lost may still write it back).
+    ``unanswered``: the claim got no answer (on a Redis Cluster: its shard
+    was down while others answered), so nothing is known of it; it may
+    have been won, and is tried again as a claim that failed."""
 
     won: bool
     holder: str
@@ -370,6 +373,7 @@ class ClaimResult:
     backlog: tuple[bytes, ...] = ()
     seen: tuple[str, ...] = ()
     settling: float = 0.0
+    unanswered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

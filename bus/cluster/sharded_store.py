@@ -197,6 +197,12 @@ return {'', '0'}
 #: replica is promoted) counts as unanswered, so the next renewal of every
 #: other shard is not held up behind it.
 RENEW_ANSWER_WITHIN = 0.25
+#: The share of the lease TTL a claim waits for its shard's answer (within
+#: the TTL its caller gives the whole claim: the shards that answered keep
+#: their claims when one does not).
+CLAIM_ANSWER_WITHIN = 0.5
+#: A claim whose shard did not answer.
+_UNANSWERED = ClaimResult(won=False, holder="", epoch=0, unanswered=True)
 
 
 class ShardedLeaseStore(LeaseStore):
@@ -232,8 +238,13 @@ class ShardedLeaseStore(LeaseStore):
             return [ClaimResult(won=False, holder="", epoch=0) for _ in claims]
         prefix, ms = self.keys.prefix, _ms(ttl)
         replies = await self._scripts.run(self._claim_one, [
-            (self.keys.lease(a), (prefix, node, ms, a, floor, spec or b"", born_key(a))) for a, floor, spec in claims])
-        results = [_claim_result(reply) for reply in replies]
+            (self.keys.lease(a), (prefix, node, ms, a, floor, spec or b"", born_key(a))) for a, floor, spec in claims],
+            timeout=ttl * CLAIM_ANSWER_WITHIN, raise_on_error=False)
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if len(errors) == len(replies):
+            raise errors[0]  # nothing answered
+        # A shard that did not answer costs its own claims only.
+        results = [_UNANSWERED if isinstance(r, Exception) else _claim_result(r) for r in replies]
         won = [a for (a, _f, _s), r in zip(claims, results, strict=True) if r.won]
         if won:
             # Hints after the fact: the leases are won whatever becomes of

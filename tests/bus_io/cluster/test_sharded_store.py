@@ -17,9 +17,11 @@ import pytest
 import redis
 
 from bus.cluster.keys import ClusterKeys
+from bus.cluster.leases import ClaimResult
 from bus.cluster.sharded_store import ShardedLeaseStore, lease_store_for
 from bus.embedded_cluster import EmbeddedRedisCluster
 from bus.slots import channel_slot
+from bus.shard_client import ShardClient
 from bus.store_client import store_client
 
 from tests.waiting import wait_until
@@ -37,6 +39,25 @@ def crc(redis_cluster: EmbeddedRedisCluster) -> Iterator[ClusterRedis]:
         yield c
     finally:
         c.close()
+
+
+def test_calls_past_a_shards_connection_limit_wait_for_a_connection(redis_cluster: EmbeddedRedisCluster) -> None:
+    """More calls at once on one primary than the client has connections
+    there (a drain releasing hundreds of leases): each waits for a free
+    connection and is answered; none fails with "Too many connections"."""
+
+    async def run() -> list[object]:
+        client = store_client(redis_cluster.url, max_connections=1)
+        assert isinstance(client, ShardClient)
+        client.max_connections = 2  # below the floor the store gets: the limit is what is under test
+        try:
+            # Each holds its connection for 0.1 s (a blocking pop with nothing to pop).
+            return list(await asyncio.gather(*(client.execute_command("BLPOP", "{limit}:empty", "0.1")
+                                               for _ in range(8)), return_exceptions=True))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == [None] * 8
 
 
 def test_adoption_waits_for_a_lease_the_dead_node_still_holds(crc: ClusterRedis) -> None:
@@ -130,6 +151,41 @@ def test_the_fencing_log_is_per_address_on_a_cluster(crc: ClusterRedis) -> None:
     assert [e["note"] for e in crc.run(crc.leases.fencing_log(addresses=["a:1"]))] == ["x"]
     with pytest.raises(ValueError, match="per address"):
         crc.run(crc.leases.fencing_log())
+
+
+def test_a_shard_that_does_not_answer_costs_only_its_own_claims(fresh_redis_cluster: EmbeddedRedisCluster) -> None:
+    """Claims on three shards at once, one primary paused: the claims it
+    serves come back unanswered (nothing is known of them), the others are
+    won as usual, not failed with them."""
+    cluster = fresh_redis_cluster
+    namespace = f"t{uuid.uuid4().hex[:8]}:"
+    keys = ClusterKeys(namespace)
+    addresses = [f"counter:shards-{i}" for i in range(30)]
+    by_port = {a: cluster.primary_for_slot(channel_slot(keys.lease(a))).port for a in addresses}
+    node_port = cluster.primary_for_slot(channel_slot(keys.node("n1"))).port
+    paused = next(p for p in cluster.primaries() if p.port != node_port)
+    assert paused.pid is not None and len(set(by_port.values())) == 3
+
+    async def claims() -> list[ClaimResult]:
+        client = store_client(cluster.url, max_connections=4)
+        store = lease_store_for(client, namespace=namespace)
+        try:
+            await store.renew("n1", ttl=60, node_body=b"body", heartbeat=b"", new_era="e", leases={})
+            await store.assume_settled()
+            os.kill(paused.pid, signal.SIGSTOP)
+            try:
+                return await store.claim_many([(a, 0, None) for a in addresses], "n1", ttl=1.0)
+            finally:
+                os.kill(paused.pid, signal.SIGCONT)
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(claims())
+    for address, result in zip(addresses, results, strict=True):
+        if by_port[address] == paused.port:
+            assert result.unanswered and not result.won, address
+        else:
+            assert result.won and not result.unanswered, address
 
 
 def test_epochs_keep_growing_across_a_shard_failover_whose_replica_missed_the_last_claim(
