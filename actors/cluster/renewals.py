@@ -15,7 +15,11 @@ called on the node's loop with the heartbeat it announces). Claims run on
 this loop too, on a connection of their own (:meth:`RenewalLane.claim`):
 a lease won is renewed from the next renewal on, before the node's loop has
 even read the answer, so a lease claimed during a busy stretch does not
-run out while the answer waits. Until a plan includes it, such a lease is
+run out while the answer waits. The claims asked for while a round of them
+is out go together in the next round (one round trip per shard however
+the node's loop asked for them: a placement of hundreds of actors, asked
+one message at a time, made hundreds of calls at once, which took longer
+than a lease's validity and more connections than a shard's pool has). Until a plan includes it, such a lease is
 renewed for at most ``stall_limit`` seconds (a claim whose answer the core
 never takes is not kept alive for ever). Each answer goes back
 to the node's loop as a :class:`~actors.cluster.machine.Renewed` event
@@ -67,6 +71,10 @@ __all__ = ["RenewalLane", "RenewalPlan"]
 log = logging.getLogger("huddle.cluster.renewals")
 
 
+#: Claims one asker asked for, and the future its answers go to.
+_ClaimRequest = tuple[list[tuple[str, int, bytes | None]], "asyncio.Future[list[ClaimResult]]"]
+
+
 @dataclass(frozen=True, slots=True)
 class RenewalPlan:
     """What one renewal writes: the leases (address -> epoch), this node's
@@ -111,6 +119,9 @@ class RenewalLane:
         self._task: concurrent.futures.Future[None] | None = None
         self._planned: asyncio.Event | None = None
         self._claims: LeaseStore | None = None
+        #: claims asked for and not sent yet (the next round's), and the round sending
+        self._claim_queue: list[_ClaimRequest] = []
+        self._claimer: asyncio.Future[None] | None = None
         #: Seconds the last renewal took (a gauge), renewals skipped because
         #: the node's loop was stuck, renewals that failed.
         self.latency_s: float | None = None
@@ -224,16 +235,45 @@ class RenewalLane:
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
     async def _claim(self, claims: list[tuple[str, int, bytes | None]]) -> list[ClaimResult]:
-        while self._claims is None:
-            await asyncio.sleep(0)  # the lane's loop has not set up its connections yet
-        async with asyncio.timeout(self.config.lease_ttl):
-            results = await self._claims.claim_many(claims, self.me, ttl=self.config.lease_ttl)
-        now = self._clock()
-        with self._lock:
-            for (address, _floor, _spec), result in zip(claims, results, strict=True):
-                if result.won:
-                    self._added[address] = (result.epoch, now)
-        return results
+        """Joins the next round (:meth:`_claim_rounds`) and waits for it."""
+        request: _ClaimRequest = (claims, asyncio.get_running_loop().create_future())
+        self._claim_queue.append(request)
+        if self._claimer is None or self._claimer.done():
+            self._claimer = asyncio.ensure_future(self._claim_rounds())
+        return await request[1]
+
+    async def _claim_rounds(self) -> None:
+        """One round of claims out at a time, each with every claim asked
+        for meanwhile (in the order asked); each asker gets its own part
+        of the answers, or the round's error."""
+        while self._claim_queue:
+            while self._claims is None:
+                await asyncio.sleep(0)  # the lane's loop has not set up its connections yet
+            batch = list(self._claim_queue)
+            self._claim_queue.clear()
+            claims = [claim for asked, _future in batch for claim in asked]
+            try:
+                async with asyncio.timeout(self.config.lease_ttl):
+                    results = await self._claims.claim_many(claims, self.me, ttl=self.config.lease_ttl)
+            except Exception as exc:  # noqa: BLE001 - each asker handles it
+                for _asked, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:
+                for _asked, future in batch:
+                    future.cancel()
+                raise
+            now = self._clock()
+            with self._lock:
+                for (address, _floor, _spec), result in zip(claims, results, strict=True):
+                    if result.won:
+                        self._added[address] = (result.epoch, now)
+            start = 0
+            for asked, future in batch:
+                if not future.done():
+                    future.set_result(results[start:start + len(asked)])
+                start += len(asked)
 
     async def _renew_once(self, store: LeaseStore) -> None:
         sent_at = self._clock()

@@ -223,3 +223,43 @@ def test_a_lease_won_on_the_lane_is_renewed_until_the_core_takes_it_and_no_longe
     assert lane.confirms(address, result.epoch, time.monotonic())
     # Past the stall limit it is dropped, and Redis lets it go.
     wait_until(lambda: lease() is None, "the untaken lease expired", timeout=DEADLINE + config.stall_limit)
+
+
+def test_claims_asked_for_at_once_go_together_and_each_asker_gets_its_own_answers(rig: Rig) -> None:
+    """A placement asks for its claims one message at a time: the lane
+    sends those asked for while a round is out in the next round (the
+    number of rounds, not of askers, is what Redis sees), and each asker
+    gets the answers to its own claims, in its order."""
+    cluster = rig.add("a", config=SHORT)
+    lane, node = cluster._lane, rig.nodes["a"]
+    store = lane._claims
+    assert store is not None
+    rounds: list[int] = []
+    claim_many = store.claim_many
+
+    async def counted(claims: Any, me: str, *, ttl: float) -> Any:
+        rounds.append(len(claims))
+        return await claim_many(claims, me, ttl=ttl)
+
+    store.claim_many = counted  # type: ignore[method-assign]
+    node.io.submit(cluster.leases.assume_settled(), tracked=False).result(timeout=DEADLINE)  # a new Redis: no wait
+    addresses = [f"counter:together-{i}" for i in range(120)]
+
+    async def ask_all() -> list[list[Any]]:
+        askers = [lane.claim([(a, 0, None)]) for a in addresses[:100]]
+        askers.append(lane.claim([(a, 0, None) for a in addresses[100:]]))
+        return await asyncio.gather(*askers)
+
+    answers = node.io.submit(ask_all(), tracked=False).result(timeout=DEADLINE)
+    assert sum(rounds) == len(addresses)
+    assert len(rounds) < 25, rounds  # together, not one call per asker
+    assert [len(a) for a in answers] == [1] * 100 + [20]
+    got = [result for answer in answers for result in answer]
+    assert all(result.won for result in got)
+    # Each answer is its own claim's: the epoch its address's lease holds.
+    async def leases() -> list[Any]:
+        return list(await asyncio.gather(*(cluster.leases.lease(a) for a in addresses)))
+
+    held = node.io.submit(leases(), tracked=False).result(timeout=DEADLINE)
+    assert held == [("a", result.epoch) for result in got]
+    assert len({result.epoch for result in got}) == len(addresses)
