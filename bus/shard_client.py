@@ -164,6 +164,13 @@ class ShardClient(AsyncCoreCommands):  # type: ignore[misc]
                     await client.script_load(script.script)
         raise AssertionError("unreachable")
 
+    async def load_scripts(self, *scripts: AsyncScript) -> None:
+        """Read the slot map, connect to every primary and load ``scripts``
+        there (a call that needs one then finds it loaded)."""
+        await self._ensure_map()
+        await asyncio.gather(*(self._direct(primary).script_load(script.script)
+                               for primary in self.cluster.get_primaries() for script in scripts))
+
     async def commands(self, *commands: Sequence[Any]) -> list[Any]:
         """Each command's reply; raises the first error."""
         replies = await self.batch(commands)

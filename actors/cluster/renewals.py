@@ -122,6 +122,9 @@ class RenewalLane:
         #: claims asked for and not sent yet (the next round's), and the round sending
         self._claim_queue: list[_ClaimRequest] = []
         self._claimer: asyncio.Future[None] | None = None
+        #: set to renew before the next heartbeat is due; when that is
+        self._renew_soon: asyncio.Event | None = None
+        self._next_renewal_at = -math.inf
         #: Seconds the last renewal took (a gauge), renewals skipped because
         #: the node's loop was stuck, renewals that failed.
         self.latency_s: float | None = None
@@ -145,8 +148,10 @@ class RenewalLane:
 
     async def claim(self, claims: list[tuple[str, int, bytes | None]]) -> list[ClaimResult]:
         """Run :meth:`~bus.cluster.leases.LeaseStore.claim_many` on the
-        lane's loop (awaited on the node's loop); every lease won is renewed
-        from the next renewal on. Raises as the claim did, or
+        lane's loop (awaited on the node's loop), in the next round of
+        claims. A lease won is valid from when that round went out
+        (:meth:`renewed_at`) and renewed from the next renewal on, or at
+        once if that one would come too late. Raises as the claim did, or
         :class:`TimeoutError` past a lease's ttl."""
         future = asyncio.run_coroutine_threadsafe(self._claim(claims), self._thread.loop)
         return await asyncio.wrap_future(future)
@@ -209,17 +214,30 @@ class RenewalLane:
 
     async def _run(self) -> None:
         self._planned = asyncio.Event()
+        self._renew_soon = asyncio.Event()
         client = self._client()
         self._claims = lease_store_for(self._client(), namespace=self._namespace, codec=self._codec)
         store = lease_store_for(client, namespace=self._namespace, codec=self._codec)
         try:
+            try:  # the first claim and renewal do not wait for connections and scripts
+                async with asyncio.timeout(self.config.lease_ttl):
+                    await asyncio.gather(store.prepare(), self._claims.prepare())
+            except Exception as exc:  # noqa: BLE001 - Redis not up yet: the first calls connect
+                log.debug("renewals: %s could not prepare its connections (%r)", self.me, exc)
             while self._plan is None and not self._stopped:
                 await self._planned.wait()
             next_at = self._clock()
             while not self._stopped:
                 await self._renew_once(store)
                 next_at = max(next_at + self.config.heartbeat_interval, self._clock())
-                await asyncio.sleep(max(0.0, next_at - self._clock()))
+                self._next_renewal_at = next_at
+                try:
+                    async with asyncio.timeout(max(0.0, next_at - self._clock())):
+                        await self._renew_soon.wait()
+                    next_at = self._clock()  # a claim's win needs it now (_claim_rounds)
+                except TimeoutError:
+                    pass
+                self._renew_soon.clear()
         finally:
             await store.aclose()
             await client.aclose()
@@ -252,6 +270,7 @@ class RenewalLane:
             batch = list(self._claim_queue)
             self._claim_queue.clear()
             claims = [claim for asked, _future in batch for claim in asked]
+            sent_at = self._clock()
             try:
                 async with asyncio.timeout(self.config.lease_ttl):
                     results = await self._claims.claim_many(claims, self.me, ttl=self.config.lease_ttl)
@@ -265,10 +284,23 @@ class RenewalLane:
                     future.cancel()
                 raise
             now = self._clock()
+            won = {address: result.epoch for (address, _floor, _spec), result in zip(claims, results, strict=True)
+                   if result.won}
             with self._lock:
-                for (address, _floor, _spec), result in zip(claims, results, strict=True):
-                    if result.won:
-                        self._added[address] = (result.epoch, now)
+                for address, epoch in won.items():
+                    self._added[address] = (epoch, now)
+            if won:
+                # A won lease counts from when its claim went out (not from
+                # when it was asked for: the time it waited here for the
+                # round before is not the lease's), as a renewal's from
+                # when it was sent...
+                self._renewed = {**self._renewed, **{a: (e, sent_at) for a, e in won.items()}}
+                # ...and is renewed before that runs out: at once if the
+                # next renewal would answer too late (a slow round).
+                next_renewal = max(self._next_renewal_at, now)  # or now, if that one is overdue
+                if sent_at + self.config.validity < next_renewal + self.config.heartbeat_interval \
+                        and self._renew_soon is not None:
+                    self._renew_soon.set()
             start = 0
             for asked, future in batch:
                 if not future.done():

@@ -121,7 +121,10 @@ RENEW = script(r"""
 local me, ttl = ARGV[2], ARGV[3]
 redis.call('SET', node_key(me), ARGV[4], 'PX', ttl)
 redis.call('SADD', MEMBERS, me)
-unsettled_ms(BORN, ttl)  -- the wait for claims starts when the first node joins
+-- Another run's birth (a restart from its data, a promoted replica) is
+-- noticed here, a heartbeat after it: claims wait from then, not from the
+-- first claim after it.
+unsettled_ms(BORN, ttl)
 local era = redis.call('GET', ERA)
 if not era then
   era = ARGV[7]
@@ -435,6 +438,12 @@ class LeaseStore:
 
     def _announcement(self, change: LeaseChange) -> bytes:
         return self.codec.encode(Envelope(to=SYS_NODES, message=change))
+
+    async def prepare(self) -> None:
+        """Connect and load the scripts a node runs most (claims, renewals),
+        so that the first claim or renewal does not wait for it."""
+        for script in (self._claim, self._renew):
+            await self.client.script_load(script.script)
 
     async def assume_settled(self) -> None:
         """Declare Redis's data set settled: no lease it may have lost is

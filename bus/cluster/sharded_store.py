@@ -226,6 +226,10 @@ class ShardedLeaseStore(LeaseStore):
         if announcements:
             await self._scripts.commands(*(("SPUBLISH", self.channel, a) for a in announcements))
 
+    async def prepare(self) -> None:
+        """As on one server, on every primary."""
+        await self._scripts.load_scripts(self._claim_one, self._renew_one)
+
     async def assume_settled(self) -> None:
         """As on one server, in every slot (each has its own birth)."""
         await self._scripts.run(self._settle_one, [(k, (self.keys.prefix, k)) for k in born_keys()])

@@ -263,3 +263,143 @@ def test_claims_asked_for_at_once_go_together_and_each_asker_gets_its_own_answer
     held = node.io.submit(leases(), tracked=False).result(timeout=DEADLINE)
     assert held == [("a", result.epoch) for result in got]
     assert len({result.epoch for result in got}) == len(addresses)
+
+
+class LaneClock:
+    """The monotonic clock plus an offset a test moves (as if a call took that long)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+#: Heartbeats far apart (a renewal the test did not cause would come a
+#: minute later, past every deadline here) and a loop that never counts as stuck.
+SLOW_BEAT = dataclasses.replace(FAST, heartbeat_interval=60.0, lease_ttl=240.0, loop_stall_limit=10_000.0)
+
+
+@pytest.fixture
+def lane_alone(redis_server: Any) -> Any:
+    """A renewal lane of node "solo" on its own (no node, no core): its
+    plan renews nothing but the heartbeat; Redis's data set settled."""
+    from actors.cluster.renewals import RenewalLane, RenewalPlan
+    from bus.cluster.leases import LeaseStore
+    from bus.envelope import Codec
+
+    namespace = f"lane{time.monotonic_ns()}:"
+    clock = LaneClock()
+    lane = RenewalLane(redis_server.url, "solo", SLOW_BEAT, namespace=namespace, codec=Codec(), wake=lambda: None,
+                       new_era=lambda: "era", clock=clock)
+
+    async def settle() -> None:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await LeaseStore(client, namespace=namespace).assume_settled()
+        finally:
+            await client.aclose()
+
+    asyncio.run(settle())
+    lane.start()
+    lane.plan(RenewalPlan(leases={}, node_body=b"body", heartbeat=b"beat"))
+    wait_until(lambda: lane.renewals >= 1, "the first renewal (a member now)", timeout=DEADLINE)
+    try:
+        yield lane, clock
+    finally:
+        asyncio.run(lane.stop())
+        lane.close()
+
+
+def _slowed(lane: Any, clock: LaneClock, took: float, gate: threading.Event | None = None) -> list[float]:
+    """Make each claim round take ``took`` seconds on the lane's clock (and
+    wait for ``gate`` first); returns the clock at each round's start."""
+    store = lane._claims
+    claim_many = store.claim_many
+    started: list[float] = []
+
+    async def slow(claims: Any, me: str, *, ttl: float) -> Any:
+        started.append(clock())
+        if gate is not None:
+            while not gate.is_set():
+                await asyncio.sleep(0.005)
+        clock.offset += took
+        return await claim_many(claims, me, ttl=ttl)
+
+    store.claim_many = slow
+    return started
+
+
+def test_a_claim_counts_from_when_its_round_went_out_not_from_when_it_was_asked_for(lane_alone: Any) -> None:
+    """A claim asked for while a round is out waits for the next round:
+    its lease counts from that round's start (Redis starts its TTL after
+    it), not from when it was asked for, or the wait would be taken from
+    its validity."""
+    lane, clock = lane_alone
+    gate = threading.Event()
+    started = _slowed(lane, clock, took=100.0, gate=gate)
+
+    async def both() -> tuple[list[Any], list[Any], float]:
+        first = asyncio.ensure_future(lane.claim([("counter:first", 0, None)]))
+        while not started:
+            await asyncio.sleep(0.005)
+        asked_at = clock()
+        second = asyncio.ensure_future(lane.claim([("counter:second", 0, None)]))
+        await asyncio.sleep(0.05)  # the second is queued behind the first round (it is gated)
+        gate.set()
+        return await first, await second, asked_at
+
+    [a], [b], asked_at = asyncio.run(both())
+    assert a.won and b.won and len(started) == 2
+    assert lane.renewed_at("counter:first", a.epoch) <= started[0] < asked_at
+    assert asked_at + 100.0 <= lane.renewed_at("counter:second", b.epoch) <= started[1]
+
+
+def test_a_lease_won_by_a_round_too_slow_for_the_next_renewal_is_renewed_at_once(lane_alone: Any) -> None:
+    """A round that took most of a lease's validity: the next renewal, a
+    heartbeat away, would answer after the won lease ran out, so the lane
+    renews at once (the renewals here are a minute apart: only this can
+    renew it within the test's deadline)."""
+    lane, clock = lane_alone
+    _slowed(lane, clock, took=SLOW_BEAT.validity - 1.0)
+    renewals = lane.renewals
+    [won] = asyncio.run(lane.claim([("counter:slow", 0, None)]))
+    assert won.won
+    wait_until(lambda: lane.renewals > renewals, "a renewal at once", timeout=DEADLINE)
+    assert lane.renewed_at("counter:slow", won.epoch) > clock() - 1.0
+    assert lane.confirms("counter:slow", won.epoch, clock())
+
+
+def test_a_lease_won_by_a_quick_round_waits_for_the_next_renewal(lane_alone: Any) -> None:
+    """The same on a quick round: no renewal before the heartbeat is due."""
+    lane, clock = lane_alone
+    _slowed(lane, clock, took=0.0)
+    renewals = lane.renewals
+    [won] = asyncio.run(lane.claim([("counter:quick", 0, None)]))
+    assert won.won and lane.confirms("counter:quick", won.epoch, clock())
+    assert lane.renewals == renewals and not lane._renew_soon.is_set()
+
+
+def test_a_lane_loads_the_claim_and_renewal_scripts_before_its_first_claim(fresh_redis: Any) -> None:
+    """The first claim (a placement's) is not the one that connects and
+    loads the script: the lane does it as it starts."""
+    import redis
+
+    from actors.cluster.renewals import RenewalLane
+    from bus.cluster.leases import CLAIM, RENEW
+    from bus.envelope import Codec
+
+    lane = RenewalLane(fresh_redis.url, "solo", SLOW_BEAT, namespace="prep:", codec=Codec(), wake=lambda: None,
+                       new_era=lambda: "era")
+    raw = redis.Redis.from_url(fresh_redis.url)
+    shas = [raw.script_load(s) for s in (CLAIM, RENEW)]
+    raw.script_flush()
+    assert raw.script_exists(*shas) == [False, False]
+    lane.start()  # no plan: it neither renews nor claims
+    try:
+        wait_until(lambda: raw.script_exists(*shas) == [True, True], "both scripts loaded", timeout=DEADLINE)
+        assert lane.renewals == 0
+    finally:
+        asyncio.run(lane.stop())
+        lane.close()
+        raw.close()

@@ -318,14 +318,17 @@ def test_a_checkpoint_under_a_lost_lease_is_refused_and_the_actor_stops(rig: Rig
         raw.close()
 
 
-def test_an_actor_whose_lease_expired_neither_sends_nor_handles(rig: Rig) -> None:
+def test_an_actor_whose_lease_expired_neither_sends_nor_handles(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """The local validity check, without waiting for the core to notice."""
     a = rig.add("a")
     a.ensure("counter:v").get(timeout=DEADLINE)
     rig.events.wait(event="started", node="a", address="counter:v")
     lease = a.state.leases["counter:v"]
     assert a.may_send("counter:v", lease.epoch) and a.may_deliver("counter:v")
-    lease.valid_until = 0.0  # as if the process had been paused past it
+    # As if the process had been paused past it: past the core's validity,
+    # and past what the renewal lane's last answer (or the claim) confirmed.
+    lease.valid_until = 0.0
+    monkeypatch.setattr(a._lane, "confirms", lambda *_args: False)
     assert not a.may_send("counter:v", lease.epoch)
     assert not a.may_deliver("counter:v")
     assert not a.may_send("counter:v", lease.epoch + 1)
