@@ -80,18 +80,22 @@ local function server_info()
   return string.match(info, 'run_id:(%w+)') or '', tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '0')
 end
 local function server_run() return (server_info()) end
+-- The birth under `born`: server us and run_id (nil, nil: none).
+local function read_born(born)
+  return string.match(redis.call('GET', born) or '', '^(%d+) (%w*)$')
+end
 -- Whether the data set under `born` began with this run of the server and
 -- has not lost the key since: a lease claimed there is still there unless
 -- it lapsed or was taken (else the data set is new since: Redis lost it).
 local function same_data_set(born)
-  local _, r = string.match(redis.call('GET', born) or '', '^(%d+) (%w*)$')
+  local _, r = read_born(born)
   return r ~= nil and r == server_run()
 end
 local function unsettled_ms(born, ttl)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local run, up = server_info()
-  local b, r = string.match(redis.call('GET', born) or '', '^(%d+) (%w*)$')
+  local b, r = read_born(born)
   if not b or r ~= run then
     if b then b = now else b = now - up * 1000000 end
     redis.call('SET', born, estr(b) .. ' ' .. run)
