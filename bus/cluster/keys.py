@@ -31,7 +31,9 @@ sides agree on (``tests/bus_io/cluster`` checks them against the scripts):
 
 One key is the server's, outside every namespace: ``huddle:born``,
 ``"<server microseconds> <run_id>"``, when the data set began: where there
-is none, the server's start (``INFO``'s uptime); where another run wrote it
+is none, the server's start (``INFO``'s uptime), or on a promoted replica
+(``INFO``'s ``master_replid2`` set: its primary may have died before the
+key reached it) the first script that sees it; where another run wrote it
 (a restart from its data, a promoted replica), the first script that sees
 it. Claims wait until it is a lease TTL old (``unsettled_ms`` in
 :mod:`bus.cluster.lua`). On a Redis

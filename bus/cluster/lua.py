@@ -73,13 +73,21 @@ local function alive(n) return redis.call('EXISTS', node_key(n)) == 1 end
 -- another run's (a restart from its data, a promoted replica) starts the
 -- wait again from now; where there is none (Redis lost it, or, on a Redis
 -- Cluster, nobody claimed in that slot yet) the data set is as old as the
--- server's run. Returns the ms still to wait (0: none).
+-- server's run, unless the server took its data over from a primary (a
+-- promoted replica: its secondary replication id is set), which may have
+-- died before the key, or the first claims beside it, reached the
+-- replica: then it waits from now too. Returns the ms still to wait (0: none).
 local BORN = 'huddle:born'
 local function server_info()
   local info = redis.call('INFO', 'server')
   return string.match(info, 'run_id:(%w+)') or '', tonumber(string.match(info, 'uptime_in_seconds:(%d+)') or '0')
 end
 local function server_run() return (server_info()) end
+-- Whether this server's data set came from a primary it replaced.
+local function promoted()
+  local id2 = string.match(redis.call('INFO', 'replication'), 'master_replid2:(%x+)')
+  return id2 ~= nil and string.find(id2, '[^0]') ~= nil
+end
 -- The birth under `born`: server us and run_id (nil, nil: none).
 local function read_born(born)
   return string.match(redis.call('GET', born) or '', '^(%d+) (%w*)$')
@@ -97,7 +105,7 @@ local function unsettled_ms(born, ttl)
   local run, up = server_info()
   local b, r = read_born(born)
   if not b or r ~= run then
-    if b then b = now else b = now - up * 1000000 end
+    if b or promoted() then b = now else b = now - up * 1000000 end
     redis.call('SET', born, estr(b) .. ' ' .. run)
   end
   local wait = tonumber(ttl) - math.floor((now - tonumber(b)) / 1000)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from bus.cluster.keys import ClusterKeys
+from bus.cluster.keys import ClusterKeys, born_key
 from bus.cluster.leases import ClaimResult
 from bus.cluster.sharded_store import ShardedLeaseStore, lease_store_for
 from bus.embedded_cluster import EmbeddedRedisCluster
@@ -241,6 +241,40 @@ def test_epochs_keep_growing_across_a_shard_failover_whose_replica_missed_the_la
         assert issued is not None and int(issued.split()[0]) == first  # the promoted replica missed the second
     after = asyncio.run(claim("n3", promoted=True))
     assert first < missed < after
+
+
+def test_a_promoted_replica_without_a_birth_in_the_slot_makes_claims_wait(
+        fresh_redis_cluster: EmbeddedRedisCluster) -> None:
+    """A replica promoted without the slot's birth key (the primary died
+    before the key, written by the slot's first claim, reached it; here:
+    nobody claimed there yet) is no older than the failover for the
+    claims: they wait a TTL from the first one it sees, however long the
+    replica has run. A primary's slot without the key (one that never took
+    over a data set) does not wait (test_a_slot_nobody_claimed_in_yet_...)."""
+    cluster = fresh_redis_cluster
+    namespace = f"t{uuid.uuid4().hex[:8]}:"
+    keys = ClusterKeys(namespace)
+    address = "counter:promoted-empty-slot"
+    primary = cluster.primary_for_slot(channel_slot(keys.lease(address)))
+    replica = next(r for r in cluster.replicas() if r.primary_port == primary.port)
+    with redis.Redis(host="127.0.0.1", port=replica.port) as before:
+        wait_until(lambda: int(before.info("server")["uptime_in_seconds"]) >= 3, "the replica has run 3 s")
+    with redis.Redis(host="127.0.0.1", port=primary.port) as old:
+        assert old.get(born_key(address)) is None
+    cluster.kill(primary.port)
+    assert cluster.wait_failover(primary.port) == replica.port
+
+    async def claim() -> ClaimResult:
+        client = store_client(cluster.url, max_connections=4)
+        store = lease_store_for(client, namespace=namespace)
+        try:
+            await store.renew("n1", ttl=1.0, node_body=b"body", heartbeat=b"", new_era="e", leases={})
+            return await store.claim(address, "n1", ttl=1.0)
+        finally:
+            await client.aclose()
+
+    waiting = asyncio.run(claim())
+    assert not waiting.won and waiting.holder == "" and 0.5 < waiting.settling <= 1.0
 
 
 def test_a_renewal_right_after_a_slot_move_renews_the_moved_lease_on_its_new_owner(
