@@ -19,7 +19,9 @@ actor, keeps the address reserved (messages wait in a bounded buffer, see
 ``sys.child-exit``. The supervisor either starts a new incarnation at the
 same address (the buffer is delivered to it first) or releases the address
 (the buffer becomes dead letters). A stop with ``release`` is final: no
-reservation, no supervisor told.
+reservation, no supervisor told. A final stop, or a reservation given up,
+also forgets the address's checkpoint on the node (a plain stop keeps it
+for the next :meth:`spawn` there); in a cluster the ownership decides.
 
 Reservations also serve a cluster: :meth:`~actors.runtime.node.Node.reserve` holds
 messages for an address not started yet (a lease being claimed);
@@ -257,6 +259,7 @@ class Hosting:
             if waiting is None or address in self._actors:
                 return
         self.transport.unsubscribe(channel_for(address, self.namespace))
+        self.checkpoints.delete(address)  # given up: no incarnation will restore it
         for env in waiting:
             self._refuse(env, "actor-stopped")
 
@@ -281,6 +284,8 @@ class Hosting:
                     self._reserved.setdefault(address, collections.deque())
             elif not supervised:
                 self.transport.unsubscribe(channel_for(address, self.namespace))
+                if final:  # not kept for a restart: nor is its state (no ownership took the address)
+                    self.checkpoints.delete(address)
             reason = type(error).__name__ if error is not None else ""
             self.emit("crashed" if error is not None else "stopped", address, reason=reason,
                       detail={"incarnation": actor.ctx.incarnation})

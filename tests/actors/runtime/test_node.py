@@ -627,6 +627,24 @@ def test_a_checkpoint_is_given_to_the_next_incarnation(cluster: Cluster) -> None
     assert third.ctx.checkpoint == {"values": [1, 2], "incarnation": 1}
 
 
+def test_a_final_stop_forgets_the_checkpoint_a_plain_stop_keeps(cluster: Cluster) -> None:
+    """A plain stop keeps the checkpoint for the next spawn at the address;
+    a final one (``release``: the address is not kept) forgets it, so a node
+    that hosts many short-lived addresses does not keep each one's state."""
+    node = cluster.node("alpha")
+    for address in ("svc:plain", "svc:final"):
+        node.spawn(address, Echo)
+        node.ask(address, Items(values=[1], tag="checkpoint")).get(timeout=DEADLINE)
+        assert node.checkpoints.load(address) is not None
+    node.stop_actor("svc:plain", timeout=DEADLINE)
+    node.stop_actor("svc:final", timeout=DEADLINE, release=True)
+    assert node.checkpoints.load("svc:plain") is not None
+    assert node.checkpoints.load("svc:final") is None
+    node.spawn("svc:final", Echo)
+    again = node.lookup("svc:final")
+    assert again is not None and again.ctx.checkpoint is None
+
+
 def test_a_checkpoint_that_is_not_msgpack_is_an_encode_error(cluster: Cluster) -> None:
     node = cluster.node("alpha")
     with pytest.raises(EncodeError):

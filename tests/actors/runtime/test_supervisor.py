@@ -153,10 +153,12 @@ def test_transient_child_is_restarted_after_a_crash_but_not_after_a_normal_stop(
 
 def test_temporary_child_is_never_restarted(kit: TestKit) -> None:
     sup = kit.supervise("sup:s", [spec("w:tmp", Restart.TEMPORARY), spec("w:p")], backoff=NO_JITTER)
+    kit.node.save_checkpoint("w:tmp", 0, {"n": 1})
     crash(kit, "w:tmp")
     kit.advance(10)
     assert kit.node.lookup("w:tmp") is None
     assert [c["address"] for c in sup.which_children()] == ["w:p"]
+    assert kit.node.checkpoints.load("w:tmp") is None  # given up: no incarnation will restore it
 
 
 def test_permanent_child_is_restarted_even_after_a_normal_stop(kit: TestKit) -> None:
