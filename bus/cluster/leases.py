@@ -442,8 +442,8 @@ class LeaseStore:
     async def prepare(self) -> None:
         """Connect and load the scripts a node runs most (claims, renewals),
         so that the first claim or renewal does not wait for it."""
-        for script in (self._claim, self._renew):
-            await self.client.script_load(script.script)
+        for loaded in (self._claim, self._renew):
+            await self.client.script_load(loaded.script)
 
     async def assume_settled(self) -> None:
         """Declare Redis's data set settled: no lease it may have lost is
