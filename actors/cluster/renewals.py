@@ -331,9 +331,16 @@ class RenewalLane:
             return
         self.latency_s = self._clock() - sent_at
         self.renewals += 1
+        held = leases
         if result.unanswered:  # their shard did not answer: not renewed as far as anyone knows
             leases = {a: e for a, e in leases.items() if a not in set(result.unanswered)}
-        renewed = dict(self._renewed)
+        with self._lock:
+            # What is renewed still: an address neither this renewal, the
+            # plan now nor a claim since holds is forgotten (a node would
+            # otherwise keep every address it ever held).
+            plan = self._plan
+            current = {*held, *self._added, *(plan.leases if plan is not None else ())}
+        renewed = {a: entry for a, entry in self._renewed.items() if a in current}
         for address, epoch in leases.items():
             if address in result.lost:
                 renewed.pop(address, None)

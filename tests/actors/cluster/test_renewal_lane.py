@@ -284,17 +284,27 @@ SLOW_BEAT = dataclasses.replace(FAST, heartbeat_interval=60.0, lease_ttl=240.0, 
 def lane_alone(redis_server: Any) -> Any:
     """A renewal lane of node "solo" on its own (no node, no core): its
     plan renews nothing but the heartbeat; Redis's data set settled."""
+    yield from _lane_alone(redis_server.url, SLOW_BEAT)
+
+
+@pytest.fixture
+def quick_lane_alone(redis_server: Any) -> Any:
+    """The same with heartbeats 0.2 s apart."""
+    yield from _lane_alone(redis_server.url, SHORT)
+
+
+def _lane_alone(url: str, config: Any) -> Any:
     from actors.cluster.renewals import RenewalLane, RenewalPlan
     from bus.cluster.leases import LeaseStore
     from bus.envelope import Codec
 
     namespace = f"lane{time.monotonic_ns()}:"
     clock = LaneClock()
-    lane = RenewalLane(redis_server.url, "solo", SLOW_BEAT, namespace=namespace, codec=Codec(), wake=lambda: None,
+    lane = RenewalLane(url, "solo", config, namespace=namespace, codec=Codec(), wake=lambda: None,
                        new_era=lambda: "era", clock=clock)
 
     async def settle() -> None:
-        client = aioredis.Redis.from_url(redis_server.url)
+        client = aioredis.Redis.from_url(url)
         try:
             await LeaseStore(client, namespace=namespace).assume_settled()
         finally:
@@ -403,3 +413,24 @@ def test_a_lane_loads_the_claim_and_renewal_scripts_before_its_first_claim(fresh
         asyncio.run(lane.stop())
         lane.close()
         raw.close()
+
+
+def test_a_lease_the_node_no_longer_holds_is_forgotten_by_the_lane(quick_lane_alone: Any) -> None:
+    """The lane remembers when each lease was last renewed (for the checks
+    made before a message is delivered or sent); once the plan no longer
+    holds a lease and no claim since won it, the next renewal forgets it,
+    so a node that held many addresses over its life keeps none of theirs."""
+    from actors.cluster.renewals import RenewalPlan
+
+    lane, _clock = quick_lane_alone
+    [won] = asyncio.run(lane.claim([("counter:let-go", 0, None)]))
+    assert won.won
+    lane.plan(RenewalPlan(leases={"counter:let-go": won.epoch}, node_body=b"body", heartbeat=b"beat"))
+    renewals = lane.renewals
+    wait_until(lambda: lane.renewals > renewals + 1, "two renewals with it", timeout=DEADLINE)
+    assert lane.renewed_at("counter:let-go", won.epoch) > -math.inf
+    lane.plan(RenewalPlan(leases={}, node_body=b"body", heartbeat=b"beat"))  # released
+    renewals = lane.renewals
+    wait_until(lambda: lane.renewals > renewals + 1, "two renewals without it", timeout=DEADLINE)
+    assert lane.renewed_at("counter:let-go", won.epoch) == -math.inf
+    assert "counter:let-go" not in lane._renewed
