@@ -208,7 +208,7 @@ return out
 # ARGV: prefix, born key. The data set's birth moved back to the epoch:
 # claims go through at once (LeaseStore.assume_settled).
 SETTLE = script(r"""
-redis.call('SET', ARGV[2], '0 ' .. (string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''))
+redis.call('SET', ARGV[2], '0 ' .. server_run())
 return 1
 """)
 

@@ -12,6 +12,7 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -188,6 +189,15 @@ def test_a_shard_that_does_not_answer_costs_only_its_own_claims(fresh_redis_clus
             assert result.won and not result.unanswered, address
 
 
+def _shard_of(cluster: EmbeddedRedisCluster, address: str) -> tuple[str, ClusterKeys, Any, Any]:
+    """A new namespace, its keys, and the primary serving ``address`` there with its replica."""
+    namespace = f"t{uuid.uuid4().hex[:8]}:"
+    keys = ClusterKeys(namespace)
+    primary = cluster.primary_for_slot(channel_slot(keys.lease(address)))
+    replica = next(r for r in cluster.replicas() if r.primary_port == primary.port)
+    return namespace, keys, primary, replica
+
+
 def test_epochs_keep_growing_across_a_shard_failover_whose_replica_missed_the_last_claim(
         fresh_redis_cluster: EmbeddedRedisCluster) -> None:
     """A claim drawn on a shard's primary after its replica's link was cut
@@ -197,11 +207,8 @@ def test_epochs_keep_growing_across_a_shard_failover_whose_replica_missed_the_la
     a claim of the same address still draws a higher epoch (the server
     clock floors every epoch)."""
     cluster = fresh_redis_cluster
-    namespace = f"t{uuid.uuid4().hex[:8]}:"
-    keys = ClusterKeys(namespace)
     address = "counter:failover"
-    primary = cluster.primary_for_slot(channel_slot(keys.lease(address)))
-    replica = next(r for r in cluster.replicas() if r.primary_port == primary.port)
+    namespace, keys, primary, replica = _shard_of(cluster, address)
     assert replica.pid is not None
 
     async def claim(node: str, *, promoted: bool = False) -> int:
@@ -252,11 +259,8 @@ def test_a_promoted_replica_without_a_birth_in_the_slot_makes_claims_wait(
     replica has run. A primary's slot without the key (one that never took
     over a data set) does not wait (test_a_slot_nobody_claimed_in_yet_...)."""
     cluster = fresh_redis_cluster
-    namespace = f"t{uuid.uuid4().hex[:8]}:"
-    keys = ClusterKeys(namespace)
     address = "counter:promoted-empty-slot"
-    primary = cluster.primary_for_slot(channel_slot(keys.lease(address)))
-    replica = next(r for r in cluster.replicas() if r.primary_port == primary.port)
+    namespace, _keys, primary, replica = _shard_of(cluster, address)
     with redis.Redis(host="127.0.0.1", port=replica.port) as before:
         wait_until(lambda: int(before.info("server")["uptime_in_seconds"]) >= 3, "the replica has run 3 s")
     with redis.Redis(host="127.0.0.1", port=primary.port) as old:
