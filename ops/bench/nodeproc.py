@@ -25,7 +25,7 @@ Roles:
             ``node.ask(target, Ping(i)).get()`` after ``warmup`` of them;
             prints the latency percentiles in microseconds. With
             ``on_loop``: the same asks awaited by a coroutine on the node's
-            own loop.
+            own loop; with ``samples``, every round trip too.
 
 Every time is ``time.time()`` (one clock for all processes on the host);
 latencies are ``time.perf_counter()`` differences inside one process.
@@ -246,10 +246,12 @@ class _Tally:
         if type(pong) is not Pong or pong.n != n:
             self.errors += 1
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, samples: bool = False) -> dict[str, Any]:
+        """Percentiles; with ``samples``, every round trip too (``rtts_s``,
+        in the order taken), for a caller that pools several runs."""
         latencies = sorted(self.latencies)
         n = len(latencies)
-        return {
+        out = {
             "event": "asked",
             "n": n,
             "errors": self.errors,
@@ -258,9 +260,12 @@ class _Tally:
             "mean_us": statistics.fmean(latencies) * 1e6,
             "max_us": latencies[-1] * 1e6,
         }
+        if samples:
+            out["rtts_s"] = self.latencies
+        return out
 
 
-def run_asks(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
+def run_asks(node: Node, target: str, n: int, warmup: int, timeout: float, samples: bool = False) -> dict[str, Any]:
     """``n`` sequential asks from this (the main) thread, each blocking on
     ``get()``: the reply is read on the node's loop, which wakes this thread."""
     ask, tally = node.ask, _Tally()
@@ -269,23 +274,25 @@ def run_asks(node: Node, target: str, n: int, warmup: int, timeout: float) -> di
     for i in range(n):
         started = tally.clock()
         tally.record(started, ask(target, Ping(n=i), timeout=timeout).get(timeout=timeout + 1), i)
-    return tally.summary()
+    return tally.summary(samples)
 
 
-async def _asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
+async def _asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: float,
+                        samples: bool) -> dict[str, Any]:
     ask, tally = node.ask, _Tally()
     for i in range(warmup):
         await ask(target, Ping(n=i), timeout=timeout)
     for i in range(n):
         started = tally.clock()
         tally.record(started, await ask(target, Ping(n=i), timeout=timeout), i)
-    return tally.summary()
+    return tally.summary(samples)
 
 
-def run_asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: float) -> dict[str, Any]:
+def run_asks_on_loop(node: Node, target: str, n: int, warmup: int, timeout: float,
+                     samples: bool = False) -> dict[str, Any]:
     """The same asks from a coroutine on the node's own loop, awaiting each
     answer: the loop that reads the reply resumes the asker, one thread."""
-    return node.io.submit(_asks_on_loop(node, target, n, warmup, timeout)).result(  # type: ignore[union-attr]
+    return node.io.submit(_asks_on_loop(node, target, n, warmup, timeout, samples)).result(  # type: ignore[union-attr]
         timeout=(n + warmup) * (timeout + 1))
 
 
@@ -485,7 +492,7 @@ def serve(args: argparse.Namespace) -> int:
             elif what == "run":
                 runner = run_asks_on_loop if cmd.get("on_loop") else run_asks
                 emit(runner(node, cmd["target"], int(cmd["n"]), int(cmd.get("warmup", 0)),
-                            float(cmd.get("timeout", 5.0))))
+                            float(cmd.get("timeout", 5.0)), bool(cmd.get("samples"))))
             elif what == "stats":
                 emit({"event": "stats", **_stats(node, transport)})
             else:

@@ -9,7 +9,8 @@ spawn context), the publisher in the calling process. Times are taken with
   redis-py ``PubSub.get_message`` subscriber; end to end (first publish to
   last receipt).
 - :func:`baseline_ping_pong`: sequential request/reply over pub/sub between
-  two processes with redis-py; round-trip percentiles.
+  two processes with redis-py; round-trip percentiles (:class:`PingPong`
+  keeps the echo process for round trips taken in rounds).
 - :func:`transport_publish_throughput` / :func:`transport_ping_pong`: the
   same two measurements through ``bus.redis_transport.RedisTransport``.
 - :func:`publish_path_matrix`: every publisher kind against every subscriber
@@ -30,9 +31,11 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "PingPong",
     "baseline_ping_pong",
     "baseline_publish_throughput",
     "publish_path_matrix",
+    "round_trip_figures",
     "transport_ping_pong",
     "transport_publish_throughput",
 ]
@@ -400,27 +403,68 @@ def _echo_process(kind: str, url: str, ready: Any, stop_channel: str) -> None:
         raise ValueError(f"unknown echo kind {kind!r}")
 
 
-def _ping_pong(url: str, kind: str, n: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    stop_channel = "bench:stop"
-    proc = ctx.Process(target=_echo_process, args=(kind, url, ready, stop_channel), name=f"bench-echo-{kind}")
-    proc.start()
-    try:
-        _wait_ready(ready, proc)
-        rtts = _ping_redispy(url, n) if kind == "redispy" else _ping_transport(url, n)
-    finally:
+class PingPong:
+    """An echo process of ``kind`` (``redispy`` or ``transport``) and a
+    pinger of the same kind in this process, kept between :meth:`run` calls
+    so a benchmark can take its round trips in rounds, interleaved with what
+    it compares them to (the host's speed drifts between runs seconds apart).
+    Use as a context manager: the echo process is ended on exit, also on
+    error."""
+
+    def __init__(self, url: str, kind: str) -> None:
+        if kind not in ("redispy", "transport"):
+            raise ValueError(f"unknown ping-pong kind {kind!r}")
+        self.url, self.kind = url, kind
+        self._stop_channel = "bench:stop"
+        self._proc: Any = None
+        self._ping: Callable[[int, int], list[float]] | None = None
+        self._close: Callable[[], None] | None = None
+
+    def __enter__(self) -> PingPong:
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        self._proc = ctx.Process(target=_echo_process, args=(self.kind, self.url, ready, self._stop_channel),
+                                 name=f"bench-echo-{self.kind}")
+        self._proc.start()
+        try:
+            _wait_ready(ready, self._proc)
+            self._ping, self._close = (_redispy_pinger(self.url) if self.kind == "redispy"
+                                       else _transport_pinger(self.url))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def run(self, n: int, first: int = 0) -> list[float]:
+        """``n`` round trips, one at a time; their times in seconds (pings
+        are numbered from ``first``)."""
+        assert self._ping is not None, "use PingPong as a context manager"
+        return self._ping(first, n)
+
+    def __exit__(self, *_exc: object) -> None:
         import redis
 
-        with redis.Redis.from_url(url) as client:
-            client.publish(stop_channel, b"stop")
-        proc.join(timeout=15.0)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=10.0)
-    rtts.sort()
+        try:
+            if self._close is not None:
+                self._close()
+        finally:
+            self._ping = self._close = None
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                try:
+                    with redis.Redis.from_url(self.url) as client:
+                        client.publish(self._stop_channel, b"stop")
+                finally:
+                    proc.join(timeout=15.0)
+                    if proc.is_alive():
+                        proc.terminate()
+                        proc.join(timeout=10.0)
+
+
+def round_trip_figures(rtts: list[float]) -> dict[str, float]:
+    """p50, p99 and max of round trips (seconds) in microseconds."""
+    rtts = sorted(rtts)
     return {
-        "kind": kind,
         "n": len(rtts),
         "p50_us": round(statistics.median(rtts) * 1e6, 1),
         "p99_us": round(rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1e6, 1),
@@ -428,31 +472,43 @@ def _ping_pong(url: str, kind: str, n: int) -> dict[str, Any]:
     }
 
 
-def _ping_redispy(url: str, n: int) -> list[float]:
+def _ping_pong(url: str, kind: str, n: int) -> dict[str, Any]:
+    with PingPong(url, kind) as pings:
+        rtts = pings.run(n)
+    return {"kind": kind, **round_trip_figures(rtts)}
+
+
+def _redispy_pinger(url: str) -> tuple[Callable[[int, int], list[float]], Callable[[], None]]:
     import redis
 
     client = redis.Redis.from_url(url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("bench:pong")
     pubsub.parse_response(block=True, timeout=10.0)
-    rtts: list[float] = []
-    for i in range(n):
-        body = b"%d" % i
-        start = time.perf_counter()
-        client.publish("bench:ping", body)
-        while True:
-            message = pubsub.get_message(timeout=10.0)
-            if message is None:
-                raise RuntimeError(f"no pong for ping {i}")
-            if message["type"] == "message" and message["data"] == body:
-                break
-        rtts.append(time.perf_counter() - start)
-    pubsub.close()
-    client.close()
-    return rtts
+
+    def ping(first: int, n: int) -> list[float]:
+        rtts: list[float] = []
+        for i in range(first, first + n):
+            body = b"%d" % i
+            start = time.perf_counter()
+            client.publish("bench:ping", body)
+            while True:
+                message = pubsub.get_message(timeout=10.0)
+                if message is None:
+                    raise RuntimeError(f"no pong for ping {i}")
+                if message["type"] == "message" and message["data"] == body:
+                    break
+            rtts.append(time.perf_counter() - start)
+        return rtts
+
+    def close() -> None:
+        pubsub.close()
+        client.close()
+
+    return ping, close
 
 
-def _ping_transport(url: str, n: int) -> list[float]:
+def _transport_pinger(url: str) -> tuple[Callable[[int, int], list[float]], Callable[[], None]]:
     from bus.redis_transport import RedisTransport
 
     pongs: queue.SimpleQueue[bytes] = queue.SimpleQueue()
@@ -460,19 +516,22 @@ def _ping_transport(url: str, n: int) -> list[float]:
     transport.set_receiver(lambda channel, data: pongs.put(data))
     transport.start()
     transport.subscribe("bench:pong")
-    transport.wait_subscribed(10.0)
-    rtts: list[float] = []
-    try:
-        for i in range(n):
+    if not transport.wait_subscribed(10.0):
+        transport.close()
+        raise RuntimeError("the pinger's transport did not subscribe in time")
+
+    def ping(first: int, n: int) -> list[float]:
+        rtts: list[float] = []
+        for i in range(first, first + n):
             body = b"%d" % i
             start = time.perf_counter()
             transport.publish("bench:ping", body)
             while pongs.get(timeout=10.0) != body:
                 pass
             rtts.append(time.perf_counter() - start)
-    finally:
-        transport.close()
-    return rtts
+        return rtts
+
+    return ping, transport.close
 
 
 def baseline_ping_pong(url: str, n: int = 10_000) -> dict[str, Any]:
