@@ -1141,24 +1141,32 @@ class Cluster:
             self.node.dispatch(env)
 
     async def _reassert(self, effect: Reassert) -> None:
+        address = effect.address
+        checkpoint = self.checkpoints.load(address)
+        # The msg ids that state includes go back in the same atomic step as
+        # the state: a checkpoint in Redis without them lets the next owner
+        # apply a copy of a message the state already holds (found by the
+        # simulation: a counter addition applied twice after a hand-off
+        # that followed the write-back).
+        window = self._seen.handled(address, whole=True) if checkpoint is not None else None
         try:
             async with asyncio.timeout(self.config.lease_ttl):
-                ok = await self.leases.restore(effect.address, self.me, effect.epoch, ttl=self.config.lease_ttl,
-                                               spec=self._specs.get(effect.address),
-                                               checkpoint=self.checkpoints.load(effect.address))
+                ok = await self.leases.restore(address, self.me, effect.epoch, ttl=self.config.lease_ttl,
+                                               spec=self._specs.get(address), checkpoint=checkpoint, seen=window)
         except Exception as exc:  # noqa: BLE001 - the next renewal decides
-            log.warning("cluster: %s could not restore %s (%r)", self.me, effect.address, exc)
-            self.feed(Reasserted(effect.address, None, effect.sent_at))
+            log.warning("cluster: %s could not restore %s (%r)", self.me, address, exc)
+            self._seen.resend(address)  # not known to be written: the next write sends the whole window
+            self.feed(Reasserted(address, None, effect.sent_at))
             return
         if ok:
-            # The handled ids go back as the whole window through the
-            # address's one ordered writer, behind (and merged with) any
-            # write of them queued or under way: written beside it, a retry
-            # of an older window could land after it and cut ids off.
-            window = self._seen.handled(effect.address, whole=True)
-            if window is not None:
-                self.checkpoints.save_seen(effect.address, effect.epoch, window)
-        self.feed(Reasserted(effect.address, ok, effect.sent_at))
+            # And once more through the address's one ordered writer, behind
+            # (and merged with) any write of them queued or under way: an
+            # older window's retry landing after the restore would cut ids
+            # off; this write goes after it.
+            again = self._seen.handled(address, whole=True)
+            if again is not None:
+                self.checkpoints.save_seen(address, effect.epoch, again)
+        self.feed(Reasserted(address, ok, effect.sent_at))
 
     async def _leave(self) -> None:
         await self._lane.stop()  # no renewal may write the heartbeat again after the leave
