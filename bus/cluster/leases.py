@@ -215,7 +215,9 @@ return 1
 #: A checkpoint write's verdicts (:meth:`LeaseStore.save_checkpoints`).
 #: ``RESEND_SEEN``: written, but the handled ids were an append that did
 #: not follow on the list Redis holds (it lapsed, Redis lost it, or a
-#: retry's reply got lost as well): the writer sends the whole window.
+#: retry's reply got lost as well): they were added to the list all the
+#: same (the state beside them includes their messages), and the writer
+#: sends the whole window.
 WRITTEN, REFUSED, NO_LEASE, RESEND_SEEN = 1, 0, -1, 2
 
 #: Seconds the handled msg ids of an address stay in Redis after their last
@@ -527,8 +529,9 @@ class LeaseStore:
         round trip); each one's verdict, in order: :data:`WRITTEN`,
         :data:`REFUSED` (the lease is another's, or another epoch's) or
         :data:`NO_LEASE` (nobody holds it: Redis lost its data, or it
-        lapsed), or :data:`RESEND_SEEN` (written; the handled ids were
-        not). Each is judged alone: one refused does not stop the others."""
+        lapsed), or :data:`RESEND_SEEN` (written, with the handled ids, but
+        the list did not end where the writer believed: send the whole
+        window). Each is judged alone: one refused does not stop the others."""
         if not writes:
             return []
         args: list[Any] = [self.keys.prefix, node, "1" if log else "0", _ms(seen_ttl), SEEN_PER_ADDRESS]

@@ -126,23 +126,51 @@ end
 -- mode 'r' replaces the list (the whole window), 'a' appends what follows
 -- `after` (the id the writer last sent; '' for none). An append is
 -- idempotent: sent again (a reply lost), it goes on after the id the list
--- ends with. It is refused (false) when the list does not end where the
--- writer believes (lost, expired, or written by another version): the
--- writer then sends the whole window. Kept to the newest `keep`, for ttl.
+-- ends with. When the list does not end where the writer believes (lost,
+-- expired, or Redis went back to older data) it answers false, and the
+-- writer sends the whole window next; the ids of this write are appended
+-- all the same (those the list does not hold), because the state written
+-- beside them includes their messages: until the window comes, the next
+-- owner must still drop copies of them. Only a list a former version kept
+-- under seen_key is left alone (the window replaces it). Kept to the
+-- newest `keep`, for ttl.
+local function append_missing(k, from, n)
+  local held = {}
+  for _, id in ipairs(redis.call('LRANGE', k, 0, -1)) do held[id] = true end
+  for j = from, from + n - 1 do
+    if not held[ARGV[j]] then
+      held[ARGV[j]] = true
+      redis.call('RPUSH', k, ARGV[j])
+    end
+  end
+end
 local function write_handled(a, mode, after, from, n, ttl, keep)
   local k = handled_key(a)
   if mode == 'a' then
     local tail = redis.call('LINDEX', k, -1)
+    local follows = true
     if not tail then
-      if after ~= '' then return false end
+      if after ~= '' then
+        if redis.call('EXISTS', seen_key(a)) == 1 then return false end
+        follows = false
+      end
     elseif tail ~= after then
       local at = nil
       for j = from, from + n - 1 do
         if ARGV[j] == tail then at = j end
       end
-      if not at then return false end
-      n = n - (at - from + 1)
-      from = at + 1
+      if at then
+        n = n - (at - from + 1)
+        from = at + 1
+      else
+        follows = false
+      end
+    end
+    if not follows then
+      append_missing(k, from, n)
+      redis.call('LTRIM', k, -tonumber(keep), -1)
+      redis.call('PEXPIRE', k, ttl)
+      return false
     end
   else
     redis.call('DEL', k, seen_key(a))

@@ -522,10 +522,11 @@ def test_handled_ids_are_appended_a_few_at_a_time_and_a_retry_appends_nothing_tw
     assert _ids(cr, "a:1") == ["m1", "m2", "m3"]
     assert write(HandledIds(("m3", "m4"), after="m2")) == WRITTEN  # a retry merged with the next write
     assert _ids(cr, "a:1") == ["m1", "m2", "m3", "m4"]
-    # Not where the writer believes the list ends: the state is written, the
-    # ids are not, and the writer is told to send the whole window.
+    # Not where the writer believes the list ends: the state is written with
+    # its own ids (its messages are in it: a copy must still be dropped),
+    # and the writer is told to send the whole window.
     assert write(HandledIds(("m10",), after="m9"), b"state") == RESEND_SEEN
-    assert _ids(cr, "a:1") == ["m1", "m2", "m3", "m4"]
+    assert _ids(cr, "a:1") == ["m1", "m2", "m3", "m4", "m10"]
     assert cr.run(cr.leases.load_checkpoint("a:1")) == b"state"
     assert write(HandledIds(("m4", "m9", "m10"), replace=True)) == WRITTEN
     assert _ids(cr, "a:1") == ["m4", "m9", "m10"]
@@ -535,13 +536,14 @@ def test_handled_ids_are_appended_a_few_at_a_time_and_a_retry_appends_nothing_tw
     assert _ids(cr, "a:1") == list(many[-SEEN_PER_ADDRESS:])  # bounded: the newest stay
     # The single-write form counts a write whose ids must be resent as written.
     assert cr.run(cr.leases.save_checkpoint("a:1", "n1", lease.epoch, b"next", seen=HandledIds(("y",), after="?")))
-    # The next owner reads them with its claim.
+    # The next owner reads them with its claim (that last id too, still bounded).
     cr.kill("n1")
     cr.heartbeat("n2")
-    assert cr.run(cr.leases.claim("a:1", "n2", ttl=5)).seen == many[-SEEN_PER_ADDRESS:]
+    assert cr.run(cr.leases.claim("a:1", "n2", ttl=5)).seen == (*many[-SEEN_PER_ADDRESS + 1:], "y")
 
 
-def test_an_append_to_a_list_redis_no_longer_holds_is_refused(cr: ClusterRedis) -> None:
+def test_an_append_to_a_list_redis_no_longer_holds_asks_for_the_window_and_keeps_its_own_ids(
+        cr: ClusterRedis) -> None:
     cr.heartbeat("n1")
     lease = cr.run(cr.leases.claim("a:1", "n1", ttl=5))
     write = lambda seen: cr.run(cr.leases.save_checkpoints(  # noqa: E731
@@ -549,15 +551,20 @@ def test_an_append_to_a_list_redis_no_longer_holds_is_refused(cr: ClusterRedis) 
     assert write(HandledIds(("m1",))) == WRITTEN
     cr.sync.delete(cr.keys.handled("a:1"))  # lapsed, or Redis lost it
     assert write(HandledIds(("m2",), after="m1")) == RESEND_SEEN
-    assert not cr.sync.exists(cr.keys.handled("a:1"))
+    assert _ids(cr, "a:1") == ["m2"]
+    assert 0 < cr.sync.pttl(cr.keys.handled("a:1"))
     assert write(HandledIds(("m1", "m2"), replace=True)) == WRITTEN
     assert _ids(cr, "a:1") == ["m1", "m2"]
+    # An append that follows on nothing the list holds adds only the ids it
+    # does not hold (a stale retry landing after the window adds nothing twice).
+    assert write(HandledIds(("m1", "m3"), after="m0")) == RESEND_SEEN
+    assert _ids(cr, "a:1") == ["m1", "m2", "m3"]
     # A former owner's write of ids is refused like its state.
     cr.kill("n1")
     cr.heartbeat("n2")
     cr.run(cr.leases.claim("a:1", "n2", ttl=5))
-    assert write(HandledIds(("m3",), after="m2")) == REFUSED
-    assert _ids(cr, "a:1") == ["m1", "m2"]
+    assert write(HandledIds(("m4",), after="m3")) == REFUSED
+    assert _ids(cr, "a:1") == ["m1", "m2", "m3"]
 
 
 def test_ids_a_former_version_wrote_are_read_and_replaced_by_the_whole_window(cr: ClusterRedis) -> None:
