@@ -146,9 +146,9 @@ local function append_missing(k, from, n)
 end
 local function write_handled(a, mode, after, from, n, ttl, keep)
   local k = handled_key(a)
+  local follows = true
   if mode == 'a' then
     local tail = redis.call('LINDEX', k, -1)
-    local follows = true
     if not tail then
       if after ~= '' then
         if redis.call('EXISTS', seen_key(a)) == 1 then return false end
@@ -166,19 +166,17 @@ local function write_handled(a, mode, after, from, n, ttl, keep)
         follows = false
       end
     end
-    if not follows then
-      append_missing(k, from, n)
-      redis.call('LTRIM', k, -tonumber(keep), -1)
-      redis.call('PEXPIRE', k, ttl)
-      return false
-    end
   else
     redis.call('DEL', k, seen_key(a))
   end
-  if n > 0 then redis.call('RPUSH', k, unpack(ARGV, from, from + n - 1)) end
+  if not follows then
+    append_missing(k, from, n)
+  elseif n > 0 then
+    redis.call('RPUSH', k, unpack(ARGV, from, from + n - 1))
+  end
   redis.call('LTRIM', k, -tonumber(keep), -1)
   redis.call('PEXPIRE', k, ttl)
-  return true
+  return follows
 end
 -- Append the envelopes waiting in a's backlog to out, oldest first, and
 -- empty it (its owner delivers them now).

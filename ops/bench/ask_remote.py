@@ -62,15 +62,14 @@ def measure(url: str, n: int) -> dict[str, Any]:
                     warmed.add(kind)
                     warmup = WARMUP if first else 0
                     tag = "ask-remote" if kind == "block" else "ask-remote-loop"
-                    profiled = first
                     echo.send(cmd="mark")
-                    if profiled:
+                    if first:
                         echo.start_profile(tag)
                         asker.start_profile(tag)
                     asker.send(cmd="run", target="echo:1", n=per, warmup=warmup, timeout=5.0,
                                on_loop=kind == "loop", samples=True)
                     asked = asker.expect("event", "asked", timeout=600)
-                    if profiled:
+                    if first:
                         echo.end_profile()
                         asker.end_profile()
                     rtts[kind] += asked["rtts_s"]

@@ -486,20 +486,17 @@ def _redispy_pinger(url: str) -> tuple[Callable[[int, int], list[float]], Callab
     pubsub.subscribe("bench:pong")
     pubsub.parse_response(block=True, timeout=10.0)
 
+    def round_trip(body: bytes) -> None:
+        client.publish("bench:ping", body)
+        while True:
+            message = pubsub.get_message(timeout=10.0)
+            if message is None:
+                raise RuntimeError(f"no pong for ping {body.decode()}")
+            if message["type"] == "message" and message["data"] == body:
+                return
+
     def ping(first: int, n: int) -> list[float]:
-        rtts: list[float] = []
-        for i in range(first, first + n):
-            body = b"%d" % i
-            start = time.perf_counter()
-            client.publish("bench:ping", body)
-            while True:
-                message = pubsub.get_message(timeout=10.0)
-                if message is None:
-                    raise RuntimeError(f"no pong for ping {i}")
-                if message["type"] == "message" and message["data"] == body:
-                    break
-            rtts.append(time.perf_counter() - start)
-        return rtts
+        return _timed(first, n, round_trip)
 
     def close() -> None:
         pubsub.close()
@@ -520,18 +517,27 @@ def _transport_pinger(url: str) -> tuple[Callable[[int, int], list[float]], Call
         transport.close()
         raise RuntimeError("the pinger's transport did not subscribe in time")
 
+    def round_trip(body: bytes) -> None:
+        transport.publish("bench:ping", body)
+        while pongs.get(timeout=10.0) != body:
+            pass
+
     def ping(first: int, n: int) -> list[float]:
-        rtts: list[float] = []
-        for i in range(first, first + n):
-            body = b"%d" % i
-            start = time.perf_counter()
-            transport.publish("bench:ping", body)
-            while pongs.get(timeout=10.0) != body:
-                pass
-            rtts.append(time.perf_counter() - start)
-        return rtts
+        return _timed(first, n, round_trip)
 
     return ping, transport.close
+
+
+def _timed(first: int, n: int, round_trip: Callable[[bytes], None]) -> list[float]:
+    """The times, in seconds, of ``n`` round trips one at a time (pings
+    numbered from ``first``)."""
+    rtts: list[float] = []
+    for i in range(first, first + n):
+        body = b"%d" % i
+        start = time.perf_counter()
+        round_trip(body)
+        rtts.append(time.perf_counter() - start)
+    return rtts
 
 
 def baseline_ping_pong(url: str, n: int = 10_000) -> dict[str, Any]:

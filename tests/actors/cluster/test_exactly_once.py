@@ -304,6 +304,18 @@ def stored_seen(rig: Rig, address: str) -> list[str]:
         raw.close()
 
 
+def three_additions_stored(rig: Rig, address: str) -> list[Envelope]:
+    """A client node places ``address`` and sends it three additions; back
+    once their ids are stored with its state."""
+    client = rig.add("client", kinds=())
+    client.ensure(address).get(timeout=DEADLINE)
+    envs = [Envelope(to=address, message=CounterAdd(n=1, tag=f"t{i}")) for i in range(3)]
+    for env in envs:
+        rig.nodes["client"].send_envelope(env)
+    wait_until(lambda: envs[-1].msg_id in stored_seen(rig, address), "the ids stored")
+    return envs
+
+
 def duplicates(rig: Rig, node: str, address: str) -> list[str]:
     return [e.detail.get("detail", "") for e in rig.events.matching(event="dead-letter", reason="duplicate",
                                                                    node=node, address=address)]
@@ -315,13 +327,7 @@ def test_after_redis_lost_its_data_the_holder_writes_the_handled_ids_back_with_i
         private_rig: tuple[Rig, Any]) -> None:
     rig, server = private_rig
     rig.add("a")
-    client = rig.add("client", kinds=())
-    sender = rig.nodes["client"]
-    client.ensure("counter:w").get(timeout=DEADLINE)
-    envs = [Envelope(to="counter:w", message=CounterAdd(n=1, tag=f"t{i}")) for i in range(3)]
-    for env in envs:
-        sender.send_envelope(env)
-    wait_until(lambda: envs[-1].msg_id in stored_seen(rig, "counter:w"), "the ids stored")
+    envs = three_additions_stored(rig, "counter:w")
     raw = redis.Redis.from_url(server.url)
     try:
         raw.flushall()  # Redis lost its data; the holder writes its lease back, then the ids
@@ -341,13 +347,7 @@ def test_the_lease_written_back_carries_the_handled_ids_in_the_same_step(
     held back; the restore alone must bring them."""
     rig, server = private_rig
     holder = rig.add("a")
-    client = rig.add("client", kinds=())
-    sender = rig.nodes["client"]
-    client.ensure("counter:v").get(timeout=DEADLINE)
-    envs = [Envelope(to="counter:v", message=CounterAdd(n=1, tag=f"t{i}")) for i in range(3)]
-    for env in envs:
-        sender.send_envelope(env)
-    wait_until(lambda: envs[-1].msg_id in stored_seen(rig, "counter:v"), "the ids stored")
+    envs = three_additions_stored(rig, "counter:v")
     monkeypatch.setattr(holder.checkpoints, "save_seen", lambda *_args, **_kwargs: None)
     raw = redis.Redis.from_url(server.url)
     try:
